@@ -1,0 +1,62 @@
+# align-recipes: `make dpo` trains the embedded default, `make test` runs the suite.
+# Both create .venv and install into it on first use.
+
+PYTHON        ?= python3
+VENV          ?= .venv
+BIN           := $(VENV)/bin
+# torch==2.13.0 is a CPU build where a local CPU wheel is provided (our CI) and PyPI's CUDA build
+# elsewhere; pinning it first keeps pip from pulling a newer multi-GB build through accelerate.
+TORCH         ?= torch==2.13.0
+RECIPE        ?= tiny
+PROFILE       ?=
+ACCELERATE    ?=
+NUM_PROCESSES ?= 1
+ARGS          ?=
+ALGORITHMS    := sft reward dpo orpo kto grpo ppo spo
+STAMP         := $(VENV)/.installed
+
+PROFILE_FLAG := $(if $(PROFILE),--profile $(PROFILE),)
+ifeq ($(ACCELERATE),)
+  RUNNER := $(BIN)/align-recipes
+else
+  RUNNER := $(BIN)/accelerate launch --config_file configs/accelerate/$(ACCELERATE).yaml \
+            --num_processes $(NUM_PROCESSES) -m align_recipes
+endif
+
+.PHONY: help install test $(ALGORITHMS) validate list clean
+
+help:
+	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
+	@echo "make <algo> RECIPE=fam   run recipes/<fam>/<algo>.yaml; algos: $(ALGORITHMS)"
+	@echo "               PROFILE=t4 ACCELERATE=multi_gpu NUM_PROCESSES=2 ARGS='train.learning_rate=1e-5'"
+	@echo "make test                run the test suite"
+	@echo "make validate RECIPE=fam validate every recipe of a family"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Online RL on the tiny model starts from the tiny SFT policy, as the classic flow does.
+TINY_SFT := outputs/tiny/sft/summary.json
+$(TINY_SFT): | $(STAMP)
+	$(RUNNER) train recipes/tiny/sft.yaml $(PROFILE_FLAG) --overwrite
+
+$(ALGORITHMS): $(STAMP) $(if $(filter tiny,$(RECIPE)),$(if $(filter grpo ppo spo,$(MAKECMDGOALS)),$(TINY_SFT)))
+	$(RUNNER) train recipes/$(RECIPE)/$@.yaml $(PROFILE_FLAG) $(ARGS)
+
+validate: $(STAMP)
+	@for f in recipes/$(RECIPE)/[!_]*.yaml; do $(BIN)/align-recipes validate $$f $(PROFILE_FLAG) || exit 2; done
+
+list: $(STAMP)
+	$(BIN)/align-recipes list
+
+clean:
+	rm -rf outputs

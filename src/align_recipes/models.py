@@ -1,0 +1,154 @@
+"""Tokenizer and model loading: where the weights come from, in which dtype, quantized or not, with
+which adapter. Imports torch; only `run` and the post-training verbs call it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from align_recipes.errors import RecipeError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model_path(spec: dict[str, Any], base_dir: Path | None = None) -> str:
+    """A local directory or a hub id that `from_pretrained` can open, per `model.source`.
+
+    builtin:… → built locally (the tiny model); local → must exist; modelscope → downloaded with
+    modelscope's snapshot_download into its cache, then loaded as a local directory; hf → the hub id;
+    auto → an existing local directory wins, otherwise a Hugging Face hub id.
+    """
+    name, source = spec["name_or_path"], spec.get("source", "auto")
+    if name.startswith(BUILTIN_PREFIX):
+        from align_recipes import tiny
+
+        if name != tiny.TINY_MODEL_ID:
+            raise RecipeError(f"unknown builtin model '{name}'", key="model.name_or_path",
+                              fix=f"the builtin model is {tiny.TINY_MODEL_ID}")
+        return str(tiny.ensure_tiny_model())
+    local = _local_candidate(name, base_dir)
+    if source == "local" or (source == "auto" and local is not None):
+        if local is None:
+            raise RecipeError(f"model directory '{name}' not found", key="model.name_or_path",
+                              fix="check the path, or set model.source: hf / modelscope for a hub id")
+        return str(local)
+    if source == "modelscope":
+        return modelscope_download(name, spec.get("revision"))
+    if not looks_like_hub_id(name):
+        raise RecipeError(f"'{name}' is neither an existing directory nor a hub id (org/name)",
+                          key="model.name_or_path", fix="check the path, or train the stage that writes it first")
+    return name
+
+
+def _local_candidate(name: str, base_dir: Path | None) -> Path | None:
+    for candidate in (Path(name).expanduser(), (base_dir or Path.cwd()) / name):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def modelscope_download(model_id: str, revision: str | None = None) -> str:
+    """Fetch a ModelScope repository into its local cache and return the directory."""
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise RecipeError("model.source is modelscope but the modelscope package is not installed",
+                          key="model.source", fix="pip install 'align-recipes[modelscope]'") from None
+    kwargs = {"revision": revision} if revision else {}
+    return snapshot_download(model_id, **kwargs)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: str, spec: dict[str, Any], base_dir: Path | None = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, path, spec)
+    template = spec.get("chat_template")
+    if template:
+        template_path = (base_dir or Path.cwd()) / template
+        tokenizer.chat_template = template_path.read_text() if template_path.is_file() else template
+    if tokenizer.pad_token is None:
+        # A missing pad token gives NaN losses with some models in fp16; EOS is the usual stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer has no pad token: using eos token %r", tokenizer.eos_token)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise RecipeError("the tokenizer has no chat template", key="model.chat_template",
+                          fix="set model.chat_template to a Jinja template (or a .jinja file)")
+    return tokenizer
+
+
+def quantization_config(spec: dict[str, Any]):
+    quant = "4bit" if spec.get("adapter") == "qlora" else spec.get("quantization", "none")
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = spec.get("dtype", "auto")
+    # QLoRA's compute dtype follows the model dtype: float16 on T4, bfloat16 on Ampere+, float32 on CPU.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype("float32" if compute == "auto" else compute))
+
+
+def load_model(path: str, spec: dict[str, Any], head: str = "causal_lm", use_cpu: bool = False):
+    """The policy (causal LM) or a reward model (sequence classifier with one score)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.get("dtype", "auto"))}
+    if spec.get("attn_implementation"):
+        kwargs["attn_implementation"] = spec["attn_implementation"]
+    quant = quantization_config(spec)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        kwargs["device_map"] = {"": "cpu" if use_cpu else local_rank}
+    if head == "reward":
+        kwargs["num_labels"] = 1
+        model = _from_pretrained(AutoModelForSequenceClassification, path, spec, **kwargs)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, path, spec, **kwargs)
+    return model
+
+
+def _from_pretrained(cls, path: str, spec: dict[str, Any], **kwargs):
+    try:
+        return cls.from_pretrained(path, revision=spec.get("revision"),
+                                   trust_remote_code=bool(spec.get("trust_remote_code", False)), **kwargs)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise RecipeError(f"'{spec['name_or_path']}' ships its own model code", key="model.trust_remote_code",
+                              fix="set model.trust_remote_code: true if you trust that repository") from None
+        raise
+    except OSError as exc:
+        raise RecipeError(f"cannot load '{spec['name_or_path']}': {str(exc).splitlines()[0][:200]}",
+                          key="model.name_or_path",
+                          fix="check the id or path; offline machines need a local directory") from None
+
+
+def peft_config(spec: dict[str, Any], head: str = "causal_lm"):
+    if spec.get("adapter", "full") == "full":
+        return None
+    from peft import LoraConfig
+
+    lora = spec.get("lora") or {}
+    return LoraConfig(
+        r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05),
+        target_modules=lora.get("target_modules", "all-linear"),
+        modules_to_save=lora.get("modules_to_save") or (["score"] if head == "reward" else None),
+        task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM",
+    )

@@ -1,0 +1,75 @@
+"""Human-readable views of recipes and of what is available: `show` and `list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from align_recipes import profiles
+from align_recipes.recipe import DEFAULT_SOURCE, Plan
+from align_recipes.registry import ALGORITHMS
+
+
+def _flatten(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value and not prefix.endswith("columns"):
+        rows = []
+        for key, sub in value.items():
+            rows.extend(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return rows
+    return [(prefix, value)]
+
+
+def _source_of(plan: Plan, key: str) -> str:
+    probe = key
+    while probe:
+        if probe in plan.sources:
+            return plan.sources[probe]
+        probe = probe.rpartition(".")[0]
+    return "align-recipes"
+
+
+def print_plan(plan: Plan, show_all: bool = False) -> None:
+    print(f"recipe:    {plan.recipe_path}")
+    print(f"algorithm: {plan.algorithm.name} -> {plan.algorithm.config_name} / {plan.algorithm.trainer.split(':')[1]}")
+    detected = f" (auto: {plan.profile.detected})" if plan.profile.detected else ""
+    print(f"profile:   {plan.profile.name}{detected} - {plan.profile.description}")
+    print("\n# resolved recipe  (value  <- source)")
+    rows = [r for section in ("model", "data", "rewards", "evaluate")
+            if section in plan.recipe for r in _flatten(plan.recipe[section], section)]
+    _print_rows([(k, v, _source_of(plan, k)) for k, v in rows])
+    print(f"\n# effective {plan.algorithm.config_name}  (value  <- source)")
+    effective = plan.effective_config()
+    shown = [(f"train.{k}", v, s) for k, (v, s) in effective.items() if show_all or s != DEFAULT_SOURCE]
+    _print_rows(shown)
+    hidden = len(effective) - len(shown)
+    if hidden:
+        print(f"  … {hidden} more fields at TRL's defaults (--all lists them)")
+    if plan.profile_changes:
+        print(f"\n# what profile '{plan.profile.name}' changed")
+        for change in plan.profile_changes:
+            final = _source_of(plan, change.key)
+            note = "" if final.startswith("profile") else f"  (overridden by {final})"
+            print(f"  {change.key} = {change.value!r}: {change.why}{note}")
+
+
+def _print_rows(rows: list[tuple[str, Any, str]]) -> None:
+    width = max((len(k) for k, _, _ in rows), default=0)
+    for key, value, source in rows:
+        print(f"  {key:<{width}}  {value!r:<28} <- {source}")
+
+
+def print_list() -> int:
+    print("algorithms:")
+    for algo in ALGORITHMS.values():
+        print(f"  {algo.name:<7} {algo.config_name:<13} data: {algo.data_kind:<18} {algo.summary}")
+    recipes_dir = Path("recipes")
+    if recipes_dir.is_dir():
+        print("\nrecipe families (recipes/<family>/<algorithm>.yaml):")
+        for family in sorted(p for p in recipes_dir.iterdir() if p.is_dir()):
+            names = sorted(p.stem for p in family.glob("*.yaml") if not p.stem.startswith("_"))
+            print(f"  {family.name:<8} {' '.join(names)}")
+    print("\nprofiles (--profile NAME, default auto):")
+    for name, path in profiles.available().items():
+        description = profiles._read(name).description
+        print(f"  {name:<6} {description}")
+    return 0

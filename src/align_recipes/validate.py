@@ -1,0 +1,158 @@
+"""Check a merged recipe: unknown keys, wrong types, impossible values, missing files. No torch.
+
+Collects every problem it finds (not only the first) so a user fixes a recipe in one round trip.
+Numeric strings such as "1e-5" (which YAML 1.1 reads as text) are converted to numbers in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from align_recipes import schema, sections
+from align_recipes.errors import RecipeError, did_you_mean
+from align_recipes.registry import Algorithm
+from align_recipes.schema import FieldInfo, kind_of
+
+Locate = Callable[[str], "tuple[str | None, int | None]"]
+
+
+class _Checker:
+    def __init__(self, locate: Locate):
+        self.locate = locate
+        self.errors: list[RecipeError] = []
+
+    def error(self, key: str, message: str, fix: str = "") -> None:
+        file, line = self.locate(key)
+        self.errors.append(RecipeError(message, fix=fix, file=file, key=key, line=line))
+
+    def mapping(self, data: Any, fields: dict[str, FieldInfo], prefix: str, owner: str,
+                required: tuple[str, ...] = ()) -> dict:
+        """Check one mapping against its fields; returns it (or {} when it is not a mapping)."""
+        if not isinstance(data, dict):
+            self.error(prefix.rstrip("."), f"must be a mapping, got {kind_of(data)} {data!r}"[:160],
+                       f"write `{prefix.rstrip('.').rsplit('.', 1)[-1]}:` followed by indented `key: value` lines")
+            return {}
+        for key in list(data):
+            path = f"{prefix}{key}"
+            info = fields.get(key) if isinstance(key, str) else None
+            if info is None:
+                self.error(path, f"unknown key for {owner}", did_you_mean(str(key), fields))
+                continue
+            data[key] = self.value(path, data[key], info)
+        for key in required:
+            if data.get(key) in (None, ""):
+                self.error(f"{prefix}{key}", f"required key missing in {owner}",
+                           f"add `{key}:` ({fields[key].help})" if fields[key].help else f"add `{key}:`")
+        return data
+
+    def value(self, path: str, value: Any, info: FieldInfo) -> Any:
+        value = _coerce_number(value, info)
+        if not info.accepts(value):
+            expected = " or ".join(k for k in info.kinds if k != "null") + (" (or null)" if "null" in info.kinds else "")
+            self.error(path, f"expected {expected}, got {kind_of(value)} {value!r}"[:200],
+                       f"e.g. {path.rsplit('.', 1)[-1]}: {info.default!r}" if info.default not in (None, "", [], {})
+                       else "see docs/recipes.md")
+        elif info.choices and value is not None and _hashable(value) and value not in info.choices:
+            self.error(path, f"'{value}' is not one of: {', '.join(map(str, info.choices))}",
+                       did_you_mean(str(value), map(str, info.choices)))
+        return value
+
+    def ranges(self, data: dict, bounds: dict, prefix: str) -> None:
+        for key, (low, high, low_inclusive) in bounds.items():
+            value = data.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            too_low = low is not None and (value < low if low_inclusive else value <= low)
+            too_high = high is not None and value > high
+            if too_low or too_high:
+                rule = f"{'>=' if low_inclusive else '>'} {low}" if low is not None else ""
+                if high is not None:
+                    rule = f"{rule} and <= {high}".strip(" and")
+                self.error(f"{prefix}{key}", f"impossible value {value}", f"must be {rule}")
+
+
+def _coerce_number(value: Any, info: FieldInfo) -> Any:
+    if isinstance(value, str) and ("float" in info.kinds or "int" in info.kinds) and "str" not in info.kinds:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if "int" in info.kinds and "float" not in info.kinds and number.is_integer() else number
+    return value
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, algorithm: Algorithm | None) -> None:
+    spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry", required=("path",))
+    check.ranges(spec, {"max_drop_fraction": (0, 1, True)}, prefix)
+    if not isinstance(spec.get("path"), str) or check.errors:
+        return
+    from align_recipes.data import DataError, DataSpec, check_serves, peek  # light: no torch, no datasets
+
+    try:
+        data_spec = DataSpec(**spec)
+        rows = peek(data_spec, base_dir)
+        if rows and algorithm is not None:
+            kind = algorithm.data_kind if prefix.startswith("data.") else "evaluation"
+            if kind != "evaluation":
+                check_serves(rows, data_spec, kind)
+    except DataError as exc:
+        check.error(f"{prefix}path", str(exc))
+
+
+def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path) -> list[RecipeError]:
+    """All problems in a fully merged recipe (model, data, rewards, evaluate, train)."""
+    check = _Checker(locate)
+    check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
+    model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section", ("name_or_path",))
+    if "lora" in model:
+        lora = check.mapping(model["lora"], sections.LORA, "model.lora.", "model.lora")
+        check.ranges(lora, sections.LORA_RANGES, "model.lora.")
+    if model.get("adapter") == "qlora" and model.get("quantization") == "8bit":
+        check.error("model.quantization", "QLoRA is 4-bit by definition", "use quantization: 4bit, or adapter: lora")
+    if model.get("adapter") == "full" and model.get("quantization") in ("4bit", "8bit"):
+        check.error("model.adapter", "a quantized model cannot be fully fine-tuned",
+                    "use adapter: qlora (4-bit) or lora, or quantization: none")
+
+    data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section", ("train",))
+    for split in ("train", "eval"):
+        if data.get(split) is not None:
+            _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm)
+
+    evaluation = recipe.get("evaluate")
+    if evaluation is not None:
+        evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section", ("data",))
+        if isinstance(evaluation.get("data"), dict):
+            _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
+
+    rewards = recipe.get("rewards")
+    if rewards and not algorithm.uses_rewards:
+        check.error("rewards", f"`{algorithm.name}` takes no reward functions",
+                    "remove the rewards section (it is for grpo, ppo and spo)")
+    elif algorithm.uses_rewards and not rewards and not _has_reward_model(recipe):
+        check.error("rewards", f"`{algorithm.name}` needs at least one reward",
+                    "add e.g. `rewards: [{name: exact_match}]` or a reward model (docs/recipes.md)")
+    elif rewards:
+        from align_recipes.rewards import check_reward_specs
+
+        if not isinstance(rewards, list):
+            check.error("rewards", "must be a list of reward entries", "write `rewards:` then `- {name: exact_match}`")
+        else:
+            for message in check_reward_specs(rewards, base_dir):
+                key, _, text = message.partition(": ")
+                check.error(key if key.startswith("rewards") else "rewards", text or message)
+
+    train_fields = schema.config_fields(algorithm.config_name)
+    train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
+    check.ranges(train, sections.TRAIN_RANGES, "train.")
+    if train.get("bf16") and train.get("fp16"):
+        check.error("train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer")
+    return check.errors
+
+
+def _has_reward_model(recipe: dict) -> bool:
+    return bool(recipe.get("train", {}).get("reward_model_path"))
