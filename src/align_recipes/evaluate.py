@@ -28,9 +28,10 @@ def _rows(plan, kind: str) -> list[dict]:
 
     section = plan.recipe["evaluate"]
     try:
-        dataset, _ = load(DataSpec(**section["data"]), plan.base_dir, kind)
+        dataset, _ = load(DataSpec.from_dict(section["data"], section="evaluate.data"), plan.base_dir, kind)
     except DataError as exc:
-        raise RecipeError(str(exc), file=plan.recipe_path, key="evaluate.data") from None
+        exc.file = exc.file or plan.recipe_path
+        raise
     rows = list(dataset)
     return rows[: section["limit"]] if section.get("limit") else rows
 

@@ -44,13 +44,15 @@ def load_data(plan: Plan, tokenizer):
 
     loaded = {}
     for split in ("train", "eval"):
-        spec = plan.recipe["data"].get(split)
-        if not spec:
+        entry = plan.recipe["data"].get(split)
+        if not entry:
             continue
         try:
-            dataset, report = load(DataSpec(**spec), plan.base_dir, plan.algorithm.data_kind, tokenizer)
+            dataset, report = load(DataSpec.from_dict(entry, section=f"data.{split}"), plan.base_dir,
+                                   plan.algorithm.data_kind, tokenizer)
         except DataError as exc:
-            raise RecipeError(str(exc), file=plan.recipe_path, key=f"data.{split}") from None
+            exc.file = exc.file or plan.recipe_path
+            raise
         if outputs.is_main_process():
             print(f"data.{split}: {report.summary_line()}")
         loaded[split] = dataset

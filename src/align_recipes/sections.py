@@ -61,6 +61,7 @@ DATASET = {f.name: f for f in [
     _f("columns", "dict null", help="rename source columns: {target: source}"),
     _f("name", "str null", help="hub dataset config name"),
     _f("max_drop_fraction", "float", 0.5, help="stop if more than this share of rows cannot be converted"),
+    _f("drop_ties", "bool", False, help="preference data with scores: drop pairs whose scores are equal"),
 ]}
 
 EVALUATE = {f.name: f for f in [

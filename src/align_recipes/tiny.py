@@ -203,6 +203,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-",
                                 dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
         _write_build(tmp)
         if final.exists() and not _is_complete(final):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from align_recipes import schema, sections
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.registry import Algorithm
+from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm
 from align_recipes.schema import FieldInfo, kind_of
 
 Locate = Callable[[str], "tuple[str | None, int | None]"]
@@ -86,7 +86,7 @@ def _hashable(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, algorithm: Algorithm | None) -> None:
+def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str) -> None:
     spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry", required=("path",))
     check.ranges(spec, {"max_drop_fraction": (0, 1, True)}, prefix)
     if not isinstance(spec.get("path"), str) or check.errors:
@@ -94,14 +94,14 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, algo
     from align_recipes.data import DataError, DataSpec, check_serves, peek  # light: no torch, no datasets
 
     try:
-        data_spec = DataSpec(**spec)
+        data_spec = DataSpec.from_dict(spec, section=prefix.rstrip("."))
         rows = peek(data_spec, base_dir)
-        if rows and algorithm is not None:
-            kind = algorithm.data_kind if prefix.startswith("data.") else "evaluation"
-            if kind != "evaluation":
-                check_serves(rows, data_spec, kind)
+        if rows:
+            check_serves(rows, data_spec, kind)
     except DataError as exc:
-        check.error(f"{prefix}path", str(exc))
+        if exc.file is None:
+            exc.file, exc.line = check.locate(f"{prefix}path")
+        check.errors.append(exc)
 
 
 def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path) -> list[RecipeError]:
@@ -121,13 +121,14 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section", ("train",))
     for split in ("train", "eval"):
         if data.get(split) is not None:
-            _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm)
+            _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm.data_kind)
 
     evaluation = recipe.get("evaluate")
     if evaluation is not None:
         evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section", ("data",))
         if isinstance(evaluation.get("data"), dict):
-            _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
+            kind = PROMPT_ONLY if evaluation.get("metric", "exact_match") == "exact_match" else PREFERENCE
+            _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, kind)
 
     rewards = recipe.get("rewards")
     if rewards and not algorithm.uses_rewards:

@@ -1,0 +1,30 @@
+"""Shared test setup: a private cache for the tiny model, and the repository as working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests never touch the user's cache or the network.
+os.environ.setdefault("ALIGN_RECIPES_CACHE", str(REPO / ".cache" / "test"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def repo_cwd():
+    """Recipes name paths relative to the repository (outputs/, recipes/tiny/data)."""
+    previous = Path.cwd()
+    os.chdir(REPO)
+    yield REPO
+    os.chdir(previous)
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)

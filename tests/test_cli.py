@@ -1,0 +1,90 @@
+"""The CLI as users meet it: exit codes, one-screen errors without tracebacks, fast validate, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from align_recipes.cli import main
+from align_recipes.registry import ALGORITHMS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "align_recipes", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_validate_real_recipe_offline_fast_and_without_torch():
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "from align_recipes.cli import main; rc = main(['validate', 'recipes/qwen05b/dpo.yaml']);"
+        "print(rc, 'torch' in sys.modules, 'datasets' in sys.modules, time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    rc, torch_loaded, datasets_loaded, seconds = out.strip().splitlines()[-1].split()
+    assert (rc, torch_loaded, datasets_loaded) == ("0", "False", "False")
+    assert float(seconds) < 1.0
+
+
+def test_typo_in_train_section_exit_2_no_traceback(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((REPO / "recipes/tiny/dpo.yaml").read_text().replace("train:", "train:\n  learnig_rate: 1e-5", 1))
+    recipe.write_text(recipe.read_text().replace("extends: _base.yaml", f"extends: {REPO}/recipes/tiny/_base.yaml"))
+    started = time.perf_counter()
+    result = run_cli("validate", str(recipe), cwd=REPO)
+    assert time.perf_counter() - started < 10
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "learning_rate" in result.stderr and "r.yaml" in result.stderr
+    assert len(result.stderr.splitlines()) <= 25
+
+
+def test_train_with_bad_recipe_creates_no_output_dir(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "recipes/tiny/dpo.yaml", f"train.output_dir={out}", "train.beta=-1"])
+    assert rc == 2 and not out.exists()
+
+
+def test_show_lists_sources(capsys):
+    assert main(["show", "recipes/tiny/dpo.yaml", "--profile", "cpu", "train.beta=0.3"]) == 0
+    text = capsys.readouterr().out
+    assert "train.beta" in text and "<- override" in text
+    assert "<- profile:cpu" in text and "<- recipe:recipes/tiny/" in text
+    assert "more fields at TRL's defaults" in text
+
+
+def test_list_names_every_algorithm_and_family(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for name in ALGORITHMS:
+        assert f"  {name} " in text
+    assert "tiny" in text and "qwen05b" in text and "t4" in text
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if not p.name.startswith("_"))
+    assert len(recipes) >= 6
+    failures = {str(p): main(["validate", str(p)]) for p in recipes}
+    assert all(rc == 0 for rc in failures.values()), failures
+
+
+def test_schema_snapshot_matches_installed_trl():
+    """Fails when TRL (or our own PPO/SPO configs) change fields: run `python -m align_recipes.schema`."""
+    from align_recipes import schema
+
+    assert schema.generate() == json.loads(schema.SCHEMA_PATH.read_text())
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["train"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
