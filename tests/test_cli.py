@@ -35,8 +35,9 @@ def test_validate_real_recipe_offline_fast_and_without_torch():
 
 def test_typo_in_train_section_exit_2_no_traceback(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text((REPO / "recipes/tiny/dpo.yaml").read_text().replace("train:", "train:\n  learnig_rate: 1e-5", 1))
-    recipe.write_text(recipe.read_text().replace("extends: _base.yaml", f"extends: {REPO}/recipes/tiny/_base.yaml"))
+    recipe.write_text(f"algorithm: dpo\nmodel: {{name_or_path: builtin:tiny-qwen2}}\n"
+                      f"data: {{train: {{path: {REPO}/recipes/tiny/data/prefs.jsonl}}}}\n"
+                      "train:\n  beta: 0.1\n  learnig_rate: 1e-5\n")
     started = time.perf_counter()
     result = run_cli("validate", str(recipe), cwd=REPO)
     assert time.perf_counter() - started < 10

@@ -1,0 +1,197 @@
+"""What a recipe's `data:` entry says (DataSpec), the error users see (DataError), and what a
+conversion did (ConversionReport). Import-light: the stdlib only."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RecipeError, did_you_mean
+
+# Dataset kinds, as named in align_recipes.registry (what each algorithm consumes).
+LANGUAGE_MODELING = "language_modeling"
+PREFERENCE = "preference"
+UNPAIRED = "unpaired"
+PROMPT_ONLY = "prompt_only"
+KINDS = (LANGUAGE_MODELING, PREFERENCE, UNPAIRED, PROMPT_ONLY)
+
+SOURCES = ("auto", "local", "hf", "modelscope")
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SPLIT = re.compile(r"^\s*([\w.-]*)\s*(\[.*\])?\s*$")
+_SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$|^\[\s*(\d+)\s*\]$")
+
+
+class DataError(RecipeError):
+    """A problem with a dataset that the user can fix. Rendered as one short message naming the
+    file, the row or line, the columns and the fix (see align_recipes.errors.RecipeError)."""
+
+
+@dataclass
+class DataSpec:
+    """One entry of a recipe's data section, e.g. `data.train`."""
+
+    path: str
+    split: str = "train"
+    source: str = "auto"
+    format: str = "auto"
+    columns: dict[str, str] | None = None
+    name: str | None = None
+    max_drop_fraction: float = 0.5
+    drop_ties: bool = False       # ultrafeedback_binarized: drop pairs whose scores are equal
+    section: str = "data.train"   # where the entry sits in the recipe; used in messages only
+
+    RECIPE_KEYS = ("path", "split", "source", "format", "columns", "name", "max_drop_fraction",
+                   "drop_ties")
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], section: str = "data.train") -> "DataSpec":
+        """Build from a recipe mapping such as `{path: x.jsonl, split: "train[:100]"}`."""
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise DataError(f"expected a mapping with at least 'path', got {type(entry).__name__}",
+                            key=section, fix="write e.g. {path: data/train.jsonl}")
+        for key in entry:
+            if key not in cls.RECIPE_KEYS:
+                raise DataError(f"unknown key '{key}'", key=f"{section}.{key}",
+                                fix=did_you_mean(key, cls.RECIPE_KEYS))
+        if not entry.get("path"):
+            raise DataError("missing 'path'", key=section,
+                            fix="give a local file/folder or a hub id, e.g. path: data/train.jsonl")
+        spec = cls(**entry, section=section)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        if self.source not in SOURCES:
+            raise DataError(f"source '{self.source}' is not one of {', '.join(SOURCES)}",
+                            key=f"{self.section}.source", fix=did_you_mean(self.source, SOURCES))
+        if self.columns is not None:
+            if not isinstance(self.columns, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()):
+                raise DataError("columns must map target names to source column names",
+                                key=f"{self.section}.columns", fix="e.g. columns: {prompt: question, chosen: good}")
+        if not isinstance(self.max_drop_fraction, (int, float)) or not 0 <= self.max_drop_fraction <= 1:
+            raise DataError(f"max_drop_fraction is {self.max_drop_fraction}, must be between 0 and 1",
+                            key=f"{self.section}.max_drop_fraction")
+        split_parts(self.split, self.section)
+
+
+def split_parts(split: str, section: str = "data.train") -> tuple[str, str]:
+    """'train_prefs[:1000]' -> ('train_prefs', '[:1000]'). Raises DataError on a malformed split."""
+    match = _SPLIT.match(str(split))
+    if not match or (match.group(2) and not _SLICE.match(match.group(2))):
+        raise DataError(f"split '{split}' is not a split name with an optional slice",
+                        key=f"{section}.split", fix='write e.g. "train", "train[:1000]" or "train[10%:20%]"')
+    return match.group(1) or "train", match.group(2) or ""
+
+
+def slice_start(slice_text: str) -> int:
+    """First row a slice selects when that is known without the length; 0 otherwise."""
+    match = _SLICE.match(slice_text) if slice_text else None
+    if not match:
+        return 0
+    start = match.group(1) if match.group(3) is None else match.group(3)
+    if start and not start.endswith("%") and not start.startswith("-"):
+        return int(start)
+    return 0
+
+
+def slice_length(slice_text: str) -> int | None:
+    """How many rows a slice selects when that is known without the length."""
+    match = _SLICE.match(slice_text) if slice_text else None
+    if not match:
+        return None
+    if match.group(3) is not None:
+        return 1
+    start, stop = match.group(1), match.group(2)
+    if stop and not stop.endswith("%") and not stop.startswith("-"):
+        if not start:
+            return int(stop)
+        if not start.endswith("%") and not start.startswith("-"):
+            return max(0, int(stop) - int(start))
+    return None
+
+
+def resolve_local(spec: DataSpec, base_dir: Path | str | None) -> tuple[Path | None, list[Path]]:
+    """Where `spec.path` is on disk: absolute as given; relative to the current directory first,
+    then to the recipe's folder. Returns (found path or None, paths tried)."""
+    path = Path(spec.path).expanduser()
+    if path.is_absolute():
+        return (path if path.exists() else None), [path]
+    tried = [Path.cwd() / path]
+    if base_dir is not None:
+        tried.append(Path(base_dir) / path)
+    for candidate in tried:
+        if candidate.exists():
+            return candidate, tried
+    return None, tried
+
+
+def locate(spec: DataSpec, base_dir: Path | str | None) -> tuple[str, Any]:
+    """('local', Path) | ('hf', id) | ('modelscope', id), following `source`."""
+    spec.check()
+    if spec.source == "hf":
+        return "hf", spec.path
+    if spec.source == "modelscope":
+        found, _ = resolve_local(spec, base_dir)
+        return "modelscope", str(found) if found is not None else spec.path
+    found, tried = resolve_local(spec, base_dir)
+    if found is not None:
+        return "local", found
+    looks_local = (Path(spec.path).suffix.lower() in DATA_SUFFIXES or spec.path.startswith((".", "/", "~"))
+                   or not HUB_ID.match(spec.path))
+    if spec.source == "local" or looks_local:
+        raise DataError(f"dataset file not found: {spec.path}", key=f"{spec.section}.path",
+                        fix="looked in " + " and ".join(str(p) for p in tried)
+                        + "; relative paths resolve against the current directory, then the recipe's folder")
+    return "hf", spec.path
+
+
+def rows_text(rows: list[int], shown: int = 3) -> str:
+    """'row 3' | 'rows 3, 7' | 'rows 3, 7, 9 and 11 more'."""
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    if len(rows) <= shown:
+        return "rows " + ", ".join(map(str, rows))
+    return "rows " + ", ".join(map(str, rows[:shown])) + f" and {len(rows) - shown} more"
+
+
+@dataclass
+class ConversionReport:
+    """What happened to one dataset: the format detected and the rows dropped, by reason.
+    Row numbers count from 1 within the loaded split."""
+
+    format: str
+    rows_in: int
+    rows_kept: int
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    section: str = "data.train"
+    kind: str = ""
+    source: str = ""
+    rows_out: int | None = None  # rows after conversion (unpaired from pairs doubles them)
+
+    @property
+    def rows_dropped(self) -> int:
+        return self.rows_in - self.rows_kept
+
+    def reasons_text(self, shown: int = 3) -> str:
+        return "; ".join(f"{reason}: {rows_text(rows, shown)}"
+                         for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1])))
+
+    def summary_line(self) -> str:
+        line = f"{self.section}: detected {self.format}, kept {self.rows_kept}/{self.rows_in} rows"
+        if self.rows_dropped:
+            line += f", dropped {self.rows_dropped} ({self.reasons_text()})"
+        if self.rows_out is not None and self.rows_out != self.rows_kept:
+            line += f", {self.rows_out} {self.kind} rows"
+        return line
+
+    def details(self, limit: int = 20) -> list[str]:
+        """One line per reason with up to `limit` row numbers, for the log."""
+        return [f"{self.section}: dropped {len(rows)} row{'s' if len(rows) > 1 else ''} ({reason}): "
+                f"{rows_text(rows, limit)}"
+                for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1]))]
