@@ -240,7 +240,16 @@ def _locator(files: dict[str, Any], sources: dict[str, str]):
 def resolved_yaml(plan: Plan) -> str:
     """The fully resolved recipe, as written to `recipe.resolved.yaml` in every output dir."""
     body = {"algorithm": plan.algorithm.name, "profile": plan.profile.name, **plan.recipe}
-    return yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(_plain(body), sort_keys=False, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    """LineDicts and tuples back to plain YAML-representable types."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 __all__ = ["Plan", "load_plan", "parse_override", "resolved_yaml", "sections"]

@@ -22,10 +22,15 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    # transformers 5 renames gradient_checkpointing; TRL 1.16 still sets the old name itself.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6.*")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def build_config(plan: Plan):
@@ -54,7 +59,7 @@ def load_data(plan: Plan, tokenizer):
             exc.file = exc.file or plan.recipe_path
             raise
         if outputs.is_main_process():
-            print(f"data.{split}: {report.summary_line()}")
+            print(report.summary_line())
         loaded[split] = dataset
     return loaded.get("train"), loaded.get("eval")
 
@@ -125,6 +130,9 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
         processing_class=tokenizer, peft_config=models.peft_config(spec, plan.algorithm.model_head),
         callbacks=[outputs.metrics_callback(output_dir)], **extras,
     )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # muted while loading; the training bar is worth seeing
     started = time.time()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(str(output_dir))
