@@ -10,7 +10,7 @@ TORCH         ?= torch==2.13.0
 RECIPE        ?= tiny
 PROFILE       ?=
 ACCELERATE    ?=
-NUM_PROCESSES ?= 1
+NUM_PROCESSES ?=
 ARGS          ?=
 ALGORITHMS    := sft reward dpo orpo kto grpo ppo spo
 STAMP         := $(VENV)/.installed
@@ -20,7 +20,7 @@ ifeq ($(ACCELERATE),)
   RUNNER := $(BIN)/align-recipes
 else
   RUNNER := $(BIN)/accelerate launch --config_file configs/accelerate/$(ACCELERATE).yaml \
-            --num_processes $(NUM_PROCESSES) -m align_recipes
+            $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES),) -m align_recipes
 endif
 
 .PHONY: help install test $(ALGORITHMS) validate list clean
@@ -51,6 +51,13 @@ $(TINY_SFT): | $(STAMP)
 
 $(ALGORITHMS): $(STAMP) $(if $(filter tiny,$(RECIPE)),$(if $(filter grpo ppo spo,$(MAKECMDGOALS)),$(TINY_SFT)))
 	$(RUNNER) train recipes/$(RECIPE)/$@.yaml $(PROFILE_FLAG) $(ARGS)
+
+# Multi-stage runs (docs/usage.md): `make rlhf RECIPE=qwen05b` runs recipes/qwen05b/pipeline.yaml
+# (sft -> reward -> ppo); PIPELINE names another file. Complete, unchanged stages are skipped.
+PIPELINE ?= recipes/$(RECIPE)/pipeline.yaml
+.PHONY: rlhf pipeline
+rlhf pipeline: $(STAMP)
+	$(BIN)/align-recipes pipeline $(PIPELINE) $(PROFILE_FLAG) $(ARGS)
 
 validate: $(STAMP)
 	@for f in recipes/$(RECIPE)/[!_]*.yaml; do $(BIN)/align-recipes validate $$f $(PROFILE_FLAG) || exit 2; done

@@ -1,24 +1,123 @@
 """Hardware profiles: named YAML layers (configs/profiles/*.yaml) between TRL's defaults and the recipe.
 
-A profile is a partial recipe (`model:` and `train:` keys) plus rules that depend on the model
-size. `auto` picks one from the GPU that `nvidia-smi` reports, without importing torch.
+A profile is a partial recipe (`model:` and `train:` keys, each with a reason in `why:`), the GPU it
+describes (`gpu:`), size rules (`rules:`, keyed by the model's parameter count: adapter,
+quantization, micro-batch cap, extra keys) and a vLLM policy (`vllm:`) for the algorithms that
+generate. `auto` picks one from what `nvidia-smi` reports (name, memory, compute capability, count),
+without importing torch; `--profile NAME` forces one. docs/scaling.md describes the format.
+
+Everything here is decided from text: nvidia-smi's CSV, config.json, the model's name and
+`importlib.util.find_spec` / package metadata for the optional kernels (flash_attn, vllm,
+bitsandbytes). Nothing imports torch, so `validate` and `show` stay fast.
+
+The public functions, in the order `recipe.load_plan` calls them:
+  resolve(name)                         the Profile (auto: detected)
+  layer_for(profile, algorithm, wish)   the profile's layer under the recipe, with a reason per value
+  adjust_batch(profile, recipe, …)      after the merge: cap the micro-batch, keep the effective batch
+  check_compatible(profile, recipe, …)  impossible combinations, each a RecipeError with its fix
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import importlib.util
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.yamlio import load_yaml
 
-PROFILE_KEYS = {"description", "model", "train", "gpu"}
+PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
+GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
+RULE_KEYS = {"max_params", "min_memory_gb", "adapter", "quantization", "micro_batch", "model", "train", "why"}
+VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
+# TRL 1.16's supported vLLM range (trl.import_utils.is_vllm_available warns outside it).
+VLLM_MIN, VLLM_MAX = (0, 22), (0, 31)
+# The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
+MICRO_BATCH_REFERENCE_LENGTH = 1024
+# Environment variable holding fake `nvidia-smi` CSV output (tests, "what would happen on 8xH100").
+FAKE_SMI_ENV = "ALIGN_RECIPES_NVIDIA_SMI"
+SMI_QUERY = "name,memory.total,compute_cap"
+
+ARCHITECTURES = [  # (lowest compute capability, name), newest first
+    (12.0, "Blackwell"), (10.0, "Blackwell"), (9.0, "Hopper"), (8.9, "Ada"), (8.0, "Ampere"),
+    (7.5, "Turing"), (7.0, "Volta"), (6.0, "Pascal"), (0.0, "pre-Pascal"),
+]
+# Compute capability by name, for drivers too old to report compute_cap.
+KNOWN_CAPABILITY = [("h100", 9.0), ("h200", 9.0), ("h800", 9.0), ("gh200", 9.0), ("b200", 10.0), ("a100", 8.0),
+                    ("a800", 8.0), ("a10", 8.6), ("a40", 8.6), ("a6000", 8.6), ("l40", 8.9), ("l4", 8.9),
+                    ("4090", 8.9), ("3090", 8.6), ("t4", 7.5), ("v100", 7.0), ("p100", 6.0)]
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GPU:
+    """What a profile assumes (or `auto` detected) about the accelerator: one entry per machine."""
+
+    name: str
+    memory_gb: float
+    compute_capability: float
+    count: int = 1
+
+    @property
+    def arch(self) -> str:
+        """'Turing (sm75)'."""
+        family = next(label for low, label in ARCHITECTURES if self.compute_capability >= low)
+        return f"{family} (sm{int(round(self.compute_capability * 10))})"
+
+    @property
+    def has_bf16(self) -> bool:
+        return self.compute_capability >= 8.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One size rule: applies to models up to `max_params` (and GPUs with at least `min_memory_gb`)."""
+
+    max_params: float | None = None  # None: no upper bound (the last rule)
+    min_memory_gb: float | None = None
+    adapter: str | None = None
+    quantization: str | None = None
+    micro_batch: int | None = None
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    why: str = ""
+    lower: float | None = None  # the previous rule's bound, for the reason text
+
+
+@dataclass
+class Profile:
+    name: str
+    path: Path | None
+    description: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    detected: str = ""  # for `auto`: what was detected and why this profile
+    gpu: GPU | None = None  # None: CPU only
+    match: tuple[str, ...] = ()  # lower-case substrings of nvidia-smi names that pick this profile
+    why: dict[str, str] = field(default_factory=dict)  # "model.dtype" -> reason (with {gpu} {arch} {memory})
+    rules: tuple[Rule, ...] = ()
+    vllm: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Change:
+    key: str
+    value: Any
+    why: str
+
+
+# --- reading profiles --------------------------------------------------------------------------------
 
 def profile_dirs() -> list[Path]:
     """Where profiles are looked up: $ALIGN_RECIPES_PROFILES, then the repository's configs/profiles."""
@@ -30,23 +129,6 @@ def profile_dirs() -> list[Path]:
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
-@dataclass
-class Profile:
-    name: str
-    path: Path | None
-    description: str = ""
-    model: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
-    detected: str = ""  # for `auto`: what was detected and why this profile
-
-
-@dataclass
-class Change:
-    key: str
-    value: Any
-    why: str
-
-
 def available() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for directory in profile_dirs():
@@ -55,74 +137,676 @@ def available() -> dict[str, Path]:
     return found
 
 
+def _unknown(data: dict, allowed: set[str], where: str, path: Path) -> None:
+    unknown = sorted(str(k) for k in set(data) - allowed)
+    if unknown:
+        raise RecipeError(f"unknown key '{unknown[0]}' in {where}", fix=did_you_mean(unknown[0], allowed), file=path)
+
+
+def _mapping(value: Any, where: str, path: Path) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} must be a mapping", fix=f"write `{where.split()[-1]}:` then indented keys",
+                          file=path)
+    return dict(value)
+
+
+def _number(value: Any, where: str, path: Path) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)  # YAML 1.1 reads 1.5e9 as a string
+    except (TypeError, ValueError):
+        raise RecipeError(f"{where}: '{value}' is not a number", fix="write e.g. 1.5e9 or 1500000000",
+                          file=path) from None
+
+
 @functools.lru_cache(maxsize=None)
+def _read_path(name: str, path: Path) -> Profile:
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise RecipeError("a profile must be a mapping", fix="see configs/profiles/t4.yaml", file=path)
+    _unknown(data, PROFILE_KEYS, "a profile", path)
+
+    gpu = None
+    if data.get("gpu"):
+        raw = _mapping(data["gpu"], "profile gpu", path)
+        _unknown(raw, GPU_KEYS, "the profile's gpu", path)
+        gpu = GPU(name=str(raw.get("name", name.upper())), memory_gb=_number(raw.get("memory_gb", 16), "gpu.memory_gb", path),
+                  compute_capability=_number(raw.get("compute_capability", 8.0), "gpu.compute_capability", path),
+                  count=int(raw.get("count", 1)))
+
+    rules, lower = [], None
+    for index, raw in enumerate(data.get("rules") or []):
+        raw = _mapping(raw, f"rules[{index}] of the profile rules", path)
+        _unknown(raw, RULE_KEYS, f"rules[{index}]", path)
+        rule = Rule(max_params=_number(raw.get("max_params"), f"rules[{index}].max_params", path),
+                    min_memory_gb=_number(raw.get("min_memory_gb"), f"rules[{index}].min_memory_gb", path),
+                    adapter=raw.get("adapter"), quantization=raw.get("quantization"),
+                    micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
+                    model=_mapping(raw.get("model"), "rule model", path),
+                    train=_mapping(raw.get("train"), "rule train", path), why=str(raw.get("why") or ""),
+                    lower=lower)
+        if rule.adapter not in (None, "full", "lora", "qlora"):
+            raise RecipeError(f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
+                              fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]), file=path)
+        rules.append(rule)
+        if rule.min_memory_gb is None:
+            lower = rule.max_params
+
+    vllm = _mapping(data.get("vllm"), "profile vllm", path)
+    _unknown(vllm, VLLM_KEYS, "the profile's vllm section", path)
+    return Profile(name=name, path=path, description=str(data.get("description") or ""),
+                   model=_mapping(data.get("model"), "profile model", path),
+                   train=_mapping(data.get("train"), "profile train", path), gpu=gpu,
+                   match=tuple(str(m).lower() for m in data.get("match") or ()),
+                   why={str(k): str(v) for k, v in _mapping(data.get("why"), "profile why", path).items()},
+                   rules=tuple(rules), vllm=vllm)
+
+
 def _read(name: str) -> Profile:
     paths = available()
     if name not in paths:
         raise RecipeError(f"unknown profile '{name}'", key="profile",
                           fix=did_you_mean(name, [*paths, "auto"]) + f" (profiles: {', '.join(['auto', *paths])})")
-    data = load_yaml(paths[name]) or {}
-    unknown = set(data) - PROFILE_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise RecipeError(f"unknown key '{key}' in a profile", fix=did_you_mean(key, PROFILE_KEYS), file=paths[name])
-    return Profile(name=name, path=paths[name], description=data.get("description", ""),
-                   model=dict(data.get("model") or {}), train=dict(data.get("train") or {}))
+    return _read_path(name, paths[name])
 
 
-def detect_gpu() -> tuple[str, float, int] | None:
-    """(name, memory GiB, count) of the first GPU per nvidia-smi, or None when there is none."""
-    if not shutil.which("nvidia-smi"):
-        return None
+# --- detecting the GPU -------------------------------------------------------------------------------
+
+def parse_nvidia_smi(text: str) -> list[GPU]:
+    """GPUs from `nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits`.
+
+    Tolerates a header line, MiB units, '[N/A]' fields (MIG, old drivers) and a missing compute_cap
+    column (looked up from the name)."""
+    gpus = []
+    for row in text.strip().splitlines():
+        cells = [c.strip() for c in row.split(",")]
+        if not cells[0] or cells[0].lower() == "name":
+            continue
+        memory = _float(cells[1].replace("MiB", "")) if len(cells) > 1 else None
+        capability = _float(cells[2]) if len(cells) > 2 else None
+        if capability is None:
+            capability = next((cc for needle, cc in KNOWN_CAPABILITY if needle in cells[0].lower()), 7.0)
+        gpus.append(GPU(name=cells[0], memory_gb=round((memory or 0) / 1024, 1), compute_capability=capability))
+    return gpus
+
+
+def _float(text: str) -> float | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+        return float(text)
+    except ValueError:
         return None
-    rows = [r.split(",") for r in out.strip().splitlines() if r.strip()]
-    if not rows:
-        return None
-    return rows[0][0].strip(), float(rows[0][1]) / 1024, len(rows)
 
 
-def choose_for_gpu(gpu: tuple[str, float, int] | None) -> tuple[str, str]:
-    """Profile name for a detected GPU, and the reason."""
-    if gpu is None:
-        return "cpu", "no NVIDIA GPU found (nvidia-smi absent or silent)"
-    name, memory, count = gpu
-    lowered = name.lower()
-    for needle, profile in (("t4", "t4"), ("l4", "l4"), ("a10", "l4"), ("a100", "a100"), ("h100", "h100"),
-                            ("h200", "h100"), ("h800", "h100")):
-        if needle in lowered:
-            return profile, f"{count}x {name} ({memory:.0f} GiB)"
-    fallback = "h100" if memory >= 70 else "a100" if memory >= 35 else "l4" if memory >= 20 else "t4"
-    return fallback, f"{count}x {name} ({memory:.0f} GiB), matched by memory"
+def _visible(gpus: list[GPU]) -> list[GPU]:
+    """Only the GPUs that CUDA_VISIBLE_DEVICES leaves to this process (nvidia-smi lists them all)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return gpus
+    ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+    if not ids or ids[0].strip().startswith("-"):
+        return []
+    picked = [gpus[int(i)] for i in ids if i.strip().isdigit() and int(i) < len(gpus)]
+    return picked or gpus[: len(ids)]
 
 
-def resolve(name: str) -> Profile:
+def detect_gpus(smi_output: str | None = None) -> list[GPU]:
+    """The GPUs this process can use, from nvidia-smi (or from `smi_output` / $ALIGN_RECIPES_NVIDIA_SMI
+    when given: the same CSV text, which is how tests fake hardware). An empty list means CPU."""
+    if smi_output is None:
+        smi_output = os.environ.get(FAKE_SMI_ENV)
+    if smi_output is None:
+        smi_output = _run_nvidia_smi()
+    return _visible(parse_nvidia_smi(smi_output or ""))
+
+
+@functools.lru_cache(maxsize=1)
+def _run_nvidia_smi() -> str:
+    if not shutil.which("nvidia-smi"):
+        return ""
+    for query in (SMI_QUERY, "name,memory.total"):  # compute_cap needs driver >= 510
+        try:
+            return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return ""
+
+
+def choose_profile(gpus: list[GPU], candidates: dict[str, Profile] | None = None) -> tuple[str, str]:
+    """The profile name for the detected GPUs, and a one-line reason."""
+    if not gpus:
+        return "cpu", "no NVIDIA GPU found (nvidia-smi absent, silent or CUDA_VISIBLE_DEVICES empty)"
+    first = gpus[0]
+    seen = f"{len(gpus)}x {first.name} ({first.memory_gb:.0f} GB, {first.arch})"
+    if candidates is None:
+        candidates = {}
+        for name in available():
+            try:
+                candidates[name] = _read(name)
+            except RecipeError:
+                continue
+    gpu_profiles = {n: p for n, p in candidates.items() if p.gpu is not None}
+    lowered = first.name.lower()
+    # Longest needle first: "a100" must not be taken for "a10", "l40" not for "l4".
+    needles = sorted(((m, n) for n, p in gpu_profiles.items() for m in p.match), key=lambda mn: -len(mn[0]))
+    for needle, name in needles:
+        if re.search(rf"(?<![a-z0-9]){re.escape(needle)}(?![0-9])", lowered):
+            return name, seen
+    # Unknown card: the largest profile this GPU can honour (its capability and memory at least the profile's).
+    fitting = [(p.gpu.memory_gb, p.gpu.compute_capability, n) for n, p in gpu_profiles.items()
+               if p.gpu.compute_capability <= first.compute_capability and p.gpu.memory_gb <= first.memory_gb * 1.05]
+    if first.compute_capability < 8.0:  # no bf16: only an fp16 profile will do
+        fitting = [f for f in fitting if f[1] < 8.0] or fitting
+    if fitting:
+        return max(fitting)[2], seen + ", matched by memory and compute capability"
+    smallest = min(gpu_profiles.items(), key=lambda np: np[1].gpu.memory_gb, default=(None, None))[0]
+    return (smallest or "cpu"), seen + ", smaller than every profile: using the smallest"
+
+
+def resolve(name: str, smi_output: str | None = None) -> Profile:
+    """A profile by name, or `auto`: detected. A detected GPU replaces the profile's nominal one
+    (real memory, compute capability and count); a forced GPU profile keeps its nominal GPU but
+    takes the GPU count from the machine when the machine's GPUs are of that profile's kind."""
     if name != "auto":
-        return _read(name)
-    picked, why = choose_for_gpu(detect_gpu())
+        profile = _read(name)
+        if profile.gpu is None:
+            return profile
+        gpus = detect_gpus(smi_output)
+        if gpus and choose_profile(gpus)[0] == name:
+            return replace(profile, gpu=replace(profile.gpu, count=len(gpus)))
+        return profile
+    gpus = detect_gpus(smi_output)
+    picked, why = choose_profile(gpus)
     profile = _read(picked)
-    return Profile(**{**profile.__dict__, "detected": why})
+    gpu = None
+    if gpus and profile.gpu is not None:
+        first = gpus[0]
+        gpu = GPU(name=first.name, memory_gb=first.memory_gb or profile.gpu.memory_gb,
+                  compute_capability=first.compute_capability, count=len(gpus))
+    return replace(profile, detected=why, gpu=gpu)
 
 
-def layer_for(profile: Profile, algorithm, model_wish: dict) -> tuple[dict, list[Change]]:
-    """The profile's values as a recipe layer, and a list of what it sets and why."""
-    layer = {"model": dict(profile.model), "train": dict(profile.train)}
-    why = f"profile {profile.name}" + (f" (auto: {profile.detected})" if profile.detected else "")
-    changes = [Change(f"{section}.{key}", value, why) for section in ("model", "train")
-               for key, value in layer[section].items()]
-    return layer, changes
+# --- model size, without downloading -----------------------------------------------------------------
+
+SIZE_TOKEN = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
+
+
+def estimate_params(name_or_path: str | None, base_dir: Path | None = None) -> tuple[float | None, str]:
+    """(parameter count or None, how it was estimated). Reads a local config.json when the model is a
+    local directory, else a size token in the name ('0.5B', '1.5B', '7B', '8x7B', '135M')."""
+    if not name_or_path:
+        return None, "no model named"
+    name = str(name_or_path)
+    if name.startswith("builtin:"):
+        config = Path(__file__).with_name("assets") / "tiny" / "model_config.json"
+        count = _params_from_config(json.loads(config.read_text())) if config.is_file() else 1e6
+        return count, "builtin tiny model"
+    for candidate in (Path(name).expanduser(), (base_dir or Path.cwd()) / name):
+        config = candidate / "config.json"
+        if config.is_file():
+            try:
+                count = _params_from_config(json.loads(config.read_text()))
+            except (OSError, ValueError, TypeError):
+                count = None
+            if count:
+                return count, f"from {config}"
+            base = _adapter_base(candidate)
+            if base:
+                return estimate_params(base, base_dir)
+        elif (candidate / "adapter_config.json").is_file():
+            base = _adapter_base(candidate)
+            if base:
+                return estimate_params(base, base_dir)
+    tokens = [(float(m.group(2)) * (int(m.group(1)) if m.group(1) else 1)
+               * (1e9 if m.group(3).lower() == "b" else 1e6))
+              for m in SIZE_TOKEN.finditer(name.rsplit("/", 1)[-1])
+              if not m.string[:m.start()].endswith(("v", "V"))]  # 'v2' is a version, not a size
+    if tokens:
+        return max(tokens), "from the size in its name"
+    return None, "size unknown (no local config.json, no size token such as 7B in the name)"
+
+
+def _adapter_base(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def _params_from_config(config: dict) -> float | None:
+    """Decoder-only transformer parameter count from config.json fields (nested text_config too)."""
+    config = config.get("text_config") or config
+    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
+    if not hidden or not layers:
+        return None
+    vocab = config.get("vocab_size") or 300  # the tiny model fills its vocab in from the tokenizer
+    intermediate = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
+    heads = config.get("num_attention_heads") or config.get("n_head") or max(1, hidden // 64)
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    experts = config.get("num_local_experts") or config.get("num_experts") or 1
+    expert_size = config.get("moe_intermediate_size") or intermediate
+    mlp = 3 * hidden * (expert_size * experts if experts > 1 else intermediate)
+    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings", True) else 2)
+    return float(layers * (attention + mlp + 2 * hidden) + embeddings)
+
+
+def human(count: float | None) -> str:
+    """1.5e9 -> '1.5B', 5e8 -> '0.5B', 1.35e8 -> '135M'."""
+    if count is None:
+        return "?"
+    if count >= 4e8:
+        return f"{count / 1e9:.3g}B"
+    if count >= 1e6:
+        return f"{count / 1e6:.3g}M"
+    return f"{count / 1e3:.3g}K"
+
+
+# --- optional packages, looked up without importing them ------------------------------------------------
+
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def vllm_status() -> tuple[bool, str]:
+    """(usable, reason): installed and within TRL 1.16's supported 0.22-0.31."""
+    if not has_module("vllm"):
+        return False, "vllm is not installed (pip install 'align-recipes[vllm]')"
+    version = package_version("vllm") or "?"
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if len(numbers) < 2 or not (VLLM_MIN <= numbers <= VLLM_MAX):
+        return False, (f"vllm {version} is outside TRL 1.16's supported range 0.22-0.31 "
+                       f"(pip install 'vllm>=0.22,<=0.31')")
+    return True, f"vllm {version} installed"
+
+
+def flash_attention_status(implementation: str, gpu: GPU | None) -> tuple[bool, str]:
+    if gpu is None:
+        return False, "FlashAttention needs a CUDA GPU"
+    need = 9.0 if implementation == "flash_attention_3" else 8.0
+    if gpu.compute_capability < need:
+        return False, f"{gpu.name} is {gpu.arch}: FlashAttention needs sm{int(need * 10)}+"
+    module = "flash_attn_interface" if implementation == "flash_attention_3" else "flash_attn"
+    if not has_module(module):
+        package = "flash-attn-3" if implementation == "flash_attention_3" else "flash-attn"
+        return False, f"{module} is not installed (pip install {package} --no-build-isolation)"
+    return True, f"{module} installed on {gpu.arch}"
+
+
+def bitsandbytes_status() -> tuple[bool, str]:
+    if has_module("bitsandbytes"):
+        return True, "bitsandbytes installed"
+    return False, "bitsandbytes is not installed (pip install 'bitsandbytes>=0.50,<0.51')"
+
+
+# --- the profile as a layer ------------------------------------------------------------------------------
+
+def _context(profile: Profile) -> dict[str, str]:
+    gpu = profile.gpu
+    if gpu is None:
+        return {"gpu": "CPU", "arch": "CPU", "memory": "host memory", "count": "0"}
+    return {"gpu": gpu.name, "arch": gpu.arch, "memory": f"{gpu.memory_gb:.0f} GB", "count": str(gpu.count)}
+
+
+def _fmt(text: str, context: dict[str, str]) -> str:
+    try:
+        return text.format(**context)
+    except (KeyError, IndexError, ValueError):
+        return text
+
+
+def select_rule(profile: Profile, params: float | None) -> Rule | None:
+    """The first rule whose max_params covers the model and whose min_memory_gb the GPU has."""
+    if params is None:
+        return None
+    memory = profile.gpu.memory_gb if profile.gpu else math.inf
+    for rule in profile.rules:
+        if rule.min_memory_gb is not None and memory < rule.min_memory_gb:
+            continue
+        if rule.max_params is None or params <= rule.max_params:
+            return rule
+    return None
+
+
+def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
+    memory = f"{profile.gpu.memory_gb:.0f} GB" if profile.gpu else "CPU"
+    if rule.lower is not None and params > rule.lower:
+        size = f"{human(params)} params > {human(rule.lower)}"
+    elif rule.max_params is not None:
+        size = f"{human(params)} params ≤ {human(rule.max_params)}"
+    else:
+        size = f"{human(params)} params"
+    extra = f" ({_fmt(rule.why, _context(profile))})" if rule.why else ""
+    return f"{size} on {memory}: {what}{extra}"
+
+
+ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}
+
+
+def layer_for(profile: Profile, algorithm, model_wish: dict, base_dir: Path | None = None) -> tuple[dict, list[Change]]:
+    """The profile's values as a recipe layer (below the recipe), and every value it sets with a reason.
+
+    `model_wish` is the recipe's own model section (after overrides): the profile reads the model's
+    size from it and keeps its choices consistent with what the recipe already decided (an explicit
+    `adapter: lora` gets no 4-bit quantization from a QLoRA rule; `adapter: full` gets fp32 master
+    weights under fp16 autocast)."""
+    context = _context(profile)
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+
+    def put(key: str, value: Any, why: str) -> None:
+        section, _, name = key.partition(".")
+        (model if section == "model" else train)[name] = value
+        reasons[key] = why
+
+    default_why = f"profile {profile.name}" + (f" (auto: {profile.detected})" if profile.detected else "")
+    for section, values in (("model", profile.model), ("train", profile.train)):
+        for key, value in values.items():
+            put(f"{section}.{key}", value, _fmt(profile.why.get(f"{section}.{key}", default_why), context))
+
+    # Size rules: adapter, quantization and the rule's own keys.
+    params, _how = estimate_params(model_wish.get("name_or_path"), base_dir)  # None: size rules skipped
+    rule = select_rule(profile, params)
+    wished_adapter = model_wish.get("adapter")
+    if rule is not None:
+        if rule.adapter:
+            put("model.adapter", rule.adapter, _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]))
+        quantization = rule.quantization or ("4bit" if rule.adapter == "qlora" else None)
+        # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
+        if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
+            put("model.quantization", quantization,
+                _rule_reason(profile, rule, params, f"{quantization} base weights for {ADAPTER_WORDS[rule.adapter]}"
+                             if rule.adapter else f"{quantization} base weights"))
+        for section, values in (("model", rule.model), ("train", rule.train)):
+            for key, value in values.items():
+                put(f"{section}.{key}", value, _rule_reason(profile, rule, params, f"{key} {value}"))
+    final_adapter = wished_adapter or model.get("adapter") or "full"
+
+    # Full fine-tuning keeps fp32 master weights; half-precision weights are for frozen bases.
+    dtype = model.get("dtype")
+    if final_adapter == "full" and dtype in ("float16", "bfloat16") and "dtype" not in model_wish:
+        mixed = "fp16" if dtype == "float16" else "bf16"
+        put("model.dtype", "float32",
+            f"full fine-tuning keeps fp32 master weights under {mixed} autocast"
+            + (" (fp16 gradients cannot be unscaled)" if mixed == "fp16"
+               else " (bf16 weights would round away small AdamW updates)"))
+
+    # Attention kernel: FlashAttention only where it runs and is installed.
+    attention = model.get("attn_implementation")
+    if attention and attention.startswith("flash_attention"):
+        ok, status = flash_attention_status(attention, profile.gpu)
+        if ok:
+            reasons["model.attn_implementation"] += f"; {status}"
+        else:
+            put("model.attn_implementation", "sdpa", f"{status}: PyTorch sdpa instead")
+
+    # Generation with vLLM for online algorithms.
+    if getattr(algorithm, "generates", False):
+        for key, value, why in _vllm_choice(profile, model_wish, params):
+            put(key, value, why)
+
+    changes = [Change(key, (model if key.startswith("model.") else train)[key.partition(".")[2]], why)
+               for key, why in reasons.items()]
+    return {"model": model, "train": train}, changes
+
+
+def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> list[tuple[str, Any, str]]:
+    policy = profile.vllm or {}
+    context = _context(profile)
+    mode = str(policy.get("mode", "off"))
+    off = lambda why: [("train.use_vllm", False, why)]  # noqa: E731
+    if profile.gpu is None or mode == "off":
+        return off(_fmt(policy.get("why") or "vLLM needs a CUDA GPU: generation uses transformers", context))
+    usable, status = vllm_status()
+    if not usable:
+        return off(f"{status}: generation uses transformers' generate")
+    min_params = float(policy.get("min_params") or 0)
+    if params is not None and params < min_params:
+        return off(f"{human(params)} params < {human(min_params)}: transformers' generate is fast enough, "
+                   "vLLM start-up would dominate")
+    if model_wish.get("quantization") == "8bit":
+        return off("8-bit bitsandbytes weights cannot be synced into vLLM: generation uses transformers")
+    gpu = profile.gpu
+    if gpu.count >= 2:
+        tp = 1
+        if params is not None:
+            while tp * 2 <= max(1, gpu.count // 2) and params * 2 / 1e9 > 0.6 * gpu.memory_gb * tp:
+                tp *= 2
+        name = model_wish.get("name_or_path", "MODEL")
+        serve = ",".join(str(i) for i in range(tp))
+        rest = ",".join(str(i) for i in range(tp, gpu.count))
+        command = (f"CUDA_VISIBLE_DEVICES={serve} trl vllm-serve --model {name} --tensor-parallel-size {tp}; "
+                   f"then CUDA_VISIBLE_DEVICES={rest} accelerate launch --config_file configs/accelerate/multi_gpu.yaml "
+                   f"--num_processes {gpu.count - tp} -m align_recipes train RECIPE")
+        why = (f"{gpu.count} GPUs: vLLM server on {tp} GPU(s), training on {gpu.count - tp}; "
+               f"start the server first: {command}")
+        return [("train.use_vllm", True, f"{status}; {why}"),
+                ("train.vllm_mode", "server", f"{gpu.count} GPUs: a dedicated generation server "
+                                               "(colocate instead: train.vllm_mode=colocate)")]
+    utilization = float(policy.get("gpu_memory_utilization", 0.3))
+    return [("train.use_vllm", True, f"{status}; generation is most of RL time, vLLM speeds it up"),
+            ("train.vllm_mode", "colocate", f"one {gpu.name}: vLLM shares the GPU with training"),
+            ("train.vllm_gpu_memory_utilization", utilization,
+             f"vLLM takes {utilization:.0%} of {gpu.memory_gb:.0f} GB, training keeps the rest")]
+
+
+# --- after the merge: micro-batch ------------------------------------------------------------------------
+
+def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algorithm,
+                 base_dir: Path | None = None) -> list[Change]:
+    """Cap the micro-batch at the profile's limit for this model size while KEEPING the recipe's effective
+    batch (per_device_train_batch_size x gradient_accumulation_steps). Runs after the merge, because the
+    recipe usually sets the micro-batch for another GPU; a micro-batch given on the command line is kept."""
+    from align_recipes import schema
+
+    fields = schema.config_fields(algorithm.config_name)
+    if "per_device_train_batch_size" not in fields or "gradient_accumulation_steps" not in fields:
+        return []
+    model = recipe.get("model") or {}
+    params, _ = estimate_params(model.get("name_or_path"), base_dir)
+    rule = select_rule(profile, params)
+    if rule is None or not rule.micro_batch:
+        return []
+    train = recipe.setdefault("train", {})
+
+    def current(key: str) -> Any:
+        return train.get(key, fields[key].default)
+
+    cap, cap_note = rule.micro_batch, f"{human(params)} params on {_context(profile)['memory']}"
+    length = current("max_length") if "max_length" in fields else None
+    if isinstance(length, int) and length > MICRO_BATCH_REFERENCE_LENGTH:
+        cap = max(1, cap * MICRO_BATCH_REFERENCE_LENGTH // length)
+        cap_note += f", max_length {length}"
+    label = f"profile:{profile.name}"
+    changes: list[Change] = []
+    micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
+    if not (isinstance(micro, int) and isinstance(accumulation, int)) or micro <= cap:
+        pass
+    elif sources.get("train.per_device_train_batch_size") == "override":
+        changes.append(Change("train.per_device_train_batch_size", micro,
+                              f"kept {micro}: set on the command line (the profile would cap it at {cap} for {cap_note})"))
+    elif train.get("steps_per_generation"):
+        changes.append(Change("train.per_device_train_batch_size", micro,
+                              f"kept {micro}: steps_per_generation is set, so the split is the recipe's "
+                              f"(the profile would cap it at {cap} for {cap_note})"))
+    else:
+        effective = micro * accumulation
+        # GRPO: an explicit generation_batch_size must stay a multiple of the micro-batch.
+        generation = train.get("generation_batch_size") if isinstance(train.get("generation_batch_size"), int) else 0
+        new_micro = max(d for d in range(1, cap + 1) if effective % d == 0 and generation % d == 0)
+        new_accumulation = effective // new_micro
+        train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = new_micro, new_accumulation
+        sources["train.per_device_train_batch_size"] = sources["train.gradient_accumulation_steps"] = label
+        why = (f"micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
+               f"keeps effective batch {effective} ({cap_note}: at most {cap} per step)")
+        changes += [Change("train.per_device_train_batch_size", new_micro, why),
+                    Change("train.gradient_accumulation_steps", new_accumulation, why)]
+    # Online algorithms evaluate whole groups of num_generations completions: their eval batch is left alone.
+    evaluation = (current("per_device_eval_batch_size")
+                  if "per_device_eval_batch_size" in fields and not getattr(algorithm, "generates", False) else None)
+    if isinstance(evaluation, int) and evaluation > cap and sources.get("train.per_device_eval_batch_size") != "override":
+        train["per_device_eval_batch_size"] = cap
+        sources["train.per_device_eval_batch_size"] = label
+        changes.append(Change("train.per_device_eval_batch_size", cap,
+                              f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)"))
+    return changes
+
+
+# --- impossible combinations ------------------------------------------------------------------------------
+
+BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
+REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value).lower() in ("1", "true", "yes")
+
+
+def sharding() -> tuple[str, int]:
+    """('zero3' | 'zero2' | 'zero1' | 'fsdp' | '', world size) from the variables accelerate launch sets."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if _truthy(os.environ.get("ACCELERATE_USE_DEEPSPEED")):
+        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}", world
+    if _truthy(os.environ.get("ACCELERATE_USE_FSDP")):
+        return "fsdp", world
+    return "", world
+
+
+def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str) -> tuple[float, str]:
+    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all."""
+    adapter = model.get("adapter", "full")
+    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
+    dtype = model.get("dtype", "auto")
+    weight = {"4bit": 0.6, "8bit": 1.1}.get(quantization, BYTES_PER_PARAM.get(dtype, 2.0))
+    stage, world = sharding()
+    parts = [f"{weight:g} B/param weights ({quantization if quantization != 'none' else dtype})"]
+    if adapter != "full":
+        total = params * weight * 1.02  # the adapters: ~1-2% of the parameters
+        if stage in ("zero3", "fsdp"):
+            total /= world
+        return total / 1e9, parts[0] + f", {ADAPTER_WORDS[adapter]} adapters"
+    eight_bit = "8bit" in str(train.get("optim", "")) or "bnb" in str(train.get("optim", ""))
+    optimizer = 2.0 if eight_bit else 8.0
+    gradients = weight
+    states = gradients + optimizer
+    weights = weight
+    if algorithm_name in REFERENCE_MODEL_ALGORITHMS or (algorithm_name == "grpo" and float(train.get("beta") or 0) > 0):
+        weights += weight  # a frozen reference copy in the same dtype
+        parts.append("a reference model")
+    if algorithm_name == "ppo":
+        weights, states = weights * 2, states * 2  # a value model trained alongside the policy
+        parts.append("a value model")
+    if stage in ("zero3", "fsdp"):
+        weights, states = weights / world, states / world
+    elif stage in ("zero2", "zero1"):
+        states = states / world if stage == "zero2" else (gradients + optimizer / world)
+    parts.append(f"{gradients:g} B/param gradients, {optimizer:g} B/param {'8-bit ' if eight_bit else ''}AdamW states")
+    if stage:
+        parts.append(f"{stage} over {world} process(es)")
+    return params * (weights + states) / 1e9, ", ".join(parts)
 
 
 def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[RecipeError]:
-    """Impossible combinations of profile and recipe, found before anything is loaded."""
-    errors = []
-    train, model = recipe.get("train", {}), recipe.get("model", {})
-    if profile.name == "cpu" and (train.get("bf16") is True and train.get("fp16") is True):
-        errors.append(RecipeError("bf16 and fp16 both on", file=file, key="train.fp16", fix="keep one"))
-    if profile.name == "cpu" and (model.get("attn_implementation") or "").startswith("flash_attention"):
-        errors.append(RecipeError("flash attention needs a CUDA GPU", file=file, key="model.attn_implementation",
-                                  fix="use sdpa on CPU"))
+    """Impossible combinations of profile, recipe and installed packages, found before anything is loaded."""
+    errors: list[RecipeError] = []
+    train, model = recipe.get("train") or {}, recipe.get("model") or {}
+    gpu = None if train.get("use_cpu") else profile.gpu
+    where = f"{gpu.name} ({gpu.arch})" if gpu else "CPU"
+
+    def error(key: str, message: str, fix: str) -> None:
+        errors.append(RecipeError(message, file=file, key=key, fix=fix))
+
+    adapter = model.get("adapter", "full")
+    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
+
+    # Precision.
+    if gpu is not None and not gpu.has_bf16:
+        if train.get("bf16"):
+            error("train.bf16", f"{where} has no bf16 (needs compute capability 8.0+)",
+                  "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16")
+        if model.get("dtype") == "bfloat16":
+            error("model.dtype", f"{where} has no bf16 (needs compute capability 8.0+)",
+                  "use model.dtype: float16 (or float32 for full fine-tuning)")
+    if gpu is None and train.get("fp16"):
+        error("train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither")
+    if gpu is None and model.get("dtype") == "float16" and adapter == "full":
+        error("model.dtype", "float16 training on CPU is unsupported and unstable", "use model.dtype: float32 on CPU")
+    if train.get("fp16") and adapter == "full" and model.get("dtype") == "float16" and quantization == "none":
+        error("model.dtype", "full fine-tuning with fp16 mixed precision needs fp32 master weights "
+              "(float16 weights give 'Attempting to unscale FP16 gradients')",
+              "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora")
+
+    # Attention kernel.
+    attention = model.get("attn_implementation") or ""
+    if attention.startswith("flash_attention"):
+        ok, status = flash_attention_status(attention, gpu)
+        if not ok:
+            error("model.attn_implementation", f"{attention}: {status}",
+                  "use attn_implementation: sdpa (or leave it null and let the profile decide)")
+
+    # Quantization and bitsandbytes.
+    optim = str(train.get("optim") or "")
+    uses_bnb = quantization != "none" or "8bit" in optim or "bnb" in optim
+    if uses_bnb:
+        ok, status = bitsandbytes_status()
+        if not ok:
+            key = "model.quantization" if quantization != "none" else "train.optim"
+            error(key, f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
+                  "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
+                  "and optim: adamw_torch")
+    stage, _ = sharding()
+    if quantization != "none" and stage in ("zero3", "fsdp"):
+        what = "QLoRA" if adapter == "qlora" else f"{quantization} weights"
+        engine = "DeepSpeed ZeRO-3" if stage == "zero3" else "FSDP"
+        error("model.adapter" if adapter == "qlora" else "model.quantization",
+              f"{what} with {engine} fails (quantized weights are placed with a device_map, "
+              f"which {engine} sharding rejects)",
+              "launch with configs/accelerate/zero2.yaml or multi_gpu.yaml (DDP), or use adapter: lora "
+              f"with quantization: none under {'zero3' if stage == 'zero3' else 'fsdp2'}")
+
+    # vLLM.
+    if train.get("use_vllm"):
+        ok, status = vllm_status()
+        if not ok:
+            error("train.use_vllm", f"use_vllm is on but {status}",
+                  "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false")
+        if gpu is None:
+            error("train.use_vllm", "vLLM generation needs a CUDA GPU", "set train.use_vllm: false on CPU")
+        if quantization == "8bit":
+            error("train.use_vllm", "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
+                  "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false")
+
+    # Does the model fit at all?
+    if gpu is not None:
+        params, _how = estimate_params(model.get("name_or_path"), Path(file).parent if file else None)
+        if params is not None:
+            needed, breakdown = memory_estimate(params, model, train, getattr(algorithm, "name", ""))
+            available = gpu.memory_gb
+            if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
+                available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
+            if needed > available:
+                fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
+                               "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
+                       "lora": "use model.adapter: qlora (4-bit base weights)",
+                       "qlora": "use a smaller model or a profile with more GPU memory"}[adapter]
+                error("model.name_or_path",
+                      f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
+                      f"{where} has {available:.0f} GB" + (" left beside vLLM" if available < gpu.memory_gb else ""),
+                      fix)
     return errors

@@ -185,7 +185,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     profile_name = profile or override_layer.get("profile") or recipe_layer.get("profile") or "auto"
     chosen = profiles.resolve(str(profile_name))
     model_wish = {**_as_dict(recipe_layer.get("model")), **_as_dict(override_layer.get("model"))}
-    profile_layer, changes = profiles.layer_for(chosen, algorithm, model_wish)
+    profile_layer, changes = profiles.layer_for(chosen, algorithm, model_wish, base_dir=recipe_path.parent)
     fields = schema.config_fields(algorithm.config_name)
     profile_layer["train"] = {k: v for k, v in profile_layer.get("train", {}).items() if k in fields}
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
@@ -201,6 +201,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
 
     errors = validate_recipe(resolved, algorithm, _locator(files, resolved_sources), base_dir=recipe_path.parent)
     if not errors:
+        changes += profiles.adjust_batch(chosen, resolved, resolved_sources, algorithm, base_dir=recipe_path.parent)
         errors = profiles.check_compatible(chosen, resolved, algorithm, file=recipe_path)
     if errors:
         raise RecipeErrors(errors)
