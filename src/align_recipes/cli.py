@@ -19,6 +19,11 @@ EPILOG = """examples:
   align-recipes validate recipes/qwen05b/dpo.yaml
   align-recipes show recipes/tiny/sft.yaml --profile cpu
   align-recipes list
+  align-recipes report outputs/tiny/dpo            # report.md + plots; several dirs: a comparison
+  align-recipes chat outputs/tiny/sft --prompt "2+3="
+  align-recipes merge outputs/qwen05b/sft --out outputs/qwen05b/sft-merged
+  align-recipes eval outputs/tiny/dpo --metric implicit_reward_accuracy
+  align-recipes pipeline recipes/qwen05b/pipeline.yaml
 """
 
 
@@ -40,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = verbs.add_parser("train", help="validate a recipe, then train")
     _add_recipe_args(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint (recipes: train.resume_from_checkpoint: auto)")
 
     validate = verbs.add_parser("validate", help="check a recipe (and its data files) without loading a model")
     _add_recipe_args(validate)
@@ -50,7 +56,88 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--all", action="store_true", help="also list TRL config fields left at their defaults")
 
     verbs.add_parser("list", help="list algorithms, recipe families and profiles")
+    _add_result_verbs(verbs)
     return parser
+
+
+RESULT_VERBS = ("report", "chat", "merge", "eval", "pipeline")
+
+
+def _add_result_verbs(verbs) -> None:
+    """Verbs that use a finished run (report, chat, merge, eval) or chain recipes (pipeline)."""
+    report = verbs.add_parser("report", help="write report.md and plots for a run; several runs: a comparison")
+    report.add_argument("run_dirs", nargs="+", metavar="DIR", help="run output directories")
+    report.add_argument("--out", help="where to write (default: the run itself; with several runs ./report)")
+
+    chat = verbs.add_parser("chat", help="talk to a trained model (REPL, or one answer with --prompt)")
+    chat.add_argument("run_dir", metavar="DIR", help="a run's output directory (full model or adapter)")
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
+    chat.add_argument("--top-p", type=float, default=0.95)
+
+    merge = verbs.add_parser("merge", help="merge a LoRA/QLoRA adapter into its base: a standalone model")
+    merge.add_argument("run_dir", metavar="DIR", help="a run's output directory holding an adapter")
+    merge.add_argument("--out", required=True, metavar="MERGED", help="directory for the merged model")
+    merge.add_argument("--overwrite", action="store_true", help="replace MERGED if it exists")
+
+    evaluate = verbs.add_parser("eval", help="measure a run on held-out data; writes eval.json")
+    evaluate.add_argument("run_dir", metavar="DIR", help="a run's output directory")
+    evaluate.add_argument("--data", help="held-out data file or hub id (default: the recipe's evaluate.data)")
+    evaluate.add_argument("--metric", action="append", metavar="NAME",
+                          help="exact_match, preference_accuracy, implicit_reward_accuracy, win_rate (repeatable)")
+    evaluate.add_argument("--reward-model", metavar="DIR", help="reward model judging win_rate against the reference")
+    evaluate.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    evaluate.add_argument("--max-new-tokens", type=int, help="generation budget (exact_match, win_rate)")
+
+    pipe = verbs.add_parser("pipeline", help="validate every stage of a pipeline file, then run them in order")
+    pipe.add_argument("pipeline", help="e.g. recipes/qwen05b/pipeline.yaml")
+    pipe.add_argument("overrides", nargs="*", metavar="[STAGE:]KEY=VALUE",
+                      help="overrides for every stage, or for one with a STAGE: prefix")
+    pipe.add_argument("--profile", help="force a hardware profile for every stage")
+    pipe.add_argument("--output-dir", help="root directory of the stages' outputs (default: the file's output_dir)")
+    pipe.add_argument("--force", action="store_true", help="re-run complete stages too")
+    pipe.add_argument("--dry-run", action="store_true", help="validate and say which stages would run")
+
+
+def _is_pipeline_file(path: str) -> bool:
+    """A pipeline file has a top-level `stages:` list (recipes never do)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return any(line.startswith("stages:") for line in handle)
+    except OSError:
+        return False
+
+
+def _run_result_verb(args) -> int:
+    if args.verb == "report":
+        from align_recipes.report import report
+
+        print(f"wrote {report(args.run_dirs, args.out)}")
+    elif args.verb == "chat":
+        from align_recipes.chat import chat
+
+        return chat(args.run_dir, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p)
+    elif args.verb == "merge":
+        from align_recipes.merge import merge
+
+        print(f"wrote {merge(args.run_dir, args.out, overwrite=args.overwrite)}")
+    elif args.verb == "eval":
+        from align_recipes.evaluate import EVAL_FILE, evaluate_run
+
+        result = evaluate_run(args.run_dir, data=args.data, metrics=args.metric, reward_model=args.reward_model,
+                              limit=args.limit, max_new_tokens=args.max_new_tokens)
+        for name, value in result["metrics"].items():
+            print(f"{name:<26} {value['value']:.4f}  (n={value.get('n')}, data {value.get('data')})")
+        print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
+    else:
+        from align_recipes.pipeline import load_pipeline, run_pipeline
+
+        pipeline = load_pipeline(args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir)
+        run_pipeline(pipeline, force=args.force, dry_run=args.dry_run)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             from align_recipes.show import print_list
 
             return print_list()
+        if args.verb in RESULT_VERBS:
+            return _run_result_verb(args)
+        if args.verb == "validate" and _is_pipeline_file(args.recipe):
+            from align_recipes.pipeline import load_pipeline
+
+            pipeline = load_pipeline(args.recipe, args.overrides, profile=args.profile)
+            print(f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
+                  f"{pipeline.output_dir}")
+            return 0
         from align_recipes.recipe import load_plan
 
         plan = load_plan(args.recipe, args.overrides, profile=args.profile)
@@ -81,14 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from align_recipes.run import train
 
-        train(plan, overwrite=args.overwrite, resume=args.resume, command=sys.argv)
+        train(plan, overwrite=args.overwrite, resume=args.resume,
+              command=sys.argv if argv is None else ["align-recipes", *argv])
         return 0
     except (RecipeError, RecipeErrors) as exc:
-        print(exc.render(), file=sys.stderr)
+        from align_recipes.guards import redact
+
+        print(redact(exc.render()), file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # guards.RunInterrupted: Ctrl-C (130) or SIGTERM (143), with how to resume
+        print(getattr(exc, "message", None) or "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ which adapter. Imports torch; only `run` and the post-training verbs call it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -125,7 +126,32 @@ def load_model(path: str, spec: dict[str, Any], head: str = "causal_lm", use_cpu
     return model
 
 
+def _refuse_custom_code(path: str, spec: dict[str, Any]) -> None:
+    """A local model whose config.json maps to code it ships (auto_map) for a model type transformers does not
+    implement needs trust_remote_code; say so before transformers fails with a less helpful message."""
+    config_file = Path(path) / "config.json"
+    if spec.get("trust_remote_code") or not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config.get("model_type") in CONFIG_MAPPING_NAMES:
+        return  # transformers implements this model type itself and ignores the shipped code
+    files = sorted({(v[0] if isinstance(v, (list, tuple)) else str(v)).split(".")[0] + ".py"
+                    for v in auto_map.values() if v})
+    raise RecipeError(f"'{spec['name_or_path']}' (model type '{config.get('model_type')}') runs its own model code "
+                      f"({', '.join(files)}), which is not executed unless you allow it", key="model.trust_remote_code",
+                      fix="read that code; if you trust it, set model.trust_remote_code: true")
+
+
 def _from_pretrained(cls, path: str, spec: dict[str, Any], **kwargs):
+    _refuse_custom_code(path, spec)
     try:
         return cls.from_pretrained(path, revision=spec.get("revision"),
                                    trust_remote_code=bool(spec.get("trust_remote_code", False)), **kwargs)

@@ -14,6 +14,7 @@ from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm
 from align_recipes.schema import FieldInfo, kind_of
 
+PEEK_ROWS = 20  # rows `validate` reads from each local dataset
 Locate = Callable[[str], "tuple[str | None, int | None]"]
 
 
@@ -95,13 +96,27 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind
 
     try:
         data_spec = DataSpec.from_dict(spec, section=prefix.rstrip("."))
-        rows = peek(data_spec, base_dir)
+        rows = peek(data_spec, base_dir, PEEK_ROWS)
         if rows:
             check_serves(rows, data_spec, kind)
+            if len(rows) < PEEK_ROWS:  # the whole file (or slice) was read: its unusable rows are known now
+                _check_drops(rows, data_spec, kind)
     except DataError as exc:
         if exc.file is None:
             exc.file, exc.line = check.locate(f"{prefix}path")
         check.errors.append(exc)
+
+
+def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
+    """The load-time rule (too many rows that cannot be converted), applied before any model loads."""
+    from align_recipes.data import DataError, preview
+
+    _, report = preview(rows, spec, kind)
+    if report.rows_in and (report.rows_kept == 0 or report.rows_dropped / report.rows_in > spec.max_drop_fraction):
+        raise DataError(f"{report.rows_dropped} of {report.rows_in} rows could not be converted to {kind} "
+                        f"(format {report.format}): {report.reasons_text()}", file=spec.path, key=spec.section,
+                        fix=f"fix those rows, map the right columns with columns:, or raise max_drop_fraction "
+                            f"(now {spec.max_drop_fraction})")
 
 
 def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path) -> list[RecipeError]:
@@ -145,7 +160,9 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
         else:
             for message in check_reward_specs(rewards, base_dir):
                 key, _, text = message.partition(": ")
-                check.error(key if key.startswith("rewards") else "rewards", text or message)
+                check.error(key if key.startswith("rewards") else "rewards", text or message,
+                            "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
+                            "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)")
 
     train_fields = schema.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
