@@ -44,12 +44,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Online RL on the tiny model starts from the tiny SFT policy, as the classic flow does.
+# Every tiny stage after sft starts from the tiny SFT policy, as the classic flow does.
 TINY_SFT := outputs/tiny/sft/summary.json
 $(TINY_SFT): | $(STAMP)
 	$(RUNNER) train recipes/tiny/sft.yaml $(PROFILE_FLAG) --overwrite
 
-$(ALGORITHMS): $(STAMP) $(if $(filter tiny,$(RECIPE)),$(if $(filter grpo ppo spo,$(MAKECMDGOALS)),$(TINY_SFT)))
+$(ALGORITHMS): $(STAMP) $(if $(filter tiny,$(RECIPE)),$(if $(filter-out sft,$(MAKECMDGOALS)),$(TINY_SFT)))
 	$(RUNNER) train recipes/$(RECIPE)/$@.yaml $(PROFILE_FLAG) $(ARGS)
 
 # Multi-stage runs (docs/usage.md): `make rlhf RECIPE=qwen05b` runs recipes/qwen05b/pipeline.yaml

@@ -1,4 +1,8 @@
-"""End-to-end: the tiny recipes train through the product and their metrics move the right way."""
+"""End-to-end: every tiny recipe trains through the product and its metrics move the right way.
+
+SFT runs once per session from the untrained tiny model; every other algorithm starts from its output,
+as the classic flow (and `make <algo> RECIPE=tiny`) does.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,17 @@ def sft_run(tmp_path_factory, repo_cwd):
     return out, train("sft", out)
 
 
+def from_sft(recipe: str, sft_run, tmp_path: Path, *overrides: str) -> dict:
+    sft_dir, _ = sft_run
+    return train(recipe, tmp_path / recipe, f"model.name_or_path={sft_dir}", *overrides)
+
+
 def test_sft_raises_held_out_exact_match(sft_run):
     _, summary = sft_run
     task = summary["task_metric"]
-    assert task["name"] == "exact_match" and task["n"] >= 20
-    assert task["before"] <= 0.1
-    assert task["after"] >= task["before"] + 0.4, task
+    assert task["name"] == "exact_match" and task["n"] == 100
+    assert task["before"] <= 0.05
+    assert task["after"] >= 0.5, task
     assert summary["metrics_last"]["loss"] < summary["metrics_first"]["loss"]
 
 
@@ -39,8 +48,8 @@ def test_run_writes_every_output(sft_run):
                  "manifest.json"):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) >= 3 and all("step" in r for r in records)
-    assert summary["steps"] > 0 and summary["algorithm"] == "sft"
+    assert len(records) >= 10 and all("step" in r for r in records)
+    assert summary["steps"] > 0 and summary["algorithm"] == "sft" and summary["status"] == "complete"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"] == "cpu" and manifest["versions"]["trl"].startswith("1.16")
     assert "algorithm: sft" in (out / "recipe.resolved.yaml").read_text()
@@ -55,19 +64,44 @@ def test_existing_run_is_not_overwritten(sft_run, capsys):
     assert (out / "summary.json").read_text() == before
 
 
-def test_reward_model_learns_to_rank(tmp_path, repo_cwd):
-    summary = train("reward", tmp_path / "reward")
+def test_reward_model_learns_to_rank(sft_run, tmp_path):
+    summary = from_sft("reward", sft_run, tmp_path)
     task = summary["task_metric"]
     assert task["name"] == "preference_accuracy"
-    assert task["after"] >= 0.8 and task["after"] > task["before"] + 0.2, task
+    assert task["after"] >= task["before"] + 0.12, task
     first, last = summary["metrics_first"], summary["metrics_last"]
-    assert last["accuracy"] >= first["accuracy"] and last["margin"] > first["margin"]
+    assert last["margin"] > first["margin"] and last["accuracy"] > first["accuracy"]
 
 
-def test_dpo_moves_rewards_and_margins(tmp_path, repo_cwd):
-    summary = train("dpo", tmp_path / "dpo")
+def test_dpo_moves_margins_and_keeps_improving_the_task(sft_run, tmp_path):
+    summary = from_sft("dpo", sft_run, tmp_path)
     first, last = summary["metrics_first"], summary["metrics_last"]
-    assert last["rewards/margins"] > first["rewards/margins"] + 0.1
-    assert last["rewards/accuracies"] >= 0.9
+    assert last["rewards/margins"] > first["rewards/margins"] + 0.05
+    assert last["rewards/accuracies"] > first["rewards/accuracies"]
     task = summary["task_metric"]
-    assert task["after"] > task["before"] + 0.2, task
+    assert task["after"] >= task["before"], task
+
+
+def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd):
+    summary = train("orpo", tmp_path / "orpo")  # ORPO replaces SFT: it starts from the untrained model
+    first, last = summary["metrics_first"], summary["metrics_last"]
+    assert last["logps/chosen"] - last["logps/rejected"] > first["logps/chosen"] - first["logps/rejected"] + 0.5
+    assert last["rewards/accuracies"] >= 0.9
+    assert summary["task_metric"]["after"] >= summary["task_metric"]["before"] + 0.3, summary["task_metric"]
+
+
+def test_kto_widens_the_desirable_undesirable_margin(sft_run, tmp_path):
+    summary = from_sft("kto", sft_run, tmp_path)
+    first, last = summary["metrics_first"], summary["metrics_last"]
+    assert last["rewards/margins"] > first["rewards/margins"] + 0.05, (first, last)
+    assert summary["task_metric"]["after"] >= 0.5
+
+
+def test_grpo_raises_mean_reward(sft_run, tmp_path):
+    summary = from_sft("grpo", sft_run, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if "reward" in r]
+    assert len(rewards) >= 4
+    early, late = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
+    assert late > early + 0.05, rewards
+    assert summary["task_metric"]["after"] >= 0.5, summary["task_metric"]

@@ -188,6 +188,8 @@ def _write_build(target: Path) -> dict[str, Any]:
     info = describe(model)
     info["hash"] = asset_hash()
     (target / MARKER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    for path in target.iterdir():  # the weights are written private; the cache is an ordinary directory
+        path.chmod(0o644)
     return info
 
 
@@ -207,7 +209,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     try:
         _write_build(tmp)
         if final.exists() and not _is_complete(final):
-            # A leftover from an interrupted build by an older version: move it aside, then replace.
+            # Not made by this code (it only renames complete builds into place): clear it away.
             shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(tmp, final)

@@ -1,0 +1,433 @@
+"""The toy task the built-in tiny model learns on a CPU in seconds: adding two numbers from 0 to 19.
+
+A prompt is one user message such as ``"12+7="``; the answer is the sum as digits, ``"19"``. The
+400 possible prompts are split once, by a fixed seed that no caller can change, into three
+disjoint parts:
+
+- ``eval`` (100 prompts): held out from every training file, to measure generalisation;
+- ``sft`` (200 prompts): the supervised fine-tuning examples;
+- ``rl`` (100 prompts): prompts the SFT data never shows, used for RL (GRPO/PPO/SPO) so that a
+  policy trained by SFT still has something to learn there.
+
+Preference and KTO data use ``train`` (``sft`` + ``rl``, 300 prompts). Why addition: it is
+arithmetic, a tiny model learns it in seconds, and it generalises to sums no training file holds,
+while leaving later stages room to improve. Measured with plain TRL on 2 CPU cores (the built-in
+tiny model, greedy exact match on ``eval.jsonl``): untrained 0.00; SFT (lr 1.5e-3, 48 epochs =
+336 steps of 32, linear decay, assistant-only loss) 0.76; then GRPO with `toy_reward` on
+``prompts.jsonl`` (lr 1e-4, 80 steps of 8 prompts x 8 samples) 0.81, or DPO with an added SFT
+term (``loss_type=["sigmoid", "sft"]``, lr 1e-4, 60 steps of 16) 0.81. Plain sigmoid DPO raises
+its held-out reward accuracy and margins but lowers greedy exact match (0.76 -> 0.67).
+
+Data files (``python -m align_recipes.toytask write recipes/tiny/data``), all conversational:
+
+- ``sft.jsonl``       ``{"messages": [user, assistant]}``
+- ``prefs.jsonl``     ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``
+- ``unpaired.jsonl``  ``{"prompt": [user], "completion": [assistant], "label": bool}``
+- ``prompts.jsonl``   ``{"prompt": [user], "answer": "19"}``
+- ``eval.jsonl``      ``{"prompt": [user], "answer": "19", "rejected": "18"}`` (held out)
+- ``prefs_eval.jsonl`` the same held-out pairs in the prefs format, for a trainer's ``eval_dataset``
+  (DPO/ORPO/reward models then log held-out ``eval_rewards/accuracies``)
+
+Wrong answers are plausible mistakes: off by one or two, a missed or spurious carry (off by ten),
+dropping an operand, or swapped digits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+OPERAND_MAX = 19  # operands are 0..OPERAND_MAX
+SPLIT_SEED = 20240611  # fixes which prompts are held out; never derived from a caller's seed
+SPLIT_SIZES = {"eval": 100, "sft": 200, "rl": 100}
+SPLITS = ("eval", "sft", "rl", "train")  # train = sft + rl
+
+# kind -> (file name, default split)
+KINDS: dict[str, tuple[str, str]] = {
+    "sft": ("sft.jsonl", "sft"),
+    "prefs": ("prefs.jsonl", "train"),
+    "unpaired": ("unpaired.jsonl", "train"),
+    "prompts": ("prompts.jsonl", "rl"),
+    "eval": ("eval.jsonl", "eval"),
+    "prefs_eval": ("prefs_eval.jsonl", "eval"),
+}
+TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts")  # the files that must never hold an eval prompt
+DATA_SEED = 0  # the seed the committed files are written with
+
+Pair = tuple[int, int]
+Message = dict[str, str]
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+def user_message(a: int, b: int) -> list[Message]:
+    return [{"role": "user", "content": f"{a}+{b}="}]
+
+
+def assistant_message(text: str) -> list[Message]:
+    return [{"role": "assistant", "content": text}]
+
+
+def split_pairs(split: str) -> list[Pair]:
+    """The operand pairs of one split, in a fixed order. Splits are disjoint; see the module docstring."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    pairs = [(a, b) for a in range(OPERAND_MAX + 1) for b in range(OPERAND_MAX + 1)]
+    random.Random(SPLIT_SEED).shuffle(pairs)
+    parts: dict[str, list[Pair]] = {}
+    start = 0
+    for name, size in SPLIT_SIZES.items():
+        parts[name] = pairs[start:start + size]
+        start += size
+    if start != len(pairs):
+        raise AssertionError("SPLIT_SIZES must cover every pair")
+    parts["train"] = parts["sft"] + parts["rl"]
+    return list(parts[split])
+
+
+def wrong_answer(a: int, b: int, rng: random.Random) -> str:
+    """A plausible wrong sum: off by one/two, a carry slip (off by ten), an operand dropped, digits swapped."""
+    right = a + b
+    candidates = {right + 1, right - 1, right + 2, right - 2, right + 10, right - 10, a, b}
+    if right >= 10:
+        candidates.add(int(str(right)[::-1]))
+    options = sorted(c for c in candidates if c >= 0 and c != right)
+    return str(rng.choice(options))
+
+
+# ---------------------------------------------------------------------------------- generators
+
+def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split: str | None = None) -> list[dict]:
+    """Rows of one data file. Deterministic in (kind, n, seed, split).
+
+    ``split`` defaults to the kind's own (see `KINDS`); ``n`` defaults to one row per prompt of
+    the split. A larger ``n`` cycles through the prompts again (new wrong answers). ``seed``
+    orders the rows and picks wrong answers and KTO labels; it never moves a prompt between splits.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    split = split or KINDS[kind][1]
+    if kind == "prefs_eval":  # eval rows, reshaped: same prompts, order and wrong answers as eval.jsonl
+        return [{"prompt": r["prompt"], "chosen": assistant_message(r["answer"]),
+                 "rejected": assistant_message(r["rejected"])}
+                for r in generate_rows("eval", n=n, seed=seed, split=split)]
+    pairs = split_pairs(split)
+    rng = random.Random(f"{kind}:{seed}")
+    order = list(pairs)
+    rng.shuffle(order)
+    count = len(order) if n is None else n
+    if count < 0:
+        raise ValueError("n must be >= 0")
+    rows: list[dict] = []
+    labels = [i % 2 == 0 for i in range(count)]  # KTO: balanced desirable/undesirable
+    rng.shuffle(labels)
+    for i in range(count):
+        a, b = order[i % len(order)]
+        answer = str(a + b)
+        prompt = user_message(a, b)
+        if kind == "sft":
+            rows.append({"messages": prompt + assistant_message(answer)})
+        elif kind == "prefs":
+            rows.append({"prompt": prompt, "chosen": assistant_message(answer),
+                         "rejected": assistant_message(wrong_answer(a, b, rng))})
+        elif kind == "unpaired":
+            good = labels[i]
+            text = answer if good else wrong_answer(a, b, rng)
+            rows.append({"prompt": prompt, "completion": assistant_message(text), "label": good})
+        elif kind == "prompts":
+            rows.append({"prompt": prompt, "answer": answer})
+        else:  # eval
+            rows.append({"prompt": prompt, "answer": answer, "rejected": wrong_answer(a, b, rng)})
+    return rows
+
+
+def dumps_jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_data(out_dir: str | Path, seed: int = DATA_SEED) -> dict[str, Path]:
+    """Write every data file of the toy task into ``out_dir``; returns kind -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for kind, (name, _) in KINDS.items():
+        path = out / name
+        path.write_text(dumps_jsonl(generate_rows(kind, seed=seed)), encoding="utf-8")
+        written[kind] = path
+    return written
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user's text of a conversational prompt (list of messages) or a plain-string prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m.get("content", "") for m in prompt if m.get("role") == "user")
+
+
+# ------------------------------------------------------------------------------ metric, reward
+
+_LEADING_INT = re.compile(r"\s*(-?\d+)")
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text: a string as is, a conversational completion (list of messages) joined."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content") or "")
+    return "".join(str(m.get("content") or "") for m in completion)
+
+
+def exact_match(completion: Any, answer: str) -> float:
+    """1.0 when the completion, stripped of surrounding whitespace, is exactly the answer."""
+    return float(completion_text(completion).strip() == str(answer).strip())
+
+
+def leading_number(completion: Any) -> str | None:
+    """The integer a completion starts with ("19 and more" -> "19"), or None."""
+    m = _LEADING_INT.match(completion_text(completion))
+    return m.group(1) if m else None
+
+
+def answer_match(completion: Any, answer: str) -> float:
+    """1.0 when the completion starts with the right number, whatever follows (a looser metric)."""
+    return float(leading_number(completion) == str(answer).strip())
+
+
+REWARD_EXACT = 1.0       # exactly the answer
+REWARD_PREFIX = 0.5      # starts with the answer but goes on (did not stop cleanly)
+REWARD_WELL_FORMED = 0.1  # a bare number of at most 3 digits, but the wrong one
+_WELL_FORMED = re.compile(r"\d{1,3}")
+
+
+def toy_reward(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
+               answer: Sequence[str] = (), **kwargs: Any) -> list[float]:
+    """Rule reward for GRPO/RLOO-style trainers (TRL reward-function signature).
+
+    Per completion: 1.0 if it is exactly the answer; 0.5 if it starts with the answer but carries on;
+    0.1 if it is a well-formed wrong answer (1-3 digits, nothing else); 0.0 otherwise. The partial
+    credit gives RL a gradient towards short numeric answers before it finds the right ones.
+    ``completions`` may be strings or conversational (lists of ``{"role", "content"}``).
+    """
+    if len(completions) != len(answer):
+        raise ValueError(f"toy_reward got {len(completions)} completions but {len(answer)} answers")
+    rewards = []
+    for completion, ans in zip(completions, answer):
+        text = completion_text(completion).strip()
+        ans = str(ans).strip()
+        if text == ans:
+            rewards.append(REWARD_EXACT)
+        elif leading_number(text) == ans:
+            rewards.append(REWARD_PREFIX)
+        elif _WELL_FORMED.fullmatch(text):
+            rewards.append(REWARD_WELL_FORMED)
+        else:
+            rewards.append(0.0)
+    return rewards
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+def _input_device(model):
+    try:
+        return model.get_input_embeddings().weight.device
+    except Exception:  # noqa: BLE001 - any model without embeddings: fall back to its first parameter
+        return next(model.parameters()).device
+
+
+def generate_completions(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8,
+                         batch_size: int = 32) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) of the rows' prompts through the chat template."""
+    import torch
+    from transformers import GenerationConfig
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=eos, pad_token_id=pad, bos_token_id=None, use_cache=True)
+    device = _input_device(model)
+    was_training = model.training
+    model.eval()
+    completions: list[str] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start:start + batch_size]
+                prompts = [r["prompt"] if not isinstance(r["prompt"], str)
+                           else [{"role": "user", "content": r["prompt"]}] for r in batch]
+                texts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+                enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                                add_special_tokens=False).to(device)
+                out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     generation_config=gen_config)
+                new_tokens = out[:, enc["input_ids"].shape[1]:]
+                completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return completions
+
+
+def evaluate_task(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8,
+                  batch_size: int = 32) -> dict[str, float | int]:
+    """Greedy-decode every prompt and score it against its answer.
+
+    Returns ``exact_match`` (the headline metric), ``answer_match`` (starts with the right number),
+    ``mean_reward`` (`toy_reward`) and ``n``. Works on a plain or a PEFT model; restores the
+    model's train/eval mode.
+    """
+    rows = list(rows)
+    if not rows:
+        return {"exact_match": 0.0, "answer_match": 0.0, "mean_reward": 0.0, "n": 0}
+    completions = generate_completions(model, tokenizer, rows, max_new_tokens, batch_size)
+    answers = [str(r["answer"]) for r in rows]
+    n = len(rows)
+    return {
+        "exact_match": sum(exact_match(c, a) for c, a in zip(completions, answers)) / n,
+        "answer_match": sum(answer_match(c, a) for c, a in zip(completions, answers)) / n,
+        "mean_reward": sum(toy_reward(None, completions, answers)) / n,
+        "n": n,
+    }
+
+
+def _pair_texts(row: dict) -> tuple[list[Message], str, str]:
+    """(prompt, chosen text, rejected text) of an eval row (answer/rejected) or a prefs row (chosen/rejected)."""
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    chosen = row["chosen"] if "chosen" in row else row["answer"]
+    return prompt, completion_text(chosen), completion_text(row["rejected"])
+
+
+def completion_logprobs(model, tokenizer, prompts: Sequence[list[Message]], completions: Sequence[str],
+                        batch_size: int = 32) -> list[float]:
+    """Sum of the log-probabilities of each assistant completion (its tokens and end of turn) after its prompt."""
+    import torch
+
+    device = _input_device(model)
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prompts), batch_size):
+                ids, starts = [], []
+                for prompt, text in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
+                    p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                    full = tokenizer.apply_chat_template(list(prompt) + assistant_message(text), tokenize=False)
+                    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+                    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+                    ids.append(f_ids)
+                    starts.append(len(p_ids))
+                width = max(len(x) for x in ids)
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+                logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+                for i, (x, s) in enumerate(zip(ids, starts)):
+                    scores.append(float(logp[i, s - 1:len(x) - 1].sum()))
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def preference_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> dict[str, float | int]:
+    """How often a causal LM gives the right answer a higher log-probability than the wrong one.
+
+    ``rows`` are eval rows (``answer``/``rejected``) or prefs rows (``chosen``/``rejected``). This is
+    the metric DPO-style training moves most directly (greedy exact match can lag behind it).
+    Returns ``preference_accuracy``, ``mean_logp_margin`` and ``n``.
+    """
+    triples = [_pair_texts(r) for r in rows]
+    if not triples:
+        return {"preference_accuracy": 0.0, "mean_logp_margin": 0.0, "n": 0}
+    prompts = [t[0] for t in triples]
+    good = completion_logprobs(model, tokenizer, prompts, [t[1] for t in triples], batch_size)
+    bad = completion_logprobs(model, tokenizer, prompts, [t[2] for t in triples], batch_size)
+    margins = [g - b for g, b in zip(good, bad)]
+    return {"preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+            "mean_logp_margin": sum(margins) / len(margins), "n": len(margins)}
+
+
+def reward_accuracy(reward_model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> dict[str, float | int]:
+    """How often a reward model (sequence classification, one label) scores the right answer above the wrong one.
+
+    Conversations are rendered with the chat template as TRL's RewardTrainer does (prompt + answer,
+    no generation prompt). Returns ``reward_accuracy``, ``mean_reward_margin`` and ``n``.
+    """
+    import torch
+
+    triples = [_pair_texts(r) for r in rows]
+    if not triples:
+        return {"reward_accuracy": 0.0, "mean_reward_margin": 0.0, "n": 0}
+    device = _input_device(reward_model)
+    was_training = reward_model.training
+    reward_model.eval()
+
+    def score(texts: list[str]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out.extend(reward_model(**enc).logits[:, 0].float().tolist())
+        return out
+
+    try:
+        with torch.inference_mode():
+            chosen = score([tokenizer.apply_chat_template(p + assistant_message(c), tokenize=False)
+                            for p, c, _ in triples])
+            rejected = score([tokenizer.apply_chat_template(p + assistant_message(r), tokenize=False)
+                              for p, _, r in triples])
+    finally:
+        reward_model.train(was_training)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"reward_accuracy": sum(m > 0 for m in margins) / len(margins),
+            "mean_reward_margin": sum(margins) / len(margins), "n": len(margins)}
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+def _check(data_dir: Path) -> list[str]:
+    problems = []
+    for kind, (name, _) in KINDS.items():
+        path = data_dir / name
+        expected = dumps_jsonl(generate_rows(kind))
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.read_text(encoding="utf-8") != expected:
+            problems.append(f"{path}: differs from what the generator writes")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m align_recipes.toytask",
+                                     description="Write or check the toy task's data files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write", help="write the data files")
+    w.add_argument("out_dir", type=Path)
+    c = sub.add_parser("check", help="exit 1 if the data files differ from the generator's")
+    c.add_argument("data_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "write":
+        for kind, path in write_data(args.out_dir).items():
+            print(f"{path}  ({len(generate_rows(kind))} rows)")
+        return 0
+    problems = _check(args.data_dir)
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
