@@ -1,0 +1,424 @@
+"""Reward functions for the online algorithms (GRPO, PPO, SPO), from a recipe's `rewards:` list.
+
+Each entry is exactly one of:
+
+    - {name: exact_match, column: answer}           a builtin rule (see BUILTINS), with its parameters
+    - {function: "my_pkg.rewards:brevity"}           module:function
+    - {function: "rewards/custom.py:score"}          file:function (relative to the recipe's folder, else cwd)
+    - {model: outputs/tiny/reward}                   a reward model directory or hub id
+                                                     (AutoModelForSequenceClassification, num_labels=1)
+
+plus an optional `weight` (default 1.0). Every callable follows TRL GRPO's contract:
+``func(prompts, completions, **kwargs) -> list[float]``, where the keyword arguments are the dataset's
+other columns (one list per column) and whatever else the trainer passes (``trainer_state``, ...).
+Completions are strings for plain-text prompts and ``[{"role": "assistant", "content": text}]`` for
+conversational ones; the builtin rules accept both.
+
+`check_reward_specs` runs at validation time and imports no torch; `build_reward_funcs` makes the
+callables (reward models load lazily, on their first call or on `.to(device)`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+SPEC_KINDS = ("name", "function", "model")
+COMMON_KEYS = ("weight",)
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+class RewardSpecError(ValueError):
+    """One or more reward entries cannot be used; the message lists each with its key and fix."""
+
+
+# ----------------------------------------------------------------------------------- text helpers
+
+def completion_text(completion: Any) -> str:
+    """The generated text of a completion: a string, or a conversational list of messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, (list, tuple)):
+        assistant = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        return "".join(str(m.get("content", "")) for m in (assistant or completion) if isinstance(m, dict))
+    return str(completion)
+
+
+def last_number(text: Any) -> float | None:
+    """The last number written in ``text`` ("#### 1,234" -> 1234.0); None when there is none."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    found = _NUMBER.findall(str(text))
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def _column(kwargs: dict, column: str, reward: str, n: int) -> list:
+    if column not in kwargs:
+        available = sorted(k for k, v in kwargs.items() if isinstance(v, list) and len(v) == n)
+        raise KeyError(f"reward '{reward}' needs the dataset column '{column}', which the batch does not have "
+                       f"(columns: {', '.join(available) or 'none'}); set `column:` in its rewards entry")
+    return kwargs[column]
+
+
+# ---------------------------------------------------------------------------------------- builtins
+
+def _exact_match(column: str = "answer") -> Callable:
+    def exact_match(prompts, completions, **kwargs):
+        answers = _column(kwargs, column, "exact_match", len(completions))
+        return [float(completion_text(c).strip() == str(a).strip()) for c, a in zip(completions, answers)]
+    return exact_match
+
+
+def _numeric_match(column: str = "answer", tolerance: float = 1e-6) -> Callable:
+    def numeric_match(prompts, completions, **kwargs):
+        answers = _column(kwargs, column, "numeric_match", len(completions))
+        scores = []
+        for c, a in zip(completions, answers):
+            got, want = last_number(completion_text(c)), last_number(a)
+            scores.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
+        return scores
+    return numeric_match
+
+
+def _regex(pattern: str) -> Callable:
+    compiled = re.compile(pattern)
+
+    def regex(prompts, completions, **kwargs):
+        return [float(compiled.search(completion_text(c)) is not None) for c in completions]
+    return regex
+
+
+def _length_penalty(max_length: int) -> Callable:
+    def length_penalty(prompts, completions, **kwargs):
+        lengths = [len(completion_text(c)) for c in completions]
+        return [0.0 if n <= max_length else -min(1.0, (n - max_length) / max_length) for n in lengths]
+    return length_penalty
+
+
+_THINK = re.compile(r"\s*<think>.*?</think>\s*\S", re.DOTALL)
+
+
+def _think_format() -> Callable:
+    def think_format(prompts, completions, **kwargs):
+        return [float(_THINK.match(completion_text(c)) is not None) for c in completions]
+    return think_format
+
+
+def _is_str(v): return isinstance(v, str) and v != ""
+def _is_pos_int(v): return isinstance(v, int) and not isinstance(v, bool) and v > 0
+def _is_nonneg_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+# name -> (factory, {param: (required, check, "what it must be")}, one-line description)
+BUILTINS: dict[str, tuple[Callable, dict[str, tuple[bool, Callable, str]], str]] = {
+    "exact_match": (_exact_match, {"column": (False, _is_str, "a column name")},
+                    "1.0 when the completion equals the answer column (whitespace-trimmed), else 0.0"),
+    "numeric_match": (_numeric_match, {"column": (False, _is_str, "a column name"),
+                                       "tolerance": (False, _is_nonneg_num, "a number >= 0")},
+                      "1.0 when the last number in the completion equals the answer's last number"),
+    "regex": (_regex, {"pattern": (True, _is_str, "a regular expression")},
+              "1.0 when the pattern is found in the completion (use ^...$ to match all of it)"),
+    "length_penalty": (_length_penalty, {"max_length": (True, _is_pos_int, "an integer > 0 (characters)")},
+                       "0 up to max_length characters, then down to -1.0 at twice that length"),
+    "think_format": (_think_format, {}, "1.0 for '<think>...</think>' followed by a non-empty answer"),
+}
+
+
+# ------------------------------------------------------------------------------- function references
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise RewardSpecError(f"'{ref}' is not 'module:function' or 'path/to/file.py:function'")
+    return target, attr
+
+
+def _is_file_ref(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def _candidates(target: str, base_dir: Path | None) -> list[Path]:
+    """Where a relative path may live: the recipe's folder first, then the working directory."""
+    path = Path(target).expanduser()
+    return [path] if path.is_absolute() else [Path(base_dir or Path.cwd()) / path, Path.cwd() / path]
+
+
+def _find_file(target: str, base_dir: Path | None) -> Path:
+    candidates = _candidates(target, base_dir)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise RewardSpecError(f"file '{target}' not found (looked at {looked})")
+
+
+def _import_target(target: str, base_dir: Path | None):
+    if _is_file_ref(target):
+        path = _find_file(target, base_dir)
+        name = f"_align_recipes_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))  # lets the file import its neighbours
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise RewardSpecError(f"importing '{target}' failed: {type(exc).__name__}: {exc}") from None
+        sys.modules[name] = module
+        return module
+    for folder in (base_dir, Path.cwd()):  # modules next to the recipe or in the working directory
+        if folder is not None and str(folder) not in sys.path:
+            sys.path.append(str(folder))
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        raise RewardSpecError(f"cannot import module '{target}' ({exc}); install it or check the name") from None
+    except Exception as exc:
+        raise RewardSpecError(f"importing module '{target}' failed: {type(exc).__name__}: {exc}") from None
+
+
+def signature_problem(func: Callable) -> str | None:
+    """Why ``func`` cannot be called as func(prompts=..., completions=..., **columns); None if it can."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None  # builtins and C callables: cannot tell, let the first call decide
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return "must accept **kwargs (the trainer passes dataset columns and trainer_state as keyword arguments)"
+    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                   inspect.Parameter.KEYWORD_ONLY)}
+    missing = [n for n in ("prompts", "completions") if n not in names]
+    if missing and names:
+        return f"its parameters must be named prompts and completions (missing: {', '.join(missing)})"
+    return None
+
+
+def load_function(ref: str, base_dir: Path | None = None) -> Callable:
+    """Resolve 'module:function' or 'file.py:function' to a callable with a usable signature."""
+    target, attr = _split_ref(ref)
+    module = _import_target(target, base_dir)
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else (f"; it has {', '.join(names[:8])}" if names else "")
+        raise RewardSpecError(f"module '{target}' has no attribute '{attr}'{hint}")
+    func = getattr(module, attr)
+    if not callable(func):
+        raise RewardSpecError(f"'{ref}' is a {type(func).__name__}, not a function")
+    problem = signature_problem(func)
+    if problem:
+        raise RewardSpecError(f"'{ref}' {problem}")
+    return func
+
+
+def resolve_model_ref(ref: str, base_dir: Path | None = None) -> str:
+    """A reward model reference as `from_pretrained` takes it: an existing directory (with config.json),
+    else a hub id (org/name)."""
+    candidates = _candidates(ref, base_dir)
+    for candidate in candidates:
+        if candidate.is_dir():
+            if not (candidate / "config.json").is_file():
+                raise RewardSpecError(f"'{candidate}' has no config.json; point to a saved reward model directory")
+            return str(candidate)
+    if looks_like_hub_id(ref):
+        return ref
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    raise RewardSpecError(f"reward model '{ref}' not found (looked at {looked}); train the reward recipe first, "
+                          "or give a hub id (org/name)")
+
+
+# ------------------------------------------------------------------------------------- validation
+
+def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
+    """(key suffix, message) pairs for one entry."""
+    if not isinstance(spec, dict):
+        return [("", "must be a mapping like {name: exact_match} or {function: 'pkg.mod:func'}")]
+    kinds = [k for k in SPEC_KINDS if k in spec]
+    if len(kinds) != 1:
+        what = "none of" if not kinds else "more than one of"
+        return [("", f"has {what} name / function / model; give exactly one")]
+    kind = kinds[0]
+    problems: list[tuple[str, str]] = []
+    weight = spec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        problems.append((".weight", f"must be a number (got {weight!r})"))
+    if kind == "name":
+        name = spec["name"]
+        if name not in BUILTINS:
+            close = difflib.get_close_matches(str(name), list(BUILTINS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"builtins: {', '.join(BUILTINS)}"
+            return problems + [(".name", f"unknown builtin reward '{name}'; {hint} (or use function: 'module:func')")]
+        params = BUILTINS[name][1]
+        for key in spec:
+            if key in ("name", *COMMON_KEYS):
+                continue
+            if key not in params:
+                allowed = ", ".join([*params, *COMMON_KEYS])
+                close = difflib.get_close_matches(key, [*params, *COMMON_KEYS], n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                problems.append((f".{key}", f"'{name}' takes no parameter '{key}'; {hint}(it takes: {allowed})"))
+            elif not params[key][1](spec[key]):
+                problems.append((f".{key}", f"must be {params[key][2]} (got {spec[key]!r})"))
+        for key, (required, _, what) in params.items():
+            if required and key not in spec:
+                problems.append((f".{key}", f"'{name}' needs `{key}:` ({what})"))
+        if name == "regex" and _is_str(spec.get("pattern")):
+            try:
+                re.compile(spec["pattern"])
+            except re.error as exc:
+                problems.append((".pattern", f"is not a valid regular expression: {exc}"))
+        return problems
+    extra = [k for k in spec if k not in (kind, *COMMON_KEYS)]
+    if extra:
+        problems.append((f".{extra[0]}", f"unknown key '{extra[0]}' in a {kind} entry (it takes {kind} and weight)"))
+    value = spec[kind]
+    if not isinstance(value, str) or not value:
+        return problems + [(f".{kind}", "must be a non-empty string")]
+    try:
+        load_function(value, base_dir) if kind == "function" else resolve_model_ref(value, base_dir)
+    except RewardSpecError as exc:
+        problems.append((f".{kind}", str(exc)))
+    return problems
+
+
+def check_reward_specs(specs: list[dict], base_dir: str | Path | None = None) -> list[str]:
+    """Problems with a recipe's `rewards:` entries, each as "rewards[i].key: message"; [] when all is well.
+    Imports the referenced reward modules (they must import cleanly) but never torch."""
+    base = Path(base_dir) if base_dir is not None else None
+    if not isinstance(specs, list):
+        return ["rewards: must be a list of entries like {name: exact_match}"]
+    return [f"rewards[{i}]{suffix}: {message}" for i, spec in enumerate(specs)
+            for suffix, message in _spec_problems(spec, base)]
+
+
+# ---------------------------------------------------------------------------------------- building
+
+def build_reward_funcs(specs: list[dict], base_dir: str | Path | None = None,
+                       device: Any = None) -> tuple[list[Callable], list[float]]:
+    """TRL-GRPO-compatible reward callables and their weights, in the order of ``specs``."""
+    problems = check_reward_specs(specs, base_dir)
+    if problems:
+        raise RewardSpecError("; ".join(problems))
+    base = Path(base_dir) if base_dir is not None else None
+    funcs: list[Callable] = []
+    for spec in specs:
+        if "name" in spec:
+            params = {k: v for k, v in spec.items() if k not in ("name", *COMMON_KEYS)}
+            funcs.append(BUILTINS[spec["name"]][0](**params))
+        elif "function" in spec:
+            funcs.append(load_function(spec["function"], base))
+        else:
+            funcs.append(RewardModelFunc(resolve_model_ref(spec["model"], base), device=device))
+    return funcs, [float(spec.get("weight", 1.0)) for spec in specs]
+
+
+def reward_func_name(func: Any) -> str:
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+class RewardModelFunc:
+    """A reward model as a reward function: scores chat-templated prompt + completion with a sequence
+    classifier (num_labels=1). The model loads on first use, on ``device`` (default: the current CUDA
+    device, else CPU); ``.to(device)`` moves it."""
+
+    def __init__(self, path: str, device: Any = None, batch_size: int = 16, model: Any = None,
+                 tokenizer: Any = None, max_length: int | None = None):
+        self.path, self.device, self.batch_size, self.max_length = str(path), device, batch_size, max_length
+        self._model, self._tokenizer = model, tokenizer
+        self.__name__ = "reward_model_" + (Path(self.path.rstrip("/")).name or "model")
+
+    def _resolve_device(self):
+        import torch
+
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification
+
+            self._model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1, dtype="auto")
+        if not getattr(self, "_prepared", False):
+            if self._model.config.pad_token_id is None:
+                self._model.config.pad_token_id = self.tokenizer.pad_token_id
+            self._model.eval().requires_grad_(False)
+            self._model.to(self._resolve_device())
+            self._prepared = True
+        return self._model
+
+    def to(self, device: Any) -> "RewardModelFunc":
+        self.device = device
+        if self._model is not None:
+            self._model.to(device)
+        return self
+
+    def texts(self, prompts: list, completions: list) -> list[str]:
+        out = []
+        for prompt, completion in zip(prompts, completions):
+            if isinstance(prompt, list):
+                messages = list(prompt) + (completion if isinstance(completion, list)
+                                           else [{"role": "assistant", "content": completion_text(completion)}])
+                if getattr(self.tokenizer, "chat_template", None):
+                    out.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
+                else:
+                    out.append("\n".join(completion_text([m]) for m in messages))
+            else:
+                out.append(str(prompt) + completion_text(completion))
+        return out
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        import torch
+
+        model, tokenizer, texts, scores = self.model, self.tokenizer, self.texts(prompts, completions), []
+        max_length = self.max_length or min(getattr(tokenizer, "model_max_length", 4096) or 4096, 32768)
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                batch = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                  truncation=True, max_length=max_length, add_special_tokens=False)
+                logits = model(**batch.to(model.device)).logits
+                scores.extend(logits[:, 0].float().tolist())
+        return scores
+
+
+def as_reward_func(obj: Any, device: Any = None) -> Callable:
+    """Accept what TRL's trainers accept as a reward: a callable, a model path / hub id, or a loaded
+    sequence-classification model (its tokenizer is loaded from the same name)."""
+    if isinstance(obj, (str, Path)):
+        return RewardModelFunc(resolve_model_ref(str(obj)), device=device)
+    if hasattr(obj, "config") and hasattr(obj, "forward") and not isinstance(obj, RewardModelFunc):
+        path = getattr(obj, "name_or_path", "") or getattr(obj.config, "_name_or_path", "")
+        from transformers import AutoTokenizer
+
+        return RewardModelFunc(path, device=device, model=obj, tokenizer=AutoTokenizer.from_pretrained(path))
+    if callable(obj):
+        return obj
+    raise TypeError(f"a reward must be a callable, a model path or a loaded model, not {type(obj).__name__}")

@@ -1,0 +1,382 @@
+"""`OnlineRLTrainer`: the rollout -> score -> advantages -> clipped-update loop shared by PPO and SPO.
+
+Why `transformers.Trainer` with our own `train()`: one PPO step is a generation phase followed by
+``num_ppo_epochs x num_mini_batches`` optimizer steps on the same batch, which does not fit Trainer's
+one-batch-per-optimizer-step loop (TRL's old PPOTrainer made the same choice). Everything else is
+Trainer's: the accelerator (DDP, mixed precision), optimizer and scheduler construction, callbacks and
+`self.log`, `TrainerState`, `_save_checkpoint` (model, optimizer, scheduler, RNG states, state,
+rotation) and its loading helpers, `save_model`. We add the critic's weights and the algorithm's own
+state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
+run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
+
+Subclasses fill four hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
+``batch["advantages"]`` and ``batch["returns"]``), `_loss` (per micro batch) and `_algorithm_state`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerState
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
+
+from align_recipes.rewards import as_reward_func, reward_func_name
+from align_recipes.rl import core
+from align_recipes.rl.generation import make_generator
+from align_recipes.rl.rollout import (PolicyAndValue, PromptSampler, completion_mask, decode_completions,
+                                      encode_prompts, is_conversational, position_ids_from, response_logits,
+                                      score_completions)
+
+RL_STATE_NAME = "rl_state.json"
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing without re-entrant autograd (works with frozen inputs, e.g. adapters)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class OnlineRLTrainer(Trainer):
+    """Base of `PPOTrainer` and `SPOTrainer`; see the module docstring."""
+
+    uses_critic = False
+
+    def __init__(self, model, args=None, train_dataset=None, processing_class=None, reward_funcs=None,
+                 reward_weights=None, ref_model=None, value_model=None, peft_config=None, callbacks=None,
+                 eval_dataset=None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+        if args is None:
+            raise ValueError(f"{type(self).__name__} needs args (a {type(self).__name__.replace('Trainer', 'Config')})")
+        set_seed(args.seed)  # before the adapters and the critic's head are initialised
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: PPO/SPO need prompts (a 'prompt' column)")
+        if "prompt" not in train_dataset.column_names:
+            raise ValueError(f"train_dataset has no 'prompt' column (columns: {', '.join(train_dataset.column_names)})")
+        if isinstance(model, (str, os.PathLike)):
+            model = AutoModelForCausalLM.from_pretrained(str(model), dtype="auto")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else \
+            ([] if reward_funcs is None else [reward_funcs])
+        if args.reward_model_path:
+            funcs.append(args.reward_model_path)
+        if not funcs:
+            raise ValueError("no reward: pass reward_funcs (callables or reward model paths) or set reward_model_path")
+        self.reward_funcs = [as_reward_func(f) for f in funcs]
+        weights = reward_weights if reward_weights is not None else args.reward_weights
+        weights = [1.0] * len(self.reward_funcs) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(weights)} reward weights for {len(self.reward_funcs)} reward functions "
+                             f"({', '.join(map(reward_func_name, self.reward_funcs))}); give one weight each")
+        self.reward_weights = weights
+
+        # The critic and the reference copy are taken before the adapter is added to the policy.
+        self.value_model = self._build_value_model(value_model, model, args, peft_config) if self.uses_critic else None
+        self.ref_model = None
+        if self._kl_weight(args) > 0:
+            if ref_model is not None:
+                self.ref_model = AutoModelForCausalLM.from_pretrained(str(ref_model), dtype="auto") \
+                    if isinstance(ref_model, (str, os.PathLike)) else ref_model
+            elif peft_config is None and not _is_peft(model):
+                self.ref_model = copy.deepcopy(model)
+            if self.ref_model is not None:
+                self.ref_model.eval().requires_grad_(False)
+        if peft_config is not None and not _is_peft(model):
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if args.disable_dropout:
+            for m in (model, self.value_model):
+                if m is not None:
+                    _disable_dropout(m)
+        if args.activation_checkpointing:
+            for m in (model, self.value_model):
+                if m is not None:
+                    _enable_checkpointing(m)
+
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=lambda rows: rows, callbacks=callbacks)
+        device = self.accelerator.device
+        for m in (self.value_model, self.ref_model):
+            if m is not None:
+                m.to(device)
+        for func in self.reward_funcs:
+            if hasattr(func, "to") and callable(func.to):
+                func.to(device)
+        self._actor_critic = PolicyAndValue(self.model, self.value_model)
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_token_ids = sorted(eos | {processing_class.eos_token_id})
+        self.generator = make_generator(args, lambda: self.accelerator.unwrap_model(self.model), self.accelerator,
+                                        processing_class, self.eos_token_ids, processing_class.pad_token_id)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------------------ subclass hooks
+    def _kl_weight(self, args) -> float:
+        return 0.0
+
+    def _build_value_model(self, value_model, policy, args, peft_config):
+        return None
+
+    def _advantages(self, batch: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor, values) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def _algorithm_state(self) -> dict:
+        return {}
+
+    def _load_algorithm_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------------- rollout
+    def _gather_mean(self, value: float | torch.Tensor) -> float:
+        t = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+        return self.accelerator.gather(t).mean().item()
+
+    def _ref_logits(self, input_ids, attention_mask, position_ids, n_response):
+        if self.ref_model is not None:
+            return response_logits(self.ref_model, input_ids, attention_mask, position_ids, n_response)
+        policy = self.accelerator.unwrap_model(self.model)
+        with policy.disable_adapter():
+            return response_logits(policy, input_ids, attention_mask, position_ids, n_response)
+
+    @torch.no_grad()
+    def _generate_and_score(self, rows: list[dict]) -> dict:
+        args, tok, device = self.args, self.processing_class, self.accelerator.device
+        prompts = [row["prompt"] for row in rows]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
+        prompt_ids, prompt_mask = encode_prompts(tok, prompts, args.max_prompt_length, tok.pad_token_id, device)
+        completion_ids = self.generator.generate(prompt_ids, prompt_mask)
+        mask, ended = completion_mask(completion_ids, self.eos_token_ids)
+        completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
+        completions = decode_completions(tok, completion_ids, mask, is_conversational(prompts[0]))
+        scores, per_func = score_completions(self.reward_funcs, self.reward_weights, prompts, completions, columns,
+                                             trainer_state=self.state)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * (~ended).float().cpu()
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": completion_ids,
+                "response_mask": mask, "ended": ended, "scores": scores.to(device), "per_func": per_func}
+
+    @torch.no_grad()
+    def _rollout(self, rows: list[dict]) -> dict:
+        """Generate, score, and run the no-grad passes: rollout log-probs, entropy, values, reference log-probs."""
+        args = self.args
+        batch = self._generate_and_score(rows)
+        input_ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], 1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["response_mask"].long()], 1)
+        batch.update(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids_from(attention_mask))
+        n_resp, micro = batch["response_ids"].shape[1], args.per_device_train_batch_size
+        module = self._actor_critic
+        module.eval()
+        parts = defaultdict(list)
+        for start in range(0, input_ids.shape[0], micro):
+            sl = slice(start, start + micro)
+            inputs = (input_ids[sl], attention_mask[sl], batch["position_ids"][sl], n_resp)
+            with self.accelerator.autocast():
+                logits, values = module(*inputs)
+                ref_logits = self._ref_logits(*inputs) if self._kl_weight(args) > 0 else None
+            tokens = batch["response_ids"][sl]
+            parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
+            parts["entropy"].append(core.entropy_from_logits(logits, args.temperature))
+            if values is not None:
+                parts["values"].append(values.float())
+            if ref_logits is not None:
+                parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, tokens, args.temperature))
+        batch.update({k: torch.cat(v) for k, v in parts.items()})
+        if "ref_logprobs" not in batch:
+            batch["ref_logprobs"] = batch["logprobs"].clone()
+        return batch
+
+    # -------------------------------------------------------------------------------------- update
+    def _update(self, module: nn.Module, batch: dict) -> dict[str, list[float]]:
+        args, acc = self.args, self.accelerator
+        micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        mini, size = micro * accum, batch["input_ids"].shape[0]
+        n_resp = batch["response_ids"].shape[1]
+        stats: dict[str, list[float]] = defaultdict(list)
+        module.train()
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(size)
+            for start in range(0, size, mini):
+                mini_idx = order[start:start + mini]
+                for j in range(0, len(mini_idx), micro):
+                    idx = mini_idx[j:j + micro].to(batch["input_ids"].device)
+                    last = j + micro >= len(mini_idx)
+                    with (contextlib.nullcontext() if last else acc.no_sync(module)):
+                        with acc.autocast():
+                            logits, values = module(batch["input_ids"][idx], batch["attention_mask"][idx],
+                                                    batch["position_ids"][idx], n_resp)
+                        logprobs = core.logprobs_from_logits(logits, batch["response_ids"][idx], args.temperature)
+                        loss, micro_stats = self._loss(batch, idx, logprobs, None if values is None else values.float())
+                        acc.backward(loss / accum)
+                    for k, v in micro_stats.items():
+                        stats[k].append(float(v))
+                    stats["loss"].append(loss.item())
+                if args.max_grad_norm is not None and args.max_grad_norm > 0:
+                    grad_norm = acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                    stats["grad_norm"].append(float(grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        return stats
+
+    def _step(self, module: nn.Module, rows: list[dict]) -> dict[str, float]:
+        batch = self._rollout(rows)
+        mask = batch["response_mask"]
+        kl_k1 = core.masked_sum(batch["logprobs"] - batch["ref_logprobs"], mask, dim=1)
+        logs = {"reward": batch["scores"].mean(), "reward_std": batch["scores"].std() if len(mask) > 1 else 0.0,
+                "kl": kl_k1.mean(), "entropy": core.masked_mean(batch["entropy"], mask),
+                "response_length": mask.sum(1).mean(), "eos_rate": batch["ended"].float().mean()}
+        for j, func in enumerate(self.reward_funcs):
+            logs[f"rewards/{reward_func_name(func)}"] = batch["per_func"][:, j].nanmean()
+        logs.update(self._advantages(batch))
+        stats = self._update(module, batch)
+        logs.update({k: sum(v) / len(v) for k, v in stats.items() if v})
+        self.generator.sync_weights()
+        return {k: self._gather_mean(v) for k, v in logs.items()}
+
+    # ------------------------------------------------------------------------------- training loop
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs) -> TrainOutput:
+        args = self.args
+        if args.n_gpu > 1:
+            raise ValueError("several GPUs in one process (DataParallel) are not supported: run with `accelerate "
+                             "launch` (one process per GPU) or set CUDA_VISIBLE_DEVICES to one GPU")
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint-* directory in {args.output_dir} to resume from; "
+                                 "checkpoints are written every save_steps when save_strategy is 'steps'")
+        checkpoint = resume_from_checkpoint or None
+        self.is_in_train = True
+        sampler = PromptSampler(len(self.train_dataset), args.rollout_batch_size, self.accelerator.num_processes,
+                                self.accelerator.process_index, args.data_seed if args.data_seed is not None else args.seed)
+        max_steps = args.max_steps if args.max_steps > 0 else sampler.total_steps(args.num_train_epochs)
+
+        self.state = TrainerState(stateful_callbacks=[
+            cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)])
+        self.state.train_batch_size = args.rollout_batch_size
+        self.state.compute_steps(args, max_steps)
+        if checkpoint is not None:
+            self._load_from_checkpoint(checkpoint)
+            if self.value_model is not None:
+                self.value_model.load(checkpoint)
+            self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+            self._load_callback_state()
+        self.state.init_training_references(self, max_steps, args.num_train_epochs, trial)
+
+        self.optimizer, self.lr_scheduler = None, None
+        self.create_optimizer(self._actor_critic)
+        module, self.optimizer = self.accelerator.prepare(self._actor_critic, self.optimizer)
+        self.create_scheduler(num_training_steps=max_steps)
+        self.model_wrapped = module
+        if checkpoint is not None:
+            self._load_optimizer_and_scheduler(checkpoint)
+            self._load_algorithm_state(json.loads(open(os.path.join(checkpoint, RL_STATE_NAME)).read()))
+            self.generator.sync_weights()
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+
+        start_time, first_step, losses = time.time(), self.state.global_step, []
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if checkpoint is not None:
+            self._load_rng_state(checkpoint)  # last, so nothing above consumes random numbers
+        epoch = int(self.state.global_step / sampler.steps_per_epoch)
+        self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+        while self.state.global_step < max_steps and not self.control.should_training_stop:
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            rows = [self.train_dataset[i] for i in sampler.indices(self.state.global_step)]
+            step_logs = self._step(module, rows)
+            losses.append(step_logs.get("loss", 0.0))
+            for k, v in step_logs.items():
+                self._metrics[k].append(v)
+            self.state.global_step += 1
+            self.state.epoch = self.state.global_step / sampler.steps_per_epoch
+            self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+            if int(self.state.epoch) > epoch:
+                epoch = int(self.state.epoch)
+                self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+                self._log_save_evaluate(module, trial)
+                self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
+            self._log_save_evaluate(module, trial)
+
+        if self._metrics:  # the steps since the last log (max_steps not a multiple of logging_steps)
+            self.control.should_log = True
+            self._log_save_evaluate(module, trial, save=False)
+        metrics = speed_metrics("train", start_time, num_steps=self.state.global_step - first_step)
+        metrics["train_loss"] = sum(losses) / max(len(losses), 1)
+        self.log(metrics)
+        self.control = self.callback_handler.on_train_end(args, self.state, self.control)
+        self.is_in_train = False
+        return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
+
+    def _log_save_evaluate(self, module, trial, save: bool = True) -> None:
+        if self.control.should_log and self._metrics:
+            logs = {k: sum(v) / len(v) for k, v in self._metrics.items()}
+            logs["learning_rate"] = self._get_learning_rate()
+            self._metrics.clear()
+            self.log(logs)
+        self.control.should_log = False
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            self.evaluate()
+        self.control.should_evaluate = False
+        if save and self.control.should_save:
+            self._save_checkpoint(module, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # --------------------------------------------------------------------------- saving and eval
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The policy (full weights, or the adapter) and tokenizer; checkpoints also get the critic and the
+        algorithm state."""
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and self.args.should_save:
+            output_dir = output_dir or self.args.output_dir
+            if self.value_model is not None:
+                self.accelerator.unwrap_model(self.value_model).save(output_dir)
+            with open(os.path.join(output_dir, RL_STATE_NAME), "w") as handle:
+                json.dump(self._algorithm_state(), handle, indent=2)
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Sample one completion per eval prompt (training sampling settings) and report the mean score."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        acc, size = self.accelerator, self.args.rollout_batch_size
+        rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
+        totals = torch.zeros(3, device=acc.device)  # score sum, length sum, count
+        for start in range(0, len(rows), size):
+            batch = self._generate_and_score(rows[start:start + size])
+            totals += torch.stack([batch["scores"].float().sum(), batch["response_mask"].sum(),
+                                   torch.tensor(float(len(batch["scores"])), device=acc.device)])
+        score_sum, length_sum, count = acc.reduce(totals, "sum").tolist()
+        metrics = {f"{metric_key_prefix}_reward": score_sum / max(count, 1),
+                   f"{metric_key_prefix}_response_length": length_sum / max(count, 1)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -1,0 +1,330 @@
+"""PPOConfig and SPOConfig: TrainingArguments plus the knobs of our online-RL trainers.
+
+Written in TRL's style (every field has a help text; the class docstrings list them) so that recipes,
+`align-recipes show` and `HfArgumentParser` treat them like TRL's own configs. The rollout fields are
+shared through `OnlineRLConfig`; nothing is written twice.
+
+Batch sizes, per device:
+    micro batch   = per_device_train_batch_size           (one forward/backward)
+    mini batch    = micro batch x gradient_accumulation_steps  (one optimizer step)
+    rollout batch = mini batch x num_mini_batches          (prompts generated per training step)
+One training step (`global_step`) = generate one rollout batch, score it, then `num_ppo_epochs` passes
+over it in `num_mini_batches` optimizer steps each. `max_steps`, `logging_steps` and `save_steps`
+count these steps.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+KL_ESTIMATOR_CHOICES = ("k1", "k2", "k3")
+VLLM_MODES = ("colocate", "server")
+RHO_MODES = ("kl", "constant")
+
+
+def _bf16_default(fp16: bool, use_cpu: bool) -> bool:
+    """bf16 when unset: on for CUDA GPUs that support it, off otherwise (never forced on a CPU)."""
+    if fp16 or use_cpu:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@dataclass
+class OnlineRLConfig(TrainingArguments):
+    r"""
+    Fields shared by [`PPOConfig`] and [`SPOConfig`]: rollout (generation), reward and update-loop settings.
+    Defaults differing from `TrainingArguments`: `logging_steps=10`, `remove_unused_columns=False` (extra
+    dataset columns reach the reward functions), `bf16=None` (on for bf16-capable CUDA GPUs only).
+
+    Parameters:
+        max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
+            Prompts longer than this many tokens keep their last `max_prompt_length` tokens. `None`: no limit.
+        max_new_tokens (`int`, *optional*, defaults to `53`):
+            Most tokens generated per completion (TRL's old `response_length`). Generation stops earlier at EOS.
+        temperature (`float`, *optional*, defaults to `0.7`):
+            Sampling temperature; log-probabilities for the losses are computed at the same temperature.
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling threshold (1.0 samples from the whole distribution).
+        top_k (`int`, *optional*, defaults to `0`):
+            Sample among the k most likely tokens; 0 disables the limit.
+        missing_eos_penalty (`float` or `None`, *optional*, defaults to `None`):
+            Subtracted from the score of every completion that hit `max_new_tokens` without an EOS token.
+        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            One weight per reward function (in order); the score is their weighted sum. `None`: all 1.0.
+        reward_model_path (`str` or `None`, *optional*, defaults to `None`):
+            A reward model (sequence classifier with one label) added to the reward functions.
+        num_ppo_epochs (`int`, *optional*, defaults to `4`):
+            Passes over each rollout batch.
+        num_mini_batches (`int`, *optional*, defaults to `1`):
+            Optimizer steps per pass over a rollout batch.
+        cliprange (`float`, *optional*, defaults to `0.2`):
+            Policy ratio clipping: ratios outside [1 - cliprange, 1 + cliprange] get no gradient.
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Turn dropout off in the policy (and critic), so that log-probabilities are deterministic.
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Generate with vLLM (needs `pip install 'align-recipes[vllm]'` and a GPU).
+        vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+            `colocate`: vLLM runs inside the training processes and shares their GPUs; `server`: a separate
+            `trl vllm-serve` process on its own GPUs.
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Share of GPU memory vLLM may take in colocate mode.
+        vllm_server_base_url (`str` or `None`, *optional*, defaults to `None`):
+            Server mode: the server's URL (overrides host and port).
+        vllm_server_host (`str`, *optional*, defaults to `"0.0.0.0"`):
+            Server mode: host of the vLLM server.
+        vllm_server_port (`int`, *optional*, defaults to `8000`):
+            Server mode: port of the vLLM server.
+        vllm_server_timeout (`float`, *optional*, defaults to `240.0`):
+            Server mode: seconds to wait for the server to answer before failing.
+    """
+
+    # TrainingArguments fields with other defaults
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every X training steps (an int, or a float in [0, 1) for a share of max_steps)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Kept False: every dataset column besides `prompt` is passed to the reward functions."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Unset: on for CUDA GPUs that support it, off on CPU and older GPUs."},
+    )
+
+    # rollout
+    max_prompt_length: int | None = field(
+        default=512, metadata={"help": "Prompts keep at most their last N tokens. None: no limit."})
+    max_new_tokens: int = field(
+        default=53, metadata={"help": "Most tokens generated per completion (TRL's old response_length)."})
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature; the losses' log-probabilities use it too."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0: whole distribution)."})
+    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens; 0: no limit."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of completions that end without an EOS token."},
+    )
+
+    # rewards
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function; the score is the weighted sum. None: 1.0."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Reward model directory or hub id, added to the reward functions."})
+
+    # update loop
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a rollout batch."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clipping range (PPO epsilon)."})
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Turn dropout off so log-probabilities are deterministic."})
+
+    # generation backend
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (needs the vllm extra and a GPU)."})
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={"help": "colocate: vLLM shares the training GPUs; server: a separate `trl vllm-serve` process.",
+                  "choices": VLLM_MODES},
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Colocate mode: share of GPU memory vLLM may take."})
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "Server mode: the server's URL (overrides host and port)."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Server mode: host of the vLLM server."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Server mode: port of the vLLM server."})
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Server mode: seconds to wait for the server."})
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = _bf16_default(bool(self.fp16), bool(self.use_cpu))
+        problems = self._problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        super().__post_init__()
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Prompts generated per training step on each device."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            p.append(f"max_prompt_length must be >= 1 or null (got {self.max_prompt_length})")
+        if self.max_new_tokens < 1:
+            p.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.temperature <= 0:
+            p.append(f"temperature must be > 0 (got {self.temperature}); sampling is required for RL")
+        if not 0 < self.top_p <= 1:
+            p.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            p.append(f"top_k must be >= 0 (got {self.top_k}); 0 disables it")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            p.append(f"missing_eos_penalty must be >= 0 (got {self.missing_eos_penalty}); it is subtracted")
+        if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
+            p.append(f"reward_weights must be a list of numbers (got {self.reward_weights!r})")
+        if self.num_ppo_epochs < 1:
+            p.append(f"num_ppo_epochs must be >= 1 (got {self.num_ppo_epochs})")
+        if self.num_mini_batches < 1:
+            p.append(f"num_mini_batches must be >= 1 (got {self.num_mini_batches})")
+        if self.cliprange <= 0:
+            p.append(f"cliprange must be > 0 (got {self.cliprange}); 0.2 is the usual value")
+        if self.vllm_mode not in VLLM_MODES:
+            p.append(f"vllm_mode must be one of {', '.join(VLLM_MODES)} (got {self.vllm_mode!r})")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            p.append(f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization})")
+        return p
+
+
+@dataclass
+class PPOConfig(OnlineRLConfig):
+    r"""
+    Configuration of [`~align_recipes.rl.trainer.PPOTrainer`]: actor-critic RLHF with a KL-shaped reward,
+    GAE and clipped policy and value losses. Also takes every [`OnlineRLConfig`] and `TrainingArguments` field.
+
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `3e-6`):
+            Learning rate of the policy and the critic (one optimizer).
+        kl_coef (`float`, *optional*, defaults to `0.05`):
+            Weight of the per-token KL penalty folded into the reward (start value when `adaptive_kl`).
+        kl_estimator (`str`, *optional*, defaults to `"k1"`):
+            Per-token KL estimator in the reward: `k1` (log-ratio), `k2` (half squared log-ratio) or `k3`.
+        adaptive_kl (`bool`, *optional*, defaults to `False`):
+            Adapt `kl_coef` so the measured KL tracks `kl_target` (Ziegler et al. 2019).
+        kl_target (`float`, *optional*, defaults to `6.0`):
+            Target KL per completion (summed over its tokens) for the adaptive controller.
+        kl_horizon (`float`, *optional*, defaults to `10000`):
+            Completions over which the adaptive controller closes the gap to the target.
+        gamma (`float`, *optional*, defaults to `1.0`):
+            Discount factor of future rewards in GAE.
+        lam (`float`, *optional*, defaults to `0.95`):
+            GAE lambda: 0 uses one-step TD errors (low variance, biased), 1 full returns (unbiased, noisy).
+        cliprange_value (`float`, *optional*, defaults to `0.2`):
+            Value predictions may move at most this far from the rollout values per update.
+        vf_coef (`float`, *optional*, defaults to `0.1`):
+            Weight of the value loss in the total loss.
+        whiten_advantages (`bool`, *optional*, defaults to `True`):
+            Normalise advantages to mean 0, std 1 over each rollout batch.
+        whiten_rewards (`bool`, *optional*, defaults to `False`):
+            Scale per-token rewards to std 1 (mean kept) before GAE.
+        value_model_path (`str` or `None`, *optional*, defaults to `None`):
+            Where the critic's backbone and head start. `None`: the reward model if one is given, else the policy
+            (with a fresh value head).
+    """
+
+    learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the critic."})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "Weight of the per-token KL penalty in the reward (start value if adaptive)."})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator in the reward: k1, k2 or k3.", "choices": KL_ESTIMATOR_CHOICES},
+    )
+    adaptive_kl: bool = field(
+        default=False, metadata={"help": "Adapt kl_coef so the KL tracks kl_target (Ziegler et al. 2019)."})
+    kl_target: float = field(default=6.0, metadata={"help": "Adaptive KL: target KL per completion."})
+    kl_horizon: float = field(
+        default=10000, metadata={"help": "Adaptive KL: completions over which the gap to the target closes."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor in GAE."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda in [0, 1]."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clipping range of value predictions."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Normalise advantages to mean 0, std 1 per rollout batch."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Scale per-token rewards to std 1 before GAE."})
+    value_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Critic initialisation. None: the reward model if given, else the policy's backbone."},
+    )
+
+    def _problems(self) -> list[str]:
+        p = super()._problems()
+        if self.kl_coef < 0:
+            p.append(f"kl_coef must be >= 0 (got {self.kl_coef})")
+        if self.kl_estimator not in KL_ESTIMATOR_CHOICES:
+            p.append(f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CHOICES)} (got {self.kl_estimator!r})")
+        if self.adaptive_kl and self.kl_target <= 0:
+            p.append(f"kl_target must be > 0 (got {self.kl_target})")
+        if self.adaptive_kl and self.kl_horizon <= 0:
+            p.append(f"kl_horizon must be > 0 (got {self.kl_horizon})")
+        if self.adaptive_kl and self.kl_coef == 0:
+            p.append("adaptive_kl needs kl_coef > 0 to start from (it is multiplied, so 0 stays 0)")
+        if not 0 < self.gamma <= 1:
+            p.append(f"gamma must be in (0, 1] (got {self.gamma})")
+        if not 0 <= self.lam <= 1:
+            p.append(f"lam must be in [0, 1] (got {self.lam})")
+        if self.cliprange_value <= 0:
+            p.append(f"cliprange_value must be > 0 (got {self.cliprange_value})")
+        if self.vf_coef < 0:
+            p.append(f"vf_coef must be >= 0 (got {self.vf_coef})")
+        return p
+
+
+@dataclass
+class SPOConfig(OnlineRLConfig):
+    r"""
+    Configuration of [`~align_recipes.rl.trainer.SPOTrainer`]: one completion per prompt, no critic; the
+    advantage is the score minus an adaptive Beta baseline (MiniMind's AutoAdaptiveValueTracker). The KL to the
+    reference is a loss term (k3 estimator, as in GRPO). Also takes every [`OnlineRLConfig`] and
+    `TrainingArguments` field.
+
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `1e-6`):
+            Learning rate of the policy.
+        num_ppo_epochs (`int`, *optional*, defaults to `1`):
+            Passes over each rollout batch; with 1 the clipped surrogate is plain policy gradient.
+        beta (`float`, *optional*, defaults to `0.02`):
+            Weight of the per-token KL(policy || reference) loss term. 0 skips the reference model.
+        rho_mode (`str`, *optional*, defaults to `"kl"`):
+            `kl`: the forgetting factor follows how far the policy moved; `constant`: always `rho_const`.
+        rho_const (`float`, *optional*, defaults to `0.9`):
+            Forgetting factor of the first update (and of every update with `rho_mode="constant"`).
+        half_life (`float`, *optional*, defaults to `0.06`):
+            Change of the mean token log-probability at which the forgetting factor halves (MiniMind's D_half).
+        clip_lower (`float`, *optional*, defaults to `0.5`):
+            Lowest forgetting factor; also sets the prior's strength N = 1 / (1 - clip_lower).
+        clip_upper (`float`, *optional*, defaults to `0.96`):
+            Highest forgetting factor.
+        reward_scale (`float`, *optional*, defaults to `3.0`):
+            Rewards in [-reward_scale, reward_scale] map onto [0, 1] for the Beta tracker (values beyond are clipped).
+        advantage_clip (`float`, *optional*, defaults to `5.0`):
+            Advantages are clipped to [-advantage_clip, advantage_clip].
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the policy."})
+    num_ppo_epochs: int = field(
+        default=1, metadata={"help": "Passes over each rollout batch (1: plain policy gradient)."})
+    beta: float = field(default=0.02, metadata={"help": "Weight of the KL(policy || reference) loss term; 0: no reference."})
+    rho_mode: str = field(
+        default="kl",
+        metadata={"help": "kl: forgetting follows policy change; constant: always rho_const.", "choices": RHO_MODES},
+    )
+    rho_const: float = field(default=0.9, metadata={"help": "Forgetting factor of the first (or every constant) update."})
+    half_life: float = field(
+        default=0.06, metadata={"help": "Mean log-prob change at which the forgetting factor halves (D_half)."})
+    clip_lower: float = field(default=0.5, metadata={"help": "Lowest forgetting factor; prior strength 1/(1-clip_lower)."})
+    clip_upper: float = field(default=0.96, metadata={"help": "Highest forgetting factor."})
+    reward_scale: float = field(
+        default=3.0, metadata={"help": "Rewards in [-scale, scale] map onto [0, 1] for the baseline tracker."})
+    advantage_clip: float = field(default=5.0, metadata={"help": "Advantages are clipped to +- this value."})
+
+    def _problems(self) -> list[str]:
+        p = super()._problems()
+        if self.beta < 0:
+            p.append(f"beta must be >= 0 (got {self.beta})")
+        if self.rho_mode not in RHO_MODES:
+            p.append(f"rho_mode must be one of {', '.join(RHO_MODES)} (got {self.rho_mode!r})")
+        if not 0 < self.rho_const <= 1:
+            p.append(f"rho_const must be in (0, 1] (got {self.rho_const})")
+        if self.half_life <= 0:
+            p.append(f"half_life must be > 0 (got {self.half_life})")
+        if not 0 < self.clip_lower <= self.clip_upper < 1:
+            p.append(f"need 0 < clip_lower <= clip_upper < 1 (got clip_lower={self.clip_lower}, "
+                     f"clip_upper={self.clip_upper})")
+        if self.reward_scale <= 0:
+            p.append(f"reward_scale must be > 0 (got {self.reward_scale})")
+        if self.advantage_clip <= 0:
+            p.append(f"advantage_clip must be > 0 (got {self.advantage_clip})")
+        return p

@@ -1,0 +1,156 @@
+"""The numbers of PPO and SPO: small pure torch functions, no model, no state.
+
+Shapes: ``B`` sequences (completions) by ``T`` response positions. ``mask`` is 1.0 on the tokens the
+policy generated (up to and including the first EOS) and 0.0 on the padding after them. Every
+function ignores masked-out positions, so padding never leaks into a statistic, a loss or an
+advantage. Each function is unit-tested against hand-computed values in tests/test_rl_core.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+# ------------------------------------------------------------------------------ masked statistics
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    return (values * mask).sum() if dim is None else (values * mask).sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the positions where ``mask`` is 1 (0 when nothing is masked in)."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1e-8)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance over the masked-in positions; ``unbiased`` applies Bessel's correction n / (n - 1)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n > 1:
+            var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked-in positions; ``shift_mean=False`` keeps the mean (only rescales).
+    Masked-out positions come back as 0."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+# ------------------------------------------------------------------------------- log-probabilities
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) under softmax(logits / temperature); [B, T, V], [B, T] -> [B, T] (float32)."""
+    logits = logits.float() / temperature
+    return torch.gather(logits.log_softmax(-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position: [B, T, V] -> [B, T] (nats)."""
+    logits = logits.float() / temperature
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from the log-probabilities of sampled tokens.
+
+    With r = log p_ref - log p_policy:  k1 = -r (unbiased, can be negative); k2 = r^2 / 2 (biased, >= 0);
+    k3 = exp(r) - 1 - r (unbiased, >= 0, low variance; GRPO's and MiniMind's choice).
+    """
+    log_ratio = ref_logprobs - logprobs
+    if kind == "k1":
+        return -log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r}; use one of {', '.join(KL_ESTIMATORS)}")
+
+
+# ----------------------------------------------------------------------------- rewards, advantages
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last masked-in position of each row ([B, T] -> [B]); -1 for an empty row."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
+
+
+def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """PPO's per-token reward: -kl_coef * KL on every generated token, plus the sequence score on the
+    last generated token. [B], [B, T], [B, T] -> [B, T]."""
+    rewards = -kl_coef * kl * mask
+    last = last_token_index(mask)
+    rows = torch.nonzero(last >= 0).squeeze(-1)
+    rewards[rows, last[rows]] += scores[rows].to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},  returns = A + V.
+    Positions after the last generated token count as terminal (value 0, reward 0, advantage 0).
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def spo_advantages(scores: torch.Tensor, baseline: float, clip: float) -> torch.Tensor:
+    """SPO: score minus the tracked baseline (both in reward units), clipped to [-clip, clip]. [B] -> [B]."""
+    return (scores - baseline).clamp(-clip, clip)
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, token-averaged: mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
+
+    Returns (loss, clipfrac, approx_kl): clipfrac is the share of tokens where the clipped term won;
+    approx_kl = mean(0.5 * (log ratio)^2), how far this update moved the policy from the sampling one.
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio.detach() ** 2, mask)
+    return loss, clipfrac.detach(), approx_kl
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5 * mean(max((V - R)^2, (clip(V, V_old +- eps) - R)^2)); returns (loss, vf_clipfrac)."""
+    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    return loss, clipfrac.detach()
+
+
+def kl_penalty_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                    kind: str = "k3") -> torch.Tensor:
+    """Token-averaged KL estimate used as a loss term (SPO / GRPO style), differentiable in ``logprobs``."""
+    return masked_mean(kl_estimate(logprobs, ref_logprobs, kind), mask)
