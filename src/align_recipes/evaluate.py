@@ -1,13 +1,20 @@
-"""Task metrics measured before and after training (the recipe's `evaluate:` section).
+"""Task metrics measured before and after training (the recipe's `evaluate:` section), and the
+`align-recipes eval DIR` verb that measures a finished run on held-out data.
 
 - exact_match: greedy answers to held-out prompts compared with their `answer` column.
 - preference_accuracy: on held-out pairs, how often the model prefers `chosen` over `rejected`:
   a reward model by its score, a policy by the log-probability it gives each completion.
+- implicit_reward_accuracy (eval verb, DPO family): how often the policy's implicit reward
+  β·(log π/π_ref(chosen) − log π/π_ref(rejected)) is positive; π_ref is the adapter switched off,
+  or for a full fine-tune the recipe's `model.name_or_path`.
+- win_rate (eval verb, `--reward-model DIR`): greedy answers of the policy and of its reference to
+  the same prompts, scored by a reward model; a tie counts one half.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
@@ -124,3 +131,186 @@ def preference_accuracy(model, tokenizer, rows: list[dict], reward_head: bool) -
     chosen = _sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head)
     rejected = _sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head)
     return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+
+
+# --- the `eval` verb --------------------------------------------------------------------------------
+
+EVAL_FILE = "eval.json"
+METRICS = ("exact_match", "preference_accuracy", "implicit_reward_accuracy", "win_rate")
+DPO_FAMILY = ("dpo", "orpo", "kto", "cpo", "ipo", "simpo", "online_dpo")
+KIND_OF = {"exact_match": "prompt_only", "preference_accuracy": "preference",
+           "implicit_reward_accuracy": "preference", "win_rate": "prompt_only"}
+
+
+def default_metrics(info, reward_model: str | None = None) -> list[str]:
+    """What `eval DIR` measures when no --metric is given."""
+    recipe_metric = (info.recipe.get("evaluate") or {}).get("metric")
+    if info.head == "reward":
+        chosen = ["preference_accuracy"]
+    else:
+        chosen = ["implicit_reward_accuracy"] if info.algorithm in DPO_FAMILY else []
+        if recipe_metric and recipe_metric not in chosen:
+            chosen.append(recipe_metric)
+    if reward_model:
+        chosen.append("win_rate")
+    if not chosen:
+        raise RecipeError(f"no metric to measure for '{info.run_dir}' (its recipe has no evaluate: section)",
+                          fix=f"name one with --metric ({', '.join(METRICS)}) and the data with --data")
+    return chosen
+
+
+def _data_entry(info, data: str | None) -> tuple[dict, list]:
+    """The dataset entry and the folders its relative path may be relative to."""
+    if data:
+        return {"path": str(data)}, [Path.cwd()]
+    section = info.recipe.get("evaluate") or {}
+    entry = section.get("data") or (info.recipe.get("data") or {}).get("eval")
+    if not entry:
+        raise RecipeError(f"the run in '{info.run_dir}' names no held-out data (evaluate.data or data.eval)",
+                          fix="pass --data FILE (jsonl/json/parquet/csv) or a hub dataset id")
+    return dict(entry), [Path.cwd(), info.base_dir, info.run_dir]
+
+
+def load_rows(entry: dict, base_dirs: list, kind: str, limit: int | None, metric: str) -> list[dict]:
+    from align_recipes.data import DataError, DataSpec, load
+
+    base = next((b for b in base_dirs if (Path(b) / entry["path"]).exists()), base_dirs[-1])
+    try:
+        dataset, _ = load(DataSpec.from_dict(entry, section="--data"), Path(base), kind)
+    except DataError as exc:
+        exc.message = f"{metric} needs {kind.replace('_', '-')} data: {exc.message}"
+        raise
+    rows = list(dataset)
+    return rows[:limit] if limit else rows
+
+
+class Reference:
+    """The model a policy is measured against: its adapter switched off, or the base loaded separately."""
+
+    def __init__(self, policy, info):
+        self.policy, self.info, self.model = policy, info, None
+        self.is_adapter = hasattr(policy, "disable_adapter") and info.adapter is not None
+
+    @contextlib.contextmanager
+    def use(self):
+        if self.is_adapter:
+            with self.policy.disable_adapter():
+                yield self.policy
+            return
+        if self.model is None:
+            self.model = self._load()
+        yield self.model
+
+    def _load(self):
+        from transformers import AutoModelForCausalLM
+
+        from align_recipes import models
+        from align_recipes.chat import _dtype
+
+        spec = self.info.model_spec
+        if not spec.get("name_or_path"):
+            raise RecipeError(f"'{self.info.run_dir}' has no recipe.resolved.yaml naming its reference model",
+                              fix="evaluate a run directory written by align-recipes")
+        path = models.resolve_model_path(spec, self.info.base_dir)
+        device = str(self.policy.device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(self.info, device.split(":")[0]))
+        return model.to(device).eval()
+
+    def name(self) -> str:
+        return "adapter disabled" if self.is_adapter else str(self.info.model_spec.get("name_or_path"))
+
+
+def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[dict], beta: float) -> dict:
+    prompts = [r["prompt"] for r in rows]
+    chosen = _sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], False)
+    rejected = _sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], False)
+    with reference.use() as ref:
+        ref_chosen = _sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
+        ref_rejected = _sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
+    margins = [beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)]
+    return {"value": sum(m > 0 for m in margins) / max(len(rows), 1), "n": len(rows), "beta": beta,
+            "mean_margin": sum(margins) / max(len(margins), 1), "reference": reference.name()}
+
+
+def _as_completion(prompt: Any, text: str) -> Any:
+    return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+
+
+def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str,
+             max_new_tokens: int) -> dict:
+    from align_recipes.chat import load_run
+
+    prompts = [r["prompt"] for r in rows]
+    ours = generate(model, tokenizer, prompts, max_new_tokens)
+    with reference.use() as ref:
+        theirs = generate(ref, tokenizer, prompts, max_new_tokens)
+    rm, rm_tokenizer, _ = load_run(reward_model_dir, head="reward", device=str(model.device))
+    score = lambda outs: _sequence_scores(rm, rm_tokenizer, prompts,  # noqa: E731
+                                          [_as_completion(p, o) for p, o in zip(prompts, outs)], True)
+    ours_scores, theirs_scores = score(ours), score(theirs)
+    wins = sum(a > b for a, b in zip(ours_scores, theirs_scores))
+    ties = sum(a == b for a, b in zip(ours_scores, theirs_scores))
+    n = max(len(rows), 1)
+    return {"value": (wins + 0.5 * ties) / n, "n": len(rows), "wins": wins, "ties": ties,
+            "reward_policy": sum(ours_scores) / n, "reward_reference": sum(theirs_scores) / n,
+            "reward_model": str(reward_model_dir), "reference": reference.name(), "max_new_tokens": max_new_tokens,
+            "examples": [{"prompt": _text(p), "policy": o, "reference": t}
+                         for p, o, t in list(zip(prompts, ours, theirs))[:3]]}
+
+
+def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = None,
+                 reward_model: str | None = None, limit: int | None = None,
+                 max_new_tokens: int | None = None) -> dict:
+    """Measure a finished run on held-out data and write `eval.json` into its directory."""
+    import json
+    import time
+
+    from align_recipes.chat import inspect_run, load_run
+
+    info = inspect_run(run_dir)
+    metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model)))
+    for name in metrics:
+        if name not in METRICS:
+            raise RecipeError(f"unknown metric '{name}'", key="--metric", fix=f"one of {', '.join(METRICS)}")
+    if "win_rate" in metrics and not reward_model:
+        raise RecipeError("win_rate needs a reward model to judge the answers", key="--metric",
+                          fix="pass --reward-model DIR (the output of a reward recipe)")
+    if info.head == "reward" and set(metrics) - {"preference_accuracy"}:
+        raise RecipeError(f"'{run_dir}' is a reward model: only preference_accuracy applies", key="--metric",
+                          fix="evaluate a policy for the other metrics; use a reward model with --reward-model")
+    if reward_model and "win_rate" in metrics:
+        rm_info = inspect_run(reward_model)
+        if rm_info.head != "reward":
+            raise RecipeError(f"--reward-model '{reward_model}' is not a reward model "
+                              f"({rm_info.algorithm or 'a causal LM'})", key="--reward-model",
+                              fix="pass the output directory of a `reward` recipe")
+    entry, base_dirs = _data_entry(info, data)
+    section = info.recipe.get("evaluate") or {}
+    limit = limit or section.get("limit")
+    model, tokenizer, info = load_run(info.run_dir)
+    reference = Reference(model, info)
+    beta = float((info.recipe.get("train") or {}).get("beta", 0.1))
+    results = {}
+    for name in metrics:
+        rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name)
+        if name == "exact_match":
+            tokens = max_new_tokens or section.get("max_new_tokens", 16)
+            result = {"value": exact_match(model, tokenizer, rows, tokens), "n": len(rows)}
+        elif name == "preference_accuracy":
+            result = {"value": preference_accuracy(model, tokenizer, rows, reward_head=info.head == "reward"),
+                      "n": len(rows)}
+        elif name == "implicit_reward_accuracy":
+            result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
+        else:
+            result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
+        results[name] = {**result, "data": entry["path"]}
+    path = Path(run_dir) / EVAL_FILE
+    try:
+        previous = json.loads(path.read_text()).get("metrics", {})
+    except (OSError, ValueError, AttributeError):
+        previous = {}
+    payload = {"run_dir": str(run_dir), "algorithm": info.algorithm, "model": info.model_spec.get("name_or_path"),
+               "data": entry["path"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "metrics": {**previous, **results}}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return payload

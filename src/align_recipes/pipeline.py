@@ -1,0 +1,368 @@
+"""Multi-stage runs: `align-recipes pipeline recipes/<family>/pipeline.yaml`.
+
+    description: the classic RLHF flow
+    output_dir: outputs/qwen05b/rlhf        # optional; default outputs/<family>/<file name>
+    stages:
+      - {name: sft, recipe: sft.yaml}
+      - {name: reward, recipe: reward.yaml, overrides: {model.name_or_path: "{sft}"}}
+      - {name: ppo, recipe: ppo.yaml,
+         overrides: {model.name_or_path: "{sft}", train.reward_model_path: "{reward}"}}
+
+Each stage is an ordinary recipe (relative to the pipeline file) plus dotted overrides, written
+to `<output_dir>/<name>`. In override values `{stage}` is that earlier stage's model, ready to load
+as a base: its output directory for a full fine-tune, or `<dir>/merged` for a LoRA/QLoRA stage (the
+pipeline merges the adapter after training). `{stage.output_dir}` is the raw output directory.
+
+Every stage is validated before anything trains. A stage is skipped when its output is complete
+(summary.json says complete), its resolved recipe is unchanged and no stage it reads from is newer;
+an interrupted stage is resumed from its checkpoint. `pipeline.json` in the output directory
+records what ran. Command-line overrides: `KEY=VALUE` applies to every stage, `STAGE:KEY=VALUE` to one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
+from align_recipes.yamlio import load_yaml
+
+STATE_FILE = "pipeline.json"
+TOP_KEYS = ("description", "output_dir", "profile", "stages")
+STAGE_KEYS = ("name", "recipe", "overrides", "output_dir")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)(\.output_dir|\.model)?\}")
+
+
+@dataclass
+class Stage:
+    name: str
+    recipe: Path
+    overrides: list[str]  # KEY=VALUE, placeholders expanded
+    output_dir: Path
+    deps: list[str] = field(default_factory=list)
+    plan: Any = None
+    state: str = "pending"  # why it runs or is skipped
+    adapter: bool = False
+
+    @property
+    def model_dir(self) -> Path:
+        return self.output_dir / "merged" if self.adapter else self.output_dir
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    output_dir: Path
+    stages: list[Stage]
+    description: str = ""
+    profile: str | None = None
+
+
+def _line(data: Any, key: str) -> int | None:
+    return getattr(data, "lines", {}).get(key)
+
+
+def _value_text(value: Any) -> str:
+    """An override value as text that load_plan reads back (as YAML) to the same value."""
+    if isinstance(value, str):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True, width=10**6).strip()
+    return text[:-3].strip() if text.endswith("...") else text
+
+
+def _plain(value: Any) -> Any:
+    """Line-numbered YAML mappings back to plain dicts and lists, which yaml.safe_dump can write."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _split_cli(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    common: list[str] = []
+    per_stage: dict[str, list[str]] = {}
+    for text in overrides:
+        head = text.split("=", 1)[0]
+        if ":" in head:
+            stage, rest = text.split(":", 1)
+            if stage not in names:
+                raise RecipeError(f"override '{text}' names stage '{stage}', which the pipeline does not have",
+                                  key="command line", fix=did_you_mean(stage, names))
+            per_stage.setdefault(stage, []).append(rest)
+        else:
+            common.append(text)
+    return common, per_stage
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | None = None,
+                  output_dir: str | Path | None = None) -> Pipeline:
+    """Read the pipeline file and validate every stage's recipe (before anything trains)."""
+    from align_recipes.recipe import load_plan
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"pipeline file '{path}' not found", fix="e.g. recipes/tiny/pipeline.yaml")
+    data = load_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise RecipeError("a pipeline needs a non-empty `stages:` list", file=path, key="stages",
+                          fix="stages: [{name: sft, recipe: sft.yaml}, {name: dpo, recipe: dpo.yaml, "
+                              "overrides: {model.name_or_path: '{sft}'}}]")
+    errors = [RecipeError(f"unknown key '{k}'", file=path, line=_line(data, k), key=k, fix=did_you_mean(k, TOP_KEYS))
+              for k in data if k not in TOP_KEYS]
+    root = Path(output_dir or data.get("output_dir") or Path("outputs") / path.resolve().parent.name / path.stem)
+    profile = profile or data.get("profile")
+    raw = data["stages"]
+    names = [s.get("name") for s in raw if isinstance(s, dict)]
+    common, per_stage = _split_cli(list(overrides), [n for n in names if isinstance(n, str)])
+    stages: list[Stage] = []
+    for index, entry in enumerate(raw):
+        where = f"stages[{index}]"
+        line = raw.lines.get(index) if hasattr(raw, "lines") else None
+        if not isinstance(entry, dict):
+            errors.append(RecipeError("each stage is a mapping {name, recipe, overrides}", file=path, key=where))
+            continue
+        line = _line(entry, "name") or line
+        errors += [RecipeError(f"unknown key '{k}'", file=path, line=_line(entry, k), key=f"{where}.{k}",
+                               fix=did_you_mean(k, STAGE_KEYS)) for k in entry if k not in STAGE_KEYS]
+        name, recipe = entry.get("name"), entry.get("recipe")
+        if not isinstance(name, str) or not NAME.match(name):
+            errors.append(RecipeError(f"stage name {name!r} must be a word (letters, digits, _ or -)", file=path,
+                                      line=line, key=f"{where}.name", fix="e.g. name: sft"))
+            continue
+        if any(s.name == name for s in stages):
+            errors.append(RecipeError(f"stage name '{name}' is used twice", file=path, line=line,
+                                      key=f"{where}.name", fix="give each stage its own name"))
+            continue
+        recipe_path = path.parent / str(recipe or "")
+        if not recipe or not recipe_path.is_file():
+            errors.append(RecipeError(f"stage '{name}': recipe file '{recipe}' not found ({recipe_path})", file=path,
+                                      line=_line(entry, "recipe") or line, key=f"{where}.recipe",
+                                      fix="recipe paths are relative to the pipeline file"))
+            continue
+        stage_overrides = entry.get("overrides") or {}
+        if not isinstance(stage_overrides, dict):
+            errors.append(RecipeError("overrides must map dotted keys to values", file=path, key=f"{where}.overrides",
+                                      fix="overrides: {model.name_or_path: '{sft}', train.learning_rate: 1.0e-5}"))
+            continue
+        texts, deps = [], []
+        for key, value in stage_overrides.items():
+            text, used, problem = _expand(_value_text(value), stages)
+            if problem:
+                errors.append(RecipeError(f"stage '{name}': {problem}", file=path, key=f"{where}.overrides.{key}",
+                                          line=_line(stage_overrides, key) or line,
+                                          fix=f"earlier stages: {', '.join(s.name for s in stages) or 'none'}"))
+            texts.append(f"{key}={text}")
+            deps += used
+        out = Path(entry.get("output_dir") or root / name)
+        stage = Stage(name=name, recipe=recipe_path, output_dir=out, deps=list(dict.fromkeys(deps)),
+                      overrides=[*texts, *common, *per_stage.get(name, []), f"train.output_dir={out}"])
+        try:
+            stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
+            stage.adapter = stage.plan.recipe["model"].get("adapter", "full") != "full"
+        except (RecipeError, RecipeErrors) as exc:
+            pending = [str(s.model_dir.resolve()) for s in stages] + [str(s.output_dir.resolve()) for s in stages]
+            for error in getattr(exc, "errors", [exc]):
+                if any(p in error.message for p in pending):
+                    continue  # an earlier stage's output, checked again when that stage has run
+                error.message = f"stage '{name}': {error.message}"
+                errors.append(error)
+            stage.adapter = _adapter_from_files(stage)
+        stages.append(stage)
+    if errors:
+        raise RecipeErrors(errors)
+    return Pipeline(path=path, output_dir=root, stages=stages, description=str(data.get("description") or ""),
+                    profile=profile)
+
+
+def _adapter_from_files(stage: Stage) -> bool:
+    """Whether a stage trains an adapter, read from its recipe chain and overrides (when it cannot be
+    validated yet because an earlier stage's output is missing)."""
+    from align_recipes.recipe import _read_chain, parse_override
+
+    adapter = "full"
+    for _, data in _read_chain(stage.recipe):
+        adapter = ((data.get("model") or {}) if isinstance(data.get("model"), dict) else {}).get("adapter", adapter)
+    for text in stage.overrides:
+        parts, value = parse_override(text)
+        if parts == ["model", "adapter"]:
+            adapter = value
+    return adapter != "full"
+
+
+def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None]:
+    by_name = {s.name: s for s in earlier}
+    used: list[str] = []
+    problem = None
+
+    def replace(match: re.Match) -> str:
+        nonlocal problem
+        stage = by_name.get(match.group(1))
+        if stage is None:
+            problem = f"'{match.group(0)}' does not name an earlier stage"
+            return match.group(0)
+        used.append(stage.name)
+        target = stage.output_dir if match.group(2) == ".output_dir" else stage.model_dir
+        return str(target.resolve())
+
+    return PLACEHOLDER.sub(replace, text), used, problem
+
+
+# ------------------------------------------------------------------------------------------- running
+
+def _flat(value: Any, prefix: str = "") -> dict:
+    if isinstance(value, dict) and value:
+        out: dict = {}
+        for key, sub in value.items():
+            out.update(_flat(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def recipe_changes(stage: Stage) -> list[str] | None:
+    """Keys whose resolved value differs from the run in the stage's directory (None: no run there)."""
+    from align_recipes import outputs
+    from align_recipes.recipe import resolved_yaml
+
+    try:
+        old = yaml.safe_load((stage.output_dir / outputs.RESOLVED_RECIPE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    new = yaml.safe_load(resolved_yaml(stage.plan))
+    try:
+        from align_recipes.guards import redact_obj  # run.py writes the recipe with secrets hidden
+
+        new = redact_obj(new)
+    except ImportError:
+        pass
+    old, new = _flat(old or {}), _flat(new)
+    ignore = {"train.resume_from_checkpoint"}
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+
+
+def stage_state(stage: Stage, by_name: dict[str, Stage], ran: set[str]) -> str:
+    """'complete' (skip), or why the stage must run: missing, changed, stale, interrupted, incomplete."""
+    from align_recipes import outputs
+
+    summary_path = stage.output_dir / outputs.SUMMARY
+    if stage.plan is None:  # validation waits for an earlier stage's output
+        return "missing" if not summary_path.is_file() else "upstream output pending"
+    if not summary_path.is_file():
+        return "missing"
+    summary = outputs.read_summary(stage.output_dir)
+    changed = recipe_changes(stage)
+    if changed is None or changed:
+        shown = ", ".join((changed or ["recipe.resolved.yaml missing"])[:4])
+        return f"changed: {shown}{' …' if changed and len(changed) > 4 else ''}"
+    status = summary.get("status", "complete")
+    if status != "complete":
+        return "interrupted" if status == "interrupted" else "incomplete"
+    for dep in stage.deps:
+        upstream = by_name[dep].output_dir / outputs.SUMMARY
+        if dep in ran or (upstream.is_file() and upstream.stat().st_mtime > summary_path.stat().st_mtime):
+            return "stale"
+    return "complete"
+
+
+def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False) -> list[dict]:
+    """Train the stages in order, skipping complete ones; returns one record per stage."""
+    by_name = {s.name: s for s in pipeline.stages}
+    ran: set[str] = set()
+    records: list[dict] = []
+    total = len(pipeline.stages)
+    print(f"pipeline {pipeline.path}: {total} stages validated -> {pipeline.output_dir}")
+    for index, stage in enumerate(pipeline.stages, 1):
+        state = "forced" if force else stage_state(stage, by_name, ran)
+        merged_ok = not stage.adapter or (stage.model_dir / "config.json").is_file()
+        label = f"[{index}/{total}] {stage.name} ({stage.recipe.name})"
+        if state == "complete":
+            print(f"{label}: skipped, complete and unchanged in {stage.output_dir}")
+            if not merged_ok and not dry_run:
+                _merge(stage)
+            records.append(_record(stage, "skipped", 0.0))
+            continue
+        print(f"{label}: {'would run' if dry_run else 'running'} ({state})")
+        if dry_run:
+            ran.add(stage.name)
+            records.append(_record(stage, f"would run ({state})", 0.0))
+            continue
+        records.append(_run_stage(stage, state, pipeline.profile))
+        ran.add(stage.name)
+        _write_state(pipeline, records)
+    if not dry_run:
+        _write_state(pipeline, records)
+        done = ", ".join(f"{r['stage']} {r['status']}" for r in records)
+        print(f"pipeline done: {done}")
+    return records
+
+
+def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
+    import gc
+
+    from align_recipes.recipe import load_plan
+    from align_recipes.run import train
+
+    # Validated again now that the stages it reads from exist (reward model references, sizes).
+    stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
+    resume = state == "interrupted"  # same recipe, stopped early: continue from its checkpoint
+    started = time.time()
+    # The manifest records the equivalent single-stage command: it reproduces (and resumes) this stage.
+    command = ["align-recipes", "train", str(stage.recipe), *stage.overrides,
+               *(["--profile", profile] if profile else [])]
+    try:
+        train(stage.plan, overwrite=not resume and stage.output_dir.exists(), resume=resume, command=command)
+    except RecipeError as exc:
+        exc.message = f"stage '{stage.name}': {exc.message}"
+        raise
+    if stage.adapter:
+        _merge(stage)
+    _report(stage)
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    return _record(stage, "resumed" if resume else "ran", time.time() - started)
+
+
+def _merge(stage: Stage) -> None:
+    from align_recipes.merge import merge
+
+    print(f"  merging the {stage.name} adapter -> {stage.model_dir}")
+    merge(stage.output_dir, stage.model_dir, overwrite=True)
+
+
+def _report(stage: Stage) -> None:
+    from align_recipes.report import REPORT, try_write_report
+
+    if not (stage.output_dir / REPORT).is_file():  # run.train may already have written it
+        try_write_report(stage.output_dir)
+
+
+def _record(stage: Stage, status: str, seconds: float) -> dict:
+    from align_recipes import outputs
+
+    summary = outputs.read_summary(stage.output_dir)
+    return {"stage": stage.name, "status": status, "recipe": str(stage.recipe), "output_dir": str(stage.output_dir),
+            "model_dir": str(stage.model_dir), "algorithm": stage.plan.algorithm.name if stage.plan else None,
+            "seconds": round(seconds, 2), "task_metric": summary.get("task_metric")}
+
+
+def _write_state(pipeline: Pipeline, records: list[dict]) -> None:
+    pipeline.output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"pipeline": str(pipeline.path), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": records}
+    (pipeline.output_dir / STATE_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")
