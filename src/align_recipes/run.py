@@ -309,8 +309,12 @@ def _train(plan: Plan, start: guards.Start, guard: guards.RunGuard, overwrite: b
     if guard.signum is not None:
         raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
                                     f"model is saved in {output_dir}; the final evaluation was skipped")
+    from align_recipes.report import write_report
+
+    report_path = write_report(output_dir)
     print(f"done: {summary['steps']} steps in {runtime:.1f}s · {_headline(summary)}")
-    print(f"wrote {output_dir}/ (model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE})")
+    print(f"wrote {output_dir}/ (model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE}, "
+          f"{report_path.name} with plots)")
     return summary
 
 
