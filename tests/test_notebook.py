@@ -37,7 +37,8 @@ def test_notebook_trains_chats_and_plots_the_tiny_recipe_on_cpu(tmp_path, monkey
     monkeypatch.setenv("ALIGN_RECIPES_NVIDIA_SMI", "")  # the kernel inherits it: no GPU, whatever the host
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     output_dir = tmp_path / "run"
-    overrides = [f"train.output_dir={output_dir}", "train.max_steps=6", "train.logging_steps=2", "evaluate.limit=16"]
+    overrides = [f"train.output_dir={output_dir}", "train.max_steps=6", "train.logging_steps=2", "evaluate.limit=16",
+                 "model.name_or_path=builtin:tiny-qwen2"]  # the tiny dpo recipe otherwise starts from outputs/tiny/sft
     parameter_cell(notebook).source = "\n".join([
         'RECIPE = "recipes/tiny/dpo.yaml"',
         'PROFILE = "cpu"',

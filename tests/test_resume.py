@@ -55,7 +55,8 @@ VARIED_REWARD = "rewards=[{name: regex, pattern: '[0-9]'}]"
 
 ALGORITHMS = {
     "sft": ("recipes/tiny/sft.yaml", ["train.max_steps=6", "train.per_device_train_batch_size=4"]),
-    "dpo": ("recipes/tiny/dpo.yaml", ["train.max_steps=6", "train.per_device_train_batch_size=4"]),
+    "dpo": ("recipes/tiny/dpo.yaml", ["train.max_steps=6", "train.per_device_train_batch_size=4",
+                                      "model.name_or_path=builtin:tiny-qwen2"]),  # no SFT stage needed to resume
     "grpo": (_tiny_or_fallback("grpo", "tests/bad_inputs/good_grpo.yaml"),
              ["train.max_steps=6", "train.per_device_train_batch_size=4", "train.num_generations=4",
               "train.max_completion_length=6", "model.name_or_path=builtin:tiny-qwen2", VARIED_REWARD]),

@@ -15,7 +15,7 @@ for the end of training, where a plotting problem must not fail the run):
 
 A figure appears only when the run logged something for it. `compare_runs(dirs, out)` overlays
 several runs: one subplot per metric the runs share, in the same figures, plus a task-metric chart.
-matplotlib runs on its Agg backend (no display needed).
+figures use matplotlib's object API and render to PNG (no display, no global backend).
 """
 
 from __future__ import annotations
@@ -141,13 +141,24 @@ def _order(key: str) -> tuple[int, str]:
 
 # -------------------------------------------------------------------------------------------- drawing
 
+class _Figures:
+    """matplotlib's object API in place of pyplot: figures render to PNG without choosing a global
+    backend, so a notebook that trains through align-recipes keeps its inline plots."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:
+        """Nothing to release: these figures are not registered with pyplot."""
+
+
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _Figures
 
 
 def _grid(plt, count: int, title: str):
