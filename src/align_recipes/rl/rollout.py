@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from align_recipes.rewards import completion_text, reward_func_name
+from align_recipes.rewards import reward_func_name
 
 
 class PromptSampler:
@@ -119,10 +119,6 @@ def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tens
     lengths = mask.sum(1).long().tolist()
     texts = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(completion_ids, lengths)]
     return [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
-
-
-def completion_texts(completions: list) -> list[str]:
-    return [completion_text(c) for c in completions]
 
 
 # ------------------------------------------------------------------------------------ forward pass
