@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.yamlio import load_yaml
+from align_recipes.yamlio import load_yaml, plain
 
 STATE_FILE = "pipeline.json"
 TOP_KEYS = ("description", "output_dir", "profile", "stages")
@@ -77,17 +77,8 @@ def _value_text(value: Any) -> str:
                 return value
         except yaml.YAMLError:
             pass
-    text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True, width=10**6).strip()
+    text = yaml.safe_dump(plain(value), default_flow_style=True, allow_unicode=True, width=10**6).strip()
     return text[:-3].strip() if text.endswith("...") else text
-
-
-def _plain(value: Any) -> Any:
-    """Line-numbered YAML mappings back to plain dicts and lists, which yaml.safe_dump can write."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _split_cli(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:

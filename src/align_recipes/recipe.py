@@ -18,7 +18,7 @@ from align_recipes import profiles, schema, sections
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.registry import ALGORITHMS, Algorithm
 from align_recipes.validate import validate_recipe
-from align_recipes.yamlio import LineDict, load_yaml
+from align_recipes.yamlio import LineDict, load_yaml, plain
 
 DEFAULT_SOURCE = "default"
 OURS_SOURCE = "align-recipes"
@@ -241,16 +241,8 @@ def _locator(files: dict[str, Any], sources: dict[str, str]):
 def resolved_yaml(plan: Plan) -> str:
     """The fully resolved recipe, as written to `recipe.resolved.yaml` in every output dir."""
     body = {"algorithm": plan.algorithm.name, "profile": plan.profile.name, **plan.recipe}
-    return yaml.safe_dump(_plain(body), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(plain(body), sort_keys=False, allow_unicode=True)
 
-
-def _plain(value: Any) -> Any:
-    """LineDicts and tuples back to plain YAML-representable types."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = ["Plan", "load_plan", "parse_override", "resolved_yaml", "sections"]

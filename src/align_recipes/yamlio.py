@@ -46,6 +46,15 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def plain(value: Any) -> Any:
+    """LineDicts and tuples back to plain dicts and lists, which yaml.safe_dump can write."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def load_yaml(path: Path) -> Any:
     """Parse one YAML file safely; every failure is a RecipeError naming the file and line."""
     try:
