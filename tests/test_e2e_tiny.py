@@ -108,10 +108,11 @@ def test_grpo_raises_mean_reward(sft_run, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["ppo", "spo"])
-def test_ppo_and_spo_raise_mean_reward_with_bounded_kl(sft_run, tmp_path, recipe):
-    """Sampled reward rises by a clear, seeded margin while KL to the reference stays bounded.
-    (Greedy exact match from this strong SFT start is not asserted: RL here sharpens sampling.)"""
-    from_sft(recipe, sft_run, tmp_path)
+def test_ppo_and_spo_raise_reward_and_held_out_exact_match_with_bounded_kl(sft_run, tmp_path, recipe):
+    """Sampled reward and greedy held-out exact match both rise by a clear, seeded margin while KL to the
+    reference stays bounded. Measured over seeds 42, 1, 2, 3 (docs/algorithms.md): exact match rises by
+    0.05 to 0.10 (PPO) and 0.08 to 0.12 (SPO) from the SFT start."""
+    summary = from_sft(recipe, sft_run, tmp_path)
     records = [json.loads(line) for line in (tmp_path / recipe / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward"] for r in records if "reward" in r]
     kls = [r["kl"] for r in records if "kl" in r]
@@ -119,3 +120,6 @@ def test_ppo_and_spo_raise_mean_reward_with_bounded_kl(sft_run, tmp_path, recipe
     early, late = sum(rewards[:2]) / 2, sum(rewards[-2:]) / 2
     assert late > early + 0.1, rewards
     assert max(kls) < 2.0, kls
+    task = summary["task_metric"]
+    assert task["name"] == "exact_match" and task["n"] == 100
+    assert task["after"] >= task["before"] + 0.04, task
