@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align_recipes import profiles
+from align_recipes import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
@@ -62,10 +62,10 @@ def test_zero3_environment_is_seen_by_the_profile_checks(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     monkeypatch.setenv("WORLD_SIZE", "8")
-    assert profiles.sharding() == ("zero3", 8)
+    assert hardware.sharding() == ("zero3", 8)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert profiles.sharding() == ("fsdp", 8)
+    assert hardware.sharding() == ("fsdp", 8)
 
 
 # --- two-process CPU runs (slow) ---------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def accelerate_bin() -> str:
 
 def launch(recipe: str, output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", profiles.FAKE_SMI_ENV: "", "PYTHONUNBUFFERED": "1"}
+           "HF_DATASETS_OFFLINE": "1", hardware.FAKE_SMI_ENV: "", "PYTHONUNBUFFERED": "1"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
         env.pop(name, None)
     command = [accelerate_bin(), "launch", "--config_file", str(ACCELERATE_DIR / "cpu_ddp.yaml"),
@@ -117,7 +117,7 @@ def tiny_sft(tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/sft.yaml", "--profile", "cpu",
                f"train.output_dir={output_dir}", "train.num_train_epochs=2", *eval_limit("recipes/tiny/sft.yaml", 8),
                "--overwrite"]
-    env = {**os.environ, profiles.FAKE_SMI_ENV: "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, hardware.FAKE_SMI_ENV: "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return output_dir

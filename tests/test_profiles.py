@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import profiles
+from align_recipes import hardware, model_size, profiles
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.recipe import load_plan
@@ -36,7 +36,7 @@ SMI = {
 @pytest.fixture(autouse=True)
 def _no_real_hardware(monkeypatch):
     """Every test sees no GPU unless it fakes one, and no launcher environment."""
-    monkeypatch.setenv(profiles.FAKE_SMI_ENV, "")
+    monkeypatch.setenv(hardware.FAKE_SMI_ENV, "")
     for name in ("CUDA_VISIBLE_DEVICES", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
                  "ACCELERATE_USE_FSDP", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -45,9 +45,9 @@ def _no_real_hardware(monkeypatch):
 def fake_packages(monkeypatch, *, vllm: str | None = None, flash_attn: bool = False, bitsandbytes: bool = True):
     """Pretend which optional packages are installed (looked up without importing them)."""
     installed = {"vllm": vllm is not None, "flash_attn": flash_attn, "bitsandbytes": bitsandbytes}
-    real = profiles.has_module
-    monkeypatch.setattr(profiles, "has_module", lambda name: installed.get(name, real(name)))
-    monkeypatch.setattr(profiles, "package_version", lambda name: vllm if name == "vllm" else None)
+    real = hardware.has_module
+    monkeypatch.setattr(hardware, "has_module", lambda name: installed.get(name, real(name)))
+    monkeypatch.setattr(hardware, "package_version", lambda name: vllm if name == "vllm" else None)
 
 
 def write_recipe(tmp_path: Path, algorithm: str = "dpo", model: str = "Qwen/Qwen2.5-1.5B-Instruct",
@@ -112,7 +112,7 @@ def test_auto_without_gpu_is_cpu():
 
 
 def test_detection_reads_the_environment_hook_and_visible_devices(monkeypatch):
-    monkeypatch.setenv(profiles.FAKE_SMI_ENV, SMI["8xh100"])
+    monkeypatch.setenv(hardware.FAKE_SMI_ENV, SMI["8xh100"])
     assert profiles.resolve("auto").gpu.count == 8
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert profiles.resolve("auto").gpu.count == 2
@@ -121,9 +121,21 @@ def test_detection_reads_the_environment_hook_and_visible_devices(monkeypatch):
 
 
 def test_old_driver_without_compute_cap_and_header_line():
-    gpus = profiles.parse_nvidia_smi("name, memory.total [MiB]\nTesla T4, 15360 MiB\n")
+    gpus = hardware.parse_nvidia_smi("name, memory.total [MiB]\nTesla T4, 15360 MiB\n")
     assert [(g.name, g.compute_capability) for g in gpus] == [("Tesla T4", 7.5)]
     assert gpus[0].arch == "Turing (sm75)" and not gpus[0].has_bf16
+
+
+def test_manifest_lists_gpus_from_nvidia_smi_when_torch_is_not_loaded(monkeypatch):
+    """The manifest's hardware record falls back to nvidia-smi when torch was never imported."""
+    import sys
+
+    from align_recipes import outputs
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setenv(hardware.FAKE_SMI_ENV, "\n".join([SMI["t4"]] * 2))
+    gpus = outputs.hardware()["gpus"]
+    assert gpus == [{"name": "Tesla T4", "memory_gib": 15.0, "capability": "7.5"}] * 2
 
 
 def test_forced_profile_takes_gpu_count_only_from_matching_hardware():
@@ -155,16 +167,16 @@ def test_unknown_key_in_a_profile_is_an_error(tmp_path, monkeypatch):
     ("mistralai/Mixtral-8x7B-v0.1", 56e9), ("Qwen/Qwen3-30B-A3B", 30e9), ("openai-community/gpt2", None),
 ])
 def test_size_from_the_name(name, params):
-    assert profiles.estimate_params(name)[0] == (pytest.approx(params) if params else None)
+    assert model_size.estimate_params(name)[0] == (pytest.approx(params) if params else None)
 
 
 def test_size_from_a_local_config_and_the_tiny_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({  # Qwen2-0.5B's shape
         "hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936,
         "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}))
-    params, how = profiles.estimate_params(str(tmp_path))
+    params, how = model_size.estimate_params(str(tmp_path))
     assert params == pytest.approx(494e6, rel=0.02) and "config.json" in how
-    tiny, _ = profiles.estimate_params("builtin:tiny-qwen2")
+    tiny, _ = model_size.estimate_params("builtin:tiny-qwen2")
     assert tiny < 5e6
 
 
@@ -280,7 +292,7 @@ def test_vllm_colocate_on_one_gpu_when_installed(tmp_path, monkeypatch):
 
 def test_vllm_server_mode_with_several_gpus_prints_the_serve_command(tmp_path, monkeypatch):
     fake_packages(monkeypatch, vllm="0.31.0")
-    monkeypatch.setenv(profiles.FAKE_SMI_ENV, SMI["8xh100"])
+    monkeypatch.setenv(hardware.FAKE_SMI_ENV, SMI["8xh100"])
     plan = load_plan(write_recipe(tmp_path, "grpo"))
     assert plan.profile.name == "h100" and plan.train_args["vllm_mode"] == "server"
     why = change(plan, "train.use_vllm").why

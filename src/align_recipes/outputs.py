@@ -49,7 +49,7 @@ def guard_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
         shown = ", ".join(sorted(leftovers)[:4]) + (" …" if len(leftovers) > 4 else "")
         raise RecipeError(f"output_dir '{output_dir}' already holds a run ({shown})", key="train.output_dir",
                           fix="pass --resume to continue it, --overwrite to replace it, "
-                              f"or train.output_dir=… to write elsewhere")
+                              "or train.output_dir=… to write elsewhere")
 
 
 def _clean(value: Any) -> Any:
@@ -243,11 +243,10 @@ def hardware() -> dict:
         except Exception:  # noqa: BLE001 - a broken driver must not stop the run from recording itself
             pass
     else:
-        from align_recipes import profiles
+        from align_recipes.hardware import detect_gpus
 
-        gpu = profiles.detect_gpu()
-        if gpu:
-            gpus = [{"name": gpu[0], "memory_gib": round(gpu[1], 1)}] * gpu[2]
+        gpus = [{"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
+                for g in detect_gpus()]
     info["gpus"] = gpus
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:

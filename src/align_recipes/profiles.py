@@ -6,33 +6,29 @@ quantization, micro-batch cap, extra keys) and a vLLM policy (`vllm:`) for the a
 generate. `auto` picks one from what `nvidia-smi` reports (name, memory, compute capability, count),
 without importing torch; `--profile NAME` forces one. docs/scaling.md describes the format.
 
-Everything here is decided from text: nvidia-smi's CSV, config.json, the model's name and
-`importlib.util.find_spec` / package metadata for the optional kernels (flash_attn, vllm,
-bitsandbytes). Nothing imports torch, so `validate` and `show` stay fast.
+Everything here is decided from text: the facts about the machine come from `hardware` and the
+model's size from `model_size`, neither of which imports torch, so `validate` and `show` stay fast.
 
 The public functions, in the order `recipe.load_plan` calls them:
-  resolve(name)                         the Profile (auto: detected)
-  layer_for(profile, algorithm, wish)   the profile's layer under the recipe, with a reason per value
-  adjust_batch(profile, recipe, …)      after the merge: cap the micro-batch, keep the effective batch
-  check_compatible(profile, recipe, …)  impossible combinations, each a RecipeError with its fix
+  resolve(name)                                the Profile (auto: detected)
+  layer_for(profile, algorithm, wish)          the profile's layer under the recipe, with a reason per value
+  adjust_batch(profile, recipe, …)             after the merge: cap the micro-batch, keep the effective batch
+  compat.check_compatible(profile, recipe, …)  impossible combinations, each a RecipeError with its fix
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
-import json
 import math
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
+from align_recipes.hardware import GPU, detect_gpus, flash_attention_status, vllm_status
+from align_recipes.model_size import estimate_params, human
 from align_recipes.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
@@ -40,45 +36,11 @@ GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
 RULE_KEYS = {"max_params", "min_memory_gb", "adapter", "quantization", "micro_batch", "model", "train", "why"}
 VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
-# TRL 1.16's supported vLLM range (trl.import_utils.is_vllm_available warns outside it).
-VLLM_MIN, VLLM_MAX = (0, 22), (0, 31)
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
 MICRO_BATCH_REFERENCE_LENGTH = 1024
-# Environment variable holding fake `nvidia-smi` CSV output (tests, "what would happen on 8xH100").
-FAKE_SMI_ENV = "ALIGN_RECIPES_NVIDIA_SMI"
-SMI_QUERY = "name,memory.total,compute_cap"
-
-ARCHITECTURES = [  # (lowest compute capability, name), newest first
-    (12.0, "Blackwell"), (10.0, "Blackwell"), (9.0, "Hopper"), (8.9, "Ada"), (8.0, "Ampere"),
-    (7.5, "Turing"), (7.0, "Volta"), (6.0, "Pascal"), (0.0, "pre-Pascal"),
-]
-# Compute capability by name, for drivers too old to report compute_cap.
-KNOWN_CAPABILITY = [("h100", 9.0), ("h200", 9.0), ("h800", 9.0), ("gh200", 9.0), ("b200", 10.0), ("a100", 8.0),
-                    ("a800", 8.0), ("a10", 8.6), ("a40", 8.6), ("a6000", 8.6), ("l40", 8.9), ("l4", 8.9),
-                    ("4090", 8.9), ("3090", 8.6), ("t4", 7.5), ("v100", 7.0), ("p100", 6.0)]
 
 
 # --- data ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GPU:
-    """What a profile assumes (or `auto` detected) about the accelerator: one entry per machine."""
-
-    name: str
-    memory_gb: float
-    compute_capability: float
-    count: int = 1
-
-    @property
-    def arch(self) -> str:
-        """'Turing (sm75)'."""
-        family = next(label for low, label in ARCHITECTURES if self.compute_capability >= low)
-        return f"{family} (sm{int(round(self.compute_capability * 10))})"
-
-    @property
-    def has_bf16(self) -> bool:
-        return self.compute_capability >= 8.0
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -213,68 +175,6 @@ def _read(name: str) -> Profile:
     return _read_path(name, paths[name])
 
 
-# --- detecting the GPU -------------------------------------------------------------------------------
-
-def parse_nvidia_smi(text: str) -> list[GPU]:
-    """GPUs from `nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits`.
-
-    Tolerates a header line, MiB units, '[N/A]' fields (MIG, old drivers) and a missing compute_cap
-    column (looked up from the name)."""
-    gpus = []
-    for row in text.strip().splitlines():
-        cells = [c.strip() for c in row.split(",")]
-        if not cells[0] or cells[0].lower() == "name":
-            continue
-        memory = _float(cells[1].replace("MiB", "")) if len(cells) > 1 else None
-        capability = _float(cells[2]) if len(cells) > 2 else None
-        if capability is None:
-            capability = next((cc for needle, cc in KNOWN_CAPABILITY if needle in cells[0].lower()), 7.0)
-        gpus.append(GPU(name=cells[0], memory_gb=round((memory or 0) / 1024, 1), compute_capability=capability))
-    return gpus
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _visible(gpus: list[GPU]) -> list[GPU]:
-    """Only the GPUs that CUDA_VISIBLE_DEVICES leaves to this process (nvidia-smi lists them all)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return gpus
-    ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
-    if not ids or ids[0].strip().startswith("-"):
-        return []
-    picked = [gpus[int(i)] for i in ids if i.strip().isdigit() and int(i) < len(gpus)]
-    return picked or gpus[: len(ids)]
-
-
-def detect_gpus(smi_output: str | None = None) -> list[GPU]:
-    """The GPUs this process can use, from nvidia-smi (or from `smi_output` / $ALIGN_RECIPES_NVIDIA_SMI
-    when given: the same CSV text, which is how tests fake hardware). An empty list means CPU."""
-    if smi_output is None:
-        smi_output = os.environ.get(FAKE_SMI_ENV)
-    if smi_output is None:
-        smi_output = _run_nvidia_smi()
-    return _visible(parse_nvidia_smi(smi_output or ""))
-
-
-@functools.lru_cache(maxsize=1)
-def _run_nvidia_smi() -> str:
-    if not shutil.which("nvidia-smi"):
-        return ""
-    for query in (SMI_QUERY, "name,memory.total"):  # compute_cap needs driver >= 510
-        try:
-            return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, timeout=10, check=True).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-    return ""
-
-
 def choose_profile(gpus: list[GPU], candidates: dict[str, Profile] | None = None) -> tuple[str, str]:
     """The profile name for the detected GPUs, and a one-line reason."""
     if not gpus:
@@ -327,131 +227,6 @@ def resolve(name: str, smi_output: str | None = None) -> Profile:
         gpu = GPU(name=first.name, memory_gb=first.memory_gb or profile.gpu.memory_gb,
                   compute_capability=first.compute_capability, count=len(gpus))
     return replace(profile, detected=why, gpu=gpu)
-
-
-# --- model size, without downloading -----------------------------------------------------------------
-
-SIZE_TOKEN = re.compile(r"(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
-
-
-def estimate_params(name_or_path: str | None, base_dir: Path | None = None) -> tuple[float | None, str]:
-    """(parameter count or None, how it was estimated). Reads a local config.json when the model is a
-    local directory, else a size token in the name ('0.5B', '1.5B', '7B', '8x7B', '135M')."""
-    if not name_or_path:
-        return None, "no model named"
-    name = str(name_or_path)
-    if name.startswith("builtin:"):
-        config = Path(__file__).with_name("assets") / "tiny" / "model_config.json"
-        count = _params_from_config(json.loads(config.read_text())) if config.is_file() else 1e6
-        return count, "builtin tiny model"
-    for candidate in (Path(name).expanduser(), (base_dir or Path.cwd()) / name):
-        config = candidate / "config.json"
-        if config.is_file():
-            try:
-                count = _params_from_config(json.loads(config.read_text()))
-            except (OSError, ValueError, TypeError):
-                count = None
-            if count:
-                return count, f"from {config}"
-            base = _adapter_base(candidate)
-            if base:
-                return estimate_params(base, base_dir)
-        elif (candidate / "adapter_config.json").is_file():
-            base = _adapter_base(candidate)
-            if base:
-                return estimate_params(base, base_dir)
-    tokens = [(float(m.group(2)) * (int(m.group(1)) if m.group(1) else 1)
-               * (1e9 if m.group(3).lower() == "b" else 1e6))
-              for m in SIZE_TOKEN.finditer(name.rsplit("/", 1)[-1])
-              if not m.string[:m.start()].endswith(("v", "V"))]  # 'v2' is a version, not a size
-    if tokens:
-        return max(tokens), "from the size in its name"
-    return None, "size unknown (no local config.json, no size token such as 7B in the name)"
-
-
-def _adapter_base(directory: Path) -> str | None:
-    try:
-        return json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-
-
-def _params_from_config(config: dict) -> float | None:
-    """Decoder-only transformer parameter count from config.json fields (nested text_config too)."""
-    config = config.get("text_config") or config
-    hidden = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
-    if not hidden or not layers:
-        return None
-    vocab = config.get("vocab_size") or 300  # the tiny model fills its vocab in from the tokenizer
-    intermediate = config.get("intermediate_size") or config.get("n_inner") or 4 * hidden
-    heads = config.get("num_attention_heads") or config.get("n_head") or max(1, hidden // 64)
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    experts = config.get("num_local_experts") or config.get("num_experts") or 1
-    expert_size = config.get("moe_intermediate_size") or intermediate
-    mlp = 3 * hidden * (expert_size * experts if experts > 1 else intermediate)
-    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings", True) else 2)
-    return float(layers * (attention + mlp + 2 * hidden) + embeddings)
-
-
-def human(count: float | None) -> str:
-    """1.5e9 -> '1.5B', 5e8 -> '0.5B', 1.35e8 -> '135M'."""
-    if count is None:
-        return "?"
-    if count >= 4e8:
-        return f"{count / 1e9:.3g}B"
-    if count >= 1e6:
-        return f"{count / 1e6:.3g}M"
-    return f"{count / 1e3:.3g}K"
-
-
-# --- optional packages, looked up without importing them ------------------------------------------------
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def vllm_status() -> tuple[bool, str]:
-    """(usable, reason): installed and within TRL 1.16's supported 0.22-0.31."""
-    if not has_module("vllm"):
-        return False, "vllm is not installed (pip install 'align-recipes[vllm]')"
-    version = package_version("vllm") or "?"
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-    if len(numbers) < 2 or not (VLLM_MIN <= numbers <= VLLM_MAX):
-        return False, (f"vllm {version} is outside TRL 1.16's supported range 0.22-0.31 "
-                       f"(pip install 'vllm>=0.22,<=0.31')")
-    return True, f"vllm {version} installed"
-
-
-def flash_attention_status(implementation: str, gpu: GPU | None) -> tuple[bool, str]:
-    if gpu is None:
-        return False, "FlashAttention needs a CUDA GPU"
-    need = 9.0 if implementation == "flash_attention_3" else 8.0
-    if gpu.compute_capability < need:
-        return False, f"{gpu.name} is {gpu.arch}: FlashAttention needs sm{int(need * 10)}+"
-    module = "flash_attn_interface" if implementation == "flash_attention_3" else "flash_attn"
-    if not has_module(module):
-        package = "flash-attn-3" if implementation == "flash_attention_3" else "flash-attn"
-        return False, f"{module} is not installed (pip install {package} --no-build-isolation)"
-    return True, f"{module} installed on {gpu.arch}"
-
-
-def bitsandbytes_status() -> tuple[bool, str]:
-    if has_module("bitsandbytes"):
-        return True, "bitsandbytes installed"
-    return False, "bitsandbytes is not installed (pip install 'bitsandbytes>=0.50,<0.51')"
 
 
 # --- the profile as a layer ------------------------------------------------------------------------------
@@ -666,147 +441,3 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
         changes.append(Change("train.per_device_eval_batch_size", cap,
                               f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)"))
     return changes
-
-
-# --- impossible combinations ------------------------------------------------------------------------------
-
-BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
-REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}
-
-
-def _truthy(value: str | None) -> bool:
-    return str(value).lower() in ("1", "true", "yes")
-
-
-def sharding() -> tuple[str, int]:
-    """('zero3' | 'zero2' | 'zero1' | 'fsdp' | '', world size) from the variables accelerate launch sets."""
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    if _truthy(os.environ.get("ACCELERATE_USE_DEEPSPEED")):
-        return f"zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '2')}", world
-    if _truthy(os.environ.get("ACCELERATE_USE_FSDP")):
-        return "fsdp", world
-    return "", world
-
-
-def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str) -> tuple[float, str]:
-    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all."""
-    adapter = model.get("adapter", "full")
-    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
-    dtype = model.get("dtype", "auto")
-    weight = {"4bit": 0.6, "8bit": 1.1}.get(quantization, BYTES_PER_PARAM.get(dtype, 2.0))
-    stage, world = sharding()
-    parts = [f"{weight:g} B/param weights ({quantization if quantization != 'none' else dtype})"]
-    if adapter != "full":
-        total = params * weight * 1.02  # the adapters: ~1-2% of the parameters
-        if stage in ("zero3", "fsdp"):
-            total /= world
-        return total / 1e9, parts[0] + f", {ADAPTER_WORDS[adapter]} adapters"
-    eight_bit = "8bit" in str(train.get("optim", "")) or "bnb" in str(train.get("optim", ""))
-    optimizer = 2.0 if eight_bit else 8.0
-    gradients = weight
-    states = gradients + optimizer
-    weights = weight
-    if algorithm_name in REFERENCE_MODEL_ALGORITHMS or (algorithm_name == "grpo" and float(train.get("beta") or 0) > 0):
-        weights += weight  # a frozen reference copy in the same dtype
-        parts.append("a reference model")
-    if algorithm_name == "ppo":
-        weights, states = weights * 2, states * 2  # a value model trained alongside the policy
-        parts.append("a value model")
-    if stage in ("zero3", "fsdp"):
-        weights, states = weights / world, states / world
-    elif stage in ("zero2", "zero1"):
-        states = states / world if stage == "zero2" else (gradients + optimizer / world)
-    parts.append(f"{gradients:g} B/param gradients, {optimizer:g} B/param {'8-bit ' if eight_bit else ''}AdamW states")
-    if stage:
-        parts.append(f"{stage} over {world} process(es)")
-    return params * (weights + states) / 1e9, ", ".join(parts)
-
-
-def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[RecipeError]:
-    """Impossible combinations of profile, recipe and installed packages, found before anything is loaded."""
-    errors: list[RecipeError] = []
-    train, model = recipe.get("train") or {}, recipe.get("model") or {}
-    gpu = None if train.get("use_cpu") else profile.gpu
-    where = f"{gpu.name} ({gpu.arch})" if gpu else "CPU"
-
-    def error(key: str, message: str, fix: str) -> None:
-        errors.append(RecipeError(message, file=file, key=key, fix=fix))
-
-    adapter = model.get("adapter", "full")
-    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
-
-    # Precision.
-    if gpu is not None and not gpu.has_bf16:
-        if train.get("bf16"):
-            error("train.bf16", f"{where} has no bf16 (needs compute capability 8.0+)",
-                  "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16")
-        if model.get("dtype") == "bfloat16":
-            error("model.dtype", f"{where} has no bf16 (needs compute capability 8.0+)",
-                  "use model.dtype: float16 (or float32 for full fine-tuning)")
-    if gpu is None and train.get("fp16"):
-        error("train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither")
-    if gpu is None and model.get("dtype") == "float16" and adapter == "full":
-        error("model.dtype", "float16 training on CPU is unsupported and unstable", "use model.dtype: float32 on CPU")
-    if train.get("fp16") and adapter == "full" and model.get("dtype") == "float16" and quantization == "none":
-        error("model.dtype", "full fine-tuning with fp16 mixed precision needs fp32 master weights "
-              "(float16 weights give 'Attempting to unscale FP16 gradients')",
-              "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora")
-
-    # Attention kernel.
-    attention = model.get("attn_implementation") or ""
-    if attention.startswith("flash_attention"):
-        ok, status = flash_attention_status(attention, gpu)
-        if not ok:
-            error("model.attn_implementation", f"{attention}: {status}",
-                  "use attn_implementation: sdpa (or leave it null and let the profile decide)")
-
-    # Quantization and bitsandbytes.
-    optim = str(train.get("optim") or "")
-    uses_bnb = quantization != "none" or "8bit" in optim or "bnb" in optim
-    if uses_bnb:
-        ok, status = bitsandbytes_status()
-        if not ok:
-            key = "model.quantization" if quantization != "none" else "train.optim"
-            error(key, f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
-                  "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
-                  "and optim: adamw_torch")
-    stage, _ = sharding()
-    if quantization != "none" and stage in ("zero3", "fsdp"):
-        what = "QLoRA" if adapter == "qlora" else f"{quantization} weights"
-        engine = "DeepSpeed ZeRO-3" if stage == "zero3" else "FSDP"
-        error("model.adapter" if adapter == "qlora" else "model.quantization",
-              f"{what} with {engine} fails (quantized weights are placed with a device_map, "
-              f"which {engine} sharding rejects)",
-              "launch with configs/accelerate/zero2.yaml or multi_gpu.yaml (DDP), or use adapter: lora "
-              f"with quantization: none under {'zero3' if stage == 'zero3' else 'fsdp2'}")
-
-    # vLLM.
-    if train.get("use_vllm"):
-        ok, status = vllm_status()
-        if not ok:
-            error("train.use_vllm", f"use_vllm is on but {status}",
-                  "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false")
-        if gpu is None:
-            error("train.use_vllm", "vLLM generation needs a CUDA GPU", "set train.use_vllm: false on CPU")
-        if quantization == "8bit":
-            error("train.use_vllm", "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
-                  "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false")
-
-    # Does the model fit at all?
-    if gpu is not None:
-        params, _how = estimate_params(model.get("name_or_path"), Path(file).parent if file else None)
-        if params is not None:
-            needed, breakdown = memory_estimate(params, model, train, getattr(algorithm, "name", ""))
-            available = gpu.memory_gb
-            if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
-                available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
-            if needed > available:
-                fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
-                               "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
-                       "lora": "use model.adapter: qlora (4-bit base weights)",
-                       "qlora": "use a smaller model or a profile with more GPU memory"}[adapter]
-                error("model.name_or_path",
-                      f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
-                      f"{where} has {available:.0f} GB" + (" left beside vLLM" if available < gpu.memory_gb else ""),
-                      fix)
-    return errors

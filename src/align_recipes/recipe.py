@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from align_recipes import profiles, schema, sections
+from align_recipes import compat, profiles, schema, sections
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.registry import ALGORITHMS, Algorithm
 from align_recipes.validate import validate_recipe
@@ -202,7 +202,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     errors = validate_recipe(resolved, algorithm, _locator(files, resolved_sources), base_dir=recipe_path.parent)
     if not errors:
         changes += profiles.adjust_batch(chosen, resolved, resolved_sources, algorithm, base_dir=recipe_path.parent)
-        errors = profiles.check_compatible(chosen, resolved, algorithm, file=recipe_path)
+        errors = compat.check_compatible(chosen, resolved, algorithm, file=recipe_path)
     if errors:
         raise RecipeErrors(errors)
     return Plan(recipe_path=recipe_path, algorithm=algorithm, recipe=resolved, sources=resolved_sources,
