@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import guards, outputs
+from align_recipes import checkpoints, guards, outputs, redaction
 from align_recipes.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,14 +34,14 @@ def make_checkpoint(output_dir: Path, step: int, marker: bool = True) -> Path:
         (path / name).write_bytes(b"x" * 64)
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 10}))
     if marker:
-        guards.write_marker(path)
+        checkpoints.write_marker(path)
     return path
 
 
 def test_a_complete_checkpoint_passes_with_or_without_marker(tmp_path):
-    assert guards.checkpoint_problem(make_checkpoint(tmp_path, 2)) is None
-    assert guards.checkpoint_problem(make_checkpoint(tmp_path, 4, marker=False)) is None
-    assert guards.read_marker(tmp_path / "checkpoint-2")["files"]["model.safetensors"] > 0
+    assert checkpoints.checkpoint_problem(make_checkpoint(tmp_path, 2)) is None
+    assert checkpoints.checkpoint_problem(make_checkpoint(tmp_path, 4, marker=False)) is None
+    assert checkpoints.read_marker(tmp_path / "checkpoint-2")["files"]["model.safetensors"] > 0
 
 
 @pytest.mark.parametrize("damage, expected", [
@@ -52,12 +52,12 @@ def test_a_complete_checkpoint_passes_with_or_without_marker(tmp_path):
     (lambda p: (p / "optimizer.pt").unlink(), "no optimizer state"),
     (lambda p: (p / "rng_state.pth").unlink(), "no RNG state"),
     (lambda p: (p / "optimizer.pt").write_bytes(b"x" * 10), "optimizer.pt is 10 bytes, 64 were written"),
-    (lambda p: guards.write_marker(p, "diverged", "weights were nan"), "marked diverged"),
+    (lambda p: checkpoints.write_marker(p, "diverged", "weights were nan"), "marked diverged"),
 ])
 def test_checkpoints_cut_short_are_detected(tmp_path, damage, expected):
     path = make_checkpoint(tmp_path, 3)
     damage(path)
-    problem = guards.checkpoint_problem(path)
+    problem = checkpoints.checkpoint_problem(path)
     assert problem is not None and expected in problem, problem
 
 
@@ -65,7 +65,7 @@ def test_a_truncated_safetensors_file_is_detected_without_a_marker(tmp_path):
     path = make_checkpoint(tmp_path, 3, marker=False)
     with open(path / "model.safetensors", "r+b") as handle:
         handle.truncate(path.joinpath("model.safetensors").stat().st_size - 3)
-    assert "truncated" in guards.checkpoint_problem(path)
+    assert "truncated" in checkpoints.checkpoint_problem(path)
 
 
 def test_sharded_weights_need_every_shard(tmp_path):
@@ -74,15 +74,15 @@ def test_sharded_weights_need_every_shard(tmp_path):
     _safetensors(path / "model-00001-of-00002.safetensors")
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    assert "model-00002-of-00002.safetensors is missing" in guards.checkpoint_problem(path)
+    assert "model-00002-of-00002.safetensors is missing" in checkpoints.checkpoint_problem(path)
     _safetensors(path / "model-00002-of-00002.safetensors")
-    assert guards.checkpoint_problem(path) is None
+    assert checkpoints.checkpoint_problem(path) is None
 
 
 def test_save_only_model_checkpoints_resume_without_optimizer(tmp_path):
     path = make_checkpoint(tmp_path, 3, marker=False)
     (path / "optimizer.pt").unlink()
-    assert guards.checkpoint_problem(path, require_optimizer=False) is None
+    assert checkpoints.checkpoint_problem(path, require_optimizer=False) is None
 
 
 def test_newest_complete_skips_torn_checkpoints(tmp_path):
@@ -92,7 +92,7 @@ def test_newest_complete_skips_torn_checkpoints(tmp_path):
     (torn / "trainer_state.json").unlink()
     (tmp_path / "checkpoint-14").mkdir()  # created, nothing written yet
     (tmp_path / "checkpoint-notes").mkdir()  # not a checkpoint at all
-    newest, skipped = guards.newest_complete(tmp_path)
+    newest, skipped = checkpoints.newest_complete(tmp_path)
     assert newest.name == "checkpoint-10"  # numeric order, not text order
     assert [p.name for p, _ in skipped] == ["checkpoint-14", "checkpoint-12"]
 
@@ -101,55 +101,55 @@ def test_newest_complete_skips_torn_checkpoints(tmp_path):
 
 def test_plan_start_fresh_and_refusals(tmp_path):
     out = tmp_path / "run"
-    assert guards.plan_start(out, None, overwrite=False).checkpoint is None
+    assert checkpoints.plan_start(out, None, overwrite=False).checkpoint is None
     out.mkdir()
     (out / outputs.MANIFEST).write_text("{}")  # a run that died before training: nothing to lose
-    assert guards.plan_start(out, None, overwrite=False).checkpoint is None
+    assert checkpoints.plan_start(out, None, overwrite=False).checkpoint is None
     (out / outputs.METRICS).write_text("{}\n")
     with pytest.raises(RecipeError, match="already holds a run") as err:
-        guards.plan_start(out, None, overwrite=False)
+        checkpoints.plan_start(out, None, overwrite=False)
     assert "--resume" in err.value.fix and "--overwrite" in err.value.fix
-    assert guards.plan_start(out, None, overwrite=True).checkpoint is None
+    assert checkpoints.plan_start(out, None, overwrite=True).checkpoint is None
     with pytest.raises(RecipeError, match="contradict"):
-        guards.plan_start(out, "latest", overwrite=True)
+        checkpoints.plan_start(out, "latest", overwrite=True)
 
 
 def test_plan_start_latest_and_explicit(tmp_path):
     torn = make_checkpoint(tmp_path, 6)
     (torn / "trainer_state.json").unlink()
     with pytest.raises(RecipeError, match="nothing to resume") as err:
-        guards.plan_start(tmp_path, "latest", overwrite=False)
+        checkpoints.plan_start(tmp_path, "latest", overwrite=False)
     assert "checkpoint-6 skipped: no trainer_state.json" in err.value.message
     make_checkpoint(tmp_path, 4)
-    start = guards.plan_start(tmp_path, "latest", overwrite=False)
+    start = checkpoints.plan_start(tmp_path, "latest", overwrite=False)
     assert start.checkpoint.name == "checkpoint-4" and start.step == 4
     assert [p.name for p, _ in start.skipped] == ["checkpoint-6"]
-    assert guards.plan_start(tmp_path, "checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
+    assert checkpoints.plan_start(tmp_path, "checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
     with pytest.raises(RecipeError, match="incomplete: no trainer_state.json") as err:
-        guards.plan_start(tmp_path, str(torn), overwrite=False)
+        checkpoints.plan_start(tmp_path, str(torn), overwrite=False)
     assert "the newest complete one is" in err.value.fix
 
 
 def test_plan_start_auto(tmp_path):
     out = tmp_path / "run"
-    assert guards.plan_start(out, "auto", overwrite=False).checkpoint is None  # nothing yet: fresh
+    assert checkpoints.plan_start(out, "auto", overwrite=False).checkpoint is None  # nothing yet: fresh
     out.mkdir()
     outputs.write_summary(out, {"status": "running"})  # a crash before the first checkpoint
-    start = guards.plan_start(out, "auto", overwrite=False)
+    start = checkpoints.plan_start(out, "auto", overwrite=False)
     assert start.checkpoint is None and start.fresh_over_leftovers
     outputs.write_summary(out, {"status": "complete"})
     with pytest.raises(RecipeError, match="holds a finished run"):
-        guards.plan_start(out, "auto", overwrite=False)
+        checkpoints.plan_start(out, "auto", overwrite=False)
     make_checkpoint(out, 8)
-    assert guards.plan_start(out, "auto", overwrite=False).step == 8
+    assert checkpoints.plan_start(out, "auto", overwrite=False).step == 8
 
 
 def test_resume_command_is_the_same_command_with_resume():
     command = ["/x/src/align_recipes/__main__.py", "train", "recipes/tiny/sft.yaml", "train.learning_rate=1e-5",
                "--overwrite", "train.hub_token=abcdef123", "--profile", "t4"]
-    assert guards.resume_command(command) == ("align-recipes train recipes/tiny/sft.yaml train.learning_rate=1e-5 "
+    assert checkpoints.resume_command(command) == ("align-recipes train recipes/tiny/sft.yaml train.learning_rate=1e-5 "
                                               "'train.hub_token=***' --profile t4 --resume")
-    assert guards.resume_command(["align-recipes", "train", "r.yaml", "--resume"]).count("--resume") == 1
+    assert checkpoints.resume_command(["align-recipes", "train", "r.yaml", "--resume"]).count("--resume") == 1
 
 
 def test_metrics_are_truncated_to_the_checkpoint_and_losses_combined(tmp_path):
@@ -234,11 +234,11 @@ def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoin
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at"] < 10
     good = Path(summary["checkpoint"])
-    assert guards.checkpoint_problem(good) is None
+    assert checkpoints.checkpoint_problem(good) is None
     assert not (out / "model.safetensors").exists(), "a diverged model must not be saved as the result"
-    for path in guards.list_checkpoints(out):  # nothing saved after the divergence is taken for complete
-        assert guards.checkpoint_step(path) <= summary["diverged_at"]
-        if guards.checkpoint_problem(path) is None:
+    for path in checkpoints.list_checkpoints(out):  # nothing saved after the divergence is taken for complete
+        assert checkpoints.checkpoint_step(path) <= summary["diverged_at"]
+        if checkpoints.checkpoint_problem(path) is None:
             import torch
             from safetensors.torch import load_file
 
@@ -249,12 +249,12 @@ def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoin
 
 def test_secret_names_and_values():
     for name in ("hub_token", "train.hub_token", "api_key", "WANDB_API_KEY", "password", "client_secret"):
-        assert guards.is_secret_key(name), name
+        assert redaction.is_secret_key(name), name
     for name in ("pad_token", "eos_token", "max_new_tokens", "keep_columns", "tokenizer", "monkey"):
-        assert not guards.is_secret_key(name), name
+        assert not redaction.is_secret_key(name), name
     env = {"HF_TOKEN": SECRET, "TOKENIZERS_PARALLELISM": "false", "MY_API_KEY": "k", "PATH": "/usr/bin"}
-    assert guards.secret_values(env) == [SECRET]
-    assert guards.redact_obj({"train": {"hub_token": "abcdefgh", "pad_token": "<pad>"}}) == \
+    assert redaction.secret_values(env) == [SECRET]
+    assert redaction.redact_obj({"train": {"hub_token": "abcdefgh", "pad_token": "<pad>"}}) == \
         {"train": {"hub_token": "***", "pad_token": "<pad>"}}
 
 

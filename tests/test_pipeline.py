@@ -13,7 +13,6 @@ import yaml
 
 from align_recipes import pipeline as pl
 from align_recipes.cli import main
-from align_recipes.errors import RecipeErrors
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny"

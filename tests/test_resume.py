@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import guards
+from align_recipes import checkpoints
 from align_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def signal_after_checkpoint(proc: subprocess.Popen, out: Path, signum: int, extr
     seen: dict = {}
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
-        checkpoint, _ = guards.newest_complete(out)
+        checkpoint, _ = checkpoints.newest_complete(out)
         if checkpoint is not None:
             seen["checkpoint"] = checkpoint.name
             time.sleep(extra_wait)
@@ -198,15 +198,15 @@ def kill_and_resume(algorithm: str, root: Path, truncate_newer: bool = False) ->
     if truncate_newer:
         # A save cut short by the kill: a newer checkpoint without trainer_state.json and with a torn
         # optimizer file. It must be skipped, never loaded.
-        newest, _ = guards.newest_complete(out)
-        torn = out / f"checkpoint-{guards.checkpoint_step(newest) + 1}"
+        newest, _ = checkpoints.newest_complete(out)
+        torn = out / f"checkpoint-{checkpoints.checkpoint_step(newest) + 1}"
         shutil.rmtree(torn, ignore_errors=True)
         shutil.copytree(newest, torn)
         (torn / "trainer_state.json").unlink()
-        (torn / guards.MARKER).unlink(missing_ok=True)
+        (torn / checkpoints.MARKER).unlink(missing_ok=True)
         with open(torn / "optimizer.pt", "r+b") as handle:
             handle.truncate(100)
-        assert guards.checkpoint_problem(torn) is not None
+        assert checkpoints.checkpoint_problem(torn) is not None
 
     assert run_in_process([*argv, "--resume"]) == 0
     assert_same_run(out, reference)
@@ -246,7 +246,7 @@ def test_sigterm_saves_reports_and_resumes_with_the_printed_command(runs_root):
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert 0 < summary["steps"] < summary["max_steps"]
     checkpoint = Path(summary["checkpoint"])
-    assert checkpoint.name == f"checkpoint-{summary['steps']}" and guards.checkpoint_problem(checkpoint) is None
+    assert checkpoint.name == f"checkpoint-{summary['steps']}" and checkpoints.checkpoint_problem(checkpoint) is None
     assert not (out / "model.safetensors").exists(), "an interrupted run must not look finished"
 
     command = stderr.split("resume with: ", 1)[1].strip().splitlines()[0]
@@ -264,7 +264,7 @@ def test_ctrl_c_in_process_saves_and_exits_130(runs_root, capsys):
 
     def press_ctrl_c():
         deadline = time.time() + 120
-        while time.time() < deadline and guards.newest_complete(out)[0] is None:
+        while time.time() < deadline and checkpoints.newest_complete(out)[0] is None:
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
 
@@ -279,7 +279,7 @@ def test_ctrl_c_in_process_saves_and_exits_130(runs_root, capsys):
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
     assert summary["steps"] < 400 and "--resume" in summary["resume_command"]
     assert "resume with: align-recipes train recipes/tiny/dpo.yaml" in err
-    assert guards.newest_complete(out)[0].name == f"checkpoint-{summary['steps']}"
+    assert checkpoints.newest_complete(out)[0].name == f"checkpoint-{summary['steps']}"
     # the handlers are restored: the next Ctrl-C is an ordinary KeyboardInterrupt again
     assert signal.getsignal(signal.SIGINT) is handler_before
 
@@ -302,7 +302,7 @@ def test_resume_auto_starts_fresh_then_continues(runs_root, capsys):
     assert len(list(out.glob("superseded-checkpoint-2-*"))) == 1
     assert len(json.loads((out / "manifest.json").read_text())["resumes"]) == 2
 
-    for path in guards.list_checkpoints(out):
+    for path in checkpoints.list_checkpoints(out):
         shutil.rmtree(path)
     assert run_in_process(auto) == 2  # a finished run and nothing to continue: never silently replaced
     assert "holds a finished run" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               command=sys.argv if argv is None else ["align-recipes", *argv])
         return 0
     except (RecipeError, RecipeErrors) as exc:
-        from align_recipes.guards import redact
+        from align_recipes.redaction import redact
 
         print(redact(exc.render()), file=sys.stderr)
         return EXIT_USER_ERROR

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
-from align_recipes.guards import command_words, redact_argv, redact_obj
+from align_recipes.checkpoints import command_words
+from align_recipes.redaction import redact_argv, redact_obj
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 METRICS = "metrics.jsonl"

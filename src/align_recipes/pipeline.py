@@ -232,7 +232,7 @@ def recipe_changes(stage: Stage) -> list[str] | None:
         return None
     new = yaml.safe_load(resolved_yaml(stage.plan))
     try:
-        from align_recipes.guards import redact_obj  # run.py writes the recipe with secrets hidden
+        from align_recipes.redaction import redact_obj  # run.py writes the recipe with secrets hidden
 
         new = redact_obj(new)
     except ImportError:

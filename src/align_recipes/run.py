@@ -1,6 +1,6 @@
 """Plan → trainer → outputs. The only place that loads models and data and calls `trainer.train()`.
 
-Before anything heavy is imported, `guards.plan_start` decides whether the run starts fresh or
+Before anything heavy is imported, `checkpoints.plan_start` decides whether the run starts fresh or
 continues a checkpoint (and refuses to write over another run). During training a `RunGuard`
 turns Ctrl-C/SIGTERM into "save a checkpoint, write the summary, exit 130/143 with the resume
 command", and stops a run whose loss or gradient is no longer finite, keeping the last good
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from align_recipes import guards, models, outputs
+from align_recipes import checkpoints, guards, models, outputs, redaction
 from align_recipes.errors import RecipeError
 from align_recipes.recipe import Plan, resolved_yaml
 from align_recipes.registry import load_class
@@ -47,12 +47,12 @@ def build_config(plan: Plan):
     """The TRL Config object; its own __post_init__ checks become recipe errors, not tracebacks."""
     config_cls = load_class(plan.algorithm.config)
     args = dict(plan.train_args)
-    # Which checkpoint to continue from is decided by guards.plan_start; the Trainer never reads it.
+    # Which checkpoint to continue from is decided by checkpoints.plan_start; the Trainer never reads it.
     args.pop("resume_from_checkpoint", None)
     try:
         config = config_cls(**args)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{plan.algorithm.config_name} rejected the train section: {guards.redact(str(exc))}",
+        raise RecipeError(f"{plan.algorithm.config_name} rejected the train section: {redaction.redact(str(exc))}",
                           file=plan.recipe_path, key="train",
                           fix="see the message above; TRL's docs for this config apply as they are") from None
     if getattr(config, "hub_token", None):
@@ -108,7 +108,7 @@ def _set_cpu_threads(model) -> None:
     torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
 
 
-def start_screen(plan: Plan, model, config, train_rows: int, start: guards.Start) -> None:
+def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.Start) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     spec = plan.recipe["model"]
@@ -137,17 +137,17 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
     Raises RecipeError (exit 2) for anything the user can fix, guards.RunInterrupted on Ctrl-C/SIGTERM
     (exit 130/143) and guards.TrainingDiverged (exit 2) when the loss stops being finite.
     """
-    mode = guards.RESUME_LATEST if resume else plan.train_args.get("resume_from_checkpoint")
-    start = guards.plan_start(plan.output_dir, mode, overwrite, base_dir=plan.base_dir,
+    mode = checkpoints.RESUME_LATEST if resume else plan.train_args.get("resume_from_checkpoint")
+    start = checkpoints.plan_start(plan.output_dir, mode, overwrite, base_dir=plan.base_dir,
                               require_optimizer=not plan.train_args.get("save_only_model", False))
     with guards.RunGuard(plan.output_dir) as guard:
         return _train(plan, start, guard, overwrite, list(command or []))
 
 
-def _prepare_output_dir(plan: Plan, start: guards.Start, overwrite: bool, command: list[str], config) -> None:
+def _prepare_output_dir(plan: Plan, start: checkpoints.Start, overwrite: bool, command: list[str], config) -> None:
     """Clear, continue or create the output directory, and record how to reproduce the run."""
     output_dir = plan.output_dir
-    resolved = yaml.safe_dump(guards.redact_obj(yaml.safe_load(resolved_yaml(plan))), sort_keys=False,
+    resolved = yaml.safe_dump(redaction.redact_obj(yaml.safe_load(resolved_yaml(plan))), sort_keys=False,
                               allow_unicode=True)
     if overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
@@ -163,8 +163,8 @@ def _prepare_output_dir(plan: Plan, start: guards.Start, overwrite: bool, comman
     if start.checkpoint is not None:
         # Resuming from an older checkpoint than the newest: the newer ones are kept, under a name neither
         # the Trainer's rotation nor our discovery will take for a checkpoint of this run.
-        for path in guards.list_checkpoints(output_dir):
-            if guards.checkpoint_step(path) > start.step:
+        for path in checkpoints.list_checkpoints(output_dir):
+            if checkpoints.checkpoint_step(path) > start.step:
                 aside = output_dir / f"superseded-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 path.rename(aside)
                 print(f"note: {path.name} is newer than {start.checkpoint.name}: moved to {aside.name}")
@@ -198,7 +198,7 @@ def _flat(value, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value}
 
 
-def _train(plan: Plan, start: guards.Start, guard: guards.RunGuard, overwrite: bool, command: list[str]) -> dict:
+def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwrite: bool, command: list[str]) -> dict:
     output_dir = plan.output_dir
     spec = plan.recipe["model"]
     try:
@@ -281,7 +281,7 @@ def _train(plan: Plan, start: guards.Start, guard: guards.RunGuard, overwrite: b
     base.update(steps=steps, max_steps=trainer.state.max_steps, runtime_s=round(runtime, 2),
                 train_loss=outputs.whole_run_loss(records, start.step, steps, training_loss),
                 metrics_first=first, metrics_last=last)
-    resume_cmd = guards.resume_command(command)
+    resume_cmd = checkpoints.resume_command(command)
 
     if guard.diverged is not None:
         _stop_diverged(plan, config, tokenizer, guard, base, resume_cmd, main)
@@ -318,7 +318,7 @@ def _train(plan: Plan, start: guards.Start, guard: guards.RunGuard, overwrite: b
     return summary
 
 
-def _already_finished(start: guards.Start, config) -> bool:
+def _already_finished(start: checkpoints.Start, config) -> bool:
     """Whether the checkpoint to resume from is already at the run's last step."""
     if start.checkpoint is None:
         return False
@@ -348,7 +348,7 @@ def _stop_diverged(plan: Plan, config, tokenizer, guard: guards.RunGuard, base: 
     """Write the summary of a run whose loss or gradient stopped being finite, and raise."""
     where = guard.diverged
     values = ", ".join(f"{k}={v}" for k, v in where["values"].items())
-    good, _ = guards.newest_complete(plan.output_dir,
+    good, _ = checkpoints.newest_complete(plan.output_dir,
                                      require_optimizer=not plan.train_args.get("save_only_model", False))
     causes = guards.likely_causes(config, tokenizer, plan.algorithm.name)
     if main:
