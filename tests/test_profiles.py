@@ -152,6 +152,22 @@ def test_every_shipped_profile_loads_with_reasons_for_its_values():
                 assert f"{section}.{key}" in profile.why, f"{name}: {section}.{key} has no reason"
 
 
+def test_profiles_ship_inside_the_package_and_a_project_may_add_its_own(tmp_path, monkeypatch):
+    """An installed align-recipes (no repository around it) still has every profile of configs/profiles;
+    a project's ./configs/profiles adds its own."""
+    package_dir = Path(profiles.__file__).parent
+    assert profiles.PACKAGED_PROFILES.parent.parent == package_dir
+    shipped = sorted(p.name for p in profiles.PACKAGED_PROFILES.glob("*.yaml"))
+    assert shipped == sorted(p.name for p in (Path(__file__).parents[1] / "configs" / "profiles").glob("*.yaml"))
+    assert {"cpu.yaml", "t4.yaml", "l4.yaml", "a100.yaml", "h100.yaml"} <= set(shipped)
+    own = tmp_path / "configs" / "profiles"
+    own.mkdir(parents=True)
+    (own / "mygpu.yaml").write_text("gpu: {name: My GPU, memory_gb: 12, compute_capability: 8.6}\n")
+    monkeypatch.chdir(tmp_path)
+    assert {"cpu", "t4", "l4", "a100", "h100", "mygpu"} <= set(profiles.available())
+    assert profiles.resolve("mygpu").gpu.memory_gb == 12
+
+
 def test_unknown_key_in_a_profile_is_an_error(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("gpu: {name: X, memory_gb: 8, compute_capability: 8.6}\nrulez: []\n")
     monkeypatch.setenv("ALIGN_RECIPES_PROFILES", str(tmp_path))

@@ -81,14 +81,20 @@ class Change:
 
 # --- reading profiles --------------------------------------------------------------------------------
 
+# The profiles shipped with the package: a link to the repository's configs/profiles, which wheels
+# (pip install without -e) copy into the package, so an installed align-recipes has them too.
+PACKAGED_PROFILES = Path(__file__).with_name("assets") / "profiles"
+
+
 def profile_dirs() -> list[Path]:
-    """Where profiles are looked up: $ALIGN_RECIPES_PROFILES, then the repository's configs/profiles."""
+    """Where profiles are looked up, first match wins: $ALIGN_RECIPES_PROFILES, the shipped profiles,
+    then ./configs/profiles (a project's own profiles next to its recipes)."""
     dirs = []
     if os.environ.get("ALIGN_RECIPES_PROFILES"):
         dirs.append(Path(os.environ["ALIGN_RECIPES_PROFILES"]))
-    dirs.append(Path(__file__).resolve().parents[2] / "configs" / "profiles")
+    dirs.append(PACKAGED_PROFILES)
     dirs.append(Path.cwd() / "configs" / "profiles")
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+    return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
 
 
 def available() -> dict[str, Path]:
