@@ -134,3 +134,16 @@ def sft_tiny_run(tmp_path_factory):
     assert main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu",
                  "train.max_steps=4", "train.logging_steps=1", "evaluate.limit=4"]) == 0
     return out
+
+
+@pytest.mark.slow
+def test_train_no_report_skips_the_plots_and_says_how_to_make_them(tmp_path, capsys, repo_cwd):
+    out = tmp_path / "sft"
+    assert main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "--no-report",
+                 "model.name_or_path=builtin:tiny-qwen2", "train.max_steps=3", "train.logging_steps=1",
+                 "evaluate=null"]) == 0
+    assert (out / "summary.json").is_file() and (out / "metrics.jsonl").is_file()
+    assert not (out / "report.md").exists() and not (out / "plots").exists()
+    assert f"plots: align-recipes report {out}" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").is_file() and _is_png(out / "plots" / "loss.png")

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
     train.add_argument("--resume", action="store_true",
                        help="continue from the newest complete checkpoint (recipes: train.resume_from_checkpoint: auto)")
+    train.add_argument("--no-report", action="store_true",
+                       help="skip report.md and its plots (about a second of matplotlib); `align-recipes report DIR` "
+                            "writes them later")
 
     validate = verbs.add_parser("validate", help="check a recipe (and its data files) without loading a model")
     _add_recipe_args(validate)
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from align_recipes.run import train
 
-        train(plan, overwrite=args.overwrite, resume=args.resume,
+        train(plan, overwrite=args.overwrite, resume=args.resume, report=not args.no_report,
               command=sys.argv if argv is None else ["align-recipes", *argv])
         return 0
     except (RecipeError, RecipeErrors) as exc:

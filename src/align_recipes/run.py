@@ -128,20 +128,22 @@ def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.
     print("─" * 72, flush=True)
 
 
-def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
+def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None,
+          report: bool = True) -> dict:
     """Run one recipe end to end and return its summary.
 
     resume=True (`--resume`) continues from the newest complete checkpoint in the output directory;
     the recipe's `train.resume_from_checkpoint` may also say `auto` (continue if there is a checkpoint,
     else start fresh), `latest` (as --resume) or name one checkpoint directory.
+    report=False (`--no-report`) skips report.md and its plots; `align-recipes report DIR` writes them later.
     Raises RecipeError (exit 2) for anything the user can fix, guards.RunInterrupted on Ctrl-C/SIGTERM
     (exit 130/143) and guards.TrainingDiverged (exit 2) when the loss stops being finite.
     """
     mode = checkpoints.RESUME_LATEST if resume else plan.train_args.get("resume_from_checkpoint")
     start = checkpoints.plan_start(plan.output_dir, mode, overwrite, base_dir=plan.base_dir,
-                              require_optimizer=not plan.train_args.get("save_only_model", False))
+                                   require_optimizer=not plan.train_args.get("save_only_model", False))
     with guards.RunGuard(plan.output_dir) as guard:
-        return _train(plan, start, guard, overwrite, list(command or []))
+        return _train(plan, start, guard, overwrite, list(command or []), report)
 
 
 def _prepare_output_dir(plan: Plan, start: checkpoints.Start, overwrite: bool, command: list[str], config) -> None:
@@ -198,7 +200,8 @@ def _flat(value, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value}
 
 
-def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwrite: bool, command: list[str]) -> dict:
+def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwrite: bool, command: list[str],
+           report: bool) -> dict:
     output_dir = plan.output_dir
     spec = plan.recipe["model"]
     try:
@@ -309,12 +312,14 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
     if guard.signum is not None:
         raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
                                     f"model is saved in {output_dir}; the final evaluation was skipped")
-    from align_recipes.report import write_report
-
-    report_path = write_report(output_dir)
     print(f"done: {summary['steps']} steps in {runtime:.1f}s · {_headline(summary)}")
-    print(f"wrote {output_dir}/ (model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE}, "
-          f"{report_path.name} with plots)")
+    written = f"model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE}"
+    if report:
+        from align_recipes.report import write_report
+
+        print(f"wrote {output_dir}/ ({written}, {write_report(output_dir).name} with plots)")
+    else:
+        print(f"wrote {output_dir}/ ({written}); plots: align-recipes report {output_dir}")
     return summary
 
 
