@@ -3,7 +3,7 @@
 The same tiny training run (the builtin tiny Qwen2, the toy task's data) is run two ways, each in a
 fresh Python process, alternately, several times:
 
-  recipe  align_recipes.recipe.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.train(plan)
+  recipe  align_recipes.recipe.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.train(plan, report=False)
   plain   a TRL script as tutorials write it: AutoTokenizer / AutoModelForCausalLM.from_pretrained on
           the same model directory (tiny.ensure_tiny_model()), datasets.load_dataset("json") on the
           same file, <Algo>Config(**the same fields), <Algo>Trainer(...).train()
@@ -12,8 +12,10 @@ Reported per algorithm: median wall time of the whole process (interpreter start
 waits for it) and of trainer.train() alone, median peak RSS (resource.getrusage in the child), their
 ratios recipe/plain (goal <= 1.03), the max |loss difference| between the two runs' logged losses at
 every step (fidelity: same seed, same config -> same curve), and `align-recipes validate` latency
-(goal < 1 s). The recipe runs use `evaluate=null` so that both sides do the same work (the task
-metric before/after training is a feature, not overhead; it is timed separately as `eval_s`).
+(goal < 1 s). The recipe runs use `evaluate=null` and `report=False` (`--no-report`) so that both sides do
+the same work: the task metric before/after training and report.md with its plots are features the plain
+script does not have, not layer overhead. The report is then written in the same process and timed on its
+own (`report_s`, matplotlib's import included), so its cost is measured too, not hidden.
 
     python bench/overhead.py                      # sft and dpo, 3 rounds each, 40 steps
     python bench/overhead.py --algos sft --rounds 5 --steps 60 --threads 1 --json bench/results/overhead.json
@@ -35,7 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"sft": "sft.jsonl", "dpo": "prefs.jsonl", "reward": "prefs.jsonl"}
-METRICS = ("wall_s", "cpu_s", "train_s", "peak_rss_mb")
+# wall_s leaves the recipe run's report out (both sides do the same work); wall_with_report_s keeps it.
+METRICS = ("wall_s", "wall_with_report_s", "cpu_s", "train_s", "peak_rss_mb")
 CLASSES = {"sft": ("SFTConfig", "SFTTrainer"), "dpo": ("DPOConfig", "DPOTrainer"),
            "reward": ("RewardConfig", "RewardTrainer")}
 
@@ -55,10 +58,19 @@ def child_recipe(algo: str, out: Path, steps: int) -> dict:
     from align_recipes.run import train
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(out, steps), profile="cpu")
-    summary = train(plan, overwrite=True, command=["bench"])
+    summary = train(plan, overwrite=True, command=["bench"], report=False)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = {r["step"]: r["loss"] for r in records if "loss" in r and "train_runtime" not in r}
     return {"losses": losses, "train_s": summary.get("runtime_s"), "in_process_s": time.perf_counter() - started}
+
+
+def time_report(out: Path) -> float:
+    """What `align-recipes train` adds after training unless --no-report: report.md and its plots."""
+    started = time.perf_counter()
+    from align_recipes.report import write_report
+
+    write_report(out)
+    return time.perf_counter() - started
 
 
 def child_plain(algo: str, out: Path, steps: int, config_file: Path) -> dict:
@@ -101,6 +113,7 @@ def child_main(argv: list[str]) -> None:
     # processes competing for the same cores.
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["load_1min"] = os.getloadavg()[0]
+    result["report_s"] = time_report(out) if mode == "recipe" else 0.0  # after the measurements above
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
@@ -133,7 +146,8 @@ def run_child(args: list[str], threads: int | None = None) -> dict:
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"child {args[:2]} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1].split(" ", 1)[1])
-    result["wall_s"] = wall
+    result["wall_with_report_s"] = wall
+    result["wall_s"] = wall - result["report_s"]
     return result
 
 
@@ -157,7 +171,8 @@ def bench(algo: str, rounds: int, steps: int, work: Path, threads: int | None = 
             out = work / f"{algo}-{mode}-{round_index}"
             extra = [str(spec)] if mode == "plain" else []
             result = run_child([mode, algo, str(out), str(steps), *extra], threads)
-            print(f"  {algo} round {round_index} {mode:<6} wall {result['wall_s']:.2f}s cpu {result['cpu_s']:.2f}s "
+            print(f"  {algo} round {round_index} {mode:<6} wall {result['wall_s']:.2f}s (+{result['report_s']:.2f}s "
+                  f"report) cpu {result['cpu_s']:.2f}s "
                   f"train {result['train_s']}s "
                   f"rss {result['peak_rss_mb']:.0f} MB", flush=True)
             if round_index:
@@ -173,6 +188,7 @@ def bench(algo: str, rounds: int, steps: int, work: Path, threads: int | None = 
         "algorithm": algo, "steps": steps, "rounds": rounds, "median": med,
         "ratio": {key: med["recipe"][key] / med["plain"][key] for key in METRICS},
         "paired_ratio_median": paired, "threads": threads,
+        "report_s_median": statistics.median(r["report_s"] for r in runs["recipe"]),
         "fidelity": {"steps_compared": len(shared), "steps_recipe": len(a), "steps_plain": len(b),
                      "max_abs_loss_diff": max((abs(a[s] - b[s]) for s in shared), default=None),
                      "first_loss": a.get(shared[0]) if shared else None,
@@ -216,7 +232,8 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = os.getloadavg()
     for r in results["runs"]:
         ratio = r["paired_ratio_median"]
-        print(f"{r['algorithm']}: recipe/plain (median of paired rounds) wall x{ratio['wall_s']:.3f}  "
+        print(f"{r['algorithm']}: recipe/plain (median of paired rounds) wall x{ratio['wall_s']:.3f} "
+              f"(with report x{ratio['wall_with_report_s']:.3f})  "
               f"cpu x{ratio['cpu_s']:.3f}  train x{ratio['train_s']:.3f}  peak RSS x{ratio['peak_rss_mb']:.3f}  "
               f"max |dloss| {r['fidelity']['max_abs_loss_diff']} over {r['fidelity']['steps_compared']} steps")
     text = json.dumps(results, indent=2)
