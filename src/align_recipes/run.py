@@ -354,7 +354,7 @@ def _stop_diverged(plan: Plan, config, tokenizer, guard: guards.RunGuard, base: 
     where = guard.diverged
     values = ", ".join(f"{k}={v}" for k, v in where["values"].items())
     good, _ = checkpoints.newest_complete(plan.output_dir,
-                                     require_optimizer=not plan.train_args.get("save_only_model", False))
+                                          require_optimizer=not plan.train_args.get("save_only_model", False))
     causes = guards.likely_causes(config, tokenizer, plan.algorithm.name)
     if main:
         outputs.write_summary(plan.output_dir, {**base, "status": "diverged", "diverged_at": where["step"],
