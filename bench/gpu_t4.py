@@ -10,7 +10,7 @@ at 16 GiB (a T4's memory, not its speed: on a faster card the times are that car
 
 Variants:
   sft, dpo    align-recipes  recipe (LoRA r16) + `--profile t4`: fp16 weights and AMP, sdpa, gradient
-                             checkpointing, micro-batch cap; run through align_recipes.run.train
+                             checkpointing, micro-batch cap; run through align_recipes.run.training.train
               tutorial-fp32  plain TRL: fp32 weights, fp16=True AMP, same LoRA and batch, TRL defaults otherwise
               tutorial-fp16  plain TRL: fp16 weights, fp16=True, same LoRA and batch
               (plain scripts set bf16=False: TRL 1.16 defaults to bf16=True, which a T4 rejects)
@@ -198,8 +198,8 @@ def _settings(config) -> dict:
 def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     import yaml
 
-    from align_recipes import outputs
-    from align_recipes.recipe import load_plan
+    from align_recipes.run import rundir as outputs
+    from align_recipes.plan.load import load_plan
 
     recipe = {"algorithm": task, "model": {"name_or_path": str(model_dir), "adapter": "lora", "lora": LORA},
               "data": {"train": {"path": str(data_file)}}, "train": {**fields, "output_dir": str(out)}}
@@ -215,7 +215,7 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
         timers.append(StepTimer.make(original(output_dir)))
         return timers[-1]
 
-    from align_recipes import run
+    from align_recipes.run import training as run
 
     outputs.metrics_callback = with_timer
     try:

@@ -3,7 +3,7 @@
 The same tiny training run (the builtin tiny Qwen2, the toy task's data) is run two ways, each in a
 fresh Python process, alternately, several times:
 
-  recipe  align_recipes.recipe.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.train(plan, report=False)
+  recipe  align_recipes.plan.load.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.training.train(plan, report=False)
   plain   a TRL script as tutorials write it: AutoTokenizer / AutoModelForCausalLM.from_pretrained on
           the same model directory (tiny.ensure_tiny_model()), datasets.load_dataset("json") on the
           same file, <Algo>Config(**the same fields), <Algo>Trainer(...).train()
@@ -54,8 +54,8 @@ def overrides(out: Path, steps: int) -> list[str]:
 
 def child_recipe(algo: str, out: Path, steps: int) -> dict:
     started = time.perf_counter()
-    from align_recipes.recipe import load_plan
-    from align_recipes.run import train
+    from align_recipes.plan.load import load_plan
+    from align_recipes.run.training import train
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(out, steps), profile="cpu")
     summary = train(plan, overwrite=True, command=["bench"], report=False)
@@ -67,7 +67,7 @@ def child_recipe(algo: str, out: Path, steps: int) -> dict:
 def time_report(out: Path) -> float:
     """What `align-recipes train` adds after training unless --no-report: report.md and its plots."""
     started = time.perf_counter()
-    from align_recipes.report import write_report
+    from align_recipes.results.report import write_report
 
     write_report(out)
     return time.perf_counter() - started
@@ -122,7 +122,7 @@ def child_main(argv: list[str]) -> None:
 def plain_spec(algo: str, steps: int, work: Path) -> Path:
     """The config fields, model directory and data file the recipe run will use, for the plain script."""
     from align_recipes import tiny
-    from align_recipes.recipe import load_plan
+    from align_recipes.plan.load import load_plan
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(work / "unused", steps), profile="cpu")
     train = {k: v for k, v in plan.train_args.items() if k != "output_dir"}

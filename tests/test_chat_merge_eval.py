@@ -71,7 +71,7 @@ def runs(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ chat
 
 def test_chat_one_prompt_greedy_matches_the_library(runs, capsys):
-    from align_recipes.chat import load_run, reply
+    from align_recipes.results.chat import load_run, reply
 
     assert main(["chat", str(runs["lora"]), "--prompt", "2+3=", "--temperature", "0", "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out.strip()
@@ -102,7 +102,7 @@ def test_merge_gives_a_standalone_model_with_the_same_outputs(runs, capsys):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from align_recipes.chat import load_run
+    from align_recipes.results.chat import load_run
 
     out = runs["root"] / "merged"
     assert main(["merge", str(runs["lora"]), "--out", str(out)]) == 0
@@ -184,7 +184,7 @@ def test_eval_errors_are_user_errors(runs, capsys, args, message):
 
 
 def test_eval_results_show_up_in_the_report(runs):
-    from align_recipes.report import write_report
+    from align_recipes.results.report import write_report
 
     _eval(runs["full"], "--data", PREFS, "--metric", "implicit_reward_accuracy", "--limit", "2")
     (runs["full"] / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n')

@@ -78,8 +78,8 @@ def test_every_shipped_recipe_validates():
 
 
 def test_schema_snapshot_matches_installed_trl():
-    """Fails when TRL (or our own PPO/SPO configs) change fields: run `python -m align_recipes.schema`."""
-    from align_recipes import schema
+    """Fails when TRL (or our own PPO/SPO configs) change fields: run `python -m align_recipes.plan.trl_fields`."""
+    from align_recipes.plan import trl_fields as schema
 
     assert schema.generate() == json.loads(schema.SCHEMA_PATH.read_text())
 

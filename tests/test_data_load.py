@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from align_recipes.data import DataError, DataSpec, load, peek, preview
-from align_recipes.data import pipeline
+from align_recipes.data import loader as data_load
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 LM, PREF, UNP, PO = "language_modeling", "preference", "unpaired", "prompt_only"
@@ -133,13 +133,13 @@ def test_columns_mapping(cache):
 
 def test_second_load_reuses_the_datasets_cache(cache, monkeypatch):
     calls = []
-    original = pipeline.convert_batch
+    original = data_load.convert_batch
 
     def counting(batch, **kwargs):
         calls.extend(batch["prompt"])
         return original(batch, **kwargs)
 
-    monkeypatch.setattr(pipeline, "convert_batch", counting)
+    monkeypatch.setattr(data_load, "convert_batch", counting)
     spec = DataSpec(path="bad_empty_rows.jsonl", max_drop_fraction=0.9)
     first, report1 = load(spec, FIXTURES, UNP, cache_dir=cache)
     assert len(calls) == 7

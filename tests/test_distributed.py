@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align_recipes import hardware
+from align_recipes.plan import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
@@ -126,7 +126,7 @@ def tiny_sft(tmp_path_factory) -> Path:
 def eval_limit(recipe: str, rows: int) -> list[str]:
     """`evaluate.limit=N` when the recipe measures a task metric (rank 0 measures it before and after)."""
     from align_recipes.errors import RecipeError, RecipeErrors
-    from align_recipes.recipe import load_plan
+    from align_recipes.plan.load import load_plan
 
     try:
         has_metric = bool(load_plan(REPO / recipe, profile="cpu").recipe.get("evaluate"))

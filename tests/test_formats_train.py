@@ -14,7 +14,7 @@ import pytest
 
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError
-from align_recipes.models import resolve_model_path
+from align_recipes.run.models import resolve_model_path
 
 FIXTURES = "tests/fixtures/data"
 

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import checkpoints, guards, outputs, redaction
+from align_recipes.run import checkpoints
+from align_recipes.run import guards
+from align_recipes.run import rundir as outputs
+from align_recipes import redaction
 from align_recipes.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align_recipes import pipeline as pl
+from align_recipes.results import pipeline as pl
 from align_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_bad_pipeline_files_are_user_errors(tmp_path, capsys, text, message):
 
 def test_every_stage_is_validated_before_anything_trains(two_stage, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr("align_recipes.run.train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("align_recipes.run.training.train", lambda *a, **k: calls.append(a))
     assert main(["pipeline", str(two_stage), "dpo:train.learning_rate=fast"]) == 2
     assert "stage 'dpo'" in capsys.readouterr().err and calls == []
     assert main(["pipeline", str(two_stage), "nostage:train.seed=1"]) == 2
@@ -99,7 +99,7 @@ class FakeTrain:
         self.calls: list[tuple[str, dict]] = []
 
     def __call__(self, plan, overwrite=False, resume=False, command=None):
-        from align_recipes.recipe import resolved_yaml
+        from align_recipes.plan.load import resolved_yaml
 
         out = plan.output_dir
         assert overwrite or resume or not (out / "summary.json").exists()
@@ -115,7 +115,7 @@ class FakeTrain:
 
 def test_rerun_skips_complete_unchanged_stages(two_stage, tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.train", fake)
+    monkeypatch.setattr("align_recipes.run.training.train", fake)
     args = ["pipeline", str(two_stage)]
     assert main(args) == 0
     assert [c[0] for c in fake.calls] == ["sft", "dpo"]
@@ -141,7 +141,7 @@ def test_rerun_skips_complete_unchanged_stages(two_stage, tmp_path, monkeypatch,
 
 def test_interrupted_stage_resumes_and_newer_upstream_makes_stale(two_stage, tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.train", fake)
+    monkeypatch.setattr("align_recipes.run.training.train", fake)
     args = ["pipeline", str(two_stage)]
     assert main(args) == 0
     summary = tmp_path / "out" / "dpo" / "summary.json"
@@ -179,7 +179,7 @@ stages:
     assert main(["pipeline", str(path), "--dry-run"]) == 0
     assert "rl (grpo.yaml): would run (missing)" in capsys.readouterr().out
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.train", fake)
+    monkeypatch.setattr("align_recipes.run.training.train", fake)
     assert main(["pipeline", str(path)]) == 0
     assert [c[0] for c in fake.calls] == ["reward", "grpo"]
     resolved = yaml.safe_load((tmp_path / "out" / "rl" / "recipe.resolved.yaml").read_text())
@@ -191,8 +191,8 @@ stages:
 def test_lora_stage_is_merged_before_the_next_stage(two_stage, tmp_path, monkeypatch):
     merged = []
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.train", fake)
-    monkeypatch.setattr("align_recipes.merge.merge", lambda src, out, overwrite=False: merged.append((src, out)))
+    monkeypatch.setattr("align_recipes.run.training.train", fake)
+    monkeypatch.setattr("align_recipes.results.merge.merge", lambda src, out, overwrite=False: merged.append((src, out)))
     assert main(["pipeline", str(two_stage), "sft:model.adapter=lora"]) == 0
     assert merged == [(tmp_path / "out" / "sft", tmp_path / "out" / "sft" / "merged")]
 

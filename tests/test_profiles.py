@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import hardware, model_size, profiles
+from align_recipes.plan import hardware
+from align_recipes.plan import model_size
+from align_recipes.plan import profiles
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError, RecipeErrors
-from align_recipes.recipe import load_plan
+from align_recipes.plan.load import load_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +132,7 @@ def test_manifest_lists_gpus_from_nvidia_smi_when_torch_is_not_loaded(monkeypatc
     """The manifest's hardware record falls back to nvidia-smi when torch was never imported."""
     import sys
 
-    from align_recipes import outputs
+    from align_recipes.run import rundir as outputs
 
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, "\n".join([SMI["t4"]] * 2))
@@ -155,7 +157,7 @@ def test_every_shipped_profile_loads_with_reasons_for_its_values():
 def test_profiles_ship_inside_the_package_and_a_project_may_add_its_own(tmp_path, monkeypatch):
     """An installed align-recipes (no repository around it) still has every profile of configs/profiles;
     a project's ./configs/profiles adds its own."""
-    package_dir = Path(profiles.__file__).parent
+    package_dir = Path(profiles.__file__).parents[1]  # src/align_recipes (profiles.py lives in plan/)
     assert profiles.PACKAGED_PROFILES.parent.parent == package_dir
     shipped = sorted(p.name for p in profiles.PACKAGED_PROFILES.glob("*.yaml"))
     assert shipped == sorted(p.name for p in (Path(__file__).parents[1] / "configs" / "profiles").glob("*.yaml"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from align_recipes.errors import RecipeError, RecipeErrors
-from align_recipes.recipe import load_plan, parse_override
+from align_recipes.plan.load import load_plan, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 PREFS = "prefs.jsonl"  # written next to each test's recipe by the fixture below

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import report
+from align_recipes.results import report
 from align_recipes.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

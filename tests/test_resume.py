@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes import checkpoints
+from align_recipes.run import checkpoints
 from align_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ ALGORITHMS = {
 
 CHILD = f"""
 import sys, time
-from align_recipes import guards
+from align_recipes.run import guards
 _callback = guards.RunGuard.callback
 
 def slow_callback(self):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from align_recipes import tiny, toytask as tt
+from align_recipes import tiny
+from align_recipes.tiny import toytask as tt
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "data"
 
@@ -42,7 +43,7 @@ def test_splits_are_disjoint_and_seed_independent():
 
 
 def test_committed_data_files_match_the_generator():
-    assert tt._check(DATA_DIR) == [], "run: python -m align_recipes.toytask write recipes/tiny/data"
+    assert tt._check(DATA_DIR) == [], "run: python -m align_recipes.tiny.toytask write recipes/tiny/data"
     for name, _ in tt.KINDS.values():
         assert (DATA_DIR / name).stat().st_size < 100_000
 

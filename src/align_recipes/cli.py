@@ -115,20 +115,20 @@ def _is_pipeline_file(path: str) -> bool:
 
 def _run_result_verb(args) -> int:
     if args.verb == "report":
-        from align_recipes.report import report
+        from align_recipes.results.report import report
 
         print(f"wrote {report(args.run_dirs, args.out)}")
     elif args.verb == "chat":
-        from align_recipes.chat import chat
+        from align_recipes.results.chat import chat
 
         return chat(args.run_dir, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_p=args.top_p)
     elif args.verb == "merge":
-        from align_recipes.merge import merge
+        from align_recipes.results.merge import merge
 
         print(f"wrote {merge(args.run_dir, args.out, overwrite=args.overwrite)}")
     elif args.verb == "eval":
-        from align_recipes.evaluate import EVAL_FILE, evaluate_run
+        from align_recipes.results.evaluate import EVAL_FILE, evaluate_run
 
         result = evaluate_run(args.run_dir, data=args.data, metrics=args.metric, reward_model=args.reward_model,
                               limit=args.limit, max_new_tokens=args.max_new_tokens)
@@ -136,7 +136,7 @@ def _run_result_verb(args) -> int:
             print(f"{name:<26} {value['value']:.4f}  (n={value.get('n')}, data {value.get('data')})")
         print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
     else:
-        from align_recipes.pipeline import load_pipeline, run_pipeline
+        from align_recipes.results.pipeline import load_pipeline, run_pipeline
 
         pipeline = load_pipeline(args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir)
         run_pipeline(pipeline, force=args.force, dry_run=args.dry_run)
@@ -154,19 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         if args.verb == "list":
-            from align_recipes.show import print_list
+            from align_recipes.plan.show import print_list
 
             return print_list()
         if args.verb in RESULT_VERBS:
             return _run_result_verb(args)
         if args.verb == "validate" and _is_pipeline_file(args.recipe):
-            from align_recipes.pipeline import load_pipeline
+            from align_recipes.results.pipeline import load_pipeline
 
             pipeline = load_pipeline(args.recipe, args.overrides, profile=args.profile)
             print(f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
                   f"{pipeline.output_dir}")
             return 0
-        from align_recipes.recipe import load_plan
+        from align_recipes.plan.load import load_plan
 
         plan = load_plan(args.recipe, args.overrides, profile=args.profile)
         if args.verb == "validate":
@@ -174,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"profile {plan.profile.name}) -> {plan.output_dir}")
             return 0
         if args.verb == "show":
-            from align_recipes.show import print_plan
+            from align_recipes.plan.show import print_plan
 
             print_plan(plan, show_all=args.all)
             return 0
-        from align_recipes.run import train
+        from align_recipes.run.training import train
 
         train(plan, overwrite=args.overwrite, resume=args.resume, report=not args.no_report,
               command=sys.argv if argv is None else ["align-recipes", *argv])

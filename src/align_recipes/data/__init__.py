@@ -19,8 +19,8 @@ from .spec import (KINDS, LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, 
 
 
 def load(spec, base_dir, kind, tokenizer=None, *, cache_dir=None):
-    """Full load and conversion; see align_recipes.data.pipeline.load."""
-    from .pipeline import load as _load
+    """Full load and conversion; see align_recipes.data.loader.load."""
+    from .loader import load as _load
 
     return _load(spec, base_dir, kind, tokenizer, cache_dir=cache_dir)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from align_recipes.chat import RunInfo, inspect_run, load_run
+from align_recipes.results.chat import RunInfo, inspect_run, load_run
 from align_recipes.errors import RecipeError
 
 CARD = "README.md"

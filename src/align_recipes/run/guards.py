@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from align_recipes.checkpoints import write_marker
+from align_recipes.run.checkpoints import write_marker
 from align_recipes.errors import RecipeError
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}

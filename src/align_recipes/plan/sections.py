@@ -7,7 +7,7 @@ checks after torch is imported (or never) are in TRAIN_RANGES.
 
 from __future__ import annotations
 
-from align_recipes.schema import FieldInfo
+from align_recipes.plan.trl_fields import FieldInfo
 
 
 def _f(name, kinds, default=None, choices=None, help=""):

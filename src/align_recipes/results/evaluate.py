@@ -204,8 +204,8 @@ class Reference:
     def _load(self):
         from transformers import AutoModelForCausalLM
 
-        from align_recipes import models
-        from align_recipes.chat import _dtype
+        from align_recipes.run import models
+        from align_recipes.results.chat import _dtype
 
         spec = self.info.model_spec
         if not spec.get("name_or_path"):
@@ -238,7 +238,7 @@ def _as_completion(prompt: Any, text: str) -> Any:
 
 def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str,
              max_new_tokens: int) -> dict:
-    from align_recipes.chat import load_run
+    from align_recipes.results.chat import load_run
 
     prompts = [r["prompt"] for r in rows]
     ours = generate(model, tokenizer, prompts, max_new_tokens)
@@ -265,7 +265,7 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     import json
     import time
 
-    from align_recipes.chat import inspect_run, load_run
+    from align_recipes.results.chat import inspect_run, load_run
 
     info = inspect_run(run_dir)
     metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model)))

@@ -18,7 +18,7 @@ tiny model, greedy exact match on ``eval.jsonl``): untrained 0.00; SFT (lr 1.5e-
 term (``loss_type=["sigmoid", "sft"]``, lr 1e-4, 60 steps of 16) 0.81. Plain sigmoid DPO raises
 its held-out reward accuracy and margins but lowers greedy exact match (0.76 -> 0.67).
 
-Data files (``python -m align_recipes.toytask write recipes/tiny/data``), all conversational:
+Data files (``python -m align_recipes.tiny.toytask write recipes/tiny/data``), all conversational:
 
 - ``sft.jsonl``       ``{"messages": [user, assistant]}``
 - ``prefs.jsonl``     ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``
@@ -411,7 +411,7 @@ def _check(data_dir: Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m align_recipes.toytask",
+    parser = argparse.ArgumentParser(prog="python -m align_recipes.tiny.toytask",
                                      description="Write or check the toy task's data files.")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="write the data files")

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from align_recipes import schema, sections
+from align_recipes.plan import trl_fields as schema
+from align_recipes.plan import sections
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm
-from align_recipes.schema import FieldInfo, kind_of
+from align_recipes.plan.trl_fields import FieldInfo, kind_of
 
 PEEK_ROWS = 20  # rows `validate` reads from each local dataset
 Locate = Callable[[str], "tuple[str | None, int | None]"]

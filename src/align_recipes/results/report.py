@@ -58,7 +58,7 @@ def _read_json(path: Path) -> dict:
 def read_run(run_dir: str | Path) -> dict:
     """{"dir", "summary", "records", "eval"}; an error if the directory holds no run."""
     run_dir = Path(run_dir)
-    from align_recipes import outputs
+    from align_recipes.run import rundir as outputs
 
     if not run_dir.is_dir():
         raise RecipeError(f"run directory '{run_dir}' not found", fix="pass the train.output_dir of a run")

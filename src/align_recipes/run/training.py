@@ -19,9 +19,13 @@ from pathlib import Path
 
 import yaml
 
-from align_recipes import checkpoints, guards, models, outputs, redaction
+from align_recipes.run import checkpoints
+from align_recipes.run import guards
+from align_recipes.run import models
+from align_recipes.run import rundir as outputs
+from align_recipes import redaction
 from align_recipes.errors import RecipeError
-from align_recipes.recipe import Plan, resolved_yaml
+from align_recipes.plan.load import Plan, resolved_yaml
 from align_recipes.registry import load_class
 
 log = logging.getLogger("align_recipes")
@@ -235,7 +239,7 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
         _prepare_output_dir(plan, start, overwrite, command, config)
         start_screen(plan, model, config, len(train_dataset), start)
 
-    from align_recipes.evaluate import measure
+    from align_recipes.results.evaluate import measure
 
     before = None
     if main:
@@ -315,7 +319,7 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
     print(f"done: {summary['steps']} steps in {runtime:.1f}s · {_headline(summary)}")
     written = f"model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE}"
     if report:
-        from align_recipes.report import write_report
+        from align_recipes.results.report import write_report
 
         print(f"wrote {output_dir}/ ({written}, {write_report(output_dir).name} with plots)")
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from align_recipes import profiles
-from align_recipes.recipe import DEFAULT_SOURCE, Plan
+from align_recipes.plan import profiles
+from align_recipes.plan.load import DEFAULT_SOURCE, Plan
 from align_recipes.registry import ALGORITHMS
 
 

@@ -2,7 +2,7 @@
 
 Why a snapshot: importing any TRL config imports torch and transformers (about 5-7 s), and
 `align-recipes validate` must answer in well under a second. So the fields are read once from the
-installed classes by `python -m align_recipes.schema` and stored in `config_schema.json` beside this
+installed classes by `python -m align_recipes.plan.trl_fields` and stored in `trl_fields.json` beside this
 file; a test regenerates it and fails if TRL (or our own PPO/SPO configs) drifted from it.
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path(__file__).with_name("config_schema.json")
+SCHEMA_PATH = Path(__file__).with_name("trl_fields.json")
 
 # The kinds a recipe value can have, as YAML produces them.
 KINDS = ("bool", "int", "float", "str", "list", "dict", "null")

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.hardware import GPU, detect_gpus, flash_attention_status, vllm_status
-from align_recipes.model_size import estimate_params, human
-from align_recipes.yamlio import load_yaml
+from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, vllm_status
+from align_recipes.plan.model_size import estimate_params, human
+from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
 GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
@@ -83,7 +83,7 @@ class Change:
 
 # The profiles shipped with the package: a link to the repository's configs/profiles, which wheels
 # (pip install without -e) copy into the package, so an installed align-recipes has them too.
-PACKAGED_PROFILES = Path(__file__).with_name("assets") / "profiles"
+PACKAGED_PROFILES = Path(__file__).parents[1] / "assets" / "profiles"
 
 
 def profile_dirs() -> list[Path]:
@@ -394,7 +394,7 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
     """Cap the micro-batch at the profile's limit for this model size while KEEPING the recipe's effective
     batch (per_device_train_batch_size x gradient_accumulation_steps). Runs after the merge, because the
     recipe usually sets the micro-batch for another GPU; a micro-batch given on the command line is kept."""
-    from align_recipes import schema
+    from align_recipes.plan import trl_fields as schema
 
     fields = schema.config_fields(algorithm.config_name)
     if "per_device_train_batch_size" not in fields or "gradient_accumulation_steps" not in fields:

@@ -25,7 +25,7 @@ SAMPLE_ROWS = 50
 def code_version() -> str:
     """A hash of the conversion code, so a changed converter never reuses a stale cache."""
     digest = hashlib.sha256()
-    for name in ("convert.py", "formats.py", "messages.py", "pipeline.py"):
+    for name in ("convert.py", "formats.py", "messages.py", "loader.py"):
         digest.update((Path(_convert.__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.yamlio import load_yaml, plain
+from align_recipes.plan.yamlio import load_yaml, plain
 
 STATE_FILE = "pipeline.json"
 TOP_KEYS = ("description", "output_dir", "profile", "stages")
@@ -100,7 +100,7 @@ def _split_cli(overrides: list[str], names: list[str]) -> tuple[list[str], dict[
 def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | None = None,
                   output_dir: str | Path | None = None) -> Pipeline:
     """Read the pipeline file and validate every stage's recipe (before anything trains)."""
-    from align_recipes.recipe import load_plan
+    from align_recipes.plan.load import load_plan
 
     path = Path(path)
     if not path.is_file():
@@ -180,7 +180,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
 def _adapter_from_files(stage: Stage) -> bool:
     """Whether a stage trains an adapter, read from its recipe chain and overrides (when it cannot be
     validated yet because an earlier stage's output is missing)."""
-    from align_recipes.recipe import _read_chain, parse_override
+    from align_recipes.plan.load import _read_chain, parse_override
 
     adapter = "full"
     for _, data in _read_chain(stage.recipe):
@@ -223,8 +223,8 @@ def _flat(value: Any, prefix: str = "") -> dict:
 
 def recipe_changes(stage: Stage) -> list[str] | None:
     """Keys whose resolved value differs from the run in the stage's directory (None: no run there)."""
-    from align_recipes import outputs
-    from align_recipes.recipe import resolved_yaml
+    from align_recipes.run import rundir as outputs
+    from align_recipes.plan.load import resolved_yaml
 
     try:
         old = yaml.safe_load((stage.output_dir / outputs.RESOLVED_RECIPE).read_text())
@@ -244,7 +244,7 @@ def recipe_changes(stage: Stage) -> list[str] | None:
 
 def stage_state(stage: Stage, by_name: dict[str, Stage], ran: set[str]) -> str:
     """'complete' (skip), or why the stage must run: missing, changed, stale, interrupted, incomplete."""
-    from align_recipes import outputs
+    from align_recipes.run import rundir as outputs
 
     summary_path = stage.output_dir / outputs.SUMMARY
     if stage.plan is None:  # validation waits for an earlier stage's output
@@ -301,8 +301,8 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
 def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
     import gc
 
-    from align_recipes.recipe import load_plan
-    from align_recipes.run import train
+    from align_recipes.plan.load import load_plan
+    from align_recipes.run.training import train
 
     # Validated again now that the stages it reads from exist (reward model references, sizes).
     stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
@@ -331,21 +331,21 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
 
 
 def _merge(stage: Stage) -> None:
-    from align_recipes.merge import merge
+    from align_recipes.results.merge import merge
 
     print(f"  merging the {stage.name} adapter -> {stage.model_dir}")
     merge(stage.output_dir, stage.model_dir, overwrite=True)
 
 
 def _report(stage: Stage) -> None:
-    from align_recipes.report import REPORT, try_write_report
+    from align_recipes.results.report import REPORT, try_write_report
 
     if not (stage.output_dir / REPORT).is_file():  # run.train may already have written it
         try_write_report(stage.output_dir)
 
 
 def _record(stage: Stage, status: str, seconds: float) -> dict:
-    from align_recipes import outputs
+    from align_recipes.run import rundir as outputs
 
     summary = outputs.read_summary(stage.output_dir)
     return {"stage": stage.name, "status": status, "recipe": str(stage.recipe), "output_dir": str(stage.output_dir),

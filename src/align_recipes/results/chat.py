@@ -78,7 +78,7 @@ def inspect_run(run_dir: str | Path) -> RunInfo:
 
 def base_model_path(info: RunInfo) -> str:
     """Where an adapter's base model is: built/resolved from the recipe, else adapter_config's path."""
-    from align_recipes import models
+    from align_recipes.run import models
 
     spec = info.model_spec
     if spec.get("name_or_path"):
@@ -100,7 +100,7 @@ def base_model_path(info: RunInfo) -> str:
 def _dtype(info: RunInfo, device: str):
     import torch
 
-    from align_recipes import models
+    from align_recipes.run import models
 
     name = info.model_spec.get("dtype", "auto")
     if name == "auto":

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from align_recipes.errors import RecipeError
-from align_recipes.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
-from align_recipes.model_size import estimate_params, human
-from align_recipes.profiles import ADAPTER_WORDS, Profile
+from align_recipes.plan.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
+from align_recipes.plan.model_size import estimate_params, human
+from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
 
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
 REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}

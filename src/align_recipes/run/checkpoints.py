@@ -199,7 +199,7 @@ def plan_start(output_dir: Path, mode: str | None, overwrite: bool, require_opti
     newest complete checkpoint if there is one, else fresh), "latest" (`--resume`: the newest complete
     checkpoint, an error if there is none) or the path of one checkpoint directory.
     """
-    from align_recipes import outputs
+    from align_recipes.run import rundir as outputs
 
     output_dir = Path(output_dir)
     key = "train.resume_from_checkpoint"

@@ -14,11 +14,14 @@ from typing import Any
 
 import yaml
 
-from align_recipes import compat, profiles, schema, sections
+from align_recipes.plan import feasibility as compat
+from align_recipes.plan import profiles
+from align_recipes.plan import trl_fields as schema
+from align_recipes.plan import sections
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.registry import ALGORITHMS, Algorithm
-from align_recipes.validate import validate_recipe
-from align_recipes.yamlio import LineDict, load_yaml, plain
+from align_recipes.plan.validate import validate_recipe
+from align_recipes.plan.yamlio import LineDict, load_yaml, plain
 
 DEFAULT_SOURCE = "default"
 OURS_SOURCE = "align-recipes"

@@ -19,7 +19,7 @@ def estimate_params(name_or_path: str | None, base_dir: Path | None = None) -> t
         return None, "no model named"
     name = str(name_or_path)
     if name.startswith("builtin:"):
-        config = Path(__file__).with_name("assets") / "tiny" / "model_config.json"
+        config = Path(__file__).parents[1] / "assets" / "tiny" / "model_config.json"
         count = _params_from_config(json.loads(config.read_text())) if config.is_file() else 1e6
         return count, "builtin tiny model"
     for candidate in (Path(name).expanduser(), (base_dir or Path.cwd()) / name):

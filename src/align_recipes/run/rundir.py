@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
-from align_recipes.checkpoints import command_words
+from align_recipes.run.checkpoints import command_words
 from align_recipes.redaction import redact_argv, redact_obj
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -244,7 +244,7 @@ def hardware() -> dict:
         except Exception:  # noqa: BLE001 - a broken driver must not stop the run from recording itself
             pass
     else:
-        from align_recipes.hardware import detect_gpus
+        from align_recipes.plan.hardware import detect_gpus
 
         gpus = [{"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
                 for g in detect_gpus()]
