@@ -12,7 +12,8 @@ PROFILE       ?=
 ACCELERATE    ?=
 NUM_PROCESSES ?=
 ARGS          ?=
-ALGORITHMS    := sft reward dpo orpo kto grpo ppo spo
+# The algorithm names come from the registry (src/align_recipes/registry.py), which imports only the stdlib.
+ALGORITHMS    := $(shell PYTHONPATH=src $(PYTHON) -m align_recipes.registry)
 STAMP         := $(VENV)/.installed
 
 PROFILE_FLAG := $(if $(PROFILE),--profile $(PROFILE),)

@@ -190,7 +190,7 @@ def child(task: str, variant: str, work: Path, steps: int, smoke: bool) -> dict:
 
 
 def _settings(config) -> dict:
-    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "fp16", "bf16", "gradient_checkpointing",
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "fp16", "bf16", "activation_checkpointing",
             "optim", "generation_batch_size", "max_length", "max_completion_length")
     return {k: getattr(config, k, None) for k in keys if hasattr(config, k)}
 
@@ -198,8 +198,9 @@ def _settings(config) -> dict:
 def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     import yaml
 
-    from align_recipes.run import rundir as outputs
-    from align_recipes.plan.load import load_plan
+    from align_recipes.plan import load_plan
+    from align_recipes.run import training
+    from align_recipes.run.rundir import RunDir
 
     recipe = {"algorithm": task, "model": {"name_or_path": str(model_dir), "adapter": "lora", "lora": LORA},
               "data": {"train": {"path": str(data_file)}}, "train": {**fields, "output_dir": str(out)}}
@@ -209,23 +210,21 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     plan = load_plan(path, ["model.dtype=float32"] if smoke else [], profile="cpu" if smoke else "t4")
     timers = []
-    original = outputs.metrics_callback
+    original = RunDir.metrics_callback
 
-    def with_timer(output_dir):  # run.train builds its callbacks here: time the steps too
-        timers.append(StepTimer.make(original(output_dir)))
+    def with_timer(run_dir):  # run.train builds its callbacks here: time the steps too
+        timers.append(StepTimer.make(original(run_dir)))
         return timers[-1]
 
-    from align_recipes.run import training as run
-
-    outputs.metrics_callback = with_timer
+    RunDir.metrics_callback = with_timer
     try:
-        run.train(plan, overwrite=True, command=["bench/gpu_t4.py"])
+        training.train(plan, overwrite=True, command=["bench/gpu_t4.py"])
     finally:
-        outputs.metrics_callback = original
-    config = run.build_config(plan)
-    settings = {**_settings(config), "dtype": plan.recipe["model"].get("dtype"),
-                "adapter": plan.recipe["model"].get("adapter"), "profile": plan.profile.name}
-    return timers[0], settings, outputs.read_metrics(out)
+        RunDir.metrics_callback = original
+    config = training.build_config(plan)
+    settings = {**_settings(config), "dtype": plan.model.dtype, "adapter": plan.model.adapter,
+                "profile": plan.profile.name}
+    return timers[0], settings, RunDir(out).metrics()
 
 
 def _run_plain(task, variant, model_dir, data_file, fields, out, smoke):

@@ -3,7 +3,7 @@
 The same tiny training run (the builtin tiny Qwen2, the toy task's data) is run two ways, each in a
 fresh Python process, alternately, several times:
 
-  recipe  align_recipes.plan.load.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.training.train(plan, report=False)
+  recipe  align_recipes.plan.load.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.train(plan)
   plain   a TRL script as tutorials write it: AutoTokenizer / AutoModelForCausalLM.from_pretrained on
           the same model directory (tiny.ensure_tiny_model()), datasets.load_dataset("json") on the
           same file, <Algo>Config(**the same fields), <Algo>Trainer(...).train()
@@ -12,7 +12,7 @@ Reported per algorithm: median wall time of the whole process (interpreter start
 waits for it) and of trainer.train() alone, median peak RSS (resource.getrusage in the child), their
 ratios recipe/plain (goal <= 1.03), the max |loss difference| between the two runs' logged losses at
 every step (fidelity: same seed, same config -> same curve), and `align-recipes validate` latency
-(goal < 1 s). The recipe runs use `evaluate=null` and `report=False` (`--no-report`) so that both sides do
+(goal < 1 s). The recipe runs use `evaluate=null` and no report (`run.train` writes none; the CLI does) so that both sides do
 the same work: the task metric before/after training and report.md with its plots are features the plain
 script does not have, not layer overhead. The report is then written in the same process and timed on its
 own (`report_s`, matplotlib's import included), so its cost is measured too, not hidden.
@@ -58,7 +58,7 @@ def child_recipe(algo: str, out: Path, steps: int) -> dict:
     from align_recipes.run.training import train
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(out, steps), profile="cpu")
-    summary = train(plan, overwrite=True, command=["bench"], report=False)
+    summary = train(plan, overwrite=True, command=["bench"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = {r["step"]: r["loss"] for r in records if "loss" in r and "train_runtime" not in r}
     return {"losses": losses, "train_s": summary.get("runtime_s"), "in_process_s": time.perf_counter() - started}
@@ -125,7 +125,7 @@ def plain_spec(algo: str, steps: int, work: Path) -> Path:
     from align_recipes.plan.load import load_plan
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(work / "unused", steps), profile="cpu")
-    train = {k: v for k, v in plan.train_args.items() if k != "output_dir"}
+    train = {k: v for k, v in plan.train.items() if k != "output_dir"}
     spec = {"train": train, "model_dir": str(tiny.ensure_tiny_model()),
             "data_file": str(REPO / "recipes" / "tiny" / "data" / DATA[algo]),
             "attn": plan.recipe["model"].get("attn_implementation") or "sdpa"}

@@ -89,3 +89,11 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_list_names_and_the_makefile_targets_come_from_the_registry(capsys):
+    assert main(["list", "--names"]) == 0
+    assert capsys.readouterr().out.split() == list(ALGORITHMS)
+    help_text = subprocess.run(["make", "-s", "help"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                               text=True, check=True).stdout
+    assert "algos: " + " ".join(ALGORITHMS) in help_text

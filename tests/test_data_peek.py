@@ -77,16 +77,18 @@ def test_json_array_errors_have_line_numbers(tmp_path):
         peek(DataSpec(path=str(nested)), None)
 
 
-def test_relative_paths_cwd_first_then_recipe_folder(tmp_path, monkeypatch):
+def test_relative_paths_resolve_in_the_recipe_folder_first_then_cwd(tmp_path, monkeypatch):
+    """A relative path means the file next to the recipe that names it; the current directory is the
+    fallback (where other runs' outputs live)."""
     recipe_dir, cwd = tmp_path / "recipe", tmp_path / "cwd"
     (recipe_dir / "data").mkdir(parents=True)
     (cwd / "data").mkdir(parents=True)
-    (recipe_dir / "data" / "t.jsonl").write_text('{"text": "from recipe dir"}\n')
+    (cwd / "data" / "t.jsonl").write_text('{"text": "from cwd"}\n')
     monkeypatch.chdir(cwd)
     spec = DataSpec(path="data/t.jsonl")
-    assert peek(spec, recipe_dir)[0]["text"] == "from recipe dir"
-    (cwd / "data" / "t.jsonl").write_text('{"text": "from cwd"}\n')
     assert peek(spec, recipe_dir)[0]["text"] == "from cwd"
+    (recipe_dir / "data" / "t.jsonl").write_text('{"text": "from recipe dir"}\n')
+    assert peek(spec, recipe_dir)[0]["text"] == "from recipe dir"
 
 
 def test_missing_local_file_is_not_sent_to_the_hub(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError
+from align_recipes.plan.sections import ModelSection
 from align_recipes.run.models import resolve_model_path
 
 FIXTURES = "tests/fixtures/data"
@@ -56,16 +57,16 @@ def test_modelscope_ids_resolve_through_snapshot_download(monkeypatch, tmp_path)
     fake.snapshot_download = snapshot_download
     monkeypatch.setitem(sys.modules, "modelscope", fake)
     spec = {"name_or_path": "Qwen/Qwen2.5-1.5B-Instruct", "source": "modelscope", "revision": "v1"}
-    assert resolve_model_path(spec) == str(tmp_path)
+    assert resolve_model_path(ModelSection.from_dict(spec)) == str(tmp_path)
     assert calls == [("Qwen/Qwen2.5-1.5B-Instruct", {"revision": "v1"})]
 
 
 def test_local_hub_and_missing_model_sources(tmp_path):
     (tmp_path / "model").mkdir()
-    assert resolve_model_path({"name_or_path": str(tmp_path / "model")}) == str(tmp_path / "model")
-    assert resolve_model_path({"name_or_path": "model"}, base_dir=tmp_path) == str(tmp_path / "model")
-    assert resolve_model_path({"name_or_path": "Qwen/Qwen2-0.5B-Instruct"}) == "Qwen/Qwen2-0.5B-Instruct"
+    assert resolve_model_path(ModelSection.from_dict({"name_or_path": str(tmp_path / "model")})) == str(tmp_path / "model")
+    assert resolve_model_path(ModelSection.from_dict({"name_or_path": "model"}), base_dir=tmp_path) == str(tmp_path / "model")
+    assert resolve_model_path(ModelSection.from_dict({"name_or_path": "Qwen/Qwen2-0.5B-Instruct"})) == "Qwen/Qwen2-0.5B-Instruct"
     with pytest.raises(RecipeError, match="not found"):
-        resolve_model_path({"name_or_path": "nowhere", "source": "local"}, base_dir=tmp_path)
+        resolve_model_path(ModelSection.from_dict({"name_or_path": "nowhere", "source": "local"}), base_dir=tmp_path)
     with pytest.raises(RecipeError, match="neither an existing directory nor a hub id"):
-        resolve_model_path({"name_or_path": "outputs/tiny/none"}, base_dir=tmp_path)
+        resolve_model_path(ModelSection.from_dict({"name_or_path": "outputs/tiny/none"}), base_dir=tmp_path)

@@ -15,6 +15,7 @@ import pytest
 from align_recipes.run import checkpoints
 from align_recipes.run import guards
 from align_recipes.run import rundir as outputs
+from align_recipes.run.rundir import RunDir
 from align_recipes import redaction
 from align_recipes.errors import RecipeError
 
@@ -104,47 +105,47 @@ def test_newest_complete_skips_torn_checkpoints(tmp_path):
 
 def test_plan_start_fresh_and_refusals(tmp_path):
     out = tmp_path / "run"
-    assert checkpoints.plan_start(out, None, overwrite=False).checkpoint is None
+    assert RunDir(out).plan_start(None, overwrite=False).checkpoint is None
     out.mkdir()
     (out / outputs.MANIFEST).write_text("{}")  # a run that died before training: nothing to lose
-    assert checkpoints.plan_start(out, None, overwrite=False).checkpoint is None
+    assert RunDir(out).plan_start(None, overwrite=False).checkpoint is None
     (out / outputs.METRICS).write_text("{}\n")
     with pytest.raises(RecipeError, match="already holds a run") as err:
-        checkpoints.plan_start(out, None, overwrite=False)
+        RunDir(out).plan_start(None, overwrite=False)
     assert "--resume" in err.value.fix and "--overwrite" in err.value.fix
-    assert checkpoints.plan_start(out, None, overwrite=True).checkpoint is None
+    assert RunDir(out).plan_start(None, overwrite=True).checkpoint is None
     with pytest.raises(RecipeError, match="contradict"):
-        checkpoints.plan_start(out, "latest", overwrite=True)
+        RunDir(out).plan_start("latest", overwrite=True)
 
 
 def test_plan_start_latest_and_explicit(tmp_path):
     torn = make_checkpoint(tmp_path, 6)
     (torn / "trainer_state.json").unlink()
     with pytest.raises(RecipeError, match="nothing to resume") as err:
-        checkpoints.plan_start(tmp_path, "latest", overwrite=False)
+        RunDir(tmp_path).plan_start("latest", overwrite=False)
     assert "checkpoint-6 skipped: no trainer_state.json" in err.value.message
     make_checkpoint(tmp_path, 4)
-    start = checkpoints.plan_start(tmp_path, "latest", overwrite=False)
+    start = RunDir(tmp_path).plan_start("latest", overwrite=False)
     assert start.checkpoint.name == "checkpoint-4" and start.step == 4
     assert [p.name for p, _ in start.skipped] == ["checkpoint-6"]
-    assert checkpoints.plan_start(tmp_path, "checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
+    assert RunDir(tmp_path).plan_start("checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
     with pytest.raises(RecipeError, match="incomplete: no trainer_state.json") as err:
-        checkpoints.plan_start(tmp_path, str(torn), overwrite=False)
+        RunDir(tmp_path).plan_start(str(torn), overwrite=False)
     assert "the newest complete one is" in err.value.fix
 
 
 def test_plan_start_auto(tmp_path):
     out = tmp_path / "run"
-    assert checkpoints.plan_start(out, "auto", overwrite=False).checkpoint is None  # nothing yet: fresh
+    assert RunDir(out).plan_start("auto", overwrite=False).checkpoint is None  # nothing yet: fresh
     out.mkdir()
-    outputs.write_summary(out, {"status": "running"})  # a crash before the first checkpoint
-    start = checkpoints.plan_start(out, "auto", overwrite=False)
+    RunDir(out).write_summary({"status": "running"})  # a crash before the first checkpoint
+    start = RunDir(out).plan_start("auto", overwrite=False)
     assert start.checkpoint is None and start.fresh_over_leftovers
-    outputs.write_summary(out, {"status": "complete"})
+    RunDir(out).write_summary({"status": "complete"})
     with pytest.raises(RecipeError, match="holds a finished run"):
-        checkpoints.plan_start(out, "auto", overwrite=False)
+        RunDir(out).plan_start("auto", overwrite=False)
     make_checkpoint(out, 8)
-    assert checkpoints.plan_start(out, "auto", overwrite=False).step == 8
+    assert RunDir(out).plan_start("auto", overwrite=False).step == 8
 
 
 def test_resume_command_is_the_same_command_with_resume():
@@ -158,9 +159,9 @@ def test_resume_command_is_the_same_command_with_resume():
 def test_metrics_are_truncated_to_the_checkpoint_and_losses_combined(tmp_path):
     lines = [{"step": s, "loss": float(10 - s)} for s in range(1, 7)] + [{"step": 6, "train_runtime": 1.0}]
     (tmp_path / outputs.METRICS).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 7, "lo')
-    assert outputs.truncate_metrics(tmp_path, 4) == 3  # steps 5, 6 and the summary row; the torn line is dropped
-    assert [r["step"] for r in outputs.read_metrics(tmp_path)] == [1, 2, 3, 4]
-    records = outputs.read_metrics(tmp_path)
+    assert RunDir(tmp_path).truncate_metrics(4) == 3  # steps 5, 6 and the summary row; the torn line is dropped
+    assert [r["step"] for r in RunDir(tmp_path).metrics()] == [1, 2, 3, 4]
+    records = RunDir(tmp_path).metrics()
     # steps 1-4 (losses 9, 8, 7, 6) from the log, steps 5-8 from the resumed Trainer (mean 3.0)
     assert outputs.whole_run_loss(records, 4, 8, 3.0) == pytest.approx((9 + 8 + 7 + 6 + 4 * 3.0) / 8)
     assert outputs.whole_run_loss(records, None, 8, 2.5) == 2.5

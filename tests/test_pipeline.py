@@ -41,8 +41,8 @@ def test_placeholders_expand_to_earlier_stage_models(two_stage, tmp_path):
     sft, dpo = p.stages
     assert sft.output_dir == tmp_path / "out" / "sft" and dpo.deps == ["sft"]
     assert dpo.plan.recipe["model"]["name_or_path"] == str((tmp_path / "out" / "sft").resolve())
-    assert dpo.plan.train_args["beta"] == 0.2 and dpo.plan.train_args["output_dir"] == str(tmp_path / "out" / "dpo")
-    assert sft.plan.train_args["max_steps"] == 3 and dpo.plan.train_args.get("max_steps") != 3  # STAGE: prefix
+    assert dpo.plan.train["beta"] == 0.2 and dpo.plan.train["output_dir"] == str(tmp_path / "out" / "dpo")
+    assert sft.plan.train["max_steps"] == 3 and dpo.plan.train.get("max_steps") != 3  # STAGE: prefix
     assert sft.plan.recipe["evaluate"]["limit"] == 4 and dpo.plan.recipe["evaluate"]["limit"] == 4  # no prefix: all
 
 
@@ -75,7 +75,7 @@ def test_bad_pipeline_files_are_user_errors(tmp_path, capsys, text, message):
 
 def test_every_stage_is_validated_before_anything_trains(two_stage, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr("align_recipes.run.training.train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("align_recipes.run.train", lambda *a, **k: calls.append(a))
     assert main(["pipeline", str(two_stage), "dpo:train.learning_rate=fast"]) == 2
     assert "stage 'dpo'" in capsys.readouterr().err and calls == []
     assert main(["pipeline", str(two_stage), "nostage:train.seed=1"]) == 2
@@ -115,7 +115,7 @@ class FakeTrain:
 
 def test_rerun_skips_complete_unchanged_stages(two_stage, tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.training.train", fake)
+    monkeypatch.setattr("align_recipes.run.train", fake)
     args = ["pipeline", str(two_stage)]
     assert main(args) == 0
     assert [c[0] for c in fake.calls] == ["sft", "dpo"]
@@ -141,7 +141,7 @@ def test_rerun_skips_complete_unchanged_stages(two_stage, tmp_path, monkeypatch,
 
 def test_interrupted_stage_resumes_and_newer_upstream_makes_stale(two_stage, tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.training.train", fake)
+    monkeypatch.setattr("align_recipes.run.train", fake)
     args = ["pipeline", str(two_stage)]
     assert main(args) == 0
     summary = tmp_path / "out" / "dpo" / "summary.json"
@@ -179,7 +179,7 @@ stages:
     assert main(["pipeline", str(path), "--dry-run"]) == 0
     assert "rl (grpo.yaml): would run (missing)" in capsys.readouterr().out
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.training.train", fake)
+    monkeypatch.setattr("align_recipes.run.train", fake)
     assert main(["pipeline", str(path)]) == 0
     assert [c[0] for c in fake.calls] == ["reward", "grpo"]
     resolved = yaml.safe_load((tmp_path / "out" / "rl" / "recipe.resolved.yaml").read_text())
@@ -191,7 +191,7 @@ stages:
 def test_lora_stage_is_merged_before_the_next_stage(two_stage, tmp_path, monkeypatch):
     merged = []
     fake = FakeTrain()
-    monkeypatch.setattr("align_recipes.run.training.train", fake)
+    monkeypatch.setattr("align_recipes.run.train", fake)
     monkeypatch.setattr("align_recipes.results.merge.merge", lambda src, out, overwrite=False: merged.append((src, out)))
     assert main(["pipeline", str(two_stage), "sft:model.adapter=lora"]) == 0
     assert merged == [(tmp_path / "out" / "sft", tmp_path / "out" / "sft" / "merged")]

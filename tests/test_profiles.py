@@ -132,11 +132,11 @@ def test_manifest_lists_gpus_from_nvidia_smi_when_torch_is_not_loaded(monkeypatc
     """The manifest's hardware record falls back to nvidia-smi when torch was never imported."""
     import sys
 
-    from align_recipes.run import rundir as outputs
+    from align_recipes.run import manifest
 
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, "\n".join([SMI["t4"]] * 2))
-    gpus = outputs.hardware()["gpus"]
+    gpus = manifest.hardware()["gpus"]
     assert gpus == [{"name": "Tesla T4", "memory_gib": 15.0, "capability": "7.5"}] * 2
 
 
@@ -202,7 +202,7 @@ def test_size_from_a_local_config_and_the_tiny_model(tmp_path):
 
 def test_t4_with_1_5b_gets_qlora_in_fp16(tmp_path):
     plan = load_plan(write_recipe(tmp_path), profile="t4")
-    model, train = plan.recipe["model"], plan.train_args
+    model, train = plan.recipe["model"], plan.train
     assert (model["adapter"], model["quantization"], model["dtype"]) == ("qlora", "4bit", "float16")
     assert train["fp16"] is True and train["bf16"] is False and train["optim"] == "paged_adamw_8bit"
     assert model["attn_implementation"] == "sdpa"
@@ -214,9 +214,9 @@ def test_t4_with_1_5b_gets_qlora_in_fp16(tmp_path):
 
 def test_h100_with_0_5b_gets_full_fine_tuning_in_bf16(tmp_path):
     plan = load_plan(write_recipe(tmp_path, model="Qwen/Qwen2-0.5B-Instruct"), profile="h100")
-    model, train = plan.recipe["model"], plan.train_args
+    model, train = plan.recipe["model"], plan.train
     assert model["adapter"] == "full" and model.get("quantization", "none") == "none"
-    assert train["bf16"] is True and train["fp16"] is False and train["gradient_checkpointing"] is False
+    assert train["bf16"] is True and train["fp16"] is False and train["activation_checkpointing"] is False
     assert model["dtype"] == "float32" and "fp32 master weights" in change(plan, "model.dtype").why
 
 
@@ -226,21 +226,22 @@ def test_24gb_card_with_1_5b_gets_lora_and_a100_80_trains_3b_in_full(tmp_path):
     recipe = write_recipe(tmp_path, model="Qwen/Qwen2.5-3B-Instruct")
     assert load_plan(recipe, profile="a100").recipe["model"]["adapter"] == "lora"  # nominal 40 GB
     profile_80 = profiles.resolve("auto", smi_output=SMI["a100_80"])
-    layer, _ = profiles.layer_for(profile_80, None, {"name_or_path": "Qwen/Qwen2.5-3B-Instruct"})
+    layer, _ = profiles.layer_for(profile_80, None, {"name_or_path": "Qwen/Qwen2.5-3B-Instruct"},
+                                  model_size.estimate_params("Qwen/Qwen2.5-3B-Instruct")[0])
     assert layer["model"]["adapter"] == "full"
 
 
 def test_tiny_model_on_t4_trains_in_full_with_fp32_master_weights(tmp_path):
     plan = load_plan(write_recipe(tmp_path, model="builtin:tiny-qwen2"), profile="t4")
     assert plan.recipe["model"]["adapter"] == "full" and plan.recipe["model"]["dtype"] == "float32"
-    assert plan.train_args["fp16"] is True
+    assert plan.train["fp16"] is True
 
 
 def test_micro_batch_is_lowered_and_effective_batch_kept(tmp_path):
     recipe = write_recipe(tmp_path, train="per_device_train_batch_size: 8, gradient_accumulation_steps: 2")
     plan = load_plan(recipe, profile="t4")
-    assert plan.train_args["per_device_train_batch_size"] == 2
-    assert plan.train_args["gradient_accumulation_steps"] == 8
+    assert plan.train["per_device_train_batch_size"] == 2
+    assert plan.train["gradient_accumulation_steps"] == 8
     assert plan.sources["train.per_device_train_batch_size"] == "profile:t4"
     why = change(plan, "train.gradient_accumulation_steps").why
     assert "micro-batch 8→2, grad accumulation 2→8 keeps effective batch 16" in why
@@ -250,18 +251,18 @@ def test_micro_batch_split_uses_a_divisor_and_long_sequences_lower_the_cap(tmp_p
     recipe = write_recipe(tmp_path, model="Qwen/Qwen2-0.5B-Instruct",
                           train="per_device_train_batch_size: 6, gradient_accumulation_steps: 1")
     plan = load_plan(recipe, profile="t4")  # cap 4 for 0.5B on 16 GB
-    assert (plan.train_args["per_device_train_batch_size"], plan.train_args["gradient_accumulation_steps"]) == (3, 2)
+    assert (plan.train["per_device_train_batch_size"], plan.train["gradient_accumulation_steps"]) == (3, 2)
     recipe = write_recipe(tmp_path, model="Qwen/Qwen2-0.5B-Instruct",
                           train="per_device_train_batch_size: 4, gradient_accumulation_steps: 4, max_length: 2048")
     plan = load_plan(recipe, profile="t4")
-    assert (plan.train_args["per_device_train_batch_size"], plan.train_args["gradient_accumulation_steps"]) == (2, 8)
+    assert (plan.train["per_device_train_batch_size"], plan.train["gradient_accumulation_steps"]) == (2, 8)
     assert "max_length 2048" in change(plan, "train.per_device_train_batch_size").why
 
 
 def test_micro_batch_from_the_command_line_is_kept(tmp_path):
     recipe = write_recipe(tmp_path, train="gradient_accumulation_steps: 2")
     plan = load_plan(recipe, ["train.per_device_train_batch_size=8"], profile="t4")
-    assert plan.train_args["per_device_train_batch_size"] == 8 and plan.train_args["gradient_accumulation_steps"] == 2
+    assert plan.train["per_device_train_batch_size"] == 8 and plan.train["gradient_accumulation_steps"] == 2
     assert "set on the command line" in change(plan, "train.per_device_train_batch_size").why
 
 
@@ -269,13 +270,13 @@ def test_recipe_values_beat_profile_values(tmp_path):
     recipe = write_recipe(tmp_path, model_extra="adapter: lora, attn_implementation: eager",
                           train="gradient_checkpointing: false, optim: adamw_torch")
     plan = load_plan(recipe, profile="t4")
-    model, train = plan.recipe["model"], plan.train_args
+    model, train = plan.recipe["model"], plan.train
     assert model["adapter"] == "lora" and "quantization" not in model  # a QLoRA rule adds no 4-bit to LoRA
-    assert model["attn_implementation"] == "eager" and train["gradient_checkpointing"] is False
+    assert model["attn_implementation"] == "eager" and train["activation_checkpointing"] is False
     assert train["optim"] == "adamw_torch" and plan.sources["train.optim"].startswith("recipe:")
     assert plan.sources["model.adapter"].startswith("recipe:")
     plan = load_plan(recipe, ["train.fp16=false"], profile="t4")
-    assert plan.train_args["fp16"] is False and plan.sources["train.fp16"] == "override"
+    assert plan.train["fp16"] is False and plan.sources["train.fp16"] == "override"
 
 
 def test_shipped_recipes_validate_with_every_profile():
@@ -302,7 +303,7 @@ def test_flash_attention_only_when_installed_and_never_on_t4(tmp_path, monkeypat
 def test_vllm_colocate_on_one_gpu_when_installed(tmp_path, monkeypatch):
     fake_packages(monkeypatch, vllm="0.28.1")
     plan = load_plan(write_recipe(tmp_path, "grpo"), profile="h100")
-    train = plan.train_args
+    train = plan.train
     assert train["use_vllm"] is True and train["vllm_mode"] == "colocate"
     assert train["vllm_gpu_memory_utilization"] == 0.3
     assert "vllm 0.28.1 installed" in change(plan, "train.use_vllm").why
@@ -312,7 +313,7 @@ def test_vllm_server_mode_with_several_gpus_prints_the_serve_command(tmp_path, m
     fake_packages(monkeypatch, vllm="0.31.0")
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, SMI["8xh100"])
     plan = load_plan(write_recipe(tmp_path, "grpo"))
-    assert plan.profile.name == "h100" and plan.train_args["vllm_mode"] == "server"
+    assert plan.profile.name == "h100" and plan.train["vllm_mode"] == "server"
     why = change(plan, "train.use_vllm").why
     assert "trl vllm-serve --model Qwen/Qwen2.5-1.5B-Instruct --tensor-parallel-size 1" in why
     assert "--num_processes 7" in why
@@ -323,14 +324,14 @@ def test_vllm_server_mode_with_several_gpus_prints_the_serve_command(tmp_path, m
 def test_vllm_left_off_when_missing_or_unsupported(tmp_path, monkeypatch, vllm, expected):
     fake_packages(monkeypatch, vllm=vllm)
     plan = load_plan(write_recipe(tmp_path, "grpo"), profile="h100")
-    assert plan.train_args["use_vllm"] is False and expected in change(plan, "train.use_vllm").why
+    assert plan.train["use_vllm"] is False and expected in change(plan, "train.use_vllm").why
 
 
 def test_vllm_off_on_t4_and_for_tiny_models(tmp_path, monkeypatch):
     fake_packages(monkeypatch, vllm="0.28.0")
-    assert load_plan(write_recipe(tmp_path, "grpo"), profile="t4").train_args["use_vllm"] is False
+    assert load_plan(write_recipe(tmp_path, "grpo"), profile="t4").train["use_vllm"] is False
     plan = load_plan(write_recipe(tmp_path, "grpo", model="builtin:tiny-qwen2"), profile="h100")
-    assert plan.train_args["use_vllm"] is False and "fast enough" in change(plan, "train.use_vllm").why
+    assert plan.train["use_vllm"] is False and "fast enough" in change(plan, "train.use_vllm").why
 
 
 # --- impossible combinations ------------------------------------------------------------------------------

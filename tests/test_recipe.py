@@ -47,7 +47,7 @@ def errors_of(call) -> list[RecipeError]:
 def test_minimal_recipe_resolves_with_sources(tmp_path):
     plan = load_plan(base_recipe(tmp_path), profile="cpu")
     assert plan.algorithm.name == "dpo" and plan.algorithm.config_name == "DPOConfig"
-    assert plan.train_args["beta"] == 0.1
+    assert plan.train["beta"] == 0.1
     assert plan.sources["train.beta"].startswith("recipe:") and plan.sources["train.beta"].endswith("dpo.yaml")
     assert plan.sources["train.use_cpu"] == "profile:cpu"
     assert plan.output_dir == Path(f"outputs/{tmp_path.name}/dpo")
@@ -58,9 +58,9 @@ def test_minimal_recipe_resolves_with_sources(tmp_path):
 def test_merge_order_default_profile_recipe_override(tmp_path):
     recipe = base_recipe(tmp_path, train="beta: 0.1, fp16: false, learning_rate: 1.0e-4")
     plan = load_plan(recipe, ["train.learning_rate=3e-4", "train.output_dir=/tmp/elsewhere"], profile="t4")
-    assert plan.train_args["fp16"] is False and plan.sources["train.fp16"].startswith("recipe:")  # recipe > profile
-    assert plan.train_args["gradient_checkpointing"] is True and plan.sources["train.gradient_checkpointing"] == "profile:t4"
-    assert plan.train_args["learning_rate"] == pytest.approx(3e-4) and plan.sources["train.learning_rate"] == "override"
+    assert plan.train["fp16"] is False and plan.sources["train.fp16"].startswith("recipe:")  # recipe > profile
+    assert plan.train["activation_checkpointing"] is True and plan.sources["train.activation_checkpointing"] == "profile:t4"
+    assert plan.train["learning_rate"] == pytest.approx(3e-4) and plan.sources["train.learning_rate"] == "override"
     assert plan.output_dir == Path("/tmp/elsewhere")
 
 
@@ -76,8 +76,8 @@ def test_extends_chain_child_wins_and_keeps_parent_provenance(tmp_path):
         train: {{beta: 0.2}}
     """)
     plan = load_plan(child, profile="cpu")
-    assert plan.train_args["beta"] == 0.2 and plan.sources["train.beta"].endswith("child.yaml")
-    assert plan.train_args["seed"] == 7 and plan.sources["train.seed"].endswith("_base.yaml")
+    assert plan.train["beta"] == 0.2 and plan.sources["train.beta"].endswith("child.yaml")
+    assert plan.train["seed"] == 7 and plan.sources["train.seed"].endswith("_base.yaml")
     assert plan.recipe["model"]["lora"]["r"] == 4
 
 
@@ -128,7 +128,7 @@ def test_bad_values_name_key_and_reason(tmp_path, override, key, fragment):
 
 def test_numeric_strings_become_numbers(tmp_path):
     plan = load_plan(base_recipe(tmp_path, train="learning_rate: 1e-5"), profile="cpu")  # YAML 1.1 reads a str
-    assert plan.train_args["learning_rate"] == pytest.approx(1e-5)
+    assert plan.train["learning_rate"] == pytest.approx(1e-5)
     assert isinstance(parse_override("train.max_steps=10")[1], int)
 
 
@@ -194,3 +194,59 @@ def test_rewards_only_for_online_algorithms(tmp_path):
 def test_malformed_override():
     with pytest.raises(RecipeError, match="not KEY=VALUE"):
         parse_override("train.learning_rate")
+
+
+# --- paths resolve where they were written ---------------------------------------------------------
+
+def test_a_recipe_elsewhere_extending_a_project_recipe_finds_the_base_files(tmp_path, monkeypatch):
+    """The base's relative data paths resolve in the base's folder, not the child's or the current one."""
+    child = write(tmp_path, "mine.yaml", f"""
+        extends: {REPO / "recipes" / "tiny" / "sft.yaml"}
+        train: {{max_steps: 2}}
+    """)
+    monkeypatch.chdir("/")
+    plan = load_plan(child, ["train.learning_rate=1e-3"], profile="cpu")
+    tiny_data = REPO / "recipes" / "tiny" / "data"
+    assert plan.data.train.path == str(tiny_data / "sft.jsonl")
+    assert plan.evaluate.data.path == str(tiny_data / "eval.jsonl")
+    assert plan.train["max_steps"] == 2 and plan.train["learning_rate"] == pytest.approx(1e-3)
+
+
+def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe_is_absolute(tmp_path,
+                                                                                               monkeypatch):
+    from align_recipes.plan import resolved_yaml
+
+    recipe = base_recipe(tmp_path)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "other.jsonl").write_text((tmp_path / PREFS).read_text())
+    monkeypatch.chdir(elsewhere)
+    plan = load_plan(recipe, ["data.eval.path=other.jsonl"], profile="cpu")
+    assert plan.data.train.path == str(tmp_path / PREFS)       # written in the recipe: its folder
+    assert plan.data.eval.path == str(elsewhere / "other.jsonl")  # written on the command line: here
+    text = resolved_yaml(plan)
+    assert f"path: {tmp_path / PREFS}" in text and f"path: {elsewhere / 'other.jsonl'}" in text
+    assert "name_or_path: builtin:tiny-qwen2" in text  # not a path: left alone
+
+
+def test_a_name_that_exists_nowhere_is_kept_as_written(tmp_path):
+    recipe = base_recipe(tmp_path)
+    plan = load_plan(recipe, ["model.name_or_path=Qwen/Qwen2-0.5B-Instruct"], profile="cpu")
+    assert plan.model.name_or_path == "Qwen/Qwen2-0.5B-Instruct"
+
+
+def test_the_old_checkpointing_name_in_a_recipe_beats_the_profiles_new_one(tmp_path):
+    recipe = base_recipe(tmp_path, train="beta: 0.1, gradient_checkpointing: false")
+    plan = load_plan(recipe, profile="t4")
+    assert plan.train["activation_checkpointing"] is False and "gradient_checkpointing" not in plan.train
+    assert plan.sources["train.activation_checkpointing"].startswith("recipe:")
+
+
+def test_a_registry_entry_missing_from_the_field_snapshot_is_a_recipe_error(tmp_path, monkeypatch):
+    from align_recipes.plan import trl_fields
+
+    snapshot = trl_fields._snapshot()
+    monkeypatch.setattr(trl_fields, "_snapshot", lambda: {**snapshot, "configs": {
+        k: v for k, v in snapshot["configs"].items() if k != "DPOConfig"}})
+    [error] = errors_of(lambda: load_plan(base_recipe(tmp_path), profile="cpu"))
+    assert "DPOConfig" in error.message and "python -m align_recipes.plan.trl_fields" in error.fix

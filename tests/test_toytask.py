@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from align_recipes import tiny
+from align_recipes.data.messages import prompt_text
 from align_recipes.tiny import toytask as tt
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "data"
 
 
 def _prompt(row: dict) -> str:
-    return tt.prompt_text(row["messages"][:1] if "messages" in row else row["prompt"])
+    return prompt_text(row["messages"][:1] if "messages" in row else row["prompt"])
 
 
 def _solve(text: str) -> str:

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(show)
     show.add_argument("--all", action="store_true", help="also list TRL config fields left at their defaults")
 
-    verbs.add_parser("list", help="list algorithms, recipe families and profiles")
+    listing = verbs.add_parser("list", help="list algorithms, recipe families and profiles")
+    listing.add_argument("--names", action="store_true", help="only the algorithm names, one line (for scripts)")
     _add_result_verbs(verbs)
     return parser
 
@@ -143,6 +144,20 @@ def _run_result_verb(args) -> int:
     return 0
 
 
+def _after_training(output_dir: Path, report: bool) -> None:
+    """What every finished run gets besides its model: report.md with plots (unless --no-report)."""
+    from align_recipes.run.rundir import METRICS, RESOLVED_RECIPE, SUMMARY
+
+    written = f"model, {SUMMARY}, {METRICS}, {RESOLVED_RECIPE}"
+    if report:
+        from align_recipes.results.report import try_write_report
+
+        path = try_write_report(output_dir)
+        print(f"wrote {output_dir}/ ({written}" + (f", {path.name} with plots)" if path else ")"))
+    else:
+        print(f"wrote {output_dir}/ ({written}); plots: align-recipes report {output_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`show r.yaml --profile t4 train.beta=0.2`): collect the stragglers.
@@ -156,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "list":
             from align_recipes.plan.show import print_list
 
-            return print_list()
+            return print_list(names_only=args.names)
         if args.verb in RESULT_VERBS:
             return _run_result_verb(args)
         if args.verb == "validate" and _is_pipeline_file(args.recipe):
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
                   f"{pipeline.output_dir}")
             return 0
-        from align_recipes.plan.load import load_plan
+        from align_recipes.plan import load_plan
 
         plan = load_plan(args.recipe, args.overrides, profile=args.profile)
         if args.verb == "validate":
@@ -178,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print_plan(plan, show_all=args.all)
             return 0
-        from align_recipes.run.training import train
+        from align_recipes.run import train
 
-        train(plan, overwrite=args.overwrite, resume=args.resume, report=not args.no_report,
-              command=sys.argv if argv is None else ["align-recipes", *argv])
+        summary = train(plan, overwrite=args.overwrite, resume=args.resume,
+                        command=sys.argv if argv is None else ["align-recipes", *argv])
+        if summary:  # the main process
+            _after_training(plan.output_dir, report=not args.no_report)
         return 0
     except (RecipeError, RecipeErrors) as exc:
         from align_recipes.redaction import redact

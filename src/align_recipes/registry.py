@@ -18,11 +18,12 @@ LANGUAGE_MODELING = "language_modeling"
 PREFERENCE = "preference"
 UNPAIRED = "unpaired"
 PROMPT_ONLY = "prompt_only"
+KINDS = (LANGUAGE_MODELING, PREFERENCE, UNPAIRED, PROMPT_ONLY)
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """How one algorithm is run.
+    """Everything the rest of align-recipes needs to know about one algorithm.
 
     Attributes:
         name: the value of `algorithm:` in a recipe.
@@ -30,9 +31,17 @@ class Algorithm:
         trainer: "module:Class" of the trainer; all take TRL's keyword arguments (model, args,
             train_dataset, eval_dataset, processing_class, peft_config, callbacks).
         data_kind: the dataset kind the trainer consumes.
+        summary: one line for `align-recipes list` and the README table.
         model_head: "causal_lm" for policies, "reward" for a scalar-head sequence classifier.
         uses_rewards: the trainer takes `reward_funcs` (online RL: the recipe's `rewards:` section).
-        summary: one line for `align-recipes list` and the README table.
+        generates: the policy samples completions while training (the vLLM seam and its profile
+            choices apply; reports plot rewards and KL).
+        reference: a frozen reference copy of the policy sits beside it: True, False, or the name of
+            the `train:` field that switches it on when above 0 (GRPO's `beta`).
+        critic: a value model is trained beside the policy.
+        implicit_reward: the policy defines a reward β·log π/π_ref (the DPO family), which `eval`
+            measures on held-out pairs as implicit_reward_accuracy.
+        truncates: training rows are cut at `train.max_length`, so a batch can hold no trained token.
     """
 
     name: str
@@ -42,15 +51,25 @@ class Algorithm:
     summary: str
     model_head: str = "causal_lm"
     uses_rewards: bool = False
+    generates: bool = False
+    reference: bool | str = False
+    critic: bool = False
+    implicit_reward: bool = False
+    truncates: bool = True
 
     @property
     def config_name(self) -> str:
         return self.config.rsplit(":", 1)[1]
 
     @property
-    def generates(self) -> bool:
-        """Online algorithms sample from the policy while training (the vLLM seam applies)."""
-        return self.data_kind == PROMPT_ONLY
+    def trainer_name(self) -> str:
+        return self.trainer.rsplit(":", 1)[1]
+
+    def has_reference(self, train: dict) -> bool:
+        """Whether this run keeps a frozen reference model, given its `train:` values."""
+        if isinstance(self.reference, str):
+            return float(train.get(self.reference) or 0) > 0
+        return self.reference
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -61,19 +80,35 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("reward", "trl:RewardConfig", "trl:RewardTrainer", PREFERENCE,
                   "reward model (Bradley-Terry) on chosen/rejected pairs", model_head="reward"),
         Algorithm("dpo", "trl:DPOConfig", "trl:DPOTrainer", PREFERENCE,
-                  "direct preference optimisation against a frozen reference"),
+                  "direct preference optimisation against a frozen reference", reference=True,
+                  implicit_reward=True),
         Algorithm("orpo", "trl.experimental.orpo:ORPOConfig", "trl.experimental.orpo:ORPOTrainer", PREFERENCE,
-                  "odds-ratio preference optimisation, no reference model"),
+                  "odds-ratio preference optimisation, no reference model", implicit_reward=True),
         Algorithm("kto", "trl:KTOConfig", "trl:KTOTrainer", UNPAIRED,
-                  "Kahneman-Tversky optimisation on thumbs-up/down examples"),
+                  "Kahneman-Tversky optimisation on thumbs-up/down examples", reference=True, implicit_reward=True),
         Algorithm("grpo", "trl:GRPOConfig", "trl:GRPOTrainer", PROMPT_ONLY,
-                  "group-relative policy optimisation with reward functions", uses_rewards=True),
+                  "group-relative policy optimisation with reward functions", uses_rewards=True, generates=True,
+                  reference="beta", truncates=False),
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
-                  "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True),
+                  "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
+                  reference="kl_coef", critic=True, truncates=False),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
-                  "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True),
+                  "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True, generates=True,
+                  reference="beta", truncates=False),
     ]
 }
+
+
+def names(where=None) -> list[str]:
+    """Algorithm names, optionally only those for which `where(algorithm)` is true; in registry order.
+    Help texts and error messages build their lists from here."""
+    return [a.name for a in ALGORITHMS.values() if where is None or where(a)]
+
+
+def names_text(where=None) -> str:
+    """'grpo, ppo and spo': a list of names for prose."""
+    found = names(where)
+    return found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
 
 
 def load_class(ref: str) -> type:
@@ -86,3 +121,7 @@ def load_class(ref: str) -> type:
         warnings.filterwarnings("ignore", message=".*trl.experimental.*")
         module = importlib.import_module(module_name)
     return getattr(module, class_name)
+
+
+if __name__ == "__main__":  # `python -m align_recipes.registry`: the names, for the Makefile
+    print(" ".join(names()))

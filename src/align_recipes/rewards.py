@@ -31,14 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from align_recipes.data.messages import completion_text
+from align_recipes.paths import candidates as path_candidates, looks_like_hub_id
+
 SPEC_KINDS = ("name", "function", "model")
 COMMON_KEYS = ("weight",)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 class RewardSpecError(ValueError):
@@ -46,18 +44,6 @@ class RewardSpecError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- text helpers
-
-def completion_text(completion: Any) -> str:
-    """The generated text of a completion: a string, or a conversational list of messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, (list, tuple)):
-        assistant = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
-        return "".join(str(m.get("content", "")) for m in (assistant or completion) if isinstance(m, dict))
-    return str(completion)
-
 
 def last_number(text: Any) -> float | None:
     """The last number written in ``text`` ("#### 1,234" -> 1234.0); None when there is none."""
@@ -152,14 +138,8 @@ def _is_file_ref(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
-def _candidates(target: str, base_dir: Path | None) -> list[Path]:
-    """Where a relative path may live: the recipe's folder first, then the working directory."""
-    path = Path(target).expanduser()
-    return [path] if path.is_absolute() else [Path(base_dir or Path.cwd()) / path, Path.cwd() / path]
-
-
 def _find_file(target: str, base_dir: Path | None) -> Path:
-    candidates = _candidates(target, base_dir)
+    candidates = path_candidates(target, base_dir, None)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
@@ -231,7 +211,7 @@ def load_function(ref: str, base_dir: Path | None = None) -> Callable:
 def resolve_model_ref(ref: str, base_dir: Path | None = None) -> str:
     """A reward model reference as `from_pretrained` takes it: an existing directory (with config.json),
     else a hub id (org/name)."""
-    candidates = _candidates(ref, base_dir)
+    candidates = path_candidates(ref, base_dir, None)
     for candidate in candidates:
         if candidate.is_dir():
             if not (candidate / "config.json").is_file():

@@ -6,13 +6,13 @@
     dataset, report = load(spec, recipe_dir, "preference")   # run: datasets.Dataset in TRL's format
     print(report.summary_line())
 
-Kinds: language_modeling (sft), preference (dpo, orpo, reward), unpaired (kto), prompt_only
-(grpo, ppo, spo). Formats and rules: docs/data.md. Importing this package never imports datasets
+Kinds: language_modeling, preference, unpaired, prompt_only; each algorithm's kind is its registry
+entry's `data_kind`. Formats and rules: docs/data.md. Importing this package never imports datasets
 or torch; `load` does.
 """
 
 from .convert import convert_rows
-from .formats import FORMATS, check_serves, detect_format, plan_for, rename_rows
+from .formats import FORMATS, check_serves, detect_format, binding_for, rename_rows
 from .sources import peek
 from .spec import (KINDS, LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError,
                    DataSpec, slice_start, split_parts)
@@ -28,9 +28,9 @@ def load(spec, base_dir, kind, tokenizer=None, *, cache_dir=None):
 def preview(rows, spec, kind):
     """Convert peeked rows without datasets: (converted rows, ConversionReport). For `validate`/`show`."""
     renamed = rename_rows(rows, spec)
-    plan = plan_for(renamed, spec, kind)
+    binding = binding_for(renamed, spec, kind)
     offset = slice_start(split_parts(spec.split, spec.section)[1])
-    return convert_rows(renamed, plan, kind, spec.drop_ties, spec.section, offset)
+    return convert_rows(renamed, binding, kind, spec.drop_ties, spec.section, offset)
 
 
 __all__ = ["DataSpec", "DataError", "ConversionReport", "FORMATS", "KINDS", "LANGUAGE_MODELING",

@@ -1,4 +1,4 @@
-"""Row conversion: one source row, following a Plan, into the TRL columns of a dataset kind.
+"""Row conversion: one source row, following a Binding, into the TRL columns of a dataset kind.
 
 `convert_row` never raises for a bad row: it returns the output columns (empty for a dropped row)
 plus `_drop`, the reason or None, so that `Dataset.map` keeps a fixed schema and the report can name
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .formats import Plan
+from .formats import Binding
 from .messages import (RowProblem, as_label, as_prompt, as_reply, clean_messages, common_prefix, is_blank,
                        parse_transcript, prompt_part, require_assistant, split_last_assistant, to_messages,
                        with_system)
@@ -20,60 +20,60 @@ CHAT_FORMATS = ("messages", "sharegpt", "roleless_conversations")
 PAIR_FORMATS = ("preference", "ultrafeedback_binarized", "implicit_preference", "hh_rlhf")
 
 
-def _value(row: dict, plan: Plan, name: str) -> Any:
-    column = plan.fields.get(name)
+def _value(row: dict, binding: Binding, name: str) -> Any:
+    column = binding.fields.get(name)
     return row.get(column) if column else None
 
 
-def _need(row: dict, plan: Plan, name: str) -> tuple[Any, str]:
-    column = plan.fields[name]
+def _need(row: dict, binding: Binding, name: str) -> tuple[Any, str]:
+    column = binding.fields[name]
     value = row.get(column)
     if is_blank(value):
         raise RowProblem(f"empty '{column}'")
     return value, column
 
 
-def _system(row: dict, plan: Plan, messages: list[dict]) -> list[dict]:
-    return with_system(_value(row, plan, "system"), messages)
+def _system(row: dict, binding: Binding, messages: list[dict]) -> list[dict]:
+    return with_system(_value(row, binding, "system"), messages)
 
 
-def _chat(row: dict, plan: Plan, prompt_only: bool = False) -> list[dict]:
-    value, column = _need(row, plan, "messages")
+def _chat(row: dict, binding: Binding, prompt_only: bool = False) -> list[dict]:
+    value, column = _need(row, binding, "messages")
     messages = to_messages(value, column)
     if prompt_only:  # the final reply is not needed (MiniMind rlaif leaves it empty)
         messages = prompt_part(messages, column)
-    return _system(row, plan, clean_messages(messages, column))
+    return _system(row, binding, clean_messages(messages, column))
 
 
-def _alpaca(row: dict, plan: Plan, prompt_only: bool = False) -> dict:
-    instruction, i_col = _need(row, plan, "instruction")
-    extra = _value(row, plan, "input")
+def _alpaca(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
+    instruction, i_col = _need(row, binding, "instruction")
+    extra = _value(row, binding, "input")
     user = f"{instruction}\n{extra}" if isinstance(extra, str) and extra.strip() else str(instruction)
-    history, pairs = [], _value(row, plan, "history")
+    history, pairs = [], _value(row, binding, "history")
     for pair in pairs if isinstance(pairs, (list, tuple)) else []:
         if isinstance(pair, (list, tuple)) and len(pair) == 2:
             history += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
-    prompt = _system(row, plan, clean_messages(history + [{"role": "user", "content": user}], i_col))
+    prompt = _system(row, binding, clean_messages(history + [{"role": "user", "content": user}], i_col))
     if prompt_only:
         return {"prompt": prompt}
-    output, o_col = _need(row, plan, "output")
+    output, o_col = _need(row, binding, "output")
     return {"prompt": prompt, "completion": as_reply(output, o_col)}
 
 
-def _explicit_prompt(row: dict, plan: Plan) -> list[dict]:
-    prompt_v, p_col = _need(row, plan, "prompt")
-    extra = _value(row, plan, "input")
+def _explicit_prompt(row: dict, binding: Binding) -> list[dict]:
+    prompt_v, p_col = _need(row, binding, "prompt")
+    extra = _value(row, binding, "input")
     if isinstance(prompt_v, str) and isinstance(extra, str) and extra.strip():
         prompt_v = f"{prompt_v}\n{extra}"
     return as_prompt(prompt_v, p_col)
 
 
-def _pair(row: dict, plan: Plan, prompt_only: bool = False) -> dict:
-    if prompt_only and "prompt" in plan.fields:  # the replies are not needed
-        return {"prompt": _system(row, plan, _explicit_prompt(row, plan))}
-    chosen_v, c_col = _need(row, plan, "chosen")
-    rejected_v, r_col = _need(row, plan, "rejected")
-    if plan.format == "hh_rlhf":
+def _pair(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
+    if prompt_only and "prompt" in binding.fields:  # the replies are not needed
+        return {"prompt": _system(row, binding, _explicit_prompt(row, binding))}
+    chosen_v, c_col = _need(row, binding, "chosen")
+    rejected_v, r_col = _need(row, binding, "rejected")
+    if binding.format == "hh_rlhf":
         chosen, rejected = parse_transcript(chosen_v), parse_transcript(rejected_v)
         for parsed, column in ((chosen, c_col), (rejected, r_col)):
             if not parsed:
@@ -89,11 +89,11 @@ def _pair(row: dict, plan: Plan, prompt_only: bool = False) -> dict:
                 raise RowProblem("identical chosen and rejected")
             raise RowProblem(f"'{c_col}' and '{r_col}' share no prompt")
         prompt = clean_messages(prompt, c_col)
-    elif "prompt" in plan.fields:
-        prompt = _explicit_prompt(row, plan)
+    elif "prompt" in binding.fields:
+        prompt = _explicit_prompt(row, binding)
     else:
         raise RowProblem(f"'{c_col}' is not a conversation and there is no prompt column")
-    prompt = _system(row, plan, prompt)
+    prompt = _system(row, binding, prompt)
     if prompt_only:
         return {"prompt": prompt}
     if not chosen or all(not m["content"].strip() for m in chosen):
@@ -106,86 +106,86 @@ def _pair(row: dict, plan: Plan, prompt_only: bool = False) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _unpaired(row: dict, plan: Plan, prompt_only: bool = False) -> dict:
-    label_v, l_col = row.get(plan.fields["label"]), plan.fields["label"]
-    if prompt_only and "messages" in plan.fields:
-        return {"prompt": _chat(row, plan, prompt_only=True)}
+def _unpaired(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
+    label_v, l_col = row.get(binding.fields["label"]), binding.fields["label"]
+    if prompt_only and "messages" in binding.fields:
+        return {"prompt": _chat(row, binding, prompt_only=True)}
     if prompt_only:
-        prompt_v, p_col = _need(row, plan, "prompt")
-        return {"prompt": _system(row, plan, as_prompt(prompt_v, p_col))}
-    if "messages" in plan.fields:
-        prompt, completion = split_last_assistant(_chat(row, plan), plan.fields["messages"])
+        prompt_v, p_col = _need(row, binding, "prompt")
+        return {"prompt": _system(row, binding, as_prompt(prompt_v, p_col))}
+    if "messages" in binding.fields:
+        prompt, completion = split_last_assistant(_chat(row, binding), binding.fields["messages"])
         if not any(m["role"] == "user" for m in prompt):
-            raise RowProblem(f"no user turn in '{plan.fields['messages']}'")
+            raise RowProblem(f"no user turn in '{binding.fields['messages']}'")
     else:
-        prompt_v, p_col = _need(row, plan, "prompt")
-        completion_v, c_col = _need(row, plan, "completion")
-        prompt, completion = _system(row, plan, as_prompt(prompt_v, p_col)), as_reply(completion_v, c_col)
+        prompt_v, p_col = _need(row, binding, "prompt")
+        completion_v, c_col = _need(row, binding, "completion")
+        prompt, completion = _system(row, binding, as_prompt(prompt_v, p_col)), as_reply(completion_v, c_col)
     return {"prompt": prompt, "completion": completion, "label": as_label(label_v, l_col)}
 
 
-def unit(row: dict, plan: Plan, kind: str, drop_ties: bool = False) -> dict:
+def unit(row: dict, binding: Binding, kind: str, drop_ties: bool = False) -> dict:
     """The row's parts (messages | prompt+completion | prompt+chosen+rejected | … | text). For
     prompt_only, replies are not needed and not checked."""
-    fmt, prompt_only = plan.format, kind == PROMPT_ONLY
+    fmt, prompt_only = binding.format, kind == PROMPT_ONLY
     if fmt in CHAT_FORMATS:
-        return {"messages": _chat(row, plan, prompt_only)}
+        return {"messages": _chat(row, binding, prompt_only)}
     if fmt == "alpaca":
-        return _alpaca(row, plan, prompt_only)
+        return _alpaca(row, binding, prompt_only)
     if fmt in ("prompt_completion", "prompt_response"):
         answer = "completion" if fmt == "prompt_completion" else "response"
-        prompt_v, p_col = _need(row, plan, "prompt")
-        prompt = _system(row, plan, as_prompt(prompt_v, p_col))
+        prompt_v, p_col = _need(row, binding, "prompt")
+        prompt = _system(row, binding, as_prompt(prompt_v, p_col))
         if prompt_only:
             return {"prompt": prompt}
-        answer_v, a_col = _need(row, plan, answer)
+        answer_v, a_col = _need(row, binding, answer)
         return {"prompt": prompt, "completion": as_reply(answer_v, a_col)}
     if fmt == "text":
-        text, _ = _need(row, plan, "text")
+        text, _ = _need(row, binding, "text")
         return {"text": str(text)}
     if fmt == "prompt_only":
-        prompt_v, p_col = _need(row, plan, "prompt")
-        return {"prompt": _system(row, plan, as_prompt(prompt_v, p_col))}
+        prompt_v, p_col = _need(row, binding, "prompt")
+        return {"prompt": _system(row, binding, as_prompt(prompt_v, p_col))}
     if fmt in PAIR_FORMATS:
         if fmt == "ultrafeedback_binarized" and drop_ties:
-            score_c, score_r = _value(row, plan, "score_chosen"), _value(row, plan, "score_rejected")
+            score_c, score_r = _value(row, binding, "score_chosen"), _value(row, binding, "score_rejected")
             if score_c is not None and score_c == score_r:
                 raise RowProblem("tied scores")
-        return _pair(row, plan, prompt_only)
+        return _pair(row, binding, prompt_only)
     if fmt == "unpaired":
-        return _unpaired(row, plan, prompt_only)
+        return _unpaired(row, binding, prompt_only)
     raise ValueError(f"no converter for format {fmt!r}")
 
 
-def lm_shape(plan: Plan) -> str:
+def lm_shape(binding: Binding) -> str:
     """Which TRL language-modeling layout a format becomes: messages | prompt_completion | text."""
-    return "messages" if plan.format in CHAT_FORMATS else "text" if plan.format == "text" else "prompt_completion"
+    return "messages" if binding.format in CHAT_FORMATS else "text" if binding.format == "text" else "prompt_completion"
 
 
-def output_columns(plan: Plan, kind: str) -> tuple[str, ...]:
+def output_columns(binding: Binding, kind: str) -> tuple[str, ...]:
     """The columns convert_row writes (besides `_drop` and, for prompt_only, the kept columns)."""
     if kind == LANGUAGE_MODELING:
-        return {"messages": ("messages",), "text": ("text",)}.get(lm_shape(plan), ("prompt", "completion"))
-    if kind == PREFERENCE or (kind == UNPAIRED and plan.format in PAIR_FORMATS):
+        return {"messages": ("messages",), "text": ("text",)}.get(lm_shape(binding), ("prompt", "completion"))
+    if kind == PREFERENCE or (kind == UNPAIRED and binding.format in PAIR_FORMATS):
         return ("prompt", "chosen", "rejected")
     if kind == UNPAIRED:
         return ("prompt", "completion", "label")
     return ("prompt",)
 
 
-def _emit(parts: dict, plan: Plan, kind: str) -> dict:
+def _emit(parts: dict, binding: Binding, kind: str) -> dict:
     if kind == LANGUAGE_MODELING:
         if "messages" in parts:
-            require_assistant(parts["messages"], plan.fields["messages"])
+            require_assistant(parts["messages"], binding.fields["messages"])
         return parts
     if kind == PROMPT_ONLY:
-        prompt = parts["prompt"] if "prompt" in parts else prompt_part(parts["messages"], plan.fields["messages"])
+        prompt = parts["prompt"] if "prompt" in parts else prompt_part(parts["messages"], binding.fields["messages"])
         return {"prompt": prompt}
     return parts
 
 
-def _empty(plan: Plan, kind: str) -> dict:
-    return {c: (False if c == "label" else "" if c == "text" else []) for c in output_columns(plan, kind)}
+def _empty(binding: Binding, kind: str) -> dict:
+    return {c: (False if c == "label" else "" if c == "text" else []) for c in output_columns(binding, kind)}
 
 
 def _plain(out: dict) -> dict:
@@ -199,34 +199,34 @@ def _plain(out: dict) -> dict:
     return out
 
 
-def convert_row(row: dict, plan: Plan, kind: str, drop_ties: bool = False, plain: bool = False) -> dict:
+def convert_row(row: dict, binding: Binding, kind: str, drop_ties: bool = False, plain: bool = False) -> dict:
     """Output columns of `kind` for one source row, plus `_drop` (None, or why the row is dropped).
     plain=True writes strings instead of message lists (single-turn rows only)."""
     try:
         if all(is_blank(value) for value in row.values()):
             raise RowProblem("empty row")
-        out = _emit(unit(row, plan, kind, drop_ties), plan, kind)
+        out = _emit(unit(row, binding, kind, drop_ties), binding, kind)
         if plain:
             out = _plain(out)
         out[DROP] = None
     except (RowProblem, TypeError, ValueError, AttributeError) as problem:
-        out = _empty(plan, kind)
+        out = _empty(binding, kind)
         if plain:
             out = {c: "" if isinstance(v, list) else v for c, v in out.items()}
         out[DROP] = str(problem) if isinstance(problem, RowProblem) else f"unreadable value ({type(problem).__name__})"
     if kind == PROMPT_ONLY:
-        for column in plan.keep:
+        for column in binding.keep:
             out[column] = row.get(column)
     return out
 
 
-def convert_batch(batch: dict[str, list], plan: Plan, kind: str, drop_ties: bool = False,
+def convert_batch(batch: dict[str, list], binding: Binding, kind: str, drop_ties: bool = False,
                   plain: bool = False) -> dict[str, list]:
     """convert_row over a `Dataset.map(batched=True)` batch (far less per-row overhead)."""
     columns = list(batch)
     size = len(batch[columns[0]]) if columns else 0
-    rows = [convert_row({c: batch[c][i] for c in columns}, plan, kind, drop_ties, plain) for i in range(size)]
-    names = list(rows[0]) if rows else list(output_columns(plan, kind)) + [DROP]
+    rows = [convert_row({c: batch[c][i] for c in columns}, binding, kind, drop_ties, plain) for i in range(size)]
+    names = list(rows[0]) if rows else list(output_columns(binding, kind)) + [DROP]
     return {name: [row[name] for row in rows] for name in names}
 
 
@@ -248,15 +248,15 @@ def collect_drops(reasons, offset: int = 0) -> dict[str, list[int]]:
     return dropped
 
 
-def convert_rows(rows: list[dict], plan: Plan, kind: str, drop_ties: bool = False,
+def convert_rows(rows: list[dict], binding: Binding, kind: str, drop_ties: bool = False,
                  section: str = "data.train", offset: int = 0, plain: bool = False) -> tuple[list[dict], ConversionReport]:
     """Convert plain rows (already renamed by `columns:`), for previews and tests; no datasets."""
-    converted = [convert_row(row, plan, kind, drop_ties, plain) for row in rows]
+    converted = [convert_row(row, binding, kind, drop_ties, plain) for row in rows]
     dropped = collect_drops([r[DROP] for r in converted], offset)
     kept = [{k: v for k, v in r.items() if k != DROP} for r in converted if r[DROP] is None]
-    if kind == UNPAIRED and plan.format in PAIR_FORMATS:
+    if kind == UNPAIRED and binding.format in PAIR_FORMATS:
         batch = unpair_batch({c: [r[c] for r in kept] for c in ("prompt", "chosen", "rejected")})
         kept = [dict(zip(batch, values)) for values in zip(*batch.values())]
-    report = ConversionReport(plan.format, len(rows), len(rows) - sum(map(len, dropped.values())), dropped,
+    report = ConversionReport(binding.format, len(rows), len(rows) - sum(map(len, dropped.values())), dropped,
                               section=section, kind=kind, rows_out=len(kept))
     return kept, report

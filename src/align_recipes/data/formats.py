@@ -1,8 +1,8 @@
 """Format detection: which layout a dataset uses, and which columns play which part.
 
 Works on a handful of plain rows (dicts), so it runs at validation time with the stdlib only. The
-result is a *plan*: the format name plus a binding of canonical fields (prompt, chosen, …) to the
-dataset's own column names. The converter (convert.py) follows the plan row by row.
+result is a *binding*: the format name plus its canonical fields (prompt, chosen, …) bound to the
+dataset's own column names. The converter (convert.py) follows the binding row by row.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ EXPECTED: dict[str, str] = {
 
 
 @dataclass
-class Plan:
+class Binding:
     """A format and the dataset columns bound to its fields (canonical name -> column)."""
 
     format: str
@@ -166,13 +166,14 @@ def _optional(fields: dict, columns, rows, *names) -> None:
             fields[name] = column
 
 
-def candidates(rows: list[dict]) -> list[Plan]:
+def candidates(rows: list[dict]) -> list[Binding]:
     """Every format the rows fit, most specific first."""
     columns = columns_of(rows)
-    plans: list[Plan] = []
+    bindings: list[Binding] = []
 
     def add(fmt: str, fields: dict[str, str]) -> None:
-        plans.append(Plan(fmt, fields, _scalar_columns(rows, columns, fields.get("prompt", fields.get("instruction")))))
+        prompt = fields.get("prompt", fields.get("instruction"))
+        bindings.append(Binding(fmt, fields, _scalar_columns(rows, columns, prompt)))
 
     chosen, rejected = _first(columns, ALIASES["chosen"]), _first(columns, ALIASES["rejected"])
     label = _first(columns, ALIASES["label"])
@@ -201,7 +202,7 @@ def candidates(rows: list[dict]) -> list[Plan]:
         elif value_type(rows, chosen) == "str" and any(
                 parse_transcript(r.get(chosen)) for r in rows if isinstance(r.get(chosen), str)):
             add("hh_rlhf", fields)
-    if chat and not any(plan.fields.get("prompt") == chat for plan in plans):
+    if chat and not any(binding.fields.get("prompt") == chat for binding in bindings):
         fields = {"messages": chat}
         _optional(fields, columns, rows, "system")
         add(chat_style(rows, chat), fields)
@@ -225,7 +226,7 @@ def candidates(rows: list[dict]) -> list[Plan]:
         fields = {"prompt": prompt}
         _optional(fields, columns, rows, "system")
         add("prompt_only", fields)
-    return plans
+    return bindings
 
 
 # Columns each format cannot do without, for a forced `format:`.
@@ -240,15 +241,15 @@ REQUIRED = {
 }
 
 
-def forced_plan(rows: list[dict], fmt: str, spec: DataSpec) -> Plan:
-    """The plan for a format named in the recipe; columns bound by alias."""
+def forced_plan(rows: list[dict], fmt: str, spec: DataSpec) -> Binding:
+    """The binding for a format named in the recipe; columns bound by alias."""
     if fmt not in FORMATS:
         from ..errors import did_you_mean
         raise DataError(f"unknown format '{fmt}'", key=f"{spec.section}.format",
                         fix=did_you_mean(fmt, list(FORMATS) + ["auto"]))
-    for plan in candidates(rows):
-        if plan.format == fmt:
-            return plan
+    for binding in candidates(rows):
+        if binding.format == fmt:
+            return binding
     columns = columns_of(rows)
     fields: dict[str, str] = {}
     for name in REQUIRED[fmt] + ("system",):
@@ -268,7 +269,7 @@ def forced_plan(rows: list[dict], fmt: str, spec: DataSpec) -> Plan:
                         f"columns found: {', '.join(columns) or 'none'}",
                         file=spec.path, key=f"{spec.section}.format",
                         fix="map your columns with columns: {target: your_column}, or use format: auto")
-    return Plan(fmt, fields, _scalar_columns(rows, columns, fields.get("prompt", fields.get("instruction"))))
+    return Binding(fmt, fields, _scalar_columns(rows, columns, fields.get("prompt", fields.get("instruction"))))
 
 
 def rename_rows(rows: list[dict], spec: DataSpec) -> list[dict]:
@@ -300,25 +301,25 @@ def _no_format(rows: list[dict], spec: DataSpec, kind: str | None) -> DataError:
                      fix="rename with columns: {prompt: your_prompt_column, …} or set format: (docs/data.md)")
 
 
-def plan_for(rows: list[dict], spec: DataSpec, kind: str | None = None) -> Plan:
-    """The plan for already-renamed rows: forced format, or the first candidate that serves `kind`."""
+def binding_for(rows: list[dict], spec: DataSpec, kind: str | None = None) -> Binding:
+    """The binding for already-renamed rows: forced format, or the first candidate that serves `kind`."""
     if not rows:
         raise DataError("the dataset has no rows", file=spec.path, key=spec.section,
                         fix="check the file and the split slice")
     if spec.format not in ("auto", "", None):
-        plan = forced_plan(rows, spec.format, spec)
-        if kind and kind not in FORMATS[plan.format].serves:
-            raise _cannot_serve(rows, spec, plan.format, kind)
-        return plan
-    plans = candidates(rows)
-    if not plans:
+        binding = forced_plan(rows, spec.format, spec)
+        if kind and kind not in FORMATS[binding.format].serves:
+            raise _cannot_serve(rows, spec, binding.format, kind)
+        return binding
+    bindings = candidates(rows)
+    if not bindings:
         raise _no_format(rows, spec, kind)
     if kind is None:
-        return plans[0]
-    for plan in plans:
-        if kind in FORMATS[plan.format].serves:
-            return plan
-    raise _cannot_serve(rows, spec, plans[0].format, kind)
+        return bindings[0]
+    for binding in bindings:
+        if kind in FORMATS[binding.format].serves:
+            return binding
+    raise _cannot_serve(rows, spec, bindings[0].format, kind)
 
 
 def _cannot_serve(rows, spec: DataSpec, fmt: str, kind: str) -> DataError:
@@ -331,7 +332,7 @@ def _cannot_serve(rows, spec: DataSpec, fmt: str, kind: str) -> DataError:
 
 def detect_format(rows: list[dict], spec: DataSpec) -> str:
     """The format name of the rows (after `columns:` renaming); DataError if none fits."""
-    return plan_for(rename_rows(rows, spec), spec).format
+    return binding_for(rename_rows(rows, spec), spec).format
 
 
 def check_serves(rows: list[dict], spec: DataSpec, kind: str) -> str:
@@ -347,4 +348,4 @@ def check_serves(rows: list[dict], spec: DataSpec, kind: str) -> str:
                 raise _cannot_serve([], spec, spec.format, kind)
             return spec.format
         return "auto"
-    return plan_for(rename_rows(rows, spec), spec, kind).format
+    return binding_for(rename_rows(rows, spec), spec, kind).format

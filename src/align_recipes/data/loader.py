@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import convert as _convert
 from .convert import DROP, PAIR_FORMATS, collect_drops, convert_batch, lm_shape, output_columns, unpair_batch
-from .formats import Plan, plan_for
+from .formats import Binding, binding_for
 from .spec import (LANGUAGE_MODELING, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError, DataSpec,
                    slice_start, split_parts)
 from .sources import load_raw, rename_dataset
@@ -35,15 +35,15 @@ def _fingerprint(previous: str, *parts) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _features(plan: Plan, kind: str, source_features, unpaired_rows: bool = False, plain: bool = False):
+def _features(binding: Binding, kind: str, source_features, unpaired_rows: bool = False, plain: bool = False):
     from datasets import Features, List, Value
 
     messages = Value("string") if plain else List({"role": Value("string"), "content": Value("string")})
-    columns = ("prompt", "completion", "label") if unpaired_rows else output_columns(plan, kind)
+    columns = ("prompt", "completion", "label") if unpaired_rows else output_columns(binding, kind)
     features = {c: Value("bool") if c == "label" else Value("string") if c == "text" else messages for c in columns}
     if not unpaired_rows:
         if kind == PROMPT_ONLY:
-            features.update({c: source_features[c] for c in plan.keep})
+            features.update({c: source_features[c] for c in binding.keep})
         features[DROP] = Value("string")
     return Features(features)
 
@@ -63,13 +63,13 @@ def _drops(converted, offset: int) -> dict[str, list[int]]:
     return dropped
 
 
-def plain_output(plan: Plan, kind: str, tokenizer, spec: DataSpec) -> bool:
+def plain_output(binding: Binding, kind: str, tokenizer, spec: DataSpec) -> bool:
     """True when the tokenizer has no chat template: rows become TRL's standard (string) format,
     which works for single-turn data only; whole chats need a template."""
     if tokenizer is None or getattr(tokenizer, "chat_template", None):
         return False
-    if kind == LANGUAGE_MODELING and lm_shape(plan) == "messages":
-        raise DataError(f"format {plan.format} holds whole chats but the tokenizer has no chat template",
+    if kind == LANGUAGE_MODELING and lm_shape(binding) == "messages":
+        raise DataError(f"format {binding.format} holds whole chats but the tokenizer has no chat template",
                         key=spec.section, fix="set model.chat_template, or start from a model that ships one")
     return True
 
@@ -88,39 +88,40 @@ def load(spec: DataSpec, base_dir: Path | str | None, kind: str, tokenizer=None,
         raise DataError("the dataset has no rows", file=origin, key=spec.section,
                         fix="check the file and the split slice")
     sample = dataset.select(range(min(SAMPLE_ROWS, rows_in))).to_list()
-    plan = plan_for(sample, spec, kind)
+    binding = binding_for(sample, spec, kind)
     from datasets import Value
 
-    plan.keep = [c for c in plan.keep if isinstance(dataset.features.get(c), Value)]
-    plain = plain_output(plan, kind, tokenizer, spec)
+    binding.keep = [c for c in binding.keep if isinstance(dataset.features.get(c), Value)]
+    plain = plain_output(binding, kind, tokenizer, spec)
 
-    key = [plan.as_key(), kind, bool(spec.drop_ties), plain]
+    key = [binding.as_key(), kind, bool(spec.drop_ties), plain]
     converted = dataset.map(
-        convert_batch, batched=True, fn_kwargs={"plan": plan, "kind": kind, "drop_ties": bool(spec.drop_ties), "plain": plain},
-        remove_columns=dataset.column_names, features=_features(plan, kind, dataset.features, plain=plain),
+        convert_batch, batched=True,
+        fn_kwargs={"binding": binding, "kind": kind, "drop_ties": bool(spec.drop_ties), "plain": plain},
+        remove_columns=dataset.column_names, features=_features(binding, kind, dataset.features, plain=plain),
         new_fingerprint=_fingerprint(dataset._fingerprint, "convert", key),
-        desc=f"{spec.section}: {plan.format} -> {kind}")
+        desc=f"{spec.section}: {binding.format} -> {kind}")
     offset = slice_start(split_parts(spec.split, spec.section)[1])
     dropped = _drops(converted, offset)
     if dropped:
         converted = converted.filter(lambda reason: reason is None, input_columns=DROP,
                                      new_fingerprint=_fingerprint(converted._fingerprint, "filter"))
     converted = converted.remove_columns(DROP)
-    if kind == UNPAIRED and plan.format in PAIR_FORMATS:
+    if kind == UNPAIRED and binding.format in PAIR_FORMATS:
         converted = converted.map(unpair_batch, batched=True, remove_columns=converted.column_names,
-                                  features=_features(plan, kind, None, unpaired_rows=True, plain=plain),
+                                  features=_features(binding, kind, None, unpaired_rows=True, plain=plain),
                                   new_fingerprint=_fingerprint(converted._fingerprint, "unpair"),
                                   desc=f"{spec.section}: pairs -> unpaired rows")
 
     kept = rows_in - sum(len(rows) for rows in dropped.values())
-    report = ConversionReport(plan.format, rows_in, kept, dropped, section=spec.section, kind=kind,
+    report = ConversionReport(binding.format, rows_in, kept, dropped, section=spec.section, kind=kind,
                               source=origin, rows_out=len(converted))
     log.info(report.summary_line())
     for line in report.details():
         log.warning(line)
     if kept == 0 or report.rows_dropped / rows_in > spec.max_drop_fraction:
         raise DataError(f"{report.rows_dropped} of {rows_in} rows could not be converted to {kind} "
-                        f"(format {plan.format}): {report.reasons_text()}", file=origin, key=spec.section,
+                        f"(format {binding.format}): {report.reasons_text()}", file=origin, key=spec.section,
                         fix=f"fix those rows, map the right columns with columns:, or raise max_drop_fraction "
                             f"(now {spec.max_drop_fraction})")
     return converted, report

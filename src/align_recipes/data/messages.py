@@ -224,3 +224,31 @@ def as_label(value: Any, column: str) -> bool:
     if value is None:
         raise RowProblem(f"empty '{column}'")
     raise RowProblem(f"'{column}' is not true/false")
+
+
+# ------------------------------------------------------------------------ text of prompts and completions
+
+def completion_text(completion: Any) -> str:
+    """The generated text of a completion: a string, a message, or a conversational list (its assistant turns)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content") or "")
+    if isinstance(completion, (list, tuple)):
+        assistant = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        return "".join(str(m.get("content") or "") for m in (assistant or completion) if isinstance(m, dict))
+    return str(completion)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user's text of a conversational prompt (list of messages) or a plain-string prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(str(m.get("content") or "") for m in prompt if m.get("role") == "user")
+
+
+def rendered_prompt(tokenizer, prompt: Any) -> str:
+    """What the model sees before it answers: the chat template with the generation prompt, or the plain text."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return str(prompt)

@@ -9,17 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, did_you_mean
-
-# Dataset kinds, as named in align_recipes.registry (what each algorithm consumes).
-LANGUAGE_MODELING = "language_modeling"
-PREFERENCE = "preference"
-UNPAIRED = "unpaired"
-PROMPT_ONLY = "prompt_only"
-KINDS = (LANGUAGE_MODELING, PREFERENCE, UNPAIRED, PROMPT_ONLY)
+from ..fields import fields_of, spec
+from ..paths import candidates, find_local, looks_like_hub_id
+from ..registry import KINDS, LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED  # noqa: F401 - the kinds
 
 SOURCES = ("auto", "local", "hf", "modelscope")
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SPLIT = re.compile(r"^\s*([\w.-]*)\s*(\[.*\])?\s*$")
 _SLICE = re.compile(r"^\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]$|^\[\s*(\d+)\s*\]$")
 
@@ -33,18 +28,15 @@ class DataError(RecipeError):
 class DataSpec:
     """One entry of a recipe's data section, e.g. `data.train`."""
 
-    path: str
-    split: str = "train"
-    source: str = "auto"
-    format: str = "auto"
-    columns: dict[str, str] | None = None
-    name: str | None = None
-    max_drop_fraction: float = 0.5
-    drop_ties: bool = False       # ultrafeedback_binarized: drop pairs whose scores are equal
+    path: str = spec(kinds="str", help="local file/dir (jsonl, json, parquet, csv) or hub dataset id")
+    split: str = spec("train", "str", "split, with optional slicing: train_prefs[:1000]")
+    source: str = spec("auto", "str", "where path is loaded from", SOURCES)
+    format: str = spec("auto", "str", "auto-detect, or force a format name (docs/data.md)")
+    columns: dict[str, str] | None = spec(None, "dict null", "rename source columns: {target: source}")
+    name: str | None = spec(None, "str null", "hub dataset config name")
+    max_drop_fraction: float = spec(0.5, "float", "stop if more than this share of rows cannot be converted")
+    drop_ties: bool = spec(False, "bool", "preference data with scores: drop pairs whose scores are equal")
     section: str = "data.train"   # where the entry sits in the recipe; used in messages only
-
-    RECIPE_KEYS = ("path", "split", "source", "format", "columns", "name", "max_drop_fraction",
-                   "drop_ties")
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any], section: str = "data.train") -> "DataSpec":
@@ -55,9 +47,9 @@ class DataSpec:
             raise DataError(f"expected a mapping with at least 'path', got {type(entry).__name__}",
                             key=section, fix="write e.g. {path: data/train.jsonl}")
         for key in entry:
-            if key not in cls.RECIPE_KEYS:
+            if key not in RECIPE_KEYS:
                 raise DataError(f"unknown key '{key}'", key=f"{section}.{key}",
-                                fix=did_you_mean(key, cls.RECIPE_KEYS))
+                                fix=did_you_mean(key, RECIPE_KEYS))
         if not entry.get("path"):
             raise DataError("missing 'path'", key=section,
                             fix="give a local file/folder or a hub id, e.g. path: data/train.jsonl")
@@ -78,6 +70,9 @@ class DataSpec:
             raise DataError(f"max_drop_fraction is {self.max_drop_fraction}, must be between 0 and 1",
                             key=f"{self.section}.max_drop_fraction")
         split_parts(self.split, self.section)
+
+
+RECIPE_KEYS = tuple(fields_of(DataSpec))  # `section` is ours, not the recipe's
 
 
 def split_parts(split: str, section: str = "data.train") -> tuple[str, str]:
@@ -117,18 +112,9 @@ def slice_length(slice_text: str) -> int | None:
 
 
 def resolve_local(spec: DataSpec, base_dir: Path | str | None) -> tuple[Path | None, list[Path]]:
-    """Where `spec.path` is on disk: absolute as given; relative to the current directory first,
-    then to the recipe's folder. Returns (found path or None, paths tried)."""
-    path = Path(spec.path).expanduser()
-    if path.is_absolute():
-        return (path if path.exists() else None), [path]
-    tried = [Path.cwd() / path]
-    if base_dir is not None:
-        tried.append(Path(base_dir) / path)
-    for candidate in tried:
-        if candidate.exists():
-            return candidate, tried
-    return None, tried
+    """Where `spec.path` is on disk: absolute as given; relative to the recipe's folder first, then to the
+    current directory (plans arrive with found paths already absolute). Returns (found or None, tried)."""
+    return find_local(spec.path, base_dir, None), candidates(spec.path, base_dir, None)
 
 
 def locate(spec: DataSpec, base_dir: Path | str | None) -> tuple[str, Any]:
@@ -143,11 +129,11 @@ def locate(spec: DataSpec, base_dir: Path | str | None) -> tuple[str, Any]:
     if found is not None:
         return "local", found
     looks_local = (Path(spec.path).suffix.lower() in DATA_SUFFIXES or spec.path.startswith((".", "/", "~"))
-                   or not HUB_ID.match(spec.path))
+                   or not looks_like_hub_id(spec.path))
     if spec.source == "local" or looks_local:
         raise DataError(f"dataset file not found: {spec.path}", key=f"{spec.section}.path",
                         fix="looked in " + " and ".join(str(p) for p in tried)
-                        + "; relative paths resolve against the current directory, then the recipe's folder")
+                        + "; relative paths resolve against the file that names them, then the current directory")
     return "hf", spec.path
 
 

@@ -6,22 +6,20 @@ naming the key and the fix; `recipe.load_plan` reports them together.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from align_recipes.errors import RecipeError
+from align_recipes.registry import Algorithm
 from align_recipes.plan.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
-from align_recipes.plan.model_size import estimate_params, human
+from align_recipes.plan.model_size import human
 from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
+from align_recipes.plan.sections import ModelSection
 
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
-REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}
 
 
-def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str) -> tuple[float, str]:
+def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: Algorithm) -> tuple[float, str]:
     """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all."""
-    adapter = model.get("adapter", "full")
-    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
-    dtype = model.get("dtype", "auto")
+    adapter, quantization, dtype = model.adapter, model.quantized, model.dtype
     weight = {"4bit": 0.6, "8bit": 1.1}.get(quantization, BYTES_PER_PARAM.get(dtype, 2.0))
     stage, world = sharding()
     parts = [f"{weight:g} B/param weights ({quantization if quantization != 'none' else dtype})"]
@@ -35,10 +33,10 @@ def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str
     gradients = weight
     states = gradients + optimizer
     weights = weight
-    if algorithm_name in REFERENCE_MODEL_ALGORITHMS or (algorithm_name == "grpo" and float(train.get("beta") or 0) > 0):
+    if algorithm.has_reference(train):
         weights += weight  # a frozen reference copy in the same dtype
         parts.append("a reference model")
-    if algorithm_name == "ppo":
+    if algorithm.critic:
         weights, states = weights * 2, states * 2  # a value model trained alongside the policy
         parts.append("a value model")
     if stage in ("zero3", "fsdp"):
@@ -51,38 +49,37 @@ def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str
     return params * (weights + states) / 1e9, ", ".join(parts)
 
 
-def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[RecipeError]:
+def check_compatible(profile: Profile, model: ModelSection, train: dict, algorithm: Algorithm, file,
+                     params: float | None) -> list[RecipeError]:
     """Impossible combinations of profile, recipe and installed packages, found before anything is loaded."""
     errors: list[RecipeError] = []
-    train, model = recipe.get("train") or {}, recipe.get("model") or {}
     gpu = None if train.get("use_cpu") else profile.gpu
     where = f"{gpu.name} ({gpu.arch})" if gpu else "CPU"
 
     def error(key: str, message: str, fix: str) -> None:
         errors.append(RecipeError(message, file=file, key=key, fix=fix))
 
-    adapter = model.get("adapter", "full")
-    quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
+    adapter, quantization = model.adapter, model.quantized
 
     # Precision.
     if gpu is not None and not gpu.has_bf16:
         if train.get("bf16"):
             error("train.bf16", f"{where} has no bf16 (needs compute capability 8.0+)",
                   "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16")
-        if model.get("dtype") == "bfloat16":
+        if model.dtype == "bfloat16":
             error("model.dtype", f"{where} has no bf16 (needs compute capability 8.0+)",
                   "use model.dtype: float16 (or float32 for full fine-tuning)")
     if gpu is None and train.get("fp16"):
         error("train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither")
-    if gpu is None and model.get("dtype") == "float16" and adapter == "full":
+    if gpu is None and model.dtype == "float16" and adapter == "full":
         error("model.dtype", "float16 training on CPU is unsupported and unstable", "use model.dtype: float32 on CPU")
-    if train.get("fp16") and adapter == "full" and model.get("dtype") == "float16" and quantization == "none":
+    if train.get("fp16") and adapter == "full" and model.dtype == "float16" and quantization == "none":
         error("model.dtype", "full fine-tuning with fp16 mixed precision needs fp32 master weights "
               "(float16 weights give 'Attempting to unscale FP16 gradients')",
               "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora")
 
     # Attention kernel.
-    attention = model.get("attn_implementation") or ""
+    attention = model.attn_implementation or ""
     if attention.startswith("flash_attention"):
         ok, status = flash_attention_status(attention, gpu)
         if not ok:
@@ -123,9 +120,8 @@ def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[Re
 
     # Does the model fit at all?
     if gpu is not None:
-        params, _how = estimate_params(model.get("name_or_path"), Path(file).parent if file else None)
         if params is not None:
-            needed, breakdown = memory_estimate(params, model, train, getattr(algorithm, "name", ""))
+            needed, breakdown = memory_estimate(params, model, train, algorithm)
             available = gpu.memory_gb
             if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))

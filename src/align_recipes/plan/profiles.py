@@ -9,11 +9,11 @@ without importing torch; `--profile NAME` forces one. docs/scaling.md describes 
 Everything here is decided from text: the facts about the machine come from `hardware` and the
 model's size from `model_size`, neither of which imports torch, so `validate` and `show` stay fast.
 
-The public functions, in the order `recipe.load_plan` calls them:
-  resolve(name)                                the Profile (auto: detected)
-  layer_for(profile, algorithm, wish)          the profile's layer under the recipe, with a reason per value
-  adjust_batch(profile, recipe, …)             after the merge: cap the micro-batch, keep the effective batch
-  compat.check_compatible(profile, recipe, …)  impossible combinations, each a RecipeError with its fix
+The public functions, in the order `plan.load_plan` calls them:
+  resolve(name)                                    the Profile (auto: detected)
+  layer_for(profile, algorithm, wish, params)      the profile's layer under the recipe, a reason per value
+  adjust_batch(profile, recipe, …, params)         after the merge: cap the micro-batch, keep the effective batch
+  feasibility.check_compatible(profile, recipe, …) impossible combinations, each a RecipeError with its fix
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, vllm_status
-from align_recipes.plan.model_size import estimate_params, human
+from align_recipes.plan import trl_fields
+from align_recipes.plan.model_size import human
 from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
@@ -279,13 +280,13 @@ def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
 ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}
 
 
-def layer_for(profile: Profile, algorithm, model_wish: dict, base_dir: Path | None = None) -> tuple[dict, list[Change]]:
+def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | None) -> tuple[dict, list[Change]]:
     """The profile's values as a recipe layer (below the recipe), and every value it sets with a reason.
 
-    `model_wish` is the recipe's own model section (after overrides): the profile reads the model's
-    size from it and keeps its choices consistent with what the recipe already decided (an explicit
-    `adapter: lora` gets no 4-bit quantization from a QLoRA rule; `adapter: full` gets fp32 master
-    weights under fp16 autocast)."""
+    `params` is the model's estimated size (None: unknown, size rules skipped). `model_wish` is the
+    recipe's own model section (after overrides): the profile keeps its choices consistent with what
+    the recipe already decided (an explicit `adapter: lora` gets no 4-bit quantization from a QLoRA
+    rule; `adapter: full` gets fp32 master weights under fp16 autocast)."""
     context = _context(profile)
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -302,7 +303,6 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, base_dir: Path | No
             put(f"{section}.{key}", value, _fmt(profile.why.get(f"{section}.{key}", default_why), context))
 
     # Size rules: adapter, quantization and the rule's own keys.
-    params, _how = estimate_params(model_wish.get("name_or_path"), base_dir)  # None: size rules skipped
     rule = select_rule(profile, params)
     wished_adapter = model_wish.get("adapter")
     if rule is not None:
@@ -390,17 +390,13 @@ def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> li
 # --- after the merge: micro-batch ------------------------------------------------------------------------
 
 def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algorithm,
-                 base_dir: Path | None = None) -> list[Change]:
+                 params: float | None) -> list[Change]:
     """Cap the micro-batch at the profile's limit for this model size while KEEPING the recipe's effective
     batch (per_device_train_batch_size x gradient_accumulation_steps). Runs after the merge, because the
     recipe usually sets the micro-batch for another GPU; a micro-batch given on the command line is kept."""
-    from align_recipes.plan import trl_fields as schema
-
-    fields = schema.config_fields(algorithm.config_name)
+    fields = trl_fields.config_fields(algorithm.config_name)
     if "per_device_train_batch_size" not in fields or "gradient_accumulation_steps" not in fields:
         return []
-    model = recipe.get("model") or {}
-    params, _ = estimate_params(model.get("name_or_path"), base_dir)
     rule = select_rule(profile, params)
     if rule is None or not rule.micro_batch:
         return []

@@ -1,78 +1,127 @@
-"""The keys of a recipe's own sections (everything except `train:`, which is a TRL config).
+"""The recipe's own sections (everything except `train:`, which is a TRL config), as dataclasses.
 
-Each section is a table of FieldInfo, so one validator checks recipes, profiles and overrides alike,
-and `docs/recipes.md` is written from the same facts. Ranges for TRL's own fields that TRL only
-checks after torch is imported (or never) are in TRAIN_RANGES.
+Each field's metadata says which YAML kinds it accepts, its choices and a help line. The one
+checker (`validate`) reads those facts through `fields_of`, `docs/recipes.md` describes the same
+fields, and the `Plan` carries the instances: a default is written once, here, and nobody
+downstream writes `.get("adapter", "full")` again. Dataset entries are `data.spec.DataSpec`,
+described the same way.
 """
 
 from __future__ import annotations
 
-from align_recipes.plan.trl_fields import FieldInfo
+import dataclasses
+from dataclasses import dataclass
+
+from align_recipes.data.spec import DataSpec
+from align_recipes.fields import fields_of, spec
 
 
-def _f(name, kinds, default=None, choices=None, help=""):
-    return FieldInfo(name, tuple(kinds.split()), default, tuple(choices) if choices else None, help)
+def _build(cls, values: dict | None, nested: dict | None = None):
+    """An instance from validated recipe values; missing keys take the dataclass defaults."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in (values or {}).items() if k in known}
+    for name, build in (nested or {}).items():
+        kwargs[name] = build(kwargs.get(name))
+    return cls(**kwargs)
 
 
-TOP_LEVEL = {f.name: f for f in [
-    _f("algorithm", "str", help="which algorithm runs: see `align-recipes list`"),
-    _f("extends", "str list null", help="recipe file(s) this one inherits from, relative to this file"),
-    _f("description", "str null", help="free text, shown by `show`"),
-    _f("profile", "str null", "auto", help="hardware profile: auto (detect) or a name from configs/profiles"),
-    _f("model", "dict", help="the model to train"),
-    _f("data", "dict", help="training and evaluation data"),
-    _f("rewards", "list null", help="reward functions for grpo/ppo/spo"),
-    _f("evaluate", "dict null", help="a task metric measured before and after training"),
-    _f("train", "dict", help="fields of the algorithm's TRL Config dataclass, by their TRL names"),
-]}
+ADAPTERS = ("full", "lora", "qlora")
 
-MODEL = {f.name: f for f in [
-    _f("name_or_path", "str", help="hub id, ModelScope id, local directory, or builtin:tiny-qwen2"),
-    _f("source", "str", "auto", ["auto", "hf", "modelscope", "local"], "where name_or_path is fetched from"),
-    _f("revision", "str null", help="hub branch, tag or commit"),
-    _f("trust_remote_code", "bool", False, help="run model code from the hub; off unless you trust it"),
-    _f("dtype", "str", "auto", ["auto", "float32", "bfloat16", "float16"], "weight/compute dtype"),
-    _f("attn_implementation", "str null", None, ["eager", "sdpa", "flash_attention_2", "flash_attention_3"],
-       "attention kernel; null lets the profile decide"),
-    _f("adapter", "str", "full", ["full", "lora", "qlora"], "full fine-tuning, LoRA, or 4-bit QLoRA"),
-    _f("lora", "dict", {}, help="LoRA settings: r, alpha, dropout, target_modules"),
-    _f("quantization", "str", "none", ["none", "4bit", "8bit"], "bitsandbytes weight quantization"),
-    _f("chat_template", "str null", help="a Jinja chat template, or a path to a .jinja file"),
-]}
 
-LORA = {f.name: f for f in [
-    _f("r", "int", 16, help="LoRA rank"),
-    _f("alpha", "int float", 32, help="LoRA scaling numerator"),
-    _f("dropout", "float", 0.05, help="dropout on the LoRA path"),
-    _f("target_modules", "str list", "all-linear", help="module names, or all-linear"),
-    _f("modules_to_save", "list null", help="extra modules trained in full (e.g. score for reward models)"),
-]}
+@dataclass(frozen=True, kw_only=True)
+class LoraSection:
+    r: int = spec(16, "int", "LoRA rank")
+    alpha: float = spec(32, "int float", "LoRA scaling numerator")
+    dropout: float = spec(0.05, "float", "dropout on the LoRA path")
+    target_modules: str | list = spec("all-linear", "str list", "module names, or all-linear")
+    modules_to_save: list | None = spec(None, "list null",
+                                        "extra modules trained in full (reward models: the score head)")
 
-DATA = {f.name: f for f in [
-    _f("train", "dict", help="the training dataset"),
-    _f("eval", "dict null", help="an evaluation dataset (TRL's eval_dataset)"),
-]}
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "LoraSection":
+        return _build(cls, values)
 
-DATASET = {f.name: f for f in [
-    _f("path", "str", help="local file/dir (jsonl, json, parquet, csv) or hub dataset id"),
-    _f("split", "str", "train", help="split, with optional slicing: train_prefs[:1000]"),
-    _f("source", "str", "auto", ["auto", "local", "hf", "modelscope"], "where path is loaded from"),
-    _f("format", "str", "auto", help="auto-detect, or force a format name (docs/data.md)"),
-    _f("columns", "dict null", help="rename source columns: {target: source}"),
-    _f("name", "str null", help="hub dataset config name"),
-    _f("max_drop_fraction", "float", 0.5, help="stop if more than this share of rows cannot be converted"),
-    _f("drop_ties", "bool", False, help="preference data with scores: drop pairs whose scores are equal"),
-]}
 
-EVALUATE = {f.name: f for f in [
-    _f("metric", "str", "exact_match", ["exact_match", "preference_accuracy"],
-       "exact_match: greedy answers vs an answer column; preference_accuracy: reward(chosen) > reward(rejected)"),
-    _f("data", "dict", help="a dataset section, as in data.train"),
-    _f("max_new_tokens", "int", 16, help="generation budget for exact_match"),
-    _f("limit", "int null", help="evaluate at most this many rows"),
-]}
+@dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    name_or_path: str = spec(kinds="str", help="hub id, ModelScope id, local directory, or builtin:<name>")
+    source: str = spec("auto", "str", "where name_or_path is fetched from", ["auto", "hf", "modelscope", "local"])
+    revision: str | None = spec(None, "str null", "hub branch, tag or commit")
+    trust_remote_code: bool = spec(False, "bool", "run model code from the hub; off unless you trust it")
+    dtype: str = spec("auto", "str", "weight/compute dtype", ["auto", "float32", "bfloat16", "float16"])
+    attn_implementation: str | None = spec(None, "str null", "attention kernel; null lets the profile decide",
+                                           ["eager", "sdpa", "flash_attention_2", "flash_attention_3"])
+    adapter: str = spec("full", "str", "full fine-tuning, LoRA, or 4-bit QLoRA", ADAPTERS)
+    lora: LoraSection = spec(kinds="dict", help="LoRA settings: r, alpha, dropout, target_modules",
+                             factory=LoraSection)
+    quantization: str = spec("none", "str", "bitsandbytes weight quantization", ["none", "4bit", "8bit"])
+    chat_template: str | None = spec(None, "str null", "a Jinja chat template, or a path to a .jinja file")
 
-SECTIONS = {"": TOP_LEVEL, "model": MODEL, "model.lora": LORA, "data": DATA, "evaluate": EVALUATE}
+    @property
+    def quantized(self) -> str:
+        """The base weights' quantization: QLoRA is 4-bit by definition."""
+        return "4bit" if self.adapter == "qlora" else self.quantization
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ModelSection":
+        return _build(cls, values, {"lora": LoraSection.from_dict})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    train: DataSpec = spec(kinds="dict", help="the training dataset")
+    eval: DataSpec | None = spec(None, "dict null", "an evaluation dataset (TRL's eval_dataset)")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "DataSection":
+        values = values or {}
+        return cls(train=DataSpec.from_dict(values["train"], section="data.train"),
+                   eval=DataSpec.from_dict(values["eval"], section="data.eval") if values.get("eval") else None)
+
+
+METRICS = ("exact_match", "preference_accuracy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateSection:
+    metric: str = spec("exact_match", "str", "exact_match: greedy answers vs an answer column; "
+                       "preference_accuracy: reward(chosen) > reward(rejected)", METRICS)
+    data: DataSpec = spec(kinds="dict", help="a dataset section, as in data.train")
+    max_new_tokens: int = spec(16, "int", "generation budget for exact_match")
+    limit: int | None = spec(None, "int null", "evaluate at most this many rows")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EvaluateSection | None":
+        if not values:
+            return None
+        values = dict(values)
+        values["data"] = DataSpec.from_dict(values["data"], section="evaluate.data")
+        return _build(cls, values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeFile:
+    """The top level of a recipe file (the sections above, plus what is not a section)."""
+
+    algorithm: str = spec(kinds="str", help="which algorithm runs: see `align-recipes list`")
+    extends: str | list | None = spec(None, "str list null",
+                                      "recipe file(s) this one inherits from, relative to this file")
+    description: str | None = spec(None, "str null", "free text, shown by `show`")
+    profile: str | None = spec("auto", "str null", "hardware profile: auto (detect) or a name from configs/profiles")
+    model: dict = spec(kinds="dict", help="the model to train", factory=dict)
+    data: dict = spec(kinds="dict", help="training and evaluation data", factory=dict)
+    rewards: list | None = spec(None, "list null", "reward functions, for the algorithms that take them")
+    evaluate: dict | None = spec(None, "dict null", "a task metric measured before and after training")
+    train: dict = spec(kinds="dict", help="fields of the algorithm's TRL Config dataclass, by their TRL names",
+                       factory=dict)
+
+
+TOP_LEVEL = fields_of(RecipeFile)
+MODEL = fields_of(ModelSection)
+LORA = fields_of(LoraSection)
+DATA = fields_of(DataSection)
+DATASET = fields_of(DataSpec)
+EVALUATE = fields_of(EvaluateSection)
 
 # (low, high, low_inclusive) bounds for values TRL would only reject late, or never.
 TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
@@ -95,3 +144,4 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "save_steps": (0, None, False),
 }
 LORA_RANGES = {"r": (1, None, True), "alpha": (0, None, False), "dropout": (0, 1, True)}
+DATASET_RANGES = {"max_drop_fraction": (0, 1, True)}

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.plan import profiles
-from align_recipes.plan.load import DEFAULT_SOURCE, Plan
-from align_recipes.registry import ALGORITHMS
+from align_recipes.plan.layers import DEFAULT
+from align_recipes.plan.load import Plan
+from align_recipes.registry import ALGORITHMS, names
 
 
 def _flatten(value: Any, prefix: str) -> list[tuple[str, Any]]:
@@ -19,15 +20,6 @@ def _flatten(value: Any, prefix: str) -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _source_of(plan: Plan, key: str) -> str:
-    probe = key
-    while probe:
-        if probe in plan.sources:
-            return plan.sources[probe]
-        probe = probe.rpartition(".")[0]
-    return "align-recipes"
-
-
 def print_plan(plan: Plan, show_all: bool = False) -> None:
     print(f"recipe:    {plan.recipe_path}")
     print(f"algorithm: {plan.algorithm.name} -> {plan.algorithm.config_name} / {plan.algorithm.trainer.split(':')[1]}")
@@ -36,10 +28,10 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
     print("\n# resolved recipe  (value  <- source)")
     rows = [r for section in ("model", "data", "rewards", "evaluate")
             if section in plan.recipe for r in _flatten(plan.recipe[section], section)]
-    _print_rows([(k, v, _source_of(plan, k)) for k, v in rows])
+    _print_rows([(k, v, plan.source(k)) for k, v in rows])
     print(f"\n# effective {plan.algorithm.config_name}  (value  <- source)")
     effective = plan.effective_config()
-    shown = [(f"train.{k}", v, s) for k, (v, s) in effective.items() if show_all or s != DEFAULT_SOURCE]
+    shown = [(f"train.{k}", v, s) for k, (v, s) in effective.items() if show_all or s != DEFAULT]
     _print_rows(shown)
     hidden = len(effective) - len(shown)
     if hidden:
@@ -47,7 +39,7 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
     if plan.profile_changes:
         print(f"\n# what profile '{plan.profile.name}' changed")
         for change in plan.profile_changes:
-            final = _source_of(plan, change.key)
+            final = plan.source(change.key)
             note = "" if final.startswith("profile") else f"  (overridden by {final})"
             print(f"  {change.key} = {change.value!r}: {change.why}{note}")
 
@@ -58,7 +50,10 @@ def _print_rows(rows: list[tuple[str, Any, str]]) -> None:
         print(f"  {key:<{width}}  {value!r:<28} <- {source}")
 
 
-def print_list() -> int:
+def print_list(names_only: bool = False) -> int:
+    if names_only:
+        print(" ".join(names()))
+        return 0
     print("algorithms:")
     for algo in ALGORITHMS.values():
         print(f"  {algo.name:<7} {algo.config_name:<13} data: {algo.data_kind:<18} {algo.summary}")
@@ -66,8 +61,8 @@ def print_list() -> int:
     if recipes_dir.is_dir():
         print("\nrecipe families (recipes/<family>/<algorithm>.yaml):")
         for family in sorted(p for p in recipes_dir.iterdir() if p.is_dir()):
-            names = sorted(p.stem for p in family.glob("*.yaml") if not p.stem.startswith("_"))
-            print(f"  {family.name:<8} {' '.join(names)}")
+            recipes = sorted(p.stem for p in family.glob("*.yaml") if not p.stem.startswith("_"))
+            print(f"  {family.name:<8} {' '.join(recipes)}")
     print("\nprofiles (--profile NAME, default auto):")
     for name, path in profiles.available().items():
         description = profiles._read(name).description

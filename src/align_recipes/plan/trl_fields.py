@@ -17,38 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from align_recipes.errors import RecipeError
+from align_recipes.fields import KINDS, FieldInfo
+
 SCHEMA_PATH = Path(__file__).with_name("trl_fields.json")
-
-# The kinds a recipe value can have, as YAML produces them.
-KINDS = ("bool", "int", "float", "str", "list", "dict", "null")
-
-
-@dataclasses.dataclass(frozen=True)
-class FieldInfo:
-    """What the validator needs to know about one config field."""
-
-    name: str
-    kinds: tuple[str, ...]  # accepted value kinds; "any" accepts everything
-    default: Any = None
-    choices: tuple[Any, ...] | None = None
-    help: str = ""
-
-    def accepts(self, value: Any) -> bool:
-        if "any" in self.kinds:
-            return True
-        return kind_of(value) in self.kinds or (kind_of(value) == "int" and "float" in self.kinds)
-
-
-def kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    for kind, python_type in (("int", int), ("float", float), ("str", str), ("list", list), ("dict", dict)):
-        if isinstance(value, python_type):
-            return kind
-    return type(value).__name__
-
 
 @functools.lru_cache(maxsize=1)
 def _snapshot() -> dict:
@@ -57,7 +29,11 @@ def _snapshot() -> dict:
 
 def config_fields(config_name: str) -> dict[str, FieldInfo]:
     """Fields of a config class by its name (e.g. "DPOConfig"), from the snapshot."""
-    raw = _snapshot()["configs"][config_name]
+    configs = _snapshot()["configs"]
+    if config_name not in configs:
+        raise RecipeError(f"the field snapshot has no {config_name} (a registry entry was added or renamed "
+                          "without regenerating it)", fix="run: python -m align_recipes.plan.trl_fields")
+    raw = configs[config_name]
     return {
         name: FieldInfo(name, tuple(f["kinds"]), f.get("default"),
                         tuple(f["choices"]) if f.get("choices") is not None else None, f.get("help", ""))

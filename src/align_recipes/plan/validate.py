@@ -12,8 +12,8 @@ from typing import Any, Callable
 from align_recipes.plan import trl_fields as schema
 from align_recipes.plan import sections
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm
-from align_recipes.plan.trl_fields import FieldInfo, kind_of
+from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm, names_text
+from align_recipes.fields import FieldInfo, kind_of
 
 PEEK_ROWS = 20  # rows `validate` reads from each local dataset
 Locate = Callable[[str], "tuple[str | None, int | None]"]
@@ -28,8 +28,7 @@ class _Checker:
         file, line = self.locate(key)
         self.errors.append(RecipeError(message, fix=fix, file=file, key=key, line=line))
 
-    def mapping(self, data: Any, fields: dict[str, FieldInfo], prefix: str, owner: str,
-                required: tuple[str, ...] = ()) -> dict:
+    def mapping(self, data: Any, fields: dict[str, FieldInfo], prefix: str, owner: str) -> dict:
         """Check one mapping against its fields; returns it (or {} when it is not a mapping)."""
         if not isinstance(data, dict):
             self.error(prefix.rstrip("."), f"must be a mapping, got {kind_of(data)} {data!r}"[:160],
@@ -42,7 +41,7 @@ class _Checker:
                 self.error(path, f"unknown key for {owner}", did_you_mean(str(key), fields))
                 continue
             data[key] = self.value(path, data[key], info)
-        for key in required:
+        for key in (name for name, info in fields.items() if info.required):
             if data.get(key) in (None, ""):
                 self.error(f"{prefix}{key}", f"required key missing in {owner}",
                            f"add `{key}:` ({fields[key].help})" if fields[key].help else f"add `{key}:`")
@@ -89,8 +88,8 @@ def _hashable(value: Any) -> bool:
 
 
 def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str) -> None:
-    spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry", required=("path",))
-    check.ranges(spec, {"max_drop_fraction": (0, 1, True)}, prefix)
+    spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry")
+    check.ranges(spec, sections.DATASET_RANGES, prefix)
     if not isinstance(spec.get("path"), str) or check.errors:
         return
     from align_recipes.data import DataError, DataSpec, check_serves, peek  # light: no torch, no datasets
@@ -124,7 +123,7 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     """All problems in a fully merged recipe (model, data, rewards, evaluate, train)."""
     check = _Checker(locate)
     check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
-    model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section", ("name_or_path",))
+    model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section")
     if "lora" in model:
         lora = check.mapping(model["lora"], sections.LORA, "model.lora.", "model.lora")
         check.ranges(lora, sections.LORA_RANGES, "model.lora.")
@@ -134,14 +133,14 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
         check.error("model.adapter", "a quantized model cannot be fully fine-tuned",
                     "use adapter: qlora (4-bit) or lora, or quantization: none")
 
-    data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section", ("train",))
+    data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
     for split in ("train", "eval"):
         if data.get(split) is not None:
             _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm.data_kind)
 
     evaluation = recipe.get("evaluate")
     if evaluation is not None:
-        evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section", ("data",))
+        evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
         if isinstance(evaluation.get("data"), dict):
             kind = PROMPT_ONLY if evaluation.get("metric", "exact_match") == "exact_match" else PREFERENCE
             _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, kind)
@@ -149,7 +148,7 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     rewards = recipe.get("rewards")
     if rewards and not algorithm.uses_rewards:
         check.error("rewards", f"`{algorithm.name}` takes no reward functions",
-                    "remove the rewards section (it is for grpo, ppo and spo)")
+                    f"remove the rewards section (it is for {names_text(lambda a: a.uses_rewards)})")
     elif algorithm.uses_rewards and not rewards and not _has_reward_model(recipe):
         check.error("rewards", f"`{algorithm.name}` needs at least one reward",
                     "add e.g. `rewards: [{name: exact_match}]` or a reward model (docs/recipes.md)")

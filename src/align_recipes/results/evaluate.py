@@ -1,9 +1,6 @@
-"""Task metrics measured before and after training (the recipe's `evaluate:` section), and the
-`align-recipes eval DIR` verb that measures a finished run on held-out data.
+"""`align-recipes eval DIR`: measure a finished run on held-out data and write eval.json.
 
-- exact_match: greedy answers to held-out prompts compared with their `answer` column.
-- preference_accuracy: on held-out pairs, how often the model prefers `chosen` over `rejected`:
-  a reward model by its score, a policy by the log-probability it gives each completion.
+- exact_match, preference_accuracy: as measured before and after training (run.measure).
 - implicit_reward_accuracy (eval verb, DPO family): how often the policy's implicit reward
   β·(log π/π_ref(chosen) − log π/π_ref(rejected)) is positive; π_ref is the adapter switched off,
   or for a full fine-tune the recipe's `model.name_or_path`.
@@ -17,127 +14,16 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from align_recipes.data.messages import prompt_text
 from align_recipes.errors import RecipeError
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _rows(plan, kind: str) -> list[dict]:
-    from align_recipes.data import DataError, DataSpec, load
-
-    section = plan.recipe["evaluate"]
-    try:
-        dataset, _ = load(DataSpec.from_dict(section["data"], section="evaluate.data"), plan.base_dir, kind)
-    except DataError as exc:
-        exc.file = exc.file or plan.recipe_path
-        raise
-    rows = list(dataset)
-    return rows[: section["limit"]] if section.get("limit") else rows
-
-
-def measure(plan, model, tokenizer) -> dict[str, Any] | None:
-    section = plan.recipe.get("evaluate")
-    if not section:
-        return None
-    metric = section.get("metric", "exact_match")
-    if metric == "exact_match":
-        rows = _rows(plan, "prompt_only")
-        value = exact_match(model, tokenizer, rows, max_new_tokens=section.get("max_new_tokens", 16))
-    else:
-        rows = _rows(plan, "preference")
-        value = preference_accuracy(model, tokenizer, rows, reward_head=plan.algorithm.model_head == "reward")
-    return {"name": metric, "value": value, "n": len(rows)}
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(m.get("content", "") for m in content if isinstance(m, dict))
-    return str(content)
-
-
-def _prompt_text(tokenizer, prompt: Any) -> str:
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return str(prompt)
-
-
-def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
-    """Greedy completions, decoded without special tokens."""
-    import torch
-
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    completions: list[str] = []
-    try:
-        with _eval_mode(model), torch.no_grad():
-            for start in range(0, len(prompts), batch_size):
-                texts = [_prompt_text(tokenizer, p) for p in prompts[start:start + batch_size]]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                new_tokens = out[:, batch["input_ids"].shape[1]:]
-                completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-    return completions
-
-
-def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> float:
-    if not rows:
-        return 0.0
-    if "answer" not in rows[0]:
-        raise RecipeError("exact_match needs an `answer` column in evaluate.data", key="evaluate.data",
-                          fix="add answers, map one with evaluate.data.columns, or use preference_accuracy")
-    completions = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
-    hits = sum(c.strip() == str(r["answer"]).strip() for c, r in zip(completions, rows))
-    return hits / len(rows)
-
-
-def _sequence_scores(model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool) -> list[float]:
-    """Reward-model score, or the policy's summed log-probability of each completion."""
-    import torch
-
-    scores = []
-    with _eval_mode(model), torch.no_grad():
-        for prompt, completion in zip(prompts, completions):
-            prompt_text = _prompt_text(tokenizer, prompt)
-            if isinstance(prompt, list) and isinstance(completion, list):
-                full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            else:
-                full = prompt_text + _text(completion)
-            ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
-            if reward_head:
-                scores.append(model(input_ids=ids).logits[0, 0].item())
-                continue
-            n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-            scores.append(logps[n_prompt - 1:].sum().item())
-    return scores
-
-
-def preference_accuracy(model, tokenizer, rows: list[dict], reward_head: bool) -> float:
-    if not rows:
-        return 0.0
-    prompts = [r["prompt"] for r in rows]
-    chosen = _sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head)
-    rejected = _sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+from align_recipes.registry import ALGORITHMS
+from align_recipes.run.measure import exact_match, generate, preference_accuracy, sequence_scores
 
 
 # --- the `eval` verb --------------------------------------------------------------------------------
 
 EVAL_FILE = "eval.json"
 METRICS = ("exact_match", "preference_accuracy", "implicit_reward_accuracy", "win_rate")
-DPO_FAMILY = ("dpo", "orpo", "kto", "cpo", "ipo", "simpo", "online_dpo")
 KIND_OF = {"exact_match": "prompt_only", "preference_accuracy": "preference",
            "implicit_reward_accuracy": "preference", "win_rate": "prompt_only"}
 
@@ -148,7 +34,7 @@ def default_metrics(info, reward_model: str | None = None) -> list[str]:
     if info.head == "reward":
         chosen = ["preference_accuracy"]
     else:
-        chosen = ["implicit_reward_accuracy"] if info.algorithm in DPO_FAMILY else []
+        chosen = ["implicit_reward_accuracy"] if getattr(ALGORITHMS.get(info.algorithm), "implicit_reward", False) else []
         if recipe_metric and recipe_metric not in chosen:
             chosen.append(recipe_metric)
     if reward_model:
@@ -205,28 +91,28 @@ class Reference:
         from transformers import AutoModelForCausalLM
 
         from align_recipes.run import models
-        from align_recipes.results.chat import _dtype
+        from align_recipes.results.runs import compute_dtype
 
-        spec = self.info.model_spec
-        if not spec.get("name_or_path"):
+        spec = self.info.model
+        if not spec.name_or_path:
             raise RecipeError(f"'{self.info.run_dir}' has no recipe.resolved.yaml naming its reference model",
                               fix="evaluate a run directory written by align-recipes")
         path = models.resolve_model_path(spec, self.info.base_dir)
         device = str(self.policy.device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(self.info, device.split(":")[0]))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype(self.info, device.split(":")[0]))
         return model.to(device).eval()
 
     def name(self) -> str:
-        return "adapter disabled" if self.is_adapter else str(self.info.model_spec.get("name_or_path"))
+        return "adapter disabled" if self.is_adapter else str(self.info.model.name_or_path)
 
 
 def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[dict], beta: float) -> dict:
     prompts = [r["prompt"] for r in rows]
-    chosen = _sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], False)
-    rejected = _sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], False)
+    chosen = sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], False)
+    rejected = sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], False)
     with reference.use() as ref:
-        ref_chosen = _sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
-        ref_rejected = _sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
+        ref_chosen = sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
+        ref_rejected = sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
     margins = [beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)]
     return {"value": sum(m > 0 for m in margins) / max(len(rows), 1), "n": len(rows), "beta": beta,
             "mean_margin": sum(margins) / max(len(margins), 1), "reference": reference.name()}
@@ -238,14 +124,14 @@ def _as_completion(prompt: Any, text: str) -> Any:
 
 def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str,
              max_new_tokens: int) -> dict:
-    from align_recipes.results.chat import load_run
+    from align_recipes.results.runs import load_run
 
     prompts = [r["prompt"] for r in rows]
     ours = generate(model, tokenizer, prompts, max_new_tokens)
     with reference.use() as ref:
         theirs = generate(ref, tokenizer, prompts, max_new_tokens)
     rm, rm_tokenizer, _ = load_run(reward_model_dir, head="reward", device=str(model.device))
-    score = lambda outs: _sequence_scores(rm, rm_tokenizer, prompts,  # noqa: E731
+    score = lambda outs: sequence_scores(rm, rm_tokenizer, prompts,  # noqa: E731
                                           [_as_completion(p, o) for p, o in zip(prompts, outs)], True)
     ours_scores, theirs_scores = score(ours), score(theirs)
     wins = sum(a > b for a, b in zip(ours_scores, theirs_scores))
@@ -254,7 +140,7 @@ def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_mo
     return {"value": (wins + 0.5 * ties) / n, "n": len(rows), "wins": wins, "ties": ties,
             "reward_policy": sum(ours_scores) / n, "reward_reference": sum(theirs_scores) / n,
             "reward_model": str(reward_model_dir), "reference": reference.name(), "max_new_tokens": max_new_tokens,
-            "examples": [{"prompt": _text(p), "policy": o, "reference": t}
+            "examples": [{"prompt": prompt_text(p), "policy": o, "reference": t}
                          for p, o, t in list(zip(prompts, ours, theirs))[:3]]}
 
 
@@ -265,7 +151,7 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     import json
     import time
 
-    from align_recipes.results.chat import inspect_run, load_run
+    from align_recipes.results.runs import inspect_run, load_run
 
     info = inspect_run(run_dir)
     metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model)))
@@ -309,7 +195,7 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
         previous = json.loads(path.read_text()).get("metrics", {})
     except (OSError, ValueError, AttributeError):
         previous = {}
-    payload = {"run_dir": str(run_dir), "algorithm": info.algorithm, "model": info.model_spec.get("name_or_path"),
+    payload = {"run_dir": str(run_dir), "algorithm": info.algorithm, "model": info.model.name_or_path,
                "data": entry["path"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "metrics": {**previous, **results}}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

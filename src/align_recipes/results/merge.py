@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from align_recipes.results.chat import RunInfo, inspect_run, load_run
+from align_recipes.results.runs import RunInfo, inspect_run, load_run
 from align_recipes.errors import RecipeError
 
 CARD = "README.md"
@@ -57,12 +57,12 @@ def _fmt(value: Any) -> str:
 def model_card(info: RunInfo, model=None) -> str:
     """A Hugging Face model card: front matter, how the model was made, its metrics, the recipe."""
     adapter = info.adapter or {}
-    spec = info.model_spec
-    base = spec.get("name_or_path") or adapter.get("base_model_name_or_path", "unknown")
+    spec = info.model
+    base = spec.name_or_path or adapter.get("base_model_name_or_path", "unknown")
     summary = info.summary
     algorithm = info.algorithm or "unknown"
     peft_type = adapter.get("peft_type", "LORA").lower()
-    kind = "qlora" if spec.get("adapter") == "qlora" else peft_type
+    kind = "qlora" if spec.adapter == "qlora" else peft_type
     front = {"library_name": "transformers", "tags": ["align-recipes", "trl", algorithm, kind, "merged"]}
     if not str(base).startswith("builtin:") and "/" in str(base) and not Path(str(base)).exists():
         front["base_model"] = str(base)

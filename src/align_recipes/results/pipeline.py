@@ -32,6 +32,7 @@ import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan.yamlio import load_yaml, plain
+from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_changes
 
 STATE_FILE = "pipeline.json"
 TOP_KEYS = ("description", "output_dir", "profile", "stages")
@@ -161,7 +162,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
                       overrides=[*texts, *common, *per_stage.get(name, []), f"train.output_dir={out}"])
         try:
             stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
-            stage.adapter = stage.plan.recipe["model"].get("adapter", "full") != "full"
+            stage.adapter = stage.plan.model.adapter != "full"
         except (RecipeError, RecipeErrors) as exc:
             pending = [str(s.model_dir.resolve()) for s in stages] + [str(s.output_dir.resolve()) for s in stages]
             for error in getattr(exc, "errors", [exc]):
@@ -180,10 +181,10 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
 def _adapter_from_files(stage: Stage) -> bool:
     """Whether a stage trains an adapter, read from its recipe chain and overrides (when it cannot be
     validated yet because an earlier stage's output is missing)."""
-    from align_recipes.plan.load import _read_chain, parse_override
+    from align_recipes.plan.layers import parse_override, read_chain
 
     adapter = "full"
-    for _, data in _read_chain(stage.recipe):
+    for _, data in read_chain(stage.recipe):
         adapter = ((data.get("model") or {}) if isinstance(data.get("model"), dict) else {}).get("adapter", adapter)
     for text in stage.overrides:
         parts, value = parse_override(text)
@@ -212,47 +213,27 @@ def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None
 
 # ------------------------------------------------------------------------------------------- running
 
-def _flat(value: Any, prefix: str = "") -> dict:
-    if isinstance(value, dict) and value:
-        out: dict = {}
-        for key, sub in value.items():
-            out.update(_flat(sub, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def recipe_changes(stage: Stage) -> list[str] | None:
+def stage_changes(stage: Stage) -> list[str] | None:
     """Keys whose resolved value differs from the run in the stage's directory (None: no run there)."""
-    from align_recipes.run import rundir as outputs
-    from align_recipes.plan.load import resolved_yaml
+    from align_recipes.plan import resolved_yaml
+    from align_recipes.redaction import redact_obj
 
-    try:
-        old = yaml.safe_load((stage.output_dir / outputs.RESOLVED_RECIPE).read_text())
-    except (OSError, yaml.YAMLError):
+    if not (stage.output_dir / RESOLVED_RECIPE).is_file():
         return None
-    new = yaml.safe_load(resolved_yaml(stage.plan))
-    try:
-        from align_recipes.redaction import redact_obj  # run.py writes the recipe with secrets hidden
-
-        new = redact_obj(new)
-    except ImportError:
-        pass
-    old, new = _flat(old or {}), _flat(new)
-    ignore = {"train.resume_from_checkpoint"}
-    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    # The run writes its recipe with secrets hidden: compare like with like.
+    now = redact_obj(yaml.safe_load(resolved_yaml(stage.plan)))
+    return recipe_changes(RunDir(stage.output_dir).resolved_recipe(), now)
 
 
 def stage_state(stage: Stage, by_name: dict[str, Stage], ran: set[str]) -> str:
     """'complete' (skip), or why the stage must run: missing, changed, stale, interrupted, incomplete."""
-    from align_recipes.run import rundir as outputs
-
-    summary_path = stage.output_dir / outputs.SUMMARY
+    summary_path = stage.output_dir / SUMMARY
     if stage.plan is None:  # validation waits for an earlier stage's output
         return "missing" if not summary_path.is_file() else "upstream output pending"
     if not summary_path.is_file():
         return "missing"
-    summary = outputs.read_summary(stage.output_dir)
-    changed = recipe_changes(stage)
+    summary = RunDir(stage.output_dir).summary()
+    changed = stage_changes(stage)
     if changed is None or changed:
         shown = ", ".join((changed or ["recipe.resolved.yaml missing"])[:4])
         return f"changed: {shown}{' …' if changed and len(changed) > 4 else ''}"
@@ -260,7 +241,7 @@ def stage_state(stage: Stage, by_name: dict[str, Stage], ran: set[str]) -> str:
     if status != "complete":
         return "interrupted" if status == "interrupted" else "incomplete"
     for dep in stage.deps:
-        upstream = by_name[dep].output_dir / outputs.SUMMARY
+        upstream = by_name[dep].output_dir / SUMMARY
         if dep in ran or (upstream.is_file() and upstream.stat().st_mtime > summary_path.stat().st_mtime):
             return "stale"
     return "complete"
@@ -301,8 +282,8 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
 def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
     import gc
 
-    from align_recipes.plan.load import load_plan
-    from align_recipes.run.training import train
+    from align_recipes import run
+    from align_recipes.plan import load_plan
 
     # Validated again now that the stages it reads from exist (reward model references, sizes).
     stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
@@ -312,7 +293,7 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
     command = ["align-recipes", "train", str(stage.recipe), *stage.overrides,
                *(["--profile", profile] if profile else [])]
     try:
-        train(stage.plan, overwrite=not resume and stage.output_dir.exists(), resume=resume, command=command)
+        run.train(stage.plan, overwrite=not resume and stage.output_dir.exists(), resume=resume, command=command)
     except RecipeError as exc:
         exc.message = f"stage '{stage.name}': {exc.message}"
         raise
@@ -338,16 +319,13 @@ def _merge(stage: Stage) -> None:
 
 
 def _report(stage: Stage) -> None:
-    from align_recipes.results.report import REPORT, try_write_report
+    from align_recipes.results.report import try_write_report
 
-    if not (stage.output_dir / REPORT).is_file():  # run.train may already have written it
-        try_write_report(stage.output_dir)
+    try_write_report(stage.output_dir)
 
 
 def _record(stage: Stage, status: str, seconds: float) -> dict:
-    from align_recipes.run import rundir as outputs
-
-    summary = outputs.read_summary(stage.output_dir)
+    summary = RunDir(stage.output_dir).summary()
     return {"stage": stage.name, "status": status, "recipe": str(stage.recipe), "output_dir": str(stage.output_dir),
             "model_dir": str(stage.model_dir), "algorithm": stage.plan.algorithm.name if stage.plan else None,
             "seconds": round(seconds, 2), "task_metric": summary.get("task_metric")}

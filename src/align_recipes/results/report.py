@@ -20,16 +20,17 @@ figures use matplotlib's object API and render to PNG (no display, no global bac
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
+from align_recipes.paths import read_json
+from align_recipes.registry import ALGORITHMS
+from align_recipes.run.rundir import METRICS, SUMMARY, RunDir
 
 REPORT = "report.md"
 PLOTS = "plots"
-ONLINE = ("grpo", "ppo", "spo", "rloo", "online_dpo")
 # Logged values that are bookkeeping, not curves worth a plot.
 SKIP = {"step", "epoch", "total_flos", "num_tokens", "num_input_tokens_seen"}
 PREFERENCE = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "accuracy", "margin",
@@ -48,26 +49,22 @@ FIGURES = (("loss", "losses"), ("preference", "preference: rewards, margins, acc
 
 # --------------------------------------------------------------------------------------------- reading
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def read_run(run_dir: str | Path) -> dict:
     """{"dir", "summary", "records", "eval"}; an error if the directory holds no run."""
-    run_dir = Path(run_dir)
-    from align_recipes.run import rundir as outputs
-
+    folder = RunDir(run_dir)
+    run_dir = folder.path
     if not run_dir.is_dir():
         raise RecipeError(f"run directory '{run_dir}' not found", fix="pass the train.output_dir of a run")
-    records = outputs.read_metrics(run_dir)
-    summary = _read_json(run_dir / outputs.SUMMARY)
+    records, summary = folder.metrics(), folder.summary()
     if not records and not summary:
-        raise RecipeError(f"'{run_dir}' holds no run (no {outputs.METRICS}, no {outputs.SUMMARY})",
+        raise RecipeError(f"'{run_dir}' holds no run (no {METRICS}, no {SUMMARY})",
                           fix="pass the train.output_dir of a run that has started")
-    return {"dir": run_dir, "summary": summary, "records": records, "eval": _read_json(run_dir / "eval.json")}
+    return {"dir": run_dir, "summary": summary, "records": records, "eval": read_json(run_dir / "eval.json")}
+
+
+def _generates(summary: dict) -> bool:
+    """Whether the run's algorithm samples while training (its plots lead with reward and KL)."""
+    return getattr(ALGORITHMS.get(summary.get("algorithm")), "generates", False)
 
 
 def series(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
@@ -284,7 +281,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = read_run(run_dir)
     run_dir, summary = run["dir"], run["summary"]
     data = series(run["records"])
-    online = summary.get("algorithm") in ONLINE
+    online = _generates(summary)
     plots_dir = run_dir / PLOTS
     images = plot_run(data, panels(list(data), online), plots_dir)
     task = task_metric(summary)
@@ -336,7 +333,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     labels = _labels([r["dir"] for r in runs])
     data = [series(r["records"]) for r in runs]
     shared = sorted({k for d in data for k in d if sum(k in other for other in data) >= 2}, key=_order)
-    online = any(r["summary"].get("algorithm") in ONLINE for r in runs)
+    online = any(_generates(r["summary"]) for r in runs)
     out_dir = Path(out_dir)
     plots_dir = out_dir / PLOTS
     plt = _pyplot()

@@ -1,8 +1,8 @@
 """Which checkpoint a run continues from, decided before any model loads, and how to tell a complete
 checkpoint from one that was cut short.
 
-Importing this module imports neither torch nor transformers: `plan_start` runs before any model
-loads, so a run that cannot resume fails in milliseconds.
+Importing this module imports neither torch nor transformers: `RunDir.plan_start` uses it before
+any model loads, so a run that cannot resume fails in milliseconds.
 
 Checkpoints. A `checkpoint-<step>` directory is *complete* when the Trainer finished writing it:
 its `trainer_state.json` (written last by the Trainer, after the weights, optimizer, scheduler and
@@ -22,10 +22,8 @@ import re
 import shlex
 import struct
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from align_recipes.errors import RecipeError
 from align_recipes.redaction import redact_argv
 
 MARKER = "align_recipes_checkpoint.json"
@@ -162,87 +160,11 @@ def write_marker(path: Path, status: str = "complete", reason: str = "") -> None
     os.replace(tmp, path / MARKER)
 
 
-# ------------------------------------------------------------------------------------ resume planning
+# --------------------------------------------------------------------------------------- resuming
 
-@dataclass
-class Start:
-    """Where a run starts: from scratch (checkpoint None) or from a complete checkpoint."""
-
-    checkpoint: Path | None = None
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    mode: str | None = None  # None | auto | latest | a path
-    fresh_over_leftovers: bool = False  # `auto` found nothing to resume in a directory a crashed run left
-
-    @property
-    def step(self) -> int | None:
-        return checkpoint_step(self.checkpoint) if self.checkpoint else None
-
-
-def _skipped_text(skipped: list[tuple[Path, str]]) -> str:
+def skipped_text(skipped: list[tuple[Path, str]]) -> str:
     return "; ".join(f"{p.name} skipped: {why}" for p, why in skipped[:3]) + \
         (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-
-
-def run_status(output_dir: Path) -> str | None:
-    """The `status` of the run whose summary.json is in output_dir (None when there is none)."""
-    try:
-        return json.loads((Path(output_dir) / "summary.json").read_text()).get("status", "complete")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def plan_start(output_dir: Path, mode: str | None, overwrite: bool, require_optimizer: bool = True,
-               base_dir: Path | None = None) -> Start:
-    """Decide, before anything heavy is imported, whether a run starts fresh or from a checkpoint.
-
-    mode: None (start fresh; an output_dir holding a run is refused unless overwrite), "auto" (the
-    newest complete checkpoint if there is one, else fresh), "latest" (`--resume`: the newest complete
-    checkpoint, an error if there is none) or the path of one checkpoint directory.
-    """
-    from align_recipes.run import rundir as outputs
-
-    output_dir = Path(output_dir)
-    key = "train.resume_from_checkpoint"
-    if mode in ("", "none", "null", "no", "false"):
-        mode = None
-    if overwrite and mode:
-        raise RecipeError("--overwrite and resuming contradict each other", key=key,
-                          fix="drop --overwrite to continue the run, or drop --resume / resume_from_checkpoint "
-                              "to replace it")
-    if overwrite or mode is None:
-        outputs.guard_output_dir(output_dir, overwrite=overwrite, resume=False)
-        return Start(mode=mode)
-    if mode not in (RESUME_AUTO, RESUME_LATEST):
-        candidates = [Path(mode).expanduser()]
-        if not candidates[0].is_absolute():
-            candidates += [output_dir / mode, *([Path(base_dir) / mode] if base_dir else [])]
-        path = next((c for c in candidates if c.is_dir()), None)
-        newest, _ = newest_complete(output_dir, require_optimizer)
-        other = f"the newest complete one is {newest}" if newest else f"{output_dir} has no complete checkpoint"
-        if path is None:
-            raise RecipeError(f"checkpoint '{mode}' not found", key=key,
-                              fix=f"give a checkpoint-<step> directory, or `auto` / --resume; {other}")
-        problem = checkpoint_problem(path, require_optimizer)
-        if problem:
-            raise RecipeError(f"checkpoint {path} is incomplete: {problem}", key=key,
-                              fix=f"it was cut short and cannot be loaded; {other}")
-        return Start(checkpoint=path, mode=mode)
-    checkpoint, skipped = newest_complete(output_dir, require_optimizer)
-    if checkpoint is not None:
-        return Start(checkpoint=checkpoint, skipped=skipped, mode=mode)
-    why = f" ({_skipped_text(skipped)})" if skipped else ""
-    if mode == RESUME_LATEST:
-        where = "does not exist" if not output_dir.exists() else "holds no complete checkpoint" + why
-        raise RecipeError(f"nothing to resume: {output_dir} {where}", key="--resume",
-                          fix="checkpoints are written every train.save_steps (with train.save_strategy: steps) "
-                              "and when a run is stopped with Ctrl-C; run without --resume to start over "
-                              "(add --overwrite if the directory holds a run)")
-    # auto: nothing to resume. A finished run is never replaced silently; a crashed one is restarted.
-    if run_status(output_dir) == "complete":
-        raise RecipeError(f"output_dir '{output_dir}' holds a finished run and no checkpoint to continue from",
-                          key="train.output_dir",
-                          fix="pass --overwrite to replace it, or train.output_dir=… to write elsewhere")
-    return Start(mode=mode, skipped=skipped, fresh_over_leftovers=output_dir.exists())
 
 
 def command_words(command: list[str] | None) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from align_recipes.run.checkpoints import write_marker
 from align_recipes.errors import RecipeError
+from align_recipes.registry import ALGORITHMS
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -213,7 +214,7 @@ def likely_causes(config, tokenizer=None, algorithm: str = "") -> list[str]:
                       "fp16 (Qwen) this gives NaN losses: add a pad token or train in bf16/float32")
     if not getattr(config, "max_grad_norm", 1.0):
         causes.append("gradient clipping is off (train.max_grad_norm: 0): set it to 1.0")
-    if algorithm in ("sft", "dpo", "orpo", "kto", "reward"):
+    if getattr(ALGORITHMS.get(algorithm), "truncates", False):
         causes.append("batches with no trained tokens (every completion cut off by train.max_length) divide 0 by 0: "
                       "raise max_length or drop very long rows")
     return causes

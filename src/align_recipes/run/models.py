@@ -1,5 +1,5 @@
 """Tokenizer and model loading: where the weights come from, in which dtype, quantized or not, with
-which adapter. Imports torch; only `run` and the post-training verbs call it."""
+which adapter. Imports torch on demand; the run and the post-training verbs call it."""
 
 from __future__ import annotations
 
@@ -10,25 +10,40 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
+from align_recipes.paths import find_local, looks_like_hub_id
+from align_recipes.plan.sections import ModelSection
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 
 
-def looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+def quiet_libraries() -> None:
+    """Keep the console for our own report: library chatter that users cannot act on is muted."""
+    import warnings
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+    # transformers 5 renames gradient_checkpointing; TRL 1.16 still sets the old name itself.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
-def resolve_model_path(spec: dict[str, Any], base_dir: Path | None = None) -> str:
+def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
     """A local directory or a hub id that `from_pretrained` can open, per `model.source`.
 
     builtin:… → built locally (the tiny model); local → must exist; modelscope → downloaded with
     modelscope's snapshot_download into its cache, then loaded as a local directory; hf → the hub id;
     auto → an existing local directory wins, otherwise a Hugging Face hub id.
     """
-    name, source = spec["name_or_path"], spec.get("source", "auto")
+    name, source = spec.name_or_path, spec.source
     if name.startswith(BUILTIN_PREFIX):
         from align_recipes import tiny
 
@@ -36,25 +51,19 @@ def resolve_model_path(spec: dict[str, Any], base_dir: Path | None = None) -> st
             raise RecipeError(f"unknown builtin model '{name}'", key="model.name_or_path",
                               fix=f"the builtin model is {tiny.TINY_MODEL_ID}")
         return str(tiny.ensure_tiny_model())
-    local = _local_candidate(name, base_dir)
+    local = find_local(name, base_dir, None)
+    local = local if local is not None and local.is_dir() else None
     if source == "local" or (source == "auto" and local is not None):
         if local is None:
             raise RecipeError(f"model directory '{name}' not found", key="model.name_or_path",
                               fix="check the path, or set model.source: hf / modelscope for a hub id")
         return str(local)
     if source == "modelscope":
-        return modelscope_download(name, spec.get("revision"))
+        return modelscope_download(name, spec.revision)
     if not looks_like_hub_id(name):
         raise RecipeError(f"'{name}' is neither an existing directory nor a hub id (org/name)",
                           key="model.name_or_path", fix="check the path, or train the stage that writes it first")
     return name
-
-
-def _local_candidate(name: str, base_dir: Path | None) -> Path | None:
-    for candidate in (Path(name).expanduser(), (base_dir or Path.cwd()) / name):
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def modelscope_download(model_id: str, revision: str | None = None) -> str:
@@ -74,11 +83,11 @@ def torch_dtype(name: str):
     return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_tokenizer(path: str, spec: dict[str, Any], base_dir: Path | None = None):
+def load_tokenizer(path: str, spec: ModelSection, base_dir: Path | None = None):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, path, spec)
-    template = spec.get("chat_template")
+    template = spec.chat_template
     if template:
         template_path = (base_dir or Path.cwd()) / template
         tokenizer.chat_template = template_path.read_text() if template_path.is_file() else template
@@ -92,27 +101,27 @@ def load_tokenizer(path: str, spec: dict[str, Any], base_dir: Path | None = None
     return tokenizer
 
 
-def quantization_config(spec: dict[str, Any]):
-    quant = "4bit" if spec.get("adapter") == "qlora" else spec.get("quantization", "none")
+def quantization_config(spec: ModelSection):
+    quant = spec.quantized
     if quant == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     if quant == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = spec.get("dtype", "auto")
+    compute = spec.dtype
     # QLoRA's compute dtype follows the model dtype: float16 on T4, bfloat16 on Ampere+, float32 on CPU.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch_dtype("float32" if compute == "auto" else compute))
 
 
-def load_model(path: str, spec: dict[str, Any], head: str = "causal_lm", use_cpu: bool = False):
+def load_model(path: str, spec: ModelSection, head: str = "causal_lm", use_cpu: bool = False):
     """The policy (causal LM) or a reward model (sequence classifier with one score)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.get("dtype", "auto"))}
-    if spec.get("attn_implementation"):
-        kwargs["attn_implementation"] = spec["attn_implementation"]
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.dtype)}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
     quant = quantization_config(spec)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -126,11 +135,11 @@ def load_model(path: str, spec: dict[str, Any], head: str = "causal_lm", use_cpu
     return model
 
 
-def _refuse_custom_code(path: str, spec: dict[str, Any]) -> None:
+def _refuse_custom_code(path: str, spec: ModelSection) -> None:
     """A local model whose config.json maps to code it ships (auto_map) for a model type transformers does not
     implement needs trust_remote_code; say so before transformers fails with a less helpful message."""
     config_file = Path(path) / "config.json"
-    if spec.get("trust_remote_code") or not config_file.is_file():
+    if spec.trust_remote_code or not config_file.is_file():
         return
     try:
         config = json.loads(config_file.read_text())
@@ -145,36 +154,34 @@ def _refuse_custom_code(path: str, spec: dict[str, Any]) -> None:
         return  # transformers implements this model type itself and ignores the shipped code
     files = sorted({(v[0] if isinstance(v, (list, tuple)) else str(v)).split(".")[0] + ".py"
                     for v in auto_map.values() if v})
-    raise RecipeError(f"'{spec['name_or_path']}' (model type '{config.get('model_type')}') runs its own model code "
+    raise RecipeError(f"'{spec.name_or_path}' (model type '{config.get('model_type')}') runs its own model code "
                       f"({', '.join(files)}), which is not executed unless you allow it", key="model.trust_remote_code",
                       fix="read that code; if you trust it, set model.trust_remote_code: true")
 
 
-def _from_pretrained(cls, path: str, spec: dict[str, Any], **kwargs):
+def _from_pretrained(cls, path: str, spec: ModelSection, **kwargs):
     _refuse_custom_code(path, spec)
     try:
-        return cls.from_pretrained(path, revision=spec.get("revision"),
-                                   trust_remote_code=bool(spec.get("trust_remote_code", False)), **kwargs)
+        return cls.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise RecipeError(f"'{spec['name_or_path']}' ships its own model code", key="model.trust_remote_code",
+            raise RecipeError(f"'{spec.name_or_path}' ships its own model code", key="model.trust_remote_code",
                               fix="set model.trust_remote_code: true if you trust that repository") from None
         raise
     except OSError as exc:
-        raise RecipeError(f"cannot load '{spec['name_or_path']}': {str(exc).splitlines()[0][:200]}",
+        raise RecipeError(f"cannot load '{spec.name_or_path}': {str(exc).splitlines()[0][:200]}",
                           key="model.name_or_path",
                           fix="check the id or path; offline machines need a local directory") from None
 
 
-def peft_config(spec: dict[str, Any], head: str = "causal_lm"):
-    if spec.get("adapter", "full") == "full":
+def peft_config(spec: ModelSection, head: str = "causal_lm"):
+    if spec.adapter == "full":
         return None
     from peft import LoraConfig
 
-    lora = spec.get("lora") or {}
+    lora = spec.lora
     return LoraConfig(
-        r=lora.get("r", 16), lora_alpha=lora.get("alpha", 32), lora_dropout=lora.get("dropout", 0.05),
-        target_modules=lora.get("target_modules", "all-linear"),
-        modules_to_save=lora.get("modules_to_save") or (["score"] if head == "reward" else None),
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        modules_to_save=lora.modules_to_save or (["score"] if head == "reward" else None),
         task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM",
     )

@@ -1,56 +1,242 @@
-"""What a run leaves in its output directory, besides the model: the resolved recipe, the metrics
-log, the summary and a reproducibility manifest. Only the main process writes.
+"""`RunDir`: the one owner of a run's output folder, its layout, its status and where a run resumes.
 
-    recipe.resolved.yaml   every value the run used (secrets hidden)
+    recipe.resolved.yaml   every value the run used (secrets hidden, paths absolute)
     metrics.jsonl          one JSON object per Trainer log (step, epoch, loss, …)
-    summary.json           status (running | interrupted | diverged | complete), steps, losses, task metric
-    manifest.json          command, recipe, versions, git commit, hardware, profile, seed, data files, resumes
+    summary.json           status (running | interrupted | diverged | failed | complete), steps, metrics
+    manifest.json          how to reproduce it (run.manifest)
+    checkpoint-<step>/     complete or cut short (run.checkpoints)
+
+Only the main process writes. Importing this module imports neither torch nor transformers, so
+`plan_start` decides how a run starts before any model loads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
-import sys
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from align_recipes.errors import RecipeError
-from align_recipes.run.checkpoints import command_words
-from align_recipes.redaction import redact_argv, redact_obj
+from align_recipes.paths import read_json, write_atomic
+from align_recipes.redaction import redact_obj
+from align_recipes.run import checkpoints, manifest
+from align_recipes.run.checkpoints import RESUME_AUTO, RESUME_LATEST
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-MANIFEST = "manifest.json"
-SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+MANIFEST = manifest.MANIFEST
 OWN_FILES = (RESOLVED_RECIPE, MANIFEST)  # written before training: a directory holding only these holds no run
-HASH_LIMIT = 256 * 1024 * 1024  # data files up to this size are hashed into the manifest
 
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def guard_output_dir(output_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to write over another run's results unless told to (checked before any model loads)."""
-    output_dir = Path(output_dir)
-    if not output_dir.exists() or overwrite or resume:
-        return
-    if not output_dir.is_dir():
-        raise RecipeError(f"output_dir '{output_dir}' exists and is not a directory", key="train.output_dir",
-                          fix="choose another train.output_dir")
-    leftovers = [p.name for p in output_dir.iterdir() if p.name not in OWN_FILES]
-    if leftovers:
-        shown = ", ".join(sorted(leftovers)[:4]) + (" …" if len(leftovers) > 4 else "")
-        raise RecipeError(f"output_dir '{output_dir}' already holds a run ({shown})", key="train.output_dir",
-                          fix="pass --resume to continue it, --overwrite to replace it, "
-                              "or train.output_dir=… to write elsewhere")
+@dataclass
+class Start:
+    """Where a run starts: from scratch (checkpoint None) or from a complete checkpoint."""
+
+    checkpoint: Path | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    mode: str | None = None  # None | auto | latest | a path
+    fresh_over_leftovers: bool = False  # nothing to resume in a directory a crashed or failed run left
+
+    @property
+    def step(self) -> int | None:
+        return checkpoints.checkpoint_step(self.checkpoint) if self.checkpoint else None
+
+
+class RunDir:
+    """A run's output folder. Reading works anywhere (report, eval, pipeline); writing is the run's."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # --- reading ------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        return read_json(self.path / SUMMARY)
+
+    def status(self) -> str | None:
+        """The `status` in summary.json (None when there is none)."""
+        summary = self.summary()
+        return summary.get("status", "complete") if (self.path / SUMMARY).is_file() and summary else None
+
+    def metrics(self) -> list[dict]:
+        """The records of metrics.jsonl; a last line cut short by a killed process is ignored."""
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+        return records
+
+    def resolved_recipe(self) -> dict:
+        try:
+            return yaml.safe_load((self.path / RESOLVED_RECIPE).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return {}
+
+    # --- deciding how a run starts (before anything heavy is imported) ------------------------------
+    def plan_start(self, mode: str | None, overwrite: bool, require_optimizer: bool = True,
+                   base_dir: Path | None = None) -> Start:
+        """Whether a run starts fresh or from a checkpoint.
+
+        mode: None (start fresh; a folder holding a run is refused unless overwrite), "auto" (the newest
+        complete checkpoint if there is one, else fresh), "latest" (`--resume`: the newest complete
+        checkpoint, an error if there is none) or the path of one checkpoint directory. A run that failed
+        before writing any checkpoint holds nothing worth keeping: it is started over without --overwrite.
+        """
+        key = "train.resume_from_checkpoint"
+        if mode in ("", "none", "null", "no", "false"):
+            mode = None
+        if overwrite and mode:
+            raise RecipeError("--overwrite and resuming contradict each other", key=key,
+                              fix="drop --overwrite to continue the run, or drop --resume / resume_from_checkpoint "
+                                  "to replace it")
+        if overwrite or mode is None:
+            return self._fresh(overwrite, mode)
+        if mode not in (RESUME_AUTO, RESUME_LATEST):
+            return self._named_checkpoint(mode, require_optimizer, base_dir, key)
+        checkpoint, skipped = checkpoints.newest_complete(self.path, require_optimizer)
+        if checkpoint is not None:
+            return Start(checkpoint=checkpoint, skipped=skipped, mode=mode)
+        why = f" ({checkpoints.skipped_text(skipped)})" if skipped else ""
+        if mode == RESUME_LATEST:
+            where = "does not exist" if not self.path.exists() else "holds no complete checkpoint" + why
+            raise RecipeError(f"nothing to resume: {self.path} {where}", key="--resume",
+                              fix="checkpoints are written every train.save_steps (with train.save_strategy: steps) "
+                                  "and when a run is stopped with Ctrl-C; run without --resume to start over "
+                                  "(add --overwrite if the directory holds a run)")
+        # auto: nothing to resume. A finished run is never replaced silently; a crashed one is restarted.
+        if self.status() == "complete":
+            raise RecipeError(f"output_dir '{self.path}' holds a finished run and no checkpoint to continue from",
+                              key="train.output_dir",
+                              fix="pass --overwrite to replace it, or train.output_dir=… to write elsewhere")
+        return Start(mode=mode, skipped=skipped, fresh_over_leftovers=self.path.exists())
+
+    def _fresh(self, overwrite: bool, mode: str | None) -> Start:
+        """A fresh start: refused over another run's results unless told to."""
+        if not self.path.exists() or overwrite:
+            return Start(mode=mode)
+        if not self.path.is_dir():
+            raise RecipeError(f"output_dir '{self.path}' exists and is not a directory", key="train.output_dir",
+                              fix="choose another train.output_dir")
+        if self.status() == "failed" and not checkpoints.list_checkpoints(self.path):
+            return Start(mode=mode, fresh_over_leftovers=True)
+        leftovers = [p.name for p in self.path.iterdir() if p.name not in OWN_FILES]
+        if leftovers:
+            shown = ", ".join(sorted(leftovers)[:4]) + (" …" if len(leftovers) > 4 else "")
+            raise RecipeError(f"output_dir '{self.path}' already holds a run ({shown})", key="train.output_dir",
+                              fix="pass --resume to continue it, --overwrite to replace it, "
+                                  "or train.output_dir=… to write elsewhere")
+        return Start(mode=mode)
+
+    def _named_checkpoint(self, mode: str, require_optimizer: bool, base_dir: Path | None, key: str) -> Start:
+        candidates = [Path(mode).expanduser()]
+        if not candidates[0].is_absolute():
+            candidates += [self.path / mode, *([Path(base_dir) / mode] if base_dir else [])]
+        path = next((c for c in candidates if c.is_dir()), None)
+        newest, _ = checkpoints.newest_complete(self.path, require_optimizer)
+        other = f"the newest complete one is {newest}" if newest else f"{self.path} has no complete checkpoint"
+        if path is None:
+            raise RecipeError(f"checkpoint '{mode}' not found", key=key,
+                              fix=f"give a checkpoint-<step> directory, or `auto` / --resume; {other}")
+        problem = checkpoints.checkpoint_problem(path, require_optimizer)
+        if problem:
+            raise RecipeError(f"checkpoint {path} is incomplete: {problem}", key=key,
+                              fix=f"it was cut short and cannot be loaded; {other}")
+        return Start(checkpoint=path, mode=mode)
+
+    # --- writing (main process) ---------------------------------------------------------------------
+    def remove_if_empty(self) -> None:
+        """Remove the folder when it holds nothing (created for a run that was refused before it began)."""
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+    def prepare(self, plan, start: Start, overwrite: bool, command: list[str], resolved_yaml: str, config) -> None:
+        """Clear, continue or create the folder, and record how to reproduce the run."""
+        resolved = yaml.safe_dump(redact_obj(yaml.safe_load(resolved_yaml)), sort_keys=False, allow_unicode=True)
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        if start.checkpoint is not None or start.fresh_over_leftovers:
+            # Checkpoints cut short after the one we continue from would be overwritten half-way: remove them.
+            for path, _why in start.skipped:
+                shutil.rmtree(path, ignore_errors=True)
+        if start.fresh_over_leftovers:
+            for name in (METRICS, SUMMARY):
+                (self.path / name).unlink(missing_ok=True)
+            print(f"note: nothing to resume in {self.path} (no complete checkpoint): starting over")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if start.checkpoint is not None:
+            self._set_aside_newer_than(start)
+            self.truncate_metrics(start.step)
+            changed = recipe_changes(self.resolved_recipe(), yaml.safe_load(resolved))
+            if changed:
+                print(f"note: resuming with a changed recipe ({', '.join(changed[:6])}"
+                      f"{' …' if len(changed) > 6 else ''}); the new values apply from step {start.step}")
+            manifest.record_resume(self.path, plan, command, start.checkpoint, changed)
+        else:
+            manifest.write_manifest(self.path, manifest.manifest(plan, command, config))
+        (self.path / RESOLVED_RECIPE).write_text(resolved)
+
+    def _set_aside_newer_than(self, start: Start) -> None:
+        """Resuming from an older checkpoint than the newest: the newer ones are kept, under a name neither
+        the Trainer's rotation nor our discovery takes for a checkpoint of this run."""
+        for path in checkpoints.list_checkpoints(self.path):
+            if checkpoints.checkpoint_step(path) > start.step:
+                aside = self.path / f"superseded-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                path.rename(aside)
+                print(f"note: {path.name} is newer than {start.checkpoint.name}: moved to {aside.name}")
+
+    def write_summary(self, payload: dict) -> Path:
+        path = self.path / SUMMARY
+        write_atomic(path, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
+        return path
+
+    def truncate_metrics(self, step: int) -> int:
+        """Keep only the records up to `step` (a resumed run logs the later steps again); returns how many went."""
+        path = self.path / METRICS
+        if not path.exists():
+            return 0
+        records = self.metrics()
+        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step and "train_runtime" not in r]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return len(records) - len(kept)
+
+    def metrics_callback(self):
+        """A TrainerCallback that appends every logged dict to metrics.jsonl, one JSON object per line."""
+        from transformers import TrainerCallback
+
+        target = self.path / METRICS
+
+        class MetricsJsonl(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not state.is_world_process_zero or not logs:
+                    return
+                record = {"step": state.global_step, "epoch": state.epoch, **{k: _clean(v) for k, v in logs.items()}}
+                with open(target, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+        return MetricsJsonl()
 
 
 def _clean(value: Any) -> Any:
@@ -59,45 +245,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def metrics_callback(output_dir: Path):
-    """A TrainerCallback that appends every logged dict to metrics.jsonl, one JSON object per line."""
-    from transformers import TrainerCallback
-
-    class MetricsJsonl(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            record = {"step": state.global_step, "epoch": state.epoch, **{k: _clean(v) for k, v in logs.items()}}
-            with open(Path(output_dir) / METRICS, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    return MetricsJsonl()
+def flatten(value: Any, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} → {"a.b": 1}; empty mappings and other values are leaves."""
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
 
 
-def read_metrics(output_dir: Path) -> list[dict]:
-    """The records of metrics.jsonl; a last line cut short by a killed process is ignored."""
-    path = Path(output_dir) / METRICS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
-def truncate_metrics(output_dir: Path, step: int) -> int:
-    """Keep only the records up to `step` (a resumed run logs the later steps again); returns how many went."""
-    path = Path(output_dir) / METRICS
-    if not path.exists():
-        return 0
-    records = read_metrics(output_dir)
-    kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step and "train_runtime" not in r]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return len(records) - len(kept)
+def recipe_changes(before: dict | None, after: dict | None) -> list[str]:
+    """The dotted keys whose values differ between two resolved recipes (where to resume from aside)."""
+    old, new = flatten(before or {}), flatten(after or {})
+    ignore = {"train.resume_from_checkpoint"}
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 
 def first_and_last(records: list[dict]) -> tuple[dict, dict]:
@@ -138,186 +300,3 @@ def whole_run_loss(records: list[dict], resumed_from: int | None, final_step: in
         total += trainer_loss * resumed_steps
         covered += resumed_steps
     return total / covered if covered else trainer_loss
-
-
-def write_summary(output_dir: Path, payload: dict) -> Path:
-    path = Path(output_dir) / SUMMARY
-    _write_atomic(path, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
-    return path
-
-
-def read_summary(output_dir: Path) -> dict:
-    try:
-        return json.loads((Path(output_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------------ manifest
-
-def manifest(plan, command: list[str], config=None) -> dict:
-    """How to reproduce this run: recipe, command, versions, commit, hardware, profile, seed, data."""
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("align-recipes", "trl", "transformers", "torch", "peft", "accelerate", "datasets", "bitsandbytes",
-                    "vllm", "deepspeed"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            versions[package] = None
-    seed = getattr(config, "seed", None) if config is not None else plan.train_args.get("seed", 42)
-    payload = {
-        "command": redact_argv(command_words(command)),
-        "cwd": os.getcwd(),
-        "recipe": str(plan.recipe_path),
-        "recipe_sha256": _sha256(plan.recipe_path),
-        "algorithm": plan.algorithm.name,
-        "profile": plan.profile.name,
-        "profile_detected": plan.profile.detected,
-        "seed": seed,
-        "data_seed": getattr(config, "data_seed", None) if config is not None else None,
-        "git": _git(plan.recipe_path.parent),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": versions,
-        "hardware": hardware(),
-        "data": data_files(plan),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "resumes": [],
-    }
-    payload["git_commit"] = payload["git"].get("commit")
-    return redact_obj(payload)
-
-
-def write_manifest(output_dir: Path, payload: dict) -> None:
-    _write_atomic(Path(output_dir) / MANIFEST, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
-
-
-def record_resume(output_dir: Path, plan, command: list[str], checkpoint: Path, recipe_changed: list[str]) -> None:
-    """Append this resumption to the manifest of the run it continues (or start one if it is missing)."""
-    path = Path(output_dir) / MANIFEST
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
-        payload = manifest(plan, command)
-    payload.setdefault("resumes", []).append({
-        "from_checkpoint": str(checkpoint),
-        "command": redact_argv(command_words(command)),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git(plan.recipe_path.parent),
-        "hardware": hardware(),
-        "recipe_changed": recipe_changed,
-    })
-    write_manifest(output_dir, payload)
-
-
-def hardware() -> dict:
-    """CPU count, memory, GPUs (through torch when it is already imported, else nvidia-smi), world size."""
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
-    try:
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        info["cpu_affinity"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
-    gpus = []
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available():
-                for index in range(torch.cuda.device_count()):
-                    props = torch.cuda.get_device_properties(index)
-                    gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                                 "capability": f"{props.major}.{props.minor}"})
-                info["cuda"] = torch.version.cuda
-                info["cudnn"] = torch.backends.cudnn.version()
-            info["torch_threads"] = torch.get_num_threads()
-        except Exception:  # noqa: BLE001 - a broken driver must not stop the run from recording itself
-            pass
-    else:
-        from align_recipes.plan.hardware import detect_gpus
-
-        gpus = [{"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
-                for g in detect_gpus()]
-    info["gpus"] = gpus
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        info["cuda_visible_devices"] = visible
-    info["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
-    return info
-
-
-def data_files(plan) -> dict:
-    """Each local dataset the recipe names: resolved path, size and sha256 (hub ids: id, split, revision)."""
-    from align_recipes.data import DataError, DataSpec
-    from align_recipes.data.spec import resolve_local
-
-    entries = {f"data.{s}": plan.recipe.get("data", {}).get(s) for s in ("train", "eval")}
-    entries["evaluate.data"] = (plan.recipe.get("evaluate") or {}).get("data")
-    found = {}
-    for section, entry in entries.items():
-        if not isinstance(entry, dict) or not entry.get("path"):
-            continue
-        record: dict[str, Any] = {"path": entry["path"], "split": entry.get("split", "train")}
-        try:
-            path, _ = resolve_local(DataSpec.from_dict(dict(entry), section=section), plan.base_dir)
-        except (DataError, TypeError):
-            path = None
-        if path is not None and path.is_file():
-            record.update(resolved=str(path.resolve()), bytes=path.stat().st_size, sha256=_sha256(path))
-        elif path is not None and path.is_dir():
-            record.update(resolved=str(path.resolve()),
-                          files={str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
-                                 if p.is_file()})
-        else:
-            record["source"] = entry.get("source", "auto")
-        found[section] = record
-    return found
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        path = Path(path)
-        if path.stat().st_size > HASH_LIMIT:
-            return None
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
-
-
-def _redact(text: str) -> str:
-    """Kept for callers of the old name: one command-line word with secrets hidden."""
-    return redact_argv([text])[0]
-
-
-def _git(where: Path) -> dict:
-    """The commit of the repository holding the recipe, and whether it had uncommitted changes."""
-    def run(*args):
-        try:
-            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    if not commit:
-        return {"commit": None}
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def _git_commit(where: Path) -> str | None:
-    return _git(where).get("commit")

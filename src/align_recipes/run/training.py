@@ -1,62 +1,125 @@
-"""Plan → trainer → outputs. The only place that loads models and data and calls `trainer.train()`.
+"""Plan → trainer → outputs: the one place that loads models and data and calls `trainer.train()`.
 
-Before anything heavy is imported, `checkpoints.plan_start` decides whether the run starts fresh or
-continues a checkpoint (and refuses to write over another run). During training a `RunGuard`
-turns Ctrl-C/SIGTERM into "save a checkpoint, write the summary, exit 130/143 with the resume
-command", and stops a run whose loss or gradient is no longer finite, keeping the last good
-checkpoint. summary.json always tells the state of the run: running, interrupted, diverged or complete.
+A run reads like a recipe:
+
+    start   = RunDir(plan.output_dir).plan_start(…)   fresh, resumed or refused, before anything heavy
+    parts   = load(plan)                              tokenizer, data, reward functions, model
+    trainer = build(plan, parts, …)                   the TRL config and the registry's trainer
+    begin(…)                                          the folder prepared, the metric before, status running
+    fit(trainer, start)                               trainer.train(), continuing a checkpoint if asked
+    finish(…)                                         the model saved, the metric after, status complete
+
+A `RunGuard` turns Ctrl-C/SIGTERM into "save a checkpoint, write the summary, exit 130/143 with the
+resume command" and stops a run whose loss or gradient is no longer finite, keeping the last good
+checkpoint. Any other failure after `begin` leaves summary.json at status `failed`, with the error.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 import time
-import warnings
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
-import yaml
-
-from align_recipes.run import checkpoints
-from align_recipes.run import guards
-from align_recipes.run import models
-from align_recipes.run import rundir as outputs
-from align_recipes import redaction
 from align_recipes.errors import RecipeError
-from align_recipes.plan.load import Plan, resolved_yaml
+from align_recipes.plan import Plan, resolved_yaml
+from align_recipes.redaction import redact
 from align_recipes.registry import load_class
+from align_recipes.run import checkpoints, guards, models
+from align_recipes.run.measure import measure
+from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
 
-log = logging.getLogger("align_recipes")
+TINY_MODEL_PARAMS = 5_000_000
 
 
-def _quiet_libraries() -> None:
-    """Keep the console for our own report: library chatter that users cannot act on is muted."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
-    # transformers 5 renames gradient_checkpointing; TRL 1.16 still sets the old name itself.
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6.*")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import datasets
-    from transformers.utils import logging as hf_logging
+@dataclass
+class Parts:
+    """What `load` brings in for one run."""
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    config: Any  # the TRL Config object
+    tokenizer: Any
+    model: Any
+    train_dataset: Any
+    eval_dataset: Any
+    extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
+
+
+def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
+    """Run one recipe end to end and return its summary.
+
+    resume=True (`--resume`) continues from the newest complete checkpoint in the output directory;
+    the recipe's `train.resume_from_checkpoint` may also say `auto` (continue if there is a checkpoint,
+    else start fresh), `latest` (as --resume) or name one checkpoint directory.
+    Raises RecipeError (exit 2) for anything the user can fix, guards.RunInterrupted on Ctrl-C/SIGTERM
+    (exit 130/143) and guards.TrainingDiverged (exit 2) when the loss stops being finite.
+    """
+    run_dir = RunDir(plan.output_dir)
+    mode = checkpoints.RESUME_LATEST if resume else plan.train.get("resume_from_checkpoint")
+    start = run_dir.plan_start(mode, overwrite, require_optimizer=not plan.train.get("save_only_model", False),
+                               base_dir=plan.base_dir)
+    command = list(command or [])
+    existed = run_dir.path.exists()
+    with guards.RunGuard(plan.output_dir) as guard:
+        try:
+            parts = load(plan)
+            guard.fp16 = bool(parts.config.fp16)
+            trainer = build(plan, parts, run_dir, guard)
+        except BaseException:
+            if not existed:
+                run_dir.remove_if_empty()  # the Trainer creates output_dir early: leave no trace of a refused run
+            raise
+        record = begin(plan, parts, trainer, run_dir, start, overwrite, command)
+        try:
+            started = time.time()
+            training_loss = fit(trainer, start, parts.config)
+            record["runtime_s"] = round(time.time() - started, 2)
+            return finish(plan, parts, trainer, run_dir, guard, record, start, command, training_loss)
+        except (guards.RunInterrupted, guards.TrainingDiverged):
+            raise  # their summary is written
+        except BaseException as exc:
+            if is_main_process():
+                run_dir.write_summary({**record, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}"),
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            raise
+
+
+# --- load -------------------------------------------------------------------------------------------
+
+def load(plan: Plan) -> Parts:
+    """The TRL config, tokenizer, datasets, reward functions and model; user errors name their key."""
+    try:
+        model_path = models.resolve_model_path(plan.model, plan.base_dir)
+        models.quiet_libraries()
+        config = build_config(plan)
+
+        from transformers import set_seed
+
+        set_seed(config.seed)
+        tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
+        train_dataset, eval_dataset = load_data(plan, tokenizer)
+        extras = trainer_extras(plan, config)
+        model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
+    except RecipeError as exc:
+        exc.file = exc.file or plan.provenance.where(exc.key or "") or str(plan.recipe_path)
+        raise
+    if plan.algorithm.model_head == "reward":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if config.use_cpu:
+        _set_cpu_threads(model)
+    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras)
 
 
 def build_config(plan: Plan):
     """The TRL Config object; its own __post_init__ checks become recipe errors, not tracebacks."""
     config_cls = load_class(plan.algorithm.config)
-    args = dict(plan.train_args)
-    # Which checkpoint to continue from is decided by checkpoints.plan_start; the Trainer never reads it.
+    args = dict(plan.train)
+    # Which checkpoint to continue from is decided by RunDir.plan_start; the Trainer never reads it.
     args.pop("resume_from_checkpoint", None)
     try:
         config = config_cls(**args)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{plan.algorithm.config_name} rejected the train section: {redaction.redact(str(exc))}",
+        raise RecipeError(f"{plan.algorithm.config_name} rejected the train section: {redact(str(exc))}",
                           file=plan.recipe_path, key="train",
                           fix="see the message above; TRL's docs for this config apply as they are") from None
     if getattr(config, "hub_token", None):
@@ -68,20 +131,18 @@ def build_config(plan: Plan):
 
 
 def load_data(plan: Plan, tokenizer):
-    from align_recipes.data import DataError, DataSpec, load
+    from align_recipes.data import DataError, load
 
     loaded = {}
-    for split in ("train", "eval"):
-        entry = plan.recipe["data"].get(split)
-        if not entry:
+    for split, spec in (("train", plan.data.train), ("eval", plan.data.eval)):
+        if spec is None:
             continue
         try:
-            dataset, report = load(DataSpec.from_dict(entry, section=f"data.{split}"), plan.base_dir,
-                                   plan.algorithm.data_kind, tokenizer)
+            dataset, report = load(spec, plan.base_dir, plan.algorithm.data_kind, tokenizer)
         except DataError as exc:
             exc.file = exc.file or plan.recipe_path
             raise
-        if outputs.is_main_process():
+        if is_main_process():
             print(report.summary_line())
         loaded[split] = dataset
     return loaded.get("train"), loaded.get("eval")
@@ -93,13 +154,10 @@ def trainer_extras(plan: Plan, config) -> dict:
         return {}
     from align_recipes.rewards import build_reward_funcs
 
-    funcs, weights = build_reward_funcs(plan.recipe.get("rewards") or [], plan.base_dir)
+    funcs, weights = build_reward_funcs(plan.rewards, plan.base_dir)
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
     return {"reward_funcs": funcs}
-
-
-TINY_MODEL_PARAMS = 5_000_000
 
 
 def _set_cpu_threads(model) -> None:
@@ -112,15 +170,55 @@ def _set_cpu_threads(model) -> None:
     torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
 
 
-def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.Start) -> None:
+# --- build ------------------------------------------------------------------------------------------
+
+def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
+    """The registry's trainer, with TRL's keyword arguments and our two callbacks."""
+    trainer_cls = load_class(plan.algorithm.trainer)
+    return trainer_cls(
+        model=parts.model, args=parts.config, train_dataset=parts.train_dataset, eval_dataset=parts.eval_dataset,
+        processing_class=parts.tokenizer, peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
+        callbacks=[run_dir.metrics_callback(), guard.callback()], **parts.extras,
+    )
+
+
+# --- begin ------------------------------------------------------------------------------------------
+
+def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, overwrite: bool,
+          command: list[str]) -> dict:
+    """Prepare the folder, show what will run, measure the task metric before training, and write the
+    summary at status `running`. Returns the summary fields every later status repeats."""
+    main = is_main_process()
+    previous = run_dir.summary() if start.checkpoint is not None else {}
+    if main:
+        run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
+        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
+    before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
+    record = {
+        "algorithm": plan.algorithm.name,
+        "recipe": str(plan.recipe_path),
+        "model": plan.model.name_or_path,
+        "adapter": plan.model.adapter,
+        "profile": plan.profile.name,
+        "seed": parts.config.seed,
+        "output_dir": str(plan.output_dir),
+        "task_metric_before": before,
+    }
+    if start.checkpoint is not None:
+        record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
+    if main:
+        run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return record
+
+
+def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
-    spec = plan.recipe["model"]
-    precision = "bf16" if config.bf16 else "fp16" if config.fp16 else str(spec.get("dtype", "auto"))
+    precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
     params = sum(p.numel() for p in model.parameters())
     print("─" * 72)
     print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
-    print(f"  model      {spec['name_or_path']} ({params / 1e6:.2f}M params), adapter {spec.get('adapter', 'full')}")
+    print(f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}")
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
     print(f"  data       {train_rows} training rows · effective batch {effective}")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
@@ -132,144 +230,13 @@ def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.
     print("─" * 72, flush=True)
 
 
-def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None,
-          report: bool = True) -> dict:
-    """Run one recipe end to end and return its summary.
+# --- fit --------------------------------------------------------------------------------------------
 
-    resume=True (`--resume`) continues from the newest complete checkpoint in the output directory;
-    the recipe's `train.resume_from_checkpoint` may also say `auto` (continue if there is a checkpoint,
-    else start fresh), `latest` (as --resume) or name one checkpoint directory.
-    report=False (`--no-report`) skips report.md and its plots; `align-recipes report DIR` writes them later.
-    Raises RecipeError (exit 2) for anything the user can fix, guards.RunInterrupted on Ctrl-C/SIGTERM
-    (exit 130/143) and guards.TrainingDiverged (exit 2) when the loss stops being finite.
-    """
-    mode = checkpoints.RESUME_LATEST if resume else plan.train_args.get("resume_from_checkpoint")
-    start = checkpoints.plan_start(plan.output_dir, mode, overwrite, base_dir=plan.base_dir,
-                                   require_optimizer=not plan.train_args.get("save_only_model", False))
-    with guards.RunGuard(plan.output_dir) as guard:
-        return _train(plan, start, guard, overwrite, list(command or []), report)
-
-
-def _prepare_output_dir(plan: Plan, start: checkpoints.Start, overwrite: bool, command: list[str], config) -> None:
-    """Clear, continue or create the output directory, and record how to reproduce the run."""
-    output_dir = plan.output_dir
-    resolved = yaml.safe_dump(redaction.redact_obj(yaml.safe_load(resolved_yaml(plan))), sort_keys=False,
-                              allow_unicode=True)
-    if overwrite and output_dir.exists():
-        shutil.rmtree(output_dir)
-    if start.checkpoint is not None or start.fresh_over_leftovers:
-        # Checkpoints cut short after the one we continue from would be overwritten half-way: remove them.
-        for path, why in start.skipped:
-            shutil.rmtree(path, ignore_errors=True)
-    if start.fresh_over_leftovers:
-        for name in (outputs.METRICS, outputs.SUMMARY):
-            (output_dir / name).unlink(missing_ok=True)
-        print(f"note: nothing to resume in {output_dir} (no complete checkpoint): starting over")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if start.checkpoint is not None:
-        # Resuming from an older checkpoint than the newest: the newer ones are kept, under a name neither
-        # the Trainer's rotation nor our discovery will take for a checkpoint of this run.
-        for path in checkpoints.list_checkpoints(output_dir):
-            if checkpoints.checkpoint_step(path) > start.step:
-                aside = output_dir / f"superseded-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-                path.rename(aside)
-                print(f"note: {path.name} is newer than {start.checkpoint.name}: moved to {aside.name}")
-        outputs.truncate_metrics(output_dir, start.step)
-        changed = _recipe_changes(output_dir / outputs.RESOLVED_RECIPE, resolved)
-        if changed:
-            print(f"note: resuming with a changed recipe ({', '.join(changed[:6])}"
-                  f"{' …' if len(changed) > 6 else ''}); the new values apply from step {start.step}")
-        outputs.record_resume(output_dir, plan, command, start.checkpoint, changed)
-    else:
-        outputs.write_manifest(output_dir, outputs.manifest(plan, command, config))
-    (output_dir / outputs.RESOLVED_RECIPE).write_text(resolved)
-
-
-def _recipe_changes(previous_file: Path, resolved: str) -> list[str]:
-    try:
-        before = yaml.safe_load(previous_file.read_text())
-    except (OSError, yaml.YAMLError):
-        return []
-    old, new = _flat(before), _flat(yaml.safe_load(resolved))
-    ignore = {"train.resume_from_checkpoint"}
-    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
-
-
-def _flat(value, prefix: str = "") -> dict:
-    if isinstance(value, dict) and value:
-        out = {}
-        for key, sub in value.items():
-            out.update(_flat(sub, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwrite: bool, command: list[str],
-           report: bool) -> dict:
-    output_dir = plan.output_dir
-    spec = plan.recipe["model"]
-    try:
-        model_path = models.resolve_model_path(spec, plan.base_dir)
-    except RecipeError as exc:
-        exc.file = exc.file or _written_in(plan, exc.key)
-        raise
-    _quiet_libraries()
-    config = build_config(plan)
-    guard.fp16 = bool(config.fp16)
-
-    from transformers import set_seed
-
-    set_seed(config.seed)
-    try:
-        tokenizer = models.load_tokenizer(model_path, spec, plan.base_dir)
-        train_dataset, eval_dataset = load_data(plan, tokenizer)
-        extras = trainer_extras(plan, config)
-        model = models.load_model(model_path, spec, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
-    except RecipeError as exc:
-        exc.file = exc.file or _written_in(plan, exc.key)
-        raise
-    if plan.algorithm.model_head == "reward":
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if config.use_cpu:
-        _set_cpu_threads(model)
-
-    main = outputs.is_main_process()
-    previous = outputs.read_summary(output_dir) if start.checkpoint is not None else {}
-    if main:
-        _prepare_output_dir(plan, start, overwrite, command, config)
-        start_screen(plan, model, config, len(train_dataset), start)
-
-    from align_recipes.results.evaluate import measure
-
-    before = None
-    if main:
-        before = previous.get("task_metric_before") or measure(plan, model, tokenizer)
-    base = {
-        "algorithm": plan.algorithm.name,
-        "recipe": str(plan.recipe_path),
-        "model": spec["name_or_path"],
-        "adapter": spec.get("adapter", "full"),
-        "profile": plan.profile.name,
-        "seed": config.seed,
-        "output_dir": str(output_dir),
-        "task_metric_before": before,
-    }
-    if start.checkpoint is not None:
-        base["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
-    if main:
-        outputs.write_summary(output_dir, {**base, "status": "running",
-                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-    trainer_cls = load_class(plan.algorithm.trainer)
-    trainer = trainer_cls(
-        model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, peft_config=models.peft_config(spec, plan.algorithm.model_head),
-        callbacks=[outputs.metrics_callback(output_dir), guard.callback()], **extras,
-    )
+def fit(trainer, start: Start, config) -> float | None:
+    """trainer.train(), from the checkpoint `start` names; returns the Trainer's mean training loss."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()  # muted while loading; the training bar is worth seeing
-    started = time.time()
     if _already_finished(start, config):
         # The Trainer would train one step past the end when resumed from the final checkpoint: load it instead.
         from transformers import TrainerState
@@ -277,57 +244,12 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
         print(f"note: {start.checkpoint.name} is the last step: nothing left to train")
         trainer._load_from_checkpoint(str(start.checkpoint))
         trainer.state = TrainerState.load_from_json(str(start.checkpoint / "trainer_state.json"))
-        training_loss = None
-    else:
-        result = trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
-        training_loss = result.training_loss
-    runtime = time.time() - started
-    steps = trainer.state.global_step
-    records = outputs.read_metrics(output_dir) if main else []
-    first, last = outputs.first_and_last(records)
-    base.update(steps=steps, max_steps=trainer.state.max_steps, runtime_s=round(runtime, 2),
-                train_loss=outputs.whole_run_loss(records, start.step, steps, training_loss),
-                metrics_first=first, metrics_last=last)
-    resume_cmd = checkpoints.resume_command(command)
-
-    if guard.diverged is not None:
-        _stop_diverged(plan, config, tokenizer, guard, base, resume_cmd, main)
-    if guard.signum is not None and guard.signal_phase == "training":
-        checkpoint = guard.last_good
-        if main:
-            outputs.write_summary(output_dir, {**base, "status": "interrupted",
-                                               "signal": guards.signal_name(guard.signum),
-                                               "checkpoint": str(checkpoint) if checkpoint else None,
-                                               "resume_command": resume_cmd})
-        saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint could be saved"
-        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: stopped at step {steps}"
-                                    f"/{trainer.state.max_steps}; {saved}; summary in {output_dir / outputs.SUMMARY}"
-                                    f"\n  resume with: {resume_cmd}")
-
-    trainer.save_model(str(output_dir))
-    if not trainer.is_world_process_zero():
-        return {}
-    after = None
-    if guard.signum is None:
-        after = measure(plan, trainer.model, tokenizer)
-    summary = {**base, "status": "complete", "task_metric": _task_metric(before, after),
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    outputs.write_summary(output_dir, summary)
-    if guard.signum is not None:
-        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
-                                    f"model is saved in {output_dir}; the final evaluation was skipped")
-    print(f"done: {summary['steps']} steps in {runtime:.1f}s · {_headline(summary)}")
-    written = f"model, {outputs.SUMMARY}, {outputs.METRICS}, {outputs.RESOLVED_RECIPE}"
-    if report:
-        from align_recipes.results.report import write_report
-
-        print(f"wrote {output_dir}/ ({written}, {write_report(output_dir).name} with plots)")
-    else:
-        print(f"wrote {output_dir}/ ({written}); plots: align-recipes report {output_dir}")
-    return summary
+        return None
+    result = trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
+    return result.training_loss
 
 
-def _already_finished(start: checkpoints.Start, config) -> bool:
+def _already_finished(start: Start, config) -> bool:
     """Whether the checkpoint to resume from is already at the run's last step."""
     if start.checkpoint is None:
         return False
@@ -344,26 +266,59 @@ def _already_finished(start: checkpoints.Start, config) -> bool:
     return bool(target) and state.get("global_step", 0) >= target
 
 
-def _written_in(plan: Plan, key: str | None) -> str:
-    """Where a key's value came from, for errors found after validation: the command line or a recipe file."""
-    source = plan.sources.get(key or "", "")
-    if source == "override":
-        return "command line"
-    return source.split(":", 1)[1] if source.startswith("recipe:") else str(plan.recipe_path)
+# --- finish -----------------------------------------------------------------------------------------
+
+def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.RunGuard, record: dict, start: Start,
+           command: list[str], training_loss: float | None) -> dict:
+    """Stop cleanly after a signal or divergence; otherwise save the model, measure it and write the
+    summary at status `complete`."""
+    main = is_main_process()
+    steps = trainer.state.global_step
+    records = run_dir.metrics() if main else []
+    first, last = first_and_last(records)
+    record = {**record, "steps": steps, "max_steps": trainer.state.max_steps,
+              "train_loss": whole_run_loss(records, start.step, steps, training_loss),
+              "metrics_first": first, "metrics_last": last}
+    resume_cmd = checkpoints.resume_command(command)
+    if guard.diverged is not None:
+        _stop_diverged(plan, parts, run_dir, guard, record, resume_cmd, main)
+    if guard.signum is not None and guard.signal_phase == "training":
+        checkpoint = guard.last_good
+        if main:
+            run_dir.write_summary({**record, "status": "interrupted", "signal": guards.signal_name(guard.signum),
+                                   "checkpoint": str(checkpoint) if checkpoint else None,
+                                   "resume_command": resume_cmd})
+        saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint could be saved"
+        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: stopped at step {steps}"
+                                    f"/{trainer.state.max_steps}; {saved}; summary in {run_dir / SUMMARY}"
+                                    f"\n  resume with: {resume_cmd}")
+
+    trainer.save_model(str(plan.output_dir))
+    if not trainer.is_world_process_zero():
+        return {}
+    after = measure(plan, trainer.model, parts.tokenizer) if guard.signum is None else None
+    summary = {**record, "status": "complete", "task_metric": _task_metric(record["task_metric_before"], after),
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run_dir.write_summary(summary)
+    if guard.signum is not None:
+        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
+                                    f"model is saved in {plan.output_dir}; the final evaluation was skipped")
+    print(f"done: {summary['steps']} steps in {summary['runtime_s']:.1f}s · {headline(summary)}")
+    return summary
 
 
-def _stop_diverged(plan: Plan, config, tokenizer, guard: guards.RunGuard, base: dict, resume_cmd: str,
+def _stop_diverged(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard, record: dict, resume_cmd: str,
                    main: bool) -> None:
     """Write the summary of a run whose loss or gradient stopped being finite, and raise."""
     where = guard.diverged
     values = ", ".join(f"{k}={v}" for k, v in where["values"].items())
     good, _ = checkpoints.newest_complete(plan.output_dir,
-                                          require_optimizer=not plan.train_args.get("save_only_model", False))
-    causes = guards.likely_causes(config, tokenizer, plan.algorithm.name)
+                                          require_optimizer=not plan.train.get("save_only_model", False))
+    causes = guards.likely_causes(parts.config, parts.tokenizer, plan.algorithm.name)
     if main:
-        outputs.write_summary(plan.output_dir, {**base, "status": "diverged", "diverged_at": where["step"],
-                                                "non_finite": where["values"], "likely_causes": causes,
-                                                "checkpoint": str(good) if good else None})
+        run_dir.write_summary({**record, "status": "diverged", "diverged_at": where["step"],
+                               "non_finite": where["values"], "likely_causes": causes,
+                               "checkpoint": str(good) if good else None})
     kept = (f"kept the last good checkpoint, {good}; after the fix, continue it with: {resume_cmd}" if good else
             "no good checkpoint was saved (set train.save_strategy: steps and train.save_steps to keep some)")
     raise guards.TrainingDiverged(
@@ -378,7 +333,8 @@ def _task_metric(before: dict | None, after: dict | None) -> dict | None:
     return {"name": before["name"], "before": before["value"], "after": after["value"], "n": after.get("n")}
 
 
-def _headline(summary: dict) -> str:
+def headline(summary: dict) -> str:
+    """The `done:` line's verdict: the task metric before → after, else the training loss."""
     task = summary.get("task_metric")
     if task:
         return f"{task['name']} {task['before']:.3f} → {task['after']:.3f}"

@@ -41,6 +41,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from align_recipes.data.messages import completion_text
+
 OPERAND_MAX = 19  # operands are 0..OPERAND_MAX
 SPLIT_SEED = 20240611  # fixes which prompts are held out; never derived from a caller's seed
 SPLIT_SIZES = {"eval": 100, "sft": 200, "rl": 100}
@@ -166,25 +168,9 @@ def load_rows(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def prompt_text(prompt: Any) -> str:
-    """The user's text of a conversational prompt (list of messages) or a plain-string prompt."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m.get("content", "") for m in prompt if m.get("role") == "user")
-
-
 # ------------------------------------------------------------------------------ metric, reward
 
 _LEADING_INT = re.compile(r"\s*(-?\d+)")
-
-
-def completion_text(completion: Any) -> str:
-    """A completion as text: a string as is, a conversational completion (list of messages) joined."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content") or "")
-    return "".join(str(m.get("content") or "") for m in completion)
 
 
 def exact_match(completion: Any, answer: str) -> float:

@@ -1,0 +1,168 @@
+"""How to reproduce a run: `manifest.json` records the command, recipe, versions, git commit,
+hardware, profile, seed and data files, and every later resumption of the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from align_recipes.paths import find_local, write_atomic
+from align_recipes.redaction import redact_argv, redact_obj
+from align_recipes.run.checkpoints import command_words
+
+MANIFEST = "manifest.json"
+HASH_LIMIT = 256 * 1024 * 1024  # data files up to this size are hashed into the manifest
+
+
+def manifest(plan, command: list[str], config=None) -> dict:
+    """How to reproduce this run: recipe, command, versions, commit, hardware, profile, seed, data."""
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("align-recipes", "trl", "transformers", "torch", "peft", "accelerate", "datasets", "bitsandbytes",
+                    "vllm", "deepspeed"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    seed = getattr(config, "seed", None) if config is not None else plan.train.get("seed", 42)
+    payload = {
+        "command": redact_argv(command_words(command)),
+        "cwd": os.getcwd(),
+        "recipe": str(plan.recipe_path),
+        "recipe_sha256": _sha256(plan.recipe_path),
+        "algorithm": plan.algorithm.name,
+        "profile": plan.profile.name,
+        "profile_detected": plan.profile.detected,
+        "seed": seed,
+        "data_seed": getattr(config, "data_seed", None) if config is not None else None,
+        "git": _git(plan.recipe_path.parent),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "hardware": hardware(),
+        "data": data_files(plan),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumes": [],
+    }
+    payload["git_commit"] = payload["git"].get("commit")
+    return redact_obj(payload)
+
+
+def write_manifest(output_dir: Path, payload: dict) -> None:
+    write_atomic(Path(output_dir) / MANIFEST, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
+
+
+def record_resume(output_dir: Path, plan, command: list[str], checkpoint: Path, recipe_changed: list[str]) -> None:
+    """Append this resumption to the manifest of the run it continues (or start one if it is missing)."""
+    path = Path(output_dir) / MANIFEST
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        payload = manifest(plan, command)
+    payload.setdefault("resumes", []).append({
+        "from_checkpoint": str(checkpoint),
+        "command": redact_argv(command_words(command)),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": _git(plan.recipe_path.parent),
+        "hardware": hardware(),
+        "recipe_changed": recipe_changed,
+    })
+    write_manifest(output_dir, payload)
+
+
+def hardware() -> dict:
+    """CPU count, memory, GPUs (through torch when it is already imported, else nvidia-smi), world size."""
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        info["cpu_affinity"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    gpus = []
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                for index in range(torch.cuda.device_count()):
+                    props = torch.cuda.get_device_properties(index)
+                    gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                                 "capability": f"{props.major}.{props.minor}"})
+                info["cuda"] = torch.version.cuda
+                info["cudnn"] = torch.backends.cudnn.version()
+            info["torch_threads"] = torch.get_num_threads()
+        except Exception:  # noqa: BLE001 - a broken driver must not stop the run from recording itself
+            pass
+    else:
+        from align_recipes.plan.hardware import detect_gpus
+
+        gpus = [{"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
+                for g in detect_gpus()]
+    info["gpus"] = gpus
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        info["cuda_visible_devices"] = visible
+    info["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    return info
+
+
+def data_files(plan) -> dict:
+    """Each local dataset the recipe names: resolved path, size and sha256 (hub ids: id, split, revision)."""
+    entries = {"data.train": plan.data.train, "data.eval": plan.data.eval,
+               "evaluate.data": plan.evaluate.data if plan.evaluate else None}
+    found = {}
+    for section, spec in entries.items():
+        if spec is None:
+            continue
+        record: dict[str, Any] = {"path": spec.path, "split": spec.split}
+        path = find_local(spec.path, plan.base_dir, None) if spec.source in ("auto", "local") else None
+        if path is not None and path.is_file():
+            record.update(resolved=str(path.resolve()), bytes=path.stat().st_size, sha256=_sha256(path))
+        elif path is not None and path.is_dir():
+            record.update(resolved=str(path.resolve()),
+                          files={str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
+                                 if p.is_file()})
+        else:
+            record["source"] = spec.source
+        found[section] = record
+    return found
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        path = Path(path)
+        if path.stat().st_size > HASH_LIMIT:
+            return None
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
+
+
+def _git(where: Path) -> dict:
+    """The commit of the repository holding the recipe, and whether it had uncommitted changes."""
+    def run(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": None}
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
