@@ -28,6 +28,7 @@ from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, models
 from align_recipes.run.measure import measure
+from align_recipes.run.progress import key_metrics, progress_callback
 from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
 
 TINY_MODEL_PARAMS = 5_000_000
@@ -173,13 +174,20 @@ def _set_cpu_threads(model) -> None:
 # --- build ------------------------------------------------------------------------------------------
 
 def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
-    """The registry's trainer, with TRL's keyword arguments and our two callbacks."""
+    """The registry's trainer, with TRL's keyword arguments and our callbacks: metrics.jsonl, the guard,
+    and the progress display in place of the Trainer's own."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     trainer_cls = load_class(plan.algorithm.trainer)
-    return trainer_cls(
+    trainer = trainer_cls(
         model=parts.model, args=parts.config, train_dataset=parts.train_dataset, eval_dataset=parts.eval_dataset,
         processing_class=parts.tokenizer, peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
         callbacks=[run_dir.metrics_callback(), guard.callback()], **parts.extras,
     )
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    trainer.add_callback(progress_callback(key_metrics(plan.algorithm)))
+    return trainer
 
 
 # --- begin ------------------------------------------------------------------------------------------
@@ -234,9 +242,6 @@ def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> No
 
 def fit(trainer, start: Start, config) -> float | None:
     """trainer.train(), from the checkpoint `start` names; returns the Trainer's mean training loss."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.enable_progress_bar()  # muted while loading; the training bar is worth seeing
     if _already_finished(start, config):
         # The Trainer would train one step past the end when resumed from the final checkpoint: load it instead.
         from transformers import TrainerState
