@@ -441,3 +441,22 @@ def test_impossible_combination_exits_2_with_the_fix(tmp_path, capsys):
     assert main(["validate", str(recipe), "--profile", "t4"]) == 2
     err = capsys.readouterr().err
     assert "train.bf16" in err and "fix:" in err
+
+
+# --- kernels -------------------------------------------------------------------------------------------
+
+def test_gpu_profiles_switch_liger_on_when_installed_and_say_so_when_not(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, "dpo")
+    monkeypatch.setattr(profiles, "package_version", lambda name: None)
+    plan = load_plan(recipe, profile="a100")
+    assert plan.train["use_liger_kernel"] is False
+    assert "pip install 'align-recipes[liger]'" in change(plan, "train.use_liger_kernel").why
+    monkeypatch.setattr(profiles, "package_version", lambda name: "0.8.5" if name == "liger-kernel" else None)
+    plan = load_plan(recipe, profile="a100")
+    assert plan.train["use_liger_kernel"] is True and "liger-kernel 0.8.5" in change(plan, "train.use_liger_kernel").why
+    assert "use_liger_kernel" not in load_plan(recipe, profile="cpu").train  # Triton kernels need a GPU
+    (tmp_path / "online").mkdir()
+    ppo = write_recipe(tmp_path / "online", "ppo", model_extra="adapter: lora")
+    assert "use_liger_kernel" not in load_plan(ppo, profile="a100").train  # our PPO: not wired for Liger
+    plan = load_plan(recipe, ["train.use_liger_kernel=false"], profile="a100")
+    assert plan.train["use_liger_kernel"] is False and plan.sources["train.use_liger_kernel"] == "override"

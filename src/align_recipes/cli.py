@@ -85,6 +85,8 @@ def _add_result_verbs(verbs) -> None:
     merge.add_argument("run_dir", metavar="DIR", help="a run's output directory holding an adapter")
     merge.add_argument("--out", required=True, metavar="MERGED", help="directory for the merged model")
     merge.add_argument("--overwrite", action="store_true", help="replace MERGED if it exists")
+    merge.add_argument("--push", metavar="REPO", help="then upload MERGED (with its model card) to this hub repository")
+    merge.add_argument("--private", action="store_true", help="with --push: create the repository private")
 
     evaluate = verbs.add_parser("eval", help="measure a run on held-out data; writes eval.json")
     evaluate.add_argument("run_dir", metavar="DIR", help="a run's output directory")
@@ -127,7 +129,12 @@ def _run_result_verb(args) -> int:
     elif args.verb == "merge":
         from align_recipes.results.merge import merge
 
-        print(f"wrote {merge(args.run_dir, args.out, overwrite=args.overwrite)}")
+        out = merge(args.run_dir, args.out, overwrite=args.overwrite)
+        print(f"wrote {out}")
+        if args.push:
+            from align_recipes.results.publish import push
+
+            print(f"pushed {out} to {push(out, args.push, private=args.private or None)}")
     elif args.verb == "eval":
         from align_recipes.results.evaluate import EVAL_FILE, evaluate_run
 
@@ -142,20 +149,6 @@ def _run_result_verb(args) -> int:
         pipeline = load_pipeline(args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir)
         run_pipeline(pipeline, force=args.force, dry_run=args.dry_run)
     return 0
-
-
-def _after_training(output_dir: Path, report: bool) -> None:
-    """What every finished run gets besides its model: report.md with plots (unless --no-report)."""
-    from align_recipes.run.rundir import METRICS, RESOLVED_RECIPE, SUMMARY
-
-    written = f"model, {SUMMARY}, {METRICS}, {RESOLVED_RECIPE}"
-    if report:
-        from align_recipes.results.report import try_write_report
-
-        path = try_write_report(output_dir)
-        print(f"wrote {output_dir}/ ({written}" + (f", {path.name} with plots)" if path else ")"))
-    else:
-        print(f"wrote {output_dir}/ ({written}); plots: align-recipes report {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(plan, overwrite=args.overwrite, resume=args.resume,
                         command=sys.argv if argv is None else ["align-recipes", *argv])
         if summary:  # the main process
-            _after_training(plan.output_dir, report=not args.no_report)
+            from align_recipes.results.publish import wrap_up
+
+            wrap_up(plan, report=not args.no_report)
         return 0
     except (RecipeError, RecipeErrors) as exc:
         from align_recipes.redaction import redact

@@ -42,6 +42,8 @@ class Algorithm:
         implicit_reward: the policy defines a reward β·log π/π_ref (the DPO family), which `eval`
             measures on held-out pairs as implicit_reward_accuracy.
         truncates: training rows are cut at `train.max_length`, so a batch can hold no trained token.
+        liger: the trainer supports Liger kernels (`train.use_liger_kernel`); GPU profiles switch them on
+            when liger-kernel is installed.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Algorithm:
     critic: bool = False
     implicit_reward: bool = False
     truncates: bool = True
+    liger: bool = False
 
     @property
     def config_name(self) -> str:
@@ -76,19 +79,20 @@ ALGORITHMS: dict[str, Algorithm] = {
     a.name: a
     for a in [
         Algorithm("sft", "trl:SFTConfig", "trl:SFTTrainer", LANGUAGE_MODELING,
-                  "supervised fine-tuning on chats or prompt/completion pairs"),
+                  "supervised fine-tuning on chats or prompt/completion pairs", liger=True),
         Algorithm("reward", "trl:RewardConfig", "trl:RewardTrainer", PREFERENCE,
                   "reward model (Bradley-Terry) on chosen/rejected pairs", model_head="reward"),
         Algorithm("dpo", "trl:DPOConfig", "trl:DPOTrainer", PREFERENCE,
                   "direct preference optimisation against a frozen reference", reference=True,
-                  implicit_reward=True),
+                  implicit_reward=True, liger=True),
         Algorithm("orpo", "trl.experimental.orpo:ORPOConfig", "trl.experimental.orpo:ORPOTrainer", PREFERENCE,
                   "odds-ratio preference optimisation, no reference model", implicit_reward=True),
         Algorithm("kto", "trl:KTOConfig", "trl:KTOTrainer", UNPAIRED,
-                  "Kahneman-Tversky optimisation on thumbs-up/down examples", reference=True, implicit_reward=True),
+                  "Kahneman-Tversky optimisation on thumbs-up/down examples", reference=True, implicit_reward=True,
+                  liger=True),
         Algorithm("grpo", "trl:GRPOConfig", "trl:GRPOTrainer", PROMPT_ONLY,
                   "group-relative policy optimisation with reward functions", uses_rewards=True, generates=True,
-                  reference="beta", truncates=False),
+                  reference="beta", truncates=False, liger=True),
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
                   reference="kl_coef", critic=True, truncates=False),

@@ -11,6 +11,7 @@ from align_recipes.errors import RecipeError
 from align_recipes.registry import Algorithm
 from align_recipes.plan.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
 from align_recipes.plan.model_size import human
+from align_recipes.plan import trl_fields
 from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
 from align_recipes.plan.sections import ModelSection
 
@@ -33,7 +34,8 @@ def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: 
     gradients = weight
     states = gradients + optimizer
     weights = weight
-    if algorithm.has_reference(train):
+    defaults = {name: info.default for name, info in trl_fields.config_fields(algorithm.config_name).items()}
+    if algorithm.has_reference({**defaults, **train}):
         weights += weight  # a frozen reference copy in the same dtype
         parts.append("a reference model")
     if algorithm.critic:

@@ -164,6 +164,31 @@ def bitsandbytes_status() -> tuple[bool, str]:
 
 # --- launcher ----------------------------------------------------------------------------------------------
 
+def hub_token_problem() -> str | None:
+    """Why a push to the Hugging Face hub would fail for want of credentials (None: a token is found)."""
+    from huggingface_hub import get_token  # imported only when a recipe pushes
+
+    if get_token():
+        return None
+    return "no Hugging Face token found (neither HF_TOKEN nor a `huggingface-cli login`)"
+
+
+# report_to name -> (the pip package, the modules any of which transformers' integration accepts)
+TRACKERS = {"wandb": ("wandb", ("wandb",)), "trackio": ("trackio", ("trackio",)),
+            "tensorboard": ("tensorboard", ("tensorboard", "tensorboardX")), "mlflow": ("mlflow", ("mlflow",)),
+            "comet_ml": ("comet-ml", ("comet_ml",)), "clearml": ("clearml", ("clearml",)),
+            "dvclive": ("dvclive", ("dvclive",)), "neptune": ("neptune", ("neptune",)),
+            "swanlab": ("swanlab", ("swanlab",)), "codecarbon": ("codecarbon", ("codecarbon",)),
+            "azure_ml": ("azureml-core", ("azureml",))}
+
+
+def tracker_problems(report_to) -> list[tuple[str, str]]:
+    """(tracker, pip package) for each tracker in `report_to` whose package is not installed."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [(str(name), TRACKERS[name][0]) for name in names
+            if name in TRACKERS and not any(has_module(m) for m in TRACKERS[name][1])]
+
+
 def _truthy(value: str | None) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, vllm_status
+from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
 from align_recipes.plan import trl_fields
 from align_recipes.plan.model_size import human
 from align_recipes.plan.yamlio import load_yaml
@@ -337,6 +337,10 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | Non
         else:
             put("model.attn_implementation", "sdpa", f"{status}: PyTorch sdpa instead")
 
+    # Liger kernels on GPUs, for the trainers that support them.
+    if profile.gpu is not None and getattr(algorithm, "liger", False):
+        put("train.use_liger_kernel", *_liger_choice())
+
     # Generation with vLLM for online algorithms.
     if getattr(algorithm, "generates", False):
         for key, value, why in _vllm_choice(profile, model_wish, params):
@@ -345,6 +349,15 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | Non
     changes = [Change(key, (model if key.startswith("model.") else train)[key.partition(".")[2]], why)
                for key, why in reasons.items()]
     return {"model": model, "train": train}, changes
+
+
+def _liger_choice() -> tuple[bool, str]:
+    version = package_version("liger-kernel")
+    if version:
+        return True, (f"liger-kernel {version}: Triton kernels for RMSNorm, RoPE and SwiGLU cut activation memory "
+                      "and time (TRL already computes the LM head's loss in chunks)")
+    return False, ("liger-kernel is not installed: `pip install 'align-recipes[liger]'` for Triton kernels that cut "
+                   "activation memory (off without it)")
 
 
 def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> list[tuple[str, Any, str]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from align_recipes.plan import trl_fields as schema
-from align_recipes.plan import sections
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm, names_text
 from align_recipes.fields import FieldInfo, kind_of
+from align_recipes.plan import sections, trl_fields
+from align_recipes.plan.hardware import hub_token_problem, tracker_problems
+from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm, names_text
 
 PEEK_ROWS = 20  # rows `validate` reads from each local dataset
 Locate = Callable[[str], "tuple[str | None, int | None]"]
@@ -164,12 +164,29 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
                             "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
                             "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)")
 
-    train_fields = schema.config_fields(algorithm.config_name)
+    train_fields = trl_fields.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
     check.ranges(train, sections.TRAIN_RANGES, "train.")
     if train.get("bf16") and train.get("fp16"):
         check.error("train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer")
+    _check_outlets(check, train)
     return check.errors
+
+
+def _check_outlets(check: _Checker, train: dict) -> None:
+    """Where the run reports to and publishes: the tracker packages installed, the hub push possible."""
+    for tracker, package in tracker_problems(train.get("report_to")):
+        check.error("train.report_to", f"report_to names {tracker}, but its package is not installed",
+                    f"pip install {package}, or drop {tracker} from train.report_to")
+    if train.get("push_to_hub"):
+        if not train.get("hub_model_id"):
+            check.error("train.hub_model_id", "push_to_hub needs the repository to push to",
+                        "set train.hub_model_id: <user or org>/<model name>")
+        problem = hub_token_problem()
+        if problem:
+            check.error("train.push_to_hub", f"push_to_hub is on but {problem}",
+                        "export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`, "
+                        "or set train.push_to_hub: false")
 
 
 def _has_reward_model(recipe: dict) -> bool:

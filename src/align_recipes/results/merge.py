@@ -9,17 +9,12 @@ QLoRA adapters merge into the base loaded un-quantized in the run's compute dtyp
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from align_recipes.results.runs import RunInfo, inspect_run, load_run
 from align_recipes.errors import RecipeError
-
-CARD = "README.md"
+from align_recipes.results.runs import inspect_run, load_run
+from align_recipes.run.card import write_card
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
 
 
@@ -46,63 +41,6 @@ def merge(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path
     for name in KEPT_FILES:  # provenance; `eval`/`chat` read the recipe (reference model, head) from here too
         if (info.run_dir / name).is_file():
             shutil.copy2(info.run_dir / name, out / name)
-    (out / CARD).write_text(model_card(info, merged))
+    kind = "qlora" if info.model.adapter == "qlora" else str(info.adapter.get("peft_type", "LORA")).lower()
+    write_card(out, merged={"kind": kind, "dtype": str(merged.dtype), "adapter": info.adapter})
     return out
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def model_card(info: RunInfo, model=None) -> str:
-    """A Hugging Face model card: front matter, how the model was made, its metrics, the recipe."""
-    adapter = info.adapter or {}
-    spec = info.model
-    base = spec.name_or_path or adapter.get("base_model_name_or_path", "unknown")
-    summary = info.summary
-    algorithm = info.algorithm or "unknown"
-    peft_type = adapter.get("peft_type", "LORA").lower()
-    kind = "qlora" if spec.adapter == "qlora" else peft_type
-    front = {"library_name": "transformers", "tags": ["align-recipes", "trl", algorithm, kind, "merged"]}
-    if not str(base).startswith("builtin:") and "/" in str(base) and not Path(str(base)).exists():
-        front["base_model"] = str(base)
-    targets = adapter.get("target_modules")
-    if isinstance(targets, list):  # PEFT expands all-linear to full module paths: show the layer kinds
-        targets = ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets}))
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# {algorithm} of {base} (adapter merged)", "",
-             f"Trained with align-recipes on TRL: `{algorithm}` from the recipe "
-             f"`{summary.get('recipe', 'unknown')}`, then the {kind} adapter was merged into the base model "
-             f"with PEFT's `merge_and_unload`. The weights are standalone: no PEFT needed to load them.", "",
-             "## Provenance", "", "| | |", "|---|---|",
-             f"| base model | `{base}` |", f"| algorithm | {algorithm} |",
-             f"| adapter | {kind}: r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, "
-             f"dropout={adapter.get('lora_dropout')}, targets={targets} |",
-             f"| modules trained in full | {adapter.get('modules_to_save') or 'none'} |",
-             f"| merged dtype | {getattr(model, 'dtype', '') if model is not None else ''} |",
-             f"| steps | {summary.get('steps', '')} |", f"| profile | {summary.get('profile', '')} |", ""]
-    task = summary.get("task_metric")
-    lines += ["## Metrics", ""]
-    if task:
-        lines += ["| task metric | before | after | n |", "|---|---:|---:|---:|",
-                  f"| {task.get('name')} | {_fmt(task.get('before'))} | {_fmt(task.get('after'))} | {task.get('n')} |",
-                  ""]
-    last = summary.get("metrics_last") or {}
-    if last:
-        first = summary.get("metrics_first") or {}
-        lines += ["| training metric | first | last |", "|---|---:|---:|"]
-        lines += [f"| {k} | {_fmt(first.get(k, ''))} | {_fmt(v)} |" for k, v in last.items()]
-        lines.append("")
-    if not task and not last:
-        lines += ["No summary.json was found in the run directory.", ""]
-    head = "AutoModelForSequenceClassification" if info.head == "reward" else "AutoModelForCausalLM"
-    lines += ["## Use", "", "```python", f"from transformers import {head}, AutoTokenizer", "",
-              f'model = {head}.from_pretrained("PATH/TO/THIS/DIR")',
-              'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/DIR")', "```", "",
-              "or `align-recipes chat PATH/TO/THIS/DIR`.", ""]
-    if info.recipe:
-        lines += ["## Resolved recipe", "", "```yaml", yaml.safe_dump(info.recipe, sort_keys=False).strip(), "```", ""]
-    lines += ["## Adapter configuration", "", "```json",
-              json.dumps({k: v for k, v in adapter.items() if v not in (None, {}, [], False)}, indent=2,
-                         sort_keys=True, default=str), "```", ""]
-    return "\n".join(lines)

@@ -284,6 +284,7 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
 
     from align_recipes import run
     from align_recipes.plan import load_plan
+    from align_recipes.results.publish import wrap_up
 
     # Validated again now that the stages it reads from exist (reward model references, sizes).
     stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
@@ -299,7 +300,7 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
         raise
     if stage.adapter:
         _merge(stage)
-    _report(stage)
+    wrap_up(stage.plan)
     gc.collect()
     try:
         import torch
@@ -316,12 +317,6 @@ def _merge(stage: Stage) -> None:
 
     print(f"  merging the {stage.name} adapter -> {stage.model_dir}")
     merge(stage.output_dir, stage.model_dir, overwrite=True)
-
-
-def _report(stage: Stage) -> None:
-    from align_recipes.results.report import try_write_report
-
-    try_write_report(stage.output_dir)
 
 
 def _record(stage: Stage, status: str, seconds: float) -> dict:

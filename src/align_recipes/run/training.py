@@ -27,6 +27,7 @@ from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, models
+from align_recipes.run.card import write_card
 from align_recipes.run.measure import measure
 from align_recipes.run.progress import key_metrics, progress_callback
 from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
@@ -117,6 +118,9 @@ def build_config(plan: Plan):
     args = dict(plan.train)
     # Which checkpoint to continue from is decided by RunDir.plan_start; the Trainer never reads it.
     args.pop("resume_from_checkpoint", None)
+    # align-recipes pushes the finished folder itself (results.publish), with its own model card: the
+    # Trainer would push at every save and replace the card with its own.
+    args["push_to_hub"] = False
     try:
         config = config_cls(**args)
     except (ValueError, TypeError) as exc:
@@ -305,6 +309,7 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     summary = {**record, "status": "complete", "task_metric": _task_metric(record["task_metric_before"], after),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_dir.write_summary(summary)
+    write_card(plan.output_dir)
     if guard.signum is not None:
         raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
                                     f"model is saved in {plan.output_dir}; the final evaluation was skipped")
