@@ -107,6 +107,12 @@ TABLE = [
     ("reward_bad_signature.yaml", [], "rewards[0].function", ["must accept **kwargs"], "reward_bad_signature.yaml"),
     ("reward_missing_attr.yaml", [], "rewards[0].function", ["has no attribute 'scor'", "did you mean 'score'"],
      "reward_missing_attr.yaml"),
+    ("reward_missing_column.yaml", [], "rewards[0].function",
+     ["'rewards_bad.py:by_reference' needs the column 'reference'", "data.train (prompts.jsonl)", "answer",
+      "data.train.columns: {reference: your_column}"], "reward_missing_column.yaml"),
+    ("reward_builtin_missing_column.yaml", [], "rewards[0].name",
+     ["'exact_match' needs the column 'solution'", "columns it passes to rewards: answer", "set `column:`"],
+     "reward_builtin_missing_column.yaml"),
     ("grpo_no_rewards.yaml", [], "rewards", ["needs at least one reward"], "grpo_no_rewards.yaml"),
     ("dpo_with_rewards.yaml", [], "rewards", ["`dpo` takes no reward functions"], "dpo_with_rewards.yaml:6"),
     # impossible combinations, with the recipe or with a hardware profile

@@ -83,6 +83,21 @@ def test_function_references(tmp_path, monkeypatch):
     assert len(errors) == 6
 
 
+def test_entries_declare_the_columns_they_read(tmp_path):
+    from align_recipes.rewards import needed_columns
+
+    assert needed_columns({"name": "exact_match"}) == ["answer"]  # the builtin's default column
+    assert needed_columns({"name": "numeric_match", "column": "solution"}) == ["solution"]
+    assert needed_columns({"name": "regex", "pattern": "x"}) == [] and needed_columns({"model": "o/rm"}) == []
+    (tmp_path / "cols.py").write_text(textwrap.dedent("""
+        def score(prompts, completions, reference, difficulty=1, *, label, trainer_state=None,
+                  completion_ids=None, log_metric=None, **kwargs):
+            return [0.0] * len(completions)
+    """))
+    # required named parameters only; the trainer's own keyword arguments and defaulted ones are not columns
+    assert needed_columns({"function": "cols.py:score"}, tmp_path) == ["reference", "label"]
+
+
 def test_builtin_and_shape_errors(tmp_path):
     errors = check_reward_specs([
         {"name": "exact_mach"},

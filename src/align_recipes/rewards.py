@@ -190,6 +190,30 @@ def signature_problem(func: Callable) -> str | None:
     return None
 
 
+# What the trainers pass to every reward function besides the dataset's columns (TRL's GRPOTrainer, our rl/).
+TRAINER_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                  "environments")
+
+
+def needed_columns(spec: dict, base_dir: str | Path | None = None) -> list[str]:
+    """The dataset columns a valid reward entry reads: a builtin's `column` (its default when not given), or
+    the named parameters of a function that have no default and that the trainer does not pass itself."""
+    if "name" in spec:
+        factory, params, _ = BUILTINS[spec["name"]]
+        if "column" not in params:
+            return []
+        return [spec.get("column", inspect.signature(factory).parameters["column"].default)]
+    if "function" not in spec:
+        return []  # a reward model reads the prompt and the completion only
+    func = load_function(spec["function"], Path(base_dir) if base_dir is not None else None)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in TRAINER_KWARGS
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
 def load_function(ref: str, base_dir: Path | None = None) -> Callable:
     """Resolve 'module:function' or 'file.py:function' to a callable with a usable signature."""
     target, attr = _split_ref(ref)

@@ -337,6 +337,12 @@ def _cannot_serve(rows, spec: DataSpec, fmt: str, kind: str) -> DataError:
                      fix="point data at a dataset of the right kind, or map columns with columns:")
 
 
+def reward_columns(rows: list[dict], spec: DataSpec) -> list[str]:
+    """The columns prompt-only rows carry to reward functions (as keyword arguments): the scalar columns
+    besides the prompt, after `columns:` renaming."""
+    return list(binding_for(rename_rows(rows, spec), spec, PROMPT_ONLY).keep)
+
+
 def detect_format(rows: list[dict], spec: DataSpec) -> str:
     """The format name of the rows (after `columns:` renaming); DataError if none fits."""
     return binding_for(rename_rows(rows, spec), spec).format
