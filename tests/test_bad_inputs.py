@@ -191,6 +191,42 @@ def test_control_cases_are_valid(name):
     assert stdout.startswith("ok: ")
 
 
+# Bad only once the tokenizer has read the data: every row longer than train.max_length. The run stops after
+# loading and before the first step, with the rows lost to each cause and the max_length that keeps one.
+LONG_PREFS, LONG_CHATS = "tests/bad_inputs/data/long_prompt_prefs.jsonl", "tests/bad_inputs/data/long_prompt_chats.jsonl"
+AFTER_LOADING = [
+    ("dpo", LONG_PREFS, "DPOTrainer leaves out all 12: the prompt alone fills train.max_length (32 tokens)"),
+    ("kto", LONG_PREFS, "KTOTrainer leaves out all 24: the prompt alone fills"),
+    ("orpo", LONG_PREFS, "ORPOTrainer leaves out all 12: the prompt alone fills"),
+    ("reward", LONG_PREFS, "RewardTrainer leaves out all 12: longer than train.max_length (32 tokens)"),
+    ("sft", LONG_CHATS, "SFTTrainer leaves out all 12: the prompt alone fills"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, data, fragment", AFTER_LOADING, ids=[row[0] for row in AFTER_LOADING])
+def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragment, tmp_path):
+    out = tmp_path / "out"
+    words = ["train", f"recipes/tiny/{algorithm}.yaml", f"data.train.path={data}", "train.max_length=32",
+             "model.name_or_path=builtin:tiny-qwen2", "evaluate=null", "train.max_steps=1", "--profile", "cpu",
+             f"train.output_dir={out}", "--no-report"]
+    rc, stdout, stderr, _ = run_cli(*words, timeout=300)
+    assert rc == 2, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "\nerror: " in "\n" + stderr  # (ORPO logs warnings first)
+    assert "data.train: no row is left to train on: 12 rows read" in stderr and fragment in stderr, stderr
+    assert "raise train.max_length (command line) from 32 to at least" in stderr, stderr
+    assert not out.exists(), "the refused run left an output directory"
+    if algorithm != "dpo":
+        return
+    # The suggested max_length is the smallest that trains: the 10 rows with the shortest prompt (a one-digit
+    # sum) fit, the 2 with a two-digit one are one token longer and are left out.
+    suggested = int(stderr.split("to at least ")[1].split(":")[0])
+    rc, stdout, stderr, _ = run_cli(*words[:-2], f"train.max_length={suggested}", f"train.output_dir={out}",
+                                    "--no-report", timeout=300)
+    assert rc == 0, stdout + stderr
+    assert "DPOTrainer leaves 2 of 12 rows out" in stdout and "done: 1 steps" in stdout
+
+
 PROBE = """
 import sys
 from align_recipes.cli import main

@@ -134,7 +134,8 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return target, attr
 
 
-def _is_file_ref(target: str) -> bool:
+def is_file_ref(target: str) -> bool:
+    """'rewards.py' or 'lib/rewards' is a file; 'my_pkg.rewards' is a module."""
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
@@ -148,7 +149,7 @@ def _find_file(target: str, base_dir: Path | None) -> Path:
 
 
 def _import_target(target: str, base_dir: Path | None):
-    if _is_file_ref(target):
+    if is_file_ref(target):
         path = _find_file(target, base_dir)
         name = f"_align_recipes_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name in sys.modules:

@@ -151,8 +151,12 @@ def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
                             f"(now {spec.max_drop_fraction})")
 
 
-def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path) -> list[RecipeError]:
-    """All problems in a fully merged recipe (model, data, rewards, evaluate, train)."""
+def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path,
+                    rewards_dir: Path | None = None) -> list[RecipeError]:
+    """All problems in a fully merged recipe (model, data, rewards, evaluate, train). Relative references
+    resolve against `base_dir` (the recipe's folder), reward modules against `rewards_dir` (the folder of
+    the file that wrote `rewards:`) when given."""
+    rewards_dir = rewards_dir or base_dir
     check = _Checker(locate)
     check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
     model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section")
@@ -193,14 +197,14 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
         if not isinstance(rewards, list):
             check.error("rewards", "must be a list of reward entries", "write `rewards:` then `- {name: exact_match}`")
         else:
-            problems = check_reward_specs(rewards, base_dir)
+            problems = check_reward_specs(rewards, rewards_dir)
             for message in problems:
                 key, _, text = message.partition(": ")
                 check.error(key if key.startswith("rewards") else "rewards", text or message,
                             "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
                             "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)")
             if not problems:
-                _check_reward_columns(check, rewards, peeked, base_dir)
+                _check_reward_columns(check, rewards, peeked, rewards_dir)
 
     train_fields = schema.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)

@@ -159,7 +159,7 @@ def trainer_extras(plan: Plan, config) -> dict:
         return {}
     from align_recipes.rewards import build_reward_funcs
 
-    funcs, weights = build_reward_funcs(plan.rewards, plan.base_dir)
+    funcs, weights = build_reward_funcs(plan.rewards, plan.rewards_dir)
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
     return {"reward_funcs": funcs}
