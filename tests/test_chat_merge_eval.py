@@ -241,12 +241,12 @@ def test_trained_lora_run_chat_merge_eval(tmp_path, capsys):
     assert main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "model.adapter=lora",
                  "train.max_steps=4", "train.logging_steps=2", "evaluate.limit=4"]) == 0
     capsys.readouterr()
+    os.chdir(tmp_path)  # the verbs work on the run folder from anywhere (the autouse fixture restores the cwd)
     assert main(["chat", str(out), "--prompt", "3+4=", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     answer = capsys.readouterr().out
-    assert main(["merge", str(out), "--out", str(tmp_path / "merged")]) == 0
+    assert main(["merge", str(out), "--out", "merged"]) == 0
     capsys.readouterr()
-    assert main(["chat", str(tmp_path / "merged"), "--prompt", "3+4=", "--temperature", "0",
-                 "--max-new-tokens", "4"]) == 0
+    assert main(["chat", "merged", "--prompt", "3+4=", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out == answer
     metrics = _eval(out, "--limit", "4")
     assert metrics["exact_match"]["n"] == 4

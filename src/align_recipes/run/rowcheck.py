@@ -32,7 +32,7 @@ def check_trainable_rows(plan, parts, trainer) -> None:
         usable = trainable_count(prepared)
         lost = len(converted) - usable
         if usable > 0:
-            if lost > 0 and is_main_process():
+            if lost > 0 and not plan.train.get("packing") and is_main_process():  # packed rows are fewer
                 print(f"note: data.{split}: {plan.algorithm.trainer_name} leaves {lost} of {len(converted)} rows "
                       f"out: {length_rule(plan)}")
             continue
@@ -73,7 +73,8 @@ def no_rows_left(plan, parts, split: str, converted) -> DataError:
     left = "the other" if report is not None and report.rows_dropped else "all"
     parts_of.append(f"{plan.algorithm.trainer_name} leaves out {left} {len(converted)}: {length_rule(plan)}")
     spec = getattr(plan.data, split)
-    return DataError("no row is left to train on: " + "; ".join(parts_of), key=section,
+    use = "train on" if split == "train" else "evaluate on"
+    return DataError(f"no row is left to {use}: " + "; ".join(parts_of), key=section,
                      file=getattr(spec, "path", None), fix=length_fix(plan, parts.tokenizer, converted))
 
 
