@@ -150,3 +150,22 @@ def test_validation_imports_no_torch(tmp_path):
         assert "torch" not in sys.modules, "validation imported torch"
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_checks_reward_columns_on_the_data_it_loaded():
+    """Data `validate` cannot read (a hub dataset) is checked once the run has loaded it, before the model."""
+    import datasets
+
+    from align_recipes.errors import RecipeErrors
+    from align_recipes.plan import load_plan
+    from align_recipes.run.training import trainer_extras
+
+    plan = load_plan("tests/bad_inputs/good_grpo.yaml", profile="cpu")  # exact_match on `answer`
+    other = datasets.Dataset.from_list([{"prompt": "1+1=", "solution": "2"}])
+    with pytest.raises(RecipeErrors) as info:
+        trainer_extras(plan, None, {"train": other, "eval": None})
+    text = str(info.value)
+    assert "rewards[0].name: reward 'exact_match' needs the column 'answer'" in text
+    assert "columns it passes to rewards: solution" in text and "_grpo_base.yaml" in text  # where rewards: is
+    right = datasets.Dataset.from_list([{"prompt": "1+1=", "answer": "2"}])
+    assert len(trainer_extras(plan, None, {"train": right})["reward_funcs"]) == 1

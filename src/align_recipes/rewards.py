@@ -215,6 +215,32 @@ def needed_columns(spec: dict, base_dir: str | Path | None = None) -> list[str]:
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
+def missing_columns(specs: list[dict], carried: list[str], section: str, data_name: str,
+                    base_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """(key, message, fix) for every column a valid reward entry reads that the data does not hand over
+    (`carried`: the columns besides the prompt)."""
+    problems = []
+    shown = ", ".join(carried) or "none"
+    for index, spec in enumerate(specs):
+        kind = "name" if "name" in spec else "function"
+        for column in needed_columns(spec, base_dir):
+            if column in carried:
+                continue
+            if kind == "name":
+                fix = (f"set `column:` in this entry to the column that holds the reference answer ({shown}), "
+                       f"or map one with {section}.columns: {{{column}: your_column}}")
+            else:
+                fix = (f"add the column '{column}' to the data, map one with {section}.columns: "
+                       f"{{{column}: your_column}}, or give the parameter '{column}' a default")
+            label = spec[kind]
+            target, _, attr = str(label).rpartition(":")
+            if kind == "function" and is_file_ref(target):
+                label = f"{Path(target).name}:{attr}"  # written relative, resolved absolute: show the file's name
+            problems.append((f"rewards[{index}].{kind}", f"reward '{label}' needs the column '{column}', which "
+                             f"{section} ({data_name}) does not have (columns it passes to rewards: {shown})", fix))
+    return problems
+
+
 def load_function(ref: str, base_dir: Path | None = None) -> Callable:
     """Resolve 'module:function' or 'file.py:function' to a callable with a usable signature."""
     target, attr = _split_ref(ref)

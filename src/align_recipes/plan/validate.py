@@ -113,7 +113,7 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind
 def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_dir: Path) -> None:
     """Every column a reward function reads is one the data hands it (validate time, peeked rows)."""
     from align_recipes.data import DataError, reward_columns
-    from align_recipes.rewards import needed_columns
+    from align_recipes.rewards import missing_columns
 
     for section, (rows, data_spec) in datasets.items():
         if not rows:
@@ -122,21 +122,8 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
             carried = reward_columns(rows, data_spec)
         except DataError:
             continue
-        for index, spec in enumerate(rewards):
-            kind = "name" if "name" in spec else "function"
-            for column in needed_columns(spec, base_dir):
-                if column in carried:
-                    continue
-                shown = ", ".join(carried) or "none"
-                if "name" in spec:
-                    fix = (f"set `column:` in this entry to the column that holds the reference answer ({shown}), "
-                           f"or map one with {section}.columns: {{{column}: your_column}}")
-                else:
-                    fix = (f"add the column '{column}' to the data, map one with {section}.columns: "
-                           f"{{{column}: your_column}}, or give the parameter '{column}' a default")
-                check.error(f"rewards[{index}].{kind}",
-                            f"reward '{spec[kind]}' needs the column '{column}', which {section} "
-                            f"({Path(data_spec.path).name}) does not have (columns it passes to rewards: {shown})", fix)
+        for key, message, fix in missing_columns(rewards, carried, section, Path(data_spec.path).name, base_dir):
+            check.error(key, message, fix)
 
 
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:

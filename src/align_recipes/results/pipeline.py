@@ -10,9 +10,10 @@
 
 Each stage is an ordinary recipe (relative to the pipeline file) plus dotted overrides, written
 to `<output_dir>/<name>`. Paths in those overrides resolve against the pipeline file's folder, then
-the current directory, as paths in a recipe do. In override values `{stage}` is that earlier stage's model, ready to load
-as a base: its output directory for a full fine-tune, or `<dir>/merged` for a LoRA/QLoRA stage (the
-pipeline merges the adapter after training). `{stage.output_dir}` is the raw output directory.
+the current directory, as paths in a recipe do. In override values `{stage}` is that earlier stage's
+model, ready to load as a base: its output directory for a full fine-tune, or `<dir>/merged` for a
+LoRA/QLoRA stage (the pipeline merges the adapter after training). `{stage.output_dir}` is the raw
+output directory.
 
 Every stage is validated before anything trains. A stage is skipped when its output is complete
 (summary.json says complete), its resolved recipe is unchanged and no stage it reads from is newer;

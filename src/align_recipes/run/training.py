@@ -21,9 +21,10 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from align_recipes.errors import RecipeError
+from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
@@ -103,7 +104,7 @@ def load(plan: Plan) -> Parts:
         set_seed(config.seed)
         tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
         train_dataset, eval_dataset, reports = load_data(plan, tokenizer)
-        extras = trainer_extras(plan, config)
+        extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
     except RecipeError as exc:
         exc.file = exc.file or plan.provenance.where(exc.key or "") or str(plan.recipe_path)
@@ -153,12 +154,22 @@ def load_data(plan: Plan, tokenizer):
     return loaded.get("train"), loaded.get("eval"), reports
 
 
-def trainer_extras(plan: Plan, config) -> dict:
-    """Keyword arguments only some trainers take (reward functions for online RL)."""
+def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
+    """Keyword arguments only some trainers take (reward functions for online RL). A reward that reads a
+    column the loaded data lacks (a hub dataset `validate` could not read) stops here, before the model loads."""
     if not plan.algorithm.uses_rewards:
         return {}
-    from align_recipes.rewards import build_reward_funcs
+    from align_recipes.rewards import build_reward_funcs, missing_columns
 
+    problems = []
+    for split, dataset in (datasets or {}).items():
+        if dataset is not None:
+            carried = [c for c in dataset.column_names if c != "prompt"]
+            name = Path(getattr(plan.data, split).path).name
+            problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
+    if problems:
+        where = plan.provenance.where("rewards") or str(plan.recipe_path)
+        raise RecipeErrors([RecipeError(message, fix=fix, key=key, file=where) for key, message, fix in problems])
     funcs, weights = build_reward_funcs(plan.rewards, plan.rewards_dir)
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
