@@ -227,6 +227,39 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
     assert "DPOTrainer leaves 2 of 12 rows out" in stdout and "done: 1 steps" in stdout
 
 
+def test_no_row_left_counts_each_cause(tmp_path):
+    """Rows lost while converting and rows the trainer's length rule drops are counted apart (no model
+    is loaded: the trainer's prepared dataset is what DPOTrainer leaves of these rows, i.e. nothing)."""
+    import json
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from align_recipes import tiny
+    from align_recipes.data import DataError, load
+    from align_recipes.plan import load_plan
+    from align_recipes.run import rowcheck
+
+    empty_chosen = {"prompt": [{"role": "user", "content": "1+1="}], "chosen": [],
+                    "rejected": [{"role": "assistant", "content": "3"}]}
+    data = tmp_path / "prefs.jsonl"
+    data.write_text((REPO / LONG_PREFS).read_text() + (json.dumps(empty_chosen) + "\n") * 2)
+    plan = load_plan("recipes/tiny/dpo.yaml", [f"data.train.path={data}", "train.max_length=32",
+                                               "model.name_or_path=builtin:tiny-qwen2", "evaluate=null"], profile="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
+    dataset, report = load(plan.data.train, plan.base_dir, "preference", tokenizer, cache_dir=tmp_path / "cache")
+    parts = SimpleNamespace(train_dataset=dataset, eval_dataset=None, reports={"train": report}, tokenizer=tokenizer)
+    trainer = SimpleNamespace(train_dataset=dataset.select([]), eval_dataset=None)
+    with pytest.raises(DataError) as info:
+        rowcheck.check_trainable_rows(plan, parts, trainer)
+    text = info.value.render()
+    assert ("no row is left to train on: 14 rows read; 2 could not be converted (empty 'chosen': rows 13, 14); "
+            "DPOTrainer leaves out the other 12: the prompt alone fills train.max_length (32 tokens)") in text
+    # 351: TRL's own tokenization of the shortest prompt through the chat template (the slow test above
+    # trains at the max_length this suggests)
+    assert "raise train.max_length (command line) from 32 to at least 352: the shortest prompt is 351 tokens" in text
+
+
 PROBE = """
 import sys
 from align_recipes.cli import main
