@@ -73,7 +73,7 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
             if not existed:
                 run_dir.remove_if_empty()  # the Trainer creates output_dir early: leave no trace of a refused run
             raise
-        record = run_record(plan, parts, start)
+        record = run_record(plan, parts)
         try:
             begin(plan, parts, trainer, run_dir, start, overwrite, command, record)
             started = time.time()
@@ -200,7 +200,7 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
 
 # --- begin ------------------------------------------------------------------------------------------
 
-def run_record(plan: Plan, parts: Parts, start: Start) -> dict:
+def run_record(plan: Plan, parts: Parts) -> dict:
     """The summary fields every status of this run repeats (the task metric before is added by `begin`)."""
     return {
         "algorithm": plan.algorithm.name,
