@@ -89,12 +89,13 @@ class Provenance:
             probe = probe.rpartition(".")[0]
         return None
 
-    def folder(self, dotted: str) -> Path:
-        """Where relative paths under `dotted` resolve: the writing file's folder, else the current one."""
+    def folder(self, dotted: str, default: Path | None = None) -> Path:
+        """Where relative paths under `dotted` resolve: the writing file's folder, else `default` (the
+        current directory when not given)."""
         label = self.source(dotted)
         if label in self.files:
             return self.files[label][0].parent
-        return Path.cwd()
+        return default if default is not None else Path.cwd()
 
     def locate(self, dotted: str) -> tuple[str | None, int | None]:
         """(file, line) where the user wrote `dotted`, for error messages."""

@@ -52,8 +52,9 @@ class Plan:
 
     @property
     def rewards_dir(self) -> Path:
-        """Where the `rewards:` entries were written (reward modules import from there)."""
-        return self.provenance.folder("rewards")
+        """Where reward references that are still relative are looked up (then the current directory): the
+        folder of the file that wrote `rewards:` (modules import from there), else the recipe's."""
+        return self.provenance.folder("rewards", self.base_dir)
 
     @property
     def sources(self) -> dict[str, str]:
@@ -108,7 +109,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     provenance.merge_under(recipe, layer, f"profile:{chosen.name}")
 
     errors = validate_recipe(recipe, algorithm, provenance.locate, base_dir=recipe_path.parent,
-                             rewards_dir=provenance.folder("rewards"))
+                             rewards_dir=provenance.folder("rewards", recipe_path.parent))
     if errors:
         raise RecipeErrors(errors)
     model = ModelSection.from_dict(recipe["model"])
