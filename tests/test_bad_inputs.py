@@ -107,6 +107,12 @@ TABLE = [
     ("reward_bad_signature.yaml", [], "rewards[0].function", ["must accept **kwargs"], "reward_bad_signature.yaml"),
     ("reward_missing_attr.yaml", [], "rewards[0].function", ["has no attribute 'scor'", "did you mean 'score'"],
      "reward_missing_attr.yaml"),
+    ("reward_missing_column.yaml", [], "rewards[0].function",
+     ["'rewards_bad.py:by_reference' needs the column 'reference'", "data.train (prompts.jsonl)", "answer",
+      "data.train.columns: {reference: your_column}"], "reward_missing_column.yaml"),
+    ("reward_builtin_missing_column.yaml", [], "rewards[0].name",
+     ["'exact_match' needs the column 'solution'", "columns it passes to rewards: answer", "set `column:`"],
+     "reward_builtin_missing_column.yaml"),
     ("grpo_no_rewards.yaml", [], "rewards", ["needs at least one reward"], "grpo_no_rewards.yaml"),
     ("dpo_with_rewards.yaml", [], "rewards", ["`dpo` takes no reward functions"], "dpo_with_rewards.yaml:6"),
     # impossible combinations, with the recipe or with a hardware profile
@@ -183,6 +189,75 @@ def test_control_cases_are_valid(name):
     rc, stdout, stderr, _ = run_cli("validate", str(CASES.relative_to(REPO) / name))
     assert rc == 0, stderr
     assert stdout.startswith("ok: ")
+
+
+# Bad only once the tokenizer has read the data: every row longer than train.max_length. The run stops after
+# loading and before the first step, with the rows lost to each cause and the max_length that keeps one.
+LONG_PREFS, LONG_CHATS = "tests/bad_inputs/data/long_prompt_prefs.jsonl", "tests/bad_inputs/data/long_prompt_chats.jsonl"
+AFTER_LOADING = [
+    ("dpo", LONG_PREFS, "DPOTrainer leaves out all 12: the prompt alone fills train.max_length (32 tokens)"),
+    ("kto", LONG_PREFS, "KTOTrainer leaves out all 24: the prompt alone fills"),
+    ("orpo", LONG_PREFS, "ORPOTrainer leaves out all 12: the prompt alone fills"),
+    ("reward", LONG_PREFS, "RewardTrainer leaves out all 12: longer than train.max_length (32 tokens)"),
+    ("sft", LONG_CHATS, "SFTTrainer leaves out all 12: the prompt alone fills"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, data, fragment", AFTER_LOADING, ids=[row[0] for row in AFTER_LOADING])
+def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragment, tmp_path):
+    out = tmp_path / "out"
+    words = ["train", f"recipes/tiny/{algorithm}.yaml", f"data.train.path={data}", "train.max_length=32",
+             "model.name_or_path=builtin:tiny-qwen2", "evaluate=null", "train.max_steps=1", "--profile", "cpu",
+             f"train.output_dir={out}", "--no-report"]
+    rc, stdout, stderr, _ = run_cli(*words, timeout=300)
+    assert rc == 2, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "\nerror: " in "\n" + stderr  # (ORPO logs warnings first)
+    assert "data.train: no row is left to train on: 12 rows read" in stderr and fragment in stderr, stderr
+    assert "raise train.max_length (command line) from 32 to at least" in stderr, stderr
+    assert not out.exists(), "the refused run left an output directory"
+    if algorithm != "dpo":
+        return
+    # The suggested max_length is the smallest that trains: the 10 rows with the shortest prompt (a one-digit
+    # sum) fit, the 2 with a two-digit one are one token longer and are left out.
+    suggested = int(stderr.split("to at least ")[1].split(":")[0])
+    rc, stdout, stderr, _ = run_cli(*words[:-2], f"train.max_length={suggested}", f"train.output_dir={out}",
+                                    "--no-report", timeout=300)
+    assert rc == 0, stdout + stderr
+    assert "DPOTrainer leaves 2 of 12 rows out" in stdout and "done: 1 steps" in stdout
+
+
+def test_no_row_left_counts_each_cause(tmp_path):
+    """Rows lost while converting and rows the trainer's length rule drops are counted apart (no model
+    is loaded: the trainer's prepared dataset is what DPOTrainer leaves of these rows, i.e. nothing)."""
+    import json
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from align_recipes import tiny
+    from align_recipes.data import DataError, load
+    from align_recipes.plan import load_plan
+    from align_recipes.run import rowcheck
+
+    empty_chosen = {"prompt": [{"role": "user", "content": "1+1="}], "chosen": [],
+                    "rejected": [{"role": "assistant", "content": "3"}]}
+    data = tmp_path / "prefs.jsonl"
+    data.write_text((REPO / LONG_PREFS).read_text() + (json.dumps(empty_chosen) + "\n") * 2)
+    plan = load_plan("recipes/tiny/dpo.yaml", [f"data.train.path={data}", "train.max_length=32",
+                                               "model.name_or_path=builtin:tiny-qwen2", "evaluate=null"], profile="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
+    dataset, report = load(plan.data.train, plan.base_dir, "preference", tokenizer, cache_dir=tmp_path / "cache")
+    parts = SimpleNamespace(train_dataset=dataset, eval_dataset=None, reports={"train": report}, tokenizer=tokenizer)
+    trainer = SimpleNamespace(train_dataset=dataset.select([]), eval_dataset=None)
+    with pytest.raises(DataError) as info:
+        rowcheck.check_trainable_rows(plan, parts, trainer)
+    text = info.value.render()
+    assert ("no row is left to train on: 14 rows read; 2 could not be converted (empty 'chosen': rows 13, 14); "
+            "DPOTrainer leaves out the other 12: the prompt alone fills train.max_length (32 tokens)") in text
+    # 351: TRL's own tokenization of the shortest prompt through the chat template (the slow test above
+    # trains at the max_length this suggests)
+    assert "raise train.max_length (command line) from 32 to at least 352: the shortest prompt is 351 tokens" in text
 
 
 PROBE = """

@@ -193,6 +193,46 @@ def test_eval_results_show_up_in_the_report(runs):
     assert "## Held-out evaluation" in text and "implicit_reward_accuracy" in text
 
 
+# ------------------------------------------------------------------------------ from any directory
+
+@pytest.fixture
+def moved_run(runs, tmp_path):
+    """The lora run as a run folder written from the repository root: relative paths in its recipe and
+    summary, and the manifest that says where it was started. The current directory is elsewhere."""
+    run = tmp_path / "runs" / "dpo-lora"
+    shutil.copytree(runs["lora"], run)
+    (run / "manifest.json").write_text(json.dumps({"cwd": str(REPO), "recipe": "recipes/tiny/dpo.yaml"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # the autouse fixture restores the repository as the working directory
+    return run
+
+
+def test_eval_chat_merge_report_work_from_another_directory(moved_run, tmp_path, capsys):
+    """The recipe's relative data path (data/prefs.jsonl, written in recipes/tiny/) is found through the
+    directory the run was started in, wherever the verbs are run from."""
+    metrics = _eval(moved_run)
+    assert metrics["implicit_reward_accuracy"]["n"] == 6 and metrics["preference_accuracy"]["n"] == 6
+    assert main(["chat", str(moved_run), "--prompt", "2+3=", "--temperature", "0", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["merge", str(moved_run), "--out", "merged"]) == 0  # --out is relative to here
+    merged = tmp_path / "elsewhere" / "merged"
+    assert (merged / "model.safetensors").is_file()
+    assert _eval(merged, "--metric", "implicit_reward_accuracy")["implicit_reward_accuracy"]["n"] == 6
+    (moved_run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n')
+    assert main(["report", str(moved_run)]) == 0
+    assert "implicit_reward_accuracy" in (moved_run / "report.md").read_text()
+
+
+def test_an_old_run_without_a_manifest_still_works_from_the_repository_root(runs, tmp_path, capsys):
+    """Relative paths and no manifest: from the repository root (where it was made) eval finds its data;
+    elsewhere it says where it looked."""
+    assert _eval(runs["full"], "--limit", "2")["exact_match"]["n"] == 2
+    os.chdir(tmp_path)
+    assert main(["eval", str(runs["full"]), "--limit", "2"]) == 2
+    assert "dataset file not found: data/eval.jsonl" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------- real training
 
 @pytest.mark.slow
@@ -201,12 +241,12 @@ def test_trained_lora_run_chat_merge_eval(tmp_path, capsys):
     assert main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "model.adapter=lora",
                  "train.max_steps=4", "train.logging_steps=2", "evaluate.limit=4"]) == 0
     capsys.readouterr()
+    os.chdir(tmp_path)  # the verbs work on the run folder from anywhere (the autouse fixture restores the cwd)
     assert main(["chat", str(out), "--prompt", "3+4=", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     answer = capsys.readouterr().out
-    assert main(["merge", str(out), "--out", str(tmp_path / "merged")]) == 0
+    assert main(["merge", str(out), "--out", "merged"]) == 0
     capsys.readouterr()
-    assert main(["chat", str(tmp_path / "merged"), "--prompt", "3+4=", "--temperature", "0",
-                 "--max-new-tokens", "4"]) == 0
+    assert main(["chat", "merged", "--prompt", "3+4=", "--temperature", "0", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out == answer
     metrics = _eval(out, "--limit", "4")
     assert metrics["exact_match"]["n"] == 4

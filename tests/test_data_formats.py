@@ -52,6 +52,7 @@ EXPECTED_FORMATS = {
     "preference_messages.jsonl": ("preference", {PREF, UNP, PO}),
     "minimind_dpo.jsonl": ("implicit_preference", {PREF, UNP, PO}),
     "hh_rlhf.jsonl": ("hh_rlhf", {PREF, UNP, PO}),
+    "implicit_prompt_text.jsonl": ("implicit_preference_text", {PREF, UNP, PO}),
     "ultrafeedback_binarized.parquet": ("ultrafeedback_binarized", {LM, PREF, UNP, PO}),
     "argilla.jsonl": ("preference", {PREF, UNP, PO}),
     "better_worse.jsonl": ("preference", {PREF, UNP, PO}),
@@ -177,6 +178,23 @@ def test_preference_with_system_and_multi_turn_prefix():
     rows, _ = convert("hh_rlhf.jsonl", PREF)
     assert rows[1]["prompt"] == [u("Hi"), a("Hello."), u("Bye")]
     assert rows[1]["chosen"] == [a("Goodbye, take care!")]
+
+
+def test_plain_full_texts_share_their_beginning_as_the_prompt():
+    """TRL's implicit prompt in plain text: the common beginning is the prompt, a space before the first
+    difference goes to the replies, and the rows stay text (TRL's standard format, no chat template)."""
+    rows, report = convert("implicit_prompt_text.jsonl", PREF)
+    assert rows == [
+        {"prompt": "Question: What is 2+2?\nAnswer:", "chosen": " 4", "rejected": " 5"},
+        {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+        {"prompt": "Count: 1 2 ", "chosen": "3", "rejected": "3 4"},  # one text starts with the other
+    ]
+    assert report.dropped == {"'chosen' and 'rejected' share no beginning (no implicit prompt)": [3]}
+    pairs, _ = convert("implicit_prompt_text.jsonl", UNP)
+    assert pairs[:2] == [{"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 4", "label": True},
+                         {"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 5", "label": False}]
+    prompts, _ = convert("implicit_prompt_text.jsonl", PO)
+    assert [p["prompt"] for p in prompts] == ["Question: What is 2+2?\nAnswer:", "The sky is", "Count: 1 2 "]
 
 
 def test_pairs_become_unpaired_rows():

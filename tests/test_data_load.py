@@ -42,6 +42,7 @@ def a(text):
     ("preference_messages.jsonl", [PREF]),
     ("minimind_dpo.jsonl", [PREF, UNP]),
     ("hh_rlhf.jsonl", [PREF]),
+    ("implicit_prompt_text.jsonl", [PREF, UNP, PO]),
     ("ultrafeedback_binarized.parquet", [LM, PREF, UNP, PO]),
     ("argilla.jsonl", [PREF]),
     ("llamafactory_pref.jsonl", [PREF]),
@@ -208,3 +209,17 @@ def test_modelscope_dispatch(monkeypatch, tmp_path):
     assert dataset.to_list() == [{"prompt": [u("q1")]}, {"prompt": [u("q2")]}]
     assert report.format == "roleless_conversations"
     assert report.source == "modelscope:gongjy/minimind_dataset"
+
+
+def test_plain_full_text_pairs_split_as_trl_does_and_stay_text(cache):
+    """The prompt of chosen/rejected plain texts is the one TRL's own extract_prompt finds, and the rows stay
+    strings even for a tokenizer with a chat template (TRL would not template them either)."""
+    from trl import extract_prompt
+
+    spec = DataSpec(path="implicit_prompt_text.jsonl")
+    with_template = types.SimpleNamespace(chat_template="{{ messages }}")
+    dataset, report = load(spec, FIXTURES, PREF, with_template, cache_dir=cache)
+    assert report.format == "implicit_preference_text" and report.rows_kept == 3
+    source = [r for r in peek(spec, FIXTURES) if r["chosen"] != "Hi there"]
+    assert dataset.to_list() == [extract_prompt(r) for r in source]
+    assert dataset.features["prompt"] == datasets.Value("string")

@@ -30,6 +30,11 @@ FIXTURES = "tests/fixtures/data"
     ("dpo", "ultrafeedback_binarized.parquet", "ultrafeedback_binarized"),
     ("kto", "better_worse.jsonl", "preference"),
     ("grpo", "rlaif_mini.jsonl", "roleless_conversations"),
+    # TRL's implicit prompt in plain text, for every algorithm that takes pairs
+    ("dpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+    ("orpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+    ("kto", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+    ("reward", "implicit_prompt_text.jsonl", "implicit_preference_text"),
 ])
 def test_fixture_format_trains_through_its_algorithm(tmp_path, capsys, algorithm, fixture, detected):
     out = tmp_path / "run"

@@ -188,6 +188,33 @@ stages:
     assert main(["pipeline", str(path), "--dry-run"]) == 2  # not an earlier stage's output: an error at once
 
 
+def test_a_pipeline_runs_from_any_directory_and_its_paths_resolve_next_to_it(tmp_path, monkeypatch):
+    """Stage recipes and paths in stage overrides are relative to the pipeline file, not to the current
+    directory; the stage's command line (its manifest) carries them absolute."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mine.jsonl").write_text((TINY / "data" / "sft.jsonl").read_text())
+    (project / "recipes").mkdir()
+    write(project / "recipes" / "sft.yaml", f"extends: {TINY / 'sft.yaml'}\n")
+    path = write(project / "pipe.yaml", f"""
+stages:
+  - {{name: sft, recipe: recipes/sft.yaml, overrides: {{data.train.path: mine.jsonl}}}}
+  - {{name: dpo, recipe: {TINY / 'dpo.yaml'}, overrides: {{model.name_or_path: "{{sft}}"}}}}
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    fake = FakeTrain()
+    monkeypatch.setattr("align_recipes.run.train", fake)
+    assert main(["pipeline", str(path), "--output-dir", "out"]) == 0
+    sft_recipe = yaml.safe_load((elsewhere / "out" / "sft" / "recipe.resolved.yaml").read_text())
+    assert sft_recipe["data"]["train"]["path"] == str(project / "mine.jsonl")
+    assert f"data.train.path={project / 'mine.jsonl'}" in fake.calls[0][1]["command"]
+    dpo_recipe = yaml.safe_load((elsewhere / "out" / "dpo" / "recipe.resolved.yaml").read_text())
+    assert dpo_recipe["model"]["name_or_path"] == str(elsewhere / "out" / "sft")
+    assert dpo_recipe["data"]["train"]["path"] == str(TINY / "data" / "prefs.jsonl")  # written in dpo.yaml
+
+
 def test_lora_stage_is_merged_before_the_next_stage(two_stage, tmp_path, monkeypatch):
     merged = []
     fake = FakeTrain()

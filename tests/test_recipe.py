@@ -212,6 +212,41 @@ def test_a_recipe_elsewhere_extending_a_project_recipe_finds_the_base_files(tmp_
     assert plan.train["max_steps"] == 2 and plan.train["learning_rate"] == pytest.approx(1e-3)
 
 
+def test_validate_from_the_root_directory_a_recipe_extending_a_project_recipe(tmp_path, monkeypatch, capsys):
+    from align_recipes.cli import main
+
+    child = write(tmp_path, "mine.yaml", f"extends: {REPO / 'recipes' / 'tiny' / 'sft.yaml'}\n")
+    monkeypatch.chdir("/")
+    assert main(["validate", str(child)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"ok: {child} (sft")
+
+
+def test_reward_files_and_models_in_a_base_resolve_in_the_base_folder(tmp_path, monkeypatch):
+    """`function: my_rewards.py:score`, `model: rm` and a module `my_pkg.mod` written in an `extends` parent
+    are the parent's neighbours, not the child's or the current directory's."""
+    shared = tmp_path / "shared"
+    (shared / "rm").mkdir(parents=True)
+    (shared / "rm" / "config.json").write_text("{}")
+    (shared / "my_rewards.py").write_text("def score(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    (shared / "prompts.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n' * 3)
+    write(shared, "_grpo.yaml", """
+        algorithm: grpo
+        model: {name_or_path: builtin:tiny-qwen2}
+        data: {train: {path: prompts.jsonl}}
+        rewards: [{function: "my_rewards.py:score", weight: 2}, {model: rm}, {function: "my_pkg.mod:f"}]
+        train: {num_generations: 2, per_device_train_batch_size: 2}
+    """)
+    (tmp_path / "mine").mkdir()
+    child = write(tmp_path / "mine", "grpo.yaml", f"extends: {shared / '_grpo.yaml'}\n")
+    monkeypatch.chdir("/")
+    (shared / "my_pkg").mkdir()
+    (shared / "my_pkg" / "__init__.py").write_text("")
+    (shared / "my_pkg" / "mod.py").write_text("def f(prompts, completions, **kwargs):\n    return [0.0]\n")
+    plan = load_plan(child, profile="cpu")  # my_pkg.mod imports from the base's folder too
+    assert plan.rewards == [{"function": f"{shared / 'my_rewards.py'}:score", "weight": 2},
+                            {"model": str(shared / "rm")}, {"function": "my_pkg.mod:f"}]
+
+
 def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe_is_absolute(tmp_path,
                                                                                                monkeypatch):
     from align_recipes.plan import resolved_yaml

@@ -83,6 +83,21 @@ def test_function_references(tmp_path, monkeypatch):
     assert len(errors) == 6
 
 
+def test_entries_declare_the_columns_they_read(tmp_path):
+    from align_recipes.rewards import needed_columns
+
+    assert needed_columns({"name": "exact_match"}) == ["answer"]  # the builtin's default column
+    assert needed_columns({"name": "numeric_match", "column": "solution"}) == ["solution"]
+    assert needed_columns({"name": "regex", "pattern": "x"}) == [] and needed_columns({"model": "o/rm"}) == []
+    (tmp_path / "cols.py").write_text(textwrap.dedent("""
+        def score(prompts, completions, reference, difficulty=1, *, label, trainer_state=None,
+                  completion_ids=None, log_metric=None, **kwargs):
+            return [0.0] * len(completions)
+    """))
+    # required named parameters only; the trainer's own keyword arguments and defaulted ones are not columns
+    assert needed_columns({"function": "cols.py:score"}, tmp_path) == ["reference", "label"]
+
+
 def test_builtin_and_shape_errors(tmp_path):
     errors = check_reward_specs([
         {"name": "exact_mach"},
@@ -135,3 +150,22 @@ def test_validation_imports_no_torch(tmp_path):
         assert "torch" not in sys.modules, "validation imported torch"
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_run_checks_reward_columns_on_the_data_it_loaded():
+    """Data `validate` cannot read (a hub dataset) is checked once the run has loaded it, before the model."""
+    import datasets
+
+    from align_recipes.errors import RecipeErrors
+    from align_recipes.plan import load_plan
+    from align_recipes.run.training import trainer_extras
+
+    plan = load_plan("tests/bad_inputs/good_grpo.yaml", profile="cpu")  # exact_match on `answer`
+    other = datasets.Dataset.from_list([{"prompt": "1+1=", "solution": "2"}])
+    with pytest.raises(RecipeErrors) as info:
+        trainer_extras(plan, None, {"train": other, "eval": None})
+    text = str(info.value)
+    assert "rewards[0].name: reward 'exact_match' needs the column 'answer'" in text
+    assert "columns it passes to rewards: solution" in text and "_grpo_base.yaml" in text  # where rewards: is
+    right = datasets.Dataset.from_list([{"prompt": "1+1=", "answer": "2"}])
+    assert len(trainer_extras(plan, None, {"train": right})["reward_funcs"]) == 1

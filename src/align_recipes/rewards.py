@@ -134,7 +134,8 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return target, attr
 
 
-def _is_file_ref(target: str) -> bool:
+def is_file_ref(target: str) -> bool:
+    """'rewards.py' or 'lib/rewards' is a file; 'my_pkg.rewards' is a module."""
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
@@ -148,7 +149,7 @@ def _find_file(target: str, base_dir: Path | None) -> Path:
 
 
 def _import_target(target: str, base_dir: Path | None):
-    if _is_file_ref(target):
+    if is_file_ref(target):
         path = _find_file(target, base_dir)
         name = f"_align_recipes_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name in sys.modules:
@@ -188,6 +189,56 @@ def signature_problem(func: Callable) -> str | None:
     if missing and names:
         return f"its parameters must be named prompts and completions (missing: {', '.join(missing)})"
     return None
+
+
+# What the trainers pass to every reward function besides the dataset's columns (TRL's GRPOTrainer, our rl/).
+TRAINER_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                  "environments")
+
+
+def needed_columns(spec: dict, base_dir: str | Path | None = None) -> list[str]:
+    """The dataset columns a valid reward entry reads: a builtin's `column` (its default when not given), or
+    the named parameters of a function that have no default and that the trainer does not pass itself."""
+    if "name" in spec:
+        factory, params, _ = BUILTINS[spec["name"]]
+        if "column" not in params:
+            return []
+        return [spec.get("column", inspect.signature(factory).parameters["column"].default)]
+    if "function" not in spec:
+        return []  # a reward model reads the prompt and the completion only
+    func = load_function(spec["function"], Path(base_dir) if base_dir is not None else None)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in TRAINER_KWARGS
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def missing_columns(specs: list[dict], carried: list[str], section: str, data_name: str,
+                    base_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """(key, message, fix) for every column a valid reward entry reads that the data does not hand over
+    (`carried`: the columns besides the prompt)."""
+    problems = []
+    shown = ", ".join(carried) or "none"
+    for index, spec in enumerate(specs):
+        kind = "name" if "name" in spec else "function"
+        for column in needed_columns(spec, base_dir):
+            if column in carried:
+                continue
+            if kind == "name":
+                fix = (f"set `column:` in this entry to the column that holds the reference answer ({shown}), "
+                       f"or map one with {section}.columns: {{{column}: your_column}}")
+            else:
+                fix = (f"add the column '{column}' to the data, map one with {section}.columns: "
+                       f"{{{column}: your_column}}, or give the parameter '{column}' a default")
+            label = spec[kind]
+            target, _, attr = str(label).rpartition(":")
+            if kind == "function" and is_file_ref(target):
+                label = f"{Path(target).name}:{attr}"  # written relative, resolved absolute: show the file's name
+            problems.append((f"rewards[{index}].{kind}", f"reward '{label}' needs the column '{column}', which "
+                             f"{section} ({data_name}) does not have (columns it passes to rewards: {shown})", fix))
+    return problems
 
 
 def load_function(ref: str, base_dir: Path | None = None) -> Callable:

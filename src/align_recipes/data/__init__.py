@@ -12,7 +12,7 @@ or torch; `load` does.
 """
 
 from .convert import convert_rows
-from .formats import FORMATS, check_serves, detect_format, binding_for, rename_rows
+from .formats import FORMATS, binding_for, check_serves, detect_format, rename_rows, reward_columns
 from .sources import peek
 from .spec import (KINDS, LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError,
                    DataSpec, slice_start, split_parts)
@@ -35,4 +35,4 @@ def preview(rows, spec, kind):
 
 __all__ = ["DataSpec", "DataError", "ConversionReport", "FORMATS", "KINDS", "LANGUAGE_MODELING",
            "PREFERENCE", "UNPAIRED", "PROMPT_ONLY", "peek", "detect_format", "check_serves", "load",
-           "preview", "convert_rows"]
+           "preview", "convert_rows", "reward_columns"]

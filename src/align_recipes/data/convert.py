@@ -11,13 +11,13 @@ from typing import Any
 
 from .formats import Binding
 from .messages import (RowProblem, as_label, as_prompt, as_reply, clean_messages, common_prefix, is_blank,
-                       parse_transcript, prompt_part, require_assistant, split_last_assistant, to_messages,
-                       with_system)
+                       parse_transcript, prompt_part, require_assistant, split_last_assistant, split_shared_text,
+                       to_messages, with_system)
 from .spec import LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, ConversionReport
 
 DROP = "_drop"
 CHAT_FORMATS = ("messages", "sharegpt", "roleless_conversations")
-PAIR_FORMATS = ("preference", "ultrafeedback_binarized", "implicit_preference", "hh_rlhf")
+PAIR_FORMATS = ("preference", "ultrafeedback_binarized", "implicit_preference", "hh_rlhf", "implicit_preference_text")
 
 
 def _value(row: dict, binding: Binding, name: str) -> Any:
@@ -73,6 +73,8 @@ def _pair(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
         return {"prompt": _system(row, binding, _explicit_prompt(row, binding))}
     chosen_v, c_col = _need(row, binding, "chosen")
     rejected_v, r_col = _need(row, binding, "rejected")
+    if binding.format == "implicit_preference_text":
+        return _shared_text_pair(chosen_v, c_col, rejected_v, r_col, prompt_only)
     if binding.format == "hh_rlhf":
         chosen, rejected = parse_transcript(chosen_v), parse_transcript(rejected_v)
         for parsed, column in ((chosen, c_col), (rejected, r_col)):
@@ -103,6 +105,23 @@ def _pair(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
     chosen, rejected = clean_messages(chosen, c_col), clean_messages(rejected, r_col)
     if chosen == rejected:
         raise RowProblem("identical chosen and rejected")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _shared_text_pair(chosen_v: Any, c_col: str, rejected_v: Any, r_col: str, prompt_only: bool) -> dict:
+    """Plain full texts: the shared beginning is the prompt (TRL's implicit prompt); rows stay text."""
+    if not isinstance(chosen_v, str) or not isinstance(rejected_v, str):
+        raise RowProblem(f"'{c_col}' and '{r_col}' are not both text")
+    if chosen_v == rejected_v:
+        raise RowProblem("identical chosen and rejected")
+    prompt, chosen, rejected = split_shared_text(chosen_v, rejected_v)
+    if not prompt.strip():
+        raise RowProblem(f"'{c_col}' and '{r_col}' share no beginning (no implicit prompt)")
+    if prompt_only:
+        return {"prompt": prompt}
+    for text, column in ((chosen, c_col), (rejected, r_col)):
+        if not text.strip():
+            raise RowProblem(f"nothing left of '{column}' after the shared prompt")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 

@@ -43,6 +43,7 @@ class Format:
     serves: tuple[str, ...]  # kinds it can be converted to
     needs: str              # columns, for messages
     example: str            # one row, for docs/data.md and messages
+    plain: bool = False     # rows stay plain text (TRL's standard format), never chat messages
 
 
 _LM = (LANGUAGE_MODELING, PROMPT_ONLY)
@@ -74,6 +75,9 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            '"rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]}'),
     Format("hh_rlhf", PREFERENCE, _PREF, "chosen+rejected transcripts with Human:/Assistant: markers",
            '{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!", "rejected": "\\n\\nHuman: Hi\\n\\nAssistant: No."}'),
+    Format("implicit_preference_text", PREFERENCE, _PREF,
+           "chosen+rejected full texts sharing their beginning (TRL's implicit prompt)",
+           '{"chosen": "Q: 2+2? A: 4", "rejected": "Q: 2+2? A: 5"}', plain=True),
     Format("unpaired", UNPAIRED, (UNPAIRED, PROMPT_ONLY), "prompt+completion+label (or messages+label)",
            '{"prompt": "2+2?", "completion": "4", "label": true}'),
 ]}
@@ -82,7 +86,7 @@ EXPECTED: dict[str, str] = {
     LANGUAGE_MODELING: "messages (or conversations), instruction+output, prompt+completion, "
                        "prompt+response (or question+answer), or text",
     PREFERENCE: "prompt+chosen+rejected (or variants such as instruction+chosen_response+rejected_response, "
-                "question+response_chosen+response_rejected), or chosen+rejected full conversations",
+                "question+response_chosen+response_rejected), or chosen+rejected full conversations or texts",
     UNPAIRED: "prompt+completion+label, or any preference columns (prompt+chosen+rejected)",
     PROMPT_ONLY: "prompt (or question, instruction, problem), or any chat or preference columns",
 }
@@ -202,6 +206,8 @@ def candidates(rows: list[dict]) -> list[Binding]:
         elif value_type(rows, chosen) == "str" and any(
                 parse_transcript(r.get(chosen)) for r in rows if isinstance(r.get(chosen), str)):
             add("hh_rlhf", fields)
+        elif value_type(rows, chosen) == "str":
+            add("implicit_preference_text", fields)  # TRL's implicit prompt: the texts' shared beginning
     if chat and not any(binding.fields.get("prompt") == chat for binding in bindings):
         fields = {"messages": chat}
         _optional(fields, columns, rows, "system")
@@ -237,6 +243,7 @@ REQUIRED = {
     "preference": ("prompt", "chosen", "rejected"),
     "ultrafeedback_binarized": ("chosen", "rejected", "score_chosen", "score_rejected"),
     "implicit_preference": ("chosen", "rejected"), "hh_rlhf": ("chosen", "rejected"),
+    "implicit_preference_text": ("chosen", "rejected"),
     "unpaired": ("label",),
 }
 
@@ -328,6 +335,12 @@ def _cannot_serve(rows, spec: DataSpec, fmt: str, kind: str) -> DataError:
                      f"columns found: {', '.join(columns_of(rows)) or 'none'}; columns expected: {EXPECTED[kind]}",
                      file=spec.path, key=spec.section,
                      fix="point data at a dataset of the right kind, or map columns with columns:")
+
+
+def reward_columns(rows: list[dict], spec: DataSpec) -> list[str]:
+    """The columns prompt-only rows carry to reward functions (as keyword arguments): the scalar columns
+    besides the prompt, after `columns:` renaming."""
+    return list(binding_for(rename_rows(rows, spec), spec, PROMPT_ONLY).keep)
 
 
 def detect_format(rows: list[dict], spec: DataSpec) -> str:

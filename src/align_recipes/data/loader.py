@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import convert as _convert
 from .convert import DROP, PAIR_FORMATS, collect_drops, convert_batch, lm_shape, output_columns, unpair_batch
-from .formats import Binding, binding_for
+from .formats import FORMATS, Binding, binding_for
 from .spec import (LANGUAGE_MODELING, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError, DataSpec,
                    slice_start, split_parts)
 from .sources import load_raw, rename_dataset
@@ -64,8 +64,10 @@ def _drops(converted, offset: int) -> dict[str, list[int]]:
 
 
 def plain_output(binding: Binding, kind: str, tokenizer, spec: DataSpec) -> bool:
-    """True when the tokenizer has no chat template: rows become TRL's standard (string) format,
-    which works for single-turn data only; whole chats need a template."""
+    """True when rows become TRL's standard (string) format: formats that are plain text by nature, and any
+    format when the tokenizer has no chat template (single-turn data only; whole chats need a template)."""
+    if FORMATS[binding.format].plain:
+        return True
     if tokenizer is None or getattr(tokenizer, "chat_template", None):
         return False
     if kind == LANGUAGE_MODELING and lm_shape(binding) == "messages":

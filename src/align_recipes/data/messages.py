@@ -145,6 +145,19 @@ def require_assistant(messages: list[dict[str, str]], column: str) -> None:
         raise RowProblem(f"no assistant turn in '{column}'")
 
 
+def split_shared_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen rest, rejected rest) of two full texts, as TRL's `extract_prompt` splits plain strings:
+    the prompt is their common beginning, and a space just before the first difference goes to the replies.
+    (When one text starts with the whole other, TRL stops one character short of its end; so does this.)"""
+    index = 0
+    for index in range(min(len(chosen), len(rejected))):
+        if chosen[index] != rejected[index]:
+            if index > 0 and chosen[index - 1] == " ":
+                index -= 1
+            break
+    return chosen[:index], chosen[index:], rejected[index:]
+
+
 def common_prefix(chosen: list[dict], rejected: list[dict]):
     """Split two full conversations into (shared prompt, chosen rest, rejected rest)."""
     index = 0

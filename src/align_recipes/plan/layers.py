@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -20,6 +20,7 @@ from align_recipes.errors import RecipeError
 from align_recipes.fields import kind_of
 from align_recipes.paths import find_local
 from align_recipes.plan.yamlio import LineDict, load_yaml
+from align_recipes.rewards import is_file_ref
 
 DEFAULT = "default"  # TRL's own default (never stored: it is whatever the field says)
 OURS = "align-recipes"
@@ -88,12 +89,13 @@ class Provenance:
             probe = probe.rpartition(".")[0]
         return None
 
-    def folder(self, dotted: str) -> Path:
-        """Where relative paths under `dotted` resolve: the writing file's folder, else the current one."""
+    def folder(self, dotted: str, default: Path | None = None) -> Path:
+        """Where relative paths under `dotted` resolve: the writing file's folder, else `default` (the
+        current directory when not given)."""
         label = self.source(dotted)
         if label in self.files:
             return self.files[label][0].parent
-        return Path.cwd()
+        return default if default is not None else Path.cwd()
 
     def locate(self, dotted: str) -> tuple[str | None, int | None]:
         """(file, line) where the user wrote `dotted`, for error messages."""
@@ -186,13 +188,41 @@ def _put(tree: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def resolve_paths(tree: dict, provenance: Provenance) -> None:
-    """Make every relative path in PATH_KEYS absolute where it exists: first against the folder of the
-    file that wrote it, then against the current directory. What exists nowhere stays as written."""
+def resolve_paths(tree: dict, folder_of: Callable[[str], Path]) -> None:
+    """Make every relative path in PATH_KEYS and in the `rewards:` entries (file:function references and
+    reward model folders) absolute where it exists: first against `folder_of(dotted key)` (the folder of the
+    file that wrote it), then against the current directory. What exists nowhere stays as written."""
     for dotted in PATH_KEYS:
         value = _get(tree, dotted)
-        if not isinstance(value, str) or not value or ":" in value.split("/")[0]:
-            continue  # builtin:…, URLs and Windows drives are not ours to resolve
-        found = find_local(value, provenance.folder(dotted), None)
-        if found is not None:
-            _put(tree, dotted, str(found))
+        found = resolve_path(value, folder_of(dotted))
+        if found != value:
+            _put(tree, dotted, found)
+    if isinstance(tree.get("rewards"), list):
+        folder = folder_of("rewards")
+        tree["rewards"] = [resolve_reward_entry(entry, folder) for entry in tree["rewards"]]
+
+
+def resolve_path(value: Any, folder: Path) -> Any:
+    """`value` as an absolute path when it names an existing file or folder (against `folder`, then the
+    current directory); otherwise unchanged (hub ids, builtin:…, outputs a later stage writes)."""
+    if not isinstance(value, str) or not value or ":" in value.split("/")[0]:
+        return value  # builtin:…, URLs and Windows drives are not ours to resolve
+    found = find_local(value, folder, None)
+    return str(found) if found is not None else value
+
+
+def resolve_reward_entry(entry: Any, folder: Path) -> Any:
+    """A `rewards:` entry with its file reference (`rewards.py:score`) or reward model folder resolved."""
+    if not isinstance(entry, dict):
+        return entry
+    entry = dict(entry)
+    if isinstance(entry.get("model"), str):
+        entry["model"] = resolve_path(entry["model"], folder)
+    ref = entry.get("function")
+    if isinstance(ref, str):
+        target, sep, attr = ref.rpartition(":")
+        if sep and target and attr and is_file_ref(target):
+            found = resolve_path(target, folder)
+            if found != target and Path(found).is_file():
+                entry["function"] = f"{found}:{attr}"
+    return entry

@@ -51,6 +51,12 @@ class Plan:
         return Path(self.train["output_dir"])
 
     @property
+    def rewards_dir(self) -> Path:
+        """Where reward references that are still relative are looked up (then the current directory): the
+        folder of the file that wrote `rewards:` (modules import from there), else the recipe's."""
+        return self.provenance.folder("rewards", self.base_dir)
+
+    @property
     def sources(self) -> dict[str, str]:
         """Every dotted key a layer set -> its label."""
         return self.provenance.sources
@@ -88,7 +94,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
 
     algorithm = _algorithm(recipe, provenance, recipe_path)
     _rename_aliases(recipe, provenance)
-    resolve_paths(recipe, provenance)
+    resolve_paths(recipe, provenance.folder)
     ours = {"train": {"output_dir": f"outputs/{recipe_path.parent.name or 'recipes'}/{algorithm.name}",
                       "report_to": "none", "logging_steps": 5}}
     provenance.merge_under(recipe, ours, OURS)
@@ -102,7 +108,8 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
     provenance.merge_under(recipe, layer, f"profile:{chosen.name}")
 
-    errors = validate_recipe(recipe, algorithm, provenance.locate, base_dir=recipe_path.parent)
+    errors = validate_recipe(recipe, algorithm, provenance.locate, base_dir=recipe_path.parent,
+                             rewards_dir=provenance.folder("rewards", recipe_path.parent))
     if errors:
         raise RecipeErrors(errors)
     model = ModelSection.from_dict(recipe["model"])

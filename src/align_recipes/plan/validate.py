@@ -87,11 +87,12 @@ def _hashable(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str) -> None:
+def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str):
+    """Check one dataset entry and peek at its rows; returns (rows, DataSpec) when they serve `kind`."""
     spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry")
     check.ranges(spec, sections.DATASET_RANGES, prefix)
     if not isinstance(spec.get("path"), str) or check.errors:
-        return
+        return None
     from align_recipes.data import DataError, DataSpec, check_serves, peek  # light: no torch, no datasets
 
     try:
@@ -101,10 +102,28 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind
             check_serves(rows, data_spec, kind)
             if len(rows) < PEEK_ROWS:  # the whole file (or slice) was read: its unusable rows are known now
                 _check_drops(rows, data_spec, kind)
+        return rows, data_spec
     except DataError as exc:
         if exc.file is None:
             exc.file, exc.line = check.locate(f"{prefix}path")
         check.errors.append(exc)
+    return None
+
+
+def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_dir: Path) -> None:
+    """Every column a reward function reads is one the data hands it (validate time, peeked rows)."""
+    from align_recipes.data import DataError, reward_columns
+    from align_recipes.rewards import missing_columns
+
+    for section, (rows, data_spec) in datasets.items():
+        if not rows:
+            continue  # a hub dataset: checked when the run loads it
+        try:
+            carried = reward_columns(rows, data_spec)
+        except DataError:
+            continue
+        for key, message, fix in missing_columns(rewards, carried, section, Path(data_spec.path).name, base_dir):
+            check.error(key, message, fix)
 
 
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
@@ -119,8 +138,12 @@ def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
                             f"(now {spec.max_drop_fraction})")
 
 
-def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path) -> list[RecipeError]:
-    """All problems in a fully merged recipe (model, data, rewards, evaluate, train)."""
+def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path,
+                    rewards_dir: Path | None = None) -> list[RecipeError]:
+    """All problems in a fully merged recipe (model, data, rewards, evaluate, train). Relative references
+    resolve against `base_dir` (the recipe's folder), reward modules against `rewards_dir` (the folder of
+    the file that wrote `rewards:`) when given."""
+    rewards_dir = rewards_dir or base_dir
     check = _Checker(locate)
     check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
     model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section")
@@ -134,9 +157,12 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
                     "use adapter: qlora (4-bit) or lora, or quantization: none")
 
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
+    peeked = {}
     for split in ("train", "eval"):
         if data.get(split) is not None:
-            _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm.data_kind)
+            found = _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm.data_kind)
+            if found is not None:
+                peeked[f"data.{split}"] = found
 
     evaluation = recipe.get("evaluate")
     if evaluation is not None:
@@ -158,11 +184,14 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
         if not isinstance(rewards, list):
             check.error("rewards", "must be a list of reward entries", "write `rewards:` then `- {name: exact_match}`")
         else:
-            for message in check_reward_specs(rewards, base_dir):
+            problems = check_reward_specs(rewards, rewards_dir)
+            for message in problems:
                 key, _, text = message.partition(": ")
                 check.error(key if key.startswith("rewards") else "rewards", text or message,
                             "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
                             "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)")
+            if not problems:
+                _check_reward_columns(check, rewards, peeked, rewards_dir)
 
     train_fields = trl_fields.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)

@@ -54,7 +54,7 @@ def _data_entry(info, data: str | None) -> tuple[dict, list]:
     if not entry:
         raise RecipeError(f"the run in '{info.run_dir}' names no held-out data (evaluate.data or data.eval)",
                           fix="pass --data FILE (jsonl/json/parquet/csv) or a hub dataset id")
-    return dict(entry), [Path.cwd(), info.base_dir, info.run_dir]
+    return dict(entry), info.search_dirs
 
 
 def load_rows(entry: dict, base_dirs: list, kind: str, limit: int | None, metric: str) -> list[dict]:

@@ -9,9 +9,11 @@
          overrides: {model.name_or_path: "{sft}", train.reward_model_path: "{reward}"}}
 
 Each stage is an ordinary recipe (relative to the pipeline file) plus dotted overrides, written
-to `<output_dir>/<name>`. In override values `{stage}` is that earlier stage's model, ready to load
-as a base: its output directory for a full fine-tune, or `<dir>/merged` for a LoRA/QLoRA stage (the
-pipeline merges the adapter after training). `{stage.output_dir}` is the raw output directory.
+to `<output_dir>/<name>`. Paths in those overrides resolve against the pipeline file's folder, then
+the current directory, as paths in a recipe do. In override values `{stage}` is that earlier stage's
+model, ready to load as a base: its output directory for a full fine-tune, or `<dir>/merged` for a
+LoRA/QLoRA stage (the pipeline merges the adapter after training). `{stage.output_dir}` is the raw
+output directory.
 
 Every stage is validated before anything trains. A stage is skipped when its output is complete
 (summary.json says complete), its resolved recipe is unchanged and no stage it reads from is newer;
@@ -150,6 +152,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
             continue
         texts, deps = [], []
         for key, value in stage_overrides.items():
+            value = _resolve_written_here(str(key), value, path.parent.resolve())
             text, used, problem = _expand(_value_text(value), stages)
             if problem:
                 errors.append(RecipeError(f"stage '{name}': {problem}", file=path, key=f"{where}.overrides.{key}",
@@ -176,6 +179,21 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
         raise RecipeErrors(errors)
     return Pipeline(path=path, output_dir=root, stages=stages, description=str(data.get("description") or ""),
                     profile=profile)
+
+
+def _resolve_written_here(key: str, value: Any, folder: Path) -> Any:
+    """A path the pipeline file writes in a stage's overrides resolves against the file's folder (then the
+    current directory), as a path in a recipe does; the stage's command line then carries it absolute."""
+    from align_recipes.plan.layers import resolve_paths
+
+    parts = key.split(".")
+    tree: Any = value
+    for part in reversed(parts):
+        tree = {part: tree}
+    resolve_paths(tree, lambda _dotted: folder)
+    for part in parts:
+        tree = tree[part]
+    return tree
 
 
 def _adapter_from_files(stage: Stage) -> bool:

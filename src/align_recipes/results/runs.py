@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
-from align_recipes.paths import looks_like_hub_id, read_json
+from align_recipes.paths import find_local, looks_like_hub_id, read_json
 from align_recipes.plan.sections import ModelSection
 from align_recipes.run import models
 from align_recipes.run.rundir import MANIFEST, RunDir
@@ -37,14 +37,41 @@ class RunInfo:
 
     @property
     def model(self) -> ModelSection:
-        """The run's model section, with defaults (empty name_or_path for a plain model folder)."""
-        return ModelSection.from_dict({"name_or_path": "", **(self.recipe.get("model") or {})})
+        """The run's model section, with defaults (empty name_or_path for a plain model folder) and its
+        model path as it opens from here."""
+        section = {"name_or_path": "", **(self.recipe.get("model") or {})}
+        section["name_or_path"] = self.locate(section["name_or_path"])
+        return ModelSection.from_dict(section)
+
+    @property
+    def search_dirs(self) -> list[Path]:
+        """Where a relative path of the run's recipe may be, in the order training looked: the recipe's
+        folder, the directory the run was started in; then the current directory and the run folder.
+        Runs record found paths as absolute; this is for run folders written before they did, and for
+        paths that existed nowhere when the run started."""
+        manifest = read_json(self.run_dir / MANIFEST)
+        started_in = manifest.get("cwd")
+        recipe = self.summary.get("recipe") or manifest.get("recipe")
+        dirs = []
+        if recipe:
+            folder = Path(recipe).parent
+            dirs.append(Path(started_in) / folder if started_in and not folder.is_absolute() else folder)
+        if started_in:
+            dirs.append(Path(started_in))
+        return list(dict.fromkeys([*dirs, Path.cwd(), self.run_dir]))
 
     @property
     def base_dir(self) -> Path:
-        """The folder the run's recipe lived in (relative data and model paths resolve against it)."""
-        recipe = self.summary.get("recipe") or read_json(self.run_dir / MANIFEST).get("recipe")
-        return Path(recipe).parent if recipe else Path.cwd()
+        """The folder the run's recipe lived in (relative data and model paths resolve against it first)."""
+        return self.search_dirs[0]
+
+    def locate(self, name: str) -> str:
+        """A path the run's recipe names, absolute where it exists in `search_dirs`; anything else (a hub id,
+        builtin:…, an absolute path) unchanged."""
+        if not name or ":" in name.split("/")[0]:
+            return name
+        found = find_local(name, *self.search_dirs)
+        return str(found) if found is not None else name
 
 
 def inspect_run(run_dir: str | Path) -> RunInfo:

@@ -59,6 +59,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.prepared = False  # set by `prepare`: from then on the folder holds this run, whatever happens
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -171,10 +172,10 @@ class RunDir:
         except OSError:
             pass
 
-
     def prepare(self, plan, start: Start, overwrite: bool, command: list[str], resolved_yaml: str, config) -> None:
         """Clear, continue or create the folder, and record how to reproduce the run."""
         resolved = yaml.safe_dump(redact_obj(yaml.safe_load(resolved_yaml)), sort_keys=False, allow_unicode=True)
+        self.prepared = True
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
         if start.checkpoint is not None or start.fresh_over_leftovers:

@@ -5,6 +5,7 @@ A run reads like a recipe:
     start   = RunDir(plan.output_dir).plan_start(…)   fresh, resumed or refused, before anything heavy
     parts   = load(plan)                              tokenizer, data, reward functions, model
     trainer = build(plan, parts, …)                   the TRL config and the registry's trainer
+    rowcheck.check_trainable_rows(…)                  stop if the trainer's length filters left no row
     begin(…)                                          the folder prepared, the metric before, status running
     fit(trainer, start)                               trainer.train(), continuing a checkpoint if asked
     finish(…)                                         the model saved, the metric after, status complete
@@ -19,14 +20,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from align_recipes.errors import RecipeError
+from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, models
+from align_recipes.run import checkpoints, guards, models, rowcheck
 from align_recipes.run.card import write_card
 from align_recipes.run.measure import measure
 from align_recipes.run.progress import key_metrics, progress_callback
@@ -45,6 +47,7 @@ class Parts:
     train_dataset: Any
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
+    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.ConversionReport (rows read, dropped)
 
 
 def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
@@ -67,12 +70,14 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
             parts = load(plan)
             guard.fp16 = bool(parts.config.fp16)
             trainer = build(plan, parts, run_dir, guard)
+            rowcheck.check_trainable_rows(plan, parts, trainer)
         except BaseException:
             if not existed:
                 run_dir.remove_if_empty()  # the Trainer creates output_dir early: leave no trace of a refused run
             raise
-        record = begin(plan, parts, trainer, run_dir, start, overwrite, command)
+        record = run_record(plan, parts)
         try:
+            begin(plan, parts, trainer, run_dir, start, overwrite, command, record)
             started = time.time()
             training_loss = fit(trainer, start, parts.config)
             record["runtime_s"] = round(time.time() - started, 2)
@@ -80,7 +85,8 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
         except (guards.RunInterrupted, guards.TrainingDiverged):
             raise  # their summary is written
         except BaseException as exc:
-            if is_main_process():
+            # From `prepare` on the folder is this run's: whatever broke, its summary says so (never `running`).
+            if is_main_process() and run_dir.prepared:
                 run_dir.write_summary({**record, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}"),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             raise
@@ -99,8 +105,8 @@ def load(plan: Plan) -> Parts:
 
         set_seed(config.seed)
         tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
-        train_dataset, eval_dataset = load_data(plan, tokenizer)
-        extras = trainer_extras(plan, config)
+        train_dataset, eval_dataset, reports = load_data(plan, tokenizer)
+        extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
     except RecipeError as exc:
         exc.file = exc.file or plan.provenance.where(exc.key or "") or str(plan.recipe_path)
@@ -109,7 +115,7 @@ def load(plan: Plan) -> Parts:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.use_cpu:
         _set_cpu_threads(model)
-    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras)
+    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports)
 
 
 def build_config(plan: Plan):
@@ -138,7 +144,7 @@ def build_config(plan: Plan):
 def load_data(plan: Plan, tokenizer):
     from align_recipes.data import DataError, load
 
-    loaded = {}
+    loaded, reports = {}, {}
     for split, spec in (("train", plan.data.train), ("eval", plan.data.eval)):
         if spec is None:
             continue
@@ -149,17 +155,27 @@ def load_data(plan: Plan, tokenizer):
             raise
         if is_main_process():
             print(report.summary_line())
-        loaded[split] = dataset
-    return loaded.get("train"), loaded.get("eval")
+        loaded[split], reports[split] = dataset, report
+    return loaded.get("train"), loaded.get("eval"), reports
 
 
-def trainer_extras(plan: Plan, config) -> dict:
-    """Keyword arguments only some trainers take (reward functions for online RL)."""
+def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
+    """Keyword arguments only some trainers take (reward functions for online RL). A reward that reads a
+    column the loaded data lacks (a hub dataset `validate` could not read) stops here, before the model loads."""
     if not plan.algorithm.uses_rewards:
         return {}
-    from align_recipes.rewards import build_reward_funcs
+    from align_recipes.rewards import build_reward_funcs, missing_columns
 
-    funcs, weights = build_reward_funcs(plan.rewards, plan.base_dir)
+    problems = []
+    for split, dataset in (datasets or {}).items():
+        if dataset is not None:
+            carried = [c for c in dataset.column_names if c != "prompt"]
+            name = Path(getattr(plan.data, split).path).name
+            problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
+    if problems:
+        where = plan.provenance.where("rewards") or str(plan.recipe_path)
+        raise RecipeErrors([RecipeError(message, fix=fix, key=key, file=where) for key, message, fix in problems])
+    funcs, weights = build_reward_funcs(plan.rewards, plan.rewards_dir)
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
     return {"reward_funcs": funcs}
@@ -196,17 +212,9 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
 
 # --- begin ------------------------------------------------------------------------------------------
 
-def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, overwrite: bool,
-          command: list[str]) -> dict:
-    """Prepare the folder, show what will run, measure the task metric before training, and write the
-    summary at status `running`. Returns the summary fields every later status repeats."""
-    main = is_main_process()
-    previous = run_dir.summary() if start.checkpoint is not None else {}
-    if main:
-        run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
-        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
-    before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
-    record = {
+def run_record(plan: Plan, parts: Parts) -> dict:
+    """The summary fields every status of this run repeats (the task metric before is added by `begin`)."""
+    return {
         "algorithm": plan.algorithm.name,
         "recipe": str(plan.recipe_path),
         "model": plan.model.name_or_path,
@@ -214,13 +222,25 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         "profile": plan.profile.name,
         "seed": parts.config.seed,
         "output_dir": str(plan.output_dir),
-        "task_metric_before": before,
+        "task_metric_before": None,
     }
+
+
+def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, overwrite: bool,
+          command: list[str], record: dict) -> None:
+    """Prepare the folder, show what will run, measure the task metric before training, and write the
+    summary at status `running`. Fills `record` with the fields every later status repeats."""
+    main = is_main_process()
+    previous = run_dir.summary() if start.checkpoint is not None else {}
+    if main:
+        run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
+        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
+    before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
+    record["task_metric_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
     if main:
         run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return record
 
 
 def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> None:
