@@ -3,7 +3,7 @@ log, the summary and a reproducibility manifest. Only the main process writes.
 
     recipe.resolved.yaml   every value the run used (secrets hidden)
     metrics.jsonl          one JSON object per Trainer log (step, epoch, loss, …)
-    summary.json           status (running | interrupted | diverged | complete), steps, losses, task metric
+    summary.json           status (running | interrupted | diverged | failed | complete), steps, losses, task metric
     manifest.json          command, recipe, versions, git commit, hardware, profile, seed, data files, resumes
 """
 
@@ -144,6 +144,19 @@ def write_summary(output_dir: Path, payload: dict) -> Path:
     path = Path(output_dir) / SUMMARY
     _write_atomic(path, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
     return path
+
+
+def mark_failed(output_dir: Path, error: BaseException) -> None:
+    """A run that stopped on an error says so in summary.json (status failed, the error), where the run had
+    started writing one; a run that failed before that leaves the output directory as it was."""
+    summary = read_summary(output_dir)
+    if not summary or summary.get("status") != "running":
+        return
+    from align_recipes.redaction import redact
+
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    write_summary(output_dir, {**summary, "status": "failed", "error": f"{type(error).__name__}: {redact(message)}"[:2000],
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def read_summary(output_dir: Path) -> dict:

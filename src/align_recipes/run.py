@@ -108,17 +108,19 @@ def _set_cpu_threads(model) -> None:
     torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
 
 
-def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.Start) -> None:
+def start_screen(plan: Plan, params: int, config, train_rows: int, start: checkpoints.Start,
+                 sequences: int | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     spec = plan.recipe["model"]
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else str(spec.get("dtype", "auto"))
-    params = sum(p.numel() for p in model.parameters())
     print("─" * 72)
     print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
     print(f"  model      {spec['name_or_path']} ({params / 1e6:.2f}M params), adapter {spec.get('adapter', 'full')}")
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
-    print(f"  data       {train_rows} training rows · effective batch {effective}")
+    packed = (f" packed into {sequences} sequences of ≤{getattr(config, 'max_length', None)} tokens"
+              if sequences is not None and sequences != train_rows else "")
+    print(f"  data       {train_rows} training rows{packed} · effective batch {effective}")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
     print(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:
@@ -143,7 +145,13 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
     start = checkpoints.plan_start(plan.output_dir, mode, overwrite, base_dir=plan.base_dir,
                                    require_optimizer=not plan.train_args.get("save_only_model", False))
     with guards.RunGuard(plan.output_dir) as guard:
-        return _train(plan, start, guard, overwrite, list(command or []), report)
+        try:
+            return _train(plan, start, guard, overwrite, list(command or []), report)
+        except (KeyboardInterrupt, guards.TrainingDiverged):
+            raise  # their own summaries (interrupted, diverged) are written already
+        except BaseException as exc:
+            outputs.mark_failed(plan.output_dir, exc)
+            raise
 
 
 def _prepare_output_dir(plan: Plan, start: checkpoints.Start, overwrite: bool, command: list[str], config) -> None:
@@ -218,6 +226,12 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
     set_seed(config.seed)
     try:
         tokenizer = models.load_tokenizer(model_path, spec, plan.base_dir)
+        if plan.train_args.get("assistant_only_loss"):
+            from align_recipes.chat_templates import use_training_template
+
+            note = use_training_template(tokenizer, file=_written_in(plan, "train.assistant_only_loss"))
+            if note and outputs.is_main_process():
+                print(f"note: {note}")
         train_dataset, eval_dataset = load_data(plan, tokenizer)
         extras = trainer_extras(plan, config)
         model = models.load_model(model_path, spec, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
@@ -231,9 +245,10 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
 
     main = outputs.is_main_process()
     previous = outputs.read_summary(output_dir) if start.checkpoint is not None else {}
+    # transformers counts a 4-bit weight as the parameters it holds, not its packed bytes.
+    params = model.num_parameters() if hasattr(model, "num_parameters") else sum(p.numel() for p in model.parameters())
     if main:
         _prepare_output_dir(plan, start, overwrite, command, config)
-        start_screen(plan, model, config, len(train_dataset), start)
 
     from align_recipes.evaluate import measure
 
@@ -262,6 +277,10 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
         processing_class=tokenizer, peft_config=models.peft_config(spec, plan.algorithm.model_head),
         callbacks=[outputs.metrics_callback(output_dir), guard.callback()], **extras,
     )
+    models.match_trainable_dtypes(trainer.model, bf16=bool(config.bf16))
+    if main:  # after the trainer is built: SFT's packing has made its sequences
+        start_screen(plan, params, config, len(train_dataset), start,
+                     sequences=len(trainer.train_dataset) if getattr(config, "packing", False) else None)
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()  # muted while loading; the training bar is worth seeing

@@ -169,7 +169,31 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     check.ranges(train, sections.TRAIN_RANGES, "train.")
     if train.get("bf16") and train.get("fp16"):
         check.error("train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer")
+    _check_model_paths(check, train, base_dir)
+    if train.get("eval_strategy") not in (None, "no") and not data.get("eval"):
+        check.error("train.eval_strategy", f"eval_strategy is '{train['eval_strategy']}' but the recipe has no data.eval",
+                    "add data.eval: {path: …} with held-out rows, or set train.eval_strategy: no")
     return check.errors
+
+
+def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
+    """A reward or value model named by a local path must exist (an earlier pipeline stage's output is
+    checked when that stage has run); hub ids cannot be checked offline and are left to the run."""
+    for key in ("reward_model_path", "value_model_path"):
+        value = train.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        candidates = (Path(value).expanduser(), base_dir / value)
+        if any(p.is_dir() for p in candidates):
+            continue
+        parts = value.split("/")
+        hub_shaped = len(parts) == 2 and all(parts) and not value.startswith((".", "/", "~"))
+        first_is_folder = any((root / parts[0]).is_dir() for root in (Path.cwd(), base_dir)) or parts[0] == "outputs"
+        if hub_shaped and not first_is_folder:
+            continue
+        check.error(f"train.{key}", f"model folder '{value}' not found",
+                    "train the stage that writes it first (align-recipes pipeline runs the stages in order), "
+                    "or point it at an existing folder or a hub id")
 
 
 def _has_reward_model(recipe: dict) -> bool:
