@@ -119,7 +119,7 @@ def start_screen(plan: Plan, params: int, config, train_rows: int, start: checkp
     print(f"  model      {spec['name_or_path']} ({params / 1e6:.2f}M params), adapter {spec.get('adapter', 'full')}")
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
     packed = (f" packed into {sequences} sequences of ≤{getattr(config, 'max_length', None)} tokens"
-              if sequences is not None and sequences != train_rows else "")
+              if sequences is not None else "")
     print(f"  data       {train_rows} training rows{packed} · effective batch {effective}")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
     print(f"  output     {plan.output_dir}")

@@ -30,7 +30,7 @@ from align_recipes.errors import RecipeError, RecipeErrors
 STAGES = ("recipe", "model", "tokenizer", "data", "plan", "train", "evaluate", "save", "reload", "report")
 STEPS = 2
 # Train keys cut for the rehearsal (only those the algorithm's config has); lengths are upper bounds.
-REHEARSAL_CAPS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_length": 64,
+REHEARSAL_CAPS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_length": 96,
                   "max_prompt_length": 32, "max_completion_length": 16, "max_new_tokens": 16, "num_generations": 2,
                   "num_generations_eval": 2, "num_ppo_epochs": 1}
 REHEARSAL_SETS = {"max_steps": STEPS, "gradient_accumulation_steps": 1, "logging_steps": 1, "eval_steps": 1,
@@ -59,6 +59,7 @@ class Rehearsal:
     seconds: float = 0.0
     peak_rss_gb: float = 0.0
     workdir: Path | None = None
+    steps: int = STEPS
 
     @property
     def ok(self) -> bool:
@@ -89,8 +90,9 @@ def _online() -> bool:
 
 
 def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None = None,
-             workdir: str | Path | None = None) -> Rehearsal:
-    """Rehearse one recipe; never raises for what the run hits (each stage records it)."""
+             workdir: str | Path | None = None, caps: dict | None = None, steps: int = STEPS) -> Rehearsal:
+    """Rehearse one recipe; never raises for what the run hits (each stage records it). `caps` replaces some of
+    REHEARSAL_CAPS and `steps` the number of optimizer steps (the test suite uses shorter runs)."""
     from align_recipes.rehearse import plan as planning
 
     started = time.time()
@@ -111,6 +113,8 @@ def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None 
 
     try:
         draft = run_stage("recipe", lambda: planning.Draft.read(Path(recipe), list(overrides), profile))
+        draft.limits = {**REHEARSAL_CAPS, **(caps or {})}
+        draft.steps = result.steps = steps
         stage["recipe"].detail = draft.describe()
         result.algorithm, result.target_profile = draft.algorithm.name, draft.target_profile
         result.adapter = draft.adapter
@@ -154,14 +158,15 @@ def _train(plan, result: Rehearsal) -> None:
             traceback.print_exc(file=handle)
     seconds = time.time() - begin
     records = outputs.read_metrics(out) if out.exists() else []
-    steps = max((r.get("step", 0) for r in records if "loss" in r or "reward" in r), default=0)
+    done = max((r.get("step", 0) for r in records if "loss" in r or "reward" in r), default=0)
+    steps = result.steps
     evals = [r for r in records if any(k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
                                        for k in r)]
     saved = any((out / f).is_file() for f in ("adapter_config.json", "model.safetensors", "config.json"))
-    checkpoint = (out / f"checkpoint-{STEPS}").is_dir()
-    evidence = {"train": (steps >= STEPS, f"{steps} of {STEPS} optimizer steps{_loss_text(records)}"),
-                "evaluate": (bool(evals), _eval_text(evals)),
-                "save": (saved and checkpoint, f"checkpoint-{STEPS} and the final model in {out}"),
+    checkpoint = (out / f"checkpoint-{steps}").is_dir()
+    evidence = {"train": (done >= steps, f"{done} of {steps} optimizer steps{_loss_text(records)}"),
+                "evaluate": (bool(evals), _eval_text(evals, steps)),
+                "save": (saved and checkpoint, f"checkpoint-{steps} and the final model in {out}"),
                 "report": ((out / "report.md").is_file(), f"{out / 'report.md'}")}
     failed = False
     for name, (ok, text) in evidence.items():
@@ -214,12 +219,13 @@ def _loss_text(records: list[dict]) -> str:
     return f", loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
 
 
-def _eval_text(evals: list[dict]) -> str:
+def _eval_text(evals: list[dict], steps: int) -> str:
     if not evals:
         return "no evaluation ran"
     keys = [k for k in evals[0] if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))]
     shown = ", ".join(f"{k} {evals[0][k]:.3f}" for k in keys[:2] if isinstance(evals[0][k], (int, float)))
-    return f"{len(evals)} evaluation(s), training continued after the first ({shown})"
+    after = ", training continued after the first" if steps > 1 else ""
+    return f"{len(evals)} evaluation(s){after} ({shown})"
 
 
 def _describe(exc: BaseException | None, workdir: Path | None) -> str:
@@ -246,7 +252,7 @@ def render(result: Rehearsal) -> str:
     width = 76
     lines = ["─" * width, f"align-recipes rehearse · {result.algorithm} · {result.recipe} · adapter {result.adapter}",
              f"  run on {'CPU' if result.run_profile == 'cpu' else result.run_profile} (profile {result.run_profile}),"
-             f" 2 layers, random weights, {STEPS} steps; output in {result.workdir}"]
+             f" 2 layers, random weights, {result.steps} steps; output in {result.workdir}"]
     for stage in result.stages.values():
         mark = {True: "ok", False: "FAILED", None: "·"}[stage.ok]
         detail = stage.detail if stage.ok is not None else "not reached"
@@ -256,13 +262,15 @@ def render(result: Rehearsal) -> str:
         lines += [f"  {'':<17}{line}" for line in rest]
     lines.append(f"  measured   {result.seconds:.1f} s wall, peak RSS {result.peak_rss_gb:.2f} GB (this process)")
     if result.estimates:
-        lines.append("  full model, estimated peak GPU memory per process (weights, grads, optimizer, activations):")
+        lines.append("  GPU memory of the full model, estimated peak per process (GB):")
+        notes = []
         for name, estimate in result.estimates:
             if isinstance(estimate, str):
                 lines.append(f"    {name:<6}{estimate}")
-            else:
-                lines.append(f"    {name:<6}{estimate.line()}")
-                lines.append(f"    {'':<6}{estimate.breakdown()} GB; {'; '.join(estimate.notes)}")
+                continue
+            lines.append(f"    {name:<6}{estimate.line()} ({estimate.breakdown()})")
+            notes += [n for n in estimate.notes if n not in notes]
+        lines.append(f"    {'':<6}{'; '.join(notes)}")
     verdict = "ok: the recipe ran end to end at its real shape" if result.ok else \
         "FAILED: fix the stage marked FAILED before renting a GPU"
     if result.ok and result.estimate_refused:

@@ -53,10 +53,10 @@ class Estimate:
 
     def line(self) -> str:
         budget = f" of {self.budget_gb:.0f} GB" if self.budget_gb else ""
-        return f"{self.total_gb:.1f} GB{budget} per GPU under profile {self.profile}: {self.verdict}"
+        return f"{self.total_gb:.1f}{budget}: {self.verdict}"
 
     def breakdown(self) -> str:
-        return " · ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
+        return ", ".join(f"{k} {v:.1f}" for k, v in self.parts.items())
 
 
 def _shape(config: dict) -> dict:

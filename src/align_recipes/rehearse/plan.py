@@ -54,6 +54,8 @@ class Draft:
     reward_note: str = ""
     target: Any = None             # the target Plan (after run_plan)
     caps: list[str] = field(default_factory=list)
+    limits: dict = field(default_factory=dict)  # REHEARSAL_CAPS, or the caller's
+    steps: int = 2
 
     @classmethod
     def read(cls, recipe: Path, overrides: list[str], profile: str | None) -> "Draft":
@@ -197,7 +199,7 @@ class Draft:
         if target_model.get("quantization"):
             extra.append(_override("model.quantization", target_model["quantization"]))
         self.caps = []
-        for key, cap in REHEARSAL_CAPS.items():
+        for key, cap in (self.limits or REHEARSAL_CAPS).items():
             value = effective.get(key, (None,))[0]
             if key in fields and isinstance(value, int) and not isinstance(value, bool) and value > cap:
                 extra.append(_override(f"train.{key}", cap))
@@ -205,6 +207,7 @@ class Draft:
         for key, value in REHEARSAL_SETS.items():
             if key not in fields or (value is None and key not in self.target.train_args):
                 continue
+            value = self.steps if key in ("max_steps", "save_steps") else value
             before = effective.get(key, (None,))[0]
             extra.append(_override(f"train.{key}", value))
             if key in ("max_steps", "gradient_accumulation_steps") and before != value:

@@ -63,8 +63,8 @@ def _question(rng: random.Random) -> str:
 
 
 def _length(rng: random.Random, index: int) -> int:
-    """Mostly short answers, every fourth one long enough to be cut by the rehearsal's 64-token max_length."""
-    return rng.randint(12, 20) if index % 4 == 3 else rng.randint(1, 4)
+    """Mostly short answers, every fourth one long enough to be cut by the rehearsal's 96-token max_length."""
+    return rng.randint(12, 20) if index % 4 == 3 else 1
 
 
 def _chat(prompt: str, answer: str) -> list[dict]:
@@ -73,7 +73,7 @@ def _chat(prompt: str, answer: str) -> list[dict]:
 
 def _row(layout: str, rng: random.Random, index: int) -> dict:
     prompt = _question(rng)
-    good, bad = _english(rng, _length(rng, index)), _english(rng, rng.randint(1, 3))
+    good, bad = _english(rng, _length(rng, index)), _english(rng, 1)
     prompt_id = hashlib.sha256(prompt.encode()).hexdigest()
     if layout == "ultrafeedback_binarized":
         high = float(rng.randint(6, 10))

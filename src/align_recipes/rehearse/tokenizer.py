@@ -99,6 +99,7 @@ def build_stand_in(facts: dict):
 def stand_in_key(facts: dict) -> str:
     h = hashlib.sha256(f"{BUILDER_VERSION}\n{json.dumps(facts, sort_keys=True)}".encode())
     h.update(chat_template(facts["chat_template"]).encode())
+    h.update("\n".join(_training_text()).encode())  # the merges are learned from it
     return h.hexdigest()[:12]
 
 
