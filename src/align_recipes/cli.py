@@ -158,6 +158,13 @@ def _rehearse(args) -> int:
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = os.environ["ALIGN_RECIPES_OFFLINE"] = "1"
+    if _is_pipeline_file(args.recipe):
+        from align_recipes.rehearse import rehearse_pipeline
+
+        results = rehearse_pipeline(args.recipe, args.overrides, profile=args.profile, workdir=args.out)
+        for result in results:
+            print(render(result))
+        return max((r.exit_code for r in results), default=2)
     result = rehearse(args.recipe, args.overrides, profile=args.profile, workdir=args.out)
     print(render(result))
     return result.exit_code

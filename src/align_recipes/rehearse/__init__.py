@@ -141,6 +141,26 @@ def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None 
     return result
 
 
+def rehearse_pipeline(path: str | Path, overrides: list[str] = (), profile: str | None = None,
+                      workdir: str | Path | None = None) -> list[Rehearsal]:
+    """Rehearse each stage of a pipeline file with its overrides; an override naming an earlier stage's output
+    (`{sft}`) is left out, as that output is stood in for (the stage's recipe names what it is trained from)."""
+    from align_recipes.pipeline import _split_cli, _value_text
+    from align_recipes.yamlio import load_yaml
+
+    path = Path(path)
+    stages = [s for s in (load_yaml(path) or {}).get("stages") or [] if isinstance(s, dict)]
+    common, per_stage = _split_cli(list(overrides), [str(s.get("name")) for s in stages])
+    root = Path(workdir) if workdir else Path("outputs") / "rehearse" / path.resolve().parent.name / path.stem
+    results = []
+    for stage in stages:
+        own = [f"{key}={_value_text(value)}" for key, value in (stage.get("overrides") or {}).items()
+               if "{" not in str(value)]
+        results.append(rehearse(path.parent / str(stage.get("recipe")), [*own, *common,
+                                *per_stage.get(str(stage.get("name")), [])], profile, root / str(stage.get("name"))))
+    return results
+
+
 def _train(plan, result: Rehearsal) -> None:
     """run.train with its console output kept in run.log; stages read from what the run left behind."""
     from align_recipes import outputs
@@ -279,4 +299,4 @@ def render(result: Rehearsal) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["rehearse", "render", "Rehearsal", "REHEARSAL_CAPS", "REHEARSAL_SETS", "STEPS"]
+__all__ = ["rehearse", "rehearse_pipeline", "render", "Rehearsal", "REHEARSAL_CAPS", "REHEARSAL_SETS", "STEPS"]
