@@ -187,3 +187,14 @@ def test_cli_rehearse_refuses_the_tiny_model_cleanly(capsys):
     assert main(["rehearse", "recipes/tiny/sft.yaml", "--offline"]) == 2
     out = capsys.readouterr().out
     assert "rehearse is for real models" in out and "FAILED" in out
+
+
+def test_pipeline_stages_are_rehearsed_with_their_own_overrides_and_earlier_outputs_stood_in_for():
+    from align_recipes.rehearse import pipeline_stages
+
+    stages = pipeline_stages(QWEN05 / "pipeline.yaml", ["train.seed=3", "ppo:train.kl_coef=0.1"])
+    assert [(name, recipe.name) for name, recipe, _ in stages] == [("sft", "sft.yaml"), ("reward", "reward.yaml"),
+                                                                   ("ppo", "ppo.yaml")]
+    overrides = {name: o for name, _, o in stages}
+    assert overrides["sft"] == overrides["reward"] == ["train.seed=3"]  # {sft} is stood in for, not passed on
+    assert overrides["ppo"] == ["train.seed=3", "train.kl_coef=0.1"]

@@ -145,20 +145,27 @@ def rehearse_pipeline(path: str | Path, overrides: list[str] = (), profile: str 
                       workdir: str | Path | None = None) -> list[Rehearsal]:
     """Rehearse each stage of a pipeline file with its overrides; an override naming an earlier stage's output
     (`{sft}`) is left out, as that output is stood in for (the stage's recipe names what it is trained from)."""
+    path = Path(path)
+    root = Path(workdir) if workdir else Path("outputs") / "rehearse" / path.resolve().parent.name / path.stem
+    return [rehearse(recipe, stage_overrides, profile, root / name)
+            for name, recipe, stage_overrides in pipeline_stages(path, overrides)]
+
+
+def pipeline_stages(path: Path, overrides: list[str] = ()) -> list[tuple[str, Path, list[str]]]:
+    """(name, recipe, overrides) per stage: the stage's own overrides without those naming an earlier stage's
+    output, then the command line's (`KEY=VALUE` for all, `STAGE:KEY=VALUE` for one)."""
     from align_recipes.pipeline import _split_cli, _value_text
     from align_recipes.yamlio import load_yaml
 
-    path = Path(path)
     stages = [s for s in (load_yaml(path) or {}).get("stages") or [] if isinstance(s, dict)]
     common, per_stage = _split_cli(list(overrides), [str(s.get("name")) for s in stages])
-    root = Path(workdir) if workdir else Path("outputs") / "rehearse" / path.resolve().parent.name / path.stem
-    results = []
+    found = []
     for stage in stages:
+        name = str(stage.get("name"))
         own = [f"{key}={_value_text(value)}" for key, value in (stage.get("overrides") or {}).items()
                if "{" not in str(value)]
-        results.append(rehearse(path.parent / str(stage.get("recipe")), [*own, *common,
-                                *per_stage.get(str(stage.get("name")), [])], profile, root / str(stage.get("name"))))
-    return results
+        found.append((name, path.parent / str(stage.get("recipe")), [*own, *common, *per_stage.get(name, [])]))
+    return found
 
 
 def _train(plan, result: Rehearsal) -> None:
