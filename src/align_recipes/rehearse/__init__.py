@@ -31,7 +31,7 @@ STAGES = ("recipe", "model", "tokenizer", "data", "plan", "train", "evaluate", "
 STEPS = 2
 # Train keys cut for the rehearsal (only those the algorithm's config has); lengths are upper bounds.
 REHEARSAL_CAPS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_length": 96,
-                  "max_prompt_length": 32, "max_completion_length": 16, "max_new_tokens": 16, "num_generations": 2,
+                  "max_prompt_length": 32, "max_completion_length": 8, "max_new_tokens": 8, "num_generations": 2,
                   "num_generations_eval": 2, "num_ppo_epochs": 1}
 REHEARSAL_SETS = {"max_steps": STEPS, "gradient_accumulation_steps": 1, "logging_steps": 1, "eval_steps": 1,
                   "save_strategy": "steps", "save_steps": STEPS, "dataloader_num_workers": 0,
