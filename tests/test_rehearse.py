@@ -23,6 +23,7 @@ PAIRS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2}  # K
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ALIGN_RECIPES_OFFLINE", "1")  # restored afterwards (the CLI's --offline sets it)
     monkeypatch.setenv("ALIGN_RECIPES_NVIDIA_SMI", "")  # no GPU, whatever the host
 
 
@@ -181,10 +182,10 @@ def test_a_failing_stage_is_named_with_trains_clean_error(tmp_path):
     assert result.stages["train"].ok is None and "Traceback" not in screen
 
 
-def test_cli_rehearse_refuses_the_tiny_model_cleanly(capsys):
+def test_cli_rehearse_refuses_the_tiny_model_cleanly(capsys, tmp_path):
     from align_recipes.cli import main
 
-    assert main(["rehearse", "recipes/tiny/sft.yaml", "--offline"]) == 2
+    assert main(["rehearse", "recipes/tiny/sft.yaml", "--offline", "--out", str(tmp_path / "r")]) == 2
     out = capsys.readouterr().out
     assert "rehearse is for real models" in out and "FAILED" in out
 
