@@ -1,4 +1,4 @@
-"""`align-recipes rehearse RECIPE`: the recipe's whole path at its real shape, on a CPU, in about a minute.
+"""`align-recipes rehearse RECIPE`: the recipe's whole path at its real shape, on a CPU, in a minute or two of CPU time.
 
 People rent a GPU and find, after the downloads, that the run dies at step 1 or at the first evaluation.
 A rehearsal runs the same path first, through `run.train` itself, with:
