@@ -4,6 +4,7 @@
 PYTHON        ?= python3
 VENV          ?= .venv
 BIN           := $(VENV)/bin
+# `make` installs the modelscope extra too: the qwen15b recipes load their model and data from ModelScope.
 # torch==2.13.0 is a CPU build where a local CPU wheel is provided (our CI) and PyPI's CUDA build
 # elsewhere; pinning it first keeps pip from pulling a newer multi-GB build through accelerate.
 TORCH         ?= torch==2.13.0
@@ -37,7 +38,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,modelscope]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -70,11 +70,19 @@ def test_list_names_every_algorithm_and_family(capsys, monkeypatch):
     assert "tiny" in text and "qwen05b" in text and "t4" in text
 
 
-def test_every_shipped_recipe_validates():
+def test_every_shipped_recipe_validates(capsys):
+    """Recipes of a later stage whose reward model an earlier stage writes (the ppo stages) validate inside their
+    pipeline; on their own they name the missing folder (exit 2) until that stage has run."""
     recipes = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if not p.name.startswith("_"))
     assert len(recipes) >= 6
-    failures = {str(p): main(["validate", str(p)]) for p in recipes}
-    assert all(rc == 0 for rc in failures.values()), failures
+    waiting = {}
+    for path in recipes:
+        rc = main(["validate", str(path)])
+        if rc != 0:
+            waiting[str(path)] = capsys.readouterr().err
+    for path, error in waiting.items():
+        assert "train.reward_model_path: model folder 'outputs/" in error and "not found" in error, (path, error)
+    assert set(waiting) <= {str(REPO / "recipes" / f / "ppo.yaml") for f in ("qwen05b", "qwen15b")}, waiting
 
 
 def test_schema_snapshot_matches_installed_trl():

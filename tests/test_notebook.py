@@ -25,6 +25,10 @@ def test_notebook_is_clean_and_defaults_to_the_t4():
     source = parameter_cell(notebook).source
     assert 'RECIPE = "recipes/qwen05b/dpo.yaml"' in source and 'PROFILE = "t4"' in source
     assert "OVERRIDES = []" in source
+    # The first run is capped (about 15 minutes on a T4); the full recipe is one edit away (MAX_STEPS = None).
+    [cap] = [line for line in source.splitlines() if line.startswith("MAX_STEPS = ")]
+    steps = int(cap.split("=")[1].split("#")[0])
+    assert 50 <= steps <= 200 and "None" in cap and "min" in cap
     assert notebook.cells.index(parameter_cell(notebook)) <= 1, "parameters come first"
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "stored without outputs"
 
@@ -37,11 +41,12 @@ def test_notebook_trains_chats_and_plots_the_tiny_recipe_on_cpu(tmp_path, monkey
     monkeypatch.setenv("ALIGN_RECIPES_NVIDIA_SMI", "")  # the kernel inherits it: no GPU, whatever the host
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     output_dir = tmp_path / "run"
-    overrides = [f"train.output_dir={output_dir}", "train.max_steps=6", "train.logging_steps=2", "evaluate.limit=16",
+    overrides = [f"train.output_dir={output_dir}", "train.logging_steps=2", "evaluate.limit=16",
                  "model.name_or_path=builtin:tiny-qwen2"]  # the tiny dpo recipe otherwise starts from outputs/tiny/sft
     parameter_cell(notebook).source = "\n".join([
         'RECIPE = "recipes/tiny/dpo.yaml"',
         'PROFILE = "cpu"',
+        "MAX_STEPS = 6",
         f"OVERRIDES = {overrides!r}",
         'PROMPT = "18+7="',
         "INSTALL = False",
@@ -67,3 +72,4 @@ def test_notebook_trains_chats_and_plots_the_tiny_recipe_on_cpu(tmp_path, monkey
     assert "user: 18+7=" in chat and "assistant:" in chat
     shown = "".join(o.get("text", "") for o in outputs_of("print_plan(plan)"))
     assert "what profile 'cpu' changed" in shown
+    assert "capped at 6 steps" in shown

@@ -17,6 +17,7 @@ EPILOG = """examples:
   align-recipes train recipes/tiny/dpo.yaml
   align-recipes train recipes/qwen05b/dpo.yaml train.learning_rate=1e-6 --profile t4
   align-recipes validate recipes/qwen05b/dpo.yaml
+  align-recipes rehearse recipes/qwen05b/dpo.yaml model.adapter=qlora --profile t4   # before renting a GPU
   align-recipes show recipes/tiny/sft.yaml --profile cpu
   align-recipes list
   align-recipes report outputs/tiny/dpo            # report.md + plots; several dirs: a comparison
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = verbs.add_parser("validate", help="check a recipe (and its data files) without loading a model")
     _add_recipe_args(validate)
+
+    rehearse = verbs.add_parser("rehearse", help="run the recipe end to end at its real shape on CPU (2 layers, "
+                                "random weights, 2 steps), and estimate the full model's GPU memory")
+    _add_recipe_args(rehearse)
+    rehearse.add_argument("--out", help="working folder (default: outputs/rehearse/<family>/<recipe>)")
+    rehearse.add_argument("--offline", action="store_true",
+                          help="never try the hub (also: HF_HUB_OFFLINE=1); shipped configs and stand-ins are used")
 
     show = verbs.add_parser("show", help="print the resolved recipe and TRL config, with where each value came from")
     _add_recipe_args(show)
@@ -151,6 +159,25 @@ def _run_result_verb(args) -> int:
     return 0
 
 
+def _rehearse(args) -> int:
+    import os
+
+    from align_recipes.results.rehearse import rehearse, render
+
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["ALIGN_RECIPES_OFFLINE"] = "1"
+    if _is_pipeline_file(args.recipe):
+        from align_recipes.results.rehearse import rehearse_pipeline
+
+        results = rehearse_pipeline(args.recipe, args.overrides, profile=args.profile, workdir=args.out)
+        for result in results:
+            print(render(result))
+        return max((r.exit_code for r in results), default=2)
+    result = rehearse(args.recipe, args.overrides, profile=args.profile, workdir=args.out)
+    print(render(result))
+    return result.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`show r.yaml --profile t4 train.beta=0.2`): collect the stragglers.
@@ -174,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
                   f"{pipeline.output_dir}")
             return 0
+        if args.verb == "rehearse":
+            return _rehearse(args)
         from align_recipes.plan import load_plan
 
         plan = load_plan(args.recipe, args.overrides, profile=args.profile)
@@ -186,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print_plan(plan, show_all=args.all)
             return 0
-        from align_recipes.run import train
+        from align_recipes.run.training import train
 
         summary = train(plan, overwrite=args.overwrite, resume=args.resume,
                         command=sys.argv if argv is None else ["align-recipes", *argv])

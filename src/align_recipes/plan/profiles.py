@@ -360,6 +360,15 @@ def _liger_choice() -> tuple[bool, str]:
                    "activation memory (off without it)")
 
 
+def server_gpus(profile: Profile, params: float | None) -> int:
+    """GPUs a dedicated vLLM server takes (its tensor-parallel size): enough for the bf16 weights, at most half."""
+    gpu, tp = profile.gpu, 1
+    if params is not None:
+        while tp * 2 <= max(1, gpu.count // 2) and params * 2 / 1e9 > 0.6 * gpu.memory_gb * tp:
+            tp *= 2
+    return tp
+
+
 def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> list[tuple[str, Any, str]]:
     policy = profile.vllm or {}
     context = _context(profile)
@@ -378,10 +387,7 @@ def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> li
         return off("8-bit bitsandbytes weights cannot be synced into vLLM: generation uses transformers")
     gpu = profile.gpu
     if gpu.count >= 2:
-        tp = 1
-        if params is not None:
-            while tp * 2 <= max(1, gpu.count // 2) and params * 2 / 1e9 > 0.6 * gpu.memory_gb * tp:
-                tp *= 2
+        tp = server_gpus(profile, params)
         name = model_wish.get("name_or_path", "MODEL")
         serve = ",".join(str(i) for i in range(tp))
         rest = ",".join(str(i) for i in range(tp, gpu.count))
@@ -411,19 +417,19 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
     if "per_device_train_batch_size" not in fields or "gradient_accumulation_steps" not in fields:
         return []
     rule = select_rule(profile, params)
-    if rule is None or not rule.micro_batch:
-        return []
     train = recipe.setdefault("train", {})
 
     def current(key: str) -> Any:
         return train.get(key, fields[key].default)
 
+    label = f"profile:{profile.name}"
+    if rule is None or not rule.micro_batch:
+        return _keep_batch_beside_vllm_server(profile, train, sources, current, params, label)
     cap, cap_note = rule.micro_batch, f"{human(params)} params on {_context(profile)['memory']}"
     length = current("max_length") if "max_length" in fields else None
     if isinstance(length, int) and length > MICRO_BATCH_REFERENCE_LENGTH:
         cap = max(1, cap * MICRO_BATCH_REFERENCE_LENGTH // length)
         cap_note += f", max_length {length}"
-    label = f"profile:{profile.name}"
     changes: list[Change] = []
     micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
     if not (isinstance(micro, int) and isinstance(accumulation, int)) or micro <= cap:
@@ -447,6 +453,7 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
                f"keeps effective batch {effective} ({cap_note}: at most {cap} per step)")
         changes += [Change("train.per_device_train_batch_size", new_micro, why),
                     Change("train.gradient_accumulation_steps", new_accumulation, why)]
+    changes += _keep_batch_beside_vllm_server(profile, train, sources, current, params, label)
     # Online algorithms evaluate whole groups of num_generations completions: their eval batch is left alone.
     evaluation = (current("per_device_eval_batch_size")
                   if "per_device_eval_batch_size" in fields and not getattr(algorithm, "generates", False) else None)
@@ -456,3 +463,33 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
         changes.append(Change("train.per_device_eval_batch_size", cap,
                               f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)"))
     return changes
+
+
+def _keep_batch_beside_vllm_server(profile: Profile, train: dict, sources: dict[str, str], current, params,
+                                   label: str) -> list[Change]:
+    """When this profile put generation on a vLLM server, training runs on the other GPUs, one process each: split
+    the recipe's effective batch (micro-batch x accumulation, written for one process) over them instead of
+    multiplying it (GRPO's 32 would become 224 on 7 GPUs). The process count is the largest that divides it."""
+    gpu = profile.gpu
+    if not (train.get("use_vllm") and train.get("vllm_mode") == "server" and gpu is not None and gpu.count >= 2
+            and sources.get("train.vllm_mode", "").startswith("profile:")):
+        return []
+    micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
+    if not (isinstance(micro, int) and isinstance(accumulation, int)) or train.get("steps_per_generation"):
+        return []
+    effective, training = micro * accumulation, gpu.count - server_gpus(profile, params)
+    processes = max(d for d in range(1, training + 1) if effective % d == 0)
+    per_process = effective // processes
+    new_micro = max(d for d in range(1, micro + 1) if per_process % d == 0)
+    new_accumulation = per_process // new_micro
+    if (new_micro, new_accumulation) == (micro, accumulation) and processes == 1:
+        return []
+    launch = (f"launch {processes} training processes (--num_processes {processes})" if processes == training else
+              f"launch {processes} training processes, not {training} (--num_processes {processes}: "
+              f"{effective} is not divisible by {training})")
+    why = (f"vLLM server mode: micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
+           f"x {processes} processes keeps effective batch {effective}; {launch}")
+    train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = new_micro, new_accumulation
+    sources["train.per_device_train_batch_size"] = sources["train.gradient_accumulation_steps"] = label
+    return [Change("train.per_device_train_batch_size", new_micro, why),
+            Change("train.gradient_accumulation_steps", new_accumulation, why)]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.fields import FieldInfo, kind_of
+from align_recipes.paths import find_local, looks_like_hub_id
 from align_recipes.plan import sections, trl_fields
 from align_recipes.plan.hardware import hub_token_problem, tracker_problems
 from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm, names_text
@@ -199,6 +200,10 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     if train.get("bf16") and train.get("fp16"):
         check.error("train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer")
     _check_outlets(check, train)
+    _check_model_paths(check, train, base_dir)
+    if train.get("eval_strategy") not in (None, "no") and not data.get("eval"):
+        check.error("train.eval_strategy", f"eval_strategy is '{train['eval_strategy']}' but the recipe has no data.eval",
+                    "add data.eval: {path: …} with held-out rows, or set train.eval_strategy: no")
     return check.errors
 
 
@@ -216,6 +221,22 @@ def _check_outlets(check: _Checker, train: dict) -> None:
             check.error("train.push_to_hub", f"push_to_hub is on but {problem}",
                         "export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`, "
                         "or set train.push_to_hub: false")
+
+
+def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
+    """A reward or value model named by a local path must exist (an earlier pipeline stage's output is
+    checked when that stage has run); hub ids cannot be checked offline and are left to the run. The
+    plan made every path it found absolute (plan.layers), so what is left relative was found nowhere."""
+    for key in ("reward_model_path", "value_model_path"):
+        value = train.get(key)
+        if not isinstance(value, str) or not value or find_local(value, base_dir, None) is not None:
+            continue
+        first_is_folder = find_local(value.split("/")[0], base_dir, None) is not None or value.startswith("outputs/")
+        if looks_like_hub_id(value) and not first_is_folder:
+            continue
+        check.error(f"train.{key}", f"model folder '{value}' not found",
+                    "train the stage that writes it first (align-recipes pipeline runs the stages in order), "
+                    "or point it at an existing folder or a hub id")
 
 
 def _has_reward_model(recipe: dict) -> bool:

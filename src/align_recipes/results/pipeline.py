@@ -72,7 +72,7 @@ def _line(data: Any, key: str) -> int | None:
     return getattr(data, "lines", {}).get(key)
 
 
-def _value_text(value: Any) -> str:
+def override_text(value: Any) -> str:
     """An override value as text that load_plan reads back (as YAML) to the same value."""
     if isinstance(value, str):
         try:
@@ -84,7 +84,7 @@ def _value_text(value: Any) -> str:
     return text[:-3].strip() if text.endswith("...") else text
 
 
-def _split_cli(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     common: list[str] = []
     per_stage: dict[str, list[str]] = {}
     for text in overrides:
@@ -119,7 +119,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
     profile = profile or data.get("profile")
     raw = data["stages"]
     names = [s.get("name") for s in raw if isinstance(s, dict)]
-    common, per_stage = _split_cli(list(overrides), [n for n in names if isinstance(n, str)])
+    common, per_stage = split_overrides(list(overrides), [n for n in names if isinstance(n, str)])
     stages: list[Stage] = []
     for index, entry in enumerate(raw):
         where = f"stages[{index}]"
@@ -153,7 +153,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
         texts, deps = [], []
         for key, value in stage_overrides.items():
             value = _resolve_written_here(str(key), value, path.parent.resolve())
-            text, used, problem = _expand(_value_text(value), stages)
+            text, used, problem = _expand(override_text(value), stages)
             if problem:
                 errors.append(RecipeError(f"stage '{name}': {problem}", file=path, key=f"{where}.overrides.{key}",
                                           line=_line(stage_overrides, key) or line,

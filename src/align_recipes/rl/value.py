@@ -92,6 +92,11 @@ def _head_of(model: nn.Module) -> nn.Linear | None:
     return None
 
 
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of a model's floating-point weights (for a 4-bit model: its unquantized parts)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def value_model_from(source, policy: nn.Module, peft_config=None, **load_kwargs) -> ValueHead:
     """Build the critic from a path (a reward model or any model with a sequence-classification class),
     a loaded model, an existing `ValueHead`, or (``source=None``) a copy of the policy's backbone."""
@@ -104,6 +109,9 @@ def value_model_from(source, policy: nn.Module, peft_config=None, **load_kwargs)
         if isinstance(source, (str, os.PathLike)):
             from transformers import AutoModelForSequenceClassification
 
+            # Unquantized, in the dtype the policy computes in (a 4-bit policy's float parts): a reward model saved
+            # in another dtype would otherwise train in it (bf16 weights under fp16 autocast cannot be unscaled).
+            load_kwargs.setdefault("dtype", _float_dtype(policy))
             source = AutoModelForSequenceClassification.from_pretrained(str(source), num_labels=1, **load_kwargs)
         head = _head_of(source)
         model = backbone_of(source)
@@ -112,8 +120,16 @@ def value_model_from(source, policy: nn.Module, peft_config=None, **load_kwargs)
     if policy_vocab is not None and critic_vocab is not None and policy_vocab != critic_vocab:
         raise ValueError(f"the critic's vocabulary ({critic_vocab} tokens) differs from the policy's ({policy_vocab}): "
                          "it reads the policy's token ids, so set value_model_path to a model with the same tokenizer")
-    model.requires_grad_(True)
-    if peft_config is not None:
+    quantized = any(getattr(p, "quant_state", None) is not None or p.dtype in (torch.uint8, torch.int8)
+                    for p in model.parameters())
+    if peft_config is None:
+        if quantized:
+            raise ValueError("the critic's backbone is quantized (4/8-bit) and cannot be trained in full: give the "
+                             "trainer a peft_config (QLoRA), or set value_model_path to an unquantized model")
+        model.requires_grad_(True)
+    else:
+        # Only the critic's own adapter trains; quantized base weights cannot require gradients at all.
+        model.requires_grad_(False)
         from peft import get_peft_model
 
         critic_config = copy.deepcopy(peft_config)

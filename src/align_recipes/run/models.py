@@ -41,7 +41,8 @@ def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
 
     builtin:… → built locally (the tiny model); local → must exist; modelscope → downloaded with
     modelscope's snapshot_download into its cache, then loaded as a local directory; hf → the hub id;
-    auto → an existing local directory wins, otherwise a Hugging Face hub id.
+    auto → an existing local directory wins, otherwise a Hugging Face hub id (an existing local directory wins over
+    modelscope too).
     """
     name, source = spec.name_or_path, spec.source
     if name.startswith(BUILTIN_PREFIX):
@@ -53,7 +54,9 @@ def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
         return str(tiny.ensure_tiny_model())
     local = find_local(name, base_dir, None)
     local = local if local is not None and local.is_dir() else None
-    if source == "local" or (source == "auto" and local is not None):
+    # An existing local folder wins over a hub source: a recipe family may say `source: modelscope` for its base
+    # model while one stage names a folder an earlier stage wrote (qwen15b/ppo.yaml).
+    if source == "local" or (source in ("auto", "modelscope") and local is not None):
         if local is None:
             raise RecipeError(f"model directory '{name}' not found", key="model.name_or_path",
                               fix="check the path, or set model.source: hf / modelscope for a hub id")
@@ -132,7 +135,43 @@ def load_model(path: str, spec: ModelSection, head: str = "causal_lm", use_cpu: 
         model = _from_pretrained(AutoModelForSequenceClassification, path, spec, **kwargs)
     else:
         model = _from_pretrained(AutoModelForCausalLM, path, spec, **kwargs)
+    if quant is not None and use_cpu:
+        keep_4bit_layout(model)
     return model
+
+
+def keep_4bit_layout(model) -> int:
+    """Stop bitsandbytes (0.50) from repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16, a Linear4bit repacks its weight in place on the first forward that runs in eval mode
+    without gradients (an evaluation, a PPO rollout); the next training forward then fails with "a view of a leaf
+    Variable that requires grad is being used in an in-place operation". A model that trains must keep the layout
+    it was quantized in. Returns how many layers were switched."""
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
+def match_trainable_dtypes(model, bf16: bool) -> int:
+    """Trainable weights in fp32 unless training under bf16 autocast.
+
+    TRL casts every trainable parameter of a quantized model to bf16 (QLoRA's recipe), and PEFT copies a reward
+    model's score head (modules_to_save) in the model's dtype. In fp32 compute (the cpu profile) a bf16 score head
+    meets fp32 hidden states (dtype mismatch); under fp16 mixed precision (the t4 profile) torch's GradScaler refuses
+    fp16 trainable weights. Returns how many tensors were cast."""
+    import torch
+
+    if bf16:
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def _refuse_custom_code(path: str, spec: ModelSection) -> None:

@@ -30,6 +30,7 @@ from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, models, rowcheck
 from align_recipes.run.card import write_card
+from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.measure import measure
 from align_recipes.run.progress import key_metrics, progress_callback
 from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
@@ -48,6 +49,7 @@ class Parts:
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
     reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.ConversionReport (rows read, dropped)
+    params: int = 0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
 
 
 def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
@@ -65,17 +67,21 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
                                base_dir=plan.base_dir)
     command = list(command or [])
     existed = run_dir.path.exists()
+    record = run_record(plan)
     with guards.RunGuard(plan.output_dir) as guard:
         try:
             parts = load(plan)
             guard.fp16 = bool(parts.config.fp16)
             trainer = build(plan, parts, run_dir, guard)
             rowcheck.check_trainable_rows(plan, parts, trainer)
-        except BaseException:
+        except (RecipeError, KeyboardInterrupt):
             if not existed:
-                run_dir.remove_if_empty()  # the Trainer creates output_dir early: leave no trace of a refused run
+                run_dir.remove_if_empty()  # the Trainer creates output_dir early: a refused run leaves no trace
             raise
-        record = run_record(plan, parts)
+        except BaseException as exc:  # a crash while loading or building: the folder says what happened
+            _write_failed(run_dir, record, exc, existed)
+            raise
+        record["seed"] = parts.config.seed
         try:
             begin(plan, parts, trainer, run_dir, start, overwrite, command, record)
             started = time.time()
@@ -86,10 +92,19 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
             raise  # their summary is written
         except BaseException as exc:
             # From `prepare` on the folder is this run's: whatever broke, its summary says so (never `running`).
-            if is_main_process() and run_dir.prepared:
-                run_dir.write_summary({**record, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}"),
-                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            if run_dir.prepared:
+                _write_failed(run_dir, record, exc, existed=True)
             raise
+
+
+def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> None:
+    """summary.json at status `failed`, with the error. Not over another run's folder that was never ours
+    (an existing folder this run had not prepared keeps its summary)."""
+    if not is_main_process() or (existed and not run_dir.prepared and run_dir.status() not in (None, "failed")):
+        return
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    run_dir.write_summary({**record, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")[:2000],
+                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -105,6 +120,11 @@ def load(plan: Plan) -> Parts:
 
         set_seed(config.seed)
         tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
+        if plan.train.get("assistant_only_loss"):
+            # TRL masks non-assistant tokens only with a template that marks them: swap one in before loading weights.
+            note = use_training_template(tokenizer, file=plan.provenance.where("train.assistant_only_loss"))
+            if note and is_main_process():
+                print(f"note: {note}")
         train_dataset, eval_dataset, reports = load_data(plan, tokenizer)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
@@ -115,7 +135,7 @@ def load(plan: Plan) -> Parts:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.use_cpu:
         _set_cpu_threads(model)
-    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports)
+    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports, params=model.num_parameters())
 
 
 def build_config(plan: Plan):
@@ -207,12 +227,13 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     trainer.add_callback(progress_callback(key_metrics(plan.algorithm)))
+    models.match_trainable_dtypes(trainer.model, bf16=bool(parts.config.bf16))
     return trainer
 
 
 # --- begin ------------------------------------------------------------------------------------------
 
-def run_record(plan: Plan, parts: Parts) -> dict:
+def run_record(plan: Plan) -> dict:
     """The summary fields every status of this run repeats (the task metric before is added by `begin`)."""
     return {
         "algorithm": plan.algorithm.name,
@@ -220,7 +241,7 @@ def run_record(plan: Plan, parts: Parts) -> dict:
         "model": plan.model.name_or_path,
         "adapter": plan.model.adapter,
         "profile": plan.profile.name,
-        "seed": parts.config.seed,
+        "seed": plan.train.get("seed", 42),
         "output_dir": str(plan.output_dir),
         "task_metric_before": None,
     }
@@ -234,7 +255,9 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
     previous = run_dir.summary() if start.checkpoint is not None else {}
     if main:
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
-        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
+        # After the trainer is built: SFT's packing has made its sequences.
+        packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
+        start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed)
     before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
     record["task_metric_before"] = before
     if start.checkpoint is not None:
@@ -243,16 +266,16 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> None:
+def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start, packed: int | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
-    params = sum(p.numel() for p in model.parameters())
     print("─" * 72)
     print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
     print(f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}")
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
-    print(f"  data       {train_rows} training rows · effective batch {effective}")
+    packing = f" packed into {packed} sequences of ≤{getattr(config, 'max_length', None)} tokens" if packed else ""
+    print(f"  data       {train_rows} training rows{packing} · effective batch {effective}")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
     print(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:

@@ -150,7 +150,7 @@ def build_config(tokenizer=None):
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No 'Writing model shards' progress bar while building."""
     from transformers.utils import logging as hf_logging
 
@@ -182,7 +182,7 @@ def build_model(tokenizer=None):
 def _write_build(target: Path) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(target, safe_serialization=True)
         tokenizer.save_pretrained(target)
     info = describe(model)
