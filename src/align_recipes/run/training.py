@@ -47,7 +47,7 @@ class Parts:
     train_dataset: Any
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
-    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.ConversionReport (rows read, dropped)
+    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.mixture.MixtureReport (rows per source)
 
 
 def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
@@ -105,7 +105,7 @@ def load(plan: Plan) -> Parts:
 
         set_seed(config.seed)
         tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
-        train_dataset, eval_dataset, reports = load_data(plan, tokenizer)
+        train_dataset, eval_dataset, reports = load_data(plan, tokenizer, config.seed)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
     except RecipeError as exc:
@@ -141,20 +141,25 @@ def build_config(plan: Plan):
     return config
 
 
-def load_data(plan: Plan, tokenizer):
-    from align_recipes.data import DataError, load
+def load_data(plan: Plan, tokenizer, seed: int):
+    """Each split's sources loaded, converted and mixed by their weights (one source: as it converted)."""
+    from align_recipes.data import DataError, load_mixture
 
     loaded, reports = {}, {}
-    for split, spec in (("train", plan.data.train), ("eval", plan.data.eval)):
-        if spec is None:
+    for split in ("train", "eval"):
+        specs = getattr(plan.data, split)
+        if not specs:
             continue
         try:
-            dataset, report = load(spec, plan.base_dir, plan.algorithm.data_kind, tokenizer)
+            dataset, report = load_mixture(specs, plan.base_dir, plan.algorithm.data_kind, tokenizer, seed=seed,
+                                           section=f"data.{split}")
         except DataError as exc:
-            exc.file = exc.file or plan.recipe_path
+            if exc.file is None:  # a weight the data cannot meet, sources that do not mix: the recipe's line
+                exc.file, exc.line = plan.provenance.locate(exc.key or f"data.{split}")
+                exc.file = exc.file or plan.recipe_path
             raise
         if is_main_process():
-            print(report.summary_line())
+            print("\n".join(report.lines()))
         loaded[split], reports[split] = dataset, report
     return loaded.get("train"), loaded.get("eval"), reports
 
@@ -170,7 +175,7 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
     for split, dataset in (datasets or {}).items():
         if dataset is not None:
             carried = [c for c in dataset.column_names if c != "prompt"]
-            name = Path(getattr(plan.data, split).path).name
+            name = ", ".join(Path(spec.path).name for spec in getattr(plan.data, split))
             problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
     if problems:
         where = plan.provenance.where("rewards") or str(plan.recipe_path)
@@ -222,6 +227,7 @@ def run_record(plan: Plan, parts: Parts) -> dict:
         "profile": plan.profile.name,
         "seed": parts.config.seed,
         "output_dir": str(plan.output_dir),
+        "data": {split: report.records() for split, report in parts.reports.items()},
         "task_metric_before": None,
     }
 
@@ -234,7 +240,7 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
     previous = run_dir.summary() if start.checkpoint is not None else {}
     if main:
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
-        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
+        start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start, parts.reports.get("train"))
     before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
     record["task_metric_before"] = before
     if start.checkpoint is not None:
@@ -243,7 +249,7 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> None:
+def start_screen(plan: Plan, model, config, train_rows: int, start: Start, mixture=None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
@@ -253,6 +259,9 @@ def start_screen(plan: Plan, model, config, train_rows: int, start: Start) -> No
     print(f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}")
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
     print(f"  data       {train_rows} training rows · effective batch {effective}")
+    for source in mixture.sources if mixture is not None and len(mixture.sources) > 1 else []:
+        print(f"             {source.spec.section}: {source.taken} rows of {Path(source.spec.path).name} "
+              f"(weight {source.spec.weight:g}, {source.converted} converted)")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
     print(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:
