@@ -63,7 +63,7 @@ def refuse_media(row: dict) -> None:
     """Raise Refused when the row holds an image, audio or video part or a non-empty media column."""
     for column, value in row.items():
         if column in MEDIA_COLUMNS and not is_blank(value):
-            raise Refused(f"{MEDIA_COLUMNS[column]} data (column '{column}')")
+            raise Refused(f"{MEDIA_COLUMNS[column]} reference (column '{column}')")
         part = media_part(value)
         if part:
             raise Refused(f"{MEDIA_PARTS[part]} content part ({{\"type\": \"{part}\"}} in '{column}')")
@@ -160,9 +160,10 @@ def refusal_error(dropped: dict[str, list[int]], section: str, file: Any = None,
     line = line_of(rows[0]) if line_of else None
     at = (f" (line {line})" if len(rows) == 1 else f" (the first at line {line})") if line else ""
     holds = "holds" if len(rows) == 1 else "hold"
-    if reason.split(" ", 1)[0] in ("image", "audio", "video"):
-        media = reason.split(" ", 1)[0]
-        return DataError(f"{rows_text(rows)}{at} {holds} {reason}: align-recipes trains text models and does not "
+    media = reason.split(" ", 1)[0]
+    if media in ("image", "audio", "video"):
+        article = "a" if media == "video" else "an"
+        return DataError(f"{rows_text(rows)}{at} {holds} {article} {reason}: align-recipes trains text models and does not "
                          f"read {media} data yet, so it will not train on the text alone", file=file, line=line,
                          key=section, fix=f"remove the {media} parts or those rows, or train a vision/audio model "
                                           "with TRL directly")

@@ -181,32 +181,40 @@ def align(parts: list, sections: list[str], notes: list[str]) -> list:
         parts = joined
     parts = _json_messages(parts)
     features: dict = {}
-    owner: dict = {}
     for index, part in enumerate(parts):
+        if _layout(part) != _layout(parts[0]):
+            raise _layouts_differ(sections[0], parts[0], sections[index], part)
         for column, feature in part.features.items():
-            if column not in features:
-                features[column], owner[column] = feature, index
-            elif features[column] != feature:
-                raise _layouts_differ(sections, owner[column], index, column, features[column], feature)
+            if column in features and features[column][1] != feature:
+                first = features[column][0]
+                raise DataError(f"'{column}' holds {_describe(features[column][1])} in {sections[first]} and "
+                                f"{_describe(feature)} in {sections[index]}", key=sections[index],
+                                fix=f"give '{column}' one type in every source, or drop it with columns:")
+            features.setdefault(column, (index, feature))
     aligned = []
-    for index, part in enumerate(parts):
-        for column in [c for c in features if c not in part.column_names]:
-            if column in ("messages", "prompt", "completion", "chosen", "rejected", "text", "label"):
-                raise _layouts_differ(sections, owner[column], index, column, features[column], None)
-            part = part.add_column(column, [None] * len(part), feature=features[column])  # a kept or tools column
+    for part in parts:
+        for column, (_, feature) in features.items():
+            if column not in part.column_names:  # a column only some sources carry (tools, reward columns)
+                part = part.add_column(column, [None] * len(part), feature=feature)
         aligned.append(part.select_columns(list(features)))
     return aligned
 
 
+TRL_COLUMNS = ("messages", "prompt", "completion", "chosen", "rejected", "text", "label")
+
+
+def _layout(part) -> tuple:
+    """A converted dataset's layout: its TRL columns and whether each holds chats or text."""
+    return tuple((c, _describe(part.features[c])) for c in TRL_COLUMNS if c in part.features)
+
+
 def _describe(feature) -> str:
-    if feature is None:
-        return "no such column"
-    return "chat messages" if _conversational(feature) else f"{getattr(feature, 'dtype', 'plain')} values"
+    dtype = getattr(feature, "dtype", "values")
+    return "chat" if _conversational(feature) else "text" if dtype == "string" else dtype
 
 
-def _layouts_differ(sections: list[str], first: int, second: int, column: str, a, b) -> DataError:
-    return DataError(f"{sections[first]} and {sections[second]} convert to different layouts: '{column}' holds "
-                     f"{_describe(a)} in the first and {_describe(b)} in the second, and a trainer takes one layout",
-                     key=sections[second],
-                     fix="mix sources that convert alike (chats with chats, plain text with plain text; "
-                         "docs/data.md), or force one layout with format:")
+def _layouts_differ(first: str, a, second: str, b) -> DataError:
+    shape = lambda part: ", ".join(f"{c} ({kind})" for c, kind in _layout(part))  # noqa: E731
+    return DataError(f"{first} converts to {shape(a)} but {second} to {shape(b)}, and a trainer takes one layout",
+                     key=second, fix="mix sources that convert alike (chats with chats, plain text with plain text; "
+                                     "docs/data.md), or force one layout with format:")
