@@ -50,11 +50,10 @@ def check_refused(rows, spec, kind, base_dir) -> None:
     parts, or tool use where `kind`'s trainers take none. For `validate`, before any model loads."""
     from .content import refusal_error
     from .sources import row_line
-    from .spec import locate
+    from .spec import resolve_local
 
     _, report = preview(rows, spec, kind)
-    where, target = locate(spec, base_dir)
-    file = target if where == "local" else spec.path
+    file = resolve_local(spec, base_dir)[0] or spec.path
     error = refusal_error(report.dropped, spec.section, file, lambda row: row_line(file, row))
     if error is not None:
         raise error
