@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import types
 import sys
 from pathlib import Path
 
@@ -183,3 +184,29 @@ def test_the_sft_trainer_renders_the_tool_calls(tmp_path):
     assert '<tool_call>multiply {"a": 3, "b": 4}</tool_call>' in text and "<|im_start|>tool\n12" in text
     assert trained.startswith('<tool_call>multiply {"a": 3, "b": 4}</tool_call>')  # the call is trained
     assert "Tools:" not in decode(prepared[2]["input_ids"])  # the row without tools renders none
+
+
+@pytest.mark.parametrize("rows, tokenizer", [
+    # single-turn tool rows with a tokenizer that has no chat template would become plain strings
+    ([{"prompt": [{"role": "user", "content": "3*4?"}],
+       "completion": [{"role": "assistant", "tool_calls": [{"name": "multiply", "arguments": {"a": 3, "b": 4}}]}]}],
+     types.SimpleNamespace(chat_template=None)),
+    # plain text never goes through a chat template
+    ([{"text": "3*4=12", "tools": [{"name": "multiply"}]}], None),
+])
+def test_tool_rows_that_would_become_plain_text_are_refused(tmp_path, rows, tokenizer):
+    path = write_jsonl(tmp_path / "plain_tools.jsonl", rows)
+    with pytest.raises(DataError) as caught:
+        load(DataSpec(path=str(path)), None, LM, tokenizer, cache_dir=tmp_path / "cache")
+    assert "row 1 (line 1) holds" in caught.value.message
+    assert "which only a chat template renders" in caught.value.message
+    assert "model.chat_template" in caught.value.fix
+
+
+def test_a_mixed_type_prompt_column_is_not_mistaken_for_tool_use(tmp_path):
+    """prompt_completion.jsonl mixes text and message-list prompts (datasets stores those as JSON): without a
+    chat template its single-turn rows still become plain strings, as before."""
+    dataset, report = load(DataSpec(path="prompt_completion.jsonl"), FIXTURES, LM,
+                           types.SimpleNamespace(chat_template=None), cache_dir=tmp_path / "cache")
+    assert report.rows_kept == 2 and dataset[1] == {"prompt": "What is the boiling point of water?",
+                                                    "completion": "100 °C at sea level."}

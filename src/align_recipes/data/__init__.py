@@ -40,7 +40,7 @@ def preview(rows, spec, kind):
 
     renamed = rename_rows(rows, spec)
     binding = binding_for(renamed, spec, kind)
-    bind_tools(binding, kind, rows_use_tools(renamed, list(binding.fields.values())), columns_of(renamed), spec)
+    bind_tools(binding, kind, rows_use_tools(renamed, list(binding.fields.values())), columns_of(renamed))
     offset = slice_start(split_parts(spec.split, spec.section)[1])
     return convert_rows(renamed, binding, kind, spec.drop_ties, spec.section, offset)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .formats import FORMATS, Binding
+from .formats import Binding
 from .messages import RowProblem, is_blank
-from .spec import LANGUAGE_MODELING, DataError, DataSpec, rows_text
+from .spec import LANGUAGE_MODELING, DataError, rows_text
 
 REFUSED = "refused: "
 
@@ -120,18 +120,27 @@ def features_use_tools(features, columns: list[str]) -> bool:
     return TOOLS_COLUMN in features or any(walk(features[c]) for c in columns if c in features)
 
 
-def bind_tools(binding: Binding, kind: str, uses_tools: bool, columns: list[str], spec: DataSpec) -> None:
-    """Switch the binding to tool mode when the rows use tools and `kind`'s trainer takes them: tool calls
-    stay structured and the `tools` column goes along (rows of other kinds are refused row by row)."""
+def bind_tools(binding: Binding, kind: str, uses_tools: bool, columns: list[str]) -> None:
+    """Switch the binding to tool mode when the rows may use tools and `kind`'s trainer takes them: tool calls
+    stay structured and the `tools` column goes along. Rows of other kinds are refused row by row, and so
+    are tool rows that become plain text (no chat template renders them: `refuse_plain_tools`)."""
     if kind not in TOOL_KINDS or not uses_tools:
         return
-    if FORMATS[binding.format].plain:
-        raise DataError(f"the rows carry tools, but format {binding.format} is plain text, which no chat template "
-                        "renders", file=spec.path, key=spec.section,
-                        fix="store the chats as messages with tool_calls (docs/data.md), or drop the tools column")
     binding.tool_mode = True
     if TOOLS_COLUMN in columns:
         binding.fields[TOOLS_COLUMN] = TOOLS_COLUMN
+
+
+def refuse_plain_tools(out: dict) -> None:
+    """Raise Refused when a row bound for plain text (no chat template) holds tools or tool calls."""
+    if not is_blank(out.get(TOOLS_COLUMN)):
+        raise Refused(f"a '{TOOLS_COLUMN}' column, which only a chat template renders{NO_TEMPLATE}")
+    for value in out.values():
+        if isinstance(value, list) and any(isinstance(m, dict) and m.get("tool_calls") for m in value):
+            raise Refused(f"tool calls, which only a chat template renders{NO_TEMPLATE}")
+
+
+NO_TEMPLATE = ", and these rows become plain text (the tokenizer has no chat template, or the format is plain)"
 
 
 def tools_value(value: Any) -> list[dict] | None:
@@ -167,6 +176,9 @@ def refusal_error(dropped: dict[str, list[int]], section: str, file: Any = None,
                          f"read {media} data yet, so it will not train on the text alone", file=file, line=line,
                          key=section, fix=f"remove the {media} parts or those rows, or train a vision/audio model "
                                           "with TRL directly")
+    if reason.endswith(NO_TEMPLATE):
+        return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,
+                         fix="set model.chat_template to a template that renders tools (docs/data.md)")
     from ..registry import names_text
 
     return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .content import refuse_media, refuse_tools, tools_value
+from .content import refuse_media, refuse_plain_tools, refuse_tools, tools_value
 from .formats import Binding
 from .messages import (RowProblem, as_label, as_prompt, as_reply, clean_messages, common_prefix, is_blank,
                        parse_transcript, prompt_part, require_assistant, split_last_assistant, split_shared_text,
@@ -212,6 +212,7 @@ def _empty(binding: Binding, kind: str) -> dict:
 
 def _plain(out: dict) -> dict:
     """Single-turn messages -> TRL's standard (string) format, for tokenizers without a chat template."""
+    out.pop("tools", None)
     for column in ("prompt", "completion", "chosen", "rejected"):
         messages = out.get(column)
         if isinstance(messages, list):
@@ -232,13 +233,15 @@ def convert_row(row: dict, binding: Binding, kind: str, drop_ties: bool = False,
         out = _emit(unit(row, binding, kind, drop_ties), binding, kind)
         if "tools" in binding.fields:
             out["tools"] = tools_value(row.get(binding.fields["tools"]))
+        if plain or "text" in out:
+            refuse_plain_tools(out)
         if plain:
             out = _plain(out)
         out[DROP] = None
     except (RowProblem, TypeError, ValueError, AttributeError) as problem:
         out = _empty(binding, kind)
         if plain:
-            out = {c: "" if isinstance(v, list) else v for c, v in out.items()}
+            out = {c: "" if isinstance(v, list) else v for c, v in out.items() if c != "tools"}
         out[DROP] = str(problem) if isinstance(problem, RowProblem) else f"unreadable value ({type(problem).__name__})"
     if kind == PROMPT_ONLY:
         for column in binding.keep:

@@ -44,7 +44,7 @@ def _features(binding: Binding, kind: str, source_features, unpaired_rows: bool 
         List({"role": Value("string"), "content": Value("string")})
     columns = ("prompt", "completion", "label") if unpaired_rows else output_columns(binding, kind)
     features = {c: Value("bool") if c == "label" else Value("string") if c == "text" else Json() if c == "tools"
-                else messages for c in columns}
+                else messages for c in columns if not (plain and c == "tools")}
     if not unpaired_rows:
         if kind == PROMPT_ONLY:
             features.update({c: source_features[c] for c in binding.keep})
@@ -74,9 +74,6 @@ def plain_output(binding: Binding, kind: str, tokenizer, spec: DataSpec) -> bool
         return True
     if tokenizer is None or getattr(tokenizer, "chat_template", None):
         return False
-    if binding.tool_mode:
-        raise DataError("the rows use tools, which only a chat template renders, but the tokenizer has none",
-                        key=spec.section, fix="set model.chat_template to a template that renders tools")
     if kind == LANGUAGE_MODELING and lm_shape(binding) == "messages":
         raise DataError(f"format {binding.format} holds whole chats but the tokenizer has no chat template",
                         key=spec.section, fix="set model.chat_template, or start from a model that ships one")
@@ -100,7 +97,7 @@ def load(spec: DataSpec, base_dir: Path | str | None, kind: str, tokenizer=None,
     binding = binding_for(sample, spec, kind)
     bound = list(binding.fields.values())
     bind_tools(binding, kind, features_use_tools(dataset.features, bound) or rows_use_tools(sample, bound),
-               dataset.column_names, spec)
+               dataset.column_names)
     from datasets import Value
 
     binding.keep = [c for c in binding.keep if isinstance(dataset.features.get(c), Value)]
