@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..registry import names_text
 from .formats import Binding
 from .messages import RowProblem, is_blank
 from .spec import LANGUAGE_MODELING, DataError, rows_text
@@ -32,6 +33,7 @@ TOOLS_COLUMN = "tools"
 # The kinds whose trainer takes tool calls and a `tools` column (TRL 1.16's SFTTrainer renders both with
 # the chat template). The others are refused by name rather than flattened.
 TOOL_KINDS = (LANGUAGE_MODELING,)
+NO_TEMPLATE = ", and these rows become plain text (the tokenizer has no chat template, or the format is plain)"
 
 
 class Refused(RowProblem):
@@ -94,8 +96,6 @@ def refuse_tools(row: dict, columns: list[str], kind: str) -> None:
         return
     found = tool_use(row, columns)
     if found:
-        from ..registry import names_text
-
         raise Refused(f"{found}, which {kind} data does not take here "
                       f"({names_text(lambda a: a.data_kind == kind)})")
 
@@ -105,8 +105,9 @@ def rows_use_tools(rows: list[dict], columns: list[str]) -> bool:
 
 
 def features_use_tools(features, columns: list[str]) -> bool:
-    """Whether the Arrow schema of the bound columns holds tool calls: a `tool_calls` key, or JSON values
-    (datasets stores dicts of differing keys, such as tool call arguments, as Json)."""
+    """Whether the Arrow schema of the bound columns may hold tool calls: a `tools` column, a `tool_calls`
+    key, or JSON values (datasets stores values of differing shapes, such as tool call arguments, as Json;
+    a mixed column that holds no tool call only costs the JSON storage)."""
     from datasets import Json
 
     def walk(feature) -> bool:
@@ -140,9 +141,6 @@ def refuse_plain_tools(out: dict) -> None:
             raise Refused(f"tool calls, which only a chat template renders{NO_TEMPLATE}")
 
 
-NO_TEMPLATE = ", and these rows become plain text (the tokenizer has no chat template, or the format is plain)"
-
-
 def tools_value(value: Any) -> list[dict] | None:
     """A row's `tools` column (a JSON string or a list of schemas) as a list of function schemas."""
     if is_blank(value):
@@ -172,15 +170,13 @@ def refusal_error(dropped: dict[str, list[int]], section: str, file: Any = None,
     media = reason.split(" ", 1)[0]
     if media in ("image", "audio", "video"):
         article = "a" if media == "video" else "an"
-        return DataError(f"{rows_text(rows)}{at} {holds} {article} {reason}: align-recipes trains text models and does not "
-                         f"read {media} data yet, so it will not train on the text alone", file=file, line=line,
-                         key=section, fix=f"remove the {media} parts or those rows, or train a vision/audio model "
-                                          "with TRL directly")
+        return DataError(f"{rows_text(rows)}{at} {holds} {article} {reason}: align-recipes trains text models "
+                         f"and does not read {media} data yet, so it will not train on the text alone", file=file,
+                         line=line, key=section,
+                         fix=f"remove the {media} parts or those rows, or train a vision/audio model with TRL directly")
     if reason.endswith(NO_TEMPLATE):
         return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,
                          fix="set model.chat_template to a template that renders tools (docs/data.md)")
-    from ..registry import names_text
-
     return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,
                      fix="remove the tool calls and tool turns (and the tools column), or train the tool use with "
                          f"{names_text(lambda a: a.data_kind in TOOL_KINDS)}, whose trainer renders them with the "

@@ -46,10 +46,11 @@ def mixture_lines(plan: Plan) -> list[str]:
             else:
                 takes = (f"{int(Fraction(str(spec.weight)) * rows)} of the {rows} rows in the file "
                          "(fewer if some do not convert)")
-            lines.append(f"  {spec.section:<{width}}  {Path(spec.path).name:<{names}}  weight {spec.weight:<4g} -> {takes}")
+            name = Path(spec.path).name
+            lines.append(f"  {spec.section:<{width}}  {name:<{names}}  weight {spec.weight:<4g} -> {takes}")
         if len(specs) > 1:
             lines.append(f"  data.{split}: the sources are converted each on its own, concatenated and shuffled "
-                         f"with train.seed ({plan.train.get('seed', 42)})")
+                         f"with train.seed ({plan.effective_config()['seed'][0]})")
     return lines
 
 
