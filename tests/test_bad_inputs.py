@@ -247,7 +247,7 @@ def test_no_row_left_counts_each_cause(tmp_path):
     plan = load_plan("recipes/tiny/dpo.yaml", [f"data.train.path={data}", "train.max_length=32",
                                                "model.name_or_path=builtin:tiny-qwen2", "evaluate=null"], profile="cpu")
     tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
-    dataset, report = load(plan.data.train, plan.base_dir, "preference", tokenizer, cache_dir=tmp_path / "cache")
+    dataset, report = load(plan.data.train[0], plan.base_dir, "preference", tokenizer, cache_dir=tmp_path / "cache")
     parts = SimpleNamespace(train_dataset=dataset, eval_dataset=None, reports={"train": report}, tokenizer=tokenizer)
     trainer = SimpleNamespace(train_dataset=dataset.select([]), eval_dataset=None)
     with pytest.raises(DataError) as info:

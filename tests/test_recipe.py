@@ -207,7 +207,7 @@ def test_a_recipe_elsewhere_extending_a_project_recipe_finds_the_base_files(tmp_
     monkeypatch.chdir("/")
     plan = load_plan(child, ["train.learning_rate=1e-3"], profile="cpu")
     tiny_data = REPO / "recipes" / "tiny" / "data"
-    assert plan.data.train.path == str(tiny_data / "sft.jsonl")
+    assert plan.data.train[0].path == str(tiny_data / "sft.jsonl")
     assert plan.evaluate.data.path == str(tiny_data / "eval.jsonl")
     assert plan.train["max_steps"] == 2 and plan.train["learning_rate"] == pytest.approx(1e-3)
 
@@ -257,8 +257,8 @@ def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe
     (elsewhere / "other.jsonl").write_text((tmp_path / PREFS).read_text())
     monkeypatch.chdir(elsewhere)
     plan = load_plan(recipe, ["data.eval.path=other.jsonl"], profile="cpu")
-    assert plan.data.train.path == str(tmp_path / PREFS)       # written in the recipe: its folder
-    assert plan.data.eval.path == str(elsewhere / "other.jsonl")  # written on the command line: here
+    assert plan.data.train[0].path == str(tmp_path / PREFS)       # written in the recipe: its folder
+    assert plan.data.eval[0].path == str(elsewhere / "other.jsonl")  # written on the command line: here
     text = resolved_yaml(plan)
     assert f"path: {tmp_path / PREFS}" in text and f"path: {elsewhere / 'other.jsonl'}" in text
     assert "name_or_path: builtin:tiny-qwen2" in text  # not a path: left alone

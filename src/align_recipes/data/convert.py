@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .content import refuse_media, refuse_plain_tools, refuse_tools, tools_value
 from .formats import Binding
 from .messages import (RowProblem, as_label, as_prompt, as_reply, clean_messages, common_prefix, is_blank,
                        parse_transcript, prompt_part, require_assistant, split_last_assistant, split_shared_text,
@@ -39,7 +40,7 @@ def _system(row: dict, binding: Binding, messages: list[dict]) -> list[dict]:
 
 def _chat(row: dict, binding: Binding, prompt_only: bool = False) -> list[dict]:
     value, column = _need(row, binding, "messages")
-    messages = to_messages(value, column)
+    messages = to_messages(value, column, tools=binding.tool_mode)
     if prompt_only:  # the final reply is not needed (MiniMind rlaif leaves it empty)
         messages = prompt_part(messages, column)
     return _system(row, binding, clean_messages(messages, column))
@@ -154,11 +155,11 @@ def unit(row: dict, binding: Binding, kind: str, drop_ties: bool = False) -> dic
     if fmt in ("prompt_completion", "prompt_response"):
         answer = "completion" if fmt == "prompt_completion" else "response"
         prompt_v, p_col = _need(row, binding, "prompt")
-        prompt = _system(row, binding, as_prompt(prompt_v, p_col))
+        prompt = _system(row, binding, as_prompt(prompt_v, p_col, binding.tool_mode))
         if prompt_only:
             return {"prompt": prompt}
         answer_v, a_col = _need(row, binding, answer)
-        return {"prompt": prompt, "completion": as_reply(answer_v, a_col)}
+        return {"prompt": prompt, "completion": as_reply(answer_v, a_col, binding.tool_mode)}
     if fmt == "text":
         text, _ = _need(row, binding, "text")
         return {"text": str(text)}
@@ -184,7 +185,8 @@ def lm_shape(binding: Binding) -> str:
 def output_columns(binding: Binding, kind: str) -> tuple[str, ...]:
     """The columns convert_row writes (besides `_drop` and, for prompt_only, the kept columns)."""
     if kind == LANGUAGE_MODELING:
-        return {"messages": ("messages",), "text": ("text",)}.get(lm_shape(binding), ("prompt", "completion"))
+        tools = ("tools",) if "tools" in binding.fields else ()
+        return {"messages": ("messages",), "text": ("text",)}.get(lm_shape(binding), ("prompt", "completion")) + tools
     if kind == PREFERENCE or (kind == UNPAIRED and binding.format in PAIR_FORMATS):
         return ("prompt", "chosen", "rejected")
     if kind == UNPAIRED:
@@ -204,11 +206,13 @@ def _emit(parts: dict, binding: Binding, kind: str) -> dict:
 
 
 def _empty(binding: Binding, kind: str) -> dict:
-    return {c: (False if c == "label" else "" if c == "text" else []) for c in output_columns(binding, kind)}
+    return {c: (False if c == "label" else "" if c == "text" else None if c == "tools" else [])
+            for c in output_columns(binding, kind)}
 
 
 def _plain(out: dict) -> dict:
     """Single-turn messages -> TRL's standard (string) format, for tokenizers without a chat template."""
+    out.pop("tools", None)
     for column in ("prompt", "completion", "chosen", "rejected"):
         messages = out.get(column)
         if isinstance(messages, list):
@@ -224,14 +228,20 @@ def convert_row(row: dict, binding: Binding, kind: str, drop_ties: bool = False,
     try:
         if all(is_blank(value) for value in row.values()):
             raise RowProblem("empty row")
+        refuse_media(row)
+        refuse_tools(row, list(binding.fields.values()), kind)
         out = _emit(unit(row, binding, kind, drop_ties), binding, kind)
+        if "tools" in binding.fields:
+            out["tools"] = tools_value(row.get(binding.fields["tools"]))
+        if plain or "text" in out:
+            refuse_plain_tools(out)
         if plain:
             out = _plain(out)
         out[DROP] = None
     except (RowProblem, TypeError, ValueError, AttributeError) as problem:
         out = _empty(binding, kind)
         if plain:
-            out = {c: "" if isinstance(v, list) else v for c, v in out.items()}
+            out = {c: "" if isinstance(v, list) else v for c, v in out.items() if c != "tools"}
         out[DROP] = str(problem) if isinstance(problem, RowProblem) else f"unreadable value ({type(problem).__name__})"
     if kind == PROMPT_ONLY:
         for column in binding.keep:

@@ -99,9 +99,11 @@ class Binding:
     format: str
     fields: dict[str, str]
     keep: list[str] = field(default_factory=list)  # scalar columns carried into prompt-only rows
+    tool_mode: bool = False  # tool calls and a tools column go to the trainer (data.content.bind_tools)
 
     def as_key(self) -> dict[str, Any]:
-        return {"format": self.format, "fields": dict(sorted(self.fields.items())), "keep": list(self.keep)}
+        return {"format": self.format, "fields": dict(sorted(self.fields.items())), "keep": list(self.keep),
+                "tool_mode": self.tool_mode}
 
 
 def value_type(rows: list[dict], column: str) -> str:

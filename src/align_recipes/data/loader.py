@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 
 from . import convert as _convert
+from .content import bind_tools, features_use_tools, refusal_error, rows_use_tools
 from .convert import DROP, PAIR_FORMATS, collect_drops, convert_batch, lm_shape, output_columns, unpair_batch
 from .formats import FORMATS, Binding, binding_for
 from .spec import (LANGUAGE_MODELING, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError, DataSpec,
                    slice_start, split_parts)
-from .sources import load_raw, rename_dataset
+from .sources import load_raw, rename_dataset, row_line
 
 log = logging.getLogger("align_recipes.data")
 SAMPLE_ROWS = 50
@@ -25,7 +26,7 @@ SAMPLE_ROWS = 50
 def code_version() -> str:
     """A hash of the conversion code, so a changed converter never reuses a stale cache."""
     digest = hashlib.sha256()
-    for name in ("convert.py", "formats.py", "messages.py", "loader.py"):
+    for name in ("convert.py", "formats.py", "messages.py", "content.py", "loader.py"):
         digest.update((Path(_convert.__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -36,11 +37,14 @@ def _fingerprint(previous: str, *parts) -> str:
 
 
 def _features(binding: Binding, kind: str, source_features, unpaired_rows: bool = False, plain: bool = False):
-    from datasets import Features, List, Value
+    from datasets import Features, Json, List, Value
 
-    messages = Value("string") if plain else List({"role": Value("string"), "content": Value("string")})
+    # Tool calls (and their arguments, whose keys differ from call to call) are stored as JSON per message.
+    messages = Value("string") if plain else List(Json()) if binding.tool_mode else \
+        List({"role": Value("string"), "content": Value("string")})
     columns = ("prompt", "completion", "label") if unpaired_rows else output_columns(binding, kind)
-    features = {c: Value("bool") if c == "label" else Value("string") if c == "text" else messages for c in columns}
+    features = {c: Value("bool") if c == "label" else Value("string") if c == "text" else Json() if c == "tools"
+                else messages for c in columns if not (plain and c == "tools")}
     if not unpaired_rows:
         if kind == PROMPT_ONLY:
             features.update({c: source_features[c] for c in binding.keep})
@@ -91,6 +95,9 @@ def load(spec: DataSpec, base_dir: Path | str | None, kind: str, tokenizer=None,
                         fix="check the file and the split slice")
     sample = dataset.select(range(min(SAMPLE_ROWS, rows_in))).to_list()
     binding = binding_for(sample, spec, kind)
+    bound = list(binding.fields.values())
+    bind_tools(binding, kind, features_use_tools(dataset.features, bound) or rows_use_tools(sample, bound),
+               dataset.column_names)
     from datasets import Value
 
     binding.keep = [c for c in binding.keep if isinstance(dataset.features.get(c), Value)]
@@ -105,6 +112,9 @@ def load(spec: DataSpec, base_dir: Path | str | None, kind: str, tokenizer=None,
         desc=f"{spec.section}: {binding.format} -> {kind}")
     offset = slice_start(split_parts(spec.split, spec.section)[1])
     dropped = _drops(converted, offset)
+    refused = refusal_error(dropped, spec.section, origin, lambda row: row_line(origin, row))
+    if refused is not None:
+        raise refused
     if dropped:
         converted = converted.filter(lambda reason: reason is None, input_columns=DROP,
                                      new_fingerprint=_fingerprint(converted._fingerprint, "filter"))

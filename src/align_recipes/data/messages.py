@@ -7,6 +7,7 @@ into a dropped row in the conversion report.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -35,17 +36,24 @@ def is_blank(value: Any) -> bool:
     return False
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
 def content_text(value: Any) -> str:
-    """The text of a message's content: plain strings, or multimodal part lists (text parts only)."""
+    """The text of a message's content: a string, or a list of text parts. Image, audio and video parts
+    never get here (data.content refuses those rows first); any other part type drops the row rather than
+    training on what is left of it."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
+        kind = value.get("type", "text")
+        if kind not in TEXT_PARTS:
+            raise RowProblem(f"content part of type '{kind}'")
         return content_text(value.get("text", value.get("content", "")))
     if isinstance(value, (list, tuple)):
-        return "".join(content_text(part) for part in value
-                       if not isinstance(part, dict) or part.get("type", "text") == "text")
+        return "".join(content_text(part) for part in value)
     return str(value)
 
 
@@ -68,12 +76,14 @@ def normalize_role(role: str, column: str) -> str:
     return mapped
 
 
-def to_messages(value: Any, column: str, first_role: str = "user") -> list[dict[str, str]]:
+def to_messages(value: Any, column: str, first_role: str = "user", tools: bool = False) -> list[dict[str, Any]]:
     """Normalise a chat-ish value into role/content messages.
 
     Accepts a string (one message of `first_role`), one message dict, or a list of message dicts
     (role/content, ShareGPT from/value, or content only) or strings. Items without a role alternate
     user/assistant by position, starting with `first_role` (MiniMind's rlaif lists carry no roles).
+    tools=True keeps tool use for the chat template: an assistant's `tool_calls`, a tool turn's `name` and
+    `tool_call_id`, and ShareGPT `function_call` turns holding a JSON call become structured tool calls.
     """
     if value is None:
         return []
@@ -93,6 +103,9 @@ def to_messages(value: Any, column: str, first_role: str = "user") -> list[dict[
             raw_role = message_role(item)
             role = default if raw_role is None else normalize_role(raw_role, column)
             content = content_text(_message_content(item))
+            if tools:
+                messages.append(_tool_message(item, role, content, raw_role, column))
+                continue
         elif item is None:
             continue
         else:
@@ -101,11 +114,64 @@ def to_messages(value: Any, column: str, first_role: str = "user") -> list[dict[
     return messages
 
 
+def _tool_message(item: dict, role: str, content: str, raw_role: str | None, column: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role, "content": content}
+    calls = item.get("tool_calls")
+    if is_blank(calls) and str(raw_role).strip().lower() == "function_call":
+        try:
+            calls = tool_calls(content, column)
+            message["content"] = ""
+        except RowProblem:
+            calls = None  # not a JSON call: the turn stays text, as it was written
+    if not is_blank(calls):
+        message["tool_calls"] = tool_calls(calls, column)
+    for key in ("name", "tool_call_id"):
+        if isinstance(item.get(key), str) and role == "tool":
+            message[key] = item[key]
+    return message
+
+
+def _arguments(value: Any) -> Any:
+    """Tool call arguments as a mapping, as chat templates expect (`arguments | tojson`)."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return parsed if isinstance(parsed, dict) else value
+    return value
+
+
+def tool_calls(value: Any, column: str) -> list[dict]:
+    """Tool calls normalised to [{"type": "function", "function": {"name", "arguments"}}] (OpenAI's layout,
+    which transformers' chat templates read); the flat {"name", "arguments"} layout is accepted too."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowProblem(f"tool call in '{column}' is not JSON") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise RowProblem(f"tool calls in '{column}' are not a list")
+    calls = []
+    for call in value:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RowProblem(f"a tool call in '{column}' has no function name")
+        out = {"type": "function", "function": {"name": function["name"],
+                                                "arguments": _arguments(function.get("arguments", {}))}}
+        if isinstance(call.get("id"), str):
+            out["id"] = call["id"]
+        calls.append(out)
+    return calls
+
+
 def clean_messages(messages: list[dict[str, str]], column: str) -> list[dict[str, str]]:
     """Drop empty system messages; refuse empty user/assistant turns."""
     out = []
     for message in messages:
-        if not message["content"].strip():
+        if not message["content"].strip() and not message.get("tool_calls"):
             if message["role"] == "system":
                 continue
             raise RowProblem(f"empty {message['role']} turn in '{column}'")
@@ -203,22 +269,22 @@ def parse_transcript(text: str) -> list[dict[str, str]] | None:
     return messages or None
 
 
-def as_prompt(value: Any, column: str) -> list[dict[str, str]]:
+def as_prompt(value: Any, column: str, tools: bool = False) -> list[dict[str, str]]:
     """A prompt value (text, text with role markers, or messages) as messages ending in a user turn."""
     if isinstance(value, str):
         parsed = parse_transcript(value)
         messages = parsed if parsed is not None else [{"role": "user", "content": value}]
     else:
-        messages = to_messages(value, column, first_role="user")
+        messages = to_messages(value, column, first_role="user", tools=tools)
     if not messages or all(not m["content"].strip() for m in messages):
         raise RowProblem(f"empty '{column}'")
     return clean_messages(messages, column)
 
 
-def as_reply(value: Any, column: str) -> list[dict[str, str]]:
+def as_reply(value: Any, column: str, tools: bool = False) -> list[dict[str, str]]:
     """A reply value (text, one message, or messages) as assistant messages."""
-    messages = to_messages(value, column, first_role="assistant")
-    if not messages or all(not m["content"].strip() for m in messages):
+    messages = to_messages(value, column, first_role="assistant", tools=tools)
+    if not messages or all(not m["content"].strip() and not m.get("tool_calls") for m in messages):
         raise RowProblem(f"empty '{column}'")
     return clean_messages(messages, column)
 

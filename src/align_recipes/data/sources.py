@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .spec import DATA_SUFFIXES, DataError, DataSpec, locate, slice_length, slice_start, split_parts
+from .spec import (DATA_SUFFIXES, DataError, DataSpec, locate, slice_length, slice_start, sliced_count,
+                   split_parts)
 
 CHUNK = 1 << 16
 
@@ -137,6 +138,25 @@ def read_parquet(path: Path, start: int = 0, n: int | None = None) -> list[dict]
     return rows
 
 
+def row_line(path: Any, row: int) -> int | None:
+    """The line of a JSON Lines file that holds row `row` (1-based, blank lines skipped as when reading);
+    None for other files, where a row is not one line."""
+    path = Path(str(path))
+    if path.suffix.lower() not in (".jsonl", ".json") or not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        if path.suffix.lower() == ".json" and handle.read(4096).lstrip("\ufeff \t\r\n").startswith("["):
+            return None
+        handle.seek(0)
+        seen = 0
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                seen += 1
+                if seen == row:
+                    return number
+    return None
+
+
 READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}
 
 
@@ -177,6 +197,33 @@ def peek(spec: DataSpec, base_dir: Path | str | None, n: int = 20) -> list[dict]
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise DataError(f"could not read the file: {_short(error)}", file=path, key=spec.section,
                         fix="check that the file is complete and UTF-8 encoded") from None
+
+
+def count_rows(spec: DataSpec, base_dir: Path | str | None) -> int | None:
+    """How many rows a local file's split holds (before conversion), read cheaply; None when that is not
+    known without the full load (hub datasets, folders, percent slices)."""
+    try:
+        where, target = locate(spec, base_dir)
+    except DataError:
+        return None
+    if where != "local" or not target.is_file():
+        return None
+    suffix = target.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            total = pq.ParquetFile(target).metadata.num_rows
+        elif suffix == ".jsonl":
+            with open(target, encoding="utf-8") as handle:
+                total = sum(1 for line in handle if line.strip())
+        elif suffix in READERS:
+            total = len(READERS[suffix](target))
+        else:
+            return None
+    except (DataError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    return sliced_count(total, split_parts(spec.split, spec.section)[1])
 
 
 # ---------------------------------------------------------------- full load (datasets)

@@ -36,6 +36,8 @@ class DataSpec:
     name: str | None = spec(None, "str null", "hub dataset config name")
     max_drop_fraction: float = spec(0.5, "float", "stop if more than this share of rows cannot be converted")
     drop_ties: bool = spec(False, "bool", "preference data with scores: drop pairs whose scores are equal")
+    weight: float | int = spec(1.0, "float int", "in a mixture, the share of this source's converted rows to take "
+                               "(0 < weight <= 1, as in alignment-handbook) or a row count (a whole number > 1)")
     section: str = "data.train"   # where the entry sits in the recipe; used in messages only
 
     @classmethod
@@ -70,6 +72,34 @@ class DataSpec:
             raise DataError(f"max_drop_fraction is {self.max_drop_fraction}, must be between 0 and 1",
                             key=f"{self.section}.max_drop_fraction")
         split_parts(self.split, self.section)
+        weight_problem = check_weight(self.weight)
+        if weight_problem:
+            raise DataError(weight_problem, key=f"{self.section}.weight",
+                            fix="a share of the rows, 0 < weight <= 1 (0.5 takes half), or a row count such as 1000")
+
+    @property
+    def count(self) -> int | None:
+        """The row count `weight` asks for, or None when it is a share of the rows."""
+        return int(self.weight) if self.weight > 1 else None
+
+
+def check_weight(weight) -> str | None:
+    """Why a `weight:` value is impossible, or None: a share in (0, 1] or a whole row count above 1."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        return f"weight must be a number, got {weight!r}"
+    if 0 < weight <= 1 or (weight > 1 and float(weight).is_integer()):
+        return None
+    if weight > 1:
+        return f"weight {weight} is more than 1: a share of the rows is at most 1, and a row count is a whole number"
+    return f"weight {weight} takes no row"
+
+
+def source_entries(value, section: str) -> list[tuple[str, object]]:
+    """The sources of one split as written: a mapping is one source named `section` (data.train), a list
+    names its items `section[i]` (data.train[1]), as errors, the manifest and summary.json call them."""
+    if isinstance(value, (list, tuple)):
+        return [(f"{section}[{index}]", entry) for index, entry in enumerate(value)]
+    return [] if value is None else [(section, value)]
 
 
 RECIPE_KEYS = tuple(fields_of(DataSpec))  # `section` is ours, not the recipe's
@@ -109,6 +139,19 @@ def slice_length(slice_text: str) -> int | None:
         if not start.endswith("%") and not start.startswith("-"):
             return max(0, int(stop) - int(start))
     return None
+
+
+def sliced_count(total: int, slice_text: str) -> int | None:
+    """Rows a split slice selects from `total` rows; None for percent slices (datasets rounds those)."""
+    if not slice_text:
+        return total
+    match = _SLICE.match(slice_text)
+    if not match or "%" in slice_text:
+        return None
+    if match.group(3) is not None:
+        return 1 if int(match.group(3)) < total else 0
+    start, stop = (int(g) if g else None for g in match.group(1, 2))
+    return len(range(total)[start:stop])
 
 
 def resolve_local(spec: DataSpec, base_dir: Path | str | None) -> tuple[Path | None, list[Path]]:

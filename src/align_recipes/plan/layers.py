@@ -11,6 +11,7 @@ wrote them (see `align_recipes.paths`).
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,9 +28,12 @@ OURS = "align-recipes"
 OVERRIDE = "override"
 LEAF_MAPPINGS = ("columns",)  # mappings that replace as a whole instead of merging key by key
 
-# Values that name files or folders to read. Relative ones resolve where they were written.
+# Values that name files or folders to read. Relative ones resolve where they were written. A data split
+# may be a list of sources (a mixture): each of their `path`s resolves the same way.
 PATH_KEYS = ("model.name_or_path", "model.chat_template", "data.train.path", "data.eval.path",
              "evaluate.data.path", "train.reward_model_path", "train.value_model_path")
+SOURCE_LISTS = ("data.train", "data.eval")
+_INDEX = re.compile(r"\[\d+\]")
 
 
 def recipe_label(path: Path) -> str:
@@ -81,8 +85,9 @@ class Provenance:
             self.sources[path] = label
 
     def source(self, dotted: str) -> str | None:
-        """The label of the layer that set `dotted` (or the nearest parent it was set through)."""
-        probe = dotted
+        """The label of the layer that set `dotted` (or the nearest parent it was set through). A list item
+        (`data.train[1].path`) was set with its list."""
+        probe = _INDEX.sub("", dotted)
         while probe:
             if probe in self.sources:
                 return self.sources[probe]
@@ -108,10 +113,17 @@ class Provenance:
             return None, None
         node, line = self.files[label][1], None
         for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
+            key, *indexes = part.replace("]", "").split("[")
+            if not isinstance(node, dict) or key not in node:
                 break
-            line = line_of(node, part) or line
-            node = node[part]
+            line = line_of(node, key) or line
+            node = node[key]
+            for index in indexes:
+                if not isinstance(node, list) or not index.isdigit() or int(index) >= len(node):
+                    return label.split(":", 1)[1], line
+                node = node[int(index)]
+                if isinstance(node, dict) and node:
+                    line = min(line_of(node, k) or line for k in node)
         return label.split(":", 1)[1], line
 
     def where(self, dotted: str) -> str | None:
@@ -197,6 +209,11 @@ def resolve_paths(tree: dict, folder_of: Callable[[str], Path]) -> None:
         found = resolve_path(value, folder_of(dotted))
         if found != value:
             _put(tree, dotted, found)
+    for dotted in SOURCE_LISTS:
+        sources = _get(tree, dotted)
+        for index, entry in enumerate(sources if isinstance(sources, list) else []):
+            if isinstance(entry, dict) and "path" in entry:
+                entry["path"] = resolve_path(entry["path"], folder_of(f"{dotted}[{index}].path"))
     if isinstance(tree.get("rewards"), list):
         folder = folder_of("rewards")
         tree["rewards"] = [resolve_reward_entry(entry, folder) for entry in tree["rewards"]]

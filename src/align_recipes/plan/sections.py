@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from align_recipes.data.spec import DataSpec
+from align_recipes.data.spec import DataSpec, source_entries
 from align_recipes.fields import fields_of, spec
 
 
@@ -69,14 +69,18 @@ class ModelSection:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
-    train: DataSpec = spec(kinds="dict", help="the training dataset")
-    eval: DataSpec | None = spec(None, "dict null", "an evaluation dataset (TRL's eval_dataset)")
+    """Each split is a list of sources (a mapping in the recipe is a list of one), mixed by their weights."""
+
+    train: list[DataSpec] = spec(kinds="dict list", help="the training dataset, or a list of sources to mix")
+    eval: list[DataSpec] = spec(None, "dict list null", "an evaluation dataset (TRL's eval_dataset), or a list "
+                                "of sources to mix")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DataSection":
         values = values or {}
-        return cls(train=DataSpec.from_dict(values["train"], section="data.train"),
-                   eval=DataSpec.from_dict(values["eval"], section="data.eval") if values.get("eval") else None)
+        return cls(**{split: [DataSpec.from_dict(entry, section=name)
+                              for name, entry in source_entries(values.get(split), f"data.{split}")]
+                      for split in ("train", "eval")})
 
 
 METRICS = ("exact_match", "preference_accuracy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,40 @@ def _flatten(value: Any, prefix: str) -> list[tuple[str, Any]]:
         for key, sub in value.items():
             rows.extend(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
         return rows
+    if isinstance(value, list) and value and prefix.startswith("data.") and all(isinstance(v, dict) for v in value):
+        return [row for index, sub in enumerate(value) for row in _flatten(sub, f"{prefix}[{index}]")]
     return [(prefix, value)]
+
+
+def mixture_lines(plan: Plan) -> list[str]:
+    """What each split's sources contribute: source -> weight -> rows, as far as known before loading (local
+    files are counted; the rows that convert are known when the run loads them)."""
+    from align_recipes.data.sources import count_rows
+
+    lines = []
+    for split in ("train", "eval"):
+        specs = getattr(plan.data, split)
+        if len(specs) < 2 and all(spec.weight == 1 for spec in specs):
+            continue
+        width = max(len(spec.section) for spec in specs)
+        names = max(len(Path(spec.path).name) for spec in specs)
+        for spec in specs:
+            rows = count_rows(spec, plan.base_dir)
+            if spec.count is not None:
+                takes = f"{spec.count} rows" + (f" of the {rows} in the file" if rows is not None else "")
+            elif rows is None:
+                takes = "all its rows" if spec.weight == 1 else f"{spec.weight:g} of its rows (counted when loaded)"
+            elif spec.weight == 1:
+                takes = f"all {rows} rows in the file"
+            else:
+                takes = (f"{int(Fraction(str(spec.weight)) * rows)} of the {rows} rows in the file "
+                         "(fewer if some do not convert)")
+            name = Path(spec.path).name
+            lines.append(f"  {spec.section:<{width}}  {name:<{names}}  weight {spec.weight:<4g} -> {takes}")
+        if len(specs) > 1:
+            lines.append(f"  data.{split}: the sources are converted each on its own, concatenated and shuffled "
+                         f"with train.seed ({plan.effective_config()['seed'][0]})")
+    return lines
 
 
 def print_plan(plan: Plan, show_all: bool = False) -> None:
@@ -29,6 +63,10 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
     rows = [r for section in ("model", "data", "rewards", "evaluate")
             if section in plan.recipe for r in _flatten(plan.recipe[section], section)]
     _print_rows([(k, v, plan.source(k)) for k, v in rows])
+    mixture = mixture_lines(plan)
+    if mixture:
+        print("\n# data mixture  (source  weight -> rows)")
+        print("\n".join(mixture))
     print(f"\n# effective {plan.algorithm.config_name}  (value  <- source)")
     effective = plan.effective_config()
     shown = [(f"train.{k}", v, s) for k, (v, s) in effective.items() if show_all or s != DEFAULT]

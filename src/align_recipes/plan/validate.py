@@ -90,25 +90,88 @@ def _hashable(value: Any) -> bool:
 
 def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str):
     """Check one dataset entry and peek at its rows; returns (rows, DataSpec) when they serve `kind`."""
+    before = len(check.errors)
     spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry")
     check.ranges(spec, sections.DATASET_RANGES, prefix)
-    if not isinstance(spec.get("path"), str) or check.errors:
+    if not isinstance(spec.get("path"), str) or len(check.errors) > before:
         return None
-    from align_recipes.data import DataError, DataSpec, check_serves, peek  # light: no torch, no datasets
+    # light: no torch, no datasets
+    from align_recipes.data import DataError, DataSpec, check_refused, check_serves, peek
+    from align_recipes.data.sources import count_rows
 
+    section = prefix.rstrip(".")
     try:
-        data_spec = DataSpec.from_dict(spec, section=prefix.rstrip("."))
+        data_spec = DataSpec.from_dict(spec, section=section)
         rows = peek(data_spec, base_dir, PEEK_ROWS)
         if rows:
             check_serves(rows, data_spec, kind)
+            check_refused(rows, data_spec, kind, base_dir)
             if len(rows) < PEEK_ROWS:  # the whole file (or slice) was read: its unusable rows are known now
                 _check_drops(rows, data_spec, kind)
+            available = count_rows(data_spec, base_dir) if data_spec.count is not None else None
+            if available is not None and data_spec.count > available:
+                raise DataError(f"weight {data_spec.weight} asks for {data_spec.count} rows but "
+                                f"{Path(data_spec.path).name} holds {available}", key=f"{section}.weight",
+                                fix=f"ask for at most {available} rows, or a share such as 0.5")
         return rows, data_spec
     except DataError as exc:
         if exc.file is None:
-            exc.file, exc.line = check.locate(f"{prefix}path")
+            exc.file, exc.line = check.locate(exc.key if exc.key and exc.key != section else f"{prefix}path")
         check.errors.append(exc)
     return None
+
+
+def _check_split(check: _Checker, value: Any, split: str, base_dir: Path, kind: str) -> dict:
+    """Check every source of one split (a mapping, or a list to mix); {section: (rows, DataSpec)} of those
+    peeked, and one error when their converted rows would not share one layout."""
+    from align_recipes.data.spec import source_entries
+
+    if isinstance(value, list) and not value:
+        check.error(f"data.{split}", "an empty list of sources", "list at least one {path: …} entry")
+        return {}
+    peeked = {}
+    for section, entry in source_entries(value, f"data.{split}"):
+        found = _check_dataset(check, entry, f"{section}.", base_dir, kind)
+        if found is not None:
+            peeked[section] = found
+    if len(peeked) > 1 and not check.errors:
+        _check_layouts(check, peeked, kind)
+    return peeked
+
+
+def _check_layouts(check: _Checker, peeked: dict, kind: str) -> None:
+    """The sources of a mixture convert to one layout (what data.mixture.align accepts), from peeked rows."""
+    from align_recipes.data import DataError, preview
+
+    shapes = {}
+    for section, (rows, data_spec) in peeked.items():
+        if not rows:
+            continue  # a hub dataset: checked when the run loads it
+        try:
+            converted, _ = preview(rows, data_spec, kind)
+        except DataError:
+            continue
+        if converted:
+            shapes[section] = _layout(converted[0])
+    sections = list(shapes)
+    for section in sections[1:]:
+        if shapes[section] != shapes[sections[0]]:
+            describe = lambda shape: ", ".join(f"{c} ({k})" for c, k in shape)  # noqa: E731
+            check.error(section, f"converts to {describe(shapes[section])}, but {sections[0]} to "
+                        f"{describe(shapes[sections[0]])}: a trainer takes one layout",
+                        "mix sources that convert alike (chats with chats, plain text with plain text; docs/data.md)")
+            return
+
+
+def _layout(row: dict) -> tuple:
+    """A converted row's layout: its TRL columns and whether each holds chat messages or text. Conversational
+    prompt/completion counts as chats, since a mixture joins those into messages."""
+    kinds = {c: "chat" if isinstance(v, list) else "text" for c, v in row.items()
+             if c in ("messages", "prompt", "completion", "chosen", "rejected", "text")}
+    if "messages" in kinds or (kinds.get("prompt") == "chat" and "completion" in kinds and "chosen" not in kinds):
+        if set(kinds) <= {"messages", "prompt", "completion"} and "text" not in kinds.values():
+            return (("messages", "chat"),)
+    return tuple(sorted(kinds.items()))
 
 
 def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_dir: Path) -> None:
@@ -161,9 +224,7 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     peeked = {}
     for split in ("train", "eval"):
         if data.get(split) is not None:
-            found = _check_dataset(check, data[split], f"data.{split}.", base_dir, algorithm.data_kind)
-            if found is not None:
-                peeked[f"data.{split}"] = found
+            peeked.update(_check_split(check, data[split], split, base_dir, algorithm.data_kind))
 
     evaluation = recipe.get("evaluate")
     if evaluation is not None:

@@ -45,8 +45,9 @@ def default_metrics(info, reward_model: str | None = None) -> list[str]:
     return chosen
 
 
-def _data_entry(info, data: str | None) -> tuple[dict, list]:
-    """The dataset entry and the folders its relative path may be relative to."""
+def _data_entry(info, data: str | None) -> tuple[dict | list, list]:
+    """The dataset entry (a list of sources when data.eval mixes several) and the folders its relative path
+    may be relative to."""
     if data:
         return {"path": str(data)}, [Path.cwd()]
     section = info.recipe.get("evaluate") or {}
@@ -54,15 +55,25 @@ def _data_entry(info, data: str | None) -> tuple[dict, list]:
     if not entry:
         raise RecipeError(f"the run in '{info.run_dir}' names no held-out data (evaluate.data or data.eval)",
                           fix="pass --data FILE (jsonl/json/parquet/csv) or a hub dataset id")
-    return dict(entry), info.search_dirs
+    return (list(entry) if isinstance(entry, list) else dict(entry)), info.search_dirs
 
 
-def load_rows(entry: dict, base_dirs: list, kind: str, limit: int | None, metric: str) -> list[dict]:
-    from align_recipes.data import DataError, DataSpec, load
+def data_label(entry: dict | list) -> str:
+    return ", ".join(e["path"] for e in entry) if isinstance(entry, list) else entry["path"]
 
-    base = next((b for b in base_dirs if (Path(b) / entry["path"]).exists()), base_dirs[-1])
+
+def load_rows(entry: dict | list, base_dirs: list, kind: str, limit: int | None, metric: str,
+              seed: int = 42) -> list[dict]:
+    """The rows of one entry, or of a list of sources mixed by their weights (with the run's seed)."""
+    from align_recipes.data import DataError, DataSpec, load_mixture
+    from align_recipes.data.spec import source_entries
+
+    specs = []
+    for name, item in source_entries(entry, "--data" if isinstance(entry, dict) else "data.eval"):
+        found = next((Path(b) / item["path"] for b in base_dirs if (Path(b) / item["path"]).exists()), None)
+        specs.append(DataSpec.from_dict({**item, "path": str(found or item["path"])}, section=name))
     try:
-        dataset, _ = load(DataSpec.from_dict(entry, section="--data"), Path(base), kind)
+        dataset, _ = load_mixture(specs, None, kind, seed=seed)
     except DataError as exc:
         exc.message = f"{metric} needs {kind.replace('_', '-')} data: {exc.message}"
         raise
@@ -176,9 +187,10 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     model, tokenizer, info = load_run(info.run_dir)
     reference = Reference(model, info)
     beta = float((info.recipe.get("train") or {}).get("beta", 0.1))
+    seed = int((info.recipe.get("train") or {}).get("seed", 42))  # a mixed data.eval is sampled as in training
     results = {}
     for name in metrics:
-        rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name)
+        rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name, seed)
         if name == "exact_match":
             tokens = max_new_tokens or section.get("max_new_tokens", 16)
             result = {"value": exact_match(model, tokenizer, rows, tokens), "n": len(rows)}
@@ -189,14 +201,14 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
             result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
         else:
             result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
-        results[name] = {**result, "data": entry["path"]}
+        results[name] = {**result, "data": data_label(entry)}
     path = Path(run_dir) / EVAL_FILE
     try:
         previous = json.loads(path.read_text()).get("metrics", {})
     except (OSError, ValueError, AttributeError):
         previous = {}
     payload = {"run_dir": str(run_dir), "algorithm": info.algorithm, "model": info.model.name_or_path,
-               "data": entry["path"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "data": data_label(entry), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "metrics": {**previous, **results}}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return payload

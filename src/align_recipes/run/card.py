@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
 from align_recipes.run.manifest import MANIFEST
 from align_recipes.run.rundir import SUMMARY, RunDir
@@ -30,10 +31,18 @@ def _hub_id(name: Any) -> str | None:
 
 
 def _data_sources(recipe: dict) -> list[tuple[str, dict]]:
+    """(where, entry) for every dataset of the recipe: each source of a mixture on its own (train[1])."""
     data = recipe.get("data") or {}
-    sources = [(split, data.get(split)) for split in ("train", "eval")]
+    sources = [(name.removeprefix("data."), entry) for split in ("train", "eval")
+               for name, entry in source_entries(data.get(split), f"data.{split}")]
     sources.append(("evaluate", (recipe.get("evaluate") or {}).get("data")))
     return [(where, entry) for where, entry in sources if isinstance(entry, dict) and entry.get("path")]
+
+
+def _kept_rows(summary: dict) -> dict[str, dict]:
+    """summary.json's rows per source, by where the card names it (train, train[1], …)."""
+    return {record["section"].removeprefix("data."): record for records in (summary.get("data") or {}).values()
+            for record in records if isinstance(record, dict) and "section" in record}
 
 
 def model_card(folder: str | Path, merged: dict | None = None) -> str:
@@ -80,8 +89,13 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
         lines.append(f"| merged dtype | {merged.get('dtype', '')} |")
     lines += [f"| steps | {summary.get('steps', '')} |", f"| profile | {summary.get('profile', '')} |",
               f"| seed | {summary.get('seed', '')} |"]
+    kept = _kept_rows(summary)
     for where, entry in _data_sources(recipe):
-        lines.append(f"| data ({where}) | `{entry['path']}` split `{entry.get('split', 'train')}` |")
+        line = f"| data ({where}) | `{entry['path']}` split `{entry.get('split', 'train')}`"
+        if where in kept:
+            line += f", weight {kept[where]['weight']:g}: {kept[where]['rows_kept']} of " \
+                    f"{kept[where]['rows_converted']} converted rows"
+        lines.append(line + " |")
     lines.append("")
     lines += _metrics(summary)
     lines += _use(head, merged is None and bool(adapter))

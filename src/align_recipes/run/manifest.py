@@ -117,14 +117,15 @@ def hardware() -> dict:
 
 
 def data_files(plan) -> dict:
-    """Each local dataset the recipe names: resolved path, size and sha256 (hub ids: id, split, revision)."""
-    entries = {"data.train": plan.data.train, "data.eval": plan.data.eval,
-               "evaluate.data": plan.evaluate.data if plan.evaluate else None}
+    """Each local dataset the recipe names, by its key (data.train, or data.train[1] in a mixture): resolved
+    path, size and sha256 (hub ids: id, split, source), and its mixture weight."""
+    specs = [*plan.data.train, *plan.data.eval, *([plan.evaluate.data] if plan.evaluate else [])]
     found = {}
-    for section, spec in entries.items():
-        if spec is None:
-            continue
+    for spec in specs:
+        section = spec.section
         record: dict[str, Any] = {"path": spec.path, "split": spec.split}
+        if section.startswith("data."):
+            record["weight"] = spec.weight
         path = find_local(spec.path, plan.base_dir, None) if spec.source in ("auto", "local") else None
         if path is not None and path.is_file():
             record.update(resolved=str(path.resolve()), bytes=path.stat().st_size, sha256=_sha256(path))

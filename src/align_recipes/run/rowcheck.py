@@ -70,12 +70,14 @@ def no_rows_left(plan, parts, split: str, converted) -> DataError:
     parts_of = [f"{read} rows read"]
     if report is not None and report.rows_dropped:
         parts_of.append(f"{report.rows_dropped} could not be converted ({report.reasons_text()})")
-    left = "the other" if report is not None and report.rows_dropped else "all"
+    if report is not None and getattr(report, "rows_left_out", 0):
+        parts_of.append(f"the weights left {report.rows_left_out} out")
+    left = "the other" if report is not None and (report.rows_dropped or getattr(report, "rows_left_out", 0)) else "all"
     parts_of.append(f"{plan.algorithm.trainer_name} leaves out {left} {len(converted)}: {length_rule(plan)}")
-    spec = getattr(plan.data, split)
+    specs = getattr(plan.data, split)
     use = "train on" if split == "train" else "evaluate on"
     return DataError(f"no row is left to {use}: " + "; ".join(parts_of), key=section,
-                     file=getattr(spec, "path", None), fix=length_fix(plan, parts.tokenizer, converted))
+                     file=specs[0].path if len(specs) == 1 else None, fix=length_fix(plan, parts.tokenizer, converted))
 
 
 def length_fix(plan, tokenizer, converted) -> str:

@@ -48,7 +48,7 @@ class Parts:
     train_dataset: Any
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
-    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.ConversionReport (rows read, dropped)
+    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.mixture.MixtureReport (rows per source)
     params: int = 0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
 
 
@@ -82,6 +82,7 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
             _write_failed(run_dir, record, exc, existed)
             raise
         record["seed"] = parts.config.seed
+        record["data"] = {split: report.records() for split, report in parts.reports.items()}
         try:
             begin(plan, parts, trainer, run_dir, start, overwrite, command, record)
             started = time.time()
@@ -125,7 +126,7 @@ def load(plan: Plan) -> Parts:
             note = use_training_template(tokenizer, file=plan.provenance.where("train.assistant_only_loss"))
             if note and is_main_process():
                 print(f"note: {note}")
-        train_dataset, eval_dataset, reports = load_data(plan, tokenizer)
+        train_dataset, eval_dataset, reports = load_data(plan, tokenizer, config.seed)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
     except RecipeError as exc:
@@ -161,20 +162,25 @@ def build_config(plan: Plan):
     return config
 
 
-def load_data(plan: Plan, tokenizer):
-    from align_recipes.data import DataError, load
+def load_data(plan: Plan, tokenizer, seed: int):
+    """Each split's sources loaded, converted and mixed by their weights (one source: as it converted)."""
+    from align_recipes.data import DataError, load_mixture
 
     loaded, reports = {}, {}
-    for split, spec in (("train", plan.data.train), ("eval", plan.data.eval)):
-        if spec is None:
+    for split in ("train", "eval"):
+        specs = getattr(plan.data, split)
+        if not specs:
             continue
         try:
-            dataset, report = load(spec, plan.base_dir, plan.algorithm.data_kind, tokenizer)
+            dataset, report = load_mixture(specs, plan.base_dir, plan.algorithm.data_kind, tokenizer, seed=seed,
+                                           section=f"data.{split}")
         except DataError as exc:
-            exc.file = exc.file or plan.recipe_path
+            if exc.file is None:  # a weight the data cannot meet, sources that do not mix: the recipe's line
+                exc.file, exc.line = plan.provenance.locate(exc.key or f"data.{split}")
+                exc.file = exc.file or plan.recipe_path
             raise
         if is_main_process():
-            print(report.summary_line())
+            print("\n".join(report.lines()))
         loaded[split], reports[split] = dataset, report
     return loaded.get("train"), loaded.get("eval"), reports
 
@@ -190,7 +196,7 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
     for split, dataset in (datasets or {}).items():
         if dataset is not None:
             carried = [c for c in dataset.column_names if c != "prompt"]
-            name = Path(getattr(plan.data, split).path).name
+            name = ", ".join(Path(spec.path).name for spec in getattr(plan.data, split))
             problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
     if problems:
         where = plan.provenance.where("rewards") or str(plan.recipe_path)
@@ -257,7 +263,8 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
         # After the trainer is built: SFT's packing has made its sequences.
         packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
-        start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed)
+        start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed,
+                     parts.reports.get("train"))
     before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
     record["task_metric_before"] = before
     if start.checkpoint is not None:
@@ -266,7 +273,8 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start, packed: int | None = None) -> None:
+def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start, packed: int | None = None,
+                 mixture=None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
@@ -276,6 +284,9 @@ def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start,
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
     packing = f" packed into {packed} sequences of ≤{getattr(config, 'max_length', None)} tokens" if packed else ""
     print(f"  data       {train_rows} training rows{packing} · effective batch {effective}")
+    for source in mixture.sources if mixture is not None and len(mixture.sources) > 1 else []:
+        print(f"             {source.spec.section}: {source.taken} rows of {Path(source.spec.path).name} "
+              f"(weight {source.spec.weight:g}, {source.converted} converted)")
     print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
     print(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:

@@ -156,26 +156,31 @@ class Draft:
 
     # --- data -----------------------------------------------------------------------------------------------
     def write_data(self, workdir: Path, online: bool) -> str:
+        """A sample of each source the recipe names (a mixture's sources each get theirs), and held-out rows."""
         data = self.raw.get("data") or {}
-        if not isinstance(data.get("train"), (dict, str)):
+        train = _sources(data.get("train"))
+        if not train:
             raise RecipeError("the recipe has no data.train", key="data.train", file=self.recipe,
                               fix="add data: {train: {path: …}}")
         texts = []
-        splits = {"train": (data["train"], sample_data.TRAIN_ROWS, 0)}
+        splits = {"train": (train, sample_data.TRAIN_ROWS, 0)}
         if data.get("eval"):
-            splits["eval"] = (data["eval"], sample_data.EVAL_ROWS, 1)
-        for split, (entry, rows, seed) in splits.items():
-            entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-            sample = sample_data.sample(entry, self.recipe.parent, self.algorithm.data_kind, rows, online, seed)
-            sample.path = sample_data.write_jsonl(sample.rows, workdir / "data" / f"{split}.jsonl")
-            self.data_overrides.append(_override(f"data.{split}", {**sample.entry(entry), "name": None}))
-            texts.append(f"{split}: {sample.origin}")
+            splits["eval"] = (_sources(data["eval"]), sample_data.EVAL_ROWS, 1)
+        for split, (entries, rows, seed) in splits.items():
+            written = []
+            for index, entry in enumerate(entries):
+                sample = sample_data.sample(entry, self.recipe.parent, self.algorithm.data_kind, rows, online, seed)
+                name = f"{split}.jsonl" if len(entries) == 1 else f"{split}-{index}.jsonl"
+                sample.path = sample_data.write_jsonl(sample.rows, workdir / "data" / name)
+                written.append({**sample.entry(entry), "name": None})
+                texts.append(f"{split}{'' if len(entries) == 1 else f'[{index}]'}: {sample.origin}")
+            self.data_overrides.append(_override(f"data.{split}", written[0] if len(written) == 1 else written))
         if "eval" not in splits:
-            entry = data["train"] if isinstance(data["train"], dict) else {"path": data["train"]}
-            sample = sample_data.sample(dict(entry), self.recipe.parent, self.algorithm.data_kind,
+            entry = train[0]
+            sample = sample_data.sample(entry, self.recipe.parent, self.algorithm.data_kind,
                                         sample_data.EVAL_ROWS, False, seed=7)
             sample.path = sample_data.write_jsonl(sample.rows, workdir / "data" / "eval.jsonl")
-            self.data_overrides.append(_override("data.eval", {**sample.entry(dict(entry)), "name": None}))
+            self.data_overrides.append(_override("data.eval", {**sample.entry(entry), "name": None}))
             texts.append("eval: the recipe has none; rehearsal-only held-out rows like the train sample")
         return "\n".join(texts)
 
@@ -264,3 +269,9 @@ def describe_architecture(arch: shapes.Architecture) -> str:
     return (f"{arch.name}: {c.get('model_type')} hidden {c.get('hidden_size')}, vocab {c.get('vocab_size')}, "
             f"{shapes.REHEARSAL_LAYERS} of {c.get('num_hidden_layers')} layers, random weights "
             f"({arch.origin})")
+
+
+def _sources(value) -> list[dict]:
+    """A data split as a list of source mappings: a path, a mapping, or a mixture's list of them."""
+    items = value if isinstance(value, list) else [value] if value else []
+    return [{"path": item} if isinstance(item, str) else dict(item) for item in items if isinstance(item, (str, dict))]
