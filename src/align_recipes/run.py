@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from align_recipes import checkpoints, guards, models, outputs, redaction
+from align_recipes import checkpoints, guards, models, outputs, redaction, sharded
 from align_recipes.errors import RecipeError
 from align_recipes.recipe import Plan, resolved_yaml
 from align_recipes.registry import load_class
@@ -257,6 +257,7 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     trainer_cls = load_class(plan.algorithm.trainer)
+    sharded.adopt_fsdp_on_cpu(config)
     trainer = trainer_cls(
         model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, peft_config=models.peft_config(spec, plan.algorithm.model_head),
@@ -300,12 +301,12 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
                                     f"/{trainer.state.max_steps}; {saved}; summary in {output_dir / outputs.SUMMARY}"
                                     f"\n  resume with: {resume_cmd}")
 
-    trainer.save_model(str(output_dir))
+    sharded.save_consolidated(trainer, output_dir)
     if not trainer.is_world_process_zero():
         return {}
     after = None
     if guard.signum is None:
-        after = measure(plan, trainer.model, tokenizer)
+        after = measure(plan, sharded.measured_model(trainer, output_dir), tokenizer)
     summary = {**base, "status": "complete", "task_metric": _task_metric(before, after),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     outputs.write_summary(output_dir, summary)

@@ -1,0 +1,77 @@
+"""What a sharded run (FSDP2 or DeepSpeed ZeRO-3) needs beyond what TRL and accelerate do for it.
+
+- **FSDP2 on CPU processes.** accelerate only turns FSDP on for accelerators: with `use_cpu` it sets up
+  plain gloo data parallelism and silently ignores the FSDP settings `accelerate launch` exported.
+  PyTorch's `fully_shard` itself runs on CPU with gloo, so `adopt_fsdp_on_cpu` makes accelerate's
+  (process-wide, shared) state say FSDP before the Trainer builds its Accelerator, and the Trainer then
+  shards, saves and loads exactly as it does on GPUs. This is what lets the test suite exercise
+  sharding without a GPU (configs/accelerate/cpu_fsdp2.yaml).
+- **One plain model folder at the end.** Sharded checkpoints (SHARDED_STATE_DICT, one file per rank,
+  fast to write and to resume) are the right format during training, but the final save must be an
+  ordinary Hugging Face folder: `save_consolidated` switches FSDP to a full state dict for that one
+  save. ZeRO-3 consolidates through `zero3_save_16bit_model` in its accelerate config.
+- **The after-training task metric.** With sharded parameters only all ranks together can run the
+  model, while the metric is measured by rank 0 alone. `measured_model` hands rank 0 the consolidated
+  folder it just wrote, so the metric is measured on exactly what the user gets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsdp_requested() -> bool:
+    """`accelerate launch` with an FSDP config exports ACCELERATE_USE_FSDP=true to every rank."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def adopt_fsdp_on_cpu(config) -> bool:
+    """Make accelerate's shared state FSDP for a multi-process CPU run launched with an FSDP config.
+
+    `config` is the run's TrainingArguments (they start the gloo process group). Must run before the
+    Trainer builds its Accelerator, which then reuses this state. Returns whether it did anything."""
+    if not (config.use_cpu and fsdp_requested() and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        return False
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
+
+    # The state as the Trainer's Accelerator would create it: gloo data parallel on CPU.
+    state = AcceleratorState(mixed_precision=config.mixed_precision, cpu=True, dynamo_plugin=TorchDynamoPlugin(),
+                             _from_accelerator=True)
+    if state.distributed_type == DistributedType.FSDP:
+        return True
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        raise RuntimeError(f"expected accelerate to set up CPU processes, found {state.distributed_type}")
+    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables of the accelerate config
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return True
+
+
+def is_sharded(trainer) -> bool:
+    """Whether the trained parameters are split over the ranks (FSDP, or DeepSpeed ZeRO-3)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+
+
+def save_consolidated(trainer, output_dir: Path) -> None:
+    """Save the final model as one ordinary folder (every rank must call this: gathering is collective)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir))
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.wait_for_everyone()  # rank 0 has finished writing before anyone reads it
+
+
+def measured_model(trainer, output_dir: Path):
+    """The model rank 0 measures after training: the trained one, or for a sharded run the folder just
+    saved (sharded parameters would need every rank in each forward pass)."""
+    if not is_sharded(trainer):
+        return trainer.model
+    from align_recipes.chat import load_run
+
+    model, _tokenizer, _info = load_run(output_dir, device=str(trainer.args.device))
+    return model
