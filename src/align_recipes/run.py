@@ -104,7 +104,7 @@ def _set_cpu_threads(model) -> None:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    tiny = sum(p.numel() for p in model.parameters()) < TINY_MODEL_PARAMS
+    tiny = sharded.parameter_count(model) < TINY_MODEL_PARAMS
     torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
 
 
@@ -113,7 +113,7 @@ def start_screen(plan: Plan, model, config, train_rows: int, start: checkpoints.
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     spec = plan.recipe["model"]
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else str(spec.get("dtype", "auto"))
-    params = sum(p.numel() for p in model.parameters())
+    params = sharded.parameter_count(model)
     print("─" * 72)
     print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
     print(f"  model      {spec['name_or_path']} ({params / 1e6:.2f}M params), adapter {spec.get('adapter', 'full')}")
@@ -238,8 +238,9 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
     from align_recipes.evaluate import measure
 
     before = None
-    if main:
-        before = previous.get("task_metric_before") or measure(plan, model, tokenizer)
+    with sharded.whole_on_every_rank(model):  # ZeRO-3 loads the weights already split over the ranks
+        if main:
+            before = previous.get("task_metric_before") or measure(plan, model, tokenizer)
     base = {
         "algorithm": plan.algorithm.name,
         "recipe": str(plan.recipe_path),
@@ -282,6 +283,7 @@ def _train(plan: Plan, start: checkpoints.Start, guard: guards.RunGuard, overwri
     steps = trainer.state.global_step
     records = outputs.read_metrics(output_dir) if main else []
     first, last = outputs.first_and_last(records)
+    base.update(distributed=sharded.describe(trainer))
     base.update(steps=steps, max_steps=trainer.state.max_steps, runtime_s=round(runtime, 2),
                 train_loss=outputs.whole_run_loss(records, start.step, steps, training_loss),
                 metrics_first=first, metrics_last=last)

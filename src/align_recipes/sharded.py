@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,12 +50,46 @@ def adopt_fsdp_on_cpu(config) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def whole_on_every_rank(model):
+    """Inside, every parameter is whole on every rank, so rank 0 alone can run the model (the
+    before-training metric). Only ZeRO-3 has split parameters before the Trainer wraps the model
+    (transformers loads them partitioned); every rank must enter, since gathering is collective."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield
+
+
+def parameter_count(model) -> int:
+    """Parameters of the whole model, also when ZeRO-3 loaded them partitioned (each rank holds a slice)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters())
+
+
 def is_sharded(trainer) -> bool:
     """Whether the trained parameters are split over the ranks (FSDP, or DeepSpeed ZeRO-3)."""
     if getattr(trainer, "is_fsdp_enabled", False):
         return True
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+
+
+def describe(trainer) -> dict:
+    """How the run was spread over processes, from what the Trainer actually built (for summary.json):
+    engine "none" (one process), "ddp", "fsdp1"/"fsdp2", "zero1"/"zero2"/"zero3"."""
+    processes = trainer.accelerator.num_processes
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        engine = f"zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    elif getattr(trainer, "is_fsdp_enabled", False):
+        engine = f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}"
+    else:
+        engine = "ddp" if processes > 1 else "none"
+    # The wrapper class is the evidence: DistributedDataParallel, DeepSpeedEngine, FSDP<Model>.
+    return {"engine": engine, "processes": processes, "wrapper": type(trainer.model_wrapped).__name__,
+            "accelerate": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1]}
 
 
 def save_consolidated(trainer, output_dir: Path) -> None:
@@ -71,7 +106,16 @@ def measured_model(trainer, output_dir: Path):
     saved (sharded parameters would need every rank in each forward pass)."""
     if not is_sharded(trainer):
         return trainer.model
+    from transformers.integrations import deepspeed as hf_deepspeed
+
     from align_recipes.chat import load_run
 
-    model, _tokenizer, _info = load_run(output_dir, device=str(trainer.args.device))
+    # Under ZeRO-3, from_pretrained builds the model partitioned (zero.Init, a collective) while transformers
+    # holds DeepSpeed's config; rank 0 is alone here, so it loads with that config set aside.
+    held = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        model, _tokenizer, _info = load_run(output_dir, device=str(trainer.args.device))
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = held
     return model
