@@ -6,6 +6,7 @@ naming the key and the fix; `recipe.load_plan` reports them together.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from align_recipes.errors import RecipeError
@@ -49,6 +50,24 @@ def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str
     if stage:
         parts.append(f"{stage} over {world} process(es)")
     return params * (weights + states) / 1e9, ", ".join(parts)
+
+
+def _quantized_sharding_problem(quantization: str, stage: str) -> tuple[str, str] | None:
+    """(message, fix) when quantized weights cannot be sharded by this engine; None for FSDP2 + 4-bit
+    (QLoRA with the packed weights stored in the compute dtype, which FSDP2 splits like any tensor)."""
+    if stage == "zero3":
+        return ("QLoRA/quantized weights under DeepSpeed ZeRO-3 are not sharded: transformers builds quantized "
+                "models without zero.Init, so every rank keeps the whole 4-bit model (and our loader's device_map "
+                "is rejected by ZeRO-3)",
+                "launch with configs/accelerate/fsdp2.yaml (FSDP-QLoRA shards the 4-bit weights), or zero2.yaml / "
+                "multi_gpu.yaml")
+    if quantization == "8bit":
+        return ("8-bit weights under FSDP are not supported (only 4-bit QLoRA, stored in the compute dtype, is)",
+                "use adapter: qlora (4-bit), or launch with configs/accelerate/zero2.yaml or multi_gpu.yaml")
+    if os.environ.get("FSDP_VERSION", "2") != "2":
+        return ("QLoRA under FSDP1 is not supported here (FSDP-QLoRA is tested with FSDP2)",
+                "set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
+    return None
 
 
 def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[RecipeError]:
@@ -101,13 +120,9 @@ def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[Re
                   "and optim: adamw_torch")
     stage, _ = sharding()
     if quantization != "none" and stage in ("zero3", "fsdp"):
-        what = "QLoRA" if adapter == "qlora" else f"{quantization} weights"
-        engine = "DeepSpeed ZeRO-3" if stage == "zero3" else "FSDP"
-        error("model.adapter" if adapter == "qlora" else "model.quantization",
-              f"{what} with {engine} fails (quantized weights are placed with a device_map, "
-              f"which {engine} sharding rejects)",
-              "launch with configs/accelerate/zero2.yaml or multi_gpu.yaml (DDP), or use adapter: lora "
-              f"with quantization: none under {'zero3' if stage == 'zero3' else 'fsdp2'}")
+        problem = _quantized_sharding_problem(quantization, stage)
+        if problem:
+            error("model.adapter" if adapter == "qlora" else "model.quantization", *problem)
 
     # vLLM.
     if train.get("use_vllm"):

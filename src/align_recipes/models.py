@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError
+from align_recipes.hardware import sharding
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,12 @@ def quantization_config(spec: dict[str, Any]):
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = spec.get("dtype", "auto")
     # QLoRA's compute dtype follows the model dtype: float16 on T4, bfloat16 on Ampere+, float32 on CPU.
+    compute_dtype = torch_dtype("float32" if compute == "auto" else compute)
+    # FSDP shards only floating-point tensors: under FSDP the packed 4-bit weights are stored in the compute
+    # dtype (PEFT's and TRL's FSDP-QLoRA recipe), so they are split over the ranks like everything else.
+    storage = {"bnb_4bit_quant_storage": compute_dtype} if sharding()[0] == "fsdp" else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype("float32" if compute == "auto" else compute))
+                              bnb_4bit_compute_dtype=compute_dtype, **storage)
 
 
 def load_model(path: str, spec: dict[str, Any], head: str = "causal_lm", use_cpu: bool = False):
