@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(plan, show_all=args.all)
             return 0
         from align_recipes.run import train
+        from align_recipes.scaling import refuse_unlaunched
 
+        refuse_unlaunched(plan.launch, plan.recipe_path)
         train(plan, overwrite=args.overwrite, resume=args.resume, report=not args.no_report,
               command=sys.argv if argv is None else ["align-recipes", *argv])
         return 0

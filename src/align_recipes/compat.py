@@ -18,13 +18,16 @@ BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
 REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}
 
 
-def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str) -> tuple[float, str]:
-    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all."""
+def memory_estimate(params: float, model: dict, train: dict, algorithm_name: str, stage: str | None = None,
+                    world: int = 1) -> tuple[float, str]:
+    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all.
+    `stage`/`world` default to what the launcher set; scaling.py asks "what if sharded over N"."""
     adapter = model.get("adapter", "full")
     quantization = "4bit" if adapter == "qlora" else model.get("quantization", "none")
     dtype = model.get("dtype", "auto")
     weight = {"4bit": 0.6, "8bit": 1.1}.get(quantization, BYTES_PER_PARAM.get(dtype, 2.0))
-    stage, world = sharding()
+    if stage is None:
+        stage, world = sharding()
     parts = [f"{weight:g} B/param weights ({quantization if quantization != 'none' else dtype})"]
     if adapter != "full":
         total = params * weight * 1.02  # the adapters: ~1-2% of the parameters
@@ -144,7 +147,11 @@ def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[Re
             available = gpu.memory_gb
             if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
-            if needed > available:
+            # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
+            # and `train` refuses to start it in one process.
+            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and memory_estimate(
+                params, model, train, getattr(algorithm, "name", ""), stage="fsdp", world=gpu.count)[0] <= available)
+            if needed > available and not fits_sharded:
                 fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
                                "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
                        "lora": "use model.adapter: qlora (4-bit base weights)",

@@ -33,7 +33,8 @@ from align_recipes.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
 GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
-RULE_KEYS = {"max_params", "min_memory_gb", "adapter", "quantization", "micro_batch", "model", "train", "why"}
+RULE_KEYS = {"max_params", "min_memory_gb", "min_gpus", "adapter", "quantization", "micro_batch", "sharding", "model",
+             "train", "why"}
 VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
@@ -55,6 +56,8 @@ class Rule:
     train: dict = field(default_factory=dict)
     why: str = ""
     lower: float | None = None  # the previous rule's bound, for the reason text
+    min_gpus: int | None = None  # only with at least this many GPUs (a rule for sharded full fine-tuning)
+    sharding: str | None = None  # ddp | fsdp2 | zero2 | zero3: how to launch it (scaling.choose_launch)
 
 
 @dataclass
@@ -155,12 +158,16 @@ def _read_path(name: str, path: Path) -> Profile:
                     micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
                     model=_mapping(raw.get("model"), "rule model", path),
                     train=_mapping(raw.get("train"), "rule train", path), why=str(raw.get("why") or ""),
-                    lower=lower)
+                    lower=lower, min_gpus=int(raw["min_gpus"]) if raw.get("min_gpus") else None,
+                    sharding=raw.get("sharding"))
         if rule.adapter not in (None, "full", "lora", "qlora"):
             raise RecipeError(f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
                               fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]), file=path)
+        if rule.sharding not in (None, "ddp", "fsdp2", "zero2", "zero3"):
+            raise RecipeError(f"rules[{index}].sharding: '{rule.sharding}' is not ddp, fsdp2, zero2 or zero3",
+                              fix=did_you_mean(str(rule.sharding), ["ddp", "fsdp2", "zero2", "zero3"]), file=path)
         rules.append(rule)
-        if rule.min_memory_gb is None:
+        if rule.min_memory_gb is None and rule.min_gpus is None:
             lower = rule.max_params
 
     vllm = _mapping(data.get("vllm"), "profile vllm", path)
@@ -256,8 +263,11 @@ def select_rule(profile: Profile, params: float | None) -> Rule | None:
     if params is None:
         return None
     memory = profile.gpu.memory_gb if profile.gpu else math.inf
+    count = profile.gpu.count if profile.gpu else 0
     for rule in profile.rules:
         if rule.min_memory_gb is not None and memory < rule.min_memory_gb:
+            continue
+        if rule.min_gpus is not None and count < rule.min_gpus:
             continue
         if rule.max_params is None or params <= rule.max_params:
             return rule
@@ -266,6 +276,8 @@ def select_rule(profile: Profile, params: float | None) -> Rule | None:
 
 def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
     memory = f"{profile.gpu.memory_gb:.0f} GB" if profile.gpu else "CPU"
+    if rule.min_gpus and profile.gpu:
+        memory = f"{profile.gpu.count}x {memory}"
     if rule.lower is not None and params > rule.lower:
         size = f"{human(params)} params > {human(rule.lower)}"
     elif rule.max_params is not None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from align_recipes import compat, profiles, schema, sections
+from align_recipes import compat, profiles, scaling, schema, sections
+from align_recipes.hardware import sharding
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.registry import ALGORITHMS, Algorithm
 from align_recipes.validate import validate_recipe
@@ -35,6 +36,7 @@ class Plan:
     sources: dict[str, str]  # "train.learning_rate" -> "recipe:recipes/tiny/dpo.yaml" | "profile:cpu" | …
     profile: profiles.Profile
     profile_changes: list[profiles.Change] = field(default_factory=list)
+    launch: scaling.Launch | None = None  # how to spread it over this machine's GPUs (None: one process will do)
 
     @property
     def base_dir(self) -> Path:
@@ -202,11 +204,17 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     errors = validate_recipe(resolved, algorithm, _locator(files, resolved_sources), base_dir=recipe_path.parent)
     if not errors:
         changes += profiles.adjust_batch(chosen, resolved, resolved_sources, algorithm, base_dir=recipe_path.parent)
+        changes += scaling.keep_effective_batch(resolved, resolved_sources, fields, sharding()[1])
         errors = compat.check_compatible(chosen, resolved, algorithm, file=recipe_path)
     if errors:
         raise RecipeErrors(errors)
+    launch = scaling.choose_launch(chosen, resolved, algorithm, base_dir=recipe_path.parent)
+    if launch is not None:
+        resolved_sources["launch"] = f"profile:{chosen.name}"
+        changes.append(profiles.Change("launch", f"{launch.engine} x {launch.processes}",
+                                       scaling.explain(launch, resolved, algorithm)))
     return Plan(recipe_path=recipe_path, algorithm=algorithm, recipe=resolved, sources=resolved_sources,
-                profile=chosen, profile_changes=changes)
+                profile=chosen, profile_changes=changes, launch=launch)
 
 
 def _as_dict(value: Any) -> dict:
