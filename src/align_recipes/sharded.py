@@ -87,9 +87,15 @@ def describe(trainer) -> dict:
         engine = f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}"
     else:
         engine = "ddp" if processes > 1 else "none"
-    # The wrapper class is the evidence: DistributedDataParallel, DeepSpeedEngine, FSDP<Model>.
-    return {"engine": engine, "processes": processes, "wrapper": type(trainer.model_wrapped).__name__,
-            "accelerate": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1]}
+    described = {"engine": engine, "processes": processes, "wrapper": type(trainer.model_wrapped).__name__}
+    if engine == "fsdp2":
+        # The evidence that FSDP2 split the weights: parameters that are DTensors sharded over the ranks
+        # (4-bit QLoRA weights included, stored in the compute dtype).
+        from torch.distributed.tensor import DTensor
+
+        params = list(trainer.model_wrapped.parameters())
+        described["sharded_parameters"] = f"{sum(isinstance(p, DTensor) for p in params)}/{len(params)}"
+    return described
 
 
 def save_consolidated(trainer, output_dir: Path) -> None:
