@@ -29,7 +29,7 @@ from align_recipes import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
-CONFIGS = ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "multi_node", "cpu_ddp"]
+CONFIGS = ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "multi_node", "cpu_ddp", "cpu_fsdp2"]
 TIMEOUT = 240  # seconds per launch: generous for a loaded 2-core CI runner; typical runs take 25-60 s
 
 
@@ -41,7 +41,7 @@ def test_accelerate_config_parses(name):
     from accelerate.utils import DistributedType
 
     config = load_config_from_file(str(ACCELERATE_DIR / f"{name}.yaml"))
-    expected = {"single_gpu": DistributedType.NO, "fsdp2": DistributedType.FSDP,
+    expected = {"single_gpu": DistributedType.NO, "fsdp2": DistributedType.FSDP, "cpu_fsdp2": DistributedType.FSDP,
                 "zero2": DistributedType.DEEPSPEED, "zero3": DistributedType.DEEPSPEED,
                 "multi_node": DistributedType.DEEPSPEED}.get(name, DistributedType.MULTI_GPU)
     assert config.distributed_type == expected
@@ -49,6 +49,10 @@ def test_accelerate_config_parses(name):
     assert str(config.mixed_precision) == "no"
     if name in ("zero2", "zero3", "multi_node"):
         assert config.deepspeed_config["zero_stage"] == (2 if name == "zero2" else 3)
+    if name in ("fsdp2", "cpu_fsdp2"):
+        assert config.fsdp_config["fsdp_version"] == 2
+    if name == "cpu_fsdp2":  # sharded checkpoints; the final save is consolidated by align-recipes
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if name == "multi_node":
         assert config.num_machines == 2 and config.main_process_ip and config.main_process_port
 
