@@ -13,6 +13,7 @@ from align_recipes.errors import RecipeError
 from align_recipes.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
 from align_recipes.model_size import estimate_params, human
 from align_recipes.profiles import ADAPTER_WORDS, Profile
+from align_recipes.scaling import can_shard
 
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
 REFERENCE_MODEL_ALGORITHMS = {"dpo", "kto", "ppo"}
@@ -122,6 +123,13 @@ def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[Re
                   "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
                   "and optim: adamw_torch")
     stage, _ = sharding()
+    # Our own RL loop (align_recipes.rl: PPO, SPO) drives accelerate itself and is not written for sharded
+    # engines yet: measured on 2 CPU ranks, FSDP2 fails in generate (DTensor weights outside FSDP's forward)
+    # and ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the Trainer saves from).
+    if stage and not can_shard(algorithm):
+        error("algorithm", f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing)",
+              "launch with configs/accelerate/multi_gpu.yaml (DDP) on GPUs or cpu_ddp.yaml on CPU; "
+              "shrink the policy with model.adapter: lora")
     if quantization != "none" and stage in ("zero3", "fsdp"):
         problem = _quantized_sharding_problem(quantization, stage)
         if problem:
@@ -149,7 +157,7 @@ def check_compatible(profile: Profile, recipe: dict, algorithm, file) -> list[Re
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
             # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
             # and `train` refuses to start it in one process.
-            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and memory_estimate(
+            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and can_shard(algorithm) and memory_estimate(
                 params, model, train, getattr(algorithm, "name", ""), stage="fsdp", world=gpu.count)[0] <= available)
             if needed > available and not fits_sharded:
                 fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "

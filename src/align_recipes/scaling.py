@@ -46,6 +46,12 @@ class Launch:
                 f"--num_processes {self.processes} -m align_recipes train RECIPE")
 
 
+def can_shard(algorithm) -> bool:
+    """Whether the algorithm's trainer runs under FSDP/DeepSpeed. TRL's trainers do; our own RL loop
+    (align_recipes.rl: PPO, SPO) drives accelerate itself and shards nothing yet."""
+    return not getattr(algorithm, "trainer", "").startswith("align_recipes.rl")
+
+
 # --- the effective batch over N processes --------------------------------------------------------------
 
 def split_batch(micro: int, accumulation: int, processes: int, keep_micro: bool = False) -> tuple[int, int] | None:
@@ -161,13 +167,15 @@ def _engine_for(profile, recipe: dict, algorithm, params: float) -> Launch | Non
     one = _per_gpu_gb(params, recipe, algorithm, "", 1)
     adapter = model.get("adapter", "full")
     rule = select_rule(profile, params)
-    if rule is not None and rule.sharding and adapter == (rule.adapter or adapter):
+    if rule is not None and rule.sharding and adapter == (rule.adapter or adapter) and can_shard(algorithm):
         split = _per_gpu_gb(params, recipe, algorithm, "fsdp" if rule.sharding == "fsdp2" else rule.sharding,
                             gpu.count)
         return Launch(rule.sharding, gpu.count, one > gpu.memory_gb,
                       f"{human(params)} params, {adapter}: ~{one:.0f} GB in one process, ~{split:.0f} GB per GPU "
                       f"with {rule.sharding} over {gpu.count} GPUs" + (f" ({rule.why})" if rule.why else ""))
     if one > gpu.memory_gb:
+        if not can_shard(algorithm):
+            return None  # the fit check says what to change
         split = _per_gpu_gb(params, recipe, algorithm, "fsdp", gpu.count)
         if split <= gpu.memory_gb:
             return Launch("fsdp2", gpu.count, True,
