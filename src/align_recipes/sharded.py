@@ -10,9 +10,12 @@
   fast to write and to resume) are the right format during training, but the final save must be an
   ordinary Hugging Face folder: `save_consolidated` switches FSDP to a full state dict for that one
   save. ZeRO-3 consolidates through `zero3_save_16bit_model` in its accelerate config.
-- **The after-training task metric.** With sharded parameters only all ranks together can run the
-  model, while the metric is measured by rank 0 alone. `measured_model` hands rank 0 the consolidated
-  folder it just wrote, so the metric is measured on exactly what the user gets.
+- **The task metric, measured by rank 0 alone.** Sharded parameters need every rank in each forward
+  pass. Before training only ZeRO-3 has split them (transformers loads them partitioned):
+  `whole_on_every_rank` gathers them for the measurement. After training `measured_model` hands rank 0
+  the consolidated folder it just wrote, so the metric is measured on exactly what the user gets.
+- **What ran.** `describe` reads the engine from the Trainer (summary.json's `distributed`), so a run
+  that silently fell back to DDP would show it.
 """
 
 from __future__ import annotations
@@ -103,8 +106,6 @@ def save_consolidated(trainer, output_dir: Path) -> None:
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
-    if getattr(trainer, "is_fsdp_enabled", False):
-        trainer.accelerator.wait_for_everyone()  # rank 0 has finished writing before anyone reads it
 
 
 def measured_model(trainer, output_dir: Path):
