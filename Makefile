@@ -31,6 +31,7 @@ help:
 	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
 	@echo "make <algo> RECIPE=fam   run recipes/<fam>/<algo>.yaml; algos: $(ALGORITHMS)"
 	@echo "               PROFILE=t4 ACCELERATE=multi_gpu NUM_PROCESSES=2 ARGS='train.learning_rate=1e-5'"
+	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
 	@echo "make test                run the test suite"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
 

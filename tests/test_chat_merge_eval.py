@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
 
 def test_chat_one_prompt_greedy_matches_the_library(runs, capsys):
     from align_recipes.results.chat import reply
-    from align_recipes.results.runs import load_run
+    from align_recipes.run.saved import load_run
 
     assert main(["chat", str(runs["lora"]), "--prompt", "2+3=", "--temperature", "0", "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out.strip()
@@ -103,7 +103,7 @@ def test_merge_gives_a_standalone_model_with_the_same_outputs(runs, capsys):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from align_recipes.results.runs import load_run
+    from align_recipes.run.saved import load_run
 
     out = runs["root"] / "merged"
     assert main(["merge", str(runs["lora"]), "--out", str(out)]) == 0

@@ -8,8 +8,9 @@ the CPU, where torch.distributed uses gloo.
 
 Evidence that both ranks took part: the start screen reports world size 2; DDP's gradient all-reduce
 blocks until every rank contributes, so a finished run (exit 0) needed both; and for DPO one epoch
-takes half the optimizer steps it takes in one process, because each rank trained on its half of the
-data.
+takes half the optimizer steps one process takes at the same micro-batch, because each rank trained on
+its half of the data. (The plan gives each rank half the recipe's micro-batch, so the effective batch
+and the steps per epoch are the recipe's: tests/test_sharded.py.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from align_recipes.plan import hardware
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
-CONFIGS = ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "multi_node", "cpu_ddp"]
+CONFIGS = ["single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "multi_node", "cpu_ddp", "cpu_fsdp2"]
 TIMEOUT = 240  # seconds per launch: generous for a loaded 2-core CI runner; typical runs take 25-60 s
 
 
@@ -41,7 +42,7 @@ def test_accelerate_config_parses(name):
     from accelerate.utils import DistributedType
 
     config = load_config_from_file(str(ACCELERATE_DIR / f"{name}.yaml"))
-    expected = {"single_gpu": DistributedType.NO, "fsdp2": DistributedType.FSDP,
+    expected = {"single_gpu": DistributedType.NO, "fsdp2": DistributedType.FSDP, "cpu_fsdp2": DistributedType.FSDP,
                 "zero2": DistributedType.DEEPSPEED, "zero3": DistributedType.DEEPSPEED,
                 "multi_node": DistributedType.DEEPSPEED}.get(name, DistributedType.MULTI_GPU)
     assert config.distributed_type == expected
@@ -49,6 +50,10 @@ def test_accelerate_config_parses(name):
     assert str(config.mixed_precision) == "no"
     if name in ("zero2", "zero3", "multi_node"):
         assert config.deepspeed_config["zero_stage"] == (2 if name == "zero2" else 3)
+    if name in ("fsdp2", "cpu_fsdp2"):
+        assert config.fsdp_config["fsdp_version"] == 2
+    if name == "cpu_fsdp2":  # sharded checkpoints; the final save is consolidated by align-recipes
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if name == "multi_node":
         assert config.num_machines == 2 and config.main_process_ip and config.main_process_port
 
@@ -149,13 +154,17 @@ def test_dpo_on_two_cpu_processes(tmp_path):
     result = launch(recipe, output_dir, "train.num_train_epochs=1", "train.max_steps=-1", *eval_limit(recipe, 16),
                     "model.name_or_path=builtin:tiny-qwen2")  # DDP needs no SFT stage first
     summary = assert_ran_on_two_ranks_and_saved_once(result, output_dir)
-    # One epoch = ceil(rows / (micro-batch x accumulation x 2 ranks)) optimizer steps: half of one process's.
+    # One epoch = ceil(rows / (micro-batch x accumulation x 2 ranks)) optimizer steps: half of what one process
+    # needs at the same micro-batch.
     rows = sum(1 for line in (REPO / "recipes" / "tiny" / "data" / "prefs.jsonl").read_text().splitlines() if line.strip())
     train = yaml.safe_load((output_dir / "recipe.resolved.yaml").read_text())["train"]
     micro, accumulation = train["per_device_train_batch_size"], train.get("gradient_accumulation_steps", 1)
     per_rank_batches = math.ceil(math.ceil(rows / 2) / micro)
     assert summary["steps"] == math.ceil(per_rank_batches / accumulation), (summary["steps"], rows, micro)
     assert summary["steps"] < math.ceil(rows / micro / accumulation)  # what one process would need
+    asked = yaml.safe_load((REPO / recipe).read_text())["train"]
+    # The recipe's effective batch, kept over 2 ranks (tiny dpo: micro-batch 16 -> 8 per rank).
+    assert micro * accumulation * 2 == asked["per_device_train_batch_size"] * asked.get("gradient_accumulation_steps", 1)
 
 
 @pytest.mark.slow

@@ -319,23 +319,24 @@ def test_vllm_server_mode_with_several_gpus_prints_the_serve_command(tmp_path, m
     assert "--num_processes 7" in why
 
 
-@pytest.mark.parametrize("gpus, micro, accumulation, processes", [
-    ("8xh100", 8, 4, 4),   # the qwen05b GRPO recipe: 32 over 7 training GPUs is not whole: 4 processes x 8 x 1
-    ("2xh100", 8, 4, 1),   # one GPU for vLLM, one for training: the recipe's own split
+@pytest.mark.parametrize("gpus, processes", [
+    ("8xh100", 4),   # the qwen05b GRPO recipe: 32 over 7 training GPUs is not whole: launch 4 processes of 8
+    ("2xh100", 1),   # one GPU for vLLM, one for training: the recipe's own split
 ])
-def test_vllm_server_mode_keeps_the_effective_batch(tmp_path, monkeypatch, gpus, micro, accumulation, processes):
-    """Server mode trains on the GPUs vLLM leaves: the recipe's effective batch is split over them, not multiplied."""
+def test_vllm_server_mode_keeps_the_effective_batch(tmp_path, monkeypatch, gpus, processes):
+    """Server mode trains on the GPUs vLLM leaves: the plan says how many training processes divide the
+    recipe's effective batch, and under that launch each process takes its share (not the whole batch)."""
     fake_packages(monkeypatch, vllm="0.31.0")
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, "\n".join([SMI["h100"]] * int(gpus[0])))
-    plan = load_plan(write_recipe(tmp_path, "grpo", train="per_device_train_batch_size: 8, "
-                                                          "gradient_accumulation_steps: 4"))
-    train = plan.train
-    assert train["vllm_mode"] == "server" and plan.profile.gpu.count == int(gpus[0])
-    per_process = train["per_device_train_batch_size"] * train["gradient_accumulation_steps"]
-    assert per_process * processes == 32
+    recipe = write_recipe(tmp_path, "grpo", train="per_device_train_batch_size: 8, gradient_accumulation_steps: 4")
+    plan = load_plan(recipe)
+    assert plan.train["vllm_mode"] == "server" and plan.profile.gpu.count == int(gpus[0])
     if processes > 1:
-        why = change(plan, "train.gradient_accumulation_steps").why
-        assert f"--num_processes {processes}" in why and "keeps effective batch 32" in why
+        why = change(plan, "train.vllm_mode").why
+        assert f"--num_processes {processes}" in why and "effective batch 32" in why
+    monkeypatch.setenv("WORLD_SIZE", str(processes))  # as `accelerate launch --num_processes N` sets it
+    train = load_plan(recipe).train
+    assert train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] * processes == 32
 
 
 @pytest.mark.parametrize("vllm, expected", [(None, "vllm is not installed"), ("0.35.0", "outside TRL 1.16's"),

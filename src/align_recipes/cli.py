@@ -215,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print_plan(plan, show_all=args.all)
             return 0
-        from align_recipes.run.training import train
+        from align_recipes.plan.scaling import refuse_unlaunched
+        from align_recipes.run import train
 
+        refuse_unlaunched(plan.launch, plan.recipe_path)
         summary = train(plan, overwrite=args.overwrite, resume=args.resume,
                         command=sys.argv if argv is None else ["align-recipes", *argv])
         if summary:  # the main process

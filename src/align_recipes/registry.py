@@ -44,6 +44,8 @@ class Algorithm:
         truncates: training rows are cut at `train.max_length`, so a batch can hold no trained token.
         liger: the trainer supports Liger kernels (`train.use_liger_kernel`); GPU profiles switch them on
             when liger-kernel is installed.
+        shards: the trainer runs under FSDP/DeepSpeed (TRL's do; a plan that needs sharding is refused
+            before loading when it does not).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Algorithm:
     implicit_reward: bool = False
     truncates: bool = True
     liger: bool = False
+    shards: bool = True
 
     @property
     def config_name(self) -> str:
@@ -95,10 +98,10 @@ ALGORITHMS: dict[str, Algorithm] = {
                   reference="beta", truncates=False, liger=True),
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
-                  reference="kl_coef", critic=True, truncates=False),
+                  reference="kl_coef", critic=True, truncates=False, shards=False),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
                   "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True, generates=True,
-                  reference="beta", truncates=False),
+                  reference="beta", truncates=False, shards=False),
     ]
 }
 

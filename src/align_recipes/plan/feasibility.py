@@ -6,23 +6,27 @@ naming the key and the fix; `recipe.load_plan` reports them together.
 
 from __future__ import annotations
 
+import os
 
 from align_recipes.errors import RecipeError
-from align_recipes.registry import Algorithm
+from align_recipes.plan import trl_fields
 from align_recipes.plan.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
 from align_recipes.plan.model_size import human
-from align_recipes.plan import trl_fields
 from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
 from align_recipes.plan.sections import ModelSection
+from align_recipes.registry import Algorithm
 
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
 
 
-def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: Algorithm) -> tuple[float, str]:
-    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all."""
+def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: Algorithm, stage: str | None = None,
+                    world: int = 1) -> tuple[float, str]:
+    """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all.
+    `stage`/`world` default to what the launcher set; plan.scaling asks "what if sharded over N"."""
     adapter, quantization, dtype = model.adapter, model.quantized, model.dtype
     weight = {"4bit": 0.6, "8bit": 1.1}.get(quantization, BYTES_PER_PARAM.get(dtype, 2.0))
-    stage, world = sharding()
+    if stage is None:
+        stage, world = sharding()
     parts = [f"{weight:g} B/param weights ({quantization if quantization != 'none' else dtype})"]
     if adapter != "full":
         total = params * weight * 1.02  # the adapters: ~1-2% of the parameters
@@ -49,6 +53,24 @@ def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: 
     if stage:
         parts.append(f"{stage} over {world} process(es)")
     return params * (weights + states) / 1e9, ", ".join(parts)
+
+
+def _quantized_sharding_problem(quantization: str, stage: str) -> tuple[str, str] | None:
+    """(message, fix) when quantized weights cannot be sharded by this engine; None for FSDP2 + 4-bit
+    (QLoRA with the packed weights stored in the compute dtype, which FSDP2 splits like any tensor)."""
+    if stage == "zero3":
+        return ("QLoRA/quantized weights under DeepSpeed ZeRO-3 are not sharded: transformers builds quantized "
+                "models without zero.Init, so every rank keeps the whole 4-bit model (and our loader's device_map "
+                "is rejected by ZeRO-3)",
+                "launch with configs/accelerate/fsdp2.yaml (FSDP-QLoRA shards the 4-bit weights), or zero2.yaml / "
+                "multi_gpu.yaml")
+    if quantization == "8bit":
+        return ("8-bit weights under FSDP are not supported (only 4-bit QLoRA, stored in the compute dtype, is)",
+                "use adapter: qlora (4-bit), or launch with configs/accelerate/zero2.yaml or multi_gpu.yaml")
+    if os.environ.get("FSDP_VERSION", "2") != "2":
+        return ("QLoRA under FSDP1 is not supported here (FSDP-QLoRA is tested with FSDP2)",
+                "set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
+    return None
 
 
 def check_compatible(profile: Profile, model: ModelSection, train: dict, algorithm: Algorithm, file,
@@ -99,14 +121,17 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
                   "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
                   "and optim: adamw_torch")
     stage, _ = sharding()
+    # Our own RL loop (align_recipes.rl: PPO, SPO) drives accelerate itself and is not written for sharded
+    # engines yet: measured on 2 CPU ranks, FSDP2 fails in generate (DTensor weights outside FSDP's forward)
+    # and ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the Trainer saves from).
+    if stage and not algorithm.shards:
+        error("algorithm", f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing)",
+              "launch with configs/accelerate/multi_gpu.yaml (DDP) on GPUs or cpu_ddp.yaml on CPU; "
+              "shrink the policy with model.adapter: lora")
     if quantization != "none" and stage in ("zero3", "fsdp"):
-        what = "QLoRA" if adapter == "qlora" else f"{quantization} weights"
-        engine = "DeepSpeed ZeRO-3" if stage == "zero3" else "FSDP"
-        error("model.adapter" if adapter == "qlora" else "model.quantization",
-              f"{what} with {engine} fails (quantized weights are placed with a device_map, "
-              f"which {engine} sharding rejects)",
-              "launch with configs/accelerate/zero2.yaml or multi_gpu.yaml (DDP), or use adapter: lora "
-              f"with quantization: none under {'zero3' if stage == 'zero3' else 'fsdp2'}")
+        problem = _quantized_sharding_problem(quantization, stage)
+        if problem:
+            error("model.adapter" if adapter == "qlora" else "model.quantization", *problem)
 
     # vLLM.
     if train.get("use_vllm"):
@@ -127,7 +152,11 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
             available = gpu.memory_gb
             if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
-            if needed > available:
+            # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
+            # and `train` refuses to start it in one process.
+            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and algorithm.shards and memory_estimate(
+                params, model, train, algorithm, stage="fsdp", world=gpu.count)[0] <= available)
+            if needed > available and not fits_sharded:
                 fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
                                "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
                        "lora": "use model.adapter: qlora (4-bit base weights)",

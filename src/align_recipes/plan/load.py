@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.plan import feasibility, profiles, trl_fields
+from align_recipes.plan import feasibility, profiles, scaling, trl_fields
+from align_recipes.plan.hardware import sharding
 from align_recipes.plan.layers import (DEFAULT, OURS, OVERRIDE, Provenance, override_layer, parse_override,
                                        read_chain, recipe_label, resolve_paths)
 from align_recipes.plan.model_size import estimate_params
@@ -41,6 +42,7 @@ class Plan:
     provenance: Provenance
     recipe: dict[str, Any]  # the merged sections as written (paths resolved): for `show` and recipe.resolved.yaml
     profile_changes: list[profiles.Change] = field(default_factory=list)
+    launch: scaling.Launch | None = None  # how to spread it over this machine's GPUs (None: one process will do)
 
     @property
     def base_dir(self) -> Path:
@@ -114,12 +116,19 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         raise RecipeErrors(errors)
     model = ModelSection.from_dict(recipe["model"])
     changes += profiles.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
+    changes += scaling.keep_effective_batch(recipe, provenance.sources, fields, sharding()[1])
     errors = feasibility.check_compatible(chosen, model, recipe["train"], algorithm, recipe_path, params)
     if errors:
         raise RecipeErrors(errors)
+    launch = scaling.choose_launch(chosen, recipe, algorithm, params)
+    if launch is not None:
+        provenance.sources["launch"] = f"profile:{chosen.name}"
+        changes.append(profiles.Change("launch", f"{launch.engine} x {launch.processes}",
+                                       scaling.explain(launch, recipe, algorithm)))
     return Plan(recipe_path=recipe_path, algorithm=algorithm, model=model, data=DataSection.from_dict(recipe["data"]),
                 evaluate=EvaluateSection.from_dict(recipe.get("evaluate")), rewards=list(recipe.get("rewards") or []),
-                train=recipe["train"], profile=chosen, provenance=provenance, recipe=recipe, profile_changes=changes)
+                train=recipe["train"], profile=chosen, provenance=provenance, recipe=recipe, profile_changes=changes,
+                launch=launch)
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:

@@ -34,7 +34,8 @@ from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
 GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
-RULE_KEYS = {"max_params", "min_memory_gb", "adapter", "quantization", "micro_batch", "model", "train", "why"}
+RULE_KEYS = {"max_params", "min_memory_gb", "min_gpus", "adapter", "quantization", "micro_batch", "sharding", "model",
+             "train", "why"}
 VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
@@ -56,6 +57,8 @@ class Rule:
     train: dict = field(default_factory=dict)
     why: str = ""
     lower: float | None = None  # the previous rule's bound, for the reason text
+    min_gpus: int | None = None  # only with at least this many GPUs (a rule for sharded full fine-tuning)
+    sharding: str | None = None  # ddp | fsdp2 | zero2 | zero3: how to launch it (scaling.choose_launch)
 
 
 @dataclass
@@ -156,12 +159,16 @@ def _read_path(name: str, path: Path) -> Profile:
                     micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
                     model=_mapping(raw.get("model"), "rule model", path),
                     train=_mapping(raw.get("train"), "rule train", path), why=str(raw.get("why") or ""),
-                    lower=lower)
+                    lower=lower, min_gpus=int(raw["min_gpus"]) if raw.get("min_gpus") else None,
+                    sharding=raw.get("sharding"))
         if rule.adapter not in (None, "full", "lora", "qlora"):
             raise RecipeError(f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
                               fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]), file=path)
+        if rule.sharding not in (None, "ddp", "fsdp2", "zero2", "zero3"):
+            raise RecipeError(f"rules[{index}].sharding: '{rule.sharding}' is not ddp, fsdp2, zero2 or zero3",
+                              fix=did_you_mean(str(rule.sharding), ["ddp", "fsdp2", "zero2", "zero3"]), file=path)
         rules.append(rule)
-        if rule.min_memory_gb is None:
+        if rule.min_memory_gb is None and rule.min_gpus is None:
             lower = rule.max_params
 
     vllm = _mapping(data.get("vllm"), "profile vllm", path)
@@ -257,8 +264,11 @@ def select_rule(profile: Profile, params: float | None) -> Rule | None:
     if params is None:
         return None
     memory = profile.gpu.memory_gb if profile.gpu else math.inf
+    count = profile.gpu.count if profile.gpu else 0
     for rule in profile.rules:
         if rule.min_memory_gb is not None and memory < rule.min_memory_gb:
+            continue
+        if rule.min_gpus is not None and count < rule.min_gpus:
             continue
         if rule.max_params is None or params <= rule.max_params:
             return rule
@@ -267,6 +277,8 @@ def select_rule(profile: Profile, params: float | None) -> Rule | None:
 
 def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
     memory = f"{profile.gpu.memory_gb:.0f} GB" if profile.gpu else "CPU"
+    if rule.min_gpus and profile.gpu:
+        memory = f"{profile.gpu.count}x {memory}"
     if rule.lower is not None and params > rule.lower:
         size = f"{human(params)} params > {human(rule.lower)}"
     elif rule.max_params is not None:
@@ -467,9 +479,10 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
 
 def _keep_batch_beside_vllm_server(profile: Profile, train: dict, sources: dict[str, str], current, params,
                                    label: str) -> list[Change]:
-    """When this profile put generation on a vLLM server, training runs on the other GPUs, one process each: split
-    the recipe's effective batch (micro-batch x accumulation, written for one process) over them instead of
-    multiplying it (GRPO's 32 would become 224 on 7 GPUs). The process count is the largest that divides it."""
+    """When this profile put generation on a vLLM server, training runs on the other GPUs, one process each. The
+    recipe's effective batch (written for one process) is then split over the processes at launch (plan.scaling
+    divides it by the launcher's world size) instead of growing N-fold: say how many processes to launch so that
+    it divides (GRPO's 32 on 7 training GPUs: 4 processes)."""
     gpu = profile.gpu
     if not (train.get("use_vllm") and train.get("vllm_mode") == "server" and gpu is not None and gpu.count >= 2
             and sources.get("train.vllm_mode", "").startswith("profile:")):
@@ -479,17 +492,8 @@ def _keep_batch_beside_vllm_server(profile: Profile, train: dict, sources: dict[
         return []
     effective, training = micro * accumulation, gpu.count - server_gpus(profile, params)
     processes = max(d for d in range(1, training + 1) if effective % d == 0)
-    per_process = effective // processes
-    new_micro = max(d for d in range(1, micro + 1) if per_process % d == 0)
-    new_accumulation = per_process // new_micro
-    if (new_micro, new_accumulation) == (micro, accumulation) and processes == 1:
-        return []
     launch = (f"launch {processes} training processes (--num_processes {processes})" if processes == training else
               f"launch {processes} training processes, not {training} (--num_processes {processes}: "
               f"{effective} is not divisible by {training})")
-    why = (f"vLLM server mode: micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
-           f"x {processes} processes keeps effective batch {effective}; {launch}")
-    train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = new_micro, new_accumulation
-    sources["train.per_device_train_batch_size"] = sources["train.gradient_accumulation_steps"] = label
-    return [Change("train.per_device_train_batch_size", new_micro, why),
-            Change("train.gradient_accumulation_steps", new_accumulation, why)]
+    return [Change("train.vllm_mode", "server", f"vLLM server mode: {launch}; each process then trains "
+                   f"{effective // processes} of the effective batch {effective}, which stays the recipe's")]

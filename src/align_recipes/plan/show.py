@@ -78,7 +78,7 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
         print(f"\n# what profile '{plan.profile.name}' changed")
         for change in plan.profile_changes:
             final = plan.source(change.key)
-            note = "" if final.startswith("profile") else f"  (overridden by {final})"
+            note = "" if final.startswith(("profile", "launch")) else f"  (overridden by {final})"
             print(f"  {change.key} = {change.value!r}: {change.why}{note}")
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from align_recipes.errors import RecipeError
-from align_recipes.results.runs import load_run
+from align_recipes.run.saved import load_run
 
 
 def reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.7,

@@ -102,7 +102,7 @@ class Reference:
         from transformers import AutoModelForCausalLM
 
         from align_recipes.run import models
-        from align_recipes.results.runs import compute_dtype
+        from align_recipes.run.saved import compute_dtype
 
         spec = self.info.model
         if not spec.name_or_path:
@@ -135,7 +135,7 @@ def _as_completion(prompt: Any, text: str) -> Any:
 
 def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str,
              max_new_tokens: int) -> dict:
-    from align_recipes.results.runs import load_run
+    from align_recipes.run.saved import load_run
 
     prompts = [r["prompt"] for r in rows]
     ours = generate(model, tokenizer, prompts, max_new_tokens)
@@ -162,7 +162,7 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     import json
     import time
 
-    from align_recipes.results.runs import inspect_run, load_run
+    from align_recipes.run.saved import inspect_run, load_run
 
     info = inspect_run(run_dir)
     metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model)))

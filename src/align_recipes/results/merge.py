@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from align_recipes.errors import RecipeError
-from align_recipes.results.runs import inspect_run, load_run
+from align_recipes.run.saved import inspect_run, load_run
 from align_recipes.run.card import write_card
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
 

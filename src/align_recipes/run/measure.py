@@ -64,7 +64,8 @@ def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, bat
             for start in range(0, len(prompts), batch_size):
                 texts = [rendered_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
                 batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                # synced_gpus=False: one rank measures alone (under ZeRO-3 generate would wait for the others).
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
                 new_tokens = out[:, batch["input_ids"].shape[1]:]
                 completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

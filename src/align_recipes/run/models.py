@@ -12,6 +12,7 @@ from typing import Any
 from align_recipes.errors import RecipeError
 from align_recipes.paths import find_local, looks_like_hub_id
 from align_recipes.plan.sections import ModelSection
+from align_recipes.plan.hardware import sharding
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,12 @@ def quantization_config(spec: ModelSection):
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = spec.dtype
     # QLoRA's compute dtype follows the model dtype: float16 on T4, bfloat16 on Ampere+, float32 on CPU.
+    compute_dtype = torch_dtype("float32" if compute == "auto" else compute)
+    # FSDP shards only floating-point tensors: under FSDP the packed 4-bit weights are stored in the compute
+    # dtype (PEFT's and TRL's FSDP-QLoRA recipe), so they are split over the ranks like everything else.
+    storage = {"bnb_4bit_quant_storage": compute_dtype} if sharding()[0] == "fsdp" else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype("float32" if compute == "auto" else compute))
+                              bnb_4bit_compute_dtype=compute_dtype, **storage)
 
 
 def load_model(path: str, spec: ModelSection, head: str = "causal_lm", use_cpu: bool = False):

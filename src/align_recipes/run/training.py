@@ -28,7 +28,7 @@ from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, models, rowcheck
+from align_recipes.run import checkpoints, guards, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.measure import measure
@@ -136,7 +136,8 @@ def load(plan: Plan) -> Parts:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.use_cpu:
         _set_cpu_threads(model)
-    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports, params=model.num_parameters())
+    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports,
+                 params=sharded.parameter_count(model))
 
 
 def build_config(plan: Plan):
@@ -213,7 +214,7 @@ def _set_cpu_threads(model) -> None:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    tiny = sum(p.numel() for p in model.parameters()) < TINY_MODEL_PARAMS
+    tiny = sharded.parameter_count(model) < TINY_MODEL_PARAMS
     torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
 
 
@@ -225,6 +226,7 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer_cls = load_class(plan.algorithm.trainer)
+    sharded.adopt_fsdp_on_cpu(parts.config)
     trainer = trainer_cls(
         model=parts.model, args=parts.config, train_dataset=parts.train_dataset, eval_dataset=parts.eval_dataset,
         processing_class=parts.tokenizer, peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
@@ -265,7 +267,8 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
         start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed,
                      parts.reports.get("train"))
-    before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
+    with sharded.whole_on_every_rank(trainer.model):  # ZeRO-3 loads the weights already split over the ranks
+        before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
     record["task_metric_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
@@ -339,7 +342,7 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     steps = trainer.state.global_step
     records = run_dir.metrics() if main else []
     first, last = first_and_last(records)
-    record = {**record, "steps": steps, "max_steps": trainer.state.max_steps,
+    record = {**record, "distributed": sharded.describe(trainer), "steps": steps, "max_steps": trainer.state.max_steps,
               "train_loss": whole_run_loss(records, start.step, steps, training_loss),
               "metrics_first": first, "metrics_last": last}
     resume_cmd = checkpoints.resume_command(command)
@@ -356,10 +359,11 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
                                     f"/{trainer.state.max_steps}; {saved}; summary in {run_dir / SUMMARY}"
                                     f"\n  resume with: {resume_cmd}")
 
-    trainer.save_model(str(plan.output_dir))
+    sharded.save_consolidated(trainer, plan.output_dir)
     if not trainer.is_world_process_zero():
         return {}
-    after = measure(plan, trainer.model, parts.tokenizer) if guard.signum is None else None
+    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer) \
+        if guard.signum is None else None
     summary = {**record, "status": "complete", "task_metric": _task_metric(record["task_metric_before"], after),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_dir.write_summary(summary)

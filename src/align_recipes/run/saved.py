@@ -1,5 +1,6 @@
-"""Open a finished run's output directory: what it holds (`inspect_run`, without loading weights) and
-the model plus tokenizer ready for inference (`load_run`), for chat, merge and eval.
+"""Open a saved run folder: what it holds (`inspect_run`, without loading weights) and
+the model plus tokenizer ready for inference (`load_run`): for chat, merge and eval, and for the
+metric after a sharded run (measured on the folder it saved).
 
 A full fine-tune is loaded as it is; a LoRA/QLoRA adapter is loaded on its base model (the resolved
 recipe's `model.name_or_path`, `builtin:` models included, else adapter_config.json's
