@@ -210,7 +210,7 @@ class Draft:
                 extra.append(_override(f"train.{key}", cap))
                 self.caps.append(f"{key} {value}→{cap}")
         for key, value in REHEARSAL_SETS.items():
-            if key not in fields or (value is None and key not in self.target.train_args):
+            if key not in fields or (value is None and key not in self.target.train):
                 continue
             value = self.steps if key in ("max_steps", "save_steps") else value
             before = effective.get(key, (None,))[0]
