@@ -105,6 +105,8 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     errors = validate_recipe(recipe, algorithm, provenance.locate, base_dir=recipe_path.parent)
     if errors:
         raise RecipeErrors(errors)
+    if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
+        provenance.sources["evaluate.metric"] = OURS  # validation chose the algorithm's metrics
     model = ModelSection.from_dict(recipe["model"])
     changes += profiles.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
     errors = feasibility.check_compatible(chosen, model, recipe["train"], algorithm, recipe_path, params)

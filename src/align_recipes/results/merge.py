@@ -18,6 +18,7 @@ import yaml
 
 from align_recipes.results.runs import RunInfo, inspect_run, load_run
 from align_recipes.errors import RecipeError
+from align_recipes.run.rundir import task_metrics
 
 CARD = "README.md"
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
@@ -81,19 +82,19 @@ def model_card(info: RunInfo, model=None) -> str:
              f"| modules trained in full | {adapter.get('modules_to_save') or 'none'} |",
              f"| merged dtype | {getattr(model, 'dtype', '') if model is not None else ''} |",
              f"| steps | {summary.get('steps', '')} |", f"| profile | {summary.get('profile', '')} |", ""]
-    task = summary.get("task_metric")
+    tasks = task_metrics(summary)
     lines += ["## Metrics", ""]
-    if task:
-        lines += ["| task metric | before | after | n |", "|---|---:|---:|---:|",
-                  f"| {task.get('name')} | {_fmt(task.get('before'))} | {_fmt(task.get('after'))} | {task.get('n')} |",
-                  ""]
+    if tasks:
+        lines += ["| held-out metric | before | after | n |", "|---|---:|---:|---:|",
+                  *[f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
+                    for t in tasks], ""]
     last = summary.get("metrics_last") or {}
     if last:
         first = summary.get("metrics_first") or {}
         lines += ["| training metric | first | last |", "|---|---:|---:|"]
         lines += [f"| {k} | {_fmt(first.get(k, ''))} | {_fmt(v)} |" for k, v in last.items()]
         lines.append("")
-    if not task and not last:
+    if not tasks and not last:
         lines += ["No summary.json was found in the run directory.", ""]
     head = "AutoModelForSequenceClassification" if info.head == "reward" else "AutoModelForCausalLM"
     lines += ["## Use", "", "```python", f"from transformers import {head}, AutoTokenizer", "",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from align_recipes.errors import RecipeError
@@ -27,8 +27,9 @@ from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, models
-from align_recipes.run.measure import measure
-from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
+from align_recipes.run.measure import StartScores, measure, remember_start
+from align_recipes.run.rundir import (SUMMARY, RunDir, Start, first_and_last, is_main_process, metrics_before,
+                                     task_metrics, whole_run_loss)
 
 TINY_MODEL_PARAMS = 5_000_000
 
@@ -43,6 +44,7 @@ class Parts:
     train_dataset: Any
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
+    start: StartScores = field(default_factory=StartScores)  # held-out scores of the start model (π_ref)
 
 
 def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
@@ -193,7 +195,13 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
     if main:
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
         start_screen(plan, parts.model, parts.config, len(parts.train_dataset), start)
-    before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
+    before = None
+    if main:  # the model as loaded is the start, also when resuming (the Trainer applies the checkpoint later)
+        before = metrics_before(previous)
+        if before:
+            remember_start(plan, trainer.model, parts.tokenizer, parts.start)
+        else:
+            before = measure(plan, trainer.model, parts.tokenizer, parts.start)
     record = {
         "algorithm": plan.algorithm.name,
         "recipe": str(plan.recipe_path),
@@ -202,7 +210,7 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         "profile": plan.profile.name,
         "seed": parts.config.seed,
         "output_dir": str(plan.output_dir),
-        "task_metric_before": before,
+        "task_metrics_before": before,
     }
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
@@ -296,8 +304,8 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     trainer.save_model(str(plan.output_dir))
     if not trainer.is_world_process_zero():
         return {}
-    after = measure(plan, trainer.model, parts.tokenizer) if guard.signum is None else None
-    summary = {**record, "status": "complete", "task_metric": _task_metric(record["task_metric_before"], after),
+    after = measure(plan, trainer.model, parts.tokenizer, parts.start) if guard.signum is None else None
+    summary = {**record, "status": "complete", "task_metrics": _task_metrics(record["task_metrics_before"], after),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_dir.write_summary(summary)
     if guard.signum is not None:
@@ -327,16 +335,19 @@ def _stop_diverged(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunG
         fix="likely causes, most likely first:\n" + "\n".join(f"    - {c}" for c in causes) + f"\n  {kept}")
 
 
-def _task_metric(before: dict | None, after: dict | None) -> dict | None:
+def _task_metrics(before: list[dict] | None, after: list[dict] | None) -> list[dict] | None:
+    """[{name, before, after, n}] from the two measurements (matched by name)."""
     if not before or not after:
         return None
-    return {"name": before["name"], "before": before["value"], "after": after["value"], "n": after.get("n")}
+    earlier = {m["name"]: m["value"] for m in before}
+    return [{"name": m["name"], "before": earlier.get(m["name"]), "after": m["value"], "n": m.get("n")} for m in after]
 
 
 def headline(summary: dict) -> str:
-    """The `done:` line's verdict: the task metric before → after, else the training loss."""
-    task = summary.get("task_metric")
-    if task:
-        return f"{task['name']} {task['before']:.3f} → {task['after']:.3f}"
+    """The `done:` line's verdict: every held-out metric before → after, else the training loss."""
+    shown = [f"{t['name']} {t['before']:.3f} → {t['after']:.3f}" for t in task_metrics(summary)
+             if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))]
+    if shown:
+        return " · ".join(shown)
     loss = summary.get("train_loss")
     return f"train loss {loss:.4f}" if isinstance(loss, (int, float)) else "no loss logged"
