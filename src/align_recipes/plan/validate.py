@@ -144,7 +144,9 @@ def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base
     wanted = [named] if isinstance(named, str) else named if isinstance(named, list) else None
     for name in wanted or []:
         if name not in sections.METRICS:
-            check.error("evaluate.metric", f"unknown metric '{name}'", did_you_mean(str(name), sections.METRICS))
+            hint = did_you_mean(str(name), sections.METRICS)
+            check.error("evaluate.metric", f"unknown metric '{name}'",
+                        hint if hint.startswith("did you mean") else f"metrics: {', '.join(sections.METRICS)}")
     if wanted == []:
         check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
     if not isinstance(evaluation.get("data"), dict) or check.errors:
@@ -157,8 +159,8 @@ def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base
         for name in wanted:
             problem = metric_problem(name, rows, spec, has_rewards, algorithm.model_head)
             if problem:
-                check.error("evaluate.metric", f"evaluate.data cannot serve {problem}",
-                            "point evaluate.data at data that can, or measure another metric")
+                check.error("evaluate.metric", problem, "point evaluate.data at data that serves it, or measure "
+                            "another metric (or leave `metric:` out: the algorithm's own, those the data serves)")
         return
     problems = {m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics}
     served = [m for m, problem in problems.items() if problem is None]

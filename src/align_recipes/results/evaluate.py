@@ -45,7 +45,7 @@ def default_metrics(info, reward_model: str | None = None, serves=lambda metric:
         wanted = [*algorithm.metrics, *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else [])]
     else:
         wanted = [recipe_metric] if isinstance(recipe_metric, str) else list(recipe_metric or [])
-    chosen = [name for name in wanted if serves(name)]
+    chosen = [name for name in dict.fromkeys(wanted) if serves(name)]
     if reward_model:
         chosen.append("win_rate")
     if not chosen:
