@@ -9,6 +9,7 @@ CPU's kernels would.
 
     python bench/seeds.py --seeds 42 1 2 3 4 --json bench/results/seeds-2026-12-01.json
     python bench/seeds.py --seeds 7 --algos sft dpo            # a quick look at one seed
+    python bench/seeds.py --table bench/results/seeds-2026-12-01.json   # the markdown table of a file
 
 Per run it records the summary's held-out metrics (before → after), the first and last logged training
 metrics, and for the online algorithms the sampled reward of the first two and last two logged steps
@@ -57,13 +58,33 @@ def run(recipe: str, out: Path, seed: int, *overrides: str) -> dict:
     }
 
 
+def table(results: dict) -> str:
+    """docs/benchmarks.md's table: one row per algorithm and seed, every held-out metric before -> after,
+    and for the online algorithms the sampled training reward (first two -> last two logs) and max KL."""
+    lines = ["| algorithm | seed | held-out metrics, before → after | sampled reward | max KL |",
+             "|---|---:|---|---|---:|"]
+    for algo in names():
+        for seed, run in sorted(results["runs"].get(algo, {}).items(), key=lambda kv: [42, 1, 2, 3, 4, 7].index(
+                int(kv[0])) if int(kv[0]) in (42, 1, 2, 3, 4, 7) else int(kv[0])):
+            metrics = "; ".join(f"{m['name']} {m['before']:.2f} → {m['after']:.2f}" for m in run["held_out"] or [])
+            sampled = (f"{run['reward_early']:.2f} → {run['reward_late']:.2f}"
+                       if run.get("reward_early") is not None else "")
+            kl = f"{run['max_kl']:.2f}" if run.get("max_kl") is not None else ""
+            lines.append(f"| {algo} | {seed} | {metrics} | {sampled} | {kl} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--algos", nargs="+", default=names(), help="default: every algorithm")
     parser.add_argument("--json", type=Path, help="write (and merge into) this file")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a results file")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     results.setdefault("machine", {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                    "python": platform.python_version()})

@@ -35,16 +35,17 @@ METRICS = tuple(KIND_OF)
 
 def default_metrics(info, reward_model: str | None = None, serves=lambda metric: True) -> list[str]:
     """What `eval DIR` measures when no --metric is given: the algorithm's metrics (registry trait),
-    implicit_reward_accuracy for the DPO family (`implicit_reward` trait), those `serves(metric)` says the
-    data can serve; plus win_rate with --reward-model. A run of no known algorithm: its recipe's metrics."""
+    implicit_reward_accuracy for the DPO family (`implicit_reward` trait), then the metrics its recipe
+    named, those `serves(metric)` says the data can serve; plus win_rate with --reward-model."""
     algorithm = ALGORITHMS.get(info.algorithm)
     recipe_metric = (info.recipe.get("evaluate") or {}).get("metric")
+    named = [recipe_metric] if isinstance(recipe_metric, str) else list(recipe_metric or [])
     if info.head == "reward":
         wanted = [PREFERENCE_ACCURACY]
     elif algorithm is not None:
-        wanted = [*algorithm.metrics, *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else [])]
+        wanted = [*algorithm.metrics, *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else []), *named]
     else:
-        wanted = [recipe_metric] if isinstance(recipe_metric, str) else list(recipe_metric or [])
+        wanted = named
     chosen = [name for name in dict.fromkeys(wanted) if serves(name)]
     if reward_model:
         chosen.append("win_rate")
