@@ -47,12 +47,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Every tiny stage after sft starts from the tiny SFT policy, as the classic flow does.
-TINY_SFT := outputs/tiny/sft/summary.json
-$(TINY_SFT): | $(STAMP)
-	$(RUNNER) train recipes/tiny/sft.yaml $(PROFILE_FLAG) --overwrite
-
-$(ALGORITHMS): $(STAMP) $(if $(filter tiny,$(RECIPE)),$(if $(filter-out sft,$(MAKECMDGOALS)),$(TINY_SFT)))
+# Every tiny stage after sft starts from builtin:tiny-qwen2-sft (recipes/tiny/_base.yaml), which the first
+# run that needs it builds and caches: no stage has to run first.
+$(ALGORITHMS): $(STAMP)
 	$(RUNNER) train recipes/$(RECIPE)/$@.yaml $(PROFILE_FLAG) $(ARGS)
 
 # Multi-stage runs (docs/usage.md): `make rlhf RECIPE=qwen05b` runs recipes/qwen05b/pipeline.yaml

@@ -133,6 +133,16 @@ TABLE = [
      "model_missing_dir.yaml"),
     ("good_sft.yaml", ["model.name_or_path=builtin:x"], "model.name_or_path", ["unknown builtin model"],
      "command line"),
+    # held-out metrics the evaluate data cannot serve
+    ("evaluate_unknown_metric.yaml", [], "evaluate.metric", ["unknown metric 'acuracy'", "preference_accuracy"],
+     "evaluate_unknown_metric.yaml:5"),
+    ("evaluate_needs_answers.yaml", [], "evaluate.metric", ["exact_match needs an `answer` column"],
+     "evaluate_needs_answers.yaml:5"),
+    ("evaluate_reward_without_rewards.yaml", [], "evaluate.metric", ["reward needs reward functions"],
+     "evaluate_reward_without_rewards.yaml:5"),
+    ("evaluate_serves_none.yaml", [], "evaluate.data", ["serves none of dpo's metrics", "implicit_reward_accuracy",
+                                                        "exact_match needs an `answer` column"],
+     "evaluate_serves_none.yaml:7"),
     # resuming what is not there
     ("good_sft.yaml", ["--resume"], "--resume", ["nothing to resume", "does not exist"], None),
     ("good_sft.yaml", ["--resume", "--overwrite"], "resume", ["contradict"], None),

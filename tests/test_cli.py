@@ -68,6 +68,7 @@ def test_list_names_every_algorithm_and_family(capsys, monkeypatch):
     for name in ALGORITHMS:
         assert f"  {name} " in text
     assert "tiny" in text and "qwen05b" in text and "t4" in text
+    assert "held-out metrics: implicit_reward_accuracy, exact_match" in text  # dpo's, from the registry
 
 
 def test_every_shipped_recipe_validates(capsys):

@@ -222,23 +222,53 @@ def test_likely_causes_name_fp16_learning_rate_and_pad_token():
         assert fragment in causes
 
 
-@pytest.mark.slow
-def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    from align_recipes.cli import main
+NAN_FROM_STEP = 4
 
+
+def _nan_loss_from(step: int):
+    """A Trainer callback that turns the model's weights to NaN just before optimizer step `step`, so that
+    step's loss is NaN however the trainer computes it: a divergence on every CPU, with no luck involved."""
+    from transformers import TrainerCallback
+
+    class NaNWeights(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step + 1 == step:
+                import torch
+
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    return NaNWeights()
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from align_recipes.cli import main
+    from align_recipes.run import training
+
+    real_build = training.build
+
+    def build_then_poison(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        trainer.add_callback(_nan_loss_from(NAN_FROM_STEP))
+        return trainer
+
+    monkeypatch.setattr(training, "build", build_then_poison)
     out = tmp_path / "nan"
     rc = main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "evaluate=null",
-               "train.learning_rate=1e6", "train.max_steps=10", "train.save_strategy=steps", "train.save_steps=1",
+               "train.max_steps=10", "train.save_strategy=steps", "train.save_steps=1",
                "train.logging_steps=1", "train.per_device_train_batch_size=4"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "Traceback" not in err and "no longer finite" in err
-    assert "learning rate too high: train.learning_rate is 1e+06" in err
-    assert "kept the last good checkpoint" in err and "--resume" in err
+    # The Trainer's logging_nan_inf_filter hides a NaN loss in its log; the gradient norm shows it.
+    assert f"training stopped at step {NAN_FROM_STEP}: grad_norm=nan" in err, err
+    assert "learning rate too high: train.learning_rate is 0.0015" in err
+    assert f"kept the last good checkpoint, {out / f'checkpoint-{NAN_FROM_STEP - 1}'}" in err and "--resume" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "diverged" and summary["diverged_at"] < 10
+    assert summary["status"] == "diverged" and summary["diverged_at"] == NAN_FROM_STEP
     good = Path(summary["checkpoint"])
-    assert checkpoints.checkpoint_problem(good) is None
+    assert good.name == f"checkpoint-{NAN_FROM_STEP - 1}" and checkpoints.checkpoint_problem(good) is None
     assert not (out / "model.safetensors").exists(), "a diverged model must not be saved as the result"
     for path in checkpoints.list_checkpoints(out):  # nothing saved after the divergence is taken for complete
         assert checkpoints.checkpoint_step(path) <= summary["diverged_at"]

@@ -81,7 +81,7 @@ def test_grpo_run_gets_online_rl_figure(tmp_path):
     report.write_report(run)
     assert _is_png(run / "plots" / "online_rl.png")
     assert not (run / "plots" / "preference.png").exists()
-    assert "No task metric" in (run / "report.md").read_text()
+    assert "No held-out metric" in (run / "report.md").read_text()
 
 
 def test_compare_overlays_shared_metrics(tmp_path):

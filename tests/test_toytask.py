@@ -75,8 +75,9 @@ def test_row_formats_and_answers():
         for row in tt.generate_rows(kind):
             assert row["answer"] == _solve(_prompt(row))
     eval_rows = tt.generate_rows("eval")
-    assert all(r["rejected"] != r["answer"] for r in eval_rows)
-    assert [(r["prompt"], r["answer"], r["rejected"]) for r in eval_rows] == [
+    assert all(r["chosen"] == [{"role": "assistant", "content": r["answer"]}] for r in eval_rows)
+    assert all(r["rejected"][0]["content"] != r["answer"] for r in eval_rows)
+    assert [(r["prompt"], r["answer"], r["rejected"][0]["content"]) for r in eval_rows] == [
         (r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in tt.generate_rows("prefs_eval")]
 
 

@@ -100,7 +100,8 @@ def _add_result_verbs(verbs) -> None:
     evaluate.add_argument("run_dir", metavar="DIR", help="a run's output directory")
     evaluate.add_argument("--data", help="held-out data file or hub id (default: the recipe's evaluate.data)")
     evaluate.add_argument("--metric", action="append", metavar="NAME",
-                          help="exact_match, preference_accuracy, implicit_reward_accuracy, win_rate (repeatable)")
+                          help="exact_match, preference_accuracy, reward, implicit_reward_accuracy, win_rate "
+                               "(repeatable; default: the algorithm's metrics its data serves)")
     evaluate.add_argument("--reward-model", metavar="DIR", help="reward model judging win_rate against the reference")
     evaluate.add_argument("--limit", type=int, help="evaluate at most this many rows")
     evaluate.add_argument("--max-new-tokens", type=int, help="generation budget (exact_match, win_rate)")

@@ -20,6 +20,13 @@ UNPAIRED = "unpaired"
 PROMPT_ONLY = "prompt_only"
 KINDS = (LANGUAGE_MODELING, PREFERENCE, UNPAIRED, PROMPT_ONLY)
 
+# Held-out metrics (what each measures: plan/sections.py METRIC_KINDS, run/measure.py).
+EXACT_MATCH = "exact_match"  # greedy answers equal the `answer` column
+PREFERENCE_ACCURACY = "preference_accuracy"  # held-out pairs: the chosen answer scores above the rejected one
+IMPLICIT_REWARD_ACCURACY = "implicit_reward_accuracy"  # the same, by log π/π_ref against the start model
+REWARD = "reward"  # mean reward of greedy answers, by the recipe's reward functions
+REWARD_THEN_ANSWERS = (REWARD, EXACT_MATCH)
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -46,6 +53,9 @@ class Algorithm:
             when liger-kernel is installed.
         shards: the trainer runs under FSDP/DeepSpeed (TRL's do; a plan that needs sharding is refused
             before loading when it does not).
+        metrics: the held-out metrics that show what it learns, the one it optimises first. A run measures
+            them before and after training when its `evaluate:` section names no metric, and `eval DIR`
+            measures those its data can serve (names: plan.sections.METRIC_KINDS).
     """
 
     name: str
@@ -62,6 +72,7 @@ class Algorithm:
     truncates: bool = True
     liger: bool = False
     shards: bool = True
+    metrics: tuple[str, ...] = ("exact_match",)
 
     @property
     def config_name(self) -> str:
@@ -84,24 +95,26 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("sft", "trl:SFTConfig", "trl:SFTTrainer", LANGUAGE_MODELING,
                   "supervised fine-tuning on chats or prompt/completion pairs", liger=True),
         Algorithm("reward", "trl:RewardConfig", "trl:RewardTrainer", PREFERENCE,
-                  "reward model (Bradley-Terry) on chosen/rejected pairs", model_head="reward"),
+                  "reward model (Bradley-Terry) on chosen/rejected pairs", model_head="reward",
+                  metrics=(PREFERENCE_ACCURACY,)),
         Algorithm("dpo", "trl:DPOConfig", "trl:DPOTrainer", PREFERENCE,
                   "direct preference optimisation against a frozen reference", reference=True,
-                  implicit_reward=True, liger=True),
+                  implicit_reward=True, liger=True, metrics=(IMPLICIT_REWARD_ACCURACY, EXACT_MATCH)),
         Algorithm("orpo", "trl.experimental.orpo:ORPOConfig", "trl.experimental.orpo:ORPOTrainer", PREFERENCE,
-                  "odds-ratio preference optimisation, no reference model", implicit_reward=True),
+                  "odds-ratio preference optimisation, no reference model", implicit_reward=True,
+                  metrics=(PREFERENCE_ACCURACY, EXACT_MATCH)),
         Algorithm("kto", "trl:KTOConfig", "trl:KTOTrainer", UNPAIRED,
                   "Kahneman-Tversky optimisation on thumbs-up/down examples", reference=True, implicit_reward=True,
-                  liger=True),
+                  liger=True, metrics=(IMPLICIT_REWARD_ACCURACY, EXACT_MATCH)),
         Algorithm("grpo", "trl:GRPOConfig", "trl:GRPOTrainer", PROMPT_ONLY,
                   "group-relative policy optimisation with reward functions", uses_rewards=True, generates=True,
-                  reference="beta", truncates=False, liger=True),
+                  reference="beta", truncates=False, liger=True, metrics=REWARD_THEN_ANSWERS),
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
-                  reference="kl_coef", critic=True, truncates=False, shards=False),
+                  reference="kl_coef", critic=True, truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
                   "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True, generates=True,
-                  reference="beta", truncates=False, shards=False),
+                  reference="beta", truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
     ]
 }
 

@@ -114,6 +114,8 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
                              rewards_dir=provenance.folder("rewards", recipe_path.parent))
     if errors:
         raise RecipeErrors(errors)
+    if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
+        provenance.sources["evaluate.metric"] = OURS  # validation chose the algorithm's metrics
     model = ModelSection.from_dict(recipe["model"])
     changes += profiles.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
     changes += scaling.keep_effective_batch(recipe, provenance.sources, fields, sharding()[1])

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from align_recipes.data.spec import DataSpec, source_entries
 from align_recipes.fields import fields_of, spec
+from align_recipes.registry import (EXACT_MATCH, IMPLICIT_REWARD_ACCURACY, PREFERENCE, PREFERENCE_ACCURACY,
+                                   PROMPT_ONLY, REWARD)
 
 
 def _build(cls, values: dict | None, nested: dict | None = None):
@@ -83,19 +85,31 @@ class DataSection:
                       for split in ("train", "eval")})
 
 
-METRICS = ("exact_match", "preference_accuracy")
+# Held-out metric -> the data kind its rows are read as (run/measure.py measures them).
+METRIC_KINDS = {EXACT_MATCH: PROMPT_ONLY, PREFERENCE_ACCURACY: PREFERENCE, IMPLICIT_REWARD_ACCURACY: PREFERENCE,
+                REWARD: PROMPT_ONLY}
+METRICS = tuple(METRIC_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateSection:
-    metric: str = spec("exact_match", "str", "exact_match: greedy answers vs an answer column; "
-                       "preference_accuracy: reward(chosen) > reward(rejected)", METRICS)
+    metric: str | list | None = spec(
+        None, "str list null", "one metric or a list: exact_match (greedy answers vs an `answer` column), "
+        "preference_accuracy (held-out pairs: chosen scores above rejected), implicit_reward_accuracy (the same "
+        "by log π/π_ref against the start model), reward (mean reward of greedy answers by the recipe's "
+        "rewards); null: the algorithm's own (`align-recipes list`)", METRICS)
     data: DataSpec = spec(kinds="dict", help="a dataset section, as in data.train")
-    max_new_tokens: int = spec(16, "int", "generation budget for exact_match")
+    max_new_tokens: int = spec(16, "int", "generation budget for exact_match and reward")
     limit: int | None = spec(None, "int null", "evaluate at most this many rows")
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics to measure, in order (the first is the headline)."""
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "EvaluateSection | None":
+        """From a validated section (validation fills a missing `metric:` with the algorithm's metrics)."""
         if not values:
             return None
         values = dict(values)

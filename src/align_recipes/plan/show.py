@@ -95,6 +95,7 @@ def print_list(names_only: bool = False) -> int:
     print("algorithms:")
     for algo in ALGORITHMS.values():
         print(f"  {algo.name:<7} {algo.config_name:<13} data: {algo.data_kind:<18} {algo.summary}")
+        print(f"  {'':<7} held-out metrics: {', '.join(algo.metrics)}")
     recipes_dir = Path("recipes")
     if recipes_dir.is_dir():
         print("\nrecipe families (recipes/<family>/<algorithm>.yaml):")

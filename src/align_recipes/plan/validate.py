@@ -14,7 +14,8 @@ from align_recipes.fields import FieldInfo, kind_of
 from align_recipes.paths import find_local, looks_like_hub_id
 from align_recipes.plan import sections, trl_fields
 from align_recipes.plan.hardware import hub_token_problem, tracker_problems
-from align_recipes.registry import PREFERENCE, PROMPT_ONLY, Algorithm, names_text
+from align_recipes.registry import EXACT_MATCH, PREFERENCE_ACCURACY, REWARD, Algorithm, names_text
+from align_recipes.tiny import BUILTIN_MODELS
 
 PEEK_ROWS = 20  # rows `validate` reads from each local dataset
 Locate = Callable[[str], "tuple[str | None, int | None]"]
@@ -88,8 +89,9 @@ def _hashable(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str):
-    """Check one dataset entry and peek at its rows; returns (rows, DataSpec) when they serve `kind`."""
+def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind: str | None):
+    """Check one dataset entry and peek at its rows; returns (rows, DataSpec) when they serve `kind`
+    (None: only that they read), None when it has problems or names no path."""
     before = len(check.errors)
     spec = check.mapping(spec, sections.DATASET, prefix, "a dataset entry")
     check.ranges(spec, sections.DATASET_RANGES, prefix)
@@ -103,7 +105,7 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind
     try:
         data_spec = DataSpec.from_dict(spec, section=section)
         rows = peek(data_spec, base_dir, PEEK_ROWS)
-        if rows:
+        if rows and kind is not None:
             check_serves(rows, data_spec, kind)
             check_refused(rows, data_spec, kind, base_dir)
             if len(rows) < PEEK_ROWS:  # the whole file (or slice) was read: its unusable rows are known now
@@ -190,6 +192,67 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
             check.error(key, message, fix)
 
 
+def metric_problem(metric: str, rows: list[dict], spec: Any, has_rewards: bool, head: str = "causal_lm") -> str | None:
+    """Why held-out `rows` cannot serve `metric` for a model with `head` (None when they can, or when no
+    rows could be read)."""
+    from align_recipes.data import DataError, check_serves, preview
+
+    if metric == REWARD and not has_rewards:
+        return "reward needs reward functions: a rewards: section or train.reward_model_path"
+    if head == "reward" and metric != PREFERENCE_ACCURACY:
+        return f"{metric} needs a policy; a reward model is measured by preference_accuracy"
+    if not rows:
+        return None  # a hub dataset read only when the run starts
+    kind = sections.METRIC_KINDS[metric]
+    try:
+        check_serves(rows, spec, kind)
+    except DataError as exc:
+        return f"{metric} needs {kind.replace('_', '-')} data: {exc.message}"
+    if metric == EXACT_MATCH:
+        converted, _ = preview(rows, spec, kind)
+        if converted and "answer" not in converted[0]:
+            return "exact_match needs an `answer` column (map one with columns: {answer: <column>})"
+    return None
+
+
+def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool) -> None:
+    """The evaluate section. Without `metric:` it gets the algorithm's metrics that its data can serve,
+    written into the section in place (as numbers are coerced), so the plan and recipe.resolved.yaml
+    name what is measured."""
+    evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
+    named = evaluation.get("metric")
+    wanted = [named] if isinstance(named, str) else named if isinstance(named, list) else None
+    for name in wanted or []:
+        if name not in sections.METRICS:
+            hint = did_you_mean(str(name), sections.METRICS)
+            check.error("evaluate.metric", f"unknown metric '{name}'",
+                        hint if hint.startswith("did you mean") else f"metrics: {', '.join(sections.METRICS)}")
+    if wanted == []:
+        check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
+    if not isinstance(evaluation.get("data"), dict) or check.errors:
+        return
+    found = _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
+    if found is None:
+        return
+    rows, spec = found
+    if wanted is not None:
+        for name in wanted:
+            problem = metric_problem(name, rows, spec, has_rewards, algorithm.model_head)
+            if problem:
+                check.error("evaluate.metric", problem, "point evaluate.data at data that serves it, or measure "
+                            "another metric (or leave `metric:` out: the algorithm's own, those the data serves)")
+        return
+    problems = {m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics}
+    served = [m for m, problem in problems.items() if problem is None]
+    if not served:
+        reasons = "; ".join(problems.values())
+        check.error("evaluate.data", f"serves none of {algorithm.name}'s metrics: {reasons}",
+                    f"name one with evaluate.metric ({', '.join(sections.METRICS)}), or point evaluate.data "
+                    "at data that serves it")
+        return
+    evaluation["metric"] = served
+
+
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
     """The load-time rule (too many rows that cannot be converted), applied before any model loads."""
     from align_recipes.data import DataError, preview
@@ -214,6 +277,11 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     if "lora" in model:
         lora = check.mapping(model["lora"], sections.LORA, "model.lora.", "model.lora")
         check.ranges(lora, sections.LORA_RANGES, "model.lora.")
+    name = model.get("name_or_path")
+    if isinstance(name, str) and name.startswith("builtin:") and name not in BUILTIN_MODELS:
+        hint = did_you_mean(name, BUILTIN_MODELS)
+        check.error("model.name_or_path", f"unknown builtin model '{name}'",
+                    hint if hint.startswith("did you mean") else f"builtin models: {', '.join(BUILTIN_MODELS)}")
     if model.get("adapter") == "qlora" and model.get("quantization") == "8bit":
         check.error("model.quantization", "QLoRA is 4-bit by definition", "use quantization: 4bit, or adapter: lora")
     if model.get("adapter") == "full" and model.get("quantization") in ("4bit", "8bit"):
@@ -226,14 +294,11 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
         if data.get(split) is not None:
             peeked.update(_check_split(check, data[split], split, base_dir, algorithm.data_kind))
 
-    evaluation = recipe.get("evaluate")
-    if evaluation is not None:
-        evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
-        if isinstance(evaluation.get("data"), dict):
-            kind = PROMPT_ONLY if evaluation.get("metric", "exact_match") == "exact_match" else PREFERENCE
-            _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, kind)
-
     rewards = recipe.get("rewards")
+    if recipe.get("evaluate") is not None:
+        _check_evaluate(check, recipe["evaluate"], algorithm, base_dir,
+                        has_rewards=bool(rewards) or _has_reward_model(recipe))
+
     if rewards and not algorithm.uses_rewards:
         check.error("rewards", f"`{algorithm.name}` takes no reward functions",
                     f"remove the rewards section (it is for {names_text(lambda a: a.uses_rewards)})")

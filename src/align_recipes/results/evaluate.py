@@ -6,6 +6,10 @@
   or for a full fine-tune the recipe's `model.name_or_path`.
 - win_rate (eval verb, `--reward-model DIR`): greedy answers of the policy and of its reference to
   the same prompts, scored by a reward model; a tie counts one half.
+- reward: the mean reward of greedy answers, by the run's own reward functions (run.measure).
+
+With no --metric, `eval DIR` measures the run's algorithm's metrics (its registry `metrics` trait, plus
+implicit_reward_accuracy for the DPO family) that its held-out data can serve.
 """
 
 from __future__ import annotations
@@ -16,33 +20,55 @@ from typing import Any
 
 from align_recipes.data.messages import prompt_text
 from align_recipes.errors import RecipeError
-from align_recipes.registry import ALGORITHMS
-from align_recipes.run.measure import exact_match, generate, preference_accuracy, sequence_scores
+from align_recipes.plan.sections import METRIC_KINDS
+from align_recipes.registry import ALGORITHMS, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY, REWARD
+from align_recipes.run.measure import (exact_match, generate, implicit_accuracy, mean_reward, preference_accuracy,
+                                       reward_functions, sequence_scores)
 
 
 # --- the `eval` verb --------------------------------------------------------------------------------
 
 EVAL_FILE = "eval.json"
-METRICS = ("exact_match", "preference_accuracy", "implicit_reward_accuracy", "win_rate")
-KIND_OF = {"exact_match": "prompt_only", "preference_accuracy": "preference",
-           "implicit_reward_accuracy": "preference", "win_rate": "prompt_only"}
+KIND_OF = {**METRIC_KINDS, "win_rate": "prompt_only"}
+METRICS = tuple(KIND_OF)
 
 
-def default_metrics(info, reward_model: str | None = None) -> list[str]:
-    """What `eval DIR` measures when no --metric is given."""
+def default_metrics(info, reward_model: str | None = None, serves=lambda metric: True) -> list[str]:
+    """What `eval DIR` measures when no --metric is given: the algorithm's metrics (registry trait),
+    implicit_reward_accuracy for the DPO family (`implicit_reward` trait), then the metrics its recipe
+    named, those `serves(metric)` says the data can serve; plus win_rate with --reward-model."""
+    algorithm = ALGORITHMS.get(info.algorithm)
     recipe_metric = (info.recipe.get("evaluate") or {}).get("metric")
+    named = [recipe_metric] if isinstance(recipe_metric, str) else list(recipe_metric or [])
     if info.head == "reward":
-        chosen = ["preference_accuracy"]
+        wanted = [PREFERENCE_ACCURACY]
+    elif algorithm is not None:
+        wanted = [*algorithm.metrics, *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else []), *named]
     else:
-        chosen = ["implicit_reward_accuracy"] if getattr(ALGORITHMS.get(info.algorithm), "implicit_reward", False) else []
-        if recipe_metric and recipe_metric not in chosen:
-            chosen.append(recipe_metric)
+        wanted = named
+    chosen = [name for name in dict.fromkeys(wanted) if serves(name)]
     if reward_model:
         chosen.append("win_rate")
     if not chosen:
-        raise RecipeError(f"no metric to measure for '{info.run_dir}' (its recipe has no evaluate: section)",
+        why = f"its data serves none of {', '.join(wanted)}" if wanted else "its recipe has no evaluate: section"
+        raise RecipeError(f"no metric to measure for '{info.run_dir}' ({why})",
                           fix=f"name one with --metric ({', '.join(METRICS)}) and the data with --data")
     return chosen
+
+
+def data_serves(entry: dict | list, base_dirs: list, info):
+    """`serves(metric)` for default_metrics: what the held-out data's first rows can feed (the first
+    source's, when data.eval mixes several: every source converts to one layout)."""
+    from align_recipes.data import DataSpec, peek
+    from align_recipes.plan.validate import PEEK_ROWS, metric_problem
+
+    entry = entry[0] if isinstance(entry, list) else entry
+    spec = DataSpec.from_dict(entry, section="--data")
+    base = next((b for b in base_dirs if (Path(b) / entry["path"]).exists()), base_dirs[-1])
+    rows = peek(spec, Path(base), PEEK_ROWS)
+    train = info.recipe.get("train") or {}
+    has_rewards = bool(info.recipe.get("rewards")) or bool(train.get("reward_model_path"))
+    return lambda metric: metric == "win_rate" or metric_problem(metric, rows, spec, has_rewards, info.head) is None
 
 
 def _data_entry(info, data: str | None) -> tuple[dict | list, list]:
@@ -125,7 +151,7 @@ def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[
         ref_chosen = sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
         ref_rejected = sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
     margins = [beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)]
-    return {"value": sum(m > 0 for m in margins) / max(len(rows), 1), "n": len(rows), "beta": beta,
+    return {"value": implicit_accuracy(chosen, rejected, ref_chosen, ref_rejected), "n": len(rows), "beta": beta,
             "mean_margin": sum(margins) / max(len(margins), 1), "reference": reference.name()}
 
 
@@ -165,7 +191,8 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     from align_recipes.run.saved import inspect_run, load_run
 
     info = inspect_run(run_dir)
-    metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model)))
+    entry, base_dirs = _data_entry(info, data)
+    metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model, data_serves(entry, base_dirs, info))))
     for name in metrics:
         if name not in METRICS:
             raise RecipeError(f"unknown metric '{name}'", key="--metric", fix=f"one of {', '.join(METRICS)}")
@@ -181,7 +208,6 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
             raise RecipeError(f"--reward-model '{reward_model}' is not a reward model "
                               f"({rm_info.algorithm or 'a causal LM'})", key="--reward-model",
                               fix="pass the output directory of a `reward` recipe")
-    entry, base_dirs = _data_entry(info, data)
     section = info.recipe.get("evaluate") or {}
     limit = limit or section.get("limit")
     model, tokenizer, info = load_run(info.run_dir)
@@ -197,8 +223,14 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
         elif name == "preference_accuracy":
             result = {"value": preference_accuracy(model, tokenizer, rows, reward_head=info.head == "reward"),
                       "n": len(rows)}
-        elif name == "implicit_reward_accuracy":
+        elif name == IMPLICIT_REWARD_ACCURACY:
             result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
+        elif name == REWARD:
+            train = info.recipe.get("train") or {}
+            funcs = reward_functions(info.recipe.get("rewards") or [], info.base_dir, train.get("reward_model_path"))
+            completions = generate(model, tokenizer, [r["prompt"] for r in rows],
+                                   max_new_tokens or section.get("max_new_tokens", 16))
+            result = {"value": mean_reward(funcs, rows, completions), "n": len(rows)}
         else:
             result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
         results[name] = {**result, "data": data_label(entry)}

@@ -15,6 +15,7 @@ from pathlib import Path
 from align_recipes.errors import RecipeError
 from align_recipes.run.saved import inspect_run, load_run
 from align_recipes.run.card import write_card
+
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
 
 
@@ -44,3 +45,4 @@ def merge(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path
     kind = "qlora" if info.model.adapter == "qlora" else str(info.adapter.get("peft_type", "LORA")).lower()
     write_card(out, merged={"kind": kind, "dtype": str(merged.dtype), "adapter": info.adapter})
     return out
+

@@ -34,7 +34,7 @@ import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan.yamlio import load_yaml, plain
-from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_changes
+from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_changes, task_metrics
 
 STATE_FILE = "pipeline.json"
 TOP_KEYS = ("description", "output_dir", "profile", "stages")
@@ -341,7 +341,7 @@ def _record(stage: Stage, status: str, seconds: float) -> dict:
     summary = RunDir(stage.output_dir).summary()
     return {"stage": stage.name, "status": status, "recipe": str(stage.recipe), "output_dir": str(stage.output_dir),
             "model_dir": str(stage.model_dir), "algorithm": stage.plan.algorithm.name if stage.plan else None,
-            "seconds": round(seconds, 2), "task_metric": summary.get("task_metric")}
+            "seconds": round(seconds, 2), "task_metrics": task_metrics(summary)}
 
 
 def _write_state(pipeline: Pipeline, records: list[dict]) -> None:

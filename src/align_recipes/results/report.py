@@ -4,17 +4,17 @@
 `align-recipes eval` wrote one) and writes into the run directory (`try_write_report` is the same
 for the end of training, where a plotting problem must not fail the run):
 
-    report.md              what ran, the task metric before → after, every metric first → last, the plots
+    report.md              what ran, the held-out metrics before → after, every metric first → last, the plots
     plots/loss.png         losses (train, eval, policy, value)
     plots/preference.png   rewards/chosen vs rejected, margins, accuracies (DPO family);
                            accuracy, margin (reward models)
     plots/online_rl.png    reward, KL, entropy, lengths, per-function rewards (GRPO, PPO, SPO)
     plots/optimizer.png    learning rate, gradient norm
     plots/other.png        any other logged number (token accuracy, clip ratios, …)
-    plots/task_metric.png  the task metric before and after training, as bars
+    plots/task_metric.png  the held-out metrics before and after training, as bars
 
 A figure appears only when the run logged something for it. `compare_runs(dirs, out)` overlays
-several runs: one subplot per metric the runs share, in the same figures, plus a task-metric chart.
+several runs: one subplot per metric the runs share, in the same figures, plus a held-out-metric chart.
 figures use matplotlib's object API and render to PNG (no display, no global backend).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
 from align_recipes.registry import ALGORITHMS
-from align_recipes.run.rundir import METRICS, SUMMARY, RunDir
+from align_recipes.run.rundir import METRICS, SUMMARY, RunDir, task_metrics
 
 REPORT = "report.md"
 PLOTS = "plots"
@@ -205,39 +205,30 @@ def plot_run(data: dict[str, tuple[list, list]], figures: dict, out_dir: Path) -
     return written
 
 
-def plot_task_metric(runs: list[tuple[str, dict]], path: Path) -> Path | None:
-    """Bars: before and after training, per run."""
-    runs = [(label, t) for label, t in runs if t and isinstance(t.get("before"), (int, float))]
-    if not runs:
+def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | None:
+    """Bars: each held-out metric before and after training, per run."""
+    bars = [(t["name"] if len(runs) == 1 else label if len(tasks) == 1 else f"{label}\n{t['name']}", t)
+            for label, tasks in runs for t in tasks if isinstance(t.get("before"), (int, float))]
+    if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(runs) + 2), 3.3))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(bars) + 2), 3.3))
     width = 0.38
-    for i, (label, task) in enumerate(runs):
+    for i, (_, task) in enumerate(bars):
         for offset, which, color in ((-width / 2, "before", "#9aa5b1"), (width / 2, "after", "#2f7ed8")):
             value = task.get(which)
             if not isinstance(value, (int, float)):
                 continue
             ax.bar(i + offset, value, width, color=color, label=which if i == 0 else None)
             ax.annotate(f"{value:.3f}", (i + offset, value), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(runs)), [label for label, _ in runs], fontsize=8)
-    names = sorted({t["name"] for _, t in runs})
-    ax.set_title(f"task metric: {', '.join(names)} (n={runs[0][1].get('n')})", fontsize=10)
-    top = max(max(t.get("before") or 0, t.get("after") or 0) for _, t in runs)
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
+    names = list(dict.fromkeys(t["name"] for _, t in bars))
+    ax.set_title(f"held-out: {', '.join(names)} (n={bars[0][1].get('n')})", fontsize=10)
+    top = max(max(t.get("before") or 0, t.get("after") or 0) for _, t in bars)
     ax.set_ylim(0, max(1.0, top * 1.15) if top <= 1 else top * 1.15)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(plt, fig, path)
-
-
-def task_metric(summary: dict) -> dict | None:
-    task = summary.get("task_metric")
-    if task:
-        return task
-    before = summary.get("task_metric_before")  # an interrupted run: only the "before" value exists
-    if isinstance(before, dict):
-        return {"name": before.get("name"), "before": before.get("value"), "after": None, "n": before.get("n")}
-    return None
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -256,13 +247,21 @@ def _metric_table(data: dict[str, tuple[list, list]]) -> list[str]:
     return lines
 
 
-def _task_lines(task: dict | None) -> list[str]:
-    if not task:
-        return ["No task metric (the recipe has no `evaluate:` section, or the run did not finish)."]
-    after, before = task.get("after"), task.get("before")
-    change = f"{after - before:+.4g}" if isinstance(after, (int, float)) and isinstance(before, (int, float)) else ""
-    return ["| metric | before | after | change | n |", "|---|---:|---:|---:|---:|",
-            f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} |"]
+def _task_lines(tasks: list[dict]) -> list[str]:
+    if not tasks:
+        return ["No held-out metric (the recipe has no `evaluate:` section, or the run did not finish)."]
+    lines = ["| metric | before | after | change | n |", "|---|---:|---:|---:|---:|"]
+    for task in tasks:
+        after, before = task.get("after"), task.get("before")
+        both = isinstance(after, (int, float)) and isinstance(before, (int, float))
+        change = f"{after - before:+.4g}" if both else ""
+        lines.append(f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} |")
+    return lines
+
+
+def _arrow(tasks: list[dict]) -> str:
+    """'preference_accuracy 0.81 → 0.97; exact_match 0.8 → 0.82' for a comparison table cell."""
+    return "; ".join(f"{t.get('name')} {_fmt(t.get('before'))} → {_fmt(t.get('after'))}" for t in tasks)
 
 
 def _eval_lines(evaluation: dict) -> list[str]:
@@ -284,8 +283,8 @@ def write_report(run_dir: str | Path) -> Path:
     online = _generates(summary)
     plots_dir = run_dir / PLOTS
     images = plot_run(data, panels(list(data), online), plots_dir)
-    task = task_metric(summary)
-    bar = plot_task_metric([(run_dir.name, task)], plots_dir / "task_metric.png") if task else None
+    tasks = task_metrics(summary)
+    bar = plot_task_metric([(run_dir.name, tasks)], plots_dir / "task_metric.png") if tasks else None
 
     algorithm, model = summary.get("algorithm", "?"), summary.get("model", "?")
     lines = [f"# {algorithm} · {model}", "", "| | |", "|---|---|"]
@@ -294,9 +293,9 @@ def write_report(run_dir: str | Path) -> Path:
                        ("train loss", "train_loss")):
         if summary.get(key) is not None:
             lines.append(f"| {label} | {_fmt(summary[key])} |")
-    lines += ["", "## Task metric", "", *_task_lines(task)]
+    lines += ["", "## Held-out metrics", "", *_task_lines(tasks)]
     if bar:
-        lines += ["", f"![task metric]({PLOTS}/{bar.name})"]
+        lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]
     lines += _eval_lines(run["eval"])
     lines += ["", "## Training metrics", ""]
     lines += _metric_table(data) if data else ["No metrics were logged (metrics.jsonl is empty)."]
@@ -354,19 +353,19 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             ax.legend(fontsize=7)
             _style(ax, key)
         images.append(_save(plt, fig, plots_dir / f"compare_{name}.png"))
-    bar = plot_task_metric([(lab, task_metric(r["summary"])) for lab, r in zip(labels, runs)],
+    bar = plot_task_metric([(lab, task_metrics(r["summary"])) for lab, r in zip(labels, runs)],
                            plots_dir / "compare_task_metric.png")
 
     lines = [f"# Comparison of {len(runs)} runs", "",
-             "| run | algorithm | model | steps | runtime (s) | train loss | task metric | before | after |",
-             "|---|---|---|---:|---:|---:|---|---:|---:|"]
+             "| run | algorithm | model | steps | runtime (s) | train loss | held-out: before → after |",
+             "|---|---|---|---:|---:|---:|---|"]
     for label, run in zip(labels, runs):
-        s, task = run["summary"], task_metric(run["summary"]) or {}
+        s = run["summary"]
         lines.append(f"| [{label}]({run['dir'].resolve()}) | {s.get('algorithm', '')} | {s.get('model', '')} | "
                      f"{_fmt(s.get('steps'))} | {_fmt(s.get('runtime_s'))} | {_fmt(s.get('train_loss'))} | "
-                     f"{task.get('name', '')} | {_fmt(task.get('before'))} | {_fmt(task.get('after'))} |")
+                     f"{_arrow(task_metrics(s))} |")
     if bar:
-        lines += ["", f"![task metric]({PLOTS}/{bar.name})"]
+        lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]
     lines += ["", f"Metrics logged by at least two runs: {len(shared)}."]
     for image in images:
         lines += ["", f"![{image.stem}]({PLOTS}/{image.name})"]

@@ -14,7 +14,7 @@ import yaml
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
 from align_recipes.run.manifest import MANIFEST
-from align_recipes.run.rundir import SUMMARY, RunDir
+from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
 
 CARD = "README.md"
 REPORT = "report.md"
@@ -118,18 +118,18 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
 
 def _metrics(summary: dict) -> list[str]:
     lines = ["## Metrics", ""]
-    task = summary.get("task_metric")
-    if task:
+    tasks = task_metrics(summary)
+    if tasks:
         lines += ["| held-out metric | before | after | n |", "|---|---:|---:|---:|",
-                  f"| {task.get('name')} | {_fmt(task.get('before'))} | {_fmt(task.get('after'))} | {task.get('n')} |",
-                  ""]
+                  *[f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
+                    for t in tasks], ""]
     last = summary.get("metrics_last") or {}
     if last:
         first = summary.get("metrics_first") or {}
         lines += ["| training metric | first | last |", "|---|---:|---:|"]
         lines += [f"| {k} | {_fmt(first.get(k, ''))} | {_fmt(v)} |" for k, v in last.items()]
         lines.append("")
-    if not task and not last:
+    if not tasks and not last:
         lines += [f"No metrics: the folder has no {SUMMARY}.", ""]
     return lines
 

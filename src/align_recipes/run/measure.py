@@ -1,18 +1,30 @@
-"""Task metrics on held-out data, measured before and after training (the recipe's `evaluate:` section)
-and by `align-recipes eval`.
+"""Held-out metrics, measured before and after training (the recipe's `evaluate:` section) and by
+`align-recipes eval`. Which ones a run measures: `evaluate.metric`, else the algorithm's `metrics`
+trait (registry.py), those its data can serve.
 
 - exact_match: greedy answers to held-out prompts compared with their `answer` column.
 - preference_accuracy: on held-out pairs, how often the model prefers `chosen` over `rejected`:
   a reward model by its score, a policy by the log-probability it gives each completion.
+- implicit_reward_accuracy: on held-out pairs, how often the implicit reward β·log π/π_ref of the
+  DPO family ranks `chosen` above `rejected` (a tie counts one half). π_ref is the model the run
+  started from, as TRL's reference is: its log-probabilities are kept from the first measurement
+  (`StartScores`), so no second model is loaded. Before training every margin is 0: 0.5, chance.
+  Preference accuracy of an SFT policy is already near 1 on the toy task; this is what DPO and KTO
+  move.
+- reward: the mean reward of greedy answers to held-out prompts, scored by the recipe's reward
+  functions (and `train.reward_model_path`) with their weights, as the trainer scores samples.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 from align_recipes.data.messages import completion_text, rendered_prompt
 from align_recipes.errors import RecipeError
+from align_recipes.plan.sections import METRIC_KINDS
+from align_recipes.registry import EXACT_MATCH, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY
 
 
 @contextlib.contextmanager
@@ -38,18 +50,84 @@ def _rows(plan, kind: str) -> list[dict]:
     return rows[: section.limit] if section.limit else rows
 
 
-def measure(plan, model, tokenizer) -> dict[str, Any] | None:
-    """The recipe's task metric for `model` now (None when the recipe has no evaluate: section)."""
+class StartScores(dict):
+    """The held-out pairs' log-probabilities under the model a run starts from, kept between the
+    measurement before training and the one after: the reference of implicit_reward_accuracy."""
+
+
+def measure(plan, model, tokenizer, start: StartScores | None = None) -> list[dict[str, Any]] | None:
+    """The recipe's held-out metrics for `model` now: [{name, value, n}] (None without an evaluate: section).
+    `start` keeps the first call's pair scores as the reference of implicit_reward_accuracy."""
     section = plan.evaluate
     if section is None:
         return None
-    if section.metric == "exact_match":
-        rows = _rows(plan, "prompt_only")
-        value = exact_match(model, tokenizer, rows, max_new_tokens=section.max_new_tokens)
-    else:
-        rows = _rows(plan, "preference")
-        value = preference_accuracy(model, tokenizer, rows, reward_head=plan.algorithm.model_head == "reward")
-    return {"name": section.metric, "value": value, "n": len(rows)}
+    start = StartScores() if start is None else start
+    reward_head = plan.algorithm.model_head == "reward"
+    results, cache = [], {}
+    for name in section.metrics:
+        rows = _rows(plan, METRIC_KINDS[name])
+        if name in (PREFERENCE_ACCURACY, IMPLICIT_REWARD_ACCURACY):
+            if "pairs" not in cache:  # both metrics compare the same two scores per pair
+                cache["pairs"] = pair_scores(model, tokenizer, rows, reward_head)
+            chosen, rejected = cache["pairs"]
+            if name == PREFERENCE_ACCURACY:
+                value = sum(c > r for c, r in zip(chosen, rejected)) / max(len(rows), 1)
+            else:
+                start.setdefault("pairs", cache["pairs"])
+                value = implicit_accuracy(chosen, rejected, *start["pairs"])
+        else:  # exact_match and reward score the same greedy answers: generate them once
+            if "completions" not in cache:
+                cache["completions"] = generate(model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens)
+            completions = cache["completions"]
+            value = (exact_match_of(completions, rows) if name == EXACT_MATCH else
+                     mean_reward(reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path")),
+                                 rows, completions))
+        results.append({"name": name, "value": value, "n": len(rows)})
+    return results
+
+
+def remember_start(plan, model, tokenizer, start: StartScores) -> None:
+    """Keep the start model's pair scores without measuring the rest (a resumed run: its 'before' values
+    are in the summary, but its reference is the model as loaded, before the checkpoint is applied)."""
+    if plan.evaluate is not None and IMPLICIT_REWARD_ACCURACY in plan.evaluate.metrics:
+        start.setdefault("pairs", pair_scores(model, tokenizer, _rows(plan, METRIC_KINDS[IMPLICIT_REWARD_ACCURACY]),
+                                              plan.algorithm.model_head == "reward"))
+
+
+def implicit_accuracy(chosen: list[float], rejected: list[float], ref_chosen: list[float],
+                      ref_rejected: list[float]) -> float:
+    """The share of pairs whose margin (chosen − ref_chosen) − (rejected − ref_rejected) is positive; a tie
+    (an unchanged model) counts one half. β > 0 scales every margin alike, so it cannot change the share."""
+    margins = [(c - rc) - (r - rr) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
+    if not margins:
+        return 0.0
+    return (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / len(margins)
+
+
+def reward_functions(specs: list[dict], base_dir, reward_model_path: str | None = None) -> tuple[list, list[float]]:
+    """A recipe's reward functions and weights (plus `train.reward_model_path`), as its trainer gets them."""
+    from align_recipes.rewards import as_reward_func, build_reward_funcs
+
+    funcs, weights = build_reward_funcs(list(specs or []), base_dir)
+    if reward_model_path:
+        funcs, weights = [*funcs, as_reward_func(reward_model_path)], [*weights, 1.0]
+    return funcs, weights
+
+
+def mean_reward(reward: tuple[list, list[float]], rows: list[dict], completions: list[str]) -> float:
+    """Mean over rows of the weighted sum of each function's reward (a None reward is skipped, as in TRL)."""
+    funcs, weights = reward
+    if not rows:
+        return 0.0
+    prompts = [r["prompt"] for r in rows]
+    shaped = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c for p, c in zip(prompts, completions)]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    totals = [0.0] * len(rows)
+    for func, weight in zip(funcs, weights):
+        for i, value in enumerate(func(prompts=prompts, completions=shaped, **columns)):
+            if value is not None and not math.isnan(float(value)):
+                totals[i] += weight * float(value)
+    return sum(totals) / len(rows)
 
 
 def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
@@ -77,12 +155,22 @@ def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, bat
 def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> float:
     if not rows:
         return 0.0
+    _require_answers(rows)
+    return exact_match_of(generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens), rows)
+
+
+def exact_match_of(completions: list[str], rows: list[dict]) -> float:
+    """The share of completions that equal their row's `answer` (whitespace around either ignored)."""
+    if not rows:
+        return 0.0
+    _require_answers(rows)
+    return sum(c.strip() == str(r["answer"]).strip() for c, r in zip(completions, rows)) / len(rows)
+
+
+def _require_answers(rows: list[dict]) -> None:
     if "answer" not in rows[0]:
         raise RecipeError("exact_match needs an `answer` column in evaluate.data", key="evaluate.data",
                           fix="add answers, map one with evaluate.data.columns, or use preference_accuracy")
-    completions = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
-    hits = sum(c.strip() == str(r["answer"]).strip() for c, r in zip(completions, rows))
-    return hits / len(rows)
 
 
 def sequence_scores(model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool) -> list[float]:
@@ -108,10 +196,15 @@ def sequence_scores(model, tokenizer, prompts: list[Any], completions: list[Any]
     return scores
 
 
+def pair_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> tuple[list[float], list[float]]:
+    """(chosen scores, rejected scores) of held-out pairs: reward-model scores or policy log-probabilities."""
+    prompts = [r["prompt"] for r in rows]
+    return (sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head),
+            sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head))
+
+
 def preference_accuracy(model, tokenizer, rows: list[dict], reward_head: bool) -> float:
     if not rows:
         return 0.0
-    prompts = [r["prompt"] for r in rows]
-    chosen = sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head)
-    rejected = sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head)
+    chosen, rejected = pair_scores(model, tokenizer, rows, reward_head)
     return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)

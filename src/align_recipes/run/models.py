@@ -40,19 +40,19 @@ def quiet_libraries() -> None:
 def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
     """A local directory or a hub id that `from_pretrained` can open, per `model.source`.
 
-    builtin:… → built locally (the tiny model); local → must exist; modelscope → downloaded with
-    modelscope's snapshot_download into its cache, then loaded as a local directory; hf → the hub id;
-    auto → an existing local directory wins, otherwise a Hugging Face hub id (an existing local directory wins over
-    modelscope too).
+    builtin:… → built locally on first use (the tiny model, the tiny SFT policy); local → must exist;
+    modelscope → downloaded with modelscope's snapshot_download into its cache, then loaded as a local
+    directory; hf → the hub id; auto → an existing local directory wins, otherwise a Hugging Face hub id (an
+    existing local directory wins over modelscope too).
     """
     name, source = spec.name_or_path, spec.source
     if name.startswith(BUILTIN_PREFIX):
         from align_recipes import tiny
 
-        if name != tiny.TINY_MODEL_ID:
+        if name not in tiny.BUILTIN_MODELS:
             raise RecipeError(f"unknown builtin model '{name}'", key="model.name_or_path",
-                              fix=f"the builtin model is {tiny.TINY_MODEL_ID}")
-        return str(tiny.ensure_tiny_model())
+                              fix=f"builtin models: {', '.join(tiny.BUILTIN_MODELS)}")
+        return str(tiny.ensure_builtin(name))
     local = find_local(name, base_dir, None)
     local = local if local is not None and local.is_dir() else None
     # An existing local folder wins over a hub source: a recipe family may say `source: modelscope` for its base

@@ -263,6 +263,28 @@ def recipe_changes(before: dict | None, after: dict | None) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 
+def metrics_before(summary: dict) -> list[dict] | None:
+    """The held-out metrics measured before training, [{name, value, n}], as a summary records them
+    (`task_metric_before`, one dict, in run folders written before metrics became a list)."""
+    before = summary.get("task_metrics_before")
+    if isinstance(before, list):
+        return before
+    old = summary.get("task_metric_before")
+    return [old] if isinstance(old, dict) else None
+
+
+def task_metrics(summary: dict) -> list[dict]:
+    """A run's held-out metrics, [{name, before, after, n}] (after is None when the run did not finish).
+    Reads every summary.json align-recipes wrote: `task_metrics` (a list), or the single `task_metric`
+    of older run folders."""
+    if isinstance(summary.get("task_metrics"), list):
+        return [t for t in summary["task_metrics"] if isinstance(t, dict)]
+    if isinstance(summary.get("task_metric"), dict):
+        return [summary["task_metric"]]
+    return [{"name": b.get("name"), "before": b.get("value"), "after": None, "n": b.get("n")}
+            for b in metrics_before(summary) or [] if isinstance(b, dict)]
+
+
 def first_and_last(records: list[dict]) -> tuple[dict, dict]:
     """The first and last value of every numeric training metric (eval/summary rows excluded)."""
     first: dict[str, float] = {}

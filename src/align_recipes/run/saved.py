@@ -103,10 +103,11 @@ def base_model_path(info: RunInfo) -> str:
     base = (info.adapter or {}).get("base_model_name_or_path")
     if base and (Path(base).is_dir() or looks_like_hub_id(base)):
         return base
-    if base and Path(base).name.startswith("tiny-qwen2-"):
-        from align_recipes import tiny
+    from align_recipes import tiny
 
-        return str(tiny.ensure_tiny_model())
+    builtin = tiny.builtin_of_cache_dir(base) if base else None
+    if builtin:  # a builtin's cache directory from another machine or cache: build it here
+        return str(tiny.ensure_builtin(builtin))
     raise RecipeError(f"cannot find the base model of the adapter in '{info.run_dir}' (base: {base!r})",
                       fix="make the base model available at that path (or as a hub id) and try again")
 

@@ -31,9 +31,10 @@ from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
-from align_recipes.run.measure import measure
+from align_recipes.run.measure import StartScores, measure, remember_start
 from align_recipes.run.progress import key_metrics, progress_callback
-from align_recipes.run.rundir import SUMMARY, RunDir, Start, first_and_last, is_main_process, whole_run_loss
+from align_recipes.run.rundir import (SUMMARY, RunDir, Start, first_and_last, is_main_process, metrics_before,
+                                     task_metrics, whole_run_loss)
 
 TINY_MODEL_PARAMS = 5_000_000
 
@@ -50,6 +51,7 @@ class Parts:
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
     reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.mixture.MixtureReport (rows per source)
     params: int = 0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
+    start: StartScores = field(default_factory=StartScores)  # held-out scores of the start model (π_ref)
 
 
 def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
@@ -251,7 +253,7 @@ def run_record(plan: Plan) -> dict:
         "profile": plan.profile.name,
         "seed": plan.train.get("seed", 42),
         "output_dir": str(plan.output_dir),
-        "task_metric_before": None,
+        "task_metrics_before": None,
     }
 
 
@@ -268,8 +270,14 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed,
                      parts.reports.get("train"))
     with sharded.whole_on_every_rank(trainer.model):  # ZeRO-3 loads the weights already split over the ranks
-        before = (previous.get("task_metric_before") or measure(plan, trainer.model, parts.tokenizer)) if main else None
-    record["task_metric_before"] = before
+        before = None
+        if main:  # the model as loaded is the start, also when resuming (the Trainer applies the checkpoint later)
+            before = metrics_before(previous)
+            if before:
+                remember_start(plan, trainer.model, parts.tokenizer, parts.start)
+            else:
+                before = measure(plan, trainer.model, parts.tokenizer, parts.start)
+    record["task_metrics_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
     if main:
@@ -362,9 +370,9 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     sharded.save_consolidated(trainer, plan.output_dir)
     if not trainer.is_world_process_zero():
         return {}
-    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer) \
+    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer, parts.start) \
         if guard.signum is None else None
-    summary = {**record, "status": "complete", "task_metric": _task_metric(record["task_metric_before"], after),
+    summary = {**record, "status": "complete", "task_metrics": _task_metrics(record["task_metrics_before"], after),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_dir.write_summary(summary)
     write_card(plan.output_dir)
@@ -395,16 +403,19 @@ def _stop_diverged(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunG
         fix="likely causes, most likely first:\n" + "\n".join(f"    - {c}" for c in causes) + f"\n  {kept}")
 
 
-def _task_metric(before: dict | None, after: dict | None) -> dict | None:
+def _task_metrics(before: list[dict] | None, after: list[dict] | None) -> list[dict] | None:
+    """[{name, before, after, n}] from the two measurements (matched by name)."""
     if not before or not after:
         return None
-    return {"name": before["name"], "before": before["value"], "after": after["value"], "n": after.get("n")}
+    earlier = {m["name"]: m["value"] for m in before}
+    return [{"name": m["name"], "before": earlier.get(m["name"]), "after": m["value"], "n": m.get("n")} for m in after]
 
 
 def headline(summary: dict) -> str:
-    """The `done:` line's verdict: the task metric before → after, else the training loss."""
-    task = summary.get("task_metric")
-    if task:
-        return f"{task['name']} {task['before']:.3f} → {task['after']:.3f}"
+    """The `done:` line's verdict: every held-out metric before → after, else the training loss."""
+    shown = [f"{t['name']} {t['before']:.3f} → {t['after']:.3f}" for t in task_metrics(summary)
+             if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))]
+    if shown:
+        return " · ".join(shown)
     loss = summary.get("train_loss")
     return f"train loss {loss:.4f}" if isinstance(loss, (int, float)) else "no loss logged"

@@ -34,6 +34,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 TINY_MODEL_ID = "builtin:tiny-qwen2"
+TINY_SFT_ID = "builtin:tiny-qwen2-sft"  # built by tiny/sft.py from this model
+# Every `builtin:` model a recipe may name, with one line each for error messages and docs.
+BUILTIN_MODELS = {
+    TINY_MODEL_ID: "the untrained tiny Qwen2 (random weights, built from assets/tiny)",
+    TINY_SFT_ID: "the tiny Qwen2 after SFT on the toy task (recipes/tiny/sft.yaml, seed 42; built on first use)",
+}
 BUILDER_VERSION = "1"  # bump when the build code changes what it writes
 
 ASSET_FILES = ("model_config.json", "tokenizer_spec.json", "chat_template.jinja")
@@ -42,13 +48,34 @@ CACHE_ENV = "ALIGN_RECIPES_CACHE"
 
 
 def is_tiny_model_id(name_or_path: str | os.PathLike | None) -> bool:
-    return str(name_or_path) == TINY_MODEL_ID
+    return str(name_or_path) in BUILTIN_MODELS
+
+
+def ensure_builtin(name: str, cache_dir: Path | None = None) -> Path:
+    """The directory of the builtin model `name` (one of `BUILTIN_MODELS`), built on first use."""
+    if name == TINY_SFT_ID:
+        from align_recipes.tiny.sft import ensure_tiny_sft
+
+        return ensure_tiny_sft(cache_dir)
+    if name == TINY_MODEL_ID:
+        return ensure_tiny_model(cache_dir)
+    raise ValueError(f"unknown builtin model {name!r}; builtin models: {', '.join(BUILTIN_MODELS)}")
+
+
+def builtin_of_cache_dir(path: str | os.PathLike) -> str | None:
+    """The builtin id whose cache directory `path` names (an adapter's recorded base), else None."""
+    name = Path(path).name
+    if name.startswith("tiny-qwen2-sft-"):
+        return TINY_SFT_ID
+    if name.startswith("tiny-qwen2-"):
+        return TINY_MODEL_ID
+    return None
 
 
 def resolve_model_path(name_or_path: str | os.PathLike, cache_dir: Path | None = None) -> str:
-    """`TINY_MODEL_ID` becomes the built tiny model's directory; anything else is returned unchanged."""
+    """A builtin id becomes its built model's directory; anything else is returned unchanged."""
     if is_tiny_model_id(name_or_path):
-        return str(ensure_tiny_model(cache_dir))
+        return str(ensure_builtin(str(name_or_path), cache_dir))
     return str(name_or_path)
 
 

@@ -24,8 +24,10 @@ Data files (``python -m align_recipes.tiny.toytask write recipes/tiny/data``), a
 - ``prefs.jsonl``     ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``
 - ``unpaired.jsonl``  ``{"prompt": [user], "completion": [assistant], "label": bool}``
 - ``prompts.jsonl``   ``{"prompt": [user], "answer": "19"}``
-- ``eval.jsonl``      ``{"prompt": [user], "answer": "19", "rejected": "18"}`` (held out)
-- ``prefs_eval.jsonl`` the same held-out pairs in the prefs format, for a trainer's ``eval_dataset``
+- ``eval.jsonl``      ``{"prompt": [user], "answer": "19", "chosen": [assistant], "rejected": [assistant]}``
+  (held out): one file serves every held-out metric, exact match (prompt + answer), preference
+  accuracy (prompt + chosen + rejected) and reward (prompt + answer for `toy_reward`)
+- ``prefs_eval.jsonl`` the same held-out pairs in the prefs format only, for a trainer's ``eval_dataset``
   (DPO/ORPO/reward models then log held-out ``eval_rewards/accuracies``)
 
 Wrong answers are plausible mistakes: off by one or two, a missed or spurious carry (off by ten),
@@ -114,8 +116,7 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     split = split or KINDS[kind][1]
     if kind == "prefs_eval":  # eval rows, reshaped: same prompts, order and wrong answers as eval.jsonl
-        return [{"prompt": r["prompt"], "chosen": assistant_message(r["answer"]),
-                 "rejected": assistant_message(r["rejected"])}
+        return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                 for r in generate_rows("eval", n=n, seed=seed, split=split)]
     pairs = split_pairs(split)
     rng = random.Random(f"{kind}:{seed}")
@@ -143,7 +144,8 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
         elif kind == "prompts":
             rows.append({"prompt": prompt, "answer": answer})
         else:  # eval
-            rows.append({"prompt": prompt, "answer": answer, "rejected": wrong_answer(a, b, rng)})
+            rows.append({"prompt": prompt, "answer": answer, "chosen": assistant_message(answer),
+                         "rejected": assistant_message(wrong_answer(a, b, rng))})
     return rows
 
 
@@ -285,7 +287,7 @@ def evaluate_task(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 
 
 
 def _pair_texts(row: dict) -> tuple[list[Message], str, str]:
-    """(prompt, chosen text, rejected text) of an eval row (answer/rejected) or a prefs row (chosen/rejected)."""
+    """(prompt, chosen text, rejected text) of an eval or prefs row (chosen/rejected; or answer/rejected)."""
     prompt = row["prompt"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
