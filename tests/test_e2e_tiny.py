@@ -90,6 +90,20 @@ def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd
     assert summary["task_metric"]["after"] >= summary["task_metric"]["before"] + 0.3, summary["task_metric"]
 
 
+@pytest.mark.parametrize("overrides", [(), ("train.loss_type=simpo", "train.beta=2.0")], ids=["cpo", "cpo-simpo"])
+def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, overrides):
+    """CPO (no reference model) and SimPO's loss in the same trainer, both with the behaviour-cloning
+    term (cpo_alpha 1.0). Measured over seeds 42 and 1-5 (docs/recipes.md): exact match rises by
+    0.07 to 0.16 (CPO) and 0.06 to 0.10 (CPO-SimPO) from the SFT start."""
+    summary = from_sft("cpo", sft_run, tmp_path, *overrides)
+    first, last = summary["metrics_first"], summary["metrics_last"]
+    assert last["rewards/margins"] > first["rewards/margins"] and last["rewards/accuracies"] >= 0.95, (first, last)
+    assert last["nll_loss"] < first["nll_loss"]
+    task = summary["task_metric"]
+    assert task["name"] == "exact_match" and task["n"] == 100
+    assert task["after"] >= task["before"] + 0.04, task
+
+
 def test_kto_widens_the_desirable_undesirable_margin(sft_run, tmp_path):
     summary = from_sft("kto", sft_run, tmp_path)
     first, last = summary["metrics_first"], summary["metrics_last"]
