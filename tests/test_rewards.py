@@ -135,3 +135,30 @@ def test_validation_imports_no_torch(tmp_path):
         assert "torch" not in sys.modules, "validation imported torch"
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reward_model_path_joins_the_reward_functions(tmp_path):
+    """`train.reward_model_path` reaches every trainer as one more reward function, weight 1: TRL 1.16's
+    OnlineDPOConfig declares the field but its trainer never reads it."""
+    from align_recipes.errors import RecipeError
+    from align_recipes.plan import load_plan
+    from align_recipes.run.training import build_config, trainer_extras
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text("{}")
+    out = f"train.output_dir={tmp_path / 'out'}"
+    plan = load_plan("recipes/tiny/online_dpo.yaml", ["rewards=[]", f"train.reward_model_path={rm}", out], "cpu")
+    funcs = trainer_extras(plan, build_config(plan))["reward_funcs"]
+    assert len(funcs) == 1 and isinstance(funcs[0], RewardModelFunc) and funcs[0].path == str(rm)
+
+    plan = load_plan("recipes/tiny/ppo.yaml", [f"train.reward_model_path={rm}", out], "cpu")
+    config = build_config(plan)
+    funcs = trainer_extras(plan, config)["reward_funcs"]
+    assert [f.__name__ for f in funcs] == ["toy_reward", "reward_model_rm"]
+    assert config.reward_weights == [1.0, 1.0]  # one weight per function, so the trainer accepts both
+
+    plan = load_plan("recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'gone'}", out], "cpu")
+    with pytest.raises(RecipeError) as caught:
+        trainer_extras(plan, build_config(plan))
+    assert caught.value.key == "train.reward_model_path" and "not found" in caught.value.message
