@@ -160,6 +160,19 @@ def test_dpo_adapter_defaults_and_merged_model_agree(runs):
     assert merged_result["mean_margin"] == pytest.approx(adapter_result["mean_margin"], abs=1e-3)
 
 
+def test_a_per_epoch_beta_list_scales_the_implicit_reward_by_its_last_value(runs):
+    """Online DPO takes `beta` as one value per epoch (the last kept after): eval uses the last one."""
+    single = _eval(runs["lora"], "--metric", "implicit_reward_accuracy")["implicit_reward_accuracy"]
+    listed = runs["root"] / "beta-list"
+    shutil.copytree(runs["lora"], listed)
+    recipe = yaml.safe_load((listed / "recipe.resolved.yaml").read_text())
+    recipe["train"]["beta"] = [0.2, 0.05]
+    (listed / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe))
+    result = _eval(listed, "--metric", "implicit_reward_accuracy")["implicit_reward_accuracy"]
+    assert result["beta"] == 0.05 and result["value"] == single["value"]
+    assert result["mean_margin"] == pytest.approx(single["mean_margin"] / 2)  # the recipe's 0.1 -> 0.05
+
+
 def test_exact_match_default_and_reward_model_accuracy(runs):
     assert _eval(runs["full"])["exact_match"]["n"] == 6
     result = _eval(runs["rm"], "--data", PREFS, "--limit", "4")["preference_accuracy"]

@@ -169,3 +169,34 @@ def test_a_run_checks_reward_columns_on_the_data_it_loaded():
     assert "columns it passes to rewards: solution" in text and "_grpo_base.yaml" in text  # where rewards: is
     right = datasets.Dataset.from_list([{"prompt": "1+1=", "answer": "2"}])
     assert len(trainer_extras(plan, None, {"train": right})["reward_funcs"]) == 1
+
+
+def test_reward_model_path_joins_the_reward_functions(tmp_path):
+    """`train.reward_model_path` reaches every trainer as one more reward function, weight 1: TRL 1.16's
+    OnlineDPOConfig declares the field but its trainer never reads it."""
+    from align_recipes.errors import RecipeError, RecipeErrors
+    from align_recipes.plan import load_plan
+    from align_recipes.run.training import build_config, trainer_extras
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text("{}")
+    out = f"train.output_dir={tmp_path / 'out'}"
+    plan = load_plan("recipes/tiny/online_dpo.yaml", ["rewards=[]", f"train.reward_model_path={rm}", out], "cpu")
+    funcs = trainer_extras(plan, build_config(plan))["reward_funcs"]
+    assert len(funcs) == 1 and isinstance(funcs[0], RewardModelFunc) and funcs[0].path == str(rm)
+
+    plan = load_plan("recipes/tiny/ppo.yaml", [f"train.reward_model_path={rm}", out], "cpu")
+    config = build_config(plan)
+    funcs = trainer_extras(plan, config)["reward_funcs"]
+    assert [f.__name__ for f in funcs] == ["toy_reward", "reward_model_rm"]
+    assert config.reward_weights == [1.0, 1.0]  # one weight per function, so the trainer accepts both
+
+    with pytest.raises(RecipeErrors) as caught:  # a folder that is not there: refused while validating
+        load_plan("recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'gone'}", out], "cpu")
+    assert "train.reward_model_path: model folder" in str(caught.value) and "not found" in str(caught.value)
+    (tmp_path / "empty").mkdir()  # there, but no saved model in it: refused before the policy loads
+    plan = load_plan("recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'empty'}", out], "cpu")
+    with pytest.raises(RecipeError) as caught:
+        trainer_extras(plan, build_config(plan))
+    assert caught.value.key == "train.reward_model_path"

@@ -144,7 +144,8 @@ def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
     AutoTokenizer.from_pretrained(tiny).save_pretrained(rm_dir)
     t = trainer(PPOTrainer, PPOConfig, tiny, tmp_path / "run", reward_funcs=[str(rm_dir)], max_steps=1,
                 save_strategy="no", peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
-                eval_strategy="steps", eval_steps=1, eval_dataset=dataset(n=3))
+                eval_strategy="steps", eval_steps=1, eval_dataset=dataset(n=3), reward_model_path=str(rm_dir))
+    assert len(t.reward_funcs) == 1  # reward_model_path names the model already given: it scores once
     assert torch.equal(t.value_model.head.weight.detach(), rm.score.weight.float())  # critic starts from the RM
     assert any("lora" in n for n, p in t.value_model.named_parameters() if p.requires_grad)
     t.train()

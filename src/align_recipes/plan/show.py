@@ -93,9 +93,12 @@ def print_list(names_only: bool = False) -> int:
         print(" ".join(names()))
         return 0
     print("algorithms:")
-    for algo in ALGORITHMS.values():
-        print(f"  {algo.name:<7} {algo.config_name:<13} data: {algo.data_kind:<18} {algo.summary}")
-        print(f"  {'':<7} held-out metrics: {', '.join(algo.metrics)}")
+    algos = list(ALGORITHMS.values())
+    name_w = max(len(a.name) for a in algos)
+    config_w = max(len(a.config_name) for a in algos)
+    for algo in algos:
+        print(f"  {algo.name:<{name_w}} {algo.config_name:<{config_w}} data: {algo.data_kind:<18} {algo.summary}")
+        print(f"  {'':<{name_w}} held-out metrics: {', '.join(algo.metrics)}")
     recipes_dir = Path("recipes")
     if recipes_dir.is_dir():
         print("\nrecipe families (recipes/<family>/<algorithm>.yaml):")

@@ -143,6 +143,12 @@ class Reference:
         return "adapter disabled" if self.is_adapter else str(self.info.model.name_or_path)
 
 
+def final_beta(beta) -> float:
+    """The β a run ended with: a list (one per epoch, the last kept for the rest, as TRL's online DPO
+    takes it) gives its last value."""
+    return float(beta[-1] if isinstance(beta, (list, tuple)) else beta)
+
+
 def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[dict], beta: float) -> dict:
     prompts = [r["prompt"] for r in rows]
     chosen = sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], False)
@@ -212,7 +218,7 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
     limit = limit or section.get("limit")
     model, tokenizer, info = load_run(info.run_dir)
     reference = Reference(model, info)
-    beta = float((info.recipe.get("train") or {}).get("beta", 0.1))
+    beta = final_beta((info.recipe.get("train") or {}).get("beta", 0.1))
     seed = int((info.recipe.get("train") or {}).get("seed", 42))  # a mixed data.eval is sampled as in training
     results = {}
     for name in metrics:

@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
 
-from align_recipes.rewards import as_reward_func, reward_func_name
+from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_name
 from align_recipes.rl import core
 from align_recipes.rl.generation import make_generator
 from align_recipes.rl.rollout import (PolicyAndValue, PromptSampler, completion_mask, decode_completions,
@@ -50,6 +50,17 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _scores_with(funcs: list, model_path: str) -> bool:
+    """Whether `funcs` already hold the reward model at `model_path` (as a path or a RewardModelFunc)."""
+    target = str(model_path)
+    for func in funcs:
+        path = func.path if isinstance(func, RewardModelFunc) else \
+            str(func) if isinstance(func, (str, os.PathLike)) else None
+        if path == target or (path and os.path.isdir(path) and os.path.isdir(target) and os.path.samefile(path, target)):
+            return True
+    return False
 
 
 def _is_peft(model) -> bool:
@@ -82,8 +93,8 @@ class OnlineRLTrainer(Trainer):
 
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else \
             ([] if reward_funcs is None else [reward_funcs])
-        if args.reward_model_path:
-            funcs.append(args.reward_model_path)
+        if args.reward_model_path and not _scores_with(funcs, args.reward_model_path):
+            funcs.append(args.reward_model_path)  # once: `align-recipes train` already passes it as a function
         if not funcs:
             raise ValueError("no reward: pass reward_funcs (callables or reward model paths) or set reward_model_path")
         self.reward_funcs = [as_reward_func(f) for f in funcs]

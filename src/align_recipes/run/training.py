@@ -189,11 +189,15 @@ def load_data(plan: Plan, tokenizer, seed: int):
 
 
 def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
-    """Keyword arguments only some trainers take (reward functions for online RL). A reward that reads a
-    column the loaded data lacks (a hub dataset `validate` could not read) stops here, before the model loads."""
+    """Keyword arguments only some trainers take (reward functions for online RL).
+
+    A reward that reads a column the loaded data lacks (a hub dataset `validate` could not read) stops
+    here, before the model loads. A reward model named by `train.reward_model_path` (where the config has
+    that field) joins the recipe's `rewards:` as one more reward function, weight 1: some trainers declare
+    the field but never read it (TRL 1.16's OnlineDPOConfig), and every trainer takes reward functions."""
     if not plan.algorithm.uses_rewards:
         return {}
-    from align_recipes.rewards import build_reward_funcs, missing_columns
+    from align_recipes.rewards import RewardSpecError, build_reward_funcs, missing_columns
 
     problems = []
     for split, dataset in (datasets or {}).items():
@@ -205,6 +209,14 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
         where = plan.provenance.where("rewards") or str(plan.recipe_path)
         raise RecipeErrors([RecipeError(message, fix=fix, key=key, file=where) for key, message, fix in problems])
     funcs, weights = build_reward_funcs(plan.rewards, plan.rewards_dir)
+    reward_model = getattr(config, "reward_model_path", None)
+    if reward_model:
+        try:
+            model_funcs, _ = build_reward_funcs([{"model": str(reward_model)}], plan.base_dir)
+        except RewardSpecError as exc:
+            raise RecipeError(str(exc), key="train.reward_model_path",
+                              fix="point it at a saved reward model directory or a hub id") from None
+        funcs, weights = funcs + model_funcs, weights + [1.0]
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
     return {"reward_funcs": funcs}

@@ -6,8 +6,8 @@ disjoint parts:
 
 - ``eval`` (100 prompts): held out from every training file, to measure generalisation;
 - ``sft`` (200 prompts): the supervised fine-tuning examples;
-- ``rl`` (100 prompts): prompts the SFT data never shows, used for RL (GRPO/PPO/SPO) so that a
-  policy trained by SFT still has something to learn there.
+- ``rl`` (100 prompts): prompts the SFT data never shows, used for online RL (GRPO, RLOO, online
+  DPO, PPO, SPO) so that a policy trained by SFT still has something to learn there.
 
 Preference and KTO data use ``train`` (``sft`` + ``rl``, 300 prompts). Why addition: it is
 arithmetic, a tiny model learns it in seconds, and it generalises to sums no training file holds,
