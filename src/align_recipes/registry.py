@@ -71,7 +71,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
-                  "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True),
+                  "single-sample RL with a per-prompt value tracker, no critic (ours)", uses_rewards=True),
     ]
 }
 

@@ -1,0 +1,180 @@
+"""One RL step of `OnlineRLTrainer`: sample and score a rollout, take its no-grad passes, run the updates.
+
+Which passes a rollout needs:
+- pi_old (the log-probs the ratio divides by) comes from the sampler when it is the policy itself
+  (`Generator.logprobs_match_policy`, transformers' generate) and dropout is off: no extra policy forward.
+  Otherwise (vLLM: other kernels, possibly stale weights; or dropout on) it is a policy forward, in the
+  update's mode; with dropout, micro batch k uses the same dropout masks in that forward and in every update
+  pass (`same_dropout_masks`), so the first ratio is exactly 1.
+- the critic's values (PPO), the reference's log-probs (when the KL weight is > 0).
+- with vLLM and `vllm_importance_sampling_correction`, per-token weights min(pi_old / pi_vllm, cap).
+
+The completion mask comes from the generator's lengths; the missing-EOS penalty from its `truncated` flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from align_recipes.rewards import reward_func_name
+from align_recipes.rl import core
+from align_recipes.rl.modeling import same_dropout_masks
+from align_recipes.rl.rollout import (PromptCache, decode_completions, is_conversational, left_pad,
+                                      position_ids_from, response_logits)
+
+
+class ExperienceMixin:
+    """Rollout and update methods of `OnlineRLTrainer` (see the module docstring)."""
+
+    # ---------------------------------------------------------------------------------- rollout
+    def _micro_seed(self, k: int) -> int | None:
+        """The dropout seed of micro batch k at this step (None with dropout off)."""
+        if not self._dropout_active:
+            return None
+        return zlib.crc32(f"{self.args.seed}:{self.state.global_step}:{k}".encode())
+
+    def _ref_logits(self, input_ids, attention_mask, position_ids, n_response):
+        if self.ref_model is not None:
+            return response_logits(self.ref_model, input_ids, attention_mask, position_ids, n_response)
+        policy = self.accelerator.unwrap_model(self.model)
+        with policy.disable_adapter():
+            return response_logits(policy, input_ids, attention_mask, position_ids, n_response)
+
+    @torch.no_grad()
+    def _generate_and_score(self, cache: PromptCache, indices: list[int]) -> dict:
+        args, tok, device = self.args, self.processing_class, self.accelerator.device
+        rows = [cache.row(i) for i in indices]
+        prompts = [row["prompt"] for row in rows]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
+        prompt_rows = [cache.ids(i) for i in indices]
+        prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id, device)
+        gen = self.generator.generate(prompt_ids, prompt_mask)
+        completions = decode_completions(tok, gen.completion_ids, gen.lengths, is_conversational(prompts[0]))
+        scores, per_func = self.scorer.score(prompts, completions, columns, [cache.text(i) for i in indices],
+                                             prompt_rows, gen.completion_ids, gen.lengths, trainer_state=self.state)
+        if args.missing_eos_penalty is not None:
+            scores = scores - args.missing_eos_penalty * gen.truncated.float().cpu()
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": gen.completion_ids,
+                "response_mask": core.mask_from_lengths(gen.lengths, gen.completion_ids.shape[1]),
+                "truncated": gen.truncated, "scores": scores.to(device), "per_func": per_func,
+                "sampler_logprobs": gen.logprobs, "sampler_entropy": gen.entropy, "prompt_keys": list(indices)}
+
+    @torch.no_grad()
+    def _rollout(self, indices: list[int]) -> dict:
+        """Generate, score, and run the no-grad passes (see the module docstring)."""
+        args = self.args
+        batch = self._generate_and_score(self._train_prompts, indices)
+        input_ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], 1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["response_mask"].long()], 1)
+        batch.update(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids_from(attention_mask))
+        n_resp, micro = batch["response_ids"].shape[1], args.per_device_train_batch_size
+        policy_pass = (self._dropout_active or not self.generator.logprobs_match_policy
+                       or batch["sampler_logprobs"] is None)
+        module = self._actor_critic
+        module.train(self._dropout_active)
+        parts = defaultdict(list)
+        for k, start in enumerate(range(0, input_ids.shape[0], micro)):
+            sl = slice(start, start + micro)
+            inputs = (input_ids[sl], attention_mask[sl], batch["position_ids"][sl], n_resp)
+            tokens = batch["response_ids"][sl]
+            with self.accelerator.autocast():
+                with same_dropout_masks(self._micro_seed(k), self.accelerator.device):
+                    logits, values = module(*inputs) if policy_pass else (None, module.values(*inputs))
+                ref_logits = self._ref_logits(*inputs) if self._kl_weight(args) > 0 else None
+            if logits is not None:
+                parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
+                parts["entropy"].append(core.entropy_from_logits(logits, args.temperature))
+            if values is not None:
+                parts["values"].append(values.float())
+            if ref_logits is not None:
+                parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, tokens, args.temperature))
+        module.train()
+        batch.update({k: torch.cat(v) for k, v in parts.items()})
+        mask = batch["response_mask"]
+        if not policy_pass:
+            batch["logprobs"], batch["entropy"] = batch["sampler_logprobs"], batch["sampler_entropy"]
+        if "entropy" not in batch or batch["entropy"] is None:
+            batch["entropy"] = torch.zeros_like(mask)
+        batch["logprobs"] = batch["logprobs"] * mask
+        if "ref_logprobs" not in batch:
+            batch["ref_logprobs"] = batch["logprobs"].clone()
+        batch["ref_logprobs"] = batch["ref_logprobs"] * mask
+        if (not self.generator.logprobs_match_policy and batch["sampler_logprobs"] is not None
+                and args.vllm_importance_sampling_correction):
+            sampler = torch.where(torch.isnan(batch["sampler_logprobs"]), batch["logprobs"], batch["sampler_logprobs"])
+            batch["is_weights"] = core.truncated_importance_weights(
+                batch["logprobs"], sampler, args.vllm_importance_sampling_cap, mask)
+        return batch
+
+    # ----------------------------------------------------------------------------------- update
+    def _micro_batches(self, size: int, micro: int, mini: int) -> list[list[torch.Tensor]]:
+        """One pass: mini batches (one optimizer step each) of micro batches (one forward each). With dropout
+        on, the micro batches are the rollout's (so each keeps its dropout seed) in a shuffled order; otherwise
+        rows are shuffled freely."""
+        if self._dropout_active:
+            chunks = [torch.arange(s, min(s + micro, size)) for s in range(0, size, micro)]
+            order = [chunks[i] for i in torch.randperm(len(chunks)).tolist()]
+            per_mini = max(mini // micro, 1)
+            return [order[i:i + per_mini] for i in range(0, len(order), per_mini)]
+        rows = torch.randperm(size)
+        return [[rows[s:s + micro] for s in range(m, min(m + mini, size), micro)] for m in range(0, size, mini)]
+
+    def _update(self, module: nn.Module, batch: dict) -> dict[str, list[float]]:
+        args, acc = self.args, self.accelerator
+        micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        n_resp, device = batch["response_ids"].shape[1], batch["input_ids"].device
+        stats: dict[str, list[float]] = defaultdict(list)
+        module.train()
+        for _ in range(args.num_ppo_epochs):
+            for mini_batch in self._micro_batches(batch["input_ids"].shape[0], micro, micro * accum):
+                for j, idx in enumerate(mini_batch):
+                    idx = idx.to(device)
+                    seed = self._micro_seed(int(idx[0]) // micro)
+                    last = j == len(mini_batch) - 1
+                    with (contextlib.nullcontext() if last else acc.no_sync(module)):
+                        with acc.autocast(), same_dropout_masks(seed, acc.device):
+                            logits, values = module(batch["input_ids"][idx], batch["attention_mask"][idx],
+                                                    batch["position_ids"][idx], n_resp)
+                        logprobs = core.logprobs_from_logits(logits, batch["response_ids"][idx], args.temperature)
+                        loss, micro_stats = self._loss(batch, idx, logprobs, None if values is None else values.float())
+                        acc.backward(loss / accum)
+                    for k, v in micro_stats.items():
+                        stats[k].append(float(v))
+                    stats["loss"].append(loss.item())
+                if args.max_grad_norm is not None and args.max_grad_norm > 0:
+                    grad_norm = acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                    stats["grad_norm"].append(float(grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        self.generator.mark_stale()
+        return stats
+
+    def _policy_loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The clipped surrogate on micro batch ``idx`` (with the vLLM importance weights when there are any)."""
+        weights = batch["is_weights"][idx] if "is_weights" in batch else None
+        loss, clipfrac, approx_kl = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
+                                                     batch["response_mask"][idx], self.args.cliprange, weights)
+        return loss, {"policy_loss": loss.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl.item()}
+
+    def _step(self, module: nn.Module, indices: list[int]) -> dict[str, float]:
+        batch = self._rollout(indices)
+        mask = batch["response_mask"]
+        kl_k1 = core.masked_sum(batch["logprobs"] - batch["ref_logprobs"], mask, dim=1)
+        logs = {"reward": batch["scores"].mean(), "reward_std": batch["scores"].std() if len(mask) > 1 else 0.0,
+                "kl": kl_k1.mean(), "entropy": core.masked_mean(batch["entropy"], mask),
+                "response_length": mask.sum(1).mean(), "eos_rate": 1.0 - batch["truncated"].float().mean()}
+        if "is_weights" in batch:
+            logs["is_weight"] = core.masked_mean(batch["is_weights"], mask)
+        for j, func in enumerate(self.reward_funcs):
+            logs[f"rewards/{reward_func_name(func)}"] = batch["per_func"][:, j].nanmean()
+        logs.update(self._advantages(batch))
+        stats = self._update(module, batch)
+        logs.update({k: sum(v) / len(v) for k, v in stats.items() if v})
+        return {k: self._gather_mean(v) for k, v in logs.items()}
