@@ -270,3 +270,25 @@ def test_spo_divergence_is_measured_on_the_prompts_earlier_sample(tiny, tmp_path
         now = naive_token_logprobs(t.model, chat_prompt_ids(tok, dataset(n=4)[key]["prompt"]), ids, temp)
         assert got == pytest.approx(sum(abs(a - b) for a, b in zip(now, then)) / len(ids), abs=1e-5)
         assert got > 1e-4
+
+
+def test_critic_values_taken_from_the_first_update_pass_equal_a_separate_rollout_pass(tiny, tmp_path, monkeypatch):
+    """With the whole rollout in one micro batch, PPO takes the rollout values from the first update pass (same
+    weights, same rows) instead of a separate critic forward. Its logs and weights must match a run that makes the
+    separate pass."""
+    def run(out):
+        t = make_trainer(PPOTrainer, PPOConfig, tiny, out, save_strategy="no", per_device_train_batch_size=4,
+                         gradient_accumulation_steps=1)
+        t.train()
+        return t
+
+    fused = run(tmp_path / "fused")
+    assert fused._values_in_first_pass
+    monkeypatch.setattr(PPOTrainer, "_values_in_first_pass", property(lambda self: False))
+    separate = run(tmp_path / "separate")
+    for step in (1, 2):
+        a, b = step_logs(fused, step), step_logs(separate, step)
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a), (a, b)
+    for (name, p), q in zip(fused.model.named_parameters(), separate.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name

@@ -10,8 +10,9 @@ state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpo
 run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
 One step's rollout and updates are in `experience`.
 
-Subclasses fill four hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
-``batch["advantages"]`` and ``batch["returns"]``), `_loss` (per micro batch) and `_algorithm_state`.
+Subclasses fill the hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
+``batch["advantages"]`` and ``batch["returns"]``), `_loss` and `_value_loss` (per micro batch) and
+`_algorithm_state`.
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     def _advantages(self, batch: dict) -> dict[str, float]:
         raise NotImplementedError
 
-    def _loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor, values) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The policy's loss on micro batch ``idx`` and its statistics."""
+        raise NotImplementedError
+
+    def _value_loss(self, batch: dict, idx: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The critic's weighted loss on micro batch ``idx`` (only called with a critic)."""
         raise NotImplementedError
 
     def _algorithm_state(self) -> dict:

@@ -6,7 +6,10 @@ Which passes a rollout needs:
   Otherwise (vLLM: other kernels, possibly stale weights; or dropout on) it is a policy forward, in the
   update's mode; with dropout, micro batch k uses the same dropout masks in that forward and in every update
   pass (`same_dropout_masks`), so the first ratio is exactly 1.
-- the critic's values (PPO), the reference's log-probs (when the KL weight is > 0).
+- the critic's values (PPO), the reference's log-probs (when the KL weight is > 0). When one micro batch
+  holds the whole rollout (no accumulation, one mini batch), the first update pass runs at the rollout's
+  weights on the same rows, so the critic's rollout values are taken from that pass (detached) instead of
+  a separate forward: the advantages are computed there, before its loss (`_values_in_first_pass`).
 - with vLLM and `vllm_importance_sampling_correction`, per-token weights min(pi_old / pi_vllm, cap).
 
 The completion mask comes from the generator's lengths; the missing-EOS penalty from its `truncated` flags.
@@ -23,7 +26,6 @@ from torch import nn
 
 from align_recipes.rewards import reward_func_name
 from align_recipes.rl import core
-from align_recipes.rl.modeling import same_dropout_masks
 from align_recipes.rl.rollout import (PromptCache, decode_completions, is_conversational, left_pad,
                                       position_ids_from, response_logits)
 
@@ -32,6 +34,11 @@ class ExperienceMixin:
     """Rollout and update methods of `OnlineRLTrainer` (see the module docstring)."""
 
     # ---------------------------------------------------------------------------------- rollout
+    @property
+    def _values_in_first_pass(self) -> bool:
+        """The critic's rollout values come from the first update pass (see the module docstring)."""
+        return self.value_model is not None and self.args.rollout_batch_size <= self.args.per_device_train_batch_size
+
     def _micro_seed(self, k: int) -> int | None:
         """The dropout seed of micro batch k at this step (None with dropout off)."""
         if not self._dropout_active:
@@ -83,9 +90,12 @@ class ExperienceMixin:
             sl = slice(start, start + micro)
             inputs = (input_ids[sl], attention_mask[sl], batch["position_ids"][sl], n_resp)
             tokens = batch["response_ids"][sl]
+            seed = self._micro_seed(k)
             with self.accelerator.autocast():
-                with same_dropout_masks(self._micro_seed(k), self.accelerator.device):
-                    logits, values = module(*inputs) if policy_pass else (None, module.values(*inputs))
+                if policy_pass:
+                    logits, values = module(*inputs, seed=seed)
+                else:
+                    logits, values = None, None if self._values_in_first_pass else module.values(*inputs, seed=seed)
                 ref_logits = self._ref_logits(*inputs) if self._kl_weight(args) > 0 else None
             if logits is not None:
                 parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
@@ -125,28 +135,59 @@ class ExperienceMixin:
         rows = torch.randperm(size)
         return [[rows[s:s + micro] for s in range(m, min(m + mini, size), micro)] for m in range(0, size, mini)]
 
+    def _micro_step(self, module: nn.Module, batch: dict, idx: torch.Tensor, scale: float) -> dict[str, float]:
+        """Forward and backward of one micro batch (``scale`` = 1 / accumulation steps). On one process the critic
+        and the policy run as two graphs, one after the other (the same gradients; the peak activation memory of
+        one model instead of both); under DDP as one forward of the wrapped module."""
+        args, acc = self.args, self.accelerator
+        inputs = (batch["input_ids"][idx], batch["attention_mask"][idx], batch["position_ids"][idx],
+                  batch["response_ids"].shape[1])
+        seed = self._micro_seed(int(idx[0]) // args.per_device_train_batch_size)
+        split = acc.num_processes == 1 and self.value_model is not None
+        stats, total = {}, 0.0
+        with acc.autocast():
+            if split:
+                values = self._actor_critic.values(*inputs, seed=seed)
+            else:
+                logits, values = module(*inputs, seed=seed)
+        if "advantages" not in batch:   # the whole rollout in this pass, at the rollout's weights
+            batch["values"] = torch.empty_like(values, dtype=torch.float32)
+            batch["values"][idx] = values.detach().float()
+            batch["advantage_logs"] = self._advantages(batch)
+        value_loss = None
+        if values is not None:
+            value_loss, value_stats = self._value_loss(batch, idx, values.float())
+            stats.update(value_stats)
+            total += value_loss.item()
+            if split:
+                acc.backward(value_loss * scale)
+                del values
+                with acc.autocast():
+                    logits = self._actor_critic.policy_logits(*inputs, seed=seed)
+        logprobs = core.logprobs_from_logits(logits, batch["response_ids"][idx], args.temperature)
+        loss, policy_stats = self._loss(batch, idx, logprobs)
+        stats.update(policy_stats)
+        total += loss.item()
+        acc.backward((loss if split or value_loss is None else loss + value_loss) * scale)
+        stats["loss"] = total
+        return stats
+
     def _update(self, module: nn.Module, batch: dict) -> dict[str, list[float]]:
+        """The optimizer steps on one rollout; fills ``batch["advantages"]`` first when `_step` left that to the
+        first pass (`_values_in_first_pass`), and puts the advantage logs in ``batch["advantage_logs"]``."""
         args, acc = self.args, self.accelerator
         micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        n_resp, device = batch["response_ids"].shape[1], batch["input_ids"].device
+        device = batch["input_ids"].device
         stats: dict[str, list[float]] = defaultdict(list)
         module.train()
         for _ in range(args.num_ppo_epochs):
             for mini_batch in self._micro_batches(batch["input_ids"].shape[0], micro, micro * accum):
                 for j, idx in enumerate(mini_batch):
-                    idx = idx.to(device)
-                    seed = self._micro_seed(int(idx[0]) // micro)
                     last = j == len(mini_batch) - 1
                     with (contextlib.nullcontext() if last else acc.no_sync(module)):
-                        with acc.autocast(), same_dropout_masks(seed, acc.device):
-                            logits, values = module(batch["input_ids"][idx], batch["attention_mask"][idx],
-                                                    batch["position_ids"][idx], n_resp)
-                        logprobs = core.logprobs_from_logits(logits, batch["response_ids"][idx], args.temperature)
-                        loss, micro_stats = self._loss(batch, idx, logprobs, None if values is None else values.float())
-                        acc.backward(loss / accum)
+                        micro_stats = self._micro_step(module, batch, idx.to(device), 1.0 / accum)
                     for k, v in micro_stats.items():
                         stats[k].append(float(v))
-                    stats["loss"].append(loss.item())
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:
                     grad_norm = acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
                     stats["grad_norm"].append(float(grad_norm))
@@ -174,7 +215,9 @@ class ExperienceMixin:
             logs["is_weight"] = core.masked_mean(batch["is_weights"], mask)
         for j, func in enumerate(self.reward_funcs):
             logs[f"rewards/{reward_func_name(func)}"] = batch["per_func"][:, j].nanmean()
-        logs.update(self._advantages(batch))
+        if "values" in batch or self.value_model is None:
+            logs.update(self._advantages(batch))
         stats = self._update(module, batch)
+        logs.update(batch.get("advantage_logs", {}))
         logs.update({k: sum(v) / len(v) for k, v in stats.items() if v})
         return {k: self._gather_mean(v) for k, v in logs.items()}

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from align_recipes.rl.modeling import same_dropout_masks
+
 
 class PromptSampler:
     """Which dataset rows each process takes at each step.
@@ -150,19 +152,26 @@ def response_logits(model: nn.Module, input_ids, attention_mask, position_ids, n
 
 class PolicyAndValue(nn.Module):
     """The trained modules as one `nn.Module`, so one optimizer and one DDP wrapper cover both.
-    ``forward`` returns (response logits [B, R, V], response values [B, R] or None)."""
+    ``forward`` returns (response logits [B, R, V], response values [B, R] or None). ``seed`` fixes each part's
+    dropout masks (the policy's from ``seed``, the critic's from ``seed + 1``), whichever way they are called."""
 
     def __init__(self, policy: nn.Module, value_model: nn.Module | None = None):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, input_ids, attention_mask, position_ids, n_response: int):
-        logits = response_logits(self.policy, input_ids, attention_mask, position_ids, n_response)
-        return logits, self.values(input_ids, attention_mask, position_ids, n_response)
+    def forward(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
+        return (self.policy_logits(input_ids, attention_mask, position_ids, n_response, seed),
+                self.values(input_ids, attention_mask, position_ids, n_response, seed))
 
-    def values(self, input_ids, attention_mask, position_ids, n_response: int) -> torch.Tensor | None:
+    def policy_logits(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
+        with same_dropout_masks(seed, input_ids.device):
+            return response_logits(self.policy, input_ids, attention_mask, position_ids, n_response)
+
+    def values(self, input_ids, attention_mask, position_ids, n_response: int,
+               seed: int | None = None) -> torch.Tensor | None:
         """The critic's values at the response positions alone (no policy forward), or None without a critic."""
         if self.value_model is None:
             return None
-        return self.value_model(input_ids=input_ids, attention_mask=attention_mask,
-                                position_ids=position_ids)[:, -(n_response + 1):-1]
+        with same_dropout_masks(None if seed is None else seed + 1, input_ids.device):
+            return self.value_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids)[:, -(n_response + 1):-1]

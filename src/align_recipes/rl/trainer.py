@@ -92,13 +92,14 @@ class PPOTrainer(OnlineRLTrainer):
         return {"kl_coef": kl_coef, "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
                 "value": core.masked_mean(batch["values"], mask).item()}
 
-    def _loss(self, batch, idx, logprobs, values):
-        args, mask = self.args, batch["response_mask"][idx]
-        pg_loss, logs = self._policy_loss(batch, idx, logprobs)
-        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
-                                               args.cliprange_value)
-        logs.update(value_loss=vf_loss.item(), vf_clipfrac=vf_clipfrac.item())
-        return pg_loss + args.vf_coef * vf_loss, logs
+    def _loss(self, batch, idx, logprobs):
+        return self._policy_loss(batch, idx, logprobs)
+
+    def _value_loss(self, batch, idx, values):
+        args = self.args
+        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], batch["returns"][idx],
+                                               batch["response_mask"][idx], args.cliprange_value)
+        return args.vf_coef * vf_loss, {"value_loss": vf_loss.item(), "vf_clipfrac": vf_clipfrac.item()}
 
     def _algorithm_state(self) -> dict:
         return {"algorithm": "ppo", "kl_controller": self.kl_controller.state_dict()}
@@ -198,7 +199,7 @@ class SPOTrainer(OnlineRLTrainer):
                 "divergence": sum(known) / len(known) if known else 0.0, "advantage": advantages.mean().item(),
                 "kl_coef": self.args.beta}
 
-    def _loss(self, batch, idx, logprobs, values):
+    def _loss(self, batch, idx, logprobs):
         args, mask = self.args, batch["response_mask"][idx]
         loss, logs = self._policy_loss(batch, idx, logprobs)
         if args.beta > 0:
