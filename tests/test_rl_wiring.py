@@ -212,17 +212,20 @@ def test_reward_model_scores_token_ids_in_one_forward_like_the_text_path(tiny, t
                            gradient_accumulation_steps=3)
     func = t.reward_funcs[0]
     assert t.scorer.by_ids == [True]
-    calls = []
-    func.model.register_forward_hook(lambda *a: calls.append(1))
     keys = [0, 1, 2, 3] * 9
-    batch = t._rollout(keys)
-    assert len(calls) == 1   # 36 completions, one forward
+    batch = t._rollout(keys)   # first use: the 4 prompts are cached, and the cache is checked against a full pass
     lengths = batch["response_mask"].sum(1).long().tolist()
     texts = t.processing_class.batch_decode([r[:n] for r, n in zip(batch["response_ids"].tolist(), lengths)],
                                             skip_special_tokens=True)
     by_text = func([dataset()[k]["prompt"] for k in keys], texts)
     assert batch["scores"].tolist() == pytest.approx(by_text, abs=1e-5)
     assert len(set(round(x, 6) for x in by_text)) == 4   # four different answers, four different scores
+    assert t.scorer.prefixes[0].enabled
+    calls = []
+    func.model.register_forward_hook(lambda *a: calls.append(1))
+    again = t._rollout(keys)
+    assert len(calls) == 1   # 36 completions, one forward over the answers on top of the cached prompts
+    assert again["scores"].tolist() == pytest.approx(by_text, abs=1e-5)
 
 
 def test_dropout_on_starts_every_update_at_ratio_one(tiny, tmp_path):
@@ -292,3 +295,39 @@ def test_critic_values_taken_from_the_first_update_pass_equal_a_separate_rollout
         assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a), (a, b)
     for (name, p), q in zip(fused.model.named_parameters(), separate.model.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_frozen_models_reuse_their_prompt_caches_and_match_a_naive_forward(tiny, tmp_path):
+    """The reference reads each training prompt once (`PromptPrefixCache`); from the second rollout on only the
+    completion runs. Its log-probs must still equal a naive full forward of each sequence (the prompts differ in
+    length, so the cached prompts are left-padded to different widths)."""
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": f"{10 ** (i % 4) * i}+{i}="}], "answer": str(10 ** (i % 4) * i + i)}
+            for i in range(8)]
+    data = Dataset.from_list(rows)
+    t = make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path, save_strategy="no", max_new_tokens=5, train_dataset=data)
+    tok, temp = t.processing_class, t.args.temperature
+    assert len({len(chat_prompt_ids(tok, r["prompt"])) for r in rows}) == 4
+    t._rollout([0, 1, 2, 3])        # first use: computed both ways and compared
+    assert t._ref_prefix.enabled and sorted(t._ref_prefix.entries) == [0, 1, 2, 3]
+    calls = []
+    hook = t.ref_model.register_forward_hook(lambda *a: calls.append(a[1][0].shape if a[1] else None))
+    batch = t._rollout([3, 6, 0, 5])   # two cached prompts, two new ones
+    hook.remove()
+    assert len(calls) == 2 + 2   # a prefill for each new prompt, then one completion pass per micro batch of 2
+    for i, key in enumerate([3, 6, 0, 5]):
+        prompt = chat_prompt_ids(tok, rows[key]["prompt"])
+        n = int(batch["response_mask"][i].sum())
+        completion = batch["response_ids"][i, :n].tolist()
+        assert batch["ref_logprobs"][i, :n].tolist() == pytest.approx(
+            naive_token_logprobs(t.ref_model, prompt, completion, temp), abs=1e-5)
+
+
+def test_prompt_caches_switch_off_when_they_would_not_fit(tiny, tmp_path):
+    t = make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path, save_strategy="no", prefix_cache_mb=1e-4)
+    t._rollout([0, 1, 2, 3])
+    assert t._ref_prefix.enabled is False and not t._ref_prefix.entries
+    t = make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path / "off", save_strategy="no", prefix_cache_mb=0)
+    t._rollout([0, 1, 2, 3])
+    assert t._ref_prefix.enabled is False and not t._ref_prefix.entries

@@ -32,6 +32,7 @@ from align_recipes.rewards import as_reward_func, reward_func_name
 from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator
 from align_recipes.rl.modeling import disable_dropout, enable_checkpointing, is_peft, load_causal_lm
+from align_recipes.rl.prefix_cache import PromptPrefixCache
 from align_recipes.rl.rollout import PolicyAndValue, PromptCache, PromptSampler, eval_shards
 from align_recipes.rl.scoring import RewardScorer
 
@@ -111,7 +112,10 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         self.eos_token_ids = sorted(eos | {processing_class.eos_token_id})
         self.generator = make_generator(args, lambda: self.accelerator.unwrap_model(self.model), self.accelerator,
                                         processing_class, self.eos_token_ids, processing_class.pad_token_id)
-        self.scorer = RewardScorer(self.reward_funcs, self.reward_weights, processing_class)
+        budget = int(args.prefix_cache_mb * 2 ** 20)
+        self.scorer = RewardScorer(self.reward_funcs, self.reward_weights, processing_class, len(train_dataset), budget)
+        self._ref_prefix = PromptPrefixCache(self.ref_model, len(train_dataset), budget, lm=True) \
+            if self.ref_model is not None else None
         self._train_prompts = PromptCache(train_dataset, processing_class, args.max_prompt_length)
         self._eval_prompts: dict[int, PromptCache] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)

@@ -67,6 +67,9 @@ class OnlineRLConfig(TrainingArguments):
             Turn dropout off in the policy (and critic). With `False`, dropout stays on during updates and pi_old
             is computed with the very dropout masks each micro batch gets in the updates, so the first ratio is 1
             and the ratio measures only how far the weights moved.
+        prefix_cache_mb (`float`, *optional*, defaults to `256`):
+            Memory for the frozen models' (reference, reward model) key/value caches of the training prompts, which
+            they then read only once (`rl/prefix_cache.py`). Used only when all prompts fit; 0 turns it off.
         model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Keyword arguments for `from_pretrained` when `model`, `ref_model` or the critic is given as a path.
             `dtype` defaults to `"float32"`: weights train in full precision and `bf16`/`fp16` only set the
@@ -135,6 +138,10 @@ class OnlineRLConfig(TrainingArguments):
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clipping range (PPO epsilon)."})
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off. False: pi_old uses the update's dropout masks (ratio 1)."})
+    prefix_cache_mb: float = field(
+        default=256.0,
+        metadata={"help": "Memory for frozen models' caches of the training prompts (used if all fit); 0: off."},
+    )
     model_init_kwargs: dict | None = field(
         default=None,
         metadata={"help": "from_pretrained kwargs for models given as paths; dtype defaults to float32."},
@@ -201,6 +208,8 @@ class OnlineRLConfig(TrainingArguments):
             p.append(f"cliprange must be > 0 (got {self.cliprange}); 0.2 is the usual value")
         if self.vllm_mode not in VLLM_MODES:
             p.append(f"vllm_mode must be one of {', '.join(VLLM_MODES)} (got {self.vllm_mode!r})")
+        if self.prefix_cache_mb < 0:
+            p.append(f"prefix_cache_mb must be >= 0 (got {self.prefix_cache_mb}); 0 turns the cache off")
         if self.vllm_importance_sampling_cap < 1:
             p.append(f"vllm_importance_sampling_cap must be >= 1 (got {self.vllm_importance_sampling_cap})")
         if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):

@@ -46,6 +46,7 @@ class ExperienceMixin:
         return zlib.crc32(f"{self.args.seed}:{self.state.global_step}:{k}".encode())
 
     def _ref_logits(self, input_ids, attention_mask, position_ids, n_response):
+        """The reference's logits predicting the response tokens (a full forward)."""
         if self.ref_model is not None:
             return response_logits(self.ref_model, input_ids, attention_mask, position_ids, n_response)
         policy = self.accelerator.unwrap_model(self.model)
@@ -62,14 +63,17 @@ class ExperienceMixin:
         prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id, device)
         gen = self.generator.generate(prompt_ids, prompt_mask)
         completions = decode_completions(tok, gen.completion_ids, gen.lengths, is_conversational(prompts[0]))
+        keys = list(indices) if cache is self._train_prompts else None   # frozen models cache training prompts
         scores, per_func = self.scorer.score(prompts, completions, columns, [cache.text(i) for i in indices],
-                                             prompt_rows, gen.completion_ids, gen.lengths, trainer_state=self.state)
+                                             prompt_rows, gen.completion_ids, gen.lengths, keys=keys,
+                                             trainer_state=self.state)
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * gen.truncated.float().cpu()
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": gen.completion_ids,
                 "response_mask": core.mask_from_lengths(gen.lengths, gen.completion_ids.shape[1]),
                 "truncated": gen.truncated, "scores": scores.to(device), "per_func": per_func,
-                "sampler_logprobs": gen.logprobs, "sampler_entropy": gen.entropy, "prompt_keys": list(indices)}
+                "sampler_logprobs": gen.logprobs, "sampler_entropy": gen.entropy, "prompt_keys": list(indices),
+                "prompt_rows": prompt_rows}
 
     @torch.no_grad()
     def _rollout(self, indices: list[int]) -> dict:
@@ -96,7 +100,12 @@ class ExperienceMixin:
                     logits, values = module(*inputs, seed=seed)
                 else:
                     logits, values = None, None if self._values_in_first_pass else module.values(*inputs, seed=seed)
-                ref_logits = self._ref_logits(*inputs) if self._kl_weight(args) > 0 else None
+                ref_logits = None
+                if self._kl_weight(args) > 0:
+                    ref_logits = self._ref_prefix.run(
+                        batch["prompt_keys"][sl], batch["prompt_rows"][sl], batch["response_ids"][sl],
+                        batch["response_mask"][sl], lambda: self._ref_logits(*inputs)) if self._ref_prefix is not None \
+                        else self._ref_logits(*inputs)
             if logits is not None:
                 parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
                 parts["entropy"].append(core.entropy_from_logits(logits, args.temperature))
