@@ -3,7 +3,7 @@
 The same tiny training run (the builtin tiny Qwen2, the toy task's data) is run two ways, each in a
 fresh Python process, alternately, several times:
 
-  recipe  align_recipes.plan.load.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.train(plan)
+  recipe  align_recipes.plan.load.load_plan(recipes/tiny/<algo>.yaml) + align_recipes.run.training.train(plan)
   plain   a TRL script as tutorials write it: AutoTokenizer / AutoModelForCausalLM.from_pretrained on
           the same model directory (tiny.ensure_tiny_model()), datasets.load_dataset("json") on the
           same file, <Algo>Config(**the same fields), <Algo>Trainer(...).train()
@@ -55,7 +55,7 @@ def overrides(out: Path, steps: int) -> list[str]:
 def child_recipe(algo: str, out: Path, steps: int) -> dict:
     started = time.perf_counter()
     from align_recipes.plan.load import load_plan
-    from align_recipes.run.training import train
+    from align_recipes.run.training.training import train
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(out, steps), profile="cpu")
     summary = train(plan, overwrite=True, command=["bench"])

@@ -28,3 +28,11 @@ def repo_cwd():
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A saved tiny policy for the RL trainer tests (tests/rl_helpers.build_tiny)."""
+    from rl_helpers import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny32"))

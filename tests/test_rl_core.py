@@ -122,3 +122,54 @@ def test_spo_advantages_and_kl_loss():
     ref = torch.tensor([[math.log(0.25), 7.0]])
     r = math.log(0.5)  # only the first token is kept
     close(core.kl_penalty_loss(logp, ref, torch.tensor([[1.0, 0.0]])), math.exp(r) - 1 - r)
+
+
+def test_mask_from_lengths():
+    close(core.mask_from_lengths(torch.tensor([3, 0, 1]), 4), [[1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+
+
+def test_spo_advantages_normalised_over_the_batch():
+    # scores - per-prompt baselines: [1 - .5, 0 - .25, 1 - .75] = [.5, -.25, .25]; mean 1/6
+    # deviations 1/3, -5/12, 1/12; population variance (16 + 25 + 1) / 144 / 3 = 42 / 432
+    std = math.sqrt(42 / 432)
+    got = core.spo_advantages(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.5, 0.25, 0.75]), clip=5.0,
+                              normalize=True)
+    close(got, [(1 / 3) / std, (-5 / 12) / std, (1 / 12) / std], tol=1e-4)
+    close(core.spo_advantages(torch.tensor([1.0, 0.0]), 0.0, clip=0.5, normalize=True), [0.5, -0.5])  # +-1, clipped
+
+
+def test_mean_abs_log_ratio():
+    now = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]])
+    then = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -0.5, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    close(core.mean_abs_log_ratio(now, then, mask), [(0.5 + 1.0) / 2, 0.0])   # padding ignored
+
+
+def test_truncated_importance_weights_and_weighted_policy_loss():
+    old = torch.tensor([[math.log(0.5), math.log(0.9), math.log(0.3)]])
+    sampler = torch.tensor([[math.log(0.25), math.log(0.9), math.log(0.6)]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    w = core.truncated_importance_weights(old, sampler, cap=1.5, mask=mask)
+    close(w, [[1.5, 1.0, 0.0]])   # 0.5 / 0.25 = 2 capped at 1.5; 1; padding 0
+    adv = torch.tensor([[1.0, -2.0, 3.0]])
+    loss, _, _ = core.policy_loss(old, old, adv, mask, 0.2, weights=w)   # ratio 1: per token -A
+    close(loss, (1.5 * -1.0 + 1.0 * 2.0) / 2)
+
+
+def test_k3_loss_value_is_kl_policy_ref_but_its_gradient_is_kl_ref_policy():
+    """Exact expectations over a 3-token vocabulary: E_{y ~ pi}[k3] = KL(pi || ref), while
+    E_{y ~ pi}[d k3(y) / d theta] (the gradient the loss term gives, samples not reparameterised) equals
+    d KL(ref || pi) / d theta, not d KL(pi || ref) / d theta."""
+    theta = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    ref = torch.tensor([0.2, 0.5, 0.3])
+    pi = theta.softmax(-1)
+    logp = pi.log()
+    k3 = [core.kl_penalty_loss(logp[y].reshape(1, 1), ref[y].log().reshape(1, 1), torch.ones(1, 1), "k3")
+          for y in range(3)]
+    expected_value = sum(pi[y].detach() * k3[y].detach() for y in range(3))
+    close(expected_value, (pi * (pi / ref).log()).sum().detach())
+    grad = sum(pi[y].detach() * torch.autograd.grad(k3[y], theta, retain_graph=True)[0] for y in range(3))
+    grad_ref_pi = torch.autograd.grad((ref * (ref / pi).log()).sum(), theta, retain_graph=True)[0]
+    grad_pi_ref = torch.autograd.grad((pi * (pi / ref).log()).sum(), theta)[0]
+    close(grad, grad_ref_pi)
+    assert not torch.allclose(grad, grad_pi_ref, atol=1e-3)

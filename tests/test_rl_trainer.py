@@ -1,5 +1,6 @@
-"""PPOTrainer / SPOTrainer smoke tests on the built-in tiny model: a few steps, checkpoints, exact resume,
-adapters, a reward model as reward and critic, and the errors users meet first."""
+"""PPOTrainer / SPOTrainer on a tiny model: a few steps, checkpoints, resume against an uninterrupted run,
+adapters, a reward model as reward and critic, the per-prompt SPO tracker against hand-computed values, and
+the errors users meet first."""
 
 from __future__ import annotations
 
@@ -13,124 +14,120 @@ import torch
 pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
+from rl_helpers import answer_over_ten, args_for, dataset, digits, make_trainer, step_logs  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from align_recipes.rl.config import PPOConfig, SPOConfig  # noqa: E402
 from align_recipes.rl.trainer import PPOTrainer, SPOTrainer  # noqa: E402
-from align_recipes.tiny import ensure_tiny_model  # noqa: E402
 
 LOGGED = {"reward", "kl", "entropy", "response_length", "eos_rate", "policy_loss", "clipfrac", "approx_kl",
           "loss", "grad_norm", "learning_rate", "kl_coef"}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """An even smaller Qwen2 than the built-in one (32 wide), with the built-in byte-level tokenizer."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+class StopAfter(TrainerCallback):
+    """Stops training after a given step, as a crash or Ctrl-C would (the checkpoint of that step is written)."""
 
-    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_model())
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path = tmp_path_factory.mktemp("tiny32")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+        return control
 
 
-def digits(prompts, completions, answer, **kwargs):
-    """Reward: share of digits in the completion, +1 when it starts with the answer."""
-    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) + float(t.strip().startswith(a))
-            for t, a in zip(texts, answer)]
-
-
-def dataset(conversational=True, n=12):
-    rows = []
-    for i in range(n):
-        a, b = i % 4, i // 4
-        prompt = [{"role": "user", "content": f"{a}+{b}="}] if conversational else f"{a}+{b}="
-        rows.append({"prompt": prompt, "answer": str(a + b)})
-    return Dataset.from_list(rows)
-
-
-def args_for(cls, out, **overrides):
-    base = dict(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                num_mini_batches=1, num_ppo_epochs=2, max_new_tokens=3, learning_rate=1e-3, logging_steps=1,
-                save_strategy="steps", save_steps=1, report_to="none", disable_tqdm=True, seed=3)
-    base.update(overrides)
-    return cls(**base)
-
-
-def trainer(cls, cfg, tiny, out, **kw):
-    extra = {k: kw.pop(k) for k in ("peft_config", "reward_funcs", "train_dataset", "eval_dataset") if k in kw}
-    return cls(model=AutoModelForCausalLM.from_pretrained(tiny), args=args_for(cfg, out, **kw),
-               train_dataset=extra.pop("train_dataset", dataset()), processing_class=AutoTokenizer.from_pretrained(tiny),
-               reward_funcs=extra.pop("reward_funcs", [digits]), **extra)
-
-
-def step_logs(t, step):
-    return next(h for h in t.state.log_history if h.get("step") == step and "reward" in h)
-
-
-def assert_same_continuation(first, resumed, step):
-    assert step_logs(first, step) == step_logs(resumed, step)
-    a, b = dict(first.model.named_parameters()), dict(resumed.model.named_parameters())
+def assert_resume_matches_uninterrupted(make, tmp_path, step: int = 2):
+    """An uninterrupted run that writes no checkpoint is the reference; a run stopped after step 1 and resumed
+    from its checkpoint by a fresh trainer must log the same step and end with the same weights."""
+    reference = make(tmp_path / "reference", save_strategy="no")
+    reference.train()
+    stopped = make(tmp_path / "run", callbacks=[StopAfter(1)])
+    stopped.train()
+    assert stopped.state.global_step == 1 and not (tmp_path / "run" / "checkpoint-2").exists()
+    resumed = make(tmp_path / "run")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert step_logs(resumed, step) == step_logs(reference, step)
+    a, b = dict(reference.model.named_parameters()), dict(resumed.model.named_parameters())
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return reference, resumed
 
 
-def test_ppo_trains_checkpoints_and_resumes_exactly(tiny, tmp_path):
-    first = trainer(PPOTrainer, PPOConfig, tiny, tmp_path, adaptive_kl=True, kl_coef=0.1, missing_eos_penalty=0.5)
-    result = first.train()
-    assert result.global_step == 2
-    logs = step_logs(first, 1)
+def test_ppo_trains_checkpoints_and_resumes_like_an_uninterrupted_run(tiny, tmp_path):
+    def make(out, **kw):
+        return make_trainer(PPOTrainer, PPOConfig, tiny, out, adaptive_kl=True, kl_coef=0.1, missing_eos_penalty=0.5,
+                            **kw)
+
+    reference, resumed = assert_resume_matches_uninterrupted(make, tmp_path)
+    assert torch.equal(reference.value_model.head.weight, resumed.value_model.head.weight)
+    logs = step_logs(reference, 1)
     assert LOGGED | {"value_loss", "vf_clipfrac", "non_score_reward", "rewards/digits"} <= set(logs)
-    assert logs["kl"] == 0.0  # the first rollout comes from the reference policy itself
-    assert step_logs(first, 2)["kl_coef"] != 0.1  # adaptive
-    ckpt = tmp_path / "checkpoint-1"
+    assert abs(logs["kl"]) < 1e-5  # the first rollout comes from the reference policy itself
+    # Adaptive KL (target 6, horizon 10000) after step 1 measured KL ~0 on 4 completions: the error
+    # KL / 6 - 1 = -1 is clipped to -0.2, so kl_coef = 0.1 * (1 - 0.2 * 4 / 10000).
+    assert step_logs(reference, 2)["kl_coef"] == pytest.approx(0.1 * (1 - 0.2 * 4 / 10000), rel=1e-7)
+    ckpt = tmp_path / "run" / "checkpoint-1"
     for name in ("model.safetensors", "value_model.safetensors", "rl_state.json", "optimizer.pt", "scheduler.pt",
                  "rng_state.pth", "trainer_state.json"):
         assert (ckpt / name).is_file(), name
     assert json.loads((ckpt / "rl_state.json").read_text())["algorithm"] == "ppo"
 
-    resumed = trainer(PPOTrainer, PPOConfig, tiny, tmp_path, adaptive_kl=True, kl_coef=0.1, missing_eos_penalty=0.5)
-    resumed.train(resume_from_checkpoint=str(ckpt))
-    assert_same_continuation(first, resumed, 2)
-    assert torch.equal(first.value_model.head.weight, resumed.value_model.head.weight)
-
-    first.save_model(str(tmp_path / "final"))
+    reference.save_model(str(tmp_path / "final"))
     assert not (tmp_path / "final" / "value_model.safetensors").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
-    assert torch.equal(reloaded.model.norm.weight, first.model.model.norm.weight)
+    assert torch.equal(reloaded.model.norm.weight, reference.model.model.norm.weight)
 
 
-def test_spo_with_lora_plain_prompts_resumes_exactly(tiny, tmp_path):
+def test_spo_global_baseline_with_lora_plain_prompts_resumes_like_an_uninterrupted_run(tiny, tmp_path):
     from peft import LoraConfig
 
-    def make():
-        return trainer(SPOTrainer, SPOConfig, tiny, tmp_path, train_dataset=dataset(conversational=False),
-                       peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
-                       num_mini_batches=2, reward_scale=2.0)
+    def make(out, **kw):
+        return make_trainer(SPOTrainer, SPOConfig, tiny, out, train_dataset=dataset(conversational=False),
+                            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                   task_type="CAUSAL_LM"),
+                            num_mini_batches=2, reward_scale=2.0, baseline="global", **kw)
 
-    first = make()
-    assert first.ref_model is None  # the reference is the policy with its adapter disabled
-    first.train()
-    logs = step_logs(first, 2)
-    assert LOGGED | {"baseline", "rho", "kl_loss"} <= set(logs) and "value_loss" not in logs
-    assert 0.5 <= logs["rho"] <= 0.96  # the forgetting factor follows the policy's change, within the clip
-    assert step_logs(first, 1)["baseline"] == 0.0 and step_logs(first, 1)["rho"] == pytest.approx(0.9)  # prior, rho_const
-    assert (tmp_path / "checkpoint-1" / "adapter_model.safetensors").is_file()
-    assert json.loads((tmp_path / "checkpoint-1" / "rl_state.json").read_text())["algorithm"] == "spo"
-    resumed = make()
-    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
-    assert_same_continuation(first, resumed, 2)
+    reference, resumed = assert_resume_matches_uninterrupted(make, tmp_path)
+    assert reference.ref_model is None  # the reference is the policy with its adapter disabled
+    first, second = step_logs(reference, 1), step_logs(reference, 2)
+    assert LOGGED | {"baseline", "rho", "kl_loss"} <= set(second) and "value_loss" not in second
+    # The global Beta belief by hand from the logged batch rewards (digits() is in [0, 2]; scale 2 maps r to
+    # (r + 2) / 4, no clipping): prior alpha = beta = 0.5 / (1 - 0.875) = 4; first update with rho_const 0.9.
+    assert first["baseline"] == 0.0 and first["rho"] == pytest.approx(0.9)
+    r1, r2, rho2 = (first["reward"] + 2) / 4, (second["reward"] + 2) / 4, second["rho"]
+    alpha1, beta1 = 0.9 * 4 + r1, 0.9 * 4 + (1 - r1)
+    assert second["baseline"] == pytest.approx(alpha1 / (alpha1 + beta1) * 4 - 2, abs=1e-6)
+    assert 0.875 <= rho2 <= 0.96
+    assert (resumed.tracker.alpha, resumed.tracker.beta) == pytest.approx(
+        (rho2 * alpha1 + r2, rho2 * beta1 + (1 - r2)), abs=1e-6)
+    assert (tmp_path / "run" / "checkpoint-1" / "adapter_model.safetensors").is_file()
+    state = json.loads((tmp_path / "run" / "checkpoint-1" / "rl_state.json").read_text())
+    assert (state["algorithm"], state["baseline"]) == ("spo", "global")
     resumed.train(resume_from_checkpoint=True)  # the last checkpoint is the end (checkpoint-2): nothing to do
     assert resumed.state.global_step == 2
+
+
+def test_spo_per_prompt_tracker_with_a_frozen_policy_matches_hand_values(tiny, tmp_path):
+    """4 prompts, 4 per step, learning rate 0: every prompt is seen at steps 1 and 2 (sampler epochs), the policy
+    never moves, so D = 0 and the second visit forgets as slowly as allowed (rho = clip_upper = 0.96). MiniMind's
+    global rho compared different prompts' mean log-probs and hit clip_lower 42% of the time with a frozen policy."""
+    t = make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, train_dataset=dataset(n=4), learning_rate=0.0,
+                     reward_funcs=[answer_over_ten], reward_scale=1.0, save_strategy="no", max_steps=2)
+    t.train()
+    first, second = step_logs(t, 1), step_logs(t, 2)
+    assert first["rho"] == pytest.approx(0.9) and first["divergence"] == 0.0   # first visits: rho_const, no D
+    assert second["rho"] == pytest.approx(0.96)
+    assert second["divergence"] < 1e-5   # the stored sample re-scored under the same weights
+    answers = [0, 1, 2, 3]   # prompts i = 0..3 are "i+0=": rewards .0, .1, .2, .3 map to (r + 1) / 2
+    for key, a in enumerate(answers):
+        r = (a / 10 + 1) / 2
+        alpha1, beta1 = 0.9 * 0.5 + r, 0.9 * 0.5 + (1 - r)
+        assert t.tracker.alpha[key] == pytest.approx(0.96 * alpha1 + r)
+        assert t.tracker.beta[key] == pytest.approx(0.96 * beta1 + (1 - r))
+    # step 1's baselines are the prior (reward 0); step 2's the beliefs after one visit, in reward units
+    assert first["baseline"] == 0.0
+    expected = [(0.9 * 0.5 + (a / 10 + 1) / 2) / 1.9 * 2 - 1 for a in answers]
+    assert second["baseline"] == pytest.approx(sum(expected) / 4, abs=1e-6)
 
 
 def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
@@ -142,7 +139,7 @@ def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
     rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny).pad_token_id
     rm.save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(rm_dir)
-    t = trainer(PPOTrainer, PPOConfig, tiny, tmp_path / "run", reward_funcs=[str(rm_dir)], max_steps=1,
+    t = make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path / "run", reward_funcs=[str(rm_dir)], max_steps=1,
                 save_strategy="no", peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
                 eval_strategy="steps", eval_steps=1, eval_dataset=dataset(n=3), reward_model_path=str(rm_dir))
     assert len(t.reward_funcs) == 1  # reward_model_path names the model already given: it scores once
@@ -155,11 +152,11 @@ def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
 
 def test_constructor_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="no 'prompt' column"):
-        trainer(PPOTrainer, PPOConfig, tiny, tmp_path, train_dataset=Dataset.from_list([{"question": "x"}]))
+        make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path, train_dataset=Dataset.from_list([{"question": "x"}]))
     with pytest.raises(ValueError, match="no reward"):
-        trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_funcs=None)
+        make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_funcs=None)
     with pytest.raises(ValueError, match="2 reward weights for 1 reward functions"):
-        trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_weights=[1.0, 2.0])
+        make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_weights=[1.0, 2.0])
     with pytest.raises(TypeError, match="needs a PPOConfig"):
         PPOTrainer(model=tiny, args=args_for(SPOConfig, tmp_path), train_dataset=dataset(), reward_funcs=[digits])
     with pytest.raises(ValueError, match="SPO has no critic"):
@@ -167,5 +164,5 @@ def test_constructor_errors(tiny, tmp_path):
                    value_model=tiny)
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ImportError, match="use_vllm is true but vLLM is not installed"):
-            trainer(SPOTrainer, SPOConfig, tiny, tmp_path, use_vllm=True)
+            make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, use_vllm=True)
     assert not os.path.exists(tmp_path / "checkpoint-1")

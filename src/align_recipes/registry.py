@@ -124,7 +124,7 @@ ALGORITHMS: dict[str, Algorithm] = {
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
                   reference="kl_coef", critic=True, truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
-                  "single-sample RL with an adaptive Beta baseline (ours)", uses_rewards=True, generates=True,
+                  "single-sample RL with a per-prompt value tracker, no critic (ours)", uses_rewards=True, generates=True,
                   reference="beta", truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
     ]
 }

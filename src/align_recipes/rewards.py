@@ -367,12 +367,19 @@ def reward_func_name(func: Any) -> str:
 class RewardModelFunc:
     """A reward model as a reward function: scores chat-templated prompt + completion with a sequence
     classifier (num_labels=1). The model loads on first use, on ``device`` (default: the current CUDA
-    device, else CPU); ``.to(device)`` moves it."""
+    device, else CPU); ``.to(device)`` moves it. ``batch_size=None`` scores a whole call in one forward pass.
 
-    def __init__(self, path: str, device: Any = None, batch_size: int = 16, model: Any = None,
+    Online trainers whose policy shares this model's tokenizer skip the text round trip: `shares_tokenizer`
+    tells them so, `completion_suffix` gives the tokens the chat template puts after an answer, and `score_ids`
+    scores ready-made token sequences (prompt ids + answer ids + suffix) in one forward pass."""
+
+    _PROBE = "\u2063probe\u2063"  # a completion no template changes, to find what comes after an answer
+
+    def __init__(self, path: str, device: Any = None, batch_size: int | None = None, model: Any = None,
                  tokenizer: Any = None, max_length: int | None = None):
         self.path, self.device, self.batch_size, self.max_length = str(path), device, batch_size, max_length
         self._model, self._tokenizer = model, tokenizer
+        self._suffixes: dict[str, list[int] | None] = {}
         self.__name__ = "reward_model_" + (Path(self.path.rstrip("/")).name or "model")
 
     def _resolve_device(self):
@@ -426,14 +433,59 @@ class RewardModelFunc:
                 out.append(str(prompt) + completion_text(completion))
         return out
 
+    # --- scoring token ids directly (online RL with a shared tokenizer)
+    def shares_tokenizer(self, tokenizer) -> bool:
+        """Whether ``tokenizer`` (the policy's) is this model's: same class, vocabulary, special tokens and chat
+        template, so the policy's token ids mean the same here."""
+        mine = self.tokenizer
+        return (type(mine).__name__ == type(tokenizer).__name__
+                and getattr(mine, "chat_template", None) == getattr(tokenizer, "chat_template", None)
+                and mine.all_special_tokens == tokenizer.all_special_tokens and mine.get_vocab() == tokenizer.get_vocab())
+
+    def completion_suffix(self, prompt: Any, prompt_text: str) -> list[int] | None:
+        """Token ids this model's text layout puts after an answer to ``prompt`` (e.g. the end-of-turn tokens),
+        given ``prompt_text``, the prompt as the policy saw it (chat template with the generation prompt). None
+        when the layout is not ``prompt_text + answer + suffix`` (then only the text path is right)."""
+        if prompt_text not in self._suffixes:
+            full = self.texts([prompt], [self._PROBE])[0]
+            head = prompt_text + self._PROBE
+            suffix = full[len(head):] if full.startswith(head) else None
+            self._suffixes[prompt_text] = None if suffix is None else \
+                self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        return self._suffixes[prompt_text]
+
+    def score_ids(self, sequences: list[list[int]]) -> list[float]:
+        """Scores of ready-made token sequences, padded on the tokenizer's side, in one forward pass (or chunks
+        of ``batch_size``)."""
+        import torch
+
+        model, tokenizer = self.model, self.tokenizer
+        pad, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
+        size = self.batch_size or max(len(sequences), 1)
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(sequences), size):
+                chunk = sequences[start:start + size]
+                width = max(len(s) for s in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for i, seq in enumerate(chunk):
+                    cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+                    ids[i, cols] = torch.tensor(seq, dtype=torch.long)
+                    mask[i, cols] = 1
+                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+                scores.extend(logits[:, 0].float().tolist())
+        return scores
+
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
         import torch
 
         model, tokenizer, texts, scores = self.model, self.tokenizer, self.texts(prompts, completions), []
         max_length = self.max_length or min(getattr(tokenizer, "model_max_length", 4096) or 4096, 32768)
+        size = self.batch_size or max(len(texts), 1)
         with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+            for start in range(0, len(texts), size):
+                batch = tokenizer(texts[start:start + size], return_tensors="pt", padding=True,
                                   truncation=True, max_length=max_length, add_special_tokens=False)
                 logits = model(**batch.to(model.device)).logits
                 scores.extend(logits[:, 0].float().tolist())

@@ -8,14 +8,15 @@ Trainer's: the accelerator (DDP, mixed precision), optimizer and scheduler const
 rotation) and its loading helpers, `save_model`. We add the critic's weights and the algorithm's own
 state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
 run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
+One step's rollout and updates are in `experience`.
 
-Subclasses fill four hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
-``batch["advantages"]`` and ``batch["returns"]``), `_loss` (per micro batch) and `_algorithm_state`.
+Subclasses fill the hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
+``batch["advantages"]`` and ``batch["returns"]``), `_loss` and `_value_loss` (per micro batch) and
+`_algorithm_state`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -23,33 +24,19 @@ import time
 from collections import defaultdict
 
 import torch
-from torch import nn
 from transformers import Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
 
 from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_name
-from align_recipes.rl import core
+from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator
-from align_recipes.rl.rollout import (PolicyAndValue, PromptSampler, completion_mask, decode_completions,
-                                      encode_prompts, is_conversational, position_ids_from, response_logits,
-                                      score_completions)
+from align_recipes.rl.modeling import disable_dropout, enable_checkpointing, is_peft, load_causal_lm
+from align_recipes.rl.prefix_cache import PromptPrefixCache
+from align_recipes.rl.rollout import PolicyAndValue, PromptCache, PromptSampler, eval_shards
+from align_recipes.rl.scoring import RewardScorer
 
 RL_STATE_NAME = "rl_state.json"
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-def _enable_checkpointing(model: nn.Module) -> None:
-    """Activation checkpointing without re-entrant autograd (works with frozen inputs, e.g. adapters)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _scores_with(funcs: list, model_path: str) -> bool:
@@ -63,11 +50,7 @@ def _scores_with(funcs: list, model_path: str) -> bool:
     return False
 
 
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-class OnlineRLTrainer(Trainer):
+class OnlineRLTrainer(ExperienceMixin, Trainer):
     """Base of `PPOTrainer` and `SPOTrainer`; see the module docstring."""
 
     uses_critic = False
@@ -75,7 +58,7 @@ class OnlineRLTrainer(Trainer):
     def __init__(self, model, args=None, train_dataset=None, processing_class=None, reward_funcs=None,
                  reward_weights=None, ref_model=None, value_model=None, peft_config=None, callbacks=None,
                  eval_dataset=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+        from transformers import AutoTokenizer, set_seed
 
         if args is None:
             raise ValueError(f"{type(self).__name__} needs args (a {type(self).__name__.replace('Trainer', 'Config')})")
@@ -84,8 +67,7 @@ class OnlineRLTrainer(Trainer):
             raise ValueError("train_dataset is empty: PPO/SPO need prompts (a 'prompt' column)")
         if "prompt" not in train_dataset.column_names:
             raise ValueError(f"train_dataset has no 'prompt' column (columns: {', '.join(train_dataset.column_names)})")
-        if isinstance(model, (str, os.PathLike)):
-            model = AutoModelForCausalLM.from_pretrained(str(model), dtype="auto")
+        model = load_causal_lm(model, args)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
@@ -110,24 +92,21 @@ class OnlineRLTrainer(Trainer):
         self.ref_model = None
         if self._kl_weight(args) > 0:
             if ref_model is not None:
-                self.ref_model = AutoModelForCausalLM.from_pretrained(str(ref_model), dtype="auto") \
-                    if isinstance(ref_model, (str, os.PathLike)) else ref_model
-            elif peft_config is None and not _is_peft(model):
+                self.ref_model = load_causal_lm(ref_model, args)
+            elif peft_config is None and not is_peft(model):
                 self.ref_model = copy.deepcopy(model)
             if self.ref_model is not None:
                 self.ref_model.eval().requires_grad_(False)
-        if peft_config is not None and not _is_peft(model):
+        if peft_config is not None and not is_peft(model):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        if args.disable_dropout:
-            for m in (model, self.value_model):
-                if m is not None:
-                    _disable_dropout(m)
-        if args.activation_checkpointing:
-            for m in (model, self.value_model):
-                if m is not None:
-                    _enable_checkpointing(m)
+        self._dropout_active = not args.disable_dropout
+        for m in (model, self.value_model):
+            if m is not None and args.disable_dropout:
+                disable_dropout(m)
+            if m is not None and args.activation_checkpointing:
+                enable_checkpointing(m)
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=lambda rows: rows, callbacks=callbacks)
@@ -144,6 +123,12 @@ class OnlineRLTrainer(Trainer):
         self.eos_token_ids = sorted(eos | {processing_class.eos_token_id})
         self.generator = make_generator(args, lambda: self.accelerator.unwrap_model(self.model), self.accelerator,
                                         processing_class, self.eos_token_ids, processing_class.pad_token_id)
+        budget = int(args.prefix_cache_mb * 2 ** 20)
+        self.scorer = RewardScorer(self.reward_funcs, self.reward_weights, processing_class, len(train_dataset), budget)
+        self._ref_prefix = PromptPrefixCache(self.ref_model, len(train_dataset), budget, lm=True) \
+            if self.ref_model is not None else None
+        self._train_prompts = PromptCache(train_dataset, processing_class, args.max_prompt_length)
+        self._eval_prompts: dict[int, PromptCache] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     # ------------------------------------------------------------------------------ subclass hooks
@@ -156,7 +141,12 @@ class OnlineRLTrainer(Trainer):
     def _advantages(self, batch: dict) -> dict[str, float]:
         raise NotImplementedError
 
-    def _loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor, values) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The policy's loss on micro batch ``idx`` and its statistics."""
+        raise NotImplementedError
+
+    def _value_loss(self, batch: dict, idx: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The critic's weighted loss on micro batch ``idx`` (only called with a critic)."""
         raise NotImplementedError
 
     def _algorithm_state(self) -> dict:
@@ -165,113 +155,9 @@ class OnlineRLTrainer(Trainer):
     def _load_algorithm_state(self, state: dict) -> None:
         pass
 
-    # ------------------------------------------------------------------------------------- rollout
     def _gather_mean(self, value: float | torch.Tensor) -> float:
         t = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
         return self.accelerator.gather(t).mean().item()
-
-    def _ref_logits(self, input_ids, attention_mask, position_ids, n_response):
-        if self.ref_model is not None:
-            return response_logits(self.ref_model, input_ids, attention_mask, position_ids, n_response)
-        policy = self.accelerator.unwrap_model(self.model)
-        with policy.disable_adapter():
-            return response_logits(policy, input_ids, attention_mask, position_ids, n_response)
-
-    @torch.no_grad()
-    def _generate_and_score(self, rows: list[dict]) -> dict:
-        args, tok, device = self.args, self.processing_class, self.accelerator.device
-        prompts = [row["prompt"] for row in rows]
-        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
-        prompt_ids, prompt_mask = encode_prompts(tok, prompts, args.max_prompt_length, tok.pad_token_id, device)
-        completion_ids = self.generator.generate(prompt_ids, prompt_mask)
-        mask, ended = completion_mask(completion_ids, self.eos_token_ids)
-        completion_ids = completion_ids.masked_fill(mask == 0, tok.pad_token_id)
-        completions = decode_completions(tok, completion_ids, mask, is_conversational(prompts[0]))
-        scores, per_func = score_completions(self.reward_funcs, self.reward_weights, prompts, completions, columns,
-                                             trainer_state=self.state)
-        if args.missing_eos_penalty is not None:
-            scores = scores - args.missing_eos_penalty * (~ended).float().cpu()
-        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": completion_ids,
-                "response_mask": mask, "ended": ended, "scores": scores.to(device), "per_func": per_func}
-
-    @torch.no_grad()
-    def _rollout(self, rows: list[dict]) -> dict:
-        """Generate, score, and run the no-grad passes: rollout log-probs, entropy, values, reference log-probs."""
-        args = self.args
-        batch = self._generate_and_score(rows)
-        input_ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], 1)
-        attention_mask = torch.cat([batch["prompt_mask"], batch["response_mask"].long()], 1)
-        batch.update(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids_from(attention_mask))
-        n_resp, micro = batch["response_ids"].shape[1], args.per_device_train_batch_size
-        module = self._actor_critic
-        module.eval()
-        parts = defaultdict(list)
-        for start in range(0, input_ids.shape[0], micro):
-            sl = slice(start, start + micro)
-            inputs = (input_ids[sl], attention_mask[sl], batch["position_ids"][sl], n_resp)
-            with self.accelerator.autocast():
-                logits, values = module(*inputs)
-                ref_logits = self._ref_logits(*inputs) if self._kl_weight(args) > 0 else None
-            tokens = batch["response_ids"][sl]
-            parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
-            parts["entropy"].append(core.entropy_from_logits(logits, args.temperature))
-            if values is not None:
-                parts["values"].append(values.float())
-            if ref_logits is not None:
-                parts["ref_logprobs"].append(core.logprobs_from_logits(ref_logits, tokens, args.temperature))
-        batch.update({k: torch.cat(v) for k, v in parts.items()})
-        if "ref_logprobs" not in batch:
-            batch["ref_logprobs"] = batch["logprobs"].clone()
-        return batch
-
-    # -------------------------------------------------------------------------------------- update
-    def _update(self, module: nn.Module, batch: dict) -> dict[str, list[float]]:
-        args, acc = self.args, self.accelerator
-        micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
-        mini, size = micro * accum, batch["input_ids"].shape[0]
-        n_resp = batch["response_ids"].shape[1]
-        stats: dict[str, list[float]] = defaultdict(list)
-        module.train()
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(size)
-            for start in range(0, size, mini):
-                mini_idx = order[start:start + mini]
-                for j in range(0, len(mini_idx), micro):
-                    idx = mini_idx[j:j + micro].to(batch["input_ids"].device)
-                    last = j + micro >= len(mini_idx)
-                    with (contextlib.nullcontext() if last else acc.no_sync(module)):
-                        with acc.autocast():
-                            logits, values = module(batch["input_ids"][idx], batch["attention_mask"][idx],
-                                                    batch["position_ids"][idx], n_resp)
-                        logprobs = core.logprobs_from_logits(logits, batch["response_ids"][idx], args.temperature)
-                        loss, micro_stats = self._loss(batch, idx, logprobs, None if values is None else values.float())
-                        acc.backward(loss / accum)
-                    for k, v in micro_stats.items():
-                        stats[k].append(float(v))
-                    stats["loss"].append(loss.item())
-                if args.max_grad_norm is not None and args.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
-                    stats["grad_norm"].append(float(grad_norm))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
-        return stats
-
-    def _step(self, module: nn.Module, rows: list[dict]) -> dict[str, float]:
-        batch = self._rollout(rows)
-        mask = batch["response_mask"]
-        kl_k1 = core.masked_sum(batch["logprobs"] - batch["ref_logprobs"], mask, dim=1)
-        logs = {"reward": batch["scores"].mean(), "reward_std": batch["scores"].std() if len(mask) > 1 else 0.0,
-                "kl": kl_k1.mean(), "entropy": core.masked_mean(batch["entropy"], mask),
-                "response_length": mask.sum(1).mean(), "eos_rate": batch["ended"].float().mean()}
-        for j, func in enumerate(self.reward_funcs):
-            logs[f"rewards/{reward_func_name(func)}"] = batch["per_func"][:, j].nanmean()
-        logs.update(self._advantages(batch))
-        stats = self._update(module, batch)
-        logs.update({k: sum(v) / len(v) for k, v in stats.items() if v})
-        self.generator.sync_weights()
-        return {k: self._gather_mean(v) for k, v in logs.items()}
 
     # ------------------------------------------------------------------------------- training loop
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
@@ -311,7 +197,7 @@ class OnlineRLTrainer(Trainer):
         if checkpoint is not None:
             self._load_optimizer_and_scheduler(checkpoint)
             self._load_algorithm_state(json.loads(open(os.path.join(checkpoint, RL_STATE_NAME)).read()))
-            self.generator.sync_weights()
+            self.generator.mark_stale()
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, attr, getattr(self, attr))
 
@@ -323,8 +209,7 @@ class OnlineRLTrainer(Trainer):
         self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         while self.state.global_step < max_steps and not self.control.should_training_stop:
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            rows = [self.train_dataset[i] for i in sampler.indices(self.state.global_step)]
-            step_logs = self._step(module, rows)
+            step_logs = self._step(module, sampler.indices(self.state.global_step))
             losses.append(step_logs.get("loss", 0.0))
             for k, v in step_logs.items():
                 self._metrics[k].append(v)
@@ -376,15 +261,19 @@ class OnlineRLTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Sample one completion per eval prompt (training sampling settings) and report the mean score."""
+        """Sample one completion per eval prompt (training sampling settings) and report the mean score. Every
+        process makes the same number of generation calls (`eval_shards`), so vLLM's collectives cannot hang."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         acc, size = self.accelerator, self.args.rollout_batch_size
-        rows = [dataset[i] for i in range(acc.process_index, len(dataset), acc.num_processes)]
+        cache = self._eval_prompts.setdefault(id(dataset), PromptCache(dataset, self.processing_class,
+                                                                        self.args.max_prompt_length))
+        indices, real = eval_shards(len(dataset), acc.num_processes, acc.process_index)
         totals = torch.zeros(3, device=acc.device)  # score sum, length sum, count
-        for start in range(0, len(rows), size):
-            batch = self._generate_and_score(rows[start:start + size])
-            totals += torch.stack([batch["scores"].float().sum(), batch["response_mask"].sum(),
-                                   torch.tensor(float(len(batch["scores"])), device=acc.device)])
+        for start in range(0, len(indices), size):
+            batch = self._generate_and_score(cache, indices[start:start + size])
+            counted = (torch.arange(start, start + len(batch["scores"]), device=acc.device) < real).float()
+            totals += torch.stack([(batch["scores"].float() * counted).sum(),
+                                   (batch["response_mask"].sum(1) * counted).sum(), counted.sum()])
         score_sum, length_sum, count = acc.reduce(totals, "sum").tolist()
         metrics = {f"{metric_key_prefix}_reward": score_sum / max(count, 1),
                    f"{metric_key_prefix}_response_length": length_sum / max(count, 1)}

@@ -20,6 +20,7 @@ from transformers import TrainingArguments
 KL_ESTIMATOR_CHOICES = ("k1", "k2", "k3")
 VLLM_MODES = ("colocate", "server")
 RHO_MODES = ("kl", "constant")
+SPO_BASELINES = ("per_prompt", "global")
 
 
 def _bf16_default(fp16: bool, use_cpu: bool) -> bool:
@@ -46,9 +47,10 @@ class OnlineRLConfig(TrainingArguments):
         temperature (`float`, *optional*, defaults to `0.7`):
             Sampling temperature; log-probabilities for the losses are computed at the same temperature.
         top_p (`float`, *optional*, defaults to `1.0`):
-            Nucleus sampling threshold (1.0 samples from the whole distribution).
+            Must stay 1.0: the losses need the log-probabilities of the distribution that sampled each token, and
+            nucleus truncation makes them undefined once the policy moves. Lower `temperature` instead.
         top_k (`int`, *optional*, defaults to `0`):
-            Sample among the k most likely tokens; 0 disables the limit.
+            Must stay 0, for the same reason as `top_p`.
         missing_eos_penalty (`float` or `None`, *optional*, defaults to `None`):
             Subtracted from the score of every completion that hit `max_new_tokens` without an EOS token.
         reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
@@ -62,7 +64,16 @@ class OnlineRLConfig(TrainingArguments):
         cliprange (`float`, *optional*, defaults to `0.2`):
             Policy ratio clipping: ratios outside [1 - cliprange, 1 + cliprange] get no gradient.
         disable_dropout (`bool`, *optional*, defaults to `True`):
-            Turn dropout off in the policy (and critic), so that log-probabilities are deterministic.
+            Turn dropout off in the policy (and critic). With `False`, dropout stays on during updates and pi_old
+            is computed with the very dropout masks each micro batch gets in the updates, so the first ratio is 1
+            and the ratio measures only how far the weights moved.
+        prefix_cache_mb (`float`, *optional*, defaults to `256`):
+            Memory for the frozen models' (reference, reward model) key/value caches of the training prompts, which
+            they then read only once (`rl/prefix_cache.py`). Used only when all prompts fit; 0 turns it off.
+        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `from_pretrained` when `model`, `ref_model` or the critic is given as a path.
+            `dtype` defaults to `"float32"`: weights train in full precision and `bf16`/`fp16` only set the
+            compute precision (a bf16 copy trained at a small learning rate loses most of its updates).
         use_vllm (`bool`, *optional*, defaults to `False`):
             Generate with vLLM (needs `pip install 'align-recipes[vllm]'` and a GPU).
         vllm_mode (`str`, *optional*, defaults to `"colocate"`):
@@ -78,6 +89,12 @@ class OnlineRLConfig(TrainingArguments):
             Server mode: port of the vLLM server.
         vllm_server_timeout (`float`, *optional*, defaults to `240.0`):
             Server mode: seconds to wait for the server to answer before failing.
+        vllm_importance_sampling_correction (`bool`, *optional*, defaults to `True`):
+            With vLLM, weight each token's policy loss by min(pi_old / pi_vllm, cap) (truncated importance
+            sampling), correcting for vLLM's kernels, precision and weight sync sampling a slightly different
+            distribution than the trained policy. pi_old is recomputed by the trainer either way.
+        vllm_importance_sampling_cap (`float`, *optional*, defaults to `2.0`):
+            Upper bound of those weights.
     """
 
     # TrainingArguments fields with other defaults
@@ -101,8 +118,9 @@ class OnlineRLConfig(TrainingArguments):
         default=53, metadata={"help": "Most tokens generated per completion (TRL's old response_length)."})
     temperature: float = field(
         default=0.7, metadata={"help": "Sampling temperature; the losses' log-probabilities use it too."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0: whole distribution)."})
-    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens; 0: no limit."})
+    top_p: float = field(
+        default=1.0, metadata={"help": "Must stay 1.0 (the losses need the sampler's exact log-probs); lower temperature."})
+    top_k: int = field(default=0, metadata={"help": "Must stay 0 (the losses need the sampler's exact log-probs)."})
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={"help": "Subtracted from the score of completions that end without an EOS token."},
@@ -119,7 +137,15 @@ class OnlineRLConfig(TrainingArguments):
     num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a rollout batch."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clipping range (PPO epsilon)."})
     disable_dropout: bool = field(
-        default=True, metadata={"help": "Turn dropout off so log-probabilities are deterministic."})
+        default=True, metadata={"help": "Turn dropout off. False: pi_old uses the update's dropout masks (ratio 1)."})
+    prefix_cache_mb: float = field(
+        default=256.0,
+        metadata={"help": "Memory for frozen models' caches of the training prompts (used if all fit); 0: off."},
+    )
+    model_init_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "from_pretrained kwargs for models given as paths; dtype defaults to float32."},
+    )
 
     # generation backend
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (needs the vllm extra and a GPU)."})
@@ -136,6 +162,10 @@ class OnlineRLConfig(TrainingArguments):
     vllm_server_port: int = field(default=8000, metadata={"help": "Server mode: port of the vLLM server."})
     vllm_server_timeout: float = field(
         default=240.0, metadata={"help": "Server mode: seconds to wait for the server."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "vLLM: weight token losses by min(pi_old / pi_vllm, cap)."})
+    vllm_importance_sampling_cap: float = field(
+        default=2.0, metadata={"help": "vLLM: upper bound of the importance weights."})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -158,10 +188,14 @@ class OnlineRLConfig(TrainingArguments):
             p.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.temperature <= 0:
             p.append(f"temperature must be > 0 (got {self.temperature}); sampling is required for RL")
-        if not 0 < self.top_p <= 1:
-            p.append(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            p.append(f"top_k must be >= 0 (got {self.top_k}); 0 disables it")
+        if self.top_p != 1.0:
+            p.append(f"top_p must be 1.0 (got {self.top_p}): PPO/SPO need the log-probabilities of the distribution "
+                     "that sampled each token, and nucleus truncation leaves them undefined once the policy moves; "
+                     "lower temperature to sample closer to the greedy answer instead")
+        if self.top_k != 0:
+            p.append(f"top_k must be 0 (got {self.top_k}): PPO/SPO need the log-probabilities of the distribution "
+                     "that sampled each token, and top-k truncation leaves them undefined once the policy moves; "
+                     "lower temperature to sample closer to the greedy answer instead")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             p.append(f"missing_eos_penalty must be >= 0 (got {self.missing_eos_penalty}); it is subtracted")
         if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
@@ -174,6 +208,12 @@ class OnlineRLConfig(TrainingArguments):
             p.append(f"cliprange must be > 0 (got {self.cliprange}); 0.2 is the usual value")
         if self.vllm_mode not in VLLM_MODES:
             p.append(f"vllm_mode must be one of {', '.join(VLLM_MODES)} (got {self.vllm_mode!r})")
+        if self.prefix_cache_mb < 0:
+            p.append(f"prefix_cache_mb must be >= 0 (got {self.prefix_cache_mb}); 0 turns the cache off")
+        if self.vllm_importance_sampling_cap < 1:
+            p.append(f"vllm_importance_sampling_cap must be >= 1 (got {self.vllm_importance_sampling_cap})")
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            p.append(f"model_init_kwargs must be a mapping (got {type(self.model_init_kwargs).__name__})")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             p.append(f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization})")
         return p
@@ -265,10 +305,19 @@ class PPOConfig(OnlineRLConfig):
 @dataclass
 class SPOConfig(OnlineRLConfig):
     r"""
-    Configuration of [`~align_recipes.rl.trainer.SPOTrainer`]: one completion per prompt, no critic; the
-    advantage is the score minus an adaptive Beta baseline (MiniMind's AutoAdaptiveValueTracker). The KL to the
-    reference is a loss term (k3 estimator, as in GRPO). Also takes every [`OnlineRLConfig`] and
-    `TrainingArguments` field.
+    Configuration of [`~align_recipes.rl.trainer.SPOTrainer`]: one completion per prompt, no critic. The advantage
+    is the score minus a baseline kept across steps; the KL to the reference is a loss term (k3, as in GRPO).
+    Also takes every [`OnlineRLConfig`] and `TrainingArguments` field.
+
+    Two baselines (`baseline`):
+    - `per_prompt` (default): the SPO paper's value tracker (Xu & Ding 2025, arXiv 2509.13232). Each prompt keeps a
+      Beta(alpha, beta) belief about its normalised reward; the baseline is its mean. When a prompt comes back, its
+      belief first decays by rho = clip(2 ** (-D / half_life), clip_lower, clip_upper), where D is the mean
+      |log-ratio| between the policy now and the one that last sampled the prompt, measured on that earlier
+      sample. Advantages are normalised over the whole batch (all processes) to mean 0, std 1.
+    - `global`: MiniMind's simplified variant: one Beta belief for all prompts, updated with the batch's mean
+      reward; rho follows the change of the batch's mean token log-probability between steps (different prompts
+      each step, so it mostly follows noise). Advantages are not normalised.
 
     Parameters:
         learning_rate (`float`, *optional*, defaults to `1e-6`):
@@ -276,19 +325,23 @@ class SPOConfig(OnlineRLConfig):
         num_ppo_epochs (`int`, *optional*, defaults to `1`):
             Passes over each rollout batch; with 1 the clipped surrogate is plain policy gradient.
         beta (`float`, *optional*, defaults to `0.02`):
-            Weight of the per-token KL(policy || reference) loss term. 0 skips the reference model.
+            Weight of the k3 KL loss term (its value estimates KL(policy || reference); its gradient is that of
+            KL(reference || policy)). 0 skips the reference model.
+        baseline (`str`, *optional*, defaults to `"per_prompt"`):
+            `per_prompt`: the SPO paper's per-prompt value tracker; `global`: MiniMind's single Beta baseline.
         rho_mode (`str`, *optional*, defaults to `"kl"`):
             `kl`: the forgetting factor follows how far the policy moved; `constant`: always `rho_const`.
         rho_const (`float`, *optional*, defaults to `0.9`):
-            Forgetting factor of the first update (and of every update with `rho_mode="constant"`).
+            Forgetting factor of a tracker's first update (and of every update with `rho_mode="constant"`).
         half_life (`float`, *optional*, defaults to `0.06`):
-            Change of the mean token log-probability at which the forgetting factor halves (MiniMind's D_half).
-        clip_lower (`float`, *optional*, defaults to `0.5`):
-            Lowest forgetting factor; also sets the prior's strength N = 1 / (1 - clip_lower).
+            Divergence D at which the forgetting factor halves (the paper's D_half).
+        clip_lower (`float`, *optional*, defaults to `0.875`):
+            Lowest forgetting factor (the paper's value; MiniMind used 0.5). `global` also sets its prior's strength
+            N = 1 / (1 - clip_lower) from it.
         clip_upper (`float`, *optional*, defaults to `0.96`):
             Highest forgetting factor.
         reward_scale (`float`, *optional*, defaults to `3.0`):
-            Rewards in [-reward_scale, reward_scale] map onto [0, 1] for the Beta tracker (values beyond are clipped).
+            Rewards in [-reward_scale, reward_scale] map onto [0, 1] for the Beta beliefs (values beyond are clipped).
         advantage_clip (`float`, *optional*, defaults to `5.0`):
             Advantages are clipped to [-advantage_clip, advantage_clip].
     """
@@ -296,15 +349,20 @@ class SPOConfig(OnlineRLConfig):
     learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the policy."})
     num_ppo_epochs: int = field(
         default=1, metadata={"help": "Passes over each rollout batch (1: plain policy gradient)."})
-    beta: float = field(default=0.02, metadata={"help": "Weight of the KL(policy || reference) loss term; 0: no reference."})
+    beta: float = field(default=0.02, metadata={"help": "Weight of the k3 KL-to-reference loss term; 0: no reference."})
+    baseline: str = field(
+        default="per_prompt",
+        metadata={"help": "per_prompt: the SPO paper's per-prompt value tracker; global: MiniMind's single baseline.",
+                  "choices": SPO_BASELINES},
+    )
     rho_mode: str = field(
         default="kl",
         metadata={"help": "kl: forgetting follows policy change; constant: always rho_const.", "choices": RHO_MODES},
     )
     rho_const: float = field(default=0.9, metadata={"help": "Forgetting factor of the first (or every constant) update."})
     half_life: float = field(
-        default=0.06, metadata={"help": "Mean log-prob change at which the forgetting factor halves (D_half)."})
-    clip_lower: float = field(default=0.5, metadata={"help": "Lowest forgetting factor; prior strength 1/(1-clip_lower)."})
+        default=0.06, metadata={"help": "Policy divergence at which the forgetting factor halves (D_half)."})
+    clip_lower: float = field(default=0.875, metadata={"help": "Lowest forgetting factor (global: prior 1/(1-clip_lower))."})
     clip_upper: float = field(default=0.96, metadata={"help": "Highest forgetting factor."})
     reward_scale: float = field(
         default=3.0, metadata={"help": "Rewards in [-scale, scale] map onto [0, 1] for the baseline tracker."})
@@ -314,6 +372,8 @@ class SPOConfig(OnlineRLConfig):
         p = super()._problems()
         if self.beta < 0:
             p.append(f"beta must be >= 0 (got {self.beta})")
+        if self.baseline not in SPO_BASELINES:
+            p.append(f"baseline must be one of {', '.join(SPO_BASELINES)} (got {self.baseline!r})")
         if self.rho_mode not in RHO_MODES:
             p.append(f"rho_mode must be one of {', '.join(RHO_MODES)} (got {self.rho_mode!r})")
         if not 0 < self.rho_const <= 1:

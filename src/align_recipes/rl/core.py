@@ -1,7 +1,7 @@
 """The numbers of PPO and SPO: small pure torch functions, no model, no state.
 
 Shapes: ``B`` sequences (completions) by ``T`` response positions. ``mask`` is 1.0 on the tokens the
-policy generated (up to and including the first EOS) and 0.0 on the padding after them. Every
+policy generated (the generator says how many: `mask_from_lengths`) and 0.0 on the padding after them. Every
 function ignores masked-out positions, so padding never leaks into a statistic, a loss or an
 advantage. Each function is unit-tested against hand-computed values in tests/test_rl_core.py.
 """
@@ -47,6 +47,14 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask
 
 
+def mask_from_lengths(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B] generated-token counts -> [B, width] float mask, 1.0 on the first ``lengths[i]`` positions.
+    The generator knows why each row stopped (EOS, a stop string, the token cap); scanning for EOS does
+    not (a row that stopped without EOS is followed by padding, which may even be the EOS id)."""
+    positions = torch.arange(width, device=lengths.device)
+    return (positions.unsqueeze(0) < lengths.unsqueeze(1)).float()
+
+
 # ------------------------------------------------------------------------------- log-probabilities
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -63,10 +71,12 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the log-probabilities of sampled tokens.
+    """Per-token estimate of KL(policy || reference) from the log-probabilities of tokens the policy sampled.
 
     With r = log p_ref - log p_policy:  k1 = -r (unbiased, can be negative); k2 = r^2 / 2 (biased, >= 0);
-    k3 = exp(r) - 1 - r (unbiased, >= 0, low variance; GRPO's and MiniMind's choice).
+    k3 = exp(r) - 1 - r (unbiased, >= 0, low variance; GRPO's and MiniMind's choice). These are statements
+    about the *value*. Differentiated as a loss (`kl_penalty_loss`), k3's expected gradient is that of the
+    other direction, KL(reference || policy) (tests/test_rl_core.py checks this exactly).
     """
     log_ratio = ref_logprobs - logprobs
     if kind == "k1":
@@ -115,25 +125,49 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def spo_advantages(scores: torch.Tensor, baseline: float, clip: float) -> torch.Tensor:
-    """SPO: score minus the tracked baseline (both in reward units), clipped to [-clip, clip]. [B] -> [B]."""
-    return (scores - baseline).clamp(-clip, clip)
+def spo_advantages(scores: torch.Tensor, baseline: float | torch.Tensor, clip: float,
+                   normalize: bool = False, eps: float = 1e-8) -> torch.Tensor:
+    """SPO: score minus the tracked baseline (both in reward units; one number, or one per prompt), then
+    optionally normalised over the batch to mean 0, std 1 (the SPO paper's global advantage normalisation;
+    population std), then clipped to [-clip, clip]. [B] -> [B]."""
+    advantages = scores - baseline
+    if normalize and advantages.numel() > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + eps)
+    return advantages.clamp(-clip, clip)
+
+
+def mean_abs_log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean over its tokens of |log p - log q|: how far two policies are apart on one sample.
+    The SPO authors' per-token divergence D(x) for the forgetting factor. [B, T] x 2, [B, T] -> [B]."""
+    return masked_mean((logprobs - other_logprobs).abs(), mask, dim=1)
+
+
+def truncated_importance_weights(logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float,
+                                 mask: torch.Tensor) -> torch.Tensor:
+    """Truncated importance sampling (TIS) for a sampler that is not exactly the trained policy (vLLM's kernels,
+    precision): w = min(pi_old / pi_sampler, cap) per token, 0 on padding. [B, T] -> [B, T]."""
+    return torch.exp(logprobs - sampler_logprobs).clamp(max=cap) * mask
 
 
 # ------------------------------------------------------------------------------------------ losses
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate, token-averaged: mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
+                mask: torch.Tensor, cliprange: float,
+                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, token-averaged: mean(w * max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
 
-    Returns (loss, clipfrac, approx_kl): clipfrac is the share of tokens where the clipped term won;
-    approx_kl = mean(0.5 * (log ratio)^2), how far this update moved the policy from the sampling one.
+    ``weights`` (default 1) are per-token importance weights for a sampler other than pi_old
+    (`truncated_importance_weights`). Returns (loss, clipfrac, approx_kl): clipfrac is the share of tokens
+    where the clipped term won; approx_kl = mean(0.5 * (log ratio)^2), how far this update moved the policy.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights
+    loss = masked_mean(per_token, mask)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio.detach() ** 2, mask)
     return loss, clipfrac.detach(), approx_kl
@@ -152,5 +186,8 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 def kl_penalty_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
                     kind: str = "k3") -> torch.Tensor:
-    """Token-averaged KL estimate used as a loss term (SPO / GRPO style), differentiable in ``logprobs``."""
+    """Token-averaged KL estimate used as a loss term (SPO / GRPO style), differentiable in ``logprobs``.
+
+    With k3 on tokens the policy sampled, the value estimates KL(policy || reference) but the gradient is, in
+    expectation, that of KL(reference || policy): the mass-covering direction (as in GRPO)."""
     return masked_mean(kl_estimate(logprobs, ref_logprobs, kind), mask)

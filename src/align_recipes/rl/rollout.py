@@ -1,20 +1,20 @@
-"""Rollout plumbing shared by PPO and SPO: which prompts a step takes, how they are tokenized, which
-completion tokens count, how completions are scored, and the policy/critic forward pass.
+"""Rollout plumbing shared by PPO and SPO: which prompts a step (or an evaluation) takes, how they are
+tokenized (once per prompt), and the policy/critic forward pass.
 
 Layout of a rollout batch: ``input_ids = [prompt (left-padded, P) | completion (right-padded, R)]``.
 The token at position P + t is predicted by the logits at P + t - 1, so the response logits and
-values are positions P - 1 ... P + R - 2 (`response_outputs`).
+values are positions P - 1 ... P + R - 2 (`response_logits`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from align_recipes.rewards import reward_func_name
+from align_recipes.rl.modeling import same_dropout_masks
 
 
 class PromptSampler:
@@ -56,6 +56,17 @@ class PromptSampler:
         return [self._permutation(p // self.num_rows)[p % self.num_rows] for p in range(start, start + self.per_process)]
 
 
+def eval_shards(num_rows: int, num_processes: int, process_index: int) -> tuple[list[int], int]:
+    """(rows, real) for evaluation: process r takes rows r, r + P, r + 2P, ...; every process gets the same
+    number of rows (the short ones repeat their last row, or row 0), so every process makes the same number of
+    generation calls (vLLM's server and tensor-parallel modes are collectives: unequal counts hang). Only the
+    first ``real`` rows count."""
+    own = list(range(process_index, num_rows, num_processes))
+    per_process = -(-num_rows // num_processes) if num_rows else 0
+    filler = own[-1] if own else 0
+    return own + [filler] * (per_process - len(own)), len(own)
+
+
 # ------------------------------------------------------------------------------------------ prompts
 
 def is_conversational(prompt: Any) -> bool:
@@ -68,13 +79,15 @@ def prompt_text(tokenizer, prompt: Any) -> str:
     return str(prompt)
 
 
-def encode_prompts(tokenizer, prompts: list, max_length: int | None, pad_id: int,
-                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids and attention mask; over-long prompts keep their last ``max_length`` tokens."""
-    rows = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
-    if max_length is not None:
-        rows = [r[-max_length:] for r in rows]
-    width = max(len(r) for r in rows)
+def prompt_token_ids(tokenizer, text: str, max_length: int | None) -> list[int]:
+    """The prompt's ids; an over-long prompt keeps its last ``max_length`` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_length:] if max_length is not None else ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask."""
+    width = max((len(r) for r in rows), default=0) or 1
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -84,12 +97,37 @@ def encode_prompts(tokenizer, prompts: list, max_length: int | None, pad_id: int
     return ids.to(device), mask.to(device)
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, ended): mask is 1.0 up to and including the first EOS token (everything if none), 0.0 after;
-    ended says whether the completion produced an EOS token."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
-    after_first_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    return (~after_first_eos).float(), is_eos.any(1)
+def encode_prompts(tokenizer, prompts: list, max_length: int | None, pad_id: int,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and attention mask; over-long prompts keep their last ``max_length`` tokens."""
+    return left_pad([prompt_token_ids(tokenizer, prompt_text(tokenizer, p), max_length) for p in prompts], pad_id,
+                    device)
+
+
+class PromptCache:
+    """A dataset's rows, rendered prompt texts and prompt ids, each computed once per row: an RL run visits
+    every prompt many times, and the chat template and tokenizer cost more than a tiny model's step."""
+
+    def __init__(self, dataset, tokenizer, max_length: int | None):
+        self.dataset, self.tokenizer, self.max_length = dataset, tokenizer, max_length
+        self._rows: dict[int, dict] = {}
+        self._texts: dict[int, str] = {}
+        self._ids: dict[int, list[int]] = {}
+
+    def row(self, index: int) -> dict:
+        if index not in self._rows:
+            self._rows[index] = self.dataset[int(index)]
+        return self._rows[index]
+
+    def text(self, index: int) -> str:
+        if index not in self._texts:
+            self._texts[index] = prompt_text(self.tokenizer, self.row(index)["prompt"])
+        return self._texts[index]
+
+    def ids(self, index: int) -> list[int]:
+        if index not in self._ids:
+            self._ids[index] = prompt_token_ids(self.tokenizer, self.text(index), self.max_length)
+        return self._ids[index]
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -97,27 +135,9 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-# ------------------------------------------------------------------------------------------ rewards
-
-def score_completions(reward_funcs: list[Callable], weights: list[float], prompts: list, completions: list,
-                      columns: dict[str, list], **extra) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [B], per_function [B, F]): each function's rewards (None -> NaN) and their weighted sum
-    (NaNs skipped, as in TRL GRPO)."""
-    per_func = torch.zeros(len(completions), len(reward_funcs), dtype=torch.float32)
-    for j, func in enumerate(reward_funcs):
-        values = func(prompts=prompts, completions=completions, **columns, **extra)
-        values = [math.nan if v is None else float(v) for v in values]
-        if len(values) != len(completions):
-            raise ValueError(f"reward function '{reward_func_name(func)}' returned {len(values)} rewards for "
-                             f"{len(completions)} completions; it must return one per completion")
-        per_func[:, j] = torch.tensor(values, dtype=torch.float32)
-    weighted = per_func * torch.tensor(weights, dtype=torch.float32)
-    return weighted.nansum(1), per_func
-
-
-def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor, conversational: bool) -> list:
-    lengths = mask.sum(1).long().tolist()
-    texts = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(completion_ids, lengths)]
+def decode_completions(tokenizer, completion_ids: torch.Tensor, lengths: torch.Tensor, conversational: bool) -> list:
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True)
+             for row, n in zip(completion_ids.tolist(), lengths.tolist())]
     return [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
 
 
@@ -132,16 +152,26 @@ def response_logits(model: nn.Module, input_ids, attention_mask, position_ids, n
 
 class PolicyAndValue(nn.Module):
     """The trained modules as one `nn.Module`, so one optimizer and one DDP wrapper cover both.
-    ``forward`` returns (response logits [B, R, V], response values [B, R] or None)."""
+    ``forward`` returns (response logits [B, R, V], response values [B, R] or None). ``seed`` fixes each part's
+    dropout masks (the policy's from ``seed``, the critic's from ``seed + 1``), whichever way they are called."""
 
     def __init__(self, policy: nn.Module, value_model: nn.Module | None = None):
         super().__init__()
         self.policy, self.value_model = policy, value_model
 
-    def forward(self, input_ids, attention_mask, position_ids, n_response: int):
-        logits = response_logits(self.policy, input_ids, attention_mask, position_ids, n_response)
-        values = None
-        if self.value_model is not None:
-            values = self.value_model(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=position_ids)[:, -(n_response + 1):-1]
-        return logits, values
+    def forward(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
+        return (self.policy_logits(input_ids, attention_mask, position_ids, n_response, seed),
+                self.values(input_ids, attention_mask, position_ids, n_response, seed))
+
+    def policy_logits(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
+        with same_dropout_masks(seed, input_ids.device):
+            return response_logits(self.policy, input_ids, attention_mask, position_ids, n_response)
+
+    def values(self, input_ids, attention_mask, position_ids, n_response: int,
+               seed: int | None = None) -> torch.Tensor | None:
+        """The critic's values at the response positions alone (no policy forward), or None without a critic."""
+        if self.value_model is None:
+            return None
+        with same_dropout_masks(None if seed is None else seed + 1, input_ids.device):
+            return self.value_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids)[:, -(n_response + 1):-1]

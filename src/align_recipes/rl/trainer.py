@@ -4,10 +4,12 @@ of turning scores into advantages.
 PPO  per-token reward = -kl_coef * KL(policy || reference) on each token + the score on the last one;
      a critic (`ValueHead`) predicts values; GAE gives advantages and returns; optional whitening;
      loss = clipped policy loss + vf_coef * clipped value loss. kl_coef is fixed or adaptive.
-SPO  advantage = clip(score - baseline, +-advantage_clip) on every token of the completion, where the
-     baseline is the mean of a Beta belief over normalised rewards, updated after every step with a
-     forgetting factor rho that follows how much the policy moved; no critic. The KL to the reference
-     is a loss term: loss = clipped policy loss + beta * k3 KL.
+SPO  advantage = score - baseline on every token of the completion; no critic. The baseline (`baselines`) is,
+     by default, the SPO paper's per-prompt value tracker (a Beta belief per prompt, forgetting by how far
+     the policy moved since it last sampled that prompt, measured on that sample; advantages normalised over
+     the batch), or with ``baseline="global"`` MiniMind's single Beta belief. Clipped to +-advantage_clip.
+     The KL to the reference is a loss term: loss = clipped policy loss + beta * k3 (whose value estimates
+     KL(policy || reference) and whose gradient is that of KL(reference || policy)).
 
 Both take TRL-style constructor arguments (see `OnlineRLTrainer.__init__`), so the registry dispatches
 them like TRL's trainers.
@@ -15,11 +17,17 @@ them like TRL's trainers.
 
 from __future__ import annotations
 
+import torch
+from accelerate.utils import gather_object
+
 from align_recipes.rewards import RewardModelFunc
 from align_recipes.rl import core
 from align_recipes.rl.base import OnlineRLTrainer
+from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker
 from align_recipes.rl.config import PPOConfig, SPOConfig
-from align_recipes.rl.control import AdaptiveKLController, BetaBaselineTracker, FixedKLController
+from align_recipes.rl.control import AdaptiveKLController, FixedKLController
+from align_recipes.rl.modeling import init_kwargs
+from align_recipes.rl.rollout import left_pad, position_ids_from, response_logits
 from align_recipes.rl.value import value_model_from
 
 __all__ = ["PPOTrainer", "SPOTrainer"]
@@ -66,7 +74,7 @@ class PPOTrainer(OnlineRLTrainer):
         if source is None:
             source = args.reward_model_path or next(
                 (f.path for f in self.reward_funcs if isinstance(f, RewardModelFunc)), None)
-        return value_model_from(source, policy, peft_config)
+        return value_model_from(source, policy, peft_config, **init_kwargs(args))
 
     def _advantages(self, batch: dict) -> dict[str, float]:
         args, mask = self.args, batch["response_mask"]
@@ -78,21 +86,20 @@ class PPOTrainer(OnlineRLTrainer):
         advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = core.masked_whiten(advantages, mask)
-        batch["advantages"], batch["returns"] = advantages, returns
+        batch["advantages"], batch["returns"], batch["rewards"] = advantages, returns, rewards
         mean_kl = self._gather_mean(core.masked_sum(kl, mask, dim=1).mean())
         self.kl_controller.update(mean_kl, self.args.rollout_batch_size * self.accelerator.num_processes)
         return {"kl_coef": kl_coef, "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
                 "value": core.masked_mean(batch["values"], mask).item()}
 
-    def _loss(self, batch, idx, logprobs, values):
-        args, mask = self.args, batch["response_mask"][idx]
-        pg_loss, clipfrac, approx_kl = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
-                                                        mask, args.cliprange)
-        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
-                                               args.cliprange_value)
-        loss = pg_loss + args.vf_coef * vf_loss
-        return loss, {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
-                      "vf_clipfrac": vf_clipfrac.item(), "approx_kl": approx_kl.item()}
+    def _loss(self, batch, idx, logprobs):
+        return self._policy_loss(batch, idx, logprobs)
+
+    def _value_loss(self, batch, idx, values):
+        args = self.args
+        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], batch["returns"][idx],
+                                               batch["response_mask"][idx], args.cliprange_value)
+        return args.vf_coef * vf_loss, {"value_loss": vf_loss.item(), "vf_clipfrac": vf_clipfrac.item()}
 
     def _algorithm_state(self) -> dict:
         return {"algorithm": "ppo", "kl_controller": self.kl_controller.state_dict()}
@@ -102,7 +109,7 @@ class PPOTrainer(OnlineRLTrainer):
 
 
 class SPOTrainer(OnlineRLTrainer):
-    """Single-sample RL with an adaptive Beta baseline (no critic, one completion per prompt).
+    """Single-sample RL with a baseline kept across steps (no critic, one completion per prompt).
 
     Same arguments as `PPOTrainer` with an `SPOConfig`, minus ``value_model``. ``ref_model`` is only used when
     ``args.beta > 0``.
@@ -117,8 +124,9 @@ class SPOTrainer(OnlineRLTrainer):
             raise TypeError(f"SPOTrainer needs an SPOConfig, got {type(args).__name__}")
         if value_model is not None:
             raise ValueError("SPO has no critic: remove value_model (it is for PPO)")
-        self.tracker = BetaBaselineTracker(args.clip_lower, args.clip_upper, args.half_life, args.rho_const,
-                                           args.reward_scale, args.rho_mode)
+        tracker = PromptValueTracker if args.baseline == "per_prompt" else GlobalBetaBaseline
+        self.tracker = tracker(args.clip_lower, args.clip_upper, args.half_life, args.rho_const, args.reward_scale,
+                               args.rho_mode)
         super().__init__(model, args, train_dataset, processing_class, reward_funcs, reward_weights, ref_model,
                          None, peft_config, callbacks, eval_dataset)
 
@@ -126,6 +134,11 @@ class SPOTrainer(OnlineRLTrainer):
         return args.beta
 
     def _advantages(self, batch: dict) -> dict[str, float]:
+        if isinstance(self.tracker, GlobalBetaBaseline):
+            return self._global_advantages(batch)
+        return self._per_prompt_advantages(batch)
+
+    def _global_advantages(self, batch: dict) -> dict[str, float]:
         mask = batch["response_mask"]
         baseline = self.tracker.baseline
         advantages = core.spo_advantages(batch["scores"].float(), baseline, self.args.advantage_clip)
@@ -136,12 +149,59 @@ class SPOTrainer(OnlineRLTrainer):
         rho = self.tracker.update(all_scores, mean_logprob)
         return {"baseline": baseline, "rho": rho, "advantage": advantages.mean().item(), "kl_coef": self.args.beta}
 
-    def _loss(self, batch, idx, logprobs, values):
+    @torch.no_grad()
+    def _divergences(self, keys: list[int]) -> list[float | None]:
+        """D for each prompt that has an earlier sample: mean |log-ratio| between the policy now and the one that
+        sampled it, on that sample (one no-grad forward over the stored samples)."""
+        stored = [self.tracker.stored_sample(k) for k in keys]
+        rows = [i for i, s in enumerate(stored) if s is not None and s[0]]
+        out: list[float | None] = [None] * len(keys)
+        if not rows or self.args.rho_mode == "constant":
+            return out
+        device, pad = self.accelerator.device, self.processing_class.pad_token_id
+        prompt_ids, prompt_mask = left_pad([self._train_prompts.ids(keys[i]) for i in rows], pad, device)
+        width = max(len(stored[i][0]) for i in rows)
+        tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        then = torch.zeros((len(rows), width), dtype=torch.float32, device=device)
+        lengths = torch.tensor([len(stored[i][0]) for i in rows], device=device)
+        for j, i in enumerate(rows):
+            tokens[j, :lengths[j]] = torch.tensor(stored[i][0], device=device)
+            then[j, :lengths[j]] = torch.tensor(stored[i][1], device=device)
+        mask = core.mask_from_lengths(lengths, width)
+        attention = torch.cat([prompt_mask, mask.long()], 1)
+        policy = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            logits = response_logits(policy, torch.cat([prompt_ids, tokens], 1), attention,
+                                     position_ids_from(attention), width)
+        now = core.logprobs_from_logits(logits, tokens, self.args.temperature)
+        for j, d in zip(rows, core.mean_abs_log_ratio(now, then, mask).tolist()):
+            out[j] = d
+        return out
+
+    def _per_prompt_advantages(self, batch: dict) -> dict[str, float]:
+        acc, mask, keys = self.accelerator, batch["response_mask"], batch["prompt_keys"]
+        scores = batch["scores"].float()
+        baselines = torch.tensor(self.tracker.baselines(keys), dtype=torch.float32, device=scores.device)
+        # Normalised over the whole batch (every process), as the paper does; each process keeps its own rows.
+        raw = acc.gather(scores - baselines)
+        normalized = core.spo_advantages(raw, 0.0, self.args.advantage_clip, normalize=True)
+        rank, n = acc.process_index, len(keys)
+        advantages = normalized[rank * n:(rank + 1) * n]
+        batch["advantages"] = advantages.unsqueeze(1) * mask
+        lengths = mask.sum(1).long().tolist()
+        samples = [(ids[:k], lps[:k]) for ids, lps, k in zip(batch["response_ids"].tolist(),
+                                                             batch["logprobs"].tolist(), lengths)]
+        local = list(zip(keys, scores.tolist(), self._divergences(keys), samples))
+        everyone = gather_object(local) if acc.num_processes > 1 else local  # the tracker is the same everywhere
+        rhos = self.tracker.update(*map(list, zip(*everyone)))
+        known = [d for _, _, d, _ in everyone if d is not None]
+        return {"baseline": baselines.mean().item(), "rho": sum(rhos) / len(rhos),
+                "divergence": sum(known) / len(known) if known else 0.0, "advantage": advantages.mean().item(),
+                "kl_coef": self.args.beta}
+
+    def _loss(self, batch, idx, logprobs):
         args, mask = self.args, batch["response_mask"][idx]
-        pg_loss, clipfrac, approx_kl = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
-                                                        mask, args.cliprange)
-        loss, logs = pg_loss, {"policy_loss": pg_loss.item(), "clipfrac": clipfrac.item(),
-                               "approx_kl": approx_kl.item()}
+        loss, logs = self._policy_loss(batch, idx, logprobs)
         if args.beta > 0:
             kl = core.kl_penalty_loss(logprobs, batch["ref_logprobs"][idx], mask, "k3")
             loss = loss + args.beta * kl
@@ -149,7 +209,10 @@ class SPOTrainer(OnlineRLTrainer):
         return loss, logs
 
     def _algorithm_state(self) -> dict:
-        return {"algorithm": "spo", "tracker": self.tracker.state_dict()}
+        return {"algorithm": "spo", "baseline": self.args.baseline, "tracker": self.tracker.state_dict()}
 
     def _load_algorithm_state(self, state: dict) -> None:
+        if state.get("baseline", "global") != self.args.baseline:
+            raise ValueError(f"the checkpoint's SPO baseline is {state.get('baseline', 'global')!r} but this run uses "
+                             f"{self.args.baseline!r}; resume with the same `baseline`")
         self.tracker.load_state_dict(state["tracker"])

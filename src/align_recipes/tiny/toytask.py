@@ -149,6 +149,24 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
     return rows
 
 
+def near_miss_pairs(seed: int = DATA_SEED, split: str = "train", offsets: Sequence[int] = (1, -1),
+                    random_wrong: int = 1) -> list[dict]:
+    """Preference pairs (prefs format) for a reward model that must not prefer near misses: for every prompt of
+    ``split``, the right answer against answer + each of ``offsets`` (the mistakes RL policies drift to) and against
+    ``random_wrong`` other plausible wrong answers (`wrong_answer`). Negative sums are skipped; rows are shuffled
+    by ``seed``. Not one of the committed data files: RLHF research and recipes opt in."""
+    rng = random.Random(f"near_miss:{seed}")
+    rows = []
+    for a, b in split_pairs(split):
+        right = a + b
+        wrong = [right + d for d in offsets if right + d >= 0 and d != 0]
+        wrong += [int(wrong_answer(a, b, rng)) for _ in range(random_wrong)]
+        rows += [{"prompt": user_message(a, b), "chosen": assistant_message(str(right)),
+                  "rejected": assistant_message(str(w))} for w in wrong]
+    rng.shuffle(rows)
+    return rows
+
+
 def dumps_jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 

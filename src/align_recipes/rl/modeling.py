@@ -1,0 +1,72 @@
+"""The modules an online-RL run trains or reads, and how they are prepared.
+
+Why float32 by default: transformers 5 loads a checkpoint in its stored dtype (`dtype="auto"`), so a bf16
+checkpoint given by path would be fully fine-tuned *in* bf16, where an update of lr 3e-6 on a weight of
+size ~1 is below bf16's resolution (8 bits of mantissa) and is mostly lost. Weights stay float32 unless
+`model_init_kwargs` says otherwise; `bf16`/`fp16` choose the compute precision (autocast) only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+
+
+def init_kwargs(args) -> dict:
+    """`from_pretrained` keyword arguments for models given as paths: ``model_init_kwargs`` with dtype float32
+    unless it names one."""
+    kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
+    kwargs.setdefault("dtype", torch.float32)
+    return kwargs
+
+
+def load_causal_lm(model, args) -> nn.Module:
+    """A causal LM as given (a module), or loaded from a path with `init_kwargs`."""
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(model), **init_kwargs(args))
+    return model
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere: `nn.Dropout` modules and the attention dropout that attention layers apply
+    functionally (``module.attention_dropout``, read only in training mode)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    config = getattr(model, "config", None)
+    if config is not None and isinstance(getattr(config, "attention_dropout", None), float):
+        config.attention_dropout = 0.0
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing without re-entrant autograd (works with frozen inputs, e.g. adapters)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+@contextlib.contextmanager
+def same_dropout_masks(seed: int | None, device: torch.device):
+    """Within the block, random numbers (hence dropout masks) depend only on ``seed``; the global RNG state is
+    restored afterwards. With dropout on, the rollout's pi_old pass and every update pass of one micro batch
+    share a seed, so their ratio measures only the change of the weights (and starts at exactly 1).
+    ``seed=None`` does nothing."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
