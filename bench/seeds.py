@@ -34,9 +34,14 @@ sys.path.insert(0, str(REPO / "src"))
 from align_recipes.registry import names  # noqa: E402  (stdlib only)
 
 FROM_SCRATCH = {"sft", "orpo"}  # recipes that start from the untrained model; the rest start from SFT
+# Runs the tests make besides one per recipe: name -> (recipe, overrides).
+VARIANTS = {"cpo-simpo": ("cpo", ["train.loss_type=simpo", "train.beta=2.0"])}
+SAMPLED = {"online_dpo": "objective/scores"}  # the logged score of the policy's samples, where not `reward`
 
 
-def run(recipe: str, out: Path, seed: int, *overrides: str) -> dict:
+def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
+    recipe, extra = VARIANTS.get(name, (name, []))
+    overrides = (*extra, *overrides)
     command = [sys.executable, "-m", "align_recipes", "train", f"recipes/tiny/{recipe}.yaml", "--profile", "cpu",
                f"train.output_dir={out}", f"train.seed={seed}", "--overwrite", "--no-report", *overrides]
     started = time.time()
@@ -46,7 +51,8 @@ def run(recipe: str, out: Path, seed: int, *overrides: str) -> dict:
         raise SystemExit(f"{recipe} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rewards = [r["reward"] for r in records if "reward" in r]
+    key = SAMPLED.get(recipe, "reward")
+    rewards = [r[key] for r in records if key in r]
     kls = [r["kl"] for r in records if "kl" in r]
     return {
         "held_out": summary.get("task_metrics"),
@@ -63,7 +69,7 @@ def table(results: dict) -> str:
     and for the online algorithms the sampled training reward (first two -> last two logs) and max KL."""
     lines = ["| algorithm | seed | held-out metrics, before → after | sampled reward | max KL |",
              "|---|---:|---|---|---:|"]
-    for algo in names():
+    for algo in [*names(), *VARIANTS]:
         for seed, run in sorted(results["runs"].get(algo, {}).items(), key=lambda kv: [42, 1, 2, 3, 4, 7].index(
                 int(kv[0])) if int(kv[0]) in (42, 1, 2, 3, 4, 7) else int(kv[0])):
             metrics = "; ".join(f"{m['name']} {m['before']:.2f} → {m['after']:.2f}" for m in run["held_out"] or [])
@@ -77,7 +83,8 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
-    parser.add_argument("--algos", nargs="+", default=names(), help="default: every algorithm")
+    parser.add_argument("--algos", nargs="+", default=[*names(), *VARIANTS],
+                        help=f"default: every algorithm and {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, help="write (and merge into) this file")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a results file")
@@ -95,11 +102,11 @@ def main() -> int:
         for algo in ["sft", *[a for a in args.algos if a != "sft"]]:
             if algo == "sft" and "sft" not in args.algos and (sft_dir / "summary.json").is_file():
                 continue
-            start = [] if algo in FROM_SCRATCH else [f"model.name_or_path={sft_dir}"]
+            start = [] if VARIANTS.get(algo, (algo,))[0] in FROM_SCRATCH else [f"model.name_or_path={sft_dir}"]
             result = run(algo, root / str(seed) / algo, seed, *start)
             if algo in args.algos:
                 runs.setdefault(algo, {})[str(seed)] = result
-            print(f"seed {seed:>3} {algo:<7} {result['wall_s']:>6.1f}s  "
+            print(f"seed {seed:>3} {algo:<10} {result['wall_s']:>6.1f}s  "
                   + "  ".join(f"{m['name']} {m['before']:.3f}->{m['after']:.3f}" for m in result["held_out"] or [])
                   + (f"  reward {result['reward_early']:.3f}->{result['reward_late']:.3f} kl<={result['max_kl']:.2f}"
                      if result["reward_early"] is not None and result["max_kl"] is not None else ""), flush=True)
