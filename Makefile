@@ -13,6 +13,9 @@ PROFILE       ?=
 ACCELERATE    ?=
 NUM_PROCESSES ?=
 ARGS          ?=
+# The suite runs on this many pytest-xdist workers, a test file per worker at a time: most tests train a
+# tiny model on one thread, so two workers use CI's two cores.
+TEST_WORKERS  ?= 2
 # The algorithm names come from the registry (src/align_recipes/registry.py), which imports only the stdlib.
 ALGORITHMS    := $(shell PYTHONPATH=src $(PYTHON) -m align_recipes.registry)
 STAMP         := $(VENV)/.installed
@@ -45,7 +48,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every tiny stage after sft starts from builtin:tiny-qwen2-sft (recipes/tiny/_base.yaml), which the first
 # run that needs it builds and caches: no stage has to run first.

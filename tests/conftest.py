@@ -36,3 +36,13 @@ def tiny(tmp_path_factory):
     from rl_helpers import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny32"))
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, repo_cwd):
+    """The tiny SFT recipe trained once per session (per test worker) with the test seed: the start of
+    every end-to-end stage after it. (output folder, summary)"""
+    from e2e_helpers import train
+
+    out = tmp_path_factory.mktemp("runs") / "sft"
+    return out, train("sft", out)

@@ -1,0 +1,45 @@
+"""Shared by the end-to-end files (tests/test_e2e_tiny*.py): train a tiny recipe through the CLI with the
+test seed, and read what the run wrote. The seed comes from ALIGN_RECIPES_TEST_SEED (default 42); CI runs
+those files a second time with another seed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from align_recipes.cli import main
+
+SEED = int(os.environ.get("ALIGN_RECIPES_TEST_SEED", "42"))
+
+
+def train(recipe: str, out: Path, *overrides: str) -> dict:
+    rc = main(["train", f"recipes/tiny/{recipe}.yaml", f"train.output_dir={out}", f"train.seed={SEED}",
+               "--profile", "cpu", "--no-report", *overrides])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == SEED
+    return summary
+
+
+def held_out(summary: dict) -> dict[str, dict]:
+    """name -> {before, after, n}; every metric is measured on the 100 held-out prompts."""
+    metrics = {m["name"]: m for m in summary["task_metrics"]}
+    assert all(m["n"] == 100 for m in metrics.values()), metrics
+    return metrics
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]
+
+
+def early_late(values: list[float]) -> tuple[float, float]:
+    """Mean of the first two and of the last two logged values."""
+    assert len(values) >= 4, values
+    return sum(values[:2]) / 2, sum(values[-2:]) / 2
+
+
+def from_sft(recipe: str, sft_run, tmp_path: Path, *overrides: str) -> dict:
+    sft_dir, _ = sft_run
+    return train(recipe, tmp_path / recipe, f"model.name_or_path={sft_dir}", *overrides)
