@@ -320,7 +320,7 @@ def check_gate(stage: Stage, by_name: dict[str, Stage], pipeline_path: Path) -> 
                     f"under this gate's minimum {minimum:.3f}; {stage.name} would optimise what '{name}' gets wrong",
                     file=pipeline_path, key=key,
                     fix=f"improve stage '{name}' (for a reward model: preference pairs whose rejected answers are the "
-                        f"near misses a policy drifts to, more epochs; docs/recipes.md, 'The classic RLHF flow') and "
+                        f"near misses a policy drifts to, more epochs; docs/usage.md, 'The classic RLHF flow and its gate') and "
                         f"run the pipeline again (complete stages are skipped), or lower the minimum on the command "
                         f"line: {stage.name}:gate.{metric}={value:.2f}")
             passed.append(f"gate: stage '{name}' {metric} {value:.3f}{n} >= {minimum:.3f}")
