@@ -224,6 +224,89 @@ def test_lora_stage_is_merged_before_the_next_stage(two_stage, tmp_path, monkeyp
     assert merged == [(tmp_path / "out" / "sft", tmp_path / "out" / "sft" / "merged")]
 
 
+# ------------------------------------------------------------------------------------------- gates
+
+@pytest.fixture
+def gated(tmp_path) -> Path:
+    """reward -> ppo (the tiny flow after SFT), PPO gated on the reward model's held-out preference accuracy."""
+    return write(tmp_path / "pipe.yaml", f"""
+output_dir: {tmp_path / 'out'}
+stages:
+  - {{name: reward, recipe: {TINY / 'reward.yaml'}}}
+  - name: ppo
+    recipe: {TINY / 'ppo.yaml'}
+    gate: {{preference_accuracy: 0.8}}
+    overrides: {{train.reward_model_path: "{{reward}}", rewards: []}}
+""")
+
+
+class FakeRewardTrain(FakeTrain):
+    """FakeTrain whose reward stage records a held-out preference accuracy (as a real reward run's summary)."""
+
+    def __init__(self, accuracy: float | None):
+        super().__init__()
+        self.accuracy = accuracy
+
+    def __call__(self, plan, **kwargs):
+        super().__call__(plan, **kwargs)
+        if plan.algorithm.name == "reward" and self.accuracy is not None:
+            summary = json.loads((plan.output_dir / "summary.json").read_text())
+            summary["task_metrics"] = [{"name": "preference_accuracy", "before": 0.5, "after": self.accuracy, "n": 100}]
+            (plan.output_dir / "summary.json").write_text(json.dumps(summary))
+        return {}
+
+
+def test_gate_stops_before_ppo_under_the_minimum(gated, tmp_path, monkeypatch, capsys):
+    fake = FakeRewardTrain(0.62)
+    monkeypatch.setattr("align_recipes.run.train", fake)
+    assert main(["pipeline", str(gated)]) == 2
+    assert [c[0] for c in fake.calls] == ["reward"]  # PPO never started
+    err = capsys.readouterr().err
+    assert "stage 'ppo' not started" in err and "stage 'reward'" in err
+    assert "0.620" in err and "0.800" in err and "n=100" in err and "gate.preference_accuracy" in err
+    assert "fix:" in err and "ppo:gate.preference_accuracy=0.62" in err and len(err.splitlines()) <= 6
+    state = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["ran", "stopped by its gate"]
+    assert not (tmp_path / "out" / "ppo").exists()
+
+    # the command line lowers the minimum (the reward stage is complete: skipped)
+    fake.calls.clear()
+    assert main(["pipeline", str(gated), "ppo:gate.preference_accuracy=0.6"]) == 0
+    assert [c[0] for c in fake.calls] == ["ppo"]
+    assert "gate: stage 'reward' preference_accuracy 0.620, n=100 >= 0.600" in capsys.readouterr().out
+
+
+def test_gate_passes_at_the_minimum_and_needs_a_measurement(gated, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("align_recipes.run.train", FakeRewardTrain(0.8))
+    assert main(["pipeline", str(gated)]) == 0
+    assert "preference_accuracy 0.800, n=100 >= 0.800" in capsys.readouterr().out
+
+    monkeypatch.setattr("align_recipes.run.train", FakeRewardTrain(None))  # a summary without the metric
+    assert main(["pipeline", str(gated), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "records no held-out preference_accuracy" in err and "ppo:gate.preference_accuracy=0" in err
+    assert main(["pipeline", str(gated), "--force", "ppo:gate.preference_accuracy=0"]) == 0  # 0: off
+
+
+@pytest.mark.parametrize("gate, override, message", [
+    ("{preference_acuracy: 0.8}", None, "unknown gate metric 'preference_acuracy'"),
+    ("{preference_accuracy: 1.5}", None, "gate minimum 1.5 must be a number from 0 to 1"),
+    ("{preference_accuracy: high}", None, "gate minimum 'high'"),
+    ("0.8", None, "gate must map held-out metrics to minimums"),
+    ("{implicit_reward_accuracy: 0.8}", None, "none of the stages it reads from (reward) measures it"),
+    ("{preference_accuracy: 0.8}", "ppo:gate.preference_accuracy=yes", "gate minimum True"),
+])
+def test_bad_gates_are_refused_at_validation(gated, monkeypatch, capsys, gate, override, message):
+    calls = []
+    monkeypatch.setattr("align_recipes.run.train", lambda *a, **k: calls.append(a))
+    gated.write_text(gated.read_text().replace("{preference_accuracy: 0.8}", gate))
+    assert main(["validate", str(gated), *([override] if override else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err
+    assert (str(gated) in err) == (override is None)  # the file (and its key) when the file wrote it
+    assert main(["pipeline", str(gated), *([override] if override else [])]) == 2 and calls == []
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 @pytest.mark.slow
@@ -231,7 +314,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     """recipes/tiny/pipeline.yaml (sft -> reward -> ppo) with a LoRA SFT stage: trains, merges, wires each
     stage's output into the next, then skips everything on a re-run."""
     args = ["pipeline", "recipes/tiny/pipeline.yaml", "--output-dir", str(tmp_path), "--profile", "cpu",
-            "sft:model.adapter=lora", "train.max_steps=2", "train.logging_steps=1", "evaluate.limit=2"]
+            "sft:model.adapter=lora", "train.max_steps=2", "train.logging_steps=1", "evaluate.limit=2",
+            "ppo:gate.preference_accuracy=0"]  # two steps train no reward model worth a gate
     assert main(args) == 0
     sft, reward, ppo = tmp_path / "sft", tmp_path / "reward", tmp_path / "ppo"
     assert (sft / "adapter_config.json").is_file() and (sft / "merged" / "model.safetensors").is_file()
@@ -248,3 +332,27 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped, complete and unchanged") == 3
     assert [s["status"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"]] == ["skipped"] * 3
+
+
+@pytest.mark.slow
+def test_tiny_rlhf_flow_reward_model_passes_its_gate(tmp_path, capsys):
+    """The reward and PPO stages of recipes/tiny/pipeline.yaml as shipped (gate included), from
+    builtin:tiny-qwen2-sft, which is the sft stage's output at seed 42 (test_e2e_tiny checks it), so SFT is
+    not trained again. The reward model trained on near misses passes the gate on held-out answer +- 1 pairs
+    and PPO starts (one step here). Measured at seed 42 only: 0.89 on answer + 1, 0.87 on - 1 (docs/benchmarks.md, "Classic RLHF flow on
+    the toy task"); PPO against it still lowers held-out exact match there, so that is not asserted."""
+    shipped = yaml.safe_load((TINY / "pipeline.yaml").read_text())
+    stages = []
+    for stage in shipped["stages"][1:]:
+        overrides = {k: v for k, v in (stage.get("overrides") or {}).items() if v != "{sft}"}
+        stages.append({**stage, "recipe": str(TINY / stage["recipe"]), "overrides": overrides})
+    assert [s["name"] for s in stages] == ["reward", "ppo"] and stages[1]["gate"]["preference_accuracy"] >= 0.8
+    path = write(tmp_path / "rlhf.yaml", yaml.safe_dump({"stages": stages}))
+    seed = os.environ.get("ALIGN_RECIPES_TEST_SEED", "42")
+    assert main(["pipeline", str(path), "--output-dir", str(tmp_path / "out"), "--profile", "cpu",
+                 f"train.seed={seed}", "ppo:train.max_steps=1", "ppo:evaluate.limit=4"]) == 0
+    assert "gate: stage 'reward' preference_accuracy" in capsys.readouterr().out
+    reward = {m["name"]: m for m in json.loads((tmp_path / "out" / "reward" / "summary.json").read_text())
+              ["task_metrics"]}["preference_accuracy"]
+    assert reward["n"] == 100 and reward["before"] <= 0.7 and reward["after"] >= 0.8, reward
+    assert json.loads((tmp_path / "out" / "ppo" / "summary.json").read_text())["status"] == "complete"

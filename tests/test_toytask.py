@@ -45,8 +45,9 @@ def test_splits_are_disjoint_and_seed_independent():
 
 def test_committed_data_files_match_the_generator():
     assert tt._check(DATA_DIR) == [], "run: python -m align_recipes.tiny.toytask write recipes/tiny/data"
-    for name, _ in tt.KINDS.values():
-        assert (DATA_DIR / name).stat().st_size < 100_000
+    for kind, (name, _) in tt.KINDS.items():
+        # reward_prefs holds nine pairs per training prompt (the near misses a reward model must rank)
+        assert (DATA_DIR / name).stat().st_size < (500_000 if kind == "reward_prefs" else 100_000), name
 
 
 def test_eval_prompts_never_appear_in_training_files():
@@ -79,6 +80,31 @@ def test_row_formats_and_answers():
     assert all(r["rejected"][0]["content"] != r["answer"] for r in eval_rows)
     assert [(r["prompt"], r["answer"], r["rejected"][0]["content"]) for r in eval_rows] == [
         (r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in tt.generate_rows("prefs_eval")]
+
+
+def test_reward_pairs_hold_the_policys_near_misses():
+    """reward_prefs.jsonl: every training prompt's answer against answer +- 1, +- 2 and +- 10 (where not negative)
+    and three more plausible wrong answers; reward_eval.jsonl: each held-out prompt once, against answer +- 1."""
+    rows = tt.generate_rows("reward_prefs")
+    by_prompt: dict[str, list[int]] = {}
+    for row in rows:
+        right = _solve(_prompt(row))
+        assert row["chosen"] == [{"role": "assistant", "content": right}]
+        by_prompt.setdefault(_prompt(row), []).append(int(row["rejected"][0]["content"]) - int(right))
+    assert set(by_prompt) == {f"{a}+{b}=" for a, b in tt.split_pairs("train")}
+    for prompt, offsets in by_prompt.items():
+        right = int(_solve(prompt))
+        near = [d for d in (1, -1, 2, -2, 10, -10) if right + d >= 0]
+        assert len(offsets) == len(near) + 3 and 0 not in offsets, (prompt, offsets)
+        rest = list(offsets)
+        for d in near:
+            rest.remove(d)
+        assert all(right + d >= 0 for d in rest), (prompt, offsets)
+    held_out = tt.generate_rows("reward_eval")
+    assert sorted(_prompt(r) for r in held_out) == sorted(f"{a}+{b}=" for a, b in tt.split_pairs("eval"))
+    offsets = [int(r["rejected"][0]["content"]) - int(r["chosen"][0]["content"]) for r in held_out]
+    assert set(offsets) == {1, -1} and 30 <= offsets.count(1) <= 70
+    assert [r["chosen"][0]["content"] for r in held_out] == [_solve(_prompt(r)) for r in held_out]
 
 
 def test_cli_write_and_check(tmp_path, capsys):

@@ -19,6 +19,19 @@ Every stage is validated before anything trains. A stage is skipped when its out
 (summary.json says complete), its resolved recipe is unchanged and no stage it reads from is newer;
 an interrupted stage is resumed from its checkpoint. `pipeline.json` in the output directory
 records what ran. Command-line overrides: `KEY=VALUE` applies to every stage, `STAGE:KEY=VALUE` to one.
+
+A stage may hold a gate: minimum held-out metrics of the earlier stages it reads from, checked
+before it starts (and before it loads anything), so PPO never optimises a reward model that cannot
+rank held-out answers:
+
+      - {name: ppo, recipe: ppo.yaml, gate: {preference_accuracy: 0.8},
+         overrides: {model.name_or_path: "{sft}", train.reward_model_path: "{reward}"}}
+
+Each gate key is a held-out metric name; it applies to every stage the gated stage reads from whose
+algorithm measures that metric (a reward stage measures preference_accuracy), and compares the
+metric's after-training value in that stage's summary.json. Under the minimum the pipeline stops
+with exit 2, naming both stages, the value, the minimum and the fix. `STAGE:gate.METRIC=VALUE` on the
+command line replaces a minimum (0 turns it off).
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_ch
 
 STATE_FILE = "pipeline.json"
 TOP_KEYS = ("description", "output_dir", "profile", "stages")
-STAGE_KEYS = ("name", "recipe", "overrides", "output_dir")
+STAGE_KEYS = ("name", "recipe", "overrides", "output_dir", "gate")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)(\.output_dir|\.model)?\}")
 
@@ -50,6 +63,8 @@ class Stage:
     overrides: list[str]  # KEY=VALUE, placeholders expanded
     output_dir: Path
     deps: list[str] = field(default_factory=list)
+    gate: dict[str, float] = field(default_factory=dict)  # metric -> minimum, for the stages in `gated`
+    gated: dict[str, list[str]] = field(default_factory=dict)  # metric -> the earlier stages checked
     plan: Any = None
     state: str = "pending"  # why it runs or is skipped
     adapter: bool = False
@@ -120,6 +135,8 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
     raw = data["stages"]
     names = [s.get("name") for s in raw if isinstance(s, dict)]
     common, per_stage = split_overrides(list(overrides), [n for n in names if isinstance(n, str)])
+    gate_overrides = {n: [t for t in texts if t.startswith("gate.")] for n, texts in per_stage.items()}
+    per_stage = {n: [t for t in texts if not t.startswith("gate.")] for n, texts in per_stage.items()}
     stages: list[Stage] = []
     for index, entry in enumerate(raw):
         where = f"stages[{index}]"
@@ -174,6 +191,7 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
                 error.message = f"stage '{name}': {error.message}"
                 errors.append(error)
             stage.adapter = _adapter_from_files(stage)
+        errors += _read_gate(stage, entry, gate_overrides.get(name, []), stages, path, where)
         stages.append(stage)
     if errors:
         raise RecipeErrors(errors)
@@ -199,16 +217,114 @@ def _resolve_written_here(key: str, value: Any, folder: Path) -> Any:
 def _adapter_from_files(stage: Stage) -> bool:
     """Whether a stage trains an adapter, read from its recipe chain and overrides (when it cannot be
     validated yet because an earlier stage's output is missing)."""
+    return _value_from_files(stage, "model", "adapter", "full") != "full"
+
+
+def _value_from_files(stage: Stage, section: str, key: str, default: Any) -> Any:
+    """`section.key` (or a top-level `key` when section is empty) as the recipe chain and overrides set it."""
     from align_recipes.plan.layers import parse_override, read_chain
 
-    adapter = "full"
+    value = default
     for _, data in read_chain(stage.recipe):
-        adapter = ((data.get("model") or {}) if isinstance(data.get("model"), dict) else {}).get("adapter", adapter)
+        where = data.get(section) if section else data
+        value = where.get(key, value) if isinstance(where, dict) else value
     for text in stage.overrides:
+        parts, given = parse_override(text)
+        if parts == [p for p in (section, key) if p]:
+            value = given
+    return value
+
+
+# -------------------------------------------------------------------------------------------- gates
+
+def _algorithm_of(stage: Stage) -> str | None:
+    if stage.plan is not None:
+        return stage.plan.algorithm.name
+    try:
+        return _value_from_files(stage, "", "algorithm", None)
+    except RecipeError:
+        return None
+
+
+def _read_gate(stage: Stage, entry: dict, overrides: list[str], earlier: list[Stage], path: Path,
+               where: str) -> list[RecipeError]:
+    """Fill stage.gate / stage.gated from the entry's `gate:` mapping and `STAGE:gate.METRIC=VALUE` overrides."""
+    from align_recipes import registry
+    from align_recipes.plan.layers import parse_override
+    from align_recipes.plan.sections import METRICS
+
+    raw = entry.get("gate")
+    line = _line(entry, "gate") or _line(entry, "name")
+    example = "gate: {preference_accuracy: 0.8}"
+    if raw is None and not overrides:
+        return []
+    if raw is not None and not isinstance(raw, dict):
+        return [RecipeError(f"stage '{stage.name}': gate must map held-out metrics to minimums", file=path, line=line,
+                            key=f"{where}.gate", fix=example)]
+    written = [(str(k), v, f"{where}.gate.{k}", path) for k, v in (raw or {}).items()]
+    for text in overrides:
         parts, value = parse_override(text)
-        if parts == ["model", "adapter"]:
-            adapter = value
-    return adapter != "full"
+        written.append((".".join(parts[1:]), value, f"{stage.name}:{text.split('=', 1)[0]}", "command line"))
+    errors: list[RecipeError] = []
+    for metric, minimum, key, source in written:
+        file = path if source == path else None
+        if metric not in METRICS:
+            errors.append(RecipeError(f"stage '{stage.name}': unknown gate metric '{metric}'", file=file, line=line,
+                                      key=key, fix=did_you_mean(metric, METRICS)))
+            continue
+        if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0 <= minimum <= 1:
+            errors.append(RecipeError(f"stage '{stage.name}': gate minimum {minimum!r} must be a number from 0 to 1",
+                                      file=file, line=line, key=key, fix=f"e.g. {metric}: 0.8"))
+            continue
+        by_name = {s.name: s for s in earlier}
+        measured = [d for d in stage.deps
+                    if metric in getattr(registry.ALGORITHMS.get(_algorithm_of(by_name[d]) or ""), "metrics", ())]
+        if not measured:
+            reads = ", ".join(stage.deps) or "no earlier stage"
+            errors.append(RecipeError(
+                f"stage '{stage.name}': gate on {metric}, but none of the stages it reads from ({reads}) measures it",
+                file=file, line=line, key=key,
+                fix=f"gate the stage that reads the model to check, e.g. train.reward_model_path: '{{reward}}' "
+                    f"({metric} is measured by {registry.names_text(lambda a: metric in a.metrics)})"))
+            continue
+        if minimum > 0:  # 0: off
+            stage.gate[metric] = float(minimum)
+            stage.gated[metric] = measured
+        else:
+            stage.gate.pop(metric, None)
+            stage.gated.pop(metric, None)
+    return errors
+
+
+def check_gate(stage: Stage, by_name: dict[str, Stage], pipeline_path: Path) -> list[str]:
+    """Lines saying what passed the stage's gate; raises RecipeError (exit 2) when an earlier stage is under it."""
+    passed = []
+    for metric, minimum in stage.gate.items():
+        for name in stage.gated[metric]:
+            upstream = by_name[name]
+            summary = RunDir(upstream.output_dir).summary() if (upstream.output_dir / SUMMARY).is_file() else {}
+            found = {m["name"]: m for m in task_metrics(summary)}.get(metric)
+            key = f"gate.{metric}"
+            if found is None or found.get("after") is None:
+                raise RecipeError(
+                    f"stage '{stage.name}' not started: its gate needs {metric} of stage '{name}', but "
+                    f"{upstream.output_dir / SUMMARY} records no held-out {metric} after training",
+                    file=pipeline_path, key=key,
+                    fix=f"let stage '{name}' measure it (evaluate.data with prompt/chosen/rejected pairs) and run the "
+                        f"pipeline again, or turn the gate off: {stage.name}:gate.{metric}=0")
+            value = float(found["after"])
+            n = f", n={found['n']}" if found.get("n") else ""
+            if value < minimum:
+                raise RecipeError(
+                    f"stage '{stage.name}' not started: stage '{name}' reached held-out {metric} {value:.3f}{n}, "
+                    f"under this gate's minimum {minimum:.3f}; {stage.name} would optimise what '{name}' gets wrong",
+                    file=pipeline_path, key=key,
+                    fix=f"improve stage '{name}' (for a reward model: preference pairs whose rejected answers are the "
+                        f"near misses a policy drifts to, more epochs; docs/usage.md, 'The classic RLHF flow and its gate') and "
+                        f"run the pipeline again (complete stages are skipped), or lower the minimum on the command "
+                        f"line: {stage.name}:gate.{metric}={value:.2f}")
+            passed.append(f"gate: stage '{name}' {metric} {value:.3f}{n} >= {minimum:.3f}")
+    return passed
 
 
 def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None]:
@@ -282,6 +398,15 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
                 _merge(stage)
             records.append(_record(stage, "skipped", 0.0))
             continue
+        if stage.gate and not dry_run:
+            try:
+                passed = check_gate(stage, by_name, pipeline.path)
+            except RecipeError:
+                records.append({**_record(stage, "stopped by its gate", 0.0), "gate": stage.gate})
+                _write_state(pipeline, records)
+                raise
+            for text in passed:
+                print(f"{label}: {text}")
         print(f"{label}: {'would run' if dry_run else 'running'} ({state})")
         if dry_run:
             ran.add(stage.name)

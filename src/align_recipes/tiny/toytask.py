@@ -29,6 +29,14 @@ Data files (``python -m align_recipes.tiny.toytask write recipes/tiny/data``), a
   accuracy (prompt + chosen + rejected) and reward (prompt + answer for `toy_reward`)
 - ``prefs_eval.jsonl`` the same held-out pairs in the prefs format only, for a trainer's ``eval_dataset``
   (DPO/ORPO/reward models then log held-out ``eval_rewards/accuracies``)
+- ``reward_prefs.jsonl`` prefs format, for the reward model of the RLHF flow (`near_miss_pairs`): every
+  training prompt's answer against each near miss of `NEAR_MISSES` (+- 1, +- 2, +- 10) and `NEAR_MISS_RANDOM`
+  (3) other plausible wrong answers. The tiny SFT policy's greedy mistakes are almost all the answer +- 1 (measured: 21 of
+  its 100 held-out answers, 25 of the 100 RL prompts' answers, are +- 1); a reward model that only ever
+  saw one random wrong answer per prompt ranks answer + 1 above the answer on most prompts, and PPO
+  then learns that mistake.
+- ``reward_eval.jsonl`` prefs format, held out: each eval prompt's answer against answer + 1 or
+  answer - 1 (one per prompt, the sign drawn by the seed): what the RLHF flow's gate measures.
 
 Wrong answers are plausible mistakes: off by one or two, a missed or spurious carry (off by ten),
 dropping an operand, or swapped digits.
@@ -58,8 +66,12 @@ KINDS: dict[str, tuple[str, str]] = {
     "prompts": ("prompts.jsonl", "rl"),
     "eval": ("eval.jsonl", "eval"),
     "prefs_eval": ("prefs_eval.jsonl", "eval"),
+    "reward_prefs": ("reward_prefs.jsonl", "train"),
+    "reward_eval": ("reward_eval.jsonl", "eval"),
 }
-TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts")  # the files that must never hold an eval prompt
+TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts", "reward_prefs")  # files that must never hold an eval prompt
+NEAR_MISSES = (1, -1, 2, -2, 10, -10)  # reward_prefs: answer + each offset is a rejected answer (the policy's mistakes)
+NEAR_MISS_RANDOM = 3  # reward_prefs: and this many other plausible wrong answers per prompt (`wrong_answer`)
 DATA_SEED = 0  # the seed the committed files are written with
 
 Pair = tuple[int, int]
@@ -118,6 +130,9 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
     if kind == "prefs_eval":  # eval rows, reshaped: same prompts, order and wrong answers as eval.jsonl
         return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
                 for r in generate_rows("eval", n=n, seed=seed, split=split)]
+    if kind == "reward_prefs":
+        rows = near_miss_pairs(seed, split, NEAR_MISSES, NEAR_MISS_RANDOM)
+        return rows if n is None else [rows[i % len(rows)] for i in range(n)]
     pairs = split_pairs(split)
     rng = random.Random(f"{kind}:{seed}")
     order = list(pairs)
@@ -143,6 +158,10 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
             rows.append({"prompt": prompt, "completion": assistant_message(text), "label": good})
         elif kind == "prompts":
             rows.append({"prompt": prompt, "answer": answer})
+        elif kind == "reward_eval":
+            near = a + b + 1 if a + b == 0 or rng.random() < 0.5 else a + b - 1
+            rows.append({"prompt": prompt, "chosen": assistant_message(answer),
+                         "rejected": assistant_message(str(near))})
         else:  # eval
             rows.append({"prompt": prompt, "answer": answer, "chosen": assistant_message(answer),
                          "rejected": assistant_message(wrong_answer(a, b, rng))})
@@ -154,7 +173,7 @@ def near_miss_pairs(seed: int = DATA_SEED, split: str = "train", offsets: Sequen
     """Preference pairs (prefs format) for a reward model that must not prefer near misses: for every prompt of
     ``split``, the right answer against answer + each of ``offsets`` (the mistakes RL policies drift to) and against
     ``random_wrong`` other plausible wrong answers (`wrong_answer`). Negative sums are skipped; rows are shuffled
-    by ``seed``. Not one of the committed data files: RLHF research and recipes opt in."""
+    by ``seed``. ``reward_prefs.jsonl`` is these pairs with `NEAR_MISSES` and `NEAR_MISS_RANDOM`."""
     rng = random.Random(f"near_miss:{seed}")
     rows = []
     for a, b in split_pairs(split):
