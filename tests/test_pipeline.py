@@ -332,27 +332,3 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped, complete and unchanged") == 3
     assert [s["status"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"]] == ["skipped"] * 3
-
-
-@pytest.mark.slow
-def test_tiny_rlhf_flow_reward_model_passes_its_gate(tmp_path, capsys):
-    """The reward and PPO stages of recipes/tiny/pipeline.yaml as shipped (gate included), from
-    builtin:tiny-qwen2-sft, which is the sft stage's output at seed 42 (test_e2e_tiny checks it), so SFT is
-    not trained again. The reward model trained on near misses passes the gate on held-out answer +- 1 pairs
-    and PPO starts (one step here). Measured at seed 42 only: 0.89 on answer + 1, 0.87 on - 1 (docs/benchmarks.md, "Classic RLHF flow on
-    the toy task"); PPO against it still lowers held-out exact match there, so that is not asserted."""
-    shipped = yaml.safe_load((TINY / "pipeline.yaml").read_text())
-    stages = []
-    for stage in shipped["stages"][1:]:
-        overrides = {k: v for k, v in (stage.get("overrides") or {}).items() if v != "{sft}"}
-        stages.append({**stage, "recipe": str(TINY / stage["recipe"]), "overrides": overrides})
-    assert [s["name"] for s in stages] == ["reward", "ppo"] and stages[1]["gate"]["preference_accuracy"] >= 0.8
-    path = write(tmp_path / "rlhf.yaml", yaml.safe_dump({"stages": stages}))
-    seed = os.environ.get("ALIGN_RECIPES_TEST_SEED", "42")
-    assert main(["pipeline", str(path), "--output-dir", str(tmp_path / "out"), "--profile", "cpu",
-                 f"train.seed={seed}", "ppo:train.max_steps=1", "ppo:evaluate.limit=4"]) == 0
-    assert "gate: stage 'reward' preference_accuracy" in capsys.readouterr().out
-    reward = {m["name"]: m for m in json.loads((tmp_path / "out" / "reward" / "summary.json").read_text())
-              ["task_metrics"]}["preference_accuracy"]
-    assert reward["n"] == 100 and reward["before"] <= 0.7 and reward["after"] >= 0.8, reward
-    assert json.loads((tmp_path / "out" / "ppo" / "summary.json").read_text())["status"] == "complete"
