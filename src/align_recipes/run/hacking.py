@@ -10,7 +10,7 @@ held-out metric (exact_match when the data has answers, else reward), logs that 
 
 - the proxy rose: the mean of its last two logged values exceeds the mean of its first two by more
   than Z·σ, σ the noise of one logged value estimated from the series itself (von Neumann: half the
-  mean squared difference of neighbours, which a smooth trend barely inflates). The difference of
+  mean squared difference of neighbours, which a trend inflates only by its step between logs). The difference of
   two means of two values has standard error σ. Four logged values are needed.
 - the held-out metric fell: below its value on the same rows before training by more than Z standard
   errors of that value: sqrt(p(1-p)/n) for right/wrong scores, p smoothed to (k+1)/(n+2) so an
@@ -129,6 +129,24 @@ def warning_line(warning: dict) -> str:
             f"{held['before']:.3f} → {held['last']:.3f}")
 
 
+def report_lines(summary: dict) -> list[str]:
+    """report.md's section on the watch ([] for a run it did not watch)."""
+    watch, warning = summary.get("reward_watch"), summary.get("reward_hacking")
+    if not isinstance(watch, dict):
+        return []
+    lines = ["", "## Reward-hacking watch", "",
+             f"Held-out {watch.get('metric')} on {watch.get('rows')} rows of evaluate.data every {watch.get('every')} "
+             f"steps (before training {watch.get('before', float('nan')):.3f}; plotted as "
+             f"`watch/{watch.get('metric')}` beside the reward), {len(watch.get('checks') or [])} checks.", ""]
+    if not isinstance(warning, dict):
+        return lines + ["No sign of reward hacking: the held-out metric never fell beyond its noise while the sampled "
+                        "reward rose."]
+    state = "still so at the last check" if warning.get("ongoing") else "no longer so at the last check"
+    lines += [f"**Warning: {warning_line(warning)}** (fall margin {warning['held_out']['margin']:.3f}, "
+              f"{Z:g} standard errors; {state}).", "", "Likely fixes:", ""]
+    return lines + [f"- {fix}" for fix in warning.get("fixes") or []]
+
+
 def done_note(summary: dict) -> str:
     """The `done:` line's addition ("" when the watch saw nothing)."""
     warning = summary.get("reward_hacking")
@@ -168,6 +186,8 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
     from align_recipes.run import measure
 
     section = plan.evaluate
+    uses_reward_model = bool(plan.train.get("reward_model_path")) or \
+        any(isinstance(r, dict) and "model" in r for r in plan.rewards or [])
     reward = measure.reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path")) \
         if metric == "reward" else None
 
@@ -189,7 +209,7 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
             logging = args.logging_steps if args.logging_steps >= 1 else math.ceil(args.logging_steps * state.max_steps)
             self.every = section.watch_every or int(logging) * max(1, round(state.max_steps / CHECKS_PER_RUN / logging))
             self.last_check = state.global_step
-            self.fixes = likely_fixes(args, bool(getattr(args, "reward_model_path", None)))
+            self.fixes = likely_fixes(args, uses_reward_model)
 
         def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
             proxy = next((k for k in PROXY_KEYS if isinstance((logs or {}).get(k), (int, float))), None)
@@ -214,8 +234,9 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
             if self.detector is None:
                 return {}
             d = self.detector
+            checks = [{k: c[k] for k in ("step", "held_out", "suspicious")} for c in d.checks]
             out = {"reward_watch": {"metric": metric, "rows": len(rows), "every": self.every, "before": d.before,
-                                    "checks": [{k: c[k] for k in ("step", "held_out", "suspicious")} for c in d.checks]}}
+                                    "checks": checks}}
             if d.warning is not None:
                 out["reward_hacking"] = {**d.warning, "fixes": self.fixes}
             return out
