@@ -201,3 +201,5 @@ def test_ppo_and_spo_raise_reward_and_held_out_exact_match_with_bounded_kl(sft_r
     assert metrics["reward"]["after"] >= metrics["reward"]["before"] + 0.02, metrics["reward"]
     task = metrics["exact_match"]
     assert task["after"] >= task["before"] + 0.02, task
+    if recipe == "ppo":  # a healthy run: the reward-hacking watch checked it and saw nothing (test_e2e_hacking.py)
+        assert len(summary["reward_watch"]["checks"]) == 12 and "reward_hacking" not in summary
