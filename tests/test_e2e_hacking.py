@@ -35,7 +35,9 @@ def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(tmp_path, r
     summary = json.loads((out / "summary.json").read_text())
 
     watch, warning = summary["reward_watch"], summary["reward_hacking"]
-    assert watch["metric"] == "exact_match" and watch["rows"] == 32 and watch["every"] == 5
+    assert watch["metric"] == "exact_match" and watch["rows"] == 100 and watch["every"] == 5
+    before = {m["name"]: m["before"] for m in summary["task_metrics"]}
+    assert watch["before"] == before["exact_match"]  # all 100 held-out rows: what measure.py found before training
     assert [c["step"] for c in watch["checks"]] == list(range(5, STEPS + 1, 5))
     assert warning["proxy"]["name"] == "reward" and warning["proxy"]["last"] > warning["proxy"]["first"]
     held = warning["held_out"]

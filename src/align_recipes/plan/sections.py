@@ -105,7 +105,7 @@ class EvaluateSection:
         None, "int null", "reward-hacking watch (algorithms that generate): measure the held-out metric every this "
         "many steps on watch_rows rows and warn when it falls while the sampled reward rises; null: about 10 "
         "checks per run; 0: off")
-    watch_rows: int = spec(32, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures")
+    watch_rows: int = spec(100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures")
 
     @property
     def metrics(self) -> list[str]:
