@@ -5,7 +5,7 @@ the offline ones and the thresholds' story; docs/benchmarks.md the per-seed numb
 from __future__ import annotations
 
 import pytest
-from e2e_helpers import early_late, from_sft, held_out, logged
+from e2e_helpers import SEED, early_late, from_sft, held_out, logged
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +55,7 @@ def test_ppo_and_spo_raise_reward_and_held_out_exact_match_with_bounded_kl(sft_r
     assert metrics["reward"]["after"] >= metrics["reward"]["before"] + 0.02, metrics["reward"]
     task = metrics["exact_match"]
     assert task["after"] >= task["before"] + 0.02, task
+    if recipe == "ppo":  # a healthy run: the reward-hacking watch checked it throughout (test_e2e_hacking.py)
+        assert len(summary["reward_watch"]["checks"]) == 12
+        # No warning: measured for seeds 42, 1-4 from builtin:tiny-qwen2-sft, which is this SFT start at 42 only.
+        assert SEED != 42 or "reward_hacking" not in summary, summary["reward_hacking"]

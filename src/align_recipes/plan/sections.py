@@ -101,6 +101,11 @@ class EvaluateSection:
     data: DataSpec = spec(kinds="dict", help="a dataset section, as in data.train")
     max_new_tokens: int = spec(16, "int", "generation budget for exact_match and reward")
     limit: int | None = spec(None, "int null", "evaluate at most this many rows")
+    watch_every: int | None = spec(
+        None, "int null", "reward-hacking watch (algorithms that generate): measure the held-out metric every this "
+        "many steps on watch_rows rows and warn when it falls while the sampled reward rises; null: about 10 "
+        "checks per run; 0: off")
+    watch_rows: int = spec(100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures")
 
     @property
     def metrics(self) -> list[str]:
@@ -161,5 +166,7 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "logging_steps": (0, None, False),
     "save_steps": (0, None, False),
 }
+EVALUATE_RANGES = {"watch_every": (0, None, True), "watch_rows": (2, None, True), "limit": (1, None, True),
+                   "max_new_tokens": (1, None, True)}
 LORA_RANGES = {"r": (1, None, True), "alpha": (0, None, False), "dropout": (0, 1, True)}
 DATASET_RANGES = {"max_drop_fraction": (0, 1, True)}

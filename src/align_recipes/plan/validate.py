@@ -220,6 +220,7 @@ def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base
     written into the section in place (as numbers are coerced), so the plan and recipe.resolved.yaml
     name what is measured."""
     evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
+    check.ranges(evaluation, sections.EVALUATE_RANGES, "evaluate.")
     named = evaluation.get("metric")
     wanted = [named] if isinstance(named, str) else named if isinstance(named, list) else None
     for name in wanted or []:

@@ -8,7 +8,8 @@ for the end of training, where a plotting problem must not fail the run):
     plots/loss.png         losses (train, eval, policy, value)
     plots/preference.png   rewards/chosen vs rejected, margins, accuracies (DPO family);
                            accuracy, margin (reward models)
-    plots/online_rl.png    reward, KL, entropy, lengths, per-function rewards (GRPO, PPO, SPO)
+    plots/online_rl.png    reward, KL, entropy, lengths, per-function rewards (GRPO, PPO, SPO), and the
+                           reward-hacking watch's held-out checks (`watch/<metric>`)
     plots/optimizer.png    learning rate, gradient norm
     plots/other.png        any other logged number (token accuracy, clip ratios, …)
     plots/task_metric.png  the held-out metrics before and after training, as bars
@@ -27,6 +28,7 @@ from typing import Any
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
 from align_recipes.registry import ALGORITHMS
+from align_recipes.run.hacking import report_lines as watch_lines
 from align_recipes.run.rundir import METRICS, SUMMARY, RunDir, task_metrics
 
 REPORT = "report.md"
@@ -37,7 +39,8 @@ PREFERENCE = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/
               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss", "log_odds_ratio",
               "log_odds_chosen", "kl")
 ONLINE_RL = ("reward", "reward_std", "kl", "entropy", "completions/", "response_length", "eos_rate", "rewards/",
-             "non_score_reward", "kl_coef", "value", "baseline", "advantage", "frac_reward_zero_std", "approx_kl")
+             "non_score_reward", "kl_coef", "value", "baseline", "advantage", "frac_reward_zero_std", "approx_kl",
+             "watch/")
 # Curves drawn together in one subplot: (title, members).
 PAIRS = (("rewards/chosen vs rejected", ("rewards/chosen", "rewards/rejected")),
          ("logps/chosen vs rejected", ("logps/chosen", "logps/rejected")),
@@ -296,6 +299,7 @@ def write_report(run_dir: str | Path) -> Path:
     lines += ["", "## Held-out metrics", "", *_task_lines(tasks)]
     if bar:
         lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]
+    lines += watch_lines(summary)
     lines += _eval_lines(run["eval"])
     lines += ["", "## Training metrics", ""]
     lines += _metric_table(data) if data else ["No metrics were logged (metrics.jsonl is empty)."]

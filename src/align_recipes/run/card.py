@@ -13,6 +13,7 @@ import yaml
 
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
+from align_recipes.run.hacking import warning_line
 from align_recipes.run.manifest import MANIFEST
 from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
 
@@ -123,6 +124,9 @@ def _metrics(summary: dict) -> list[str]:
         lines += ["| held-out metric | before | after | n |", "|---|---:|---:|---:|",
                   *[f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
                     for t in tasks], ""]
+    warning = summary.get("reward_hacking")
+    if isinstance(warning, dict):
+        lines += [f"**Warning: {warning_line(warning)}.** Likely fixes: {'; '.join(warning.get('fixes') or [])}.", ""]
     last = summary.get("metrics_last") or {}
     if last:
         first = summary.get("metrics_first") or {}

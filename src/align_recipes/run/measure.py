@@ -37,7 +37,8 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-def _rows(plan, kind: str) -> list[dict]:
+def held_out_rows(plan, kind: str) -> list[dict]:
+    """evaluate.data read as `kind`, at most evaluate.limit rows, in file order."""
     from align_recipes.data import DataError, load
 
     section = plan.evaluate
@@ -65,7 +66,7 @@ def measure(plan, model, tokenizer, start: StartScores | None = None) -> list[di
     reward_head = plan.algorithm.model_head == "reward"
     results, cache = [], {}
     for name in section.metrics:
-        rows = _rows(plan, METRIC_KINDS[name])
+        rows = held_out_rows(plan, METRIC_KINDS[name])
         if name in (PREFERENCE_ACCURACY, IMPLICIT_REWARD_ACCURACY):
             if "pairs" not in cache:  # both metrics compare the same two scores per pair
                 cache["pairs"] = pair_scores(model, tokenizer, rows, reward_head)
@@ -90,8 +91,8 @@ def remember_start(plan, model, tokenizer, start: StartScores) -> None:
     """Keep the start model's pair scores without measuring the rest (a resumed run: its 'before' values
     are in the summary, but its reference is the model as loaded, before the checkpoint is applied)."""
     if plan.evaluate is not None and IMPLICIT_REWARD_ACCURACY in plan.evaluate.metrics:
-        start.setdefault("pairs", pair_scores(model, tokenizer, _rows(plan, METRIC_KINDS[IMPLICIT_REWARD_ACCURACY]),
-                                              plan.algorithm.model_head == "reward"))
+        rows = held_out_rows(plan, METRIC_KINDS[IMPLICIT_REWARD_ACCURACY])
+        start.setdefault("pairs", pair_scores(model, tokenizer, rows, plan.algorithm.model_head == "reward"))
 
 
 def implicit_accuracy(chosen: list[float], rejected: list[float], ref_chosen: list[float],
@@ -116,9 +117,14 @@ def reward_functions(specs: list[dict], base_dir, reward_model_path: str | None 
 
 def mean_reward(reward: tuple[list, list[float]], rows: list[dict], completions: list[str]) -> float:
     """Mean over rows of the weighted sum of each function's reward (a None reward is skipped, as in TRL)."""
+    return sum(row_rewards(reward, rows, completions)) / len(rows) if rows else 0.0
+
+
+def row_rewards(reward: tuple[list, list[float]], rows: list[dict], completions: list[str]) -> list[float]:
+    """Each row's weighted sum of its rewards (a None or NaN reward is skipped, as in TRL)."""
     funcs, weights = reward
     if not rows:
-        return 0.0
+        return []
     prompts = [r["prompt"] for r in rows]
     shaped = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c for p, c in zip(prompts, completions)]
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
@@ -127,7 +133,7 @@ def mean_reward(reward: tuple[list, list[float]], rows: list[dict], completions:
         for i, value in enumerate(func(prompts=prompts, completions=shaped, **columns)):
             if value is not None and not math.isnan(float(value)):
                 totals[i] += weight * float(value)
-    return sum(totals) / len(rows)
+    return totals
 
 
 def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
@@ -163,8 +169,15 @@ def exact_match_of(completions: list[str], rows: list[dict]) -> float:
     """The share of completions that equal their row's `answer` (whitespace around either ignored)."""
     if not rows:
         return 0.0
+    return sum(answer_matches(completions, rows)) / len(rows)
+
+
+def answer_matches(completions: list[str], rows: list[dict]) -> list[float]:
+    """1.0 where a completion equals its row's `answer` (whitespace around either ignored), else 0.0."""
+    if not rows:
+        return []
     _require_answers(rows)
-    return sum(c.strip() == str(r["answer"]).strip() for c, r in zip(completions, rows)) / len(rows)
+    return [float(c.strip() == str(r["answer"]).strip()) for c, r in zip(completions, rows)]
 
 
 def _require_answers(rows: list[dict]) -> None:

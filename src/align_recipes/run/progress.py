@@ -103,6 +103,13 @@ def progress_callback(keys: tuple[str, ...], stream: IO | None = None, interacti
                 print(f"step {state.global_step}/{state.max_steps} · {text}{self._pace(state)}",
                       file=self.stream, flush=True)
 
+        def note(self, text: str) -> None:
+            """A line of its own: above the bar on a terminal (the bar is redrawn below it)."""
+            if self.bar is not None:
+                self.bar.write(text, file=self.stream)
+            else:
+                print(text, file=self.stream, flush=True)
+
         def _pace(self, state) -> str:
             done = state.global_step - self.first_step
             if not self.started or done <= 0:

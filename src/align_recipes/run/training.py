@@ -28,13 +28,13 @@ from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, models, rowcheck, sharded
+from align_recipes.run import checkpoints, guards, hacking, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.measure import StartScores, measure, remember_start
 from align_recipes.run.progress import key_metrics, progress_callback
-from align_recipes.run.rundir import (SUMMARY, RunDir, Start, first_and_last, is_main_process, metrics_before,
-                                     task_metrics, whole_run_loss)
+from align_recipes.run.rundir import (METRICS, SUMMARY, RunDir, Start, first_and_last, is_main_process,
+                                     metrics_before, task_metrics, whole_run_loss)
 
 TINY_MODEL_PARAMS = 5_000_000
 
@@ -248,7 +248,11 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     )
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
-    trainer.add_callback(progress_callback(key_metrics(plan.algorithm)))
+    progress = progress_callback(key_metrics(plan.algorithm))
+    trainer.add_callback(progress)
+    watch = hacking.reward_watch(plan, trainer, run_dir / METRICS, say=progress.note)
+    if watch is not None:
+        trainer.add_callback(watch)
     models.match_trainable_dtypes(trainer.model, bf16=bool(parts.config.bf16))
     return trainer
 
@@ -385,7 +389,7 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer, parts.start) \
         if guard.signum is None else None
     summary = {**record, "status": "complete", "task_metrics": _task_metrics(record["task_metrics_before"], after),
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+               **hacking.watch_summary(trainer), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_dir.write_summary(summary)
     write_card(plan.output_dir)
     if guard.signum is not None:
@@ -428,6 +432,6 @@ def headline(summary: dict) -> str:
     shown = [f"{t['name']} {t['before']:.3f} → {t['after']:.3f}" for t in task_metrics(summary)
              if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))]
     if shown:
-        return " · ".join(shown)
+        return " · ".join(shown) + hacking.done_note(summary)
     loss = summary.get("train_loss")
     return f"train loss {loss:.4f}" if isinstance(loss, (int, float)) else "no loss logged"

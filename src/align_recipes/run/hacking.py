@@ -1,0 +1,244 @@
+"""The reward-hacking watch: the proxy reward rises while the task it stands for gets worse.
+
+An algorithm that samples while it trains (registry trait `generates`) climbs a proxy: its reward
+functions or reward model, scored on its own samples (`reward` in metrics.jsonl; online DPO logs
+`objective/scores`). A policy can climb it by exploiting the proxy instead of doing the task (Gao et
+al. 2022, "Scaling Laws for Reward Model Overoptimization"). Every `evaluate.watch_every` steps the
+watch answers the first `evaluate.watch_rows` prompts of evaluate.data greedily, scores them by the
+held-out metric (exact_match when the data has answers, else reward), logs that to metrics.jsonl as
+`watch/<metric>`, and compares the two trends (`HackingDetector`, which needs no torch):
+
+- the proxy rose: the mean of its last two logged values exceeds the mean of its first two by more
+  than Z·σ, σ the noise of one logged value estimated from the series itself (von Neumann: half the
+  mean squared difference of neighbours, which a trend inflates only by its step between logs). The difference of
+  two means of two values has standard error σ. Four logged values are needed.
+- the held-out metric fell: below its value on the same rows before training by more than Z standard
+  errors of that value: sqrt(p(1-p)/n) for right/wrong scores, p smoothed to (k+1)/(n+2) so an
+  all-right start still has noise; the sample deviation over sqrt(n) for rewards.
+- both at `CONSECUTIVE` checks in a row raise the warning, once, naming the first of them. It stands
+  after that (the model saw it); `ongoing` says whether the last check still showed it.
+
+It is off for algorithms that do not generate, without an evaluate: section or a metric read from
+generations, and for sharded runs (a check would generate on rank 0 alone).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+Z = 2.0  # standard errors a change must exceed
+CONSECUTIVE = 2  # suspicious checks in a row before warning (one noisy check does not flap)
+WINDOW = 2  # logged proxy values averaged at each end
+CHECKS_PER_RUN = 10  # evaluate.watch_every: null
+PROXY_KEYS = ("reward", "objective/scores")  # the sampled reward, as the trainers log it
+WATCHED = ("exact_match", "reward")  # held-out metrics read from greedy answers, the independent one first
+
+
+def noise_of_series(values: list[float]) -> float:
+    """σ of one value around a smooth trend: sqrt(mean((x[i+1] - x[i])²) / 2) (von Neumann)."""
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    return math.sqrt(sum(d * d for d in diffs) / len(diffs) / 2) if diffs else 0.0
+
+
+def standard_error(scores: list[float]) -> float:
+    """Standard error of the mean of `scores`: binomial with p=(k+1)/(n+2) for 0/1 scores, else s/sqrt(n)."""
+    n = len(scores)
+    if n < 2:
+        return math.inf
+    if all(s in (0.0, 1.0) for s in scores):
+        p = (sum(scores) + 1) / (n + 2)
+        return math.sqrt(p * (1 - p) / n)
+    mean = sum(scores) / n
+    return math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1) / n)
+
+
+@dataclass
+class HackingDetector:
+    """Feed it logged proxy values (`add_proxy`) and held-out checks (`check`); `warning` is set once the
+    proxy has risen while the held-out metric fell at `consecutive` checks in a row."""
+
+    metric: str  # the held-out metric watched
+    before: float  # its value on the watched rows before training
+    standard_error: float  # of `before`
+    proxy_name: str = "reward"
+    z: float = Z
+    consecutive: int = CONSECUTIVE
+    proxy: list[tuple[int, float]] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    warning: dict | None = None
+    _streak: list[dict] = field(default_factory=list)
+
+    def add_proxy(self, step: int, value: float) -> None:
+        if math.isfinite(value):
+            self.proxy.append((step, float(value)))
+
+    def proxy_rise(self) -> tuple[float, float] | None:
+        """(rise of the last WINDOW values' mean over the first WINDOW's, its margin Z·σ), None if too few."""
+        values = [v for _, v in self.proxy]
+        if len(values) < 2 * WINDOW:
+            return None
+        rise = sum(values[-WINDOW:]) / WINDOW - sum(values[:WINDOW]) / WINDOW
+        return rise, self.z * noise_of_series(values)
+
+    def check(self, step: int, held_out: float) -> bool:
+        """Record one held-out measurement; True when it raises the warning."""
+        rising = self.proxy_rise()
+        fall_margin = self.z * self.standard_error
+        rose = rising is not None and rising[0] > rising[1]
+        fell = self.before - held_out > fall_margin
+        record = {"step": step, "held_out": held_out, "proxy_rise": rising and rising[0],
+                  "proxy_margin": rising and rising[1], "fall_margin": fall_margin, "suspicious": rose and fell}
+        self.checks.append(record)
+        self._streak = [*self._streak, record] if record["suspicious"] else []
+        if self.warning is not None:
+            self.warning["ongoing"] = record["suspicious"]
+            self.warning["held_out"]["last"] = held_out
+            self.warning["proxy"]["last"] = self._proxy_mean(-WINDOW)
+            return False
+        if len(self._streak) < self.consecutive:
+            return False
+        self.warning = {
+            "since_step": self._streak[0]["step"], "at_step": step, "ongoing": True,
+            "proxy": {"name": self.proxy_name, "first": self._proxy_mean(0), "last": self._proxy_mean(-WINDOW)},
+            "held_out": {"name": self.metric, "before": self.before, "last": held_out, "margin": fall_margin},
+        }
+        return True
+
+    def _proxy_mean(self, start: int) -> float:
+        values = [v for _, v in self.proxy]
+        part = values[start:start + WINDOW] if start >= 0 else values[start:]
+        return sum(part) / len(part)
+
+
+def likely_fixes(args, reward_model: bool) -> list[str]:
+    """What usually stops it, most likely first, in the recipe's own keys."""
+    kl = "train.kl_coef" if hasattr(args, "kl_coef") else "train.beta"
+    better = ("a better reward model: more or cleaner preference pairs, trained until its held-out preference "
+              "accuracy is high (check it on this policy's samples)" if reward_model else
+              "a reward that cannot be gamed: check what the reward functions pay for")
+    return [f"lower train.learning_rate (now {args.learning_rate:g})",
+            f"a stronger KL penalty to the reference ({kl}, now {getattr(args, kl.split('.')[1], 0):g})", better]
+
+
+def warning_line(warning: dict) -> str:
+    proxy, held = warning["proxy"], warning["held_out"]
+    return (f"reward hacking suspected since step {warning['since_step']}: sampled {proxy['name']} rose "
+            f"{proxy['first']:.3g} → {proxy['last']:.3g} while held-out {held['name']} fell "
+            f"{held['before']:.3f} → {held['last']:.3f}")
+
+
+def report_lines(summary: dict) -> list[str]:
+    """report.md's section on the watch ([] for a run it did not watch)."""
+    watch, warning = summary.get("reward_watch"), summary.get("reward_hacking")
+    if not isinstance(watch, dict):
+        return []
+    lines = ["", "## Reward-hacking watch", "",
+             f"Held-out {watch.get('metric')} on {watch.get('rows')} rows of evaluate.data every {watch.get('every')} "
+             f"steps (before training {watch.get('before', float('nan')):.3f}; plotted as "
+             f"`watch/{watch.get('metric')}` beside the reward), {len(watch.get('checks') or [])} checks.", ""]
+    if not isinstance(warning, dict):
+        return lines + ["No sign of reward hacking: the held-out metric never fell beyond its noise while the sampled "
+                        "reward rose."]
+    state = "still so at the last check" if warning.get("ongoing") else "no longer so at the last check"
+    lines += [f"**Warning: {warning_line(warning)}** (fall margin {warning['held_out']['margin']:.3f}, "
+              f"{Z:g} standard errors; {state}).", "", "Likely fixes:", ""]
+    return lines + [f"- {fix}" for fix in warning.get("fixes") or []]
+
+
+def done_note(summary: dict) -> str:
+    """The `done:` line's addition ("" when the watch saw nothing)."""
+    warning = summary.get("reward_hacking")
+    return f" · ⚠ {warning_line(warning)} (fixes: summary.json reward_hacking)" if isinstance(warning, dict) else ""
+
+
+def watch_summary(trainer) -> dict:
+    """The summary.json fields of this trainer's watch ({} without one)."""
+    watch = next((cb for cb in trainer.callback_handler.callbacks if getattr(cb, "is_reward_watch", False)), None)
+    return watch.summary() if watch is not None else {}
+
+
+def reward_watch(plan, trainer, metrics_path, say: Callable[[str], None] = print):
+    """The watch's TrainerCallback for this run, or None where it does not apply (see the module docstring)."""
+    from align_recipes.run import sharded
+    from align_recipes.run.rundir import is_main_process
+
+    section = plan.evaluate
+    metric = next((m for m in WATCHED if section is not None and m in section.metrics), None)
+    if not plan.algorithm.generates or metric is None or section.watch_every == 0 or not is_main_process():
+        return None
+    if sharded.is_sharded(trainer):
+        say("note: the reward-hacking watch is off for sharded runs (a check would generate on one rank alone)")
+        return None
+    from align_recipes.plan.sections import METRIC_KINDS
+    from align_recipes.run.measure import held_out_rows
+
+    rows = held_out_rows(plan, METRIC_KINDS[metric])[: section.watch_rows]
+    return _callback(plan, metric, rows, metrics_path, say) if len(rows) >= 2 else None
+
+
+def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
+    import json
+
+    from transformers import TrainerCallback
+
+    from align_recipes.run import measure
+
+    section = plan.evaluate
+    uses_reward_model = bool(plan.train.get("reward_model_path")) or \
+        any(isinstance(r, dict) and "model" in r for r in plan.rewards or [])
+    reward = measure.reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path")) \
+        if metric == "reward" else None
+
+    def scores(model, tokenizer) -> list[float]:
+        completions = measure.generate(model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens)
+        return measure.answer_matches(completions, rows) if reward is None else \
+            measure.row_rewards(reward, rows, completions)
+
+    class RewardWatch(TrainerCallback):
+        is_reward_watch = True
+
+        def __init__(self):
+            self.detector: HackingDetector | None = None
+            self.every, self.last_check, self.fixes = 0, 0, []
+
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+            start = scores(model, processing_class)
+            self.detector = HackingDetector(metric, sum(start) / len(start), standard_error(start))
+            logging = args.logging_steps if args.logging_steps >= 1 else math.ceil(args.logging_steps * state.max_steps)
+            self.every = section.watch_every or int(logging) * max(1, round(state.max_steps / CHECKS_PER_RUN / logging))
+            self.last_check = state.global_step
+            self.fixes = likely_fixes(args, uses_reward_model)
+
+        def on_log(self, args, state, control, logs=None, model=None, processing_class=None, **kwargs):
+            proxy = next((k for k in PROXY_KEYS if isinstance((logs or {}).get(k), (int, float))), None)
+            if self.detector is None or proxy is None:
+                return
+            self.detector.proxy_name = proxy
+            self.detector.add_proxy(state.global_step, float(logs[proxy]))
+            due = state.global_step - self.last_check >= self.every or state.global_step >= state.max_steps
+            if not due or state.global_step == self.last_check:
+                return
+            self.last_check = state.global_step
+            value = sum(scores(model, processing_class)) / len(rows)
+            with open(metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, f"watch/{metric}": value})
+                             + "\n")
+            if self.detector.check(state.global_step, value):
+                say(f"warning: {warning_line(self.detector.warning)} ({len(rows)} rows). Likely fixes: "
+                    + "; ".join(self.fixes))
+
+        def summary(self) -> dict:
+            """summary.json's `reward_watch` and, when it warned, `reward_hacking`."""
+            if self.detector is None:
+                return {}
+            d = self.detector
+            checks = [{k: c[k] for k in ("step", "held_out", "suspicious")} for c in d.checks]
+            out = {"reward_watch": {"metric": metric, "rows": len(rows), "every": self.every, "before": d.before,
+                                    "checks": checks}}
+            if d.warning is not None:
+                out["reward_hacking"] = {**d.warning, "fixes": self.fixes}
+            return out
+
+    return RewardWatch()
