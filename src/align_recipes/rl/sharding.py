@@ -59,6 +59,9 @@ def whole_weights(module: nn.Module):
     if not units:
         yield
         return
+    # The root settles its own setting (no resharding) at its first forward; settle it now, so that what is
+    # restored below is the setting FSDP would use (generation comes before the first forward).
+    units[0]._get_fsdp_state()._lazy_init()
     settings = [_reshards_after_forward(unit) for unit in units]
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
