@@ -5,8 +5,9 @@ Why `transformers.Trainer` with our own `train()`: one PPO step is a generation 
 one-batch-per-optimizer-step loop (TRL's old PPOTrainer made the same choice). Everything else is
 Trainer's: the accelerator (DDP, mixed precision), optimizer and scheduler construction, callbacks and
 `self.log`, `TrainerState`, `_save_checkpoint` (model, optimizer, scheduler, RNG states, state,
-rotation) and its loading helpers, `save_model`. We add the critic's weights and the algorithm's own
-state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
+rotation) and its loading helpers, `save_model`. Under FSDP2 (`rl.sharding`) the policy and the critic are
+sharded separately, each with its own optimizer, and a checkpoint holds their shards. We add the critic's
+weights and the algorithm's own state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
 run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
 One step's rollout and updates are in `experience`.
 
@@ -220,6 +221,13 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         if checkpoint is not None:
             self._load_rng_state(checkpoint)  # last, so nothing above consumes random numbers
+        elif self.accelerator.num_processes > 1:
+            # Each process samples its own completions from a random stream of its own (seed + rank, as TRL's GRPO
+            # does): with one seed everywhere, row i of every process would be drawn with the same random numbers.
+            # After the models are built, which must start identical on every process.
+            from accelerate.utils import set_seed as set_process_seed
+
+            set_process_seed(args.seed, device_specific=True)
         epoch = int(self.state.global_step / sampler.steps_per_epoch)
         self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         while self.state.global_step < max_steps and not self.control.should_training_stop:
