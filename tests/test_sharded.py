@@ -159,18 +159,6 @@ def test_qlora_sharding_that_does_not_work_is_refused(monkeypatch, variables, me
     assert any(message in e.message and fix in e.fix for e in errors), [e.message for e in errors]
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "spo"])
-@pytest.mark.parametrize("variables", [{"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
-                                       {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}])
-def test_our_rl_trainers_refuse_sharded_engines_before_loading(monkeypatch, capsys, algorithm, variables):
-    """Measured: under FSDP2 PPO fails in generate, under ZeRO-2 it cannot save; DDP (cpu_ddp) works."""
-    launched_with(monkeypatch, **variables)
-    assert main(["validate", f"recipes/tiny/{algorithm}.yaml", "--profile", "cpu",
-                 "model.name_or_path=builtin:tiny-qwen2"]) == 2
-    err = capsys.readouterr().err
-    assert "does not run under" in err and "cpu_ddp.yaml" in err
-
-
 # --- two-process runs (slow) ------------------------------------------------------------------------------
 
 def accelerate_bin() -> str:

@@ -51,8 +51,9 @@ class Algorithm:
         truncates: training rows are cut at `train.max_length`, so a batch can hold no trained token.
         liger: the trainer supports Liger kernels (`train.use_liger_kernel`); GPU profiles switch them on
             when liger-kernel is installed.
-        shards: the trainer runs under FSDP/DeepSpeed (TRL's do; a plan that needs sharding is refused
-            before loading when it does not).
+        shards: the sharding engines the trainer runs under: True for all (FSDP and DeepSpeed: TRL's do), or
+            the names of those it does, as `plan.hardware.sharding` reports them ("fsdp", "zero2", ...). A plan
+            that needs another is refused before loading (`runs_under`).
         metrics: the held-out metrics that show what it learns, the one it optimises first. A run measures
             them before and after training when its `evaluate:` section names no metric, and `eval DIR`
             measures those its data can serve (names: plan.sections.METRIC_KINDS).
@@ -71,7 +72,7 @@ class Algorithm:
     implicit_reward: bool = False
     truncates: bool = True
     liger: bool = False
-    shards: bool = True
+    shards: bool | tuple[str, ...] = True
     metrics: tuple[str, ...] = ("exact_match",)
 
     @property
@@ -81,6 +82,10 @@ class Algorithm:
     @property
     def trainer_name(self) -> str:
         return self.trainer.rsplit(":", 1)[1]
+
+    def runs_under(self, stage: str) -> bool:
+        """Whether the trainer runs under sharding engine `stage` ("" = none: always)."""
+        return not stage or self.shards is True or (bool(self.shards) and stage in self.shards)
 
     def has_reference(self, train: dict) -> bool:
         """Whether this run keeps a frozen reference model, given its `train:` values."""
@@ -122,10 +127,10 @@ ALGORITHMS: dict[str, Algorithm] = {
                   metrics=REWARD_THEN_ANSWERS),
         Algorithm("ppo", "align_recipes.rl.config:PPOConfig", "align_recipes.rl.trainer:PPOTrainer", PROMPT_ONLY,
                   "actor-critic RLHF with GAE and clipped losses (ours)", uses_rewards=True, generates=True,
-                  reference="kl_coef", critic=True, truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
+                  reference="kl_coef", critic=True, truncates=False, shards=("fsdp",), metrics=REWARD_THEN_ANSWERS),
         Algorithm("spo", "align_recipes.rl.config:SPOConfig", "align_recipes.rl.trainer:SPOTrainer", PROMPT_ONLY,
                   "single-sample RL with a per-prompt value tracker, no critic (ours)", uses_rewards=True, generates=True,
-                  reference="beta", truncates=False, shards=False, metrics=REWARD_THEN_ANSWERS),
+                  reference="beta", truncates=False, shards=("fsdp",), metrics=REWARD_THEN_ANSWERS),
     ]
 }
 

@@ -121,13 +121,13 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
                   "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
                   "and optim: adamw_torch")
     stage, _ = sharding()
-    # Our own RL loop (align_recipes.rl: PPO, SPO) drives accelerate itself and is not written for sharded
-    # engines yet: measured on 2 CPU ranks, FSDP2 fails in generate (DTensor weights outside FSDP's forward)
-    # and ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the Trainer saves from).
-    if stage and not algorithm.shards:
-        error("algorithm", f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing)",
-              "launch with configs/accelerate/multi_gpu.yaml (DDP) on GPUs or cpu_ddp.yaml on CPU; "
-              "shrink the policy with model.adapter: lora")
+    # Our own RL loop (align_recipes.rl: PPO, SPO) runs under FSDP2 (rl/sharding.py) but not under DeepSpeed:
+    # measured on 2 CPU ranks, ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the
+    # Trainer saves from).
+    if not algorithm.runs_under(stage):
+        error("algorithm", f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing there)",
+              "launch with configs/accelerate/fsdp2.yaml (FSDP2) or multi_gpu.yaml (DDP) on GPUs, cpu_fsdp2.yaml "
+              "or cpu_ddp.yaml on CPU; or shrink the policy with model.adapter: lora")
     if quantization != "none" and stage in ("zero3", "fsdp"):
         problem = _quantized_sharding_problem(quantization, stage)
         if problem:
@@ -154,7 +154,7 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
             # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
             # and `train` refuses to start it in one process.
-            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and algorithm.shards and memory_estimate(
+            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and algorithm.runs_under("fsdp") and memory_estimate(
                 params, model, train, algorithm, stage="fsdp", world=gpu.count)[0] <= available)
             if needed > available and not fits_sharded:
                 fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "

@@ -159,14 +159,15 @@ def _engine_for(profile, recipe: dict, algorithm, params: float) -> Launch | Non
     one = _per_gpu_gb(params, recipe, algorithm, "", 1)
     adapter = model.get("adapter", "full")
     rule = select_rule(profile, params)
-    if rule is not None and rule.sharding and adapter == (rule.adapter or adapter) and algorithm.shards:
+    if rule is not None and rule.sharding and adapter == (rule.adapter or adapter) \
+            and algorithm.runs_under({"fsdp2": "fsdp", "ddp": ""}.get(rule.sharding, rule.sharding)):
         split = _per_gpu_gb(params, recipe, algorithm, "fsdp" if rule.sharding == "fsdp2" else rule.sharding,
                             gpu.count)
         return Launch(rule.sharding, gpu.count, one > gpu.memory_gb,
                       f"{human(params)} params, {adapter}: ~{one:.0f} GB in one process, ~{split:.0f} GB per GPU "
                       f"with {rule.sharding} over {gpu.count} GPUs" + (f" ({rule.why})" if rule.why else ""))
     if one > gpu.memory_gb:
-        if not algorithm.shards:
+        if not algorithm.runs_under("fsdp"):
             return None  # the fit check says what to change
         split = _per_gpu_gb(params, recipe, algorithm, "fsdp", gpu.count)
         if split <= gpu.memory_gb:

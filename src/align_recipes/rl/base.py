@@ -5,8 +5,9 @@ Why `transformers.Trainer` with our own `train()`: one PPO step is a generation 
 one-batch-per-optimizer-step loop (TRL's old PPOTrainer made the same choice). Everything else is
 Trainer's: the accelerator (DDP, mixed precision), optimizer and scheduler construction, callbacks and
 `self.log`, `TrainerState`, `_save_checkpoint` (model, optimizer, scheduler, RNG states, state,
-rotation) and its loading helpers, `save_model`. We add the critic's weights and the algorithm's own
-state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
+rotation) and its loading helpers, `save_model`. Under FSDP2 (`rl.sharding`) the policy and the critic are
+sharded separately, each with its own optimizer, and a checkpoint holds their shards. We add the critic's
+weights and the algorithm's own state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
 run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
 One step's rollout and updates are in `experience`.
 
@@ -24,7 +25,8 @@ import time
 from collections import defaultdict
 
 import torch
-from transformers import Trainer, TrainerState
+from accelerate.utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
+from transformers import Trainer, TrainerState, get_scheduler
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
 
@@ -32,11 +34,13 @@ from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_n
 from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator
 from align_recipes.rl.modeling import disable_dropout, enable_checkpointing, is_peft, load_causal_lm
+from align_recipes.rl import sharding
 from align_recipes.rl.prefix_cache import PromptPrefixCache
 from align_recipes.rl.rollout import PolicyAndValue, PromptCache, PromptSampler, eval_shards
 from align_recipes.rl.scoring import RewardScorer
 
 RL_STATE_NAME = "rl_state.json"
+CRITIC_INDEX = 1  # under FSDP the critic's shards are pytorch_model_fsdp_1/ and optimizer_1/ in a checkpoint
 
 
 def _scores_with(funcs: list, model_path: str) -> bool:
@@ -110,6 +114,10 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
 
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=lambda rows: rows, callbacks=callbacks)
+        self._fsdp = bool(self.is_fsdp_enabled)
+        if self._fsdp:
+            self._check_fsdp(args)
+        self.critic_optimizer, self.critic_scheduler = None, None  # FSDP: the critic's own (see `_prepare`)
         device = self.accelerator.device
         for m in (self.value_model, self.ref_model):
             if m is not None:
@@ -155,6 +163,18 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     def _load_algorithm_state(self, state: dict) -> None:
         pass
 
+    def _check_fsdp(self, args) -> None:
+        """What runs under FSDP2 (rl.sharding): refused before any training step otherwise."""
+        version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        if version != 2:
+            raise ValueError(f"{type(self).__name__} runs under FSDP2 only (this launch asks for FSDP{version}): set "
+                             "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
+        if args.use_vllm:
+            raise ValueError(f"{type(self).__name__} does not generate with vLLM under FSDP (the sharded weights are "
+                             "not synced to it): set use_vllm: false, or launch with DDP")
+        sharding.check_frozen_models({"reference model": self.ref_model, **{
+            f"reward model {f.path}": f.model for f in self.reward_funcs if isinstance(f, RewardModelFunc)}})
+
     def _gather_mean(self, value: float | torch.Tensor) -> float:
         t = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
         return self.accelerator.gather(t).mean().item()
@@ -182,20 +202,16 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         self.state.train_batch_size = args.rollout_batch_size
         self.state.compute_steps(args, max_steps)
         if checkpoint is not None:
-            self._load_from_checkpoint(checkpoint)
-            if self.value_model is not None:
-                self.value_model.load(checkpoint)
+            if not self._fsdp:  # sharded weights are loaded once the modules are sharded (`_prepare`)
+                self._load_from_checkpoint(checkpoint)
+                if self.value_model is not None:
+                    self.value_model.load(checkpoint)
             self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
             self._load_callback_state()
         self.state.init_training_references(self, max_steps, args.num_train_epochs, trial)
 
-        self.optimizer, self.lr_scheduler = None, None
-        self.create_optimizer(self._actor_critic)
-        module, self.optimizer = self.accelerator.prepare(self._actor_critic, self.optimizer)
-        self.create_scheduler(num_training_steps=max_steps)
-        self.model_wrapped = module
+        module = self._prepare(max_steps, checkpoint)
         if checkpoint is not None:
-            self._load_optimizer_and_scheduler(checkpoint)
             self._load_algorithm_state(json.loads(open(os.path.join(checkpoint, RL_STATE_NAME)).read()))
             self.generator.mark_stale()
         for attr in ("model", "optimizer", "lr_scheduler"):
@@ -205,6 +221,13 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         if checkpoint is not None:
             self._load_rng_state(checkpoint)  # last, so nothing above consumes random numbers
+        elif self.accelerator.num_processes > 1:
+            # Each process samples its own completions from a random stream of its own (seed + rank, as TRL's GRPO
+            # does): with one seed everywhere, row i of every process would be drawn with the same random numbers.
+            # After the models are built, which must start identical on every process.
+            from accelerate.utils import set_seed as set_process_seed
+
+            set_process_seed(args.seed, device_specific=True)
         epoch = int(self.state.global_step / sampler.steps_per_epoch)
         self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         while self.state.global_step < max_steps and not self.control.should_training_stop:
@@ -233,6 +256,54 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         self.is_in_train = False
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
 
+    def _prepare(self, max_steps: int, checkpoint: str | None) -> torch.nn.Module:
+        """Optimizers and schedulers, the modules wrapped for the launch, and (resuming) their checkpointed
+        states. Returns the module the updates run: the policy and critic together.
+
+        One process or DDP: one optimizer over policy and critic, one wrapper. FSDP2: the policy and the critic
+        are sharded as two roots, each with its own optimizer (rl.sharding explains why and why it is the same
+        update); their sharded states are loaded after sharding."""
+        acc = self.accelerator
+        self.optimizer, self.lr_scheduler = None, None
+        if not self._fsdp:
+            self.create_optimizer(self._actor_critic)
+            module, self.optimizer = acc.prepare(self._actor_critic, self.optimizer)
+            self.create_scheduler(num_training_steps=max_steps)
+            self.model_wrapped = module
+            if checkpoint is not None:
+                self._load_optimizer_and_scheduler(checkpoint)
+            return module
+        if self.value_model is not None:
+            self.critic_optimizer = self.create_optimizer(self.value_model)
+            self.optimizer = None
+        self.create_optimizer(self.model)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.create_scheduler(num_training_steps=max_steps)
+        if self.value_model is not None:
+            self.value_model, self.critic_optimizer = acc.prepare(self.value_model, self.critic_optimizer)
+            self.critic_scheduler = get_scheduler(
+                self.args.lr_scheduler_type, optimizer=self.critic_optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(max_steps), num_training_steps=max_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        self._actor_critic = PolicyAndValue(self.model, self.value_model)
+        self.model_wrapped = self.model
+        if checkpoint is not None:
+            plugin = acc.state.fsdp_plugin
+            load_fsdp_model(plugin, acc, self.model, checkpoint, model_index=0)
+            self._load_optimizer_and_scheduler(checkpoint)  # the policy's optimizer (optimizer_0) and schedule
+            if self.value_model is not None:
+                load_fsdp_model(plugin, acc, self.value_model, checkpoint, model_index=CRITIC_INDEX)
+                load_fsdp_optimizer(plugin, acc, self.critic_optimizer, self.value_model, checkpoint,
+                                    optimizer_index=CRITIC_INDEX)
+                self.critic_scheduler.load_state_dict(self.lr_scheduler.state_dict())  # the same schedule
+        return self._actor_critic
+
+    def _optimizers(self) -> list:
+        return [o for o in (self.optimizer, self.critic_optimizer) if o is not None]
+
+    def _schedulers(self) -> list:
+        return [s for s in (self.lr_scheduler, self.critic_scheduler) if s is not None]
+
     def _log_save_evaluate(self, module, trial, save: bool = True) -> None:
         if self.control.should_log and self._metrics:
             logs = {k: sum(v) / len(v) for k, v in self._metrics.items()}
@@ -254,10 +325,21 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         super().save_model(output_dir, _internal_call)
         if _internal_call and self.args.should_save:
             output_dir = output_dir or self.args.output_dir
-            if self.value_model is not None:
+            os.makedirs(output_dir, exist_ok=True)  # under FSDP Trainer writes no weights here (they are sharded)
+            if self.value_model is not None and not self._fsdp:  # FSDP: sharded, with the optimizers
                 self.accelerator.unwrap_model(self.value_model).save(output_dir)
             with open(os.path.join(output_dir, RL_STATE_NAME), "w") as handle:
                 json.dump(self._algorithm_state(), handle, indent=2)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Trainer's (the policy's weights and optimizer, one shard per rank under FSDP, and the schedule); under
+        FSDP also the critic's sharded weights and optimizer, as model and optimizer number `CRITIC_INDEX`."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self._fsdp and self.value_model is not None:
+            plugin, acc = self.accelerator.state.fsdp_plugin, self.accelerator
+            save_fsdp_model(plugin, acc, self.value_model, output_dir, model_index=CRITIC_INDEX)
+            save_fsdp_optimizer(plugin, acc, self.critic_optimizer, self.value_model, output_dir,
+                                optimizer_index=CRITIC_INDEX)
 
     @torch.no_grad()
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:

@@ -37,14 +37,30 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+                  eps: float = 1e-8, sum_over_ranks=None) -> torch.Tensor:
     """(x - mean) / std over the masked-in positions; ``shift_mean=False`` keeps the mean (only rescales).
-    Masked-out positions come back as 0."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    Masked-out positions come back as 0. With ``sum_over_ranks`` (a function summing a tensor over the
+    processes) the mean and the unbiased variance are those of every process's positions together: each
+    process contributes its (count, sum, sum of squares), and one all-reduce adds them up."""
+    if sum_over_ranks is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        mean, var = global_masked_moments(values, mask, sum_over_ranks)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
+
+
+def global_masked_moments(values: torch.Tensor, mask: torch.Tensor, sum_over_ranks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased variance) of the masked-in positions of every process, from the all-reduced
+    (count, sum, sum of squares), accumulated in float64 so that sum-of-squares loses no precision."""
+    x, m = values.double(), mask.double()
+    local = torch.stack([m.sum(), (x * m).sum(), (x * x * m).sum()])
+    count, total, squares = sum_over_ranks(local).unbind()
+    mean = total / count.clamp(min=1e-8)
+    var = (squares - count * mean * mean).clamp(min=0) / (count - 1).clamp(min=1)
+    return mean.to(values.dtype), var.to(values.dtype)
 
 
 def mask_from_lengths(lengths: torch.Tensor, width: int) -> torch.Tensor:

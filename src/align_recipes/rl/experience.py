@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from align_recipes.rewards import reward_func_name
-from align_recipes.rl import core
+from align_recipes.rl import core, sharding
 from align_recipes.rl.rollout import (PromptCache, decode_completions, is_conversational, left_pad,
                                       position_ids_from, response_logits)
 
@@ -61,7 +61,8 @@ class ExperienceMixin:
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
         prompt_rows = [cache.ids(i) for i in indices]
         prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id, device)
-        gen = self.generator.generate(prompt_ids, prompt_mask)
+        with sharding.whole_weights(self.accelerator.unwrap_model(self.model)):  # FSDP: gathered once, not per token
+            gen = self.generator.generate(prompt_ids, prompt_mask)
         completions = decode_completions(tok, gen.completion_ids, gen.lengths, is_conversational(prompts[0]))
         keys = list(indices) if cache is self._train_prompts else None   # frozen models cache training prompts
         scores, per_func = self.scorer.score(prompts, completions, columns, [cache.text(i) for i in indices],
@@ -198,11 +199,15 @@ class ExperienceMixin:
                     for k, v in micro_stats.items():
                         stats[k].append(float(v))
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                    # Under FSDP: the joint norm of the policy's and the critic's sharded gradients (rl.sharding).
+                    grad_norm = sharding.clip_grad_norm_(module.parameters(), args.max_grad_norm) if self._fsdp \
+                        else acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
                     stats["grad_norm"].append(float(grad_norm))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
+                for optimizer in self._optimizers():
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        for scheduler in self._schedulers():
+            scheduler.step()
         self.generator.mark_stale()
         return stats
 

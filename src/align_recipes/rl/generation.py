@@ -134,7 +134,9 @@ class HFGenerator(Generator):
         self.recorder.reset()
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                # synced_gpus=False: under FSDP the trainer gathers the weights around this call
+                # (rl.sharding.whole_weights), so no rank has to keep stepping with the others token by token.
+                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, synced_gpus=False,
                                      generation_config=self.generation_config, logits_processor=self.processors)
         finally:
             model.train(was_training)

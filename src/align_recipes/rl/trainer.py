@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import gather_object
 
 from align_recipes.rewards import RewardModelFunc
-from align_recipes.rl import core
+from align_recipes.rl import core, sharding
 from align_recipes.rl.base import OnlineRLTrainer
 from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker
 from align_recipes.rl.config import PPOConfig, SPOConfig
@@ -81,11 +81,12 @@ class PPOTrainer(OnlineRLTrainer):
         kl = core.kl_estimate(batch["logprobs"], batch["ref_logprobs"], args.kl_estimator) * mask
         kl_coef = self.kl_controller.value
         rewards = core.shaped_rewards(batch["scores"].float(), kl, mask, kl_coef)
+        every_rank = sharding.sum_over_ranks(self.accelerator)  # whiten with the whole batch's statistics
         if args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, sum_over_ranks=every_rank)
         advantages, returns = core.gae(rewards, batch["values"], mask, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = core.masked_whiten(advantages, mask)
+            advantages = core.masked_whiten(advantages, mask, sum_over_ranks=every_rank)
         batch["advantages"], batch["returns"], batch["rewards"] = advantages, returns, rewards
         mean_kl = self._gather_mean(core.masked_sum(kl, mask, dim=1).mean())
         self.kl_controller.update(mean_kl, self.args.rollout_batch_size * self.accelerator.num_processes)
@@ -153,10 +154,19 @@ class SPOTrainer(OnlineRLTrainer):
     def _divergences(self, keys: list[int]) -> list[float | None]:
         """D for each prompt that has an earlier sample: mean |log-ratio| between the policy now and the one that
         sampled it, on that sample (one no-grad forward over the stored samples)."""
+        out: list[float | None] = [None] * len(keys)
+        if self.args.rho_mode == "constant":
+            return out
+        policy = self.accelerator.unwrap_model(self.model)
+        # Under FSDP a forward of sharded weights is a collective, but only some ranks may have stored samples:
+        # every rank gathers the weights (a collective all of them make) and runs only its own forward.
+        with sharding.whole_weights(policy):
+            return self._divergences_of(keys, policy, out)
+
+    def _divergences_of(self, keys: list[int], policy, out: list[float | None]) -> list[float | None]:
         stored = [self.tracker.stored_sample(k) for k in keys]
         rows = [i for i, s in enumerate(stored) if s is not None and s[0]]
-        out: list[float | None] = [None] * len(keys)
-        if not rows or self.args.rho_mode == "constant":
+        if not rows:
             return out
         device, pad = self.accelerator.device, self.processing_class.pad_token_id
         prompt_ids, prompt_mask = left_pad([self._train_prompts.ids(keys[i]) for i in rows], pad, device)
@@ -169,7 +179,6 @@ class SPOTrainer(OnlineRLTrainer):
             then[j, :lengths[j]] = torch.tensor(stored[i][1], device=device)
         mask = core.mask_from_lengths(lengths, width)
         attention = torch.cat([prompt_mask, mask.long()], 1)
-        policy = self.accelerator.unwrap_model(self.model)
         with self.accelerator.autocast():
             logits = response_logits(policy, torch.cat([prompt_ids, tokens], 1), attention,
                                      position_ids_from(attention), width)

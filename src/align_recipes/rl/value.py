@@ -48,11 +48,17 @@ class ValueHead(nn.Module):
     def config(self):
         return getattr(self.backbone, "config", None)
 
+    @property
+    def _no_split_modules(self):
+        """The backbone's decoder-layer classes: FSDP's auto-wrap makes each such layer a unit of its own."""
+        return getattr(_unwrap_peft(self.backbone), "_no_split_modules", None)
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=False, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        # A new tensor, not a view of the head's output: FSDP2 hooks its backward on the module's output tensor.
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).clone()
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         base = _unwrap_peft(self.backbone)
