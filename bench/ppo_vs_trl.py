@@ -50,6 +50,11 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 
 # --------------------------------------------------------------------------------------------- setup
 
+
+def metric(summary: dict, name: str) -> dict:
+    """One held-out metric of a run's summary.json: {name, before, after, n}."""
+    return next(m for m in summary["task_metrics"] if m["name"] == name)
+
 def ensure_venv(venv: Path, requirements: list[str]) -> Path:
     """A virtualenv with CPU torch installed first (a bare `torch` requirement would pull a CUDA build), then
     ``requirements``; built once (a stamp file records what it holds)."""
@@ -105,7 +110,7 @@ def run_ours(python: Path, seed: int, sft: Path, reward: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     episodes = summary["steps"] * SETTING["rollouts"]
     return {**measured, "train_s": summary["runtime_s"], "s_per_1000_episodes": round(summary["runtime_s"] / episodes * 1000, 2),
-            "exact_match_before": summary["task_metric_before"]["value"], "exact_match": summary["task_metric"]["after"],
+            "exact_match_before": metric(summary, "exact_match")["before"], "exact_match": metric(summary, "exact_match")["after"],
             "sampled_reward_first": summary["metrics_first"]["reward"], "sampled_reward_last": summary["metrics_last"]["reward"]}
 
 

@@ -37,6 +37,11 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "H
        "TOKENIZERS_PARALLELISM": "false"}
 
 
+
+def metric(summary: dict, name: str) -> dict:
+    """One held-out metric of a run's summary.json: {name, before, after, n}."""
+    return next(m for m in summary["task_metrics"] if m["name"] == name)
+
 def train(recipe: str, out: Path, *overrides: str) -> dict:
     if not (out / "summary.json").is_file() or json.loads((out / "summary.json").read_text())["status"] != "complete":
         subprocess.run([sys.executable, "-m", "align_recipes", "train", f"recipes/tiny/{recipe}.yaml",
@@ -96,20 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     sft = WORK / "sft"
     sft_summary = train("sft", sft)
-    results = {"date": time.strftime("%Y-%m-%d"), "sft_exact_match": sft_summary["task_metric"]["after"],
+    results = {"date": time.strftime("%Y-%m-%d"), "sft_exact_match": metric(sft_summary, "exact_match")["after"],
                "reward_overrides": args.reward_overrides, "ppo_overrides": args.ppo_overrides, "variants": {}}
     for name in args.variants:
         reward = WORK / f"reward-{name}{args.tag}"
         summary = train("reward", reward, f"model.name_or_path={sft}", f"data.train.path={variant_data(name)}",
                         *args.reward_overrides)
-        entry = {"preference_accuracy": summary["task_metric"]["after"], "near_miss_accuracy": near_miss_accuracy(reward),
+        entry = {"preference_accuracy": metric(summary, "preference_accuracy")["after"], "near_miss_accuracy": near_miss_accuracy(reward),
                  "ppo": []}
         print(name, "reward model:", entry["preference_accuracy"], entry["near_miss_accuracy"], flush=True)
         for seed in args.seeds:
             out = WORK / f"ppo-{name}{args.tag}-{seed}"
             ppo = train("ppo", out, f"model.name_or_path={sft}", f"train.reward_model_path={reward}", "rewards=[]",
                         f"train.seed={seed}", *args.ppo_overrides)
-            run = {"seed": seed, "exact_match": ppo["task_metric"]["after"], "plus_one": plus_one_answers(out),
+            run = {"seed": seed, "exact_match": metric(ppo, "exact_match")["after"], "plus_one": plus_one_answers(out),
                    "reward_first": ppo["metrics_first"]["reward"], "reward_last": ppo["metrics_last"]["reward"],
                    "kl_last": ppo["metrics_last"]["kl"]}
             entry["ppo"].append(run)
