@@ -158,8 +158,10 @@ def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tm
 @pytest.mark.slow
 def test_spo_on_fsdp2_trains_and_saves_a_plain_model(tiny_sft, tmp_path):
     run = tmp_path / "spo"
+    # SPO's default baseline (the tiny recipe uses MiniMind's global one): its divergence forward is the part
+    # that runs on gathered weights.
     result = launch("cpu_fsdp2", "recipes/tiny/spo.yaml", run, f"model.name_or_path={tiny_sft}",
-                    "train.max_steps=3", "train.logging_steps=1", "evaluate.limit=8")
+                    "train.baseline=per_prompt", "train.max_steps=3", "train.logging_steps=1", "evaluate.limit=8")
     assert assert_sharded_once(result, run)["steps"] == 3
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # From the second step on, prompts sampled before get a divergence: the policy forward the ranks run on
