@@ -47,6 +47,7 @@ import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan.yamlio import load_yaml, plain
+from align_recipes.results.gates import check_gate, read_gate
 from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_changes, task_metrics
 
 STATE_FILE = "pipeline.json"
@@ -191,7 +192,8 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
                 error.message = f"stage '{name}': {error.message}"
                 errors.append(error)
             stage.adapter = _adapter_from_files(stage)
-        errors += _read_gate(stage, entry, gate_overrides.get(name, []), stages, path, where)
+        errors += read_gate(stage, entry.get("gate"), gate_overrides.get(name, []), stages, path, where,
+                            _line(entry, "gate") or _line(entry, "name"), _algorithm_of)
         stages.append(stage)
     if errors:
         raise RecipeErrors(errors)
@@ -244,87 +246,6 @@ def _algorithm_of(stage: Stage) -> str | None:
         return _value_from_files(stage, "", "algorithm", None)
     except RecipeError:
         return None
-
-
-def _read_gate(stage: Stage, entry: dict, overrides: list[str], earlier: list[Stage], path: Path,
-               where: str) -> list[RecipeError]:
-    """Fill stage.gate / stage.gated from the entry's `gate:` mapping and `STAGE:gate.METRIC=VALUE` overrides."""
-    from align_recipes import registry
-    from align_recipes.plan.layers import parse_override
-    from align_recipes.plan.sections import METRICS
-
-    raw = entry.get("gate")
-    line = _line(entry, "gate") or _line(entry, "name")
-    example = "gate: {preference_accuracy: 0.8}"
-    if raw is None and not overrides:
-        return []
-    if raw is not None and not isinstance(raw, dict):
-        return [RecipeError(f"stage '{stage.name}': gate must map held-out metrics to minimums", file=path, line=line,
-                            key=f"{where}.gate", fix=example)]
-    written = [(str(k), v, f"{where}.gate.{k}", path) for k, v in (raw or {}).items()]
-    for text in overrides:
-        parts, value = parse_override(text)
-        written.append((".".join(parts[1:]), value, f"{stage.name}:{text.split('=', 1)[0]}", "command line"))
-    errors: list[RecipeError] = []
-    for metric, minimum, key, source in written:
-        file = path if source == path else None
-        if metric not in METRICS:
-            errors.append(RecipeError(f"stage '{stage.name}': unknown gate metric '{metric}'", file=file, line=line,
-                                      key=key, fix=did_you_mean(metric, METRICS)))
-            continue
-        if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0 <= minimum <= 1:
-            errors.append(RecipeError(f"stage '{stage.name}': gate minimum {minimum!r} must be a number from 0 to 1",
-                                      file=file, line=line, key=key, fix=f"e.g. {metric}: 0.8"))
-            continue
-        by_name = {s.name: s for s in earlier}
-        measured = [d for d in stage.deps
-                    if metric in getattr(registry.ALGORITHMS.get(_algorithm_of(by_name[d]) or ""), "metrics", ())]
-        if not measured:
-            reads = ", ".join(stage.deps) or "no earlier stage"
-            errors.append(RecipeError(
-                f"stage '{stage.name}': gate on {metric}, but none of the stages it reads from ({reads}) measures it",
-                file=file, line=line, key=key,
-                fix=f"gate the stage that reads the model to check, e.g. train.reward_model_path: '{{reward}}' "
-                    f"({metric} is measured by {registry.names_text(lambda a: metric in a.metrics)})"))
-            continue
-        if minimum > 0:  # 0: off
-            stage.gate[metric] = float(minimum)
-            stage.gated[metric] = measured
-        else:
-            stage.gate.pop(metric, None)
-            stage.gated.pop(metric, None)
-    return errors
-
-
-def check_gate(stage: Stage, by_name: dict[str, Stage], pipeline_path: Path) -> list[str]:
-    """Lines saying what passed the stage's gate; raises RecipeError (exit 2) when an earlier stage is under it."""
-    passed = []
-    for metric, minimum in stage.gate.items():
-        for name in stage.gated[metric]:
-            upstream = by_name[name]
-            summary = RunDir(upstream.output_dir).summary() if (upstream.output_dir / SUMMARY).is_file() else {}
-            found = {m["name"]: m for m in task_metrics(summary)}.get(metric)
-            key = f"gate.{metric}"
-            if found is None or found.get("after") is None:
-                raise RecipeError(
-                    f"stage '{stage.name}' not started: its gate needs {metric} of stage '{name}', but "
-                    f"{upstream.output_dir / SUMMARY} records no held-out {metric} after training",
-                    file=pipeline_path, key=key,
-                    fix=f"let stage '{name}' measure it (evaluate.data with prompt/chosen/rejected pairs) and run the "
-                        f"pipeline again, or turn the gate off: {stage.name}:gate.{metric}=0")
-            value = float(found["after"])
-            n = f", n={found['n']}" if found.get("n") else ""
-            if value < minimum:
-                raise RecipeError(
-                    f"stage '{stage.name}' not started: stage '{name}' reached held-out {metric} {value:.3f}{n}, "
-                    f"under this gate's minimum {minimum:.3f}; {stage.name} would optimise what '{name}' gets wrong",
-                    file=pipeline_path, key=key,
-                    fix=f"improve stage '{name}' (for a reward model: preference pairs whose rejected answers are the "
-                        f"near misses a policy drifts to, more epochs; docs/usage.md, 'The classic RLHF flow and its gate') and "
-                        f"run the pipeline again (complete stages are skipped), or lower the minimum on the command "
-                        f"line: {stage.name}:gate.{metric}={value:.2f}")
-            passed.append(f"gate: stage '{name}' {metric} {value:.3f}{n} >= {minimum:.3f}")
-    return passed
 
 
 def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None]:
