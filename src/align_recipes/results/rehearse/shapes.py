@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from align_recipes.paths import built_in_place
 
 BUILDER_VERSION = "1"
 REHEARSAL_LAYERS = 2
@@ -185,9 +184,7 @@ def build(arch: Architecture, tokenizer_dir: Path, tokenizer_label: str) -> Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
+    with built_in_place(final) as tmp:
         model_config = to_config(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
@@ -198,11 +195,6 @@ def build(arch: Architecture, tokenizer_dir: Path, tokenizer_label: str) -> Path
         (tmp / MARKER).write_text(json.dumps({"rehearsal_of": arch.name, "layers": REHEARSAL_LAYERS,
                                               "full_layers": arch.layers, "tokenizer": tokenizer_label,
                                               "weights": "random"}, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -215,9 +207,7 @@ def build_reward_stand_in(policy_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
+    with built_in_place(final) as tmp:
         config = AutoConfig.from_pretrained(str(policy_dir), num_labels=1)
         tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
         config.pad_token_id = tokenizer.pad_token_id
@@ -228,11 +218,6 @@ def build_reward_stand_in(policy_dir: Path) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"reward_stand_in_for": str(policy_dir)}) + "\n")
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
+
+from align_recipes.paths import built_in_place
 
 BUILDER_VERSION = "1"
 MERGE_VOCAB = 6000  # tokens learned from the sample text (bytes included); the rest is padding
@@ -108,16 +107,9 @@ def stand_in_dir(facts: dict, cache_root: Path) -> Path:
     final = cache_root / f"tokenizer-{facts['chat_template']}-{stand_in_key(facts)}"
     if (final / STAND_IN_MARKER).is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
+    with built_in_place(final) as tmp:
         build_stand_in(facts).save_pretrained(tmp)
         (tmp / STAND_IN_MARKER).write_text(json.dumps({"stand_in_for": facts}, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
