@@ -56,9 +56,11 @@ class StartScores(dict):
     measurement before training and the one after: the reference of implicit_reward_accuracy."""
 
 
-def measure(plan, model, tokenizer, start: StartScores | None = None) -> list[dict[str, Any]] | None:
+def measure(plan, model, tokenizer, start: StartScores | None = None,
+            reward: tuple[list, list[float]] | None = None) -> list[dict[str, Any]] | None:
     """The recipe's held-out metrics for `model` now: [{name, value, n}] (None without an evaluate: section).
-    `start` keeps the first call's pair scores as the reference of implicit_reward_accuracy."""
+    `start` keeps the first call's pair scores as the reference of implicit_reward_accuracy; `reward` is the
+    run's reward (`run_reward`), built from the recipe when not given."""
     section = plan.evaluate
     if section is None:
         return None
@@ -80,9 +82,11 @@ def measure(plan, model, tokenizer, start: StartScores | None = None) -> list[di
             if "completions" not in cache:
                 cache["completions"] = generate(model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens)
             completions = cache["completions"]
-            value = (exact_match_of(completions, rows) if name == EXACT_MATCH else
-                     mean_reward(reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path")),
-                                 rows, completions))
+            if name == EXACT_MATCH:
+                value = exact_match_of(completions, rows)
+            else:
+                reward = reward or reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path"))
+                value = mean_reward(reward, rows, completions)
         results.append({"name": name, "value": value, "n": len(rows)})
     return results
 
@@ -113,6 +117,19 @@ def reward_functions(specs: list[dict], base_dir, reward_model_path: str | None 
     if reward_model_path:
         funcs, weights = [*funcs, as_reward_func(reward_model_path)], [*weights, 1.0]
     return funcs, weights
+
+
+def run_reward(plan, trainer) -> tuple[list, list[float]]:
+    """The run's reward functions and weights as held-out measurements score with them: the trainer's own when
+    they follow the reward-function contract (a reward model it already holds is not loaded twice), else built
+    from the recipe (TRL keeps a reward model as a bare nn.Module)."""
+    import torch
+
+    funcs, weights = getattr(trainer, "reward_funcs", None), getattr(trainer, "reward_weights", None)
+    if funcs and weights is not None and len(weights) == len(funcs) and \
+            not any(isinstance(f, torch.nn.Module) for f in funcs):
+        return list(funcs), [float(w) for w in weights]
+    return reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path"))
 
 
 def mean_reward(reward: tuple[list, list[float]], rows: list[dict], completions: list[str]) -> float:

@@ -31,7 +31,7 @@ from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, hacking, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
-from align_recipes.run.measure import StartScores, measure, remember_start
+from align_recipes.run.measure import StartScores, measure, remember_start, run_reward
 from align_recipes.run.progress import key_metrics, progress_callback
 from align_recipes.run.rundir import (METRICS, SUMMARY, RunDir, Start, first_and_last, is_main_process,
                                      metrics_before, task_metrics, whole_run_loss)
@@ -292,7 +292,7 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
             if before:
                 remember_start(plan, trainer.model, parts.tokenizer, parts.start)
             else:
-                before = measure(plan, trainer.model, parts.tokenizer, parts.start)
+                before = measure(plan, trainer.model, parts.tokenizer, parts.start, run_reward(plan, trainer))
     record["task_metrics_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
@@ -386,7 +386,8 @@ def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.Run
     sharded.save_consolidated(trainer, plan.output_dir)
     if not trainer.is_world_process_zero():
         return {}
-    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer, parts.start) \
+    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer, parts.start,
+                    run_reward(plan, trainer)) \
         if guard.signum is None else None
     summary = {**record, "status": "complete", "task_metrics": _task_metrics(record["task_metrics_before"], after),
                **hacking.watch_summary(trainer), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
