@@ -47,6 +47,9 @@ def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(tmp_path, r
     # the checks are in metrics.jsonl, for the report's plot
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "watch/exact_match" in r] == list(range(5, STEPS + 1, 5))
+    # the second signal: how the reward model ranks the policy's wrong answers against the right ones
+    assert 0.0 <= watch["ranking_before"] <= 1.0 and 0.0 <= warning["ranking"]["last"] <= 1.0
+    assert sum("watch/ranking" in r for r in records) == sum(c["ranking"] is not None for c in watch["checks"]) > 0
 
     since = f"reward hacking suspected since step {warning['since_step']}"
     assert f"warning: {since}" in printed  # live, when it was raised

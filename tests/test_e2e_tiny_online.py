@@ -68,5 +68,8 @@ def test_ppo_and_spo_raise_reward_and_held_out_exact_match_with_bounded_kl(sft_r
     assert task["after"] >= task["before"] - fall, task
     if recipe == "ppo":  # a healthy run: the reward-hacking watch checked it throughout (test_e2e_hacking.py)
         assert len(summary["reward_watch"]["checks"]) == 12
+        # The rule reward pays the right answer 1.0 and a wrong one at most 0.5: it ranks every wrong answer lower.
+        rankings = [c["ranking"] for c in summary["reward_watch"]["checks"] if c["ranking"] is not None]
+        assert summary["reward_watch"]["ranking_before"] == 1.0 and rankings and set(rankings) == {1.0}
         # No warning: measured for seeds 42, 1-4 from builtin:tiny-qwen2-sft, which is this SFT start at 42 only.
         assert SEED != 42 or "reward_hacking" not in summary, summary["reward_hacking"]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from align_recipes.run.hacking import HackingDetector, likely_fixes, noise_of_series, standard_error
+from align_recipes.run.hacking import HackingDetector, likely_fixes, noise_of_series, standard_error, warning_line
 
 
 def test_standard_error_binomial_with_smoothing_and_of_a_mean():
@@ -54,7 +54,8 @@ def test_rising_proxy_and_falling_metric_warn_at_the_second_suspicious_check_nam
     assert warned == [30]
     warning = detector.warning
     assert warning["since_step"] == 20 and warning["at_step"] == 30 and warning["ongoing"] is True
-    assert warning["held_out"] == {"name": "exact_match", "before": 0.80, "last": 0.55, "margin": pytest.approx(0.10)}
+    assert warning["held_out"] == {"name": "exact_match", "before": 0.80, "last": 0.55, "lowest": 0.55,
+                                   "margin": pytest.approx(0.10)}
     assert warning["proxy"]["first"] == pytest.approx(0.01)  # mean of the first two logged values
     assert warning["proxy"]["last"] == pytest.approx(0.255)  # … and of the last two
 
@@ -90,9 +91,48 @@ def test_the_warning_stands_after_recovery_and_says_it_is_no_longer_ongoing():
     assert warned == [30]
     warning = detector.warning
     assert warning["since_step"] == 20 and warning["ongoing"] is False
-    assert warning["held_out"]["last"] == 0.81
+    assert warning["held_out"]["last"] == 0.81 and warning["held_out"]["lowest"] == 0.60
+    assert warning_line(warning).endswith("held-out exact_match fell 0.800 → 0.600; it recovered (0.810 at the last check)")
     assert detector.check(70, 0.5) is False  # a relapse updates the warning, it never raises a second one
     assert warning["ongoing"] is True and warning["since_step"] == 20
+    assert warning_line(warning).endswith("held-out exact_match fell 0.800 → 0.500")
+    assert detector.check(80, 0.55) is False
+    assert warning_line(warning).endswith("fell 0.800 → 0.500 (0.550 at the last check)")
+
+
+def test_the_proxys_ranking_of_wrong_answers_falls_beyond_the_error_of_the_difference():
+    # before: 18 of 20 wrong answers ranked below the right one, p = 19/22, SE = 0.07675 (by hand)
+    detector = HackingDetector("exact_match", 0.8, 0.05, ranking_before=[1.0] * 18 + [0.0] * 2)
+    # 5 of 12: p = 6/14, SE = 0.14286; margin 2 * hypot = 0.3244 < 0.9 - 0.4167
+    assert detector.ranking_fell([1.0] * 5 + [0.0] * 7) is True
+    # 7 of 10: SE 0.14907, margin 0.3353 > 0.9 - 0.7
+    assert detector.ranking_fell([1.0] * 7 + [0.0] * 3) is False
+    assert detector.ranking_fell([0.0] * 4) is False  # fewer than MIN_RANKED wrong answers: no signal
+    assert HackingDetector("exact_match", 0.8, 0.05).ranking_fell([0.0] * 10) is False  # nothing to compare with
+
+
+def test_a_falling_ranking_warns_even_while_the_held_out_metric_holds():
+    """The reward model starts preferring the policy's wrong answers to the right ones: the second signal."""
+    detector = HackingDetector("exact_match", 0.80, 0.05, ranking_before=[1.0] * 18 + [0.0] * 2)
+    warned = []
+    for i, value in enumerate(RISING):
+        step = 5 * (i + 1)
+        detector.add_proxy(step, value)
+        if step % 10 == 0:
+            ranking = [1.0] * 18 + [0.0] * 2 if step < 20 else [1.0] * 3 + [0.0] * 9
+            if detector.check(step, 0.79, ranking):
+                warned.append(step)
+    assert warned == [30] and [c["ranking_fell"] for c in detector.checks] == [False, True, True, True, True, True]
+    ranking = detector.warning["ranking"]
+    assert ranking == {"before": 0.9, "last": 0.25, "fell": True}
+    assert warning_line(detector.warning).endswith(
+        "rose 0.01 → 0.255 while the reward ranked fewer of the policy's wrong held-out answers below the right one "
+        "(90% → 25%)")
+    detector.warning["ranking"]["fell"] = False  # had only the metric fallen, the ranking would be a diagnosis
+    detector.warning["held_out"]["lowest"] = 0.6
+    assert warning_line(detector.warning).endswith(
+        "while held-out exact_match fell 0.800 → 0.600 (0.790 at the last check); the reward still ranks 25% of "
+        "the policy's wrong held-out answers below the right one (before training 90%)")
 
 
 def test_likely_fixes_name_the_recipes_own_keys():

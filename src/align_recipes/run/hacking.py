@@ -15,8 +15,16 @@ held-out metric (exact_match when the data has answers, else reward), logs that 
 - the held-out metric fell: below its value on the same rows before training by more than Z standard
   errors of that value: sqrt(p(1-p)/n) for right/wrong scores, p smoothed to (k+1)/(n+2) so an
   all-right start still has noise; the sample deviation over sqrt(n) for rewards.
+- or, the second signal, the proxy's own ranking of fresh samples fell. Where the rows have answers,
+  each check also scores the policy's *wrong* greedy answers and the right ones with the run's reward (its
+  reward model or functions): `ranking` is the share of wrong answers the proxy scores below the right one.
+  A policy that has found answers its reward model prefers to the truth lowers it. It fell when it is below
+  its value before training by more than Z standard errors of the difference of the two shares (only with
+  at least `MIN_RANKED` wrong answers in each).
 - both at `CONSECUTIVE` checks in a row raise the warning, once, naming the first of them. It stands
-  after that (the model saw it); `ongoing` says whether the last check still showed it.
+  after that (the model saw it); `ongoing` says whether the last check still showed it, and the warning
+  line says when the metric has recovered since (it can: the tiny RLHF flow dips for a few checks, then
+  ends above its start).
 
 It is off for algorithms that do not generate, without an evaluate: section or a metric read from
 generations, and for sharded runs (a check would generate on rank 0 alone).
@@ -34,6 +42,7 @@ WINDOW = 2  # logged proxy values averaged at each end
 CHECKS_PER_RUN = 10  # evaluate.watch_every: null
 PROXY_KEYS = ("reward", "objective/scores")  # the sampled reward, as the trainers log it
 WATCHED = ("exact_match", "reward")  # held-out metrics read from greedy answers, the independent one first
+MIN_RANKED = 5  # wrong answers needed before the proxy's ranking of them counts as a signal
 
 
 def noise_of_series(values: list[float]) -> float:
@@ -57,11 +66,13 @@ def standard_error(scores: list[float]) -> float:
 @dataclass
 class HackingDetector:
     """Feed it logged proxy values (`add_proxy`) and held-out checks (`check`); `warning` is set once the
-    proxy has risen while the held-out metric fell at `consecutive` checks in a row."""
+    proxy has risen while the held-out metric (or the proxy's ranking of fresh samples) fell at `consecutive`
+    checks in a row."""
 
     metric: str  # the held-out metric watched
     before: float  # its value on the watched rows before training
     standard_error: float  # of `before`
+    ranking_before: list[float] | None = None  # 1.0 per wrong answer of the start policy that the proxy ranked right
     proxy_name: str = "reward"
     z: float = Z
     consecutive: int = CONSECUTIVE
@@ -82,28 +93,47 @@ class HackingDetector:
         rise = sum(values[-WINDOW:]) / WINDOW - sum(values[:WINDOW]) / WINDOW
         return rise, self.z * noise_of_series(values)
 
-    def check(self, step: int, held_out: float) -> bool:
-        """Record one held-out measurement; True when it raises the warning."""
+    def ranking_fell(self, ranking: list[float] | None) -> bool:
+        """Whether the proxy ranks fewer of the policy's wrong answers below the right one than before training,
+        beyond Z standard errors of the difference (each share's binomial error, `standard_error`)."""
+        before = self.ranking_before
+        if not before or not ranking or min(len(before), len(ranking)) < MIN_RANKED:
+            return False
+        margin = self.z * math.hypot(standard_error(before), standard_error(ranking))
+        return sum(before) / len(before) - sum(ranking) / len(ranking) > margin
+
+    def check(self, step: int, held_out: float, ranking: list[float] | None = None) -> bool:
+        """Record one held-out measurement (and the proxy's ranking of this policy's wrong answers, 1.0 where it
+        scored the right answer higher); True when it raises the warning."""
         rising = self.proxy_rise()
         fall_margin = self.z * self.standard_error
         rose = rising is not None and rising[0] > rising[1]
         fell = self.before - held_out > fall_margin
-        record = {"step": step, "held_out": held_out, "proxy_rise": rising and rising[0],
-                  "proxy_margin": rising and rising[1], "fall_margin": fall_margin, "suspicious": rose and fell}
+        ranking_fell = self.ranking_fell(ranking)
+        record = {"step": step, "held_out": held_out, "ranking": sum(ranking) / len(ranking) if ranking else None,
+                  "proxy_rise": rising and rising[0], "proxy_margin": rising and rising[1],
+                  "fall_margin": fall_margin, "ranking_fell": ranking_fell, "suspicious": rose and (fell or ranking_fell)}
         self.checks.append(record)
         self._streak = [*self._streak, record] if record["suspicious"] else []
         if self.warning is not None:
+            held = self.warning["held_out"]
             self.warning["ongoing"] = record["suspicious"]
-            self.warning["held_out"]["last"] = held_out
+            held["last"], held["lowest"] = held_out, min(held["lowest"], held_out)
             self.warning["proxy"]["last"] = self._proxy_mean(-WINDOW)
+            if "ranking" in self.warning and record["ranking"] is not None:
+                self.warning["ranking"]["last"] = record["ranking"]
             return False
         if len(self._streak) < self.consecutive:
             return False
         self.warning = {
             "since_step": self._streak[0]["step"], "at_step": step, "ongoing": True,
             "proxy": {"name": self.proxy_name, "first": self._proxy_mean(0), "last": self._proxy_mean(-WINDOW)},
-            "held_out": {"name": self.metric, "before": self.before, "last": held_out, "margin": fall_margin},
+            "held_out": {"name": self.metric, "before": self.before, "last": held_out,
+                         "lowest": min(c["held_out"] for c in self._streak), "margin": fall_margin},
         }
+        if self.ranking_before and record["ranking"] is not None:
+            self.warning["ranking"] = {"before": sum(self.ranking_before) / len(self.ranking_before),
+                                       "last": record["ranking"], "fell": any(c["ranking_fell"] for c in self._streak)}
         return True
 
     def _proxy_mean(self, start: int) -> float:
@@ -123,10 +153,28 @@ def likely_fixes(args, reward_model: bool) -> list[str]:
 
 
 def warning_line(warning: dict) -> str:
-    proxy, held = warning["proxy"], warning["held_out"]
-    return (f"reward hacking suspected since step {warning['since_step']}: sampled {proxy['name']} rose "
-            f"{proxy['first']:.3g} → {proxy['last']:.3g} while held-out {held['name']} fell "
-            f"{held['before']:.3f} → {held['last']:.3f}")
+    """One line: since when, the proxy's rise, and each signal that fell: the metric (to its lowest, and where
+    it ended when that differs: a policy can recover, and the line must not read "fell" to a value above the
+    start) and the proxy's ranking of the policy's wrong answers."""
+    proxy, held, ranking = warning["proxy"], warning["held_out"], warning.get("ranking")
+    lowest = held.get("lowest", held["last"])
+    signals = []
+    if held["before"] - lowest > held["margin"]:
+        signal = f"held-out {held['name']} fell {held['before']:.3f} → {lowest:.3f}"
+        if not warning.get("ongoing") and held["before"] - held["last"] <= held["margin"]:
+            signal += f"; it recovered ({held['last']:.3f} at the last check)"
+        elif held["last"] != lowest:
+            signal += f" ({held['last']:.3f} at the last check)"
+        signals.append(signal)
+    if ranking and ranking.get("fell"):
+        signals.append(f"the {proxy['name']} ranked fewer of the policy's wrong held-out answers below the right one "
+                       f"({ranking['before']:.0%} → {ranking['last']:.0%})")
+    line = (f"reward hacking suspected since step {warning['since_step']}: sampled {proxy['name']} rose "
+            f"{proxy['first']:.3g} → {proxy['last']:.3g} while " + " and ".join(signals))
+    if ranking and not ranking.get("fell"):
+        line += (f"; the {proxy['name']} still ranks {ranking['last']:.0%} of the policy's wrong held-out answers "
+                 f"below the right one (before training {ranking['before']:.0%})")
+    return line
 
 
 def report_lines(summary: dict) -> list[str]:
@@ -138,6 +186,9 @@ def report_lines(summary: dict) -> list[str]:
              f"Held-out {watch.get('metric')} on {watch.get('rows')} rows of evaluate.data every {watch.get('every')} "
              f"steps (before training {watch.get('before', float('nan')):.3f}; plotted as "
              f"`watch/{watch.get('metric')}` beside the reward), {len(watch.get('checks') or [])} checks.", ""]
+    if watch.get("ranking_before") is not None:
+        lines += [f"At each check the reward also scored the policy's wrong answers against the right ones "
+                  f"(`watch/ranking`, the share it ranks right; before training {watch['ranking_before']:.0%}).", ""]
     if not isinstance(warning, dict):
         return lines + ["No sign of reward hacking: the held-out metric never fell beyond its noise while the sampled "
                         "reward rose."]
@@ -172,13 +223,13 @@ def reward_watch(plan, trainer, metrics_path, say: Callable[[str], None] = print
         say("note: the reward-hacking watch is off for sharded runs (a check would generate on one rank alone)")
         return None
     from align_recipes.plan.sections import METRIC_KINDS
-    from align_recipes.run.measure import held_out_rows
+    from align_recipes.run.measure import held_out_rows, run_reward
 
     rows = held_out_rows(plan, METRIC_KINDS[metric])[: section.watch_rows]
-    return _callback(plan, metric, rows, metrics_path, say) if len(rows) >= 2 else None
+    return _callback(plan, metric, rows, run_reward(plan, trainer), metrics_path, say) if len(rows) >= 2 else None
 
 
-def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
+def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[float]], metrics_path, say):
     import json
 
     from transformers import TrainerCallback
@@ -188,13 +239,21 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
     section = plan.evaluate
     uses_reward_model = bool(plan.train.get("reward_model_path")) or \
         any(isinstance(r, dict) and "model" in r for r in plan.rewards or [])
-    reward = measure.reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path")) \
-        if metric == "reward" else None
 
-    def scores(model, tokenizer) -> list[float]:
+    def scores(model, tokenizer) -> tuple[list[float], list[float] | None]:
+        """The watched rows' held-out scores, and (with answers) the proxy's ranking of the wrong ones: 1.0 where
+        it scores the right answer above the policy's."""
         completions = measure.generate(model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens)
-        return measure.answer_matches(completions, rows) if reward is None else \
-            measure.row_rewards(reward, rows, completions)
+        if metric == "reward":
+            return measure.row_rewards(reward, rows, completions), None
+        right = measure.answer_matches(completions, rows)
+        wrong = [i for i, r in enumerate(right) if not r]
+        if not wrong:
+            return right, None
+        wrong_rows = [rows[i] for i in wrong]
+        theirs = measure.row_rewards(reward, wrong_rows, [completions[i] for i in wrong])
+        truth = measure.row_rewards(reward, wrong_rows, [str(r["answer"]) for r in wrong_rows])
+        return right, [float(t > w) for t, w in zip(truth, theirs)]
 
     class RewardWatch(TrainerCallback):
         is_reward_watch = True
@@ -204,8 +263,8 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
             self.every, self.last_check, self.fixes = 0, 0, []
 
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-            start = scores(model, processing_class)
-            self.detector = HackingDetector(metric, sum(start) / len(start), standard_error(start))
+            start, ranking = scores(model, processing_class)
+            self.detector = HackingDetector(metric, sum(start) / len(start), standard_error(start), ranking)
             logging = args.logging_steps if args.logging_steps >= 1 else math.ceil(args.logging_steps * state.max_steps)
             self.every = section.watch_every or int(logging) * max(1, round(state.max_steps / CHECKS_PER_RUN / logging))
             self.last_check = state.global_step
@@ -221,11 +280,14 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
             if not due or state.global_step == self.last_check:
                 return
             self.last_check = state.global_step
-            value = sum(scores(model, processing_class)) / len(rows)
+            values, ranking = scores(model, processing_class)
+            value = sum(values) / len(rows)
+            record = {"step": state.global_step, "epoch": state.epoch, f"watch/{metric}": value}
+            if ranking:
+                record["watch/ranking"] = sum(ranking) / len(ranking)
             with open(metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, f"watch/{metric}": value})
-                             + "\n")
-            if self.detector.check(state.global_step, value):
+                handle.write(json.dumps(record) + "\n")
+            if self.detector.check(state.global_step, value, ranking):
                 say(f"warning: {warning_line(self.detector.warning)} ({len(rows)} rows). Likely fixes: "
                     + "; ".join(self.fixes))
 
@@ -234,8 +296,9 @@ def _callback(plan, metric: str, rows: list[dict], metrics_path, say):
             if self.detector is None:
                 return {}
             d = self.detector
-            checks = [{k: c[k] for k in ("step", "held_out", "suspicious")} for c in d.checks]
+            checks = [{k: c[k] for k in ("step", "held_out", "ranking", "suspicious")} for c in d.checks]
             out = {"reward_watch": {"metric": metric, "rows": len(rows), "every": self.every, "before": d.before,
+                                    "ranking_before": d.ranking_before and sum(d.ranking_before) / len(d.ranking_before),
                                     "checks": checks}}
             if d.warning is not None:
                 out["reward_hacking"] = {**d.warning, "fixes": self.fixes}
