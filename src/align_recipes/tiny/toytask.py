@@ -23,7 +23,10 @@ Data files (``python -m align_recipes.tiny.toytask write recipes/tiny/data``), a
 - ``sft.jsonl``       ``{"messages": [user, assistant]}``
 - ``prefs.jsonl``     ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``
 - ``unpaired.jsonl``  ``{"prompt": [user], "completion": [assistant], "label": bool}``
-- ``prompts.jsonl``   ``{"prompt": [user], "answer": "19"}``
+- ``prompts.jsonl``   ``{"prompt": [user], "answer": "19"}`` (the ``rl`` split)
+- ``rlhf_prompts.jsonl`` the same layout over ``train`` (300 prompts): the RLHF flow's PPO stage, which reads
+  the reward model rather than the answers, optimises on every prompt that model was trained on (with the 100
+  RL prompts alone the policy fits them and held-out exact match stays flat: docs/benchmarks.md)
 - ``eval.jsonl``      ``{"prompt": [user], "answer": "19", "chosen": [assistant], "rejected": [assistant]}``
   (held out): one file serves every held-out metric, exact match (prompt + answer), preference
   accuracy (prompt + chosen + rejected) and reward (prompt + answer for `toy_reward`)
@@ -64,12 +67,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "prefs": ("prefs.jsonl", "train"),
     "unpaired": ("unpaired.jsonl", "train"),
     "prompts": ("prompts.jsonl", "rl"),
+    "rlhf_prompts": ("rlhf_prompts.jsonl", "train"),
     "eval": ("eval.jsonl", "eval"),
     "prefs_eval": ("prefs_eval.jsonl", "eval"),
     "reward_prefs": ("reward_prefs.jsonl", "train"),
     "reward_eval": ("reward_eval.jsonl", "eval"),
 }
-TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts", "reward_prefs")  # files that must never hold an eval prompt
+TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts", "rlhf_prompts", "reward_prefs")  # files that must never hold an eval prompt
 NEAR_MISSES = (1, -1, 2, -2, 10, -10)  # reward_prefs: answer + each offset is a rejected answer (the policy's mistakes)
 NEAR_MISS_RANDOM = 3  # reward_prefs: and this many other plausible wrong answers per prompt (`wrong_answer`)
 DATA_SEED = 0  # the seed the committed files are written with
@@ -156,7 +160,7 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
             good = labels[i]
             text = answer if good else wrong_answer(a, b, rng)
             rows.append({"prompt": prompt, "completion": assistant_message(text), "label": good})
-        elif kind == "prompts":
+        elif kind in ("prompts", "rlhf_prompts"):
             rows.append({"prompt": prompt, "answer": answer})
         elif kind == "reward_eval":
             near = a + b + 1 if a + b == 0 or rng.random() < 0.5 else a + b - 1
