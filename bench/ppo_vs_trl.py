@@ -6,8 +6,9 @@ model trained from it by `recipes/tiny/reward.yaml` (seed 42; also the critic's 
 coefficient 0.02 (k1), clip 0.2, value clip 0.2, vf_coef 0.1, gamma 1, lambda 0.95, temperature 0.5, at
 most 6 new tokens, stop at EOS. Both measure greedy held-out exact match (`eval.jsonl`, 100 prompts, the same
 `align_recipes.tiny.toytask.evaluate_task`) before and after training, as our CLI does; ours runs
-`align-recipes train recipes/tiny/ppo.yaml --no-report` (the report's plots are not PPO work; the layer
-benchmark times them on their own).
+`align-recipes train recipes/tiny/ppo.yaml --no-report evaluate.watch_every=0` (the report's plots are not PPO
+work, the layer benchmark times them on their own; the reward-hacking watch, which TRL does not have, answers the
+held-out prompts greedily at 10 checks: `--watch` runs ours with it, to measure what it costs).
 
 Each run is a fresh process. Recorded per run: CPU time of the whole child process (user + sys, from
 `os.wait4`: the headline, because up to five people share this machine's two cores and wall time follows
@@ -100,13 +101,14 @@ def run_child(cmd: list[str], log: Path, env: dict) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def run_ours(python: Path, seed: int, sft: Path, reward: Path) -> dict:
-    out = WORK / f"ours-{seed}"
+def run_ours(python: Path, seed: int, sft: Path, reward: Path, watch: bool = False) -> dict:
+    name = f"ours-{seed}" + ("-watch" if watch else "")
+    out = WORK / name
     cmd = [str(python), "-m", "align_recipes", "train", "recipes/tiny/ppo.yaml", f"train.output_dir={out}",
            f"model.name_or_path={sft}", f"train.reward_model_path={reward}", "rewards=[]", f"train.seed={seed}",
            f"train.max_steps={SETTING['steps']}", f"train.per_device_train_batch_size={SETTING['rollouts']}",
-           "--profile", "cpu", "--no-report", "--overwrite"]
-    measured = run_child(cmd, WORK / f"ours-{seed}.log", {**os.environ, **THREAD_ENV, "PYTHONPATH": str(REPO / "src")})
+           *([] if watch else ["evaluate.watch_every=0"]), "--profile", "cpu", "--no-report", "--overwrite"]
+    measured = run_child(cmd, WORK / f"{name}.log", {**os.environ, **THREAD_ENV, "PYTHONPATH": str(REPO / "src")})
     summary = json.loads((out / "summary.json").read_text())
     episodes = summary["steps"] * SETTING["rollouts"]
     return {**measured, "train_s": summary["runtime_s"], "s_per_1000_episodes": round(summary["runtime_s"] / episodes * 1000, 2),
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--watch", action="store_true", help="also run ours with the reward-hacking watch on")
     parser.add_argument("--trl-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sft", help=argparse.SUPPRESS)
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ours", runs["ours"][-1], flush=True)
         runs["trl"].append({"seed": seed, **run_trl(trl_python, seed, sft, reward)})
         print("trl ", runs["trl"][-1], flush=True)
+        if args.watch:
+            runs.setdefault("ours_with_watch", []).append({"seed": seed, **run_ours(ours_python, seed, sft, reward, True)})
+            print("ours+watch", runs["ours_with_watch"][-1], flush=True)
     ours, trl = summarize(runs["ours"]), summarize(runs["trl"])
     ratios = {k: round(ours[k]["median"] / trl[k]["median"], 3)
               for k in ("cpu_s", "wall_s", "peak_rss_mb", "s_per_1000_episodes")}
@@ -219,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                                                               "cpus": os.cpu_count(), "threads": 1},
               "setting": SETTING, "seeds": args.seeds, "versions": {"ours": versions(ours_python),
                                                                      "trl_side": versions(trl_python)},
-              "runs": runs, "median": {"ours": ours, "trl": trl}, "ratio_ours_over_trl": ratios}
+              "runs": runs, "median": {"ours": ours, "trl": trl, **({"ours_with_watch": summarize(runs["ours_with_watch"])}
+                                                                   if args.watch else {})},
+              "ratio_ours_over_trl": ratios}
     print(json.dumps(result["ratio_ours_over_trl"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
