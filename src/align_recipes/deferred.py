@@ -1,7 +1,7 @@
 """Deferred imports: optional heavy packages that other libraries import eagerly, loaded on first use instead.
 
 transformers imports peft whenever peft is installed, and peft imports bitsandbytes, whose import pulls in
-torch._inductor: about 1.4 s of CPU and 44 MiB of resident memory on every run, though only runs that quantize
+torch._inductor: about 1.5 s of CPU and 45 MiB of resident memory on every run, though only runs that quantize
 (QLoRA) or use its 8-bit optimizers ever call it. `defer` registers such a package in ``sys.modules`` without
 running its code, which runs on the first read of anything the package defines. A run that quantizes gets the real
 module at that moment (the same code, just later); a run that does not never pays for it.
