@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 CAP_GIB = 16.0
 QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -302,8 +304,7 @@ def main() -> int:
                 shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "settings"}
                 print(json.dumps(shown), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

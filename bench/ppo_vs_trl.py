@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import metric, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 TRL_VENV, OURS_VENV = CACHE / "bench-trl112", CACHE / "bench-ours"
@@ -51,10 +53,6 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 
 # --------------------------------------------------------------------------------------------- setup
 
-
-def metric(summary: dict, name: str) -> dict:
-    """One held-out metric of a run's summary.json: {name, before, after, n}."""
-    return next(m for m in summary["task_metrics"] if m["name"] == name)
 
 def ensure_venv(venv: Path, requirements: list[str]) -> Path:
     """A virtualenv with CPU torch installed first (a bare `torch` requirement would pull a CUDA build), then
@@ -230,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
               "ratio_ours_over_trl": ratios}
     print(json.dumps(result["ratio_ours_over_trl"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -27,16 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from common import metric, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "rlhf-flow"
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 TEMPERATURE = 0.5  # recipes/tiny/ppo.yaml
 KL_COEFS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-def metric(summary: dict, name: str) -> dict:
-    return next(m for m in summary["task_metrics"] if m["name"] == name)
 
 
 def run_flow(seed: int) -> dict:
@@ -100,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                  **kl_analysis(first / "sft", first / "reward")}
         print(json.dumps(result["kl_analysis"]), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import metric, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "rlhf-research"
 VARIANTS = {"prefs": None, "near": {"offsets": (1, -1), "random_wrong": 1},
@@ -36,11 +38,6 @@ VARIANTS = {"prefs": None, "near": {"offsets": (1, -1), "random_wrong": 1},
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 
-
-
-def metric(summary: dict, name: str) -> dict:
-    """One held-out metric of a run's summary.json: {name, before, after, n}."""
-    return next(m for m in summary["task_metrics"] if m["name"] == name)
 
 def train(recipe: str, out: Path, *overrides: str) -> dict:
     if not (out / "summary.json").is_file() or json.loads((out / "summary.json").read_text())["status"] != "complete":
@@ -125,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: (v["preference_accuracy"], v["near_miss_accuracy"], v["exact_match_mean"])
                       for k, v in results["variants"].items()}))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -112,8 +114,7 @@ def main() -> int:
                      if result["reward_early"] is not None and result["max_kl"] is not None else ""), flush=True)
             if args.json:
                 results["date"] = time.strftime("%Y-%m-%d")
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                write_json(args.json, results, indent=1, sort_keys=True)
     return 0
 
 
