@@ -251,8 +251,10 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
         if not wrong:
             return right, None
         wrong_rows = [rows[i] for i in wrong]
-        theirs = measure.row_rewards(reward, wrong_rows, [completions[i] for i in wrong])
-        truth = measure.row_rewards(reward, wrong_rows, [str(r["answer"]) for r in wrong_rows])
+        # One call scores both sides (a reward model reads them in one forward): the policy's, then the right ones.
+        scored = measure.row_rewards(reward, wrong_rows + wrong_rows,
+                                     [completions[i] for i in wrong] + [str(r["answer"]) for r in wrong_rows])
+        theirs, truth = scored[:len(wrong)], scored[len(wrong):]
         return right, [float(t > w) for t, w in zip(truth, theirs)]
 
     class RewardWatch(TrainerCallback):
