@@ -44,26 +44,70 @@ from common import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CAP_GIB = 16.0
-QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-                 rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu")
-SMOKE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-             vocab_size=512, max_position_embeddings=2048, tie_word_embeddings=True)
+QWEN2_05B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+)
+SMOKE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 TRAIN = {  # what the recipe asks for; the same values go to the plain scripts
-    "sft": {"learning_rate": 2.0e-4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-            "max_length": 1024},
-    "dpo": {"learning_rate": 5.0e-6, "beta": 0.1, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-            "max_length": 1024},
-    "grpo": {"learning_rate": 1.0e-5, "beta": 0.04, "num_generations": 4, "per_device_train_batch_size": 8,
-             "gradient_accumulation_steps": 1, "max_completion_length": 256, "temperature": 0.9},
+    "sft": {
+        "learning_rate": 2.0e-4,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_length": 1024,
+    },
+    "dpo": {
+        "learning_rate": 5.0e-6,
+        "beta": 0.1,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_length": 1024,
+    },
+    "grpo": {
+        "learning_rate": 1.0e-5,
+        "beta": 0.04,
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "max_completion_length": 256,
+        "temperature": 0.9,
+    },
 }
-VARIANTS = {"sft": ["align-recipes", "tutorial-fp32", "tutorial-fp16"],
-            "dpo": ["align-recipes", "tutorial-fp32", "tutorial-fp16"], "grpo": ["align-recipes", "plain-fp32"]}
-COMMON = {"logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 42, "dataloader_num_workers": 0}
+VARIANTS = {
+    "sft": ["align-recipes", "tutorial-fp32", "tutorial-fp16"],
+    "dpo": ["align-recipes", "tutorial-fp32", "tutorial-fp16"],
+    "grpo": ["align-recipes", "plain-fp32"],
+}
+COMMON = {
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 42,
+    "dataloader_num_workers": 0,
+}
 
 
 # ------------------------------------------------------------------------------------------ setup
+
 
 def build_model(work: Path, smoke: bool) -> Path:
     """Random-weight Qwen2 with the 0.5B shape, saved with the tiny model's byte-level tokenizer."""
@@ -77,8 +121,12 @@ def build_model(work: Path, smoke: bool) -> Path:
         return out
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny.ensure_tiny_model())
-    config = Qwen2Config(**(SMOKE if smoke else QWEN2_05B), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **(SMOKE if smoke else QWEN2_05B),
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = Qwen2ForCausalLM(config).to(torch.float16 if not smoke else torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -96,13 +144,29 @@ def write_data(work: Path, smoke: bool) -> dict[str, Path]:
     files = {"sft": work / "sft.jsonl", "dpo": work / "prefs.jsonl", "grpo": work / "prompts.jsonl"}
     with files["sft"].open("w") as f:
         for _ in range(rows):
-            f.write(json.dumps({"messages": [{"role": "user", "content": _text(rng, 256 // scale)},
-                                             {"role": "assistant", "content": _text(rng, 640 // scale)}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": _text(rng, 256 // scale)},
+                            {"role": "assistant", "content": _text(rng, 640 // scale)},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     with files["dpo"].open("w") as f:
         for _ in range(rows):
-            f.write(json.dumps({"prompt": [{"role": "user", "content": _text(rng, 384 // scale)}],
-                                "chosen": [{"role": "assistant", "content": _text(rng, 256 // scale)}],
-                                "rejected": [{"role": "assistant", "content": _text(rng, 256 // scale)}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": _text(rng, 384 // scale)}],
+                        "chosen": [{"role": "assistant", "content": _text(rng, 256 // scale)}],
+                        "rejected": [{"role": "assistant", "content": _text(rng, 256 // scale)}],
+                    }
+                )
+                + "\n"
+            )
     with files["grpo"].open("w") as f:
         for _ in range(rows):
             f.write(json.dumps({"prompt": [{"role": "user", "content": _text(rng, 128 // scale)}]}) + "\n")
@@ -118,6 +182,7 @@ def train_fields(task: str, steps: int, smoke: bool) -> dict:
 
 
 # --------------------------------------------------------------------------------------- children
+
 
 class StepTimer:
     """Wall-clock time of every optimizer step (a TrainerCallback, built lazily)."""
@@ -192,8 +257,17 @@ def child(task: str, variant: str, work: Path, steps: int, smoke: bool) -> dict:
 
 
 def _settings(config) -> dict:
-    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "fp16", "bf16", "activation_checkpointing",
-            "optim", "generation_batch_size", "max_length", "max_completion_length")
+    keys = (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "fp16",
+        "bf16",
+        "activation_checkpointing",
+        "optim",
+        "generation_batch_size",
+        "max_length",
+        "max_completion_length",
+    )
     return {k: getattr(config, k, None) for k in keys if hasattr(config, k)}
 
 
@@ -204,8 +278,12 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     from align_recipes.run.training import training
     from align_recipes.run.training.rundir import RunDir
 
-    recipe = {"algorithm": task, "model": {"name_or_path": str(model_dir), "adapter": "lora", "lora": LORA},
-              "data": {"train": {"path": str(data_file)}}, "train": {**fields, "output_dir": str(out)}}
+    recipe = {
+        "algorithm": task,
+        "model": {"name_or_path": str(model_dir), "adapter": "lora", "lora": LORA},
+        "data": {"train": {"path": str(data_file)}},
+        "train": {**fields, "output_dir": str(out)},
+    }
     if task == "grpo":
         recipe["rewards"] = [{"name": "length_penalty", "max_length": 64}]
     path = out.parent / f"{task}.recipe.yaml"
@@ -224,8 +302,12 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     finally:
         RunDir.metrics_callback = original
     config = training.build_config(plan)
-    settings = {**_settings(config), "dtype": plan.model.dtype, "adapter": plan.model.adapter,
-                "profile": plan.profile.name}
+    settings = {
+        **_settings(config),
+        "dtype": plan.model.dtype,
+        "adapter": plan.model.adapter,
+        "profile": plan.profile.name,
+    }
     return timers[0], settings, RunDir(out).metrics()
 
 
@@ -241,11 +323,21 @@ def _run_plain(task, variant, model_dir, data_file, fields, out, smoke):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float16 if half else torch.float32)
     dataset = datasets.load_dataset("json", data_files=str(data_file), split="train")
-    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                             target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
-    config_cls, trainer_cls = {"sft": (trl.SFTConfig, trl.SFTTrainer), "dpo": (trl.DPOConfig, trl.DPOTrainer),
-                               "grpo": (trl.GRPOConfig, trl.GRPOTrainer)}[task]
-    amp = variant.startswith("tutorial") and not smoke  # tutorials turn on fp16 on a T4; plain-fp32 stays fp32
+    peft_config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    config_cls, trainer_cls = {
+        "sft": (trl.SFTConfig, trl.SFTTrainer),
+        "dpo": (trl.DPOConfig, trl.DPOTrainer),
+        "grpo": (trl.GRPOConfig, trl.GRPOTrainer),
+    }[task]
+    amp = (
+        variant.startswith("tutorial") and not smoke
+    )  # tutorials turn on fp16 on a T4; plain-fp32 stays fp32
     # bf16 off explicitly: TRL 1.16's configs default to bf16=True, which a T4 cannot run (and which would
     # make "fp32" runs bf16 on newer cards). Everything else stays at TRL's defaults: no tuning.
     config = config_cls(**fields, output_dir=str(out), fp16=amp, bf16=False, use_cpu=smoke)
@@ -255,53 +347,105 @@ def _run_plain(task, variant, model_dir, data_file, fields, out, smoke):
         from align_recipes.rewards import build_reward_funcs
 
         extra["reward_funcs"] = build_reward_funcs([{"name": "length_penalty", "max_length": 64}])[0]
-    trainer = trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=[timer], **extra)
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[timer],
+        **extra,
+    )
     trainer.train()
-    settings = {**_settings(config), "dtype": "float16" if half else "float32", "adapter": "lora", "profile": None}
+    settings = {
+        **_settings(config),
+        "dtype": "float16" if half else "float32",
+        "adapter": "lora",
+        "profile": None,
+    }
     return timer, settings, trainer.state.log_history
 
 
 # ----------------------------------------------------------------------------------------- parent
 
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", nargs="+", default=["sft", "dpo", "grpo"], choices=sorted(VARIANTS))
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="CPU code-path check with a toy shape; not a benchmark")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU code-path check with a toy shape; not a benchmark"
+    )
     parser.add_argument("--child", nargs=3, metavar=("TASK", "VARIANT", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     if args.child:
         task, variant, work = args.child
-        print("BENCH_RESULT " + json.dumps(child(task, variant, Path(work), args.steps, args.smoke)), flush=True)
+        print(
+            "BENCH_RESULT " + json.dumps(child(task, variant, Path(work), args.steps, args.smoke)), flush=True
+        )
         return 0
     import torch
 
     if not torch.cuda.is_available() and not args.smoke:
-        print("bench/gpu_t4.py needs an NVIDIA GPU with CUDA; torch sees none, so nothing was measured.\n"
-              "  (run it on a GPU machine; `--smoke` only checks the code paths on CPU and measures nothing)",
-              file=sys.stderr)
+        print(
+            "bench/gpu_t4.py needs an NVIDIA GPU with CUDA; torch sees none, so nothing was measured.\n"
+            "  (run it on a GPU machine; `--smoke` only checks the code paths on CPU and measures nothing)",
+            file=sys.stderr,
+        )
         return 2
-    results = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "cap_gib": CAP_GIB, "steps": args.steps,
-               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "torch": torch.__version__, "runs": []}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "smoke": args.smoke,
+        "cap_gib": CAP_GIB,
+        "steps": args.steps,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory(prefix="align-gpu-bench-") as tmp:
         work = Path(tmp)
         build_model(work, args.smoke)
         write_data(work, args.smoke)
         for task in args.tasks:
             for variant in VARIANTS[task]:
-                cmd = [sys.executable, __file__, "--child", task, variant, str(work), "--steps", str(args.steps),
-                       *(["--smoke"] if args.smoke else [])]
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                                      env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    task,
+                    variant,
+                    str(work),
+                    "--steps",
+                    str(args.steps),
+                    *(["--smoke"] if args.smoke else []),
+                ]
+                proc = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"},
+                )
                 lines = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
-                result = json.loads(lines[-1].split(" ", 1)[1]) if lines else {
-                    "task": task, "variant": variant, "status": f"crashed (rc {proc.returncode}): {proc.stderr[-400:]}"}
+                result = (
+                    json.loads(lines[-1].split(" ", 1)[1])
+                    if lines
+                    else {
+                        "task": task,
+                        "variant": variant,
+                        "status": f"crashed (rc {proc.returncode}): {proc.stderr[-400:]}",
+                    }
+                )
                 results["runs"].append(result)
-                shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "settings"}
+                shown = {
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in result.items()
+                    if k != "settings"
+                }
                 print(json.dumps(shown), flush=True)
     if args.json:
         write_json(args.json, results)

@@ -24,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train(recipe: str, out: Path, seed: int, *overrides: str) -> dict:
     started = time.time()
-    rc = main(["train", str(ROOT / "recipes/tiny" / recipe), f"train.output_dir={out}", f"train.seed={seed}",
-               "--profile", "cpu", "--no-report", *overrides])
+    rc = main(
+        [
+            "train",
+            str(ROOT / "recipes/tiny" / recipe),
+            f"train.output_dir={out}",
+            f"train.seed={seed}",
+            "--profile",
+            "cpu",
+            "--no-report",
+            *overrides,
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     return {"rc": rc, "wall_s": round(time.time() - started, 1), "summary": summary}
 
@@ -35,12 +45,20 @@ def row(kind: str, seed: int, result: dict, out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     watch, warning = summary.get("reward_watch") or {}, summary.get("reward_hacking")
     tasks = {t["name"]: (t["before"], t["after"]) for t in summary.get("task_metrics") or []}
-    return {"kind": kind, "seed": seed, "wall_s": result["wall_s"], "warned": warning is not None,
-            "since_step": warning and warning["since_step"], "at_step": warning and warning["at_step"],
-            "watch_before": watch.get("before"), "checks": [(c["step"], c["held_out"]) for c in watch.get("checks", [])],
-            "exact_match": tasks.get("exact_match"), "metrics_first_reward": summary["metrics_first"].get("reward"),
-            "metrics_last_reward": summary["metrics_last"].get("reward"),
-            "proxy": [(r["step"], r["reward"]) for r in records if "reward" in r]}
+    return {
+        "kind": kind,
+        "seed": seed,
+        "wall_s": result["wall_s"],
+        "warned": warning is not None,
+        "since_step": warning and warning["since_step"],
+        "at_step": warning and warning["at_step"],
+        "watch_before": watch.get("before"),
+        "checks": [(c["step"], c["held_out"]) for c in watch.get("checks", [])],
+        "exact_match": tasks.get("exact_match"),
+        "metrics_first_reward": summary["metrics_first"].get("reward"),
+        "metrics_last_reward": summary["metrics_last"].get("reward"),
+        "proxy": [(r["step"], r["reward"]) for r in records if "reward" in r],
+    }
 
 
 def run(seeds: list[int], overrides: list[str], only: str = "") -> list[dict]:
@@ -52,7 +70,9 @@ def run(seeds: list[int], overrides: list[str], only: str = "") -> list[dict]:
                 train("reward.yaml", rm, seed, "train.max_steps=1")
             weak_dir, healthy_dir = Path(tmp) / f"weak-{seed}", Path(tmp) / f"healthy-{seed}"
             if only != "healthy":
-                weak = train("ppo.yaml", weak_dir, seed, f"train.reward_model_path={rm}", "rewards=[]", *overrides)
+                weak = train(
+                    "ppo.yaml", weak_dir, seed, f"train.reward_model_path={rm}", "rewards=[]", *overrides
+                )
                 rows.append(row("weak", seed, weak, weak_dir))
             if only != "weak":
                 healthy = train("ppo.yaml", healthy_dir, seed, *overrides)
@@ -62,7 +82,9 @@ def run(seeds: list[int], overrides: list[str], only: str = "") -> list[dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["weak", "healthy"], default="", help="run one kind only")
@@ -70,10 +92,21 @@ if __name__ == "__main__":
     args = parser.parse_args()
     results = run(args.seeds, args.overrides, args.only)
     for r in results:
-        print(f"{r['kind']:8} seed {r['seed']:>2}: warned={r['warned']} since={r['since_step']} "
-              f"exact_match={r['exact_match']} checks={r['checks']}")
+        print(
+            f"{r['kind']:8} seed {r['seed']:>2}: warned={r['warned']} since={r['since_step']} "
+            f"exact_match={r['exact_match']} checks={r['checks']}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "overrides": args.overrides,
-                                         "only": args.only,
-                                         "runs": results}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "overrides": args.overrides,
+                    "only": args.only,
+                    "runs": results,
+                },
+                indent=1,
+            )
+            + "\n"
+        )

@@ -12,7 +12,8 @@ Reported per algorithm: median wall time of the whole process (interpreter start
 waits for it) and of trainer.train() alone, median peak RSS (resource.getrusage in the child), their
 ratios recipe/plain (goal <= 1.03), the max |loss difference| between the two runs' logged losses at
 every step (fidelity: same seed, same config -> same curve), and `align-recipes validate` latency
-(goal < 1 s). The recipe runs use `evaluate=null` and no report (`run.train` writes none; the CLI does) so that both sides do
+(goal < 1 s). The recipe runs use `evaluate=null` and no report (`run.train` writes none; the CLI does)
+so that both sides do
 the same work: the task metric before/after training and report.md with its plots are features the plain
 script does not have, not layer overhead. The report is then written in the same process and timed on its
 own (`report_s`, matplotlib's import included), so its cost is measured too, not hidden.
@@ -39,18 +40,28 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = {"sft": "sft.jsonl", "dpo": "prefs.jsonl", "reward": "prefs.jsonl"}
 # wall_s leaves the recipe run's report out (both sides do the same work); wall_with_report_s keeps it.
 METRICS = ("wall_s", "wall_with_report_s", "cpu_s", "train_s", "peak_rss_mb")
-CLASSES = {"sft": ("SFTConfig", "SFTTrainer"), "dpo": ("DPOConfig", "DPOTrainer"),
-           "reward": ("RewardConfig", "RewardTrainer")}
+CLASSES = {
+    "sft": ("SFTConfig", "SFTTrainer"),
+    "dpo": ("DPOConfig", "DPOTrainer"),
+    "reward": ("RewardConfig", "RewardTrainer"),
+}
 
 
 def overrides(out: Path, steps: int) -> list[str]:
     # Every algorithm starts from the builtin tiny model (the tiny recipes after sft start from
     # outputs/tiny/sft, which a benchmark should not depend on).
-    return [f"train.output_dir={out}", f"train.max_steps={steps}", "train.logging_steps=1", "evaluate=null",
-            "train.save_strategy='no'", "model.name_or_path=builtin:tiny-qwen2"]
+    return [
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.logging_steps=1",
+        "evaluate=null",
+        "train.save_strategy='no'",
+        "model.name_or_path=builtin:tiny-qwen2",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- children
+
 
 def child_recipe(algo: str, out: Path, steps: int) -> dict:
     started = time.perf_counter()
@@ -61,7 +72,11 @@ def child_recipe(algo: str, out: Path, steps: int) -> dict:
     summary = train(plan, overwrite=True, command=["bench"])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = {r["step"]: r["loss"] for r in records if "loss" in r and "train_runtime" not in r}
-    return {"losses": losses, "train_s": summary.get("runtime_s"), "in_process_s": time.perf_counter() - started}
+    return {
+        "losses": losses,
+        "train_s": summary.get("runtime_s"),
+        "in_process_s": time.perf_counter() - started,
+    }
 
 
 def time_report(out: Path) -> float:
@@ -89,12 +104,14 @@ def child_plain(algo: str, out: Path, steps: int, config_file: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     dataset = datasets.load_dataset("json", data_files=spec["data_file"], split="train")
     if algo == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(spec["model_dir"], num_labels=1, dtype=torch.float32,
-                                                                   attn_implementation=spec["attn"])
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec["model_dir"], num_labels=1, dtype=torch.float32, attn_implementation=spec["attn"]
+        )
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
-        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32,
-                                                     attn_implementation=spec["attn"])
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["model_dir"], dtype=torch.float32, attn_implementation=spec["attn"]
+        )
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     t0 = time.perf_counter()
     trainer.train()
@@ -106,7 +123,9 @@ def child_plain(algo: str, out: Path, steps: int, config_file: Path) -> dict:
 
 def child_main(argv: list[str]) -> None:
     mode, algo, out, steps = argv[0], argv[1], Path(argv[2]), int(argv[3])
-    result = child_recipe(algo, out, steps) if mode == "recipe" else child_plain(algo, out, steps, Path(argv[4]))
+    result = (
+        child_recipe(algo, out, steps) if mode == "recipe" else child_plain(algo, out, steps, Path(argv[4]))
+    )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
     # CPU seconds (user + system) of the whole process: far less sensitive than wall time to other
@@ -119,16 +138,22 @@ def child_main(argv: list[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- parent
 
+
 def plain_spec(algo: str, steps: int, work: Path) -> Path:
     """The config fields, model directory and data file the recipe run will use, for the plain script."""
     from align_recipes import tiny
     from align_recipes.plan.load import load_plan
 
-    plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(work / "unused", steps), profile="cpu")
+    plan = load_plan(
+        REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(work / "unused", steps), profile="cpu"
+    )
     train = {k: v for k, v in plan.train.items() if k != "output_dir"}
-    spec = {"train": train, "model_dir": str(tiny.ensure_tiny_model()),
-            "data_file": str(REPO / "recipes" / "tiny" / "data" / DATA[algo]),
-            "attn": plan.recipe["model"].get("attn_implementation") or "sdpa"}
+    spec = {
+        "train": train,
+        "model_dir": str(tiny.ensure_tiny_model()),
+        "data_file": str(REPO / "recipes" / "tiny" / "data" / DATA[algo]),
+        "attn": plan.recipe["model"].get("attn_implementation") or "sdpa",
+    }
     path = work / f"{algo}.plain.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
@@ -139,8 +164,9 @@ def run_child(args: list[str], threads: int | None = None) -> dict:
     if threads:  # fewer torch threads: less spinning, steadier timings on a shared machine
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO, env=env
+    )
     wall = time.perf_counter() - started
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -156,8 +182,12 @@ def validate_latency(repeats: int = 7) -> dict:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([str(exe), "validate", "recipes/tiny/dpo.yaml", "evaluate=null"], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(exe), "validate", "recipes/tiny/dpo.yaml", "evaluate=null"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - started)
     return {"median_s": statistics.median(times), "max_s": max(times), "repeats": repeats}
 
@@ -171,28 +201,40 @@ def bench(algo: str, rounds: int, steps: int, work: Path, threads: int | None = 
             out = work / f"{algo}-{mode}-{round_index}"
             extra = [str(spec)] if mode == "plain" else []
             result = run_child([mode, algo, str(out), str(steps), *extra], threads)
-            print(f"  {algo} round {round_index} {mode:<6} wall {result['wall_s']:.2f}s (+{result['report_s']:.2f}s "
-                  f"report) cpu {result['cpu_s']:.2f}s "
-                  f"train {result['train_s']}s "
-                  f"rss {result['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  {algo} round {round_index} {mode:<6} wall {result['wall_s']:.2f}s (+{result['report_s']:.2f}s "
+                f"report) cpu {result['cpu_s']:.2f}s "
+                f"train {result['train_s']}s "
+                f"rss {result['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
             if round_index:
                 runs[mode].append(result)
-    med = {mode: {key: statistics.median(r[key] for r in rs) for key in METRICS}
-           for mode, rs in runs.items()}
+    med = {mode: {key: statistics.median(r[key] for r in rs) for key in METRICS} for mode, rs in runs.items()}
     # Each round's two runs ran back to back: their ratio cancels most of the drift in machine load.
-    paired = {key: statistics.median(r[key] / p[key] for r, p in zip(runs["recipe"], runs["plain"]))
-              for key in METRICS}
+    paired = {
+        key: statistics.median(r[key] / p[key] for r, p in zip(runs["recipe"], runs["plain"]))
+        for key in METRICS
+    }
     a, b = runs["recipe"][0]["losses"], runs["plain"][0]["losses"]
     shared = sorted(set(a) & set(b), key=int)
     return {
-        "algorithm": algo, "steps": steps, "rounds": rounds, "median": med,
+        "algorithm": algo,
+        "steps": steps,
+        "rounds": rounds,
+        "median": med,
         "ratio": {key: med["recipe"][key] / med["plain"][key] for key in METRICS},
-        "paired_ratio_median": paired, "threads": threads,
+        "paired_ratio_median": paired,
+        "threads": threads,
         "report_s_median": statistics.median(r["report_s"] for r in runs["recipe"]),
-        "fidelity": {"steps_compared": len(shared), "steps_recipe": len(a), "steps_plain": len(b),
-                     "max_abs_loss_diff": max((abs(a[s] - b[s]) for s in shared), default=None),
-                     "first_loss": a.get(shared[0]) if shared else None,
-                     "last_loss": a.get(shared[-1]) if shared else None},
+        "fidelity": {
+            "steps_compared": len(shared),
+            "steps_recipe": len(a),
+            "steps_plain": len(b),
+            "max_abs_loss_diff": max((abs(a[s] - b[s]) for s in shared), default=None),
+            "first_loss": a.get(shared[0]) if shared else None,
+            "last_loss": a.get(shared[-1]) if shared else None,
+        },
         "raw": {mode: [{k: r[k] for k in METRICS} for r in rs] for mode, rs in runs.items()},
     }
 
@@ -213,7 +255,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--algos", nargs="+", default=["sft", "dpo"], choices=sorted(CLASSES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
@@ -222,9 +266,18 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(REPO)
     sys.path.insert(0, str(REPO / "src"))
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                           "load_average_at_start": os.getloadavg()},
-               "date": time.strftime("%Y-%m-%d"), "versions": versions(), "validate": validate_latency(), "runs": []}
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(),
+        "validate": validate_latency(),
+        "runs": [],
+    }
     print(f"validate latency: median {results['validate']['median_s']:.3f}s", flush=True)
     with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
         for algo in args.algos:
@@ -232,10 +285,12 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = os.getloadavg()
     for r in results["runs"]:
         ratio = r["paired_ratio_median"]
-        print(f"{r['algorithm']}: recipe/plain (median of paired rounds) wall x{ratio['wall_s']:.3f} "
-              f"(with report x{ratio['wall_with_report_s']:.3f})  "
-              f"cpu x{ratio['cpu_s']:.3f}  train x{ratio['train_s']:.3f}  peak RSS x{ratio['peak_rss_mb']:.3f}  "
-              f"max |dloss| {r['fidelity']['max_abs_loss_diff']} over {r['fidelity']['steps_compared']} steps")
+        print(
+            f"{r['algorithm']}: recipe/plain (median of paired rounds) wall x{ratio['wall_s']:.3f} "
+            f"(with report x{ratio['wall_with_report_s']:.3f})  "
+            f"cpu x{ratio['cpu_s']:.3f}  train x{ratio['train_s']:.3f}  peak RSS x{ratio['peak_rss_mb']:.3f}  "
+            f"max |dloss| {r['fidelity']['max_abs_loss_diff']} over {r['fidelity']['steps_compared']} steps"
+        )
     text = json.dumps(results, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -31,25 +31,51 @@ from common import metric, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "rlhf-flow"
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(REPO / "src"),
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 TEMPERATURE = 0.5  # recipes/tiny/ppo.yaml
 KL_COEFS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def run_flow(seed: int) -> dict:
     out = WORK / str(seed)
-    subprocess.run([sys.executable, "-m", "align_recipes", "pipeline", "recipes/tiny/pipeline.yaml", "--output-dir",
-                    str(out), "--profile", "cpu", f"train.seed={seed}"], cwd=REPO, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sft, reward, ppo = (json.loads((out / stage / "summary.json").read_text()) for stage in ("sft", "reward", "ppo"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "align_recipes",
+            "pipeline",
+            "recipes/tiny/pipeline.yaml",
+            "--output-dir",
+            str(out),
+            "--profile",
+            "cpu",
+            f"train.seed={seed}",
+        ],
+        cwd=REPO,
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sft, reward, ppo = (
+        json.loads((out / stage / "summary.json").read_text()) for stage in ("sft", "reward", "ppo")
+    )
     checks = ppo.get("reward_watch", {}).get("checks", [])
-    return {"seed": seed, "sft_exact_match": metric(sft, "exact_match")["after"],
-            "reward_preference_accuracy": metric(reward, "preference_accuracy")["after"],
-            "ppo_exact_match_before": metric(ppo, "exact_match")["before"],
-            "ppo_exact_match_after": metric(ppo, "exact_match")["after"],
-            "watch_lowest": min((c["held_out"] for c in checks), default=None),
-            "warning": ppo.get("reward_hacking")}
+    return {
+        "seed": seed,
+        "sft_exact_match": metric(sft, "exact_match")["after"],
+        "reward_preference_accuracy": metric(reward, "preference_accuracy")["after"],
+        "ppo_exact_match_before": metric(ppo, "exact_match")["before"],
+        "ppo_exact_match_after": metric(ppo, "exact_match")["after"],
+        "watch_lowest": min((c["held_out"] for c in checks), default=None),
+        "warning": ppo.get("reward_hacking"),
+    }
 
 
 def kl_analysis(sft_dir: Path, reward_dir: Path) -> dict:
@@ -67,7 +93,10 @@ def kl_analysis(sft_dir: Path, reward_dir: Path) -> dict:
     answers = [str(n) for n in range(40)]
     logp, score = [], []
     for row in rows:
-        prompts, completions = [row["prompt"]] * len(answers), [[{"role": "assistant", "content": a}] for a in answers]
+        prompts, completions = (
+            [row["prompt"]] * len(answers),
+            [[{"role": "assistant", "content": a}] for a in answers],
+        )
         logp.append(sequence_scores(policy, tokenizer, prompts, completions, reward_head=False))
         score.append(sequence_scores(reward, tokenizer, prompts, completions, reward_head=True))
     logp, score = torch.tensor(logp), torch.tensor(score)
@@ -76,14 +105,19 @@ def kl_analysis(sft_dir: Path, reward_dir: Path) -> dict:
     def accuracy(values: torch.Tensor) -> float:
         return round((values.argmax(1) == right).float().mean().item(), 3)
 
-    return {"sft_greedy": accuracy(logp), "reward_model_favourite": accuracy(score),
-            "optimum_by_kl_coef": {str(k): accuracy(logp / TEMPERATURE + score / k) for k in KL_COEFS}}
+    return {
+        "sft_greedy": accuracy(logp),
+        "reward_model_favourite": accuracy(score),
+        "optimum_by_kl_coef": {str(k): accuracy(logp / TEMPERATURE + score / k) for k in KL_COEFS},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1, 2, 3])
-    parser.add_argument("--kl-analysis", action="store_true", help="also the KL-optimum table (first seed's models)")
+    parser.add_argument(
+        "--kl-analysis", action="store_true", help="also the KL-optimum table (first seed's models)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
@@ -94,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["runs"][-1]), flush=True)
     if args.kl_analysis:
         first = WORK / str(args.seeds[0])
-        result["kl_analysis"] = {"seed": args.seeds[0], "temperature": TEMPERATURE,
-                                 **kl_analysis(first / "sft", first / "reward")}
+        result["kl_analysis"] = {
+            "seed": args.seeds[0],
+            "temperature": TEMPERATURE,
+            **kl_analysis(first / "sft", first / "reward"),
+        }
         print(json.dumps(result["kl_analysis"]), flush=True)
     if args.json:
         write_json(args.json, result)

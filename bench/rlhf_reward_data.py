@@ -33,17 +33,45 @@ from common import metric, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "rlhf-research"
-VARIANTS = {"prefs": None, "near": {"offsets": (1, -1), "random_wrong": 1},
-            "near2": {"offsets": (1, -1, 2, -2), "random_wrong": 1}}
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+VARIANTS = {
+    "prefs": None,
+    "near": {"offsets": (1, -1), "random_wrong": 1},
+    "near2": {"offsets": (1, -1, 2, -2), "random_wrong": 1},
+}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(REPO / "src"),
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def train(recipe: str, out: Path, *overrides: str) -> dict:
-    if not (out / "summary.json").is_file() or json.loads((out / "summary.json").read_text())["status"] != "complete":
-        subprocess.run([sys.executable, "-m", "align_recipes", "train", f"recipes/tiny/{recipe}.yaml",
-                        f"train.output_dir={out}", *overrides, "--profile", "cpu", "--no-report", "--overwrite"],
-                       cwd=REPO, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if (
+        not (out / "summary.json").is_file()
+        or json.loads((out / "summary.json").read_text())["status"] != "complete"
+    ):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "align_recipes",
+                "train",
+                f"recipes/tiny/{recipe}.yaml",
+                f"train.output_dir={out}",
+                *overrides,
+                "--profile",
+                "cpu",
+                "--no-report",
+                "--overwrite",
+            ],
+            cwd=REPO,
+            env=ENV,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return json.loads((out / "summary.json").read_text())
 
 
@@ -66,9 +94,12 @@ def near_miss_accuracy(reward_dir: Path) -> float:
     torch.set_num_threads(1)
     model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    rows = [{"prompt": r["prompt"], "answer": r["answer"], "rejected": str(int(r["answer"]) + d)}
-            for r in load_rows(REPO / "recipes" / "tiny" / "data" / "eval.jsonl") for d in (1, -1)
-            if int(r["answer"]) + d >= 0]
+    rows = [
+        {"prompt": r["prompt"], "answer": r["answer"], "rejected": str(int(r["answer"]) + d)}
+        for r in load_rows(REPO / "recipes" / "tiny" / "data" / "eval.jsonl")
+        for d in (1, -1)
+        if int(r["answer"]) + d >= 0
+    ]
     return reward_accuracy(model, tokenizer, rows)["reward_accuracy"]
 
 
@@ -81,7 +112,9 @@ def plus_one_answers(policy_dir: Path) -> int:
     torch.set_num_threads(1)
     rows = load_rows(REPO / "recipes" / "tiny" / "data" / "eval.jsonl")
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    completions = generate_completions(model, AutoTokenizer.from_pretrained(policy_dir), rows, max_new_tokens=8)
+    completions = generate_completions(
+        model, AutoTokenizer.from_pretrained(policy_dir), rows, max_new_tokens=8
+    )
     return sum(c.strip() == str(int(r["answer"]) + 1) for c, r in zip(completions, rows))
 
 
@@ -89,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["prefs", "near"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--reward-overrides", nargs="*", default=[], help="extra overrides for the reward stage")
+    parser.add_argument(
+        "--reward-overrides", nargs="*", default=[], help="extra overrides for the reward stage"
+    )
     parser.add_argument("--ppo-overrides", nargs="*", default=[], help="extra overrides for the PPO stage")
     parser.add_argument("--tag", default="", help="suffix for the output folders of these overrides")
     parser.add_argument("--json", type=Path, default=None)
@@ -98,29 +133,60 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     sft = WORK / "sft"
     sft_summary = train("sft", sft)
-    results = {"date": time.strftime("%Y-%m-%d"), "sft_exact_match": metric(sft_summary, "exact_match")["after"],
-               "reward_overrides": args.reward_overrides, "ppo_overrides": args.ppo_overrides, "variants": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "sft_exact_match": metric(sft_summary, "exact_match")["after"],
+        "reward_overrides": args.reward_overrides,
+        "ppo_overrides": args.ppo_overrides,
+        "variants": {},
+    }
     for name in args.variants:
         reward = WORK / f"reward-{name}{args.tag}"
-        summary = train("reward", reward, f"model.name_or_path={sft}", f"data.train.path={variant_data(name)}",
-                        *args.reward_overrides)
-        entry = {"preference_accuracy": metric(summary, "preference_accuracy")["after"], "near_miss_accuracy": near_miss_accuracy(reward),
-                 "ppo": []}
+        summary = train(
+            "reward",
+            reward,
+            f"model.name_or_path={sft}",
+            f"data.train.path={variant_data(name)}",
+            *args.reward_overrides,
+        )
+        entry = {
+            "preference_accuracy": metric(summary, "preference_accuracy")["after"],
+            "near_miss_accuracy": near_miss_accuracy(reward),
+            "ppo": [],
+        }
         print(name, "reward model:", entry["preference_accuracy"], entry["near_miss_accuracy"], flush=True)
         for seed in args.seeds:
             out = WORK / f"ppo-{name}{args.tag}-{seed}"
-            ppo = train("ppo", out, f"model.name_or_path={sft}", f"train.reward_model_path={reward}", "rewards=[]",
-                        f"train.seed={seed}", *args.ppo_overrides)
-            run = {"seed": seed, "exact_match": metric(ppo, "exact_match")["after"], "plus_one": plus_one_answers(out),
-                   "reward_first": ppo["metrics_first"]["reward"], "reward_last": ppo["metrics_last"]["reward"],
-                   "kl_last": ppo["metrics_last"]["kl"]}
+            ppo = train(
+                "ppo",
+                out,
+                f"model.name_or_path={sft}",
+                f"train.reward_model_path={reward}",
+                "rewards=[]",
+                f"train.seed={seed}",
+                *args.ppo_overrides,
+            )
+            run = {
+                "seed": seed,
+                "exact_match": metric(ppo, "exact_match")["after"],
+                "plus_one": plus_one_answers(out),
+                "reward_first": ppo["metrics_first"]["reward"],
+                "reward_last": ppo["metrics_last"]["reward"],
+                "kl_last": ppo["metrics_last"]["kl"],
+            }
             entry["ppo"].append(run)
             print(name, run, flush=True)
         ems = [r["exact_match"] for r in entry["ppo"]]
         entry["exact_match_mean"] = sum(ems) / len(ems)
         results["variants"][name] = entry
-    print(json.dumps({k: (v["preference_accuracy"], v["near_miss_accuracy"], v["exact_match_mean"])
-                      for k, v in results["variants"].items()}))
+    print(
+        json.dumps(
+            {
+                k: (v["preference_accuracy"], v["near_miss_accuracy"], v["exact_match_mean"])
+                for k, v in results["variants"].items()
+            }
+        )
+    )
     if args.json:
         write_json(args.json, results)
     return 0

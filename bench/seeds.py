@@ -44,11 +44,24 @@ SAMPLED = {"online_dpo": "objective/scores"}  # the logged score of the policy's
 def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
     recipe, extra = VARIANTS.get(name, (name, []))
     overrides = (*extra, *overrides)
-    command = [sys.executable, "-m", "align_recipes", "train", f"recipes/tiny/{recipe}.yaml", "--profile", "cpu",
-               f"train.output_dir={out}", f"train.seed={seed}", "--overwrite", "--no-report", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "align_recipes",
+        "train",
+        f"recipes/tiny/{recipe}.yaml",
+        "--profile",
+        "cpu",
+        f"train.output_dir={out}",
+        f"train.seed={seed}",
+        "--overwrite",
+        "--no-report",
+        *overrides,
+    ]
     started = time.time()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    proc = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{recipe} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
@@ -58,10 +71,12 @@ def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
     kls = [r["kl"] for r in records if "kl" in r]
     return {
         "held_out": summary.get("task_metrics"),
-        "first": summary.get("metrics_first"), "last": summary.get("metrics_last"),
+        "first": summary.get("metrics_first"),
+        "last": summary.get("metrics_last"),
         "reward_early": sum(rewards[:2]) / 2 if len(rewards) >= 2 else None,
         "reward_late": sum(rewards[-2:]) / 2 if len(rewards) >= 2 else None,
-        "max_kl": max(kls) if kls else None, "steps": summary.get("steps"),
+        "max_kl": max(kls) if kls else None,
+        "steps": summary.get("steps"),
         "wall_s": round(time.time() - started, 1),
     }
 
@@ -69,14 +84,25 @@ def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
 def table(results: dict) -> str:
     """docs/benchmarks.md's table: one row per algorithm and seed, every held-out metric before -> after,
     and for the online algorithms the sampled training reward (first two -> last two logs) and max KL."""
-    lines = ["| algorithm | seed | held-out metrics, before → after | sampled reward | max KL |",
-             "|---|---:|---|---|---:|"]
+    lines = [
+        "| algorithm | seed | held-out metrics, before → after | sampled reward | max KL |",
+        "|---|---:|---|---|---:|",
+    ]
     for algo in [*names(), *VARIANTS]:
-        for seed, run in sorted(results["runs"].get(algo, {}).items(), key=lambda kv: [42, 1, 2, 3, 4, 7].index(
-                int(kv[0])) if int(kv[0]) in (42, 1, 2, 3, 4, 7) else int(kv[0])):
-            metrics = "; ".join(f"{m['name']} {m['before']:.2f} → {m['after']:.2f}" for m in run["held_out"] or [])
-            sampled = (f"{run['reward_early']:.2f} → {run['reward_late']:.2f}"
-                       if run.get("reward_early") is not None else "")
+        for seed, run in sorted(
+            results["runs"].get(algo, {}).items(),
+            key=lambda kv: (
+                [42, 1, 2, 3, 4, 7].index(int(kv[0])) if int(kv[0]) in (42, 1, 2, 3, 4, 7) else int(kv[0])
+            ),
+        ):
+            metrics = "; ".join(
+                f"{m['name']} {m['before']:.2f} → {m['after']:.2f}" for m in run["held_out"] or []
+            )
+            sampled = (
+                f"{run['reward_early']:.2f} → {run['reward_late']:.2f}"
+                if run.get("reward_early") is not None
+                else ""
+            )
             kl = f"{run['max_kl']:.2f}" if run.get("max_kl") is not None else ""
             lines.append(f"| {algo} | {seed} | {metrics} | {sampled} | {kl} |")
     return "\n".join(lines)
@@ -85,18 +111,26 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
-    parser.add_argument("--algos", nargs="+", default=[*names(), *VARIANTS],
-                        help=f"default: every algorithm and {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--algos",
+        nargs="+",
+        default=[*names(), *VARIANTS],
+        help=f"default: every algorithm and {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--json", type=Path, help="write (and merge into) this file")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a results file")
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the markdown table of a results file"
+    )
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.table.read_text())))
         return 0
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
-    results.setdefault("machine", {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                   "python": platform.python_version()})
+    results.setdefault(
+        "machine",
+        {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    )
     runs = results.setdefault("runs", {})
     root = args.workdir or Path(tempfile.mkdtemp(prefix="seeds-"))
     for seed in args.seeds:
@@ -104,14 +138,24 @@ def main() -> int:
         for algo in ["sft", *[a for a in args.algos if a != "sft"]]:
             if algo == "sft" and "sft" not in args.algos and (sft_dir / "summary.json").is_file():
                 continue
-            start = [] if VARIANTS.get(algo, (algo,))[0] in FROM_SCRATCH else [f"model.name_or_path={sft_dir}"]
+            start = (
+                [] if VARIANTS.get(algo, (algo,))[0] in FROM_SCRATCH else [f"model.name_or_path={sft_dir}"]
+            )
             result = run(algo, root / str(seed) / algo, seed, *start)
             if algo in args.algos:
                 runs.setdefault(algo, {})[str(seed)] = result
-            print(f"seed {seed:>3} {algo:<10} {result['wall_s']:>6.1f}s  "
-                  + "  ".join(f"{m['name']} {m['before']:.3f}->{m['after']:.3f}" for m in result["held_out"] or [])
-                  + (f"  reward {result['reward_early']:.3f}->{result['reward_late']:.3f} kl<={result['max_kl']:.2f}"
-                     if result["reward_early"] is not None and result["max_kl"] is not None else ""), flush=True)
+            print(
+                f"seed {seed:>3} {algo:<10} {result['wall_s']:>6.1f}s  "
+                + "  ".join(
+                    f"{m['name']} {m['before']:.3f}->{m['after']:.3f}" for m in result["held_out"] or []
+                )
+                + (
+                    f"  reward {result['reward_early']:.3f}->{result['reward_late']:.3f} kl<={result['max_kl']:.2f}"
+                    if result["reward_early"] is not None and result["max_kl"] is not None
+                    else ""
+                ),
+                flush=True,
+            )
             if args.json:
                 results["date"] = time.strftime("%Y-%m-%d")
                 write_json(args.json, results, indent=1, sort_keys=True)

@@ -14,8 +14,18 @@ SEED = int(os.environ.get("ALIGN_RECIPES_TEST_SEED", "42"))
 
 
 def train(recipe: str, out: Path, *overrides: str) -> dict:
-    rc = main(["train", f"recipes/tiny/{recipe}.yaml", f"train.output_dir={out}", f"train.seed={SEED}",
-               "--profile", "cpu", "--no-report", *overrides])
+    rc = main(
+        [
+            "train",
+            f"recipes/tiny/{recipe}.yaml",
+            f"train.output_dir={out}",
+            f"train.seed={SEED}",
+            "--profile",
+            "cpu",
+            "--no-report",
+            *overrides,
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seed"] == SEED

@@ -46,15 +46,19 @@ def gather(rank: int, out_dir: Path) -> None:
     report = {"sharded_before": all(isinstance(p, DTensor) for p in model.parameters())}
     x = torch.full((1, 4), float(rank + 1))
     with sharding.whole_weights(model):
-        report["whole_inside"] = all(not isinstance(p, DTensor) and torch.equal(p, w)
-                                     for p, w in zip(model.parameters(), whole))
+        report["whole_inside"] = all(
+            not isinstance(p, DTensor) and torch.equal(p, w) for p, w in zip(model.parameters(), whole)
+        )
         for _ in range(rank + 1):  # a different number of forwards per rank: none may be a collective
             y = model(x)
         report["still_whole_after_forward"] = not any(isinstance(p, DTensor) for p in model.parameters())
     report["sharded_after"] = all(isinstance(p, DTensor) for p in model.parameters())
     hidden = torch.nn.functional.linear(x, whole[0], whole[1])
     report["output_ok"] = torch.allclose(y, torch.nn.functional.linear(hidden, whole[2], whole[3]))
-    report["reshards_restored"] = [sharding._reshards_after_forward(model[0]), sharding._reshards_after_forward(model)]
+    report["reshards_restored"] = [
+        sharding._reshards_after_forward(model[0]),
+        sharding._reshards_after_forward(model),
+    ]
     (out_dir / f"gathered_{rank}.json").write_text(json.dumps(report))
 
 

@@ -59,14 +59,18 @@ GRAPH = {module_name(p): imports(p) for p in PACKAGE.rglob("*.py")}
 
 
 def test_nothing_imports_upward():
-    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
-              for module, targets in GRAPH.items() for target in targets
-              if layer_of(target) < layer_of(module)]
+    upward = [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if layer_of(target) < layer_of(module)
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_no_import_circles():
     """A module never reaches itself through what it imports (package __init__ re-exports aside)."""
+
     def reach(start: str) -> set[str]:
         seen, todo = set(), [t for t in GRAPH[start] if not GRAPH_IS_PACKAGE_OF(t, start)]
         while todo:
@@ -94,11 +98,15 @@ def test_only_the_registry_lists_algorithms():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-                values = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                values = {
+                    e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                }
                 if len(values & names) >= 2:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(values & names)}")
             elif isinstance(node, ast.Dict):
-                keys = {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                keys = {
+                    k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                }
                 if len(keys & names) >= 2:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(keys & names)}")
     assert not offenders, "\n".join(offenders)

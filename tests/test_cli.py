@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "align_recipes", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "align_recipes", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_validate_real_recipe_offline_fast_and_without_torch():
@@ -27,7 +28,9 @@ def test_validate_real_recipe_offline_fast_and_without_torch():
         "from align_recipes.cli import main; rc = main(['validate', 'recipes/qwen05b/dpo.yaml']);"
         "print(rc, 'torch' in sys.modules, 'datasets' in sys.modules, time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     rc, torch_loaded, datasets_loaded, seconds = out.strip().splitlines()[-1].split()
     assert (rc, torch_loaded, datasets_loaded) == ("0", "False", "False")
     assert float(seconds) < 1.0
@@ -35,9 +38,11 @@ def test_validate_real_recipe_offline_fast_and_without_torch():
 
 def test_typo_in_train_section_exit_2_no_traceback(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"algorithm: dpo\nmodel: {{name_or_path: builtin:tiny-qwen2}}\n"
-                      f"data: {{train: {{path: {REPO}/recipes/tiny/data/prefs.jsonl}}}}\n"
-                      "train:\n  beta: 0.1\n  learnig_rate: 1e-5\n")
+    recipe.write_text(
+        f"algorithm: dpo\nmodel: {{name_or_path: builtin:tiny-qwen2}}\n"
+        f"data: {{train: {{path: {REPO}/recipes/tiny/data/prefs.jsonl}}}}\n"
+        "train:\n  beta: 0.1\n  learnig_rate: 1e-5\n"
+    )
     started = time.perf_counter()
     result = run_cli("validate", str(recipe), cwd=REPO)
     assert time.perf_counter() - started < 10
@@ -82,9 +87,13 @@ def test_every_shipped_recipe_validates(capsys):
         if rc != 0:
             waiting[str(path)] = capsys.readouterr().err
     for path, error in waiting.items():
-        assert "train.reward_model_path: model folder 'outputs/" in error and "not found" in error, (path, error)
-    assert set(waiting) <= {str(REPO / "recipes" / f / "ppo.yaml") for f in ("qwen05b", "qwen15b")} | \
-        {str(REPO / "recipes" / "tiny" / "ppo_rlhf.yaml")}, waiting
+        assert "train.reward_model_path: model folder 'outputs/" in error and "not found" in error, (
+            path,
+            error,
+        )
+    assert set(waiting) <= {str(REPO / "recipes" / f / "ppo.yaml") for f in ("qwen05b", "qwen15b")} | {
+        str(REPO / "recipes" / "tiny" / "ppo_rlhf.yaml")
+    }, waiting
 
 
 def test_schema_snapshot_matches_installed_trl():
@@ -104,6 +113,11 @@ def test_usage_errors_exit_2(argv):
 def test_list_names_and_the_makefile_targets_come_from_the_registry(capsys):
     assert main(["list", "--names"]) == 0
     assert capsys.readouterr().out.split() == list(ALGORITHMS)
-    help_text = subprocess.run(["make", "-s", "help"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                               text=True, check=True).stdout
+    help_text = subprocess.run(
+        ["make", "-s", "help"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "algos: " + " ".join(ALGORITHMS) in help_text

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes.data import (FORMATS, KINDS, DataError, DataSpec, check_serves, detect_format, peek,
-                                preview)
+from align_recipes.data import FORMATS, KINDS, DataError, DataSpec, check_serves, detect_format, peek, preview
 from align_recipes.data.messages import as_label, parse_transcript, to_messages
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -121,7 +120,10 @@ def test_alpaca_belle_with_input_and_history():
 def test_prompt_completion_strings_and_messages():
     rows, _ = convert("prompt_completion.jsonl", LM)
     assert rows[0] == {"prompt": [u("The capital of Italy is")], "completion": [a(" Rome.")]}
-    assert rows[1] == {"prompt": [u("What is the boiling point of water?")], "completion": [a("100 °C at sea level.")]}
+    assert rows[1] == {
+        "prompt": [u("What is the boiling point of water?")],
+        "completion": [a("100 °C at sea level.")],
+    }
 
 
 def test_role_markers_in_prompt_text():
@@ -141,8 +143,10 @@ def test_question_answer_keeps_answer_for_rewards():
 
 def test_prompt_only_keeps_scalar_columns():
     prompts, _ = convert("prompt_only.jsonl", PO)
-    assert prompts == [{"prompt": [u("Solve: 3*7")], "reference": "21", "difficulty": 1},
-                       {"prompt": [u("Solve: 10-4")], "reference": "6", "difficulty": 2}]
+    assert prompts == [
+        {"prompt": [u("Solve: 3*7")], "reference": "21", "difficulty": 1},
+        {"prompt": [u("Solve: 10-4")], "reference": "6", "difficulty": 2},
+    ]
 
 
 def test_text_stays_text():
@@ -150,19 +154,36 @@ def test_text_stays_text():
     assert rows[1] == {"text": "Plain pretraining text."}
 
 
-@pytest.mark.parametrize("name,prompt,chosen,rejected", [
-    ("preference_text.jsonl", "What is machine learning?", "A field where computers learn from data.",
-     "It is programming."),
-    ("argilla.jsonl", "Summarise: cats sleep a lot.", "Cats sleep much.", "Dogs bark."),
-    ("better_worse.jsonl", "2+2?", "4", "5"),
-    ("pos_neg.jsonl", "Greet me", "Hello!", "No."),
-    ("response_jk.jsonl", "How do I sort a list in Python?", "Use sorted(x).", "You cannot."),
-    ("question_chosen_rejected.jsonl", "Best editor?", "Whatever suits you.", "Notepad, obviously."),
-    ("llamafactory_pref.jsonl", "Pick a number", "7", "I refuse"),
-    ("minimind_dpo.jsonl", "什么是人工智能？", "人工智能是计算机科学的一个分支…", "人工智能就是电脑变聪明了。"),
-    ("hh_rlhf.jsonl", "What is a cat?", "A small domesticated mammal.", "A dog."),
-    ("ultrafeedback_binarized.parquet", "Write a haiku about rain.", "Soft rain on the roof…", "Rain is wet."),
-])
+@pytest.mark.parametrize(
+    "name,prompt,chosen,rejected",
+    [
+        (
+            "preference_text.jsonl",
+            "What is machine learning?",
+            "A field where computers learn from data.",
+            "It is programming.",
+        ),
+        ("argilla.jsonl", "Summarise: cats sleep a lot.", "Cats sleep much.", "Dogs bark."),
+        ("better_worse.jsonl", "2+2?", "4", "5"),
+        ("pos_neg.jsonl", "Greet me", "Hello!", "No."),
+        ("response_jk.jsonl", "How do I sort a list in Python?", "Use sorted(x).", "You cannot."),
+        ("question_chosen_rejected.jsonl", "Best editor?", "Whatever suits you.", "Notepad, obviously."),
+        ("llamafactory_pref.jsonl", "Pick a number", "7", "I refuse"),
+        (
+            "minimind_dpo.jsonl",
+            "什么是人工智能？",
+            "人工智能是计算机科学的一个分支…",
+            "人工智能就是电脑变聪明了。",
+        ),
+        ("hh_rlhf.jsonl", "What is a cat?", "A small domesticated mammal.", "A dog."),
+        (
+            "ultrafeedback_binarized.parquet",
+            "Write a haiku about rain.",
+            "Soft rain on the roof…",
+            "Rain is wet.",
+        ),
+    ],
+)
 def test_preference_variants(name, prompt, chosen, rejected):
     rows, report = convert(name, PREF)
     assert rows[0] == {"prompt": [u(prompt)], "chosen": [a(chosen)], "rejected": [a(rejected)]}
@@ -173,8 +194,11 @@ def test_preference_variants(name, prompt, chosen, rejected):
 
 def test_preference_with_system_and_multi_turn_prefix():
     rows, _ = convert("preference_messages.jsonl", PREF)
-    assert rows[0] == {"prompt": [s("Be helpful."), u("Sky colour?")], "chosen": [a("Blue.")],
-                       "rejected": [a("Green.")]}
+    assert rows[0] == {
+        "prompt": [s("Be helpful."), u("Sky colour?")],
+        "chosen": [a("Blue.")],
+        "rejected": [a("Green.")],
+    }
     rows, _ = convert("hh_rlhf.jsonl", PREF)
     assert rows[1]["prompt"] == [u("Hi"), a("Hello."), u("Bye")]
     assert rows[1]["chosen"] == [a("Goodbye, take care!")]
@@ -191,8 +215,10 @@ def test_plain_full_texts_share_their_beginning_as_the_prompt():
     ]
     assert report.dropped == {"'chosen' and 'rejected' share no beginning (no implicit prompt)": [3]}
     pairs, _ = convert("implicit_prompt_text.jsonl", UNP)
-    assert pairs[:2] == [{"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 4", "label": True},
-                         {"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 5", "label": False}]
+    assert pairs[:2] == [
+        {"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 4", "label": True},
+        {"prompt": "Question: What is 2+2?\nAnswer:", "completion": " 5", "label": False},
+    ]
     prompts, _ = convert("implicit_prompt_text.jsonl", PO)
     assert [p["prompt"] for p in prompts] == ["Question: What is 2+2?\nAnswer:", "The sky is", "Count: 1 2 "]
 
@@ -200,8 +226,11 @@ def test_plain_full_texts_share_their_beginning_as_the_prompt():
 def test_pairs_become_unpaired_rows():
     rows, report = convert("preference_text.jsonl", UNP)
     assert [r["label"] for r in rows] == [True, False, True, False]
-    assert rows[0] == {"prompt": [u("What is machine learning?")],
-                       "completion": [a("A field where computers learn from data.")], "label": True}
+    assert rows[0] == {
+        "prompt": [u("What is machine learning?")],
+        "completion": [a("A field where computers learn from data.")],
+        "label": True,
+    }
     assert rows[1]["completion"] == [a("It is programming.")]
     assert (report.rows_kept, report.rows_out) == (2, 4)
 
@@ -218,8 +247,9 @@ def test_ultrafeedback_ties_dropped_on_request():
     assert report.rows_kept == 3
     rows, report = convert("ultrafeedback_binarized.parquet", PREF, drop_ties=True)
     assert report.dropped == {"tied scores": [2]} and len(rows) == 2
-    assert report.summary_line() == ("data.train: detected ultrafeedback_binarized, kept 2/3 rows, "
-                                     "dropped 1 (tied scores: row 2)")
+    assert report.summary_line() == (
+        "data.train: detected ultrafeedback_binarized, kept 2/3 rows, dropped 1 (tied scores: row 2)"
+    )
 
 
 def test_ultrafeedback_for_sft_uses_messages():
@@ -230,7 +260,11 @@ def test_ultrafeedback_for_sft_uses_messages():
 
 def test_empty_rows_reported_with_row_numbers():
     rows, report = convert("bad_empty_rows.jsonl", PREF)
-    assert report.dropped == {"empty 'chosen'": [2, 6], "empty row": [3], "identical chosen and rejected": [5]}
+    assert report.dropped == {
+        "empty 'chosen'": [2, 6],
+        "empty row": [3],
+        "identical chosen and rejected": [5],
+    }
     assert (report.rows_in, report.rows_kept) == (7, 3)
     line = report.summary_line()
     assert line.startswith("data.train: detected preference, kept 3/7 rows, dropped 4 (")
@@ -248,9 +282,14 @@ def test_columns_mapping():
     rows, spec = rows_of("custom_columns.jsonl")
     with pytest.raises(DataError, match="columns found: q, good, bad"):
         detect_format(rows, spec)
-    converted, _ = convert("custom_columns.jsonl", PREF, columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
-    assert converted[0] == {"prompt": [u("Is water wet?")], "chosen": [a("Yes, in everyday terms.")],
-                            "rejected": [a("No idea.")]}
+    converted, _ = convert(
+        "custom_columns.jsonl", PREF, columns={"prompt": "q", "chosen": "good", "rejected": "bad"}
+    )
+    assert converted[0] == {
+        "prompt": [u("Is water wet?")],
+        "chosen": [a("Yes, in everyday terms.")],
+        "rejected": [a("No idea.")],
+    }
     with pytest.raises(DataError, match="'nope' not in the data"):
         convert("custom_columns.jsonl", PREF, columns={"prompt": "q", "chosen": "nope", "rejected": "bad"})
 

@@ -30,24 +30,27 @@ def a(text):
     return {"role": "assistant", "content": text}
 
 
-@pytest.mark.parametrize("name,kinds", [
-    ("messages.jsonl", [LM, PO]),
-    ("sharegpt.json", [LM]),
-    ("rlaif_mini.jsonl", [PO]),
-    ("belle_alpaca.jsonl", [LM]),
-    ("prompt_completion.jsonl", [LM]),
-    ("prompt_response_markers.jsonl", [LM]),
-    ("prompt_only.jsonl", [PO]),
-    ("text.jsonl", [LM]),
-    ("preference_messages.jsonl", [PREF]),
-    ("minimind_dpo.jsonl", [PREF, UNP]),
-    ("hh_rlhf.jsonl", [PREF]),
-    ("implicit_prompt_text.jsonl", [PREF, UNP, PO]),
-    ("ultrafeedback_binarized.parquet", [LM, PREF, UNP, PO]),
-    ("argilla.jsonl", [PREF]),
-    ("llamafactory_pref.jsonl", [PREF]),
-    ("unpaired.jsonl", [UNP, PO]),
-])
+@pytest.mark.parametrize(
+    "name,kinds",
+    [
+        ("messages.jsonl", [LM, PO]),
+        ("sharegpt.json", [LM]),
+        ("rlaif_mini.jsonl", [PO]),
+        ("belle_alpaca.jsonl", [LM]),
+        ("prompt_completion.jsonl", [LM]),
+        ("prompt_response_markers.jsonl", [LM]),
+        ("prompt_only.jsonl", [PO]),
+        ("text.jsonl", [LM]),
+        ("preference_messages.jsonl", [PREF]),
+        ("minimind_dpo.jsonl", [PREF, UNP]),
+        ("hh_rlhf.jsonl", [PREF]),
+        ("implicit_prompt_text.jsonl", [PREF, UNP, PO]),
+        ("ultrafeedback_binarized.parquet", [LM, PREF, UNP, PO]),
+        ("argilla.jsonl", [PREF]),
+        ("llamafactory_pref.jsonl", [PREF]),
+        ("unpaired.jsonl", [UNP, PO]),
+    ],
+)
 def test_load_matches_preview(name, kinds, cache):
     spec = DataSpec(path=name)
     rows = peek(spec, FIXTURES)
@@ -56,14 +59,19 @@ def test_load_matches_preview(name, kinds, cache):
         expected, expected_report = preview(rows, spec, kind)
         assert dataset.to_list() == expected, (name, kind)
         assert (report.format, report.rows_in, report.rows_kept, report.dropped) == (
-            expected_report.format, expected_report.rows_in, expected_report.rows_kept, expected_report.dropped)
+            expected_report.format,
+            expected_report.rows_in,
+            expected_report.rows_kept,
+            expected_report.dropped,
+        )
 
 
 def test_output_types_are_trl_conversational(cache):
     dataset, _ = load(DataSpec(path="unpaired.jsonl"), FIXTURES, UNP, cache_dir=cache)
     assert dataset.features["label"] == datasets.Value("bool")
-    assert dataset.features["prompt"] == datasets.List({"role": datasets.Value("string"),
-                                                        "content": datasets.Value("string")})
+    assert dataset.features["prompt"] == datasets.List(
+        {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    )
     assert set(dataset[0]["prompt"][0]) == {"role", "content"}  # what trl.is_conversational checks
 
 
@@ -75,20 +83,29 @@ def test_prompt_only_keeps_answer_column(cache):
 
 
 def test_slicing_local_files(cache):
-    dataset, report = load(DataSpec(path="sliceable.jsonl", split="train[2:4]"), FIXTURES, LM, cache_dir=cache)
+    dataset, report = load(
+        DataSpec(path="sliceable.jsonl", split="train[2:4]"), FIXTURES, LM, cache_dir=cache
+    )
     assert [r["prompt"][0]["content"] for r in dataset] == ["question 2", "question 3"]
     assert report.rows_in == 2
     dataset, _ = load(DataSpec(path="sliceable.jsonl", split="train[:30%]"), FIXTURES, PO, cache_dir=cache)
     assert len(dataset) == 3
     # a single file is one split: only the slice of a hub-style split name is used
-    dataset, _ = load(DataSpec(path="ultrafeedback_binarized.parquet", split="train_prefs[:2]"), FIXTURES, PREF,
-                      cache_dir=cache)
+    dataset, _ = load(
+        DataSpec(path="ultrafeedback_binarized.parquet", split="train_prefs[:2]"),
+        FIXTURES,
+        PREF,
+        cache_dir=cache,
+    )
     assert len(dataset) == 2
 
 
 def test_folder_splits(cache):
     dataset, _ = load(DataSpec(path="splits_dir", split="test"), FIXTURES, LM, cache_dir=cache)
-    assert dataset.to_list() == [{"messages": [u("test q0"), a("test a0")]}, {"messages": [u("test q1"), a("test a1")]}]
+    assert dataset.to_list() == [
+        {"messages": [u("test q0"), a("test a0")]},
+        {"messages": [u("test q1"), a("test a1")]},
+    ]
     with pytest.raises(DataError, match="split 'validation'.*'train', 'test'"):
         load(DataSpec(path="splits_dir", split="validation"), FIXTURES, LM, cache_dir=cache)
 
@@ -106,10 +123,15 @@ def test_drop_limit(cache):
     text = str(info.value)
     assert "4 of 7 rows could not be converted" in text and "empty 'chosen': rows 2, 6" in text
     assert "max_drop_fraction" in text
-    dataset, report = load(DataSpec(path="bad_empty_rows.jsonl", max_drop_fraction=0.6), FIXTURES, PREF,
-                           cache_dir=cache)
+    dataset, report = load(
+        DataSpec(path="bad_empty_rows.jsonl", max_drop_fraction=0.6), FIXTURES, PREF, cache_dir=cache
+    )
     assert [r["prompt"][0]["content"] for r in dataset] == ["p1", "p4", "p7"]
-    assert report.dropped == {"empty 'chosen'": [2, 6], "empty row": [3], "identical chosen and rejected": [5]}
+    assert report.dropped == {
+        "empty 'chosen'": [2, 6],
+        "empty row": [3],
+        "identical chosen and rejected": [5],
+    }
 
 
 def test_drop_row_numbers_follow_a_fixed_slice_start(cache):
@@ -128,8 +150,11 @@ def test_mismatched_kind(cache):
 def test_columns_mapping(cache):
     spec = DataSpec(path="custom_columns.jsonl", columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
     dataset, _ = load(spec, FIXTURES, UNP, cache_dir=cache)
-    assert len(dataset) == 4 and dataset[1] == {"prompt": [u("Is water wet?")], "completion": [a("No idea.")],
-                                                "label": False}
+    assert len(dataset) == 4 and dataset[1] == {
+        "prompt": [u("Is water wet?")],
+        "completion": [a("No idea.")],
+        "label": False,
+    }
 
 
 def test_second_load_reuses_the_datasets_cache(cache, monkeypatch):
@@ -158,8 +183,11 @@ class _NoTemplate:
 
 def test_tokenizer_without_chat_template_gets_plain_strings(cache):
     dataset, _ = load(DataSpec(path="preference_text.jsonl"), FIXTURES, PREF, _NoTemplate(), cache_dir=cache)
-    assert dataset[0] == {"prompt": "What is machine learning?", "chosen": "A field where computers learn from data.",
-                          "rejected": "It is programming."}
+    assert dataset[0] == {
+        "prompt": "What is machine learning?",
+        "chosen": "A field where computers learn from data.",
+        "rejected": "It is programming.",
+    }
     with pytest.raises(DataError, match="no chat template"):
         load(DataSpec(path="messages.jsonl"), FIXTURES, LM, _NoTemplate(), cache_dir=cache)
 
@@ -169,20 +197,35 @@ def test_hub_dispatch(monkeypatch, tmp_path):
 
     def fake_load_dataset(path, name=None, split=None, cache_dir=None, **kwargs):
         seen.update(path=path, name=name, split=split)
-        return datasets.Dataset.from_list([{"prompt": "p", "chosen": [u("p"), a("good")], "rejected": [u("p"), a("bad")],
-                                            "score_chosen": 9.0, "score_rejected": 1.0}])
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "prompt": "p",
+                    "chosen": [u("p"), a("good")],
+                    "rejected": [u("p"), a("bad")],
+                    "score_chosen": 9.0,
+                    "score_rejected": 1.0,
+                }
+            ]
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     spec = DataSpec(path="HuggingFaceH4/ultrafeedback_binarized", split="train_prefs[:1]", name="default")
     dataset, report = load(spec, tmp_path, PREF)
-    assert seen == {"path": "HuggingFaceH4/ultrafeedback_binarized", "name": "default", "split": "train_prefs[:1]"}
+    assert seen == {
+        "path": "HuggingFaceH4/ultrafeedback_binarized",
+        "name": "default",
+        "split": "train_prefs[:1]",
+    }
     assert report.format == "ultrafeedback_binarized" and dataset[0]["chosen"] == [a("good")]
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach the Hugging Face Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match="could not load 'org/name' from the Hugging Face hub: Couldn't reach"):
+    with pytest.raises(
+        DataError, match="could not load 'org/name' from the Hugging Face hub: Couldn't reach"
+    ):
         load(DataSpec(path="org/name"), tmp_path, PREF)
 
 
@@ -196,8 +239,9 @@ def test_modelscope_dispatch(monkeypatch, tmp_path):
             return FakeMsDataset()
 
         def to_hf_dataset(self):
-            return datasets.Dataset.from_list([{"conversations": [{"content": f"q{i}"}, {"content": f"a{i}"}]}
-                                               for i in range(4)])
+            return datasets.Dataset.from_list(
+                [{"conversations": [{"content": f"q{i}"}, {"content": f"a{i}"}]} for i in range(4)]
+            )
 
     module = types.ModuleType("modelscope.msdatasets")
     module.MsDataset = FakeMsDataset

@@ -32,12 +32,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def two_layouts(tmp_path):
     """10 chats in `messages` (a0…a9) and 6 in ShareGPT `conversations` (b0…b5)."""
-    chats = write_jsonl(tmp_path / "chats.jsonl", [
-        {"messages": [{"role": "user", "content": f"a{i}"}, {"role": "assistant", "content": f"reply a{i}"}]}
-        for i in range(10)])
-    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", [
-        {"conversations": [{"from": "human", "value": f"b{i}"}, {"from": "gpt", "value": f"reply b{i}"}]}
-        for i in range(6)])
+    chats = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"a{i}"},
+                    {"role": "assistant", "content": f"reply a{i}"},
+                ]
+            }
+            for i in range(10)
+        ],
+    )
+    sharegpt = write_jsonl(
+        tmp_path / "sharegpt.jsonl",
+        [
+            {"conversations": [{"from": "human", "value": f"b{i}"}, {"from": "gpt", "value": f"reply b{i}"}]}
+            for i in range(6)
+        ],
+    )
     return chats, sharegpt
 
 
@@ -49,25 +62,40 @@ def firsts(dataset) -> list[str]:
     return [row["messages"][0]["content"] for row in dataset]
 
 
-@pytest.mark.parametrize("weight, available, expected", [
-    (0.5, 10, 5), (0.25, 10, 2), (0.29, 100, 29), (1.0, 7, 7), (1, 7, 7), (3, 10, 3), (10, 10, 10), (0.999, 3, 2),
-])
+@pytest.mark.parametrize(
+    "weight, available, expected",
+    [
+        (0.5, 10, 5),
+        (0.25, 10, 2),
+        (0.29, 100, 29),
+        (1.0, 7, 7),
+        (1, 7, 7),
+        (3, 10, 3),
+        (10, 10, 10),
+        (0.999, 3, 2),
+    ],
+)
 def test_take_count_by_hand(weight, available, expected):
     assert take_count(spec("x.jsonl", weight), available) == expected
 
 
-@pytest.mark.parametrize("weight, available, message", [
-    (11, 10, "asks for 11 rows but x.jsonl gives 10"),
-    (0.05, 10, "takes no row"),
-])
+@pytest.mark.parametrize(
+    "weight, available, message",
+    [
+        (11, 10, "asks for 11 rows but x.jsonl gives 10"),
+        (0.05, 10, "takes no row"),
+    ],
+)
 def test_take_count_refuses_what_the_rows_cannot_give(weight, available, message):
     with pytest.raises(DataError, match=message) as caught:
         take_count(spec("x.jsonl", weight, section="data.train[1]"), available)
     assert caught.value.key == "data.train[1].weight"
 
 
-@pytest.mark.parametrize("weight, message", [(0, "takes no row"), (-0.5, "takes no row"),
-                                             (1.5, "more than 1"), ("half", "must be a number")])
+@pytest.mark.parametrize(
+    "weight, message",
+    [(0, "takes no row"), (-0.5, "takes no row"), (1.5, "more than 1"), ("half", "must be a number")],
+)
 def test_weight_out_of_range_is_refused_by_the_spec(weight, message):
     with pytest.raises(DataError, match=message) as caught:
         spec("x.jsonl", weight, section="data.train[1]")
@@ -81,12 +109,14 @@ def test_two_layouts_mix_with_their_weights(two_layouts, tmp_path):
     names = firsts(mixed)
     from_a = [n for n in names if n.startswith("a")]
     from_b = [n for n in names if n.startswith("b")]
-    assert len(mixed) == 5 + 6                                   # half of 10, all of 6
+    assert len(mixed) == 5 + 6  # half of 10, all of 6
     assert len(set(from_a)) == 5 and set(from_a) <= {f"a{i}" for i in range(10)}
     assert sorted(from_b) == [f"b{i}" for i in range(6)]
     assert names != sorted(names, key=lambda n: (n[0], int(n[1:])))  # shuffled, not a then b in file order
     assert [(r["section"], r["format"], r["rows_read"], r["rows_kept"]) for r in report.records()] == [
-        ("data.train[0]", "messages", 10, 5), ("data.train[1]", "sharegpt", 6, 6)]
+        ("data.train[0]", "messages", 10, 5),
+        ("data.train[1]", "sharegpt", 6, 6),
+    ]
     lines = report.lines()
     assert lines[0].endswith("weight 0.5: 5 of 10 rows taken")
     assert lines[-1] == "data.train: 2 sources mixed, 11 rows, shuffled with seed 42"
@@ -102,8 +132,13 @@ def test_same_seed_same_rows_other_seed_other_rows(two_layouts, tmp_path):
 
 def test_a_row_count_weight(two_layouts, tmp_path):
     chats, sharegpt = two_layouts
-    mixed, report = load_mixture([spec(chats, 3, "data.train[0]"), spec(sharegpt, 0.5, "data.train[1]")], None, LM,
-                                 seed=1, cache_dir=tmp_path / "cache")
+    mixed, report = load_mixture(
+        [spec(chats, 3, "data.train[0]"), spec(sharegpt, 0.5, "data.train[1]")],
+        None,
+        LM,
+        seed=1,
+        cache_dir=tmp_path / "cache",
+    )
     names = firsts(mixed)
     assert sum(n.startswith("a") for n in names) == 3 and sum(n.startswith("b") for n in names) == 3
     assert report.rows == 6 and report.rows_left_out == 7 + 3
@@ -112,16 +147,25 @@ def test_a_row_count_weight(two_layouts, tmp_path):
 def test_one_source_without_weight_is_loaded_as_before(two_layouts, tmp_path):
     chats, _ = two_layouts
     alone, _ = load(spec(chats, section="data.train"), None, LM, cache_dir=tmp_path / "cache")
-    mixed, report = load_mixture([spec(chats, section="data.train")], None, LM, seed=42, cache_dir=tmp_path / "cache")
-    assert firsts(mixed) == firsts(alone) == [f"a{i}" for i in range(10)]   # file order: nothing sampled
+    mixed, report = load_mixture(
+        [spec(chats, section="data.train")], None, LM, seed=42, cache_dir=tmp_path / "cache"
+    )
+    assert firsts(mixed) == firsts(alone) == [f"a{i}" for i in range(10)]  # file order: nothing sampled
     assert report.lines() == ["data.train: detected messages, kept 10/10 rows"]
 
 
 def test_chats_and_conversational_prompt_completion_mix_as_chats(two_layouts, tmp_path):
     chats, _ = two_layouts
-    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "c0", "input": "", "output": "reply c0"}])
-    mixed, report = load_mixture([spec(chats, 2, "data.train[0]"), spec(alpaca, 1.0, "data.train[1]")], None, LM,
-                                 seed=3, cache_dir=tmp_path / "cache")
+    alpaca = write_jsonl(
+        tmp_path / "alpaca.jsonl", [{"instruction": "c0", "input": "", "output": "reply c0"}]
+    )
+    mixed, report = load_mixture(
+        [spec(chats, 2, "data.train[0]"), spec(alpaca, 1.0, "data.train[1]")],
+        None,
+        LM,
+        seed=3,
+        cache_dir=tmp_path / "cache",
+    )
     assert mixed.column_names == ["messages"]
     joined = [row["messages"] for row in mixed if row["messages"][0]["content"] == "c0"]
     assert joined == [[{"role": "user", "content": "c0"}, {"role": "assistant", "content": "reply c0"}]]
@@ -130,18 +174,27 @@ def test_chats_and_conversational_prompt_completion_mix_as_chats(two_layouts, tm
 
 def test_chats_and_plain_text_do_not_mix(two_layouts, tmp_path):
     chats, _ = two_layouts
-    with pytest.raises(DataError, match=r"data.train\[0\] converts to messages \(chat\) but data.train\[1\] "
-                                        r"to text \(text\)"):
-        load_mixture([spec(chats, 1.0, "data.train[0]"), spec(FIXTURES / "text.jsonl", 1.0, "data.train[1]")], None,
-                     LM, seed=3, cache_dir=tmp_path / "cache")
+    with pytest.raises(
+        DataError,
+        match=r"data.train\[0\] converts to messages \(chat\) but data.train\[1\] "
+        r"to text \(text\)",
+    ):
+        load_mixture(
+            [spec(chats, 1.0, "data.train[0]"), spec(FIXTURES / "text.jsonl", 1.0, "data.train[1]")],
+            None,
+            LM,
+            seed=3,
+            cache_dir=tmp_path / "cache",
+        )
 
 
 # --- recipes: validate, show, train ------------------------------------------------------------------
 
+
 def mixture_recipe(tmp_path: Path, second: str, weight: str = "1.0", extra: str = "") -> Path:
     recipe = tmp_path / "mix.yaml"
     recipe.write_text(f"""algorithm: sft
-extends: {REPO / 'recipes' / 'tiny' / 'sft.yaml'}
+extends: {REPO / "recipes" / "tiny" / "sft.yaml"}
 model:
   name_or_path: builtin:tiny-qwen2
 data:
@@ -154,8 +207,10 @@ data:
     return recipe
 
 
-@pytest.mark.parametrize("weight, message", [("1.5", "more than 1"), ("0", "takes no row"),
-                                             ("500", "asks for 500 rows but sharegpt.json holds 2")])
+@pytest.mark.parametrize(
+    "weight, message",
+    [("1.5", "more than 1"), ("0", "takes no row"), ("500", "asks for 500 rows but sharegpt.json holds 2")],
+)
 def test_validate_refuses_an_impossible_weight_naming_the_key_and_line(tmp_path, capsys, weight, message):
     recipe = mixture_recipe(tmp_path, FIXTURES / "sharegpt.json", weight)
     assert main(["validate", str(recipe)]) == 2
@@ -190,12 +245,16 @@ def test_show_explains_the_mix(tmp_path, capsys):
 
 def test_a_mapping_is_a_list_of_one_and_relative_paths_resolve_per_source(tmp_path):
     (tmp_path / "sub").mkdir()
-    write_jsonl(tmp_path / "sub" / "a.jsonl", [{"messages": [{"role": "user", "content": "q"},
-                                                             {"role": "assistant", "content": "r"}]}])
+    write_jsonl(
+        tmp_path / "sub" / "a.jsonl",
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}],
+    )
     recipe = tmp_path / "sub" / "r.yaml"
-    recipe.write_text(f"algorithm: sft\nextends: {REPO / 'recipes' / 'tiny' / 'sft.yaml'}\n"
-                      "model: {name_or_path: builtin:tiny-qwen2}\n"
-                      "data:\n  train: [{path: a.jsonl}, {path: a.jsonl, weight: 1}]\n  eval: {path: a.jsonl}\n")
+    recipe.write_text(
+        f"algorithm: sft\nextends: {REPO / 'recipes' / 'tiny' / 'sft.yaml'}\n"
+        "model: {name_or_path: builtin:tiny-qwen2}\n"
+        "data:\n  train: [{path: a.jsonl}, {path: a.jsonl, weight: 1}]\n  eval: {path: a.jsonl}\n"
+    )
     plan = load_plan(recipe, profile="cpu")
     assert [s.path for s in plan.data.train] == [str(tmp_path / "sub" / "a.jsonl")] * 2
     assert [s.section for s in plan.data.train] == ["data.train[0]", "data.train[1]"]
@@ -207,8 +266,18 @@ def test_a_two_layout_mixture_trains_and_the_run_names_both_sources(tmp_path, ca
     """Done when: two local files in different layouts, weights 0.5 and 1.0, train; the output names both."""
     out = tmp_path / "run"
     recipe = mixture_recipe(tmp_path, FIXTURES / "sharegpt.json")
-    rc = main(["train", str(recipe), f"train.output_dir={out}", "train.max_steps=2", "train.max_length=256",
-               "evaluate=null", "--profile", "cpu"])
+    rc = main(
+        [
+            "train",
+            str(recipe),
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+            "train.max_length=256",
+            "evaluate=null",
+            "--profile",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed[-2000:]
     assert "data.train[0]: detected messages, kept 200/200 rows; weight 0.5: 100 of 200 rows taken" in printed
@@ -217,8 +286,9 @@ def test_a_two_layout_mixture_trains_and_the_run_names_both_sources(tmp_path, ca
     assert "data.train[0]: 100 rows of sft.jsonl (weight 0.5, 200 converted)" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["steps"] == 2
-    assert [(r["section"], Path(r["path"]).name, r["format"], r["rows_kept"]) for r in summary["data"]["train"]] == [
-        ("data.train[0]", "sft.jsonl", "messages", 100), ("data.train[1]", "sharegpt.json", "sharegpt", 2)]
+    assert [
+        (r["section"], Path(r["path"]).name, r["format"], r["rows_kept"]) for r in summary["data"]["train"]
+    ] == [("data.train[0]", "sft.jsonl", "messages", 100), ("data.train[1]", "sharegpt.json", "sharegpt", 2)]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["data.train[0]"]["weight"] == 0.5 and manifest["data"]["data.train[0]"]["sha256"]
     assert manifest["data"]["data.train[1]"]["resolved"] == str(FIXTURES / "sharegpt.json")

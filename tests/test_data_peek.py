@@ -58,7 +58,10 @@ def test_peek_blank_lines_skipped_and_empty_objects_kept():
 def test_peek_formats():
     assert peek(DataSpec(path="sharegpt.json"), FIXTURES)[1]["conversations"][2]["value"] == "Paris."
     assert peek(DataSpec(path="gsm8k_qa.csv"), FIXTURES)[0]["answer"] == "5"
-    assert peek(DataSpec(path="ultrafeedback_binarized.parquet", split="train[1:]"), FIXTURES)[0]["prompt_id"] == "a2"
+    assert (
+        peek(DataSpec(path="ultrafeedback_binarized.parquet", split="train[1:]"), FIXTURES)[0]["prompt_id"]
+        == "a2"
+    )
 
 
 def test_peek_folder_uses_the_split_file():

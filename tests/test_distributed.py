@@ -36,15 +36,21 @@ TIMEOUT = 240  # seconds per launch: generous for a loaded 2-core CI runner; typ
 
 # --- configs (fast) ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_accelerate_config_parses(name):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
     config = load_config_from_file(str(ACCELERATE_DIR / f"{name}.yaml"))
-    expected = {"single_gpu": DistributedType.NO, "fsdp2": DistributedType.FSDP, "cpu_fsdp2": DistributedType.FSDP,
-                "zero2": DistributedType.DEEPSPEED, "zero3": DistributedType.DEEPSPEED,
-                "multi_node": DistributedType.DEEPSPEED}.get(name, DistributedType.MULTI_GPU)
+    expected = {
+        "single_gpu": DistributedType.NO,
+        "fsdp2": DistributedType.FSDP,
+        "cpu_fsdp2": DistributedType.FSDP,
+        "zero2": DistributedType.DEEPSPEED,
+        "zero3": DistributedType.DEEPSPEED,
+        "multi_node": DistributedType.DEEPSPEED,
+    }.get(name, DistributedType.MULTI_GPU)
     assert config.distributed_type == expected
     # Precision is the profile's and the recipe's business (train.bf16/fp16), never the launcher's.
     assert str(config.mixed_precision) == "no"
@@ -75,20 +81,43 @@ def test_zero3_environment_is_seen_by_the_profile_checks(monkeypatch):
 
 # --- two-process CPU runs (slow) ---------------------------------------------------------------------------
 
+
 def accelerate_bin() -> str:
     found = Path(sys.executable).with_name("accelerate")
     return str(found) if found.exists() else shutil.which("accelerate") or "accelerate"
 
 
 def launch(recipe: str, output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", hardware.FAKE_SMI_ENV: "", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        hardware.FAKE_SMI_ENV: "",
+        "PYTHONUNBUFFERED": "1",
+    }
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
         env.pop(name, None)
-    command = [accelerate_bin(), "launch", "--config_file", str(ACCELERATE_DIR / "cpu_ddp.yaml"),
-               "--num_processes", "2", "--main_process_port", str(29500 + os.getpid() % 1000),
-               "-m", "align_recipes", "train", recipe, "--profile", "cpu", "--overwrite",
-               f"train.output_dir={output_dir}", *overrides]
+    command = [
+        accelerate_bin(),
+        "launch",
+        "--config_file",
+        str(ACCELERATE_DIR / "cpu_ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "align_recipes",
+        "train",
+        recipe,
+        "--profile",
+        "cpu",
+        "--overwrite",
+        f"train.output_dir={output_dir}",
+        *overrides,
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
@@ -107,7 +136,9 @@ def assert_ran_on_two_ranks_and_saved_once(result: subprocess.CompletedProcess, 
     assert not [f for f in files if "rank" in f.lower()], files
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     # The training logs; the reward-hacking watch's held-out checks (`watch/...`) are rows of their own.
-    train_rows = [r for r in records if "train_runtime" not in r and not any(k.startswith("watch/") for k in r)]
+    train_rows = [
+        r for r in records if "train_runtime" not in r and not any(k.startswith("watch/") for k in r)
+    ]
     assert len({r["step"] for r in train_rows}) == len(train_rows), "each step logged once, by rank 0"
     assert sum("train_runtime" in r for r in records) == 1
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -120,9 +151,19 @@ def tiny_sft(tmp_path_factory) -> Path:
     """The tiny SFT policy that the grpo and ppo recipes start from (one process, a few seconds)."""
     output_dir = tmp_path_factory.mktemp("ddp") / "sft"
     # Two epochs are plenty: these tests check the distributed plumbing, not how well the policy learned.
-    command = [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/sft.yaml", "--profile", "cpu",
-               f"train.output_dir={output_dir}", "train.num_train_epochs=2", *eval_limit("recipes/tiny/sft.yaml", 8),
-               "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "align_recipes",
+        "train",
+        "recipes/tiny/sft.yaml",
+        "--profile",
+        "cpu",
+        f"train.output_dir={output_dir}",
+        "train.num_train_epochs=2",
+        *eval_limit("recipes/tiny/sft.yaml", 8),
+        "--overwrite",
+    ]
     env = {**os.environ, hardware.FAKE_SMI_ENV: "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -152,12 +193,22 @@ def needs_recipe(name: str) -> str:
 def test_dpo_on_two_cpu_processes(tmp_path):
     recipe = needs_recipe("dpo")
     output_dir = tmp_path / "dpo"
-    result = launch(recipe, output_dir, "train.num_train_epochs=1", "train.max_steps=-1", *eval_limit(recipe, 16),
-                    "model.name_or_path=builtin:tiny-qwen2")  # DDP needs no SFT stage first
+    result = launch(
+        recipe,
+        output_dir,
+        "train.num_train_epochs=1",
+        "train.max_steps=-1",
+        *eval_limit(recipe, 16),
+        "model.name_or_path=builtin:tiny-qwen2",
+    )  # DDP needs no SFT stage first
     summary = assert_ran_on_two_ranks_and_saved_once(result, output_dir)
     # One epoch = ceil(rows / (micro-batch x accumulation x 2 ranks)) optimizer steps: half of what one process
     # needs at the same micro-batch.
-    rows = sum(1 for line in (REPO / "recipes" / "tiny" / "data" / "prefs.jsonl").read_text().splitlines() if line.strip())
+    rows = sum(
+        1
+        for line in (REPO / "recipes" / "tiny" / "data" / "prefs.jsonl").read_text().splitlines()
+        if line.strip()
+    )
     train = yaml.safe_load((output_dir / "recipe.resolved.yaml").read_text())["train"]
     micro, accumulation = train["per_device_train_batch_size"], train.get("gradient_accumulation_steps", 1)
     per_rank_batches = math.ceil(math.ceil(rows / 2) / micro)
@@ -165,7 +216,9 @@ def test_dpo_on_two_cpu_processes(tmp_path):
     assert summary["steps"] < math.ceil(rows / micro / accumulation)  # what one process would need
     asked = yaml.safe_load((REPO / recipe).read_text())["train"]
     # The recipe's effective batch, kept over 2 ranks (tiny dpo: micro-batch 16 -> 8 per rank).
-    assert micro * accumulation * 2 == asked["per_device_train_batch_size"] * asked.get("gradient_accumulation_steps", 1)
+    assert micro * accumulation * 2 == asked["per_device_train_batch_size"] * asked.get(
+        "gradient_accumulation_steps", 1
+    )
 
 
 @pytest.mark.slow
@@ -173,7 +226,9 @@ def test_grpo_on_two_cpu_processes(tmp_path, request):
     recipe = needs_recipe("grpo")
     tiny_sft = request.getfixturevalue("tiny_sft")  # only built when the recipe exists
     output_dir = tmp_path / "grpo"
-    result = launch(recipe, output_dir, f"model.name_or_path={tiny_sft}", "train.max_steps=2", *eval_limit(recipe, 8))
+    result = launch(
+        recipe, output_dir, f"model.name_or_path={tiny_sft}", "train.max_steps=2", *eval_limit(recipe, 8)
+    )
     summary = assert_ran_on_two_ranks_and_saved_once(result, output_dir)
     assert summary["steps"] == 2
 
@@ -183,6 +238,8 @@ def test_ppo_on_two_cpu_processes(tmp_path, request):
     recipe = needs_recipe("ppo")
     tiny_sft = request.getfixturevalue("tiny_sft")
     output_dir = tmp_path / "ppo"
-    result = launch(recipe, output_dir, f"model.name_or_path={tiny_sft}", "train.max_steps=2", *eval_limit(recipe, 8))
+    result = launch(
+        recipe, output_dir, f"model.name_or_path={tiny_sft}", "train.max_steps=2", *eval_limit(recipe, 8)
+    )
     summary = assert_ran_on_two_ranks_and_saved_once(result, output_dir)
     assert summary["steps"] == 2

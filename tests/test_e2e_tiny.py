@@ -33,8 +33,14 @@ def test_sft_raises_held_out_exact_match(sft_run):
 
 def test_run_writes_every_output(sft_run):
     out, summary = sft_run
-    for name in ("model.safetensors", "tokenizer.json", "recipe.resolved.yaml", "metrics.jsonl", "summary.json",
-                 "manifest.json"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.resolved.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "manifest.json",
+    ):
         assert (out / name).is_file(), name
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) >= 10 and all("step" in r for r in records)
@@ -92,10 +98,14 @@ def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd
     assert pairs["after"] >= pairs["before"] + 0.2 and pairs["after"] >= 0.85, pairs
     assert task["after"] >= task["before"] + 0.25, task
     first, last = summary["metrics_first"], summary["metrics_last"]
-    assert last["logps/chosen"] - last["logps/rejected"] > first["logps/chosen"] - first["logps/rejected"] + 0.5
+    assert (
+        last["logps/chosen"] - last["logps/rejected"] > first["logps/chosen"] - first["logps/rejected"] + 0.5
+    )
 
 
-@pytest.mark.parametrize("overrides", [(), ("train.loss_type=simpo", "train.beta=2.0")], ids=["cpo", "cpo-simpo"])
+@pytest.mark.parametrize(
+    "overrides", [(), ("train.loss_type=simpo", "train.beta=2.0")], ids=["cpo", "cpo-simpo"]
+)
 def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, overrides):
     """CPO (no reference model) and SimPO's loss in the same trainer, both with the behaviour-cloning
     term (cpo_alpha 1.0). Over seeds 42, 1-4 (docs/benchmarks.md) held-out exact match rose by 0.04 to 0.20
@@ -103,7 +113,10 @@ def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, ov
     at 0.85, so for it the test asks only that exact match and preference accuracy do not fall."""
     summary = from_sft("cpo", sft_run, tmp_path, *overrides)
     first, last = summary["metrics_first"], summary["metrics_last"]
-    assert last["rewards/margins"] > first["rewards/margins"] and last["rewards/accuracies"] >= 0.95, (first, last)
+    assert last["rewards/margins"] > first["rewards/margins"] and last["rewards/accuracies"] >= 0.95, (
+        first,
+        last,
+    )
     assert last["nll_loss"] < first["nll_loss"]
     metrics = held_out(summary)
     task, pairs = metrics["exact_match"], metrics["preference_accuracy"]

@@ -21,28 +21,50 @@ FIXTURES = "tests/fixtures/data"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm, fixture, detected", [
-    ("sft", "sharegpt.json", "sharegpt"),
-    ("sft", "belle_alpaca.jsonl", "alpaca"),
-    ("reward", "argilla.jsonl", "preference"),
-    ("dpo", "hh_rlhf.jsonl", "hh_rlhf"),
-    ("dpo", "minimind_dpo.jsonl", "implicit_preference"),
-    ("dpo", "ultrafeedback_binarized.parquet", "ultrafeedback_binarized"),
-    ("kto", "better_worse.jsonl", "preference"),
-    ("grpo", "rlaif_mini.jsonl", "roleless_conversations"),
-    # TRL's implicit prompt in plain text, for every algorithm that takes pairs
-    ("dpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
-    ("orpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
-    ("kto", "implicit_prompt_text.jsonl", "implicit_preference_text"),
-    ("reward", "implicit_prompt_text.jsonl", "implicit_preference_text"),
-])
+@pytest.mark.parametrize(
+    "algorithm, fixture, detected",
+    [
+        ("sft", "sharegpt.json", "sharegpt"),
+        ("sft", "belle_alpaca.jsonl", "alpaca"),
+        ("reward", "argilla.jsonl", "preference"),
+        ("dpo", "hh_rlhf.jsonl", "hh_rlhf"),
+        ("dpo", "minimind_dpo.jsonl", "implicit_preference"),
+        ("dpo", "ultrafeedback_binarized.parquet", "ultrafeedback_binarized"),
+        ("kto", "better_worse.jsonl", "preference"),
+        ("grpo", "rlaif_mini.jsonl", "roleless_conversations"),
+        # TRL's implicit prompt in plain text, for every algorithm that takes pairs
+        ("dpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+        ("orpo", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+        ("kto", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+        ("reward", "implicit_prompt_text.jsonl", "implicit_preference_text"),
+    ],
+)
 def test_fixture_format_trains_through_its_algorithm(tmp_path, capsys, algorithm, fixture, detected):
     out = tmp_path / "run"
-    extra = ["rewards=[{name: regex, pattern: '^\\d+$'}]", "train.num_generations=2",
-             "train.per_device_train_batch_size=2", "train.max_completion_length=4"] if algorithm == "grpo" else ["train.max_length=512"]
-    rc = main(["train", f"recipes/tiny/{algorithm}.yaml", f"data.train.path={FIXTURES}/{fixture}",
-               "model.name_or_path=builtin:tiny-qwen2", f"train.output_dir={out}", "train.max_steps=2",
-               "evaluate=null", "--profile", "cpu", *extra])
+    extra = (
+        [
+            "rewards=[{name: regex, pattern: '^\\d+$'}]",
+            "train.num_generations=2",
+            "train.per_device_train_batch_size=2",
+            "train.max_completion_length=4",
+        ]
+        if algorithm == "grpo"
+        else ["train.max_length=512"]
+    )
+    rc = main(
+        [
+            "train",
+            f"recipes/tiny/{algorithm}.yaml",
+            f"data.train.path={FIXTURES}/{fixture}",
+            "model.name_or_path=builtin:tiny-qwen2",
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+            "evaluate=null",
+            "--profile",
+            "cpu",
+            *extra,
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed[-2000:]
     assert f"detected {detected}" in printed
@@ -68,10 +90,19 @@ def test_modelscope_ids_resolve_through_snapshot_download(monkeypatch, tmp_path)
 
 def test_local_hub_and_missing_model_sources(tmp_path):
     (tmp_path / "model").mkdir()
-    assert resolve_model_path(ModelSection.from_dict({"name_or_path": str(tmp_path / "model")})) == str(tmp_path / "model")
-    assert resolve_model_path(ModelSection.from_dict({"name_or_path": "model"}), base_dir=tmp_path) == str(tmp_path / "model")
-    assert resolve_model_path(ModelSection.from_dict({"name_or_path": "Qwen/Qwen2-0.5B-Instruct"})) == "Qwen/Qwen2-0.5B-Instruct"
+    assert resolve_model_path(ModelSection.from_dict({"name_or_path": str(tmp_path / "model")})) == str(
+        tmp_path / "model"
+    )
+    assert resolve_model_path(ModelSection.from_dict({"name_or_path": "model"}), base_dir=tmp_path) == str(
+        tmp_path / "model"
+    )
+    assert (
+        resolve_model_path(ModelSection.from_dict({"name_or_path": "Qwen/Qwen2-0.5B-Instruct"}))
+        == "Qwen/Qwen2-0.5B-Instruct"
+    )
     with pytest.raises(RecipeError, match="not found"):
-        resolve_model_path(ModelSection.from_dict({"name_or_path": "nowhere", "source": "local"}), base_dir=tmp_path)
+        resolve_model_path(
+            ModelSection.from_dict({"name_or_path": "nowhere", "source": "local"}), base_dir=tmp_path
+        )
     with pytest.raises(RecipeError, match="neither an existing directory nor a hub id"):
         resolve_model_path(ModelSection.from_dict({"name_or_path": "outputs/tiny/none"}), base_dir=tmp_path)

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes.run import checkpoints
-from align_recipes.run import guards
-from align_recipes.run import rundir as outputs
-from align_recipes.run.rundir import RunDir
 from align_recipes import redaction
 from align_recipes.errors import RecipeError
+from align_recipes.run import checkpoints, guards
+from align_recipes.run import rundir as outputs
+from align_recipes.run.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hf_secret123"
 
 
 # ------------------------------------------------------------------------------- fake checkpoints
+
 
 def _safetensors(path: Path, floats: int = 4) -> None:
     header = json.dumps({"w": {"dtype": "F32", "shape": [floats], "data_offsets": [0, 4 * floats]}}).encode()
@@ -48,16 +48,19 @@ def test_a_complete_checkpoint_passes_with_or_without_marker(tmp_path):
     assert checkpoints.read_marker(tmp_path / "checkpoint-2")["files"]["model.safetensors"] > 0
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda p: (p / "trainer_state.json").unlink(), "no trainer_state.json"),
-    (lambda p: (p / "trainer_state.json").write_text('{"global_st'), "not valid JSON"),
-    (lambda p: (p / "trainer_state.json").write_text('{"global_step": 5}'), "for step 5, not 3"),
-    (lambda p: (p / "model.safetensors").unlink(), "no model weights"),
-    (lambda p: (p / "optimizer.pt").unlink(), "no optimizer state"),
-    (lambda p: (p / "rng_state.pth").unlink(), "no RNG state"),
-    (lambda p: (p / "optimizer.pt").write_bytes(b"x" * 10), "optimizer.pt is 10 bytes, 64 were written"),
-    (lambda p: checkpoints.write_marker(p, "diverged", "weights were nan"), "marked diverged"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda p: (p / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda p: (p / "trainer_state.json").write_text('{"global_st'), "not valid JSON"),
+        (lambda p: (p / "trainer_state.json").write_text('{"global_step": 5}'), "for step 5, not 3"),
+        (lambda p: (p / "model.safetensors").unlink(), "no model weights"),
+        (lambda p: (p / "optimizer.pt").unlink(), "no optimizer state"),
+        (lambda p: (p / "rng_state.pth").unlink(), "no RNG state"),
+        (lambda p: (p / "optimizer.pt").write_bytes(b"x" * 10), "optimizer.pt is 10 bytes, 64 were written"),
+        (lambda p: checkpoints.write_marker(p, "diverged", "weights were nan"), "marked diverged"),
+    ],
+)
 def test_checkpoints_cut_short_are_detected(tmp_path, damage, expected):
     path = make_checkpoint(tmp_path, 3)
     damage(path)
@@ -76,8 +79,11 @@ def test_sharded_weights_need_every_shard(tmp_path):
     path = make_checkpoint(tmp_path, 3, marker=False)
     (path / "model.safetensors").unlink()
     _safetensors(path / "model-00001-of-00002.safetensors")
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+        )
+    )
     assert "model-00002-of-00002.safetensors is missing" in checkpoints.checkpoint_problem(path)
     _safetensors(path / "model-00002-of-00002.safetensors")
     assert checkpoints.checkpoint_problem(path) is None
@@ -102,6 +108,7 @@ def test_newest_complete_skips_torn_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------------- resume planning
+
 
 def test_plan_start_fresh_and_refusals(tmp_path):
     out = tmp_path / "run"
@@ -128,7 +135,9 @@ def test_plan_start_latest_and_explicit(tmp_path):
     start = RunDir(tmp_path).plan_start("latest", overwrite=False)
     assert start.checkpoint.name == "checkpoint-4" and start.step == 4
     assert [p.name for p, _ in start.skipped] == ["checkpoint-6"]
-    assert RunDir(tmp_path).plan_start("checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
+    assert (
+        RunDir(tmp_path).plan_start("checkpoint-4", overwrite=False).checkpoint == tmp_path / "checkpoint-4"
+    )
     with pytest.raises(RecipeError, match="incomplete: no trainer_state.json") as err:
         RunDir(tmp_path).plan_start(str(torn), overwrite=False)
     assert "the newest complete one is" in err.value.fix
@@ -149,17 +158,29 @@ def test_plan_start_auto(tmp_path):
 
 
 def test_resume_command_is_the_same_command_with_resume():
-    command = ["/x/src/align_recipes/__main__.py", "train", "recipes/tiny/sft.yaml", "train.learning_rate=1e-5",
-               "--overwrite", "train.hub_token=abcdef123", "--profile", "t4"]
-    assert checkpoints.resume_command(command) == ("align-recipes train recipes/tiny/sft.yaml train.learning_rate=1e-5 "
-                                              "'train.hub_token=***' --profile t4 --resume")
+    command = [
+        "/x/src/align_recipes/__main__.py",
+        "train",
+        "recipes/tiny/sft.yaml",
+        "train.learning_rate=1e-5",
+        "--overwrite",
+        "train.hub_token=abcdef123",
+        "--profile",
+        "t4",
+    ]
+    assert checkpoints.resume_command(command) == (
+        "align-recipes train recipes/tiny/sft.yaml train.learning_rate=1e-5 "
+        "'train.hub_token=***' --profile t4 --resume"
+    )
     assert checkpoints.resume_command(["align-recipes", "train", "r.yaml", "--resume"]).count("--resume") == 1
 
 
 def test_metrics_are_truncated_to_the_checkpoint_and_losses_combined(tmp_path):
     lines = [{"step": s, "loss": float(10 - s)} for s in range(1, 7)] + [{"step": 6, "train_runtime": 1.0}]
     (tmp_path / outputs.METRICS).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 7, "lo')
-    assert RunDir(tmp_path).truncate_metrics(4) == 3  # steps 5, 6 and the summary row; the torn line is dropped
+    assert (
+        RunDir(tmp_path).truncate_metrics(4) == 3
+    )  # steps 5, 6 and the summary row; the torn line is dropped
     assert [r["step"] for r in RunDir(tmp_path).metrics()] == [1, 2, 3, 4]
     records = RunDir(tmp_path).metrics()
     # steps 1-4 (losses 9, 8, 7, 6) from the log, steps 5-8 from the resumed Trainer (mean 3.0)
@@ -168,6 +189,7 @@ def test_metrics_are_truncated_to_the_checkpoint_and_losses_combined(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- signals
+
 
 def test_a_signal_before_training_stops_at_once(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
@@ -191,6 +213,7 @@ def test_a_signal_during_training_asks_for_a_checkpoint_then_hands_back(tmp_path
 
 
 # --------------------------------------------------------------------------------- non-finite
+
 
 def test_non_finite_losses_stop_the_run():
     guard = guards.RunGuard()
@@ -218,7 +241,13 @@ def test_likely_causes_name_fp16_learning_rate_and_pad_token():
         pad_token = eos_token = "<|im_end|>"
 
     causes = " | ".join(guards.likely_causes(Config(), Tokenizer(), "sft"))
-    for fragment in ("fp16 overflow", "T4", "learning_rate is 0.0002", "missing pad token", "max_grad_norm: 0"):
+    for fragment in (
+        "fp16 overflow",
+        "T4",
+        "learning_rate is 0.0002",
+        "missing pad token",
+        "max_grad_norm: 0",
+    ):
         assert fragment in causes
 
 
@@ -242,7 +271,9 @@ def _nan_loss_from(step: int):
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
     from align_recipes.cli import main
     from align_recipes.run import training
 
@@ -255,16 +286,31 @@ def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoin
 
     monkeypatch.setattr(training, "build", build_then_poison)
     out = tmp_path / "nan"
-    rc = main(["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "evaluate=null",
-               "train.max_steps=10", "train.save_strategy=steps", "train.save_steps=1",
-               "train.logging_steps=1", "train.per_device_train_batch_size=4"])
+    rc = main(
+        [
+            "train",
+            "recipes/tiny/sft.yaml",
+            f"train.output_dir={out}",
+            "--profile",
+            "cpu",
+            "evaluate=null",
+            "train.max_steps=10",
+            "train.save_strategy=steps",
+            "train.save_steps=1",
+            "train.logging_steps=1",
+            "train.per_device_train_batch_size=4",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "Traceback" not in err and "no longer finite" in err
     # The Trainer's logging_nan_inf_filter hides a NaN loss in its log; the gradient norm shows it.
     assert f"training stopped at step {NAN_FROM_STEP}: grad_norm=nan" in err, err
     assert "learning rate too high: train.learning_rate is 0.0015" in err
-    assert f"kept the last good checkpoint, {out / f'checkpoint-{NAN_FROM_STEP - 1}'}" in err and "--resume" in err
+    assert (
+        f"kept the last good checkpoint, {out / f'checkpoint-{NAN_FROM_STEP - 1}'}" in err
+        and "--resume" in err
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at"] == NAN_FROM_STEP
     good = Path(summary["checkpoint"])
@@ -281,6 +327,7 @@ def test_a_diverging_run_stops_names_the_cause_and_keeps_the_last_good_checkpoin
 
 # ------------------------------------------------------------------------------------- secrets
 
+
 def test_secret_names_and_values():
     for name in ("hub_token", "train.hub_token", "api_key", "WANDB_API_KEY", "password", "client_secret"):
         assert redaction.is_secret_key(name), name
@@ -288,8 +335,9 @@ def test_secret_names_and_values():
         assert not redaction.is_secret_key(name), name
     env = {"HF_TOKEN": SECRET, "TOKENIZERS_PARALLELISM": "false", "MY_API_KEY": "k", "PATH": "/usr/bin"}
     assert redaction.secret_values(env) == [SECRET]
-    assert redaction.redact_obj({"train": {"hub_token": "abcdefgh", "pad_token": "<pad>"}}) == \
-        {"train": {"hub_token": "***", "pad_token": "<pad>"}}
+    assert redaction.redact_obj({"train": {"hub_token": "abcdefgh", "pad_token": "<pad>"}}) == {
+        "train": {"hub_token": "***", "pad_token": "<pad>"}
+    }
 
 
 @pytest.mark.slow
@@ -301,9 +349,20 @@ def test_secrets_never_reach_outputs_or_logs(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_456")
     out = tmp_path / "run"
-    argv = ["train", "recipes/tiny/sft.yaml", f"train.output_dir={out}", "--profile", "cpu", "evaluate=null",
-            f"train.hub_token={SECRET}", "description=run by wandb_secret_456", "train.max_steps=2",
-            "train.save_strategy=steps", "train.save_steps=1", "train.per_device_train_batch_size=4"]
+    argv = [
+        "train",
+        "recipes/tiny/sft.yaml",
+        f"train.output_dir={out}",
+        "--profile",
+        "cpu",
+        "evaluate=null",
+        f"train.hub_token={SECRET}",
+        "description=run by wandb_secret_456",
+        "train.max_steps=2",
+        "train.save_strategy=steps",
+        "train.save_steps=1",
+        "train.per_device_train_batch_size=4",
+    ]
     assert main(argv) == 0
     printed = capfd.readouterr()
     for text in (printed.out, printed.err):
@@ -315,7 +374,9 @@ def test_secrets_never_reach_outputs_or_logs(tmp_path, monkeypatch, capfd):
         assert SECRET.encode() not in data and b"wandb_secret_456" not in data, path
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["command"][:2] == ["align-recipes", "train"] and "train.hub_token=***" in manifest["command"]
+    assert (
+        manifest["command"][:2] == ["align-recipes", "train"] and "train.hub_token=***" in manifest["command"]
+    )
     assert manifest["versions"]["trl"].startswith("1.16") and manifest["versions"]["torch"]
     assert manifest["git"]["commit"] is None or len(manifest["git"]["commit"]) == 40
     assert manifest["hardware"]["cpu_count"] >= 1 and isinstance(manifest["hardware"]["gpus"], list)
@@ -327,6 +388,7 @@ def test_secrets_never_reach_outputs_or_logs(tmp_path, monkeypatch, capfd):
 
 # ---------------------------------------------------------------------------------- remote code
 
+
 def test_trust_remote_code_stays_off_and_says_why(tmp_path, capsys):
     """A local model whose config maps to code it ships is refused unless the recipe trusts it, and
     that code never runs."""
@@ -335,14 +397,24 @@ def test_trust_remote_code_stays_off_and_says_why(tmp_path, capsys):
     model = tmp_path / "custom-model"
     model.mkdir()
     ran = tmp_path / "custom-code-ran"
-    (model / "config.json").write_text(json.dumps({
-        "model_type": "tinycustom", "architectures": ["TinyCustomForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_tinycustom.TinyCustomConfig",
-                     "AutoModelForCausalLM": "modeling_tinycustom.TinyCustomForCausalLM"}}))
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "tinycustom",
+                "architectures": ["TinyCustomForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "configuration_tinycustom.TinyCustomConfig",
+                    "AutoModelForCausalLM": "modeling_tinycustom.TinyCustomForCausalLM",
+                },
+            }
+        )
+    )
     for name in ("configuration_tinycustom.py", "modeling_tinycustom.py"):
         (model / name).write_text(f"open({str(ran)!r}, 'w').write('yes')\n")
     out = tmp_path / "out"
-    rc = main(["train", "tests/bad_inputs/good_sft.yaml", f"model.name_or_path={model}", f"train.output_dir={out}"])
+    rc = main(
+        ["train", "tests/bad_inputs/good_sft.yaml", f"model.name_or_path={model}", f"train.output_dir={out}"]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "model.trust_remote_code" in err and "runs its own model code" in err
@@ -356,12 +428,19 @@ def test_reward_code_is_imported_only_when_a_recipe_names_it():
     import subprocess
     import sys
 
-    probe = ("import sys; from align_recipes.cli import main; rc = main(sys.argv[1:]); "
-             "print(sorted(m for m in sys.modules if m.startswith('_align_recipes_reward_')))")
+    probe = (
+        "import sys; from align_recipes.cli import main; rc = main(sys.argv[1:]); "
+        "print(sorted(m for m in sys.modules if m.startswith('_align_recipes_reward_')))"
+    )
 
     def imported(*overrides):
-        proc = subprocess.run([sys.executable, "-c", probe, "validate", "tests/bad_inputs/good_grpo.yaml", *overrides],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, "validate", "tests/bad_inputs/good_grpo.yaml", *overrides],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout.strip().splitlines()[-1]
 

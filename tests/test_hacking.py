@@ -10,7 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from align_recipes.run.hacking import HackingDetector, likely_fixes, noise_of_series, standard_error, warning_line
+from align_recipes.run.hacking import (
+    HackingDetector,
+    likely_fixes,
+    noise_of_series,
+    standard_error,
+    warning_line,
+)
 
 
 def test_standard_error_binomial_with_smoothing_and_of_a_mean():
@@ -31,7 +37,20 @@ def test_noise_of_series_is_half_the_mean_squared_step():
 
 # A run logging its proxy every 5 steps and checking the held-out metric every 10. Before training the
 # held-out metric is 0.80 with standard error 0.05: a fall must exceed 0.10.
-RISING = [0.00, 0.02, 0.05, 0.06, 0.10, 0.11, 0.15, 0.16, 0.20, 0.21, 0.25, 0.26]  # noise sqrt(mean d²/2) ≈ 0.022
+RISING = [
+    0.00,
+    0.02,
+    0.05,
+    0.06,
+    0.10,
+    0.11,
+    0.15,
+    0.16,
+    0.20,
+    0.21,
+    0.25,
+    0.26,
+]  # noise sqrt(mean d²/2) ≈ 0.022
 
 
 def run(held_out: list[float], proxy: list[float] = RISING) -> tuple[HackingDetector, list[int]]:
@@ -54,8 +73,13 @@ def test_rising_proxy_and_falling_metric_warn_at_the_second_suspicious_check_nam
     assert warned == [30]
     warning = detector.warning
     assert warning["since_step"] == 20 and warning["at_step"] == 30 and warning["ongoing"] is True
-    assert warning["held_out"] == {"name": "exact_match", "before": 0.80, "last": 0.55, "lowest": 0.55,
-                                   "margin": pytest.approx(0.10)}
+    assert warning["held_out"] == {
+        "name": "exact_match",
+        "before": 0.80,
+        "last": 0.55,
+        "lowest": 0.55,
+        "margin": pytest.approx(0.10),
+    }
     assert warning["proxy"]["first"] == pytest.approx(0.01)  # mean of the first two logged values
     assert warning["proxy"]["last"] == pytest.approx(0.255)  # … and of the last two
 
@@ -92,7 +116,9 @@ def test_the_warning_stands_after_recovery_and_says_it_is_no_longer_ongoing():
     warning = detector.warning
     assert warning["since_step"] == 20 and warning["ongoing"] is False
     assert warning["held_out"]["last"] == 0.81 and warning["held_out"]["lowest"] == 0.60
-    assert warning_line(warning).endswith("held-out exact_match fell 0.800 → 0.600; it recovered (0.810 at the last check)")
+    assert warning_line(warning).endswith(
+        "held-out exact_match fell 0.800 → 0.600; it recovered (0.810 at the last check)"
+    )
     assert detector.check(70, 0.5) is False  # a relapse updates the warning, it never raises a second one
     assert warning["ongoing"] is True and warning["since_step"] == 20
     assert warning_line(warning).endswith("held-out exact_match fell 0.800 → 0.500")
@@ -108,7 +134,9 @@ def test_the_proxys_ranking_of_wrong_answers_falls_beyond_the_error_of_the_diffe
     # 7 of 10: SE 0.14907, margin 0.3353 > 0.9 - 0.7
     assert detector.ranking_fell([1.0] * 7 + [0.0] * 3) is False
     assert detector.ranking_fell([0.0] * 4) is False  # fewer than MIN_RANKED wrong answers: no signal
-    assert HackingDetector("exact_match", 0.8, 0.05).ranking_fell([0.0] * 10) is False  # nothing to compare with
+    assert (
+        HackingDetector("exact_match", 0.8, 0.05).ranking_fell([0.0] * 10) is False
+    )  # nothing to compare with
 
 
 def test_a_falling_ranking_warns_even_while_the_held_out_metric_holds():
@@ -122,17 +150,28 @@ def test_a_falling_ranking_warns_even_while_the_held_out_metric_holds():
             ranking = [1.0] * 18 + [0.0] * 2 if step < 20 else [1.0] * 3 + [0.0] * 9
             if detector.check(step, 0.79, ranking):
                 warned.append(step)
-    assert warned == [30] and [c["ranking_fell"] for c in detector.checks] == [False, True, True, True, True, True]
+    assert warned == [30] and [c["ranking_fell"] for c in detector.checks] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        True,
+    ]
     ranking = detector.warning["ranking"]
     assert ranking == {"before": 0.9, "last": 0.25, "fell": True}
     assert warning_line(detector.warning).endswith(
         "rose 0.01 → 0.255 while the reward ranked fewer of the policy's wrong held-out answers below the right one "
-        "(90% → 25%)")
-    detector.warning["ranking"]["fell"] = False  # had only the metric fallen, the ranking would be a diagnosis
+        "(90% → 25%)"
+    )
+    detector.warning["ranking"]["fell"] = (
+        False  # had only the metric fallen, the ranking would be a diagnosis
+    )
     detector.warning["held_out"]["lowest"] = 0.6
     assert warning_line(detector.warning).endswith(
         "while held-out exact_match fell 0.800 → 0.600 (0.790 at the last check); the reward still ranks 25% of "
-        "the policy's wrong held-out answers below the right one (before training 90%)")
+        "the policy's wrong held-out answers below the right one (before training 90%)"
+    )
 
 
 def test_likely_fixes_name_the_recipes_own_keys():
@@ -147,11 +186,18 @@ def test_likely_fixes_name_the_recipes_own_keys():
 
 # --- where the verdict shows -----------------------------------------------------------------------
 
-WARNING = {"since_step": 20, "at_step": 25, "ongoing": True,
-           "proxy": {"name": "reward", "first": -0.0305, "last": 0.0379},
-           "held_out": {"name": "exact_match", "before": 0.844, "last": 0.656, "margin": 0.135},
-           "fixes": ["lower train.learning_rate (now 0.0001)",
-                     "a stronger KL penalty to the reference (train.kl_coef, now 0.02)", "a better reward model"]}
+WARNING = {
+    "since_step": 20,
+    "at_step": 25,
+    "ongoing": True,
+    "proxy": {"name": "reward", "first": -0.0305, "last": 0.0379},
+    "held_out": {"name": "exact_match", "before": 0.844, "last": 0.656, "margin": 0.135},
+    "fixes": [
+        "lower train.learning_rate (now 0.0001)",
+        "a stronger KL penalty to the reference (train.kl_coef, now 0.02)",
+        "a better reward model",
+    ],
+}
 
 
 def watched_run(folder, warning: dict | None):
@@ -159,11 +205,21 @@ def watched_run(folder, warning: dict | None):
     records = [{"step": s, "reward": 0.01 * s, "kl": 0.1, "loss": 0.0} for s in (5, 10, 15, 20, 25)]
     records += [{"step": s, "epoch": 1.0, "watch/exact_match": v} for s, v in ((10, 0.7), (20, 0.65))]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {"algorithm": "ppo", "model": "builtin:tiny-qwen2-sft", "status": "complete", "steps": 25,
-               "task_metrics": [{"name": "exact_match", "before": 0.79, "after": 0.6, "n": 100}],
-               "reward_watch": {"metric": "exact_match", "rows": 32, "every": 5, "before": 0.844,
-                                "checks": [{"step": 10, "held_out": 0.7, "suspicious": False}]},
-               **({"reward_hacking": warning} if warning else {})}
+    summary = {
+        "algorithm": "ppo",
+        "model": "builtin:tiny-qwen2-sft",
+        "status": "complete",
+        "steps": 25,
+        "task_metrics": [{"name": "exact_match", "before": 0.79, "after": 0.6, "n": 100}],
+        "reward_watch": {
+            "metric": "exact_match",
+            "rows": 32,
+            "every": 5,
+            "before": 0.844,
+            "checks": [{"step": 10, "held_out": 0.7, "suspicious": False}],
+        },
+        **({"reward_hacking": warning} if warning else {}),
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder, summary
 
@@ -174,13 +230,18 @@ def test_a_warning_reaches_the_done_line_report_and_card(tmp_path):
     from align_recipes.run.training import headline
 
     folder, summary = watched_run(tmp_path / "hacked", WARNING)
-    assert headline(summary) == ("exact_match 0.790 → 0.600 · ⚠ reward hacking suspected since step 20: sampled "
-                                 "reward rose -0.0305 → 0.0379 while held-out exact_match fell 0.844 → 0.656 "
-                                 "(fixes: summary.json reward_hacking)")
+    assert headline(summary) == (
+        "exact_match 0.790 → 0.600 · ⚠ reward hacking suspected since step 20: sampled "
+        "reward rose -0.0305 → 0.0379 while held-out exact_match fell 0.844 → 0.656 "
+        "(fixes: summary.json reward_hacking)"
+    )
     text = write_report(folder).read_text()
-    section = text[text.index("## Reward-hacking watch"):text.index("## Training metrics")]
+    section = text[text.index("## Reward-hacking watch") : text.index("## Training metrics")]
     assert "Held-out exact_match on 32 rows of evaluate.data every 5 steps (before training 0.844" in section
-    assert "**Warning: reward hacking suspected since step 20" in section and "still so at the last check" in section
+    assert (
+        "**Warning: reward hacking suspected since step 20" in section
+        and "still so at the last check" in section
+    )
     assert "- lower train.learning_rate (now 0.0001)" in section and "- a better reward model" in section
     assert "`watch/exact_match`" in text  # its checks are plotted and tabled with the training metrics
     assert "Warning: reward hacking suspected since step 20" in model_card(folder)
@@ -228,9 +289,14 @@ def test_a_note_prints_above_the_bar_on_a_terminal_and_as_a_plain_line_otherwise
     assert "0/10" in before and "4/10" in after  # the bar was cleared for the line and redrawn below it
 
 
-@pytest.mark.parametrize("override, message", [("evaluate.watch_every=-1", "impossible value -1"),
-                                               ("evaluate.watch_rows=1", "impossible value 1"),
-                                               ("evaluate.watch_every=often", "expected int")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evaluate.watch_every=-1", "impossible value -1"),
+        ("evaluate.watch_rows=1", "impossible value 1"),
+        ("evaluate.watch_every=often", "expected int"),
+    ],
+)
 def test_bad_watch_settings_are_named_before_anything_loads(override, message, repo_cwd):
     from align_recipes.errors import RecipeError, RecipeErrors
     from align_recipes.plan import load_plan
@@ -238,7 +304,9 @@ def test_bad_watch_settings_are_named_before_anything_loads(override, message, r
     with pytest.raises((RecipeError, RecipeErrors)) as info:
         load_plan("recipes/tiny/ppo.yaml", [override], profile="cpu")
     errors = getattr(info.value, "errors", [info.value])
-    assert any(e.key == override.split("=")[0] and message in str(e) for e in errors), [str(e) for e in errors]
+    assert any(e.key == override.split("=")[0] and message in str(e) for e in errors), [
+        str(e) for e in errors
+    ]
 
 
 def test_the_watch_is_off_where_it_cannot_apply(repo_cwd):

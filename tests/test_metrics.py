@@ -27,6 +27,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 # --- which metrics --------------------------------------------------------------------------------------
 
+
 def test_every_algorithm_names_known_metrics_and_the_tiny_recipes_measure_them_all():
     """The tiny eval file serves every metric, so each tiny recipe measures exactly its algorithm's trait."""
     for algorithm in ALGORITHMS.values():
@@ -46,7 +47,7 @@ def test_metrics_the_data_cannot_serve_are_left_out_unless_named(tmp_path):
         return load_plan(TINY / "dpo.yaml", [f"evaluate.data.path={data}", *overrides], profile="cpu")
 
     assert plan_for(pairs).evaluate.metrics == ["implicit_reward_accuracy"]  # no answers: no exact match
-    assert plan_for(answers).evaluate.metrics == ["exact_match"]             # no pairs: no preference metric
+    assert plan_for(answers).evaluate.metrics == ["exact_match"]  # no pairs: no preference metric
     assert plan_for(answers, "evaluate.metric=[exact_match]").evaluate.metrics == ["exact_match"]
     assert plan_for(pairs, "evaluate.metric=preference_accuracy").evaluate.metrics == ["preference_accuracy"]
     reward = load_plan(TINY / "reward.yaml", profile="cpu")
@@ -62,10 +63,15 @@ def test_a_run_written_elsewhere_keeps_what_it_measured_in_the_resolved_recipe(t
 
 # --- the arithmetic -------------------------------------------------------------------------------------
 
+
 def test_implicit_accuracy_counts_positive_margins_and_half_the_ties():
     # margins (c - rc) - (r - rr): (-1+2) - (-3+3) = 1 > 0; (-2+2) - (-3+3) = 0 tie; (-2+1) - (-1+3) = -3 < 0
-    value = measure.implicit_accuracy(chosen=[-1.0, -2.0, -2.0], rejected=[-3.0, -3.0, -1.0],
-                                      ref_chosen=[-2.0, -2.0, -1.0], ref_rejected=[-3.0, -3.0, -3.0])
+    value = measure.implicit_accuracy(
+        chosen=[-1.0, -2.0, -2.0],
+        rejected=[-3.0, -3.0, -1.0],
+        ref_chosen=[-2.0, -2.0, -1.0],
+        ref_rejected=[-3.0, -3.0, -3.0],
+    )
     assert value == pytest.approx((1 + 0.5) / 3)
     same = [-1.5, -0.5]
     assert measure.implicit_accuracy(same, same[::-1], same, same[::-1]) == 0.5  # an unchanged model: chance
@@ -98,9 +104,14 @@ def test_exact_match_of_ignores_surrounding_whitespace():
 
 # --- summaries ------------------------------------------------------------------------------------------
 
+
 def test_summaries_old_and_new_read_the_same_way():
-    new = {"task_metrics": [{"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.8, "n": 100},
-                            {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100}]}
+    new = {
+        "task_metrics": [
+            {"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.8, "n": 100},
+            {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100},
+        ]
+    }
     assert [t["name"] for t in task_metrics(new)] == ["implicit_reward_accuracy", "exact_match"]
     old = {"task_metric": {"name": "exact_match", "before": 0.0, "after": 0.76, "n": 100}}
     assert task_metrics(old) == [old["task_metric"]]
@@ -112,11 +123,19 @@ def test_summaries_old_and_new_read_the_same_way():
 
 
 def test_the_done_line_shows_every_held_out_metric():
-    summary = {"task_metrics": [{"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.79, "n": 100},
-                                {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100}], "train_loss": 0.8}
+    summary = {
+        "task_metrics": [
+            {"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.79, "n": 100},
+            {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100},
+        ],
+        "train_loss": 0.8,
+    }
     assert headline(summary) == "implicit_reward_accuracy 0.500 → 0.790 · exact_match 0.790 → 0.820"
     assert headline({"train_loss": 0.25}) == "train loss 0.2500"
-    assert headline({"task_metric": {"name": "exact_match", "before": 0.0, "after": 0.5}}) == "exact_match 0.000 → 0.500"
+    assert (
+        headline({"task_metric": {"name": "exact_match", "before": 0.0, "after": 0.5}})
+        == "exact_match 0.000 → 0.500"
+    )
 
 
 def test_report_tables_and_plots_every_metric(tmp_path):
@@ -125,9 +144,18 @@ def test_report_tables_and_plots_every_metric(tmp_path):
     run = tmp_path / "dpo"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n')
-    (run / "summary.json").write_text(json.dumps({"algorithm": "dpo", "status": "complete", "task_metrics": [
-        {"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.8, "n": 100},
-        {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100}]}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "algorithm": "dpo",
+                "status": "complete",
+                "task_metrics": [
+                    {"name": "implicit_reward_accuracy", "before": 0.5, "after": 0.8, "n": 100},
+                    {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100},
+                ],
+            }
+        )
+    )
     text = report.write_report(run).read_text()
     assert "| implicit_reward_accuracy | 0.5 | 0.8 | +0.3 | 100 |" in text
     assert "| exact_match | 0.79 | 0.82 | +0.03 | 100 |" in text
@@ -135,6 +163,7 @@ def test_report_tables_and_plots_every_metric(tmp_path):
 
 
 # --- the eval verb's choice -----------------------------------------------------------------------------
+
 
 def test_eval_picks_the_algorithms_metrics_that_the_data_serves(tmp_path):
     from align_recipes.results.evaluate import data_serves, default_metrics
@@ -156,4 +185,3 @@ def test_eval_picks_the_algorithms_metrics_that_the_data_serves(tmp_path):
     assert chosen("grpo", both, rewards=[{"name": "exact_match"}]) == ["reward", "exact_match"]
     with pytest.raises(Exception, match="serves none"):
         chosen("sft", pairs)
-

@@ -30,7 +30,9 @@ def test_notebook_is_clean_and_defaults_to_the_t4():
     steps = int(cap.split("=")[1].split("#")[0])
     assert 50 <= steps <= 200 and "None" in cap and "min" in cap
     assert notebook.cells.index(parameter_cell(notebook)) <= 1, "parameters come first"
-    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "stored without outputs"
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), (
+        "stored without outputs"
+    )
 
 
 @pytest.mark.slow
@@ -41,19 +43,26 @@ def test_notebook_trains_chats_and_plots_the_tiny_recipe_on_cpu(tmp_path, monkey
     monkeypatch.setenv("ALIGN_RECIPES_NVIDIA_SMI", "")  # the kernel inherits it: no GPU, whatever the host
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     output_dir = tmp_path / "run"
-    overrides = [f"train.output_dir={output_dir}", "train.logging_steps=2", "evaluate.limit=16",
-                 "model.name_or_path=builtin:tiny-qwen2"]  # skips building the tiny SFT policy (30 s)
-    parameter_cell(notebook).source = "\n".join([
-        'RECIPE = "recipes/tiny/dpo.yaml"',
-        'PROFILE = "cpu"',
-        "MAX_STEPS = 6",
-        f"OVERRIDES = {overrides!r}",
-        'PROMPT = "18+7="',
-        "INSTALL = False",
-        'REPO_URL = ""',
-    ])
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(REPO)}})
+    overrides = [
+        f"train.output_dir={output_dir}",
+        "train.logging_steps=2",
+        "evaluate.limit=16",
+        "model.name_or_path=builtin:tiny-qwen2",
+    ]  # skips building the tiny SFT policy (30 s)
+    parameter_cell(notebook).source = "\n".join(
+        [
+            'RECIPE = "recipes/tiny/dpo.yaml"',
+            'PROFILE = "cpu"',
+            "MAX_STEPS = 6",
+            f"OVERRIDES = {overrides!r}",
+            'PROMPT = "18+7="',
+            "INSTALL = False",
+            'REPO_URL = ""',
+        ]
+    )
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
     client.execute()
 
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -66,7 +75,9 @@ def test_notebook_trains_chats_and_plots_the_tiny_recipe_on_cpu(tmp_path, monkey
         return cell.outputs
 
     trained = "".join(o.get("text", "") for o in outputs_of("summary = train("))
-    assert "implicit_reward_accuracy: 0.500 before" in trained and "exact_match: " in trained  # summary's task_metrics
+    assert (
+        "implicit_reward_accuracy: 0.500 before" in trained and "exact_match: " in trained
+    )  # summary's task_metrics
     plot = outputs_of("plt.subplots")
     assert any("image/png" in o.get("data", {}) for o in plot), "the plot cell drew a figure"
     assert any("plotted loss" in o.get("text", "") for o in plot)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align_recipes.results import pipeline as pl
 from align_recipes.cli import main
+from align_recipes.results import pipeline as pl
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny"
@@ -26,14 +26,17 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def two_stage(tmp_path) -> Path:
     """sft -> dpo using the tiny recipes (by absolute path), outputs under tmp_path/out."""
-    return write(tmp_path / "pipe.yaml", f"""
-output_dir: {tmp_path / 'out'}
+    return write(
+        tmp_path / "pipe.yaml",
+        f"""
+output_dir: {tmp_path / "out"}
 stages:
-  - {{name: sft, recipe: {TINY / 'sft.yaml'}}}
+  - {{name: sft, recipe: {TINY / "sft.yaml"}}}
   - name: dpo
-    recipe: {TINY / 'dpo.yaml'}
+    recipe: {TINY / "dpo.yaml"}
     overrides: {{model.name_or_path: "{{sft}}", train.beta: 0.2}}
-""")
+""",
+    )
 
 
 def test_placeholders_expand_to_earlier_stage_models(two_stage, tmp_path):
@@ -43,7 +46,9 @@ def test_placeholders_expand_to_earlier_stage_models(two_stage, tmp_path):
     assert dpo.plan.recipe["model"]["name_or_path"] == str((tmp_path / "out" / "sft").resolve())
     assert dpo.plan.train["beta"] == 0.2 and dpo.plan.train["output_dir"] == str(tmp_path / "out" / "dpo")
     assert sft.plan.train["max_steps"] == 3 and dpo.plan.train.get("max_steps") != 3  # STAGE: prefix
-    assert sft.plan.recipe["evaluate"]["limit"] == 4 and dpo.plan.recipe["evaluate"]["limit"] == 4  # no prefix: all
+    assert (
+        sft.plan.recipe["evaluate"]["limit"] == 4 and dpo.plan.recipe["evaluate"]["limit"] == 4
+    )  # no prefix: all
 
 
 def test_lora_stage_hands_on_its_merged_model(two_stage, tmp_path):
@@ -55,15 +60,21 @@ def test_lora_stage_hands_on_its_merged_model(two_stage, tmp_path):
     assert p.stages[1].plan.recipe["model"]["name_or_path"].endswith("/out/sft")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stages:\n  - {name: a, recipe: RECIPE, overrides: {model.name_or_path: '{b}'}}\n"
-     "  - {name: b, recipe: RECIPE}\n", "'{b}' does not name an earlier stage"),
-    ("stages:\n  - {name: a, recipe: RECIPE}\n  - {name: a, recipe: RECIPE}\n", "used twice"),
-    ("stages:\n  - {name: a, recipe: nowhere.yaml}\n", "recipe file 'nowhere.yaml' not found"),
-    ("stages:\n  - {name: a, recipe: RECIPE, overides: {}}\n", "did you mean 'overrides'"),
-    ("stage:\n  - {name: a, recipe: RECIPE}\n", "non-empty `stages:`"),
-    ("stages:\n  - {name: a, recipe: RECIPE, overrides: {train.learnig_rate: 1}}\n", "learnig_rate"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "stages:\n  - {name: a, recipe: RECIPE, overrides: {model.name_or_path: '{b}'}}\n"
+            "  - {name: b, recipe: RECIPE}\n",
+            "'{b}' does not name an earlier stage",
+        ),
+        ("stages:\n  - {name: a, recipe: RECIPE}\n  - {name: a, recipe: RECIPE}\n", "used twice"),
+        ("stages:\n  - {name: a, recipe: nowhere.yaml}\n", "recipe file 'nowhere.yaml' not found"),
+        ("stages:\n  - {name: a, recipe: RECIPE, overides: {}}\n", "did you mean 'overrides'"),
+        ("stage:\n  - {name: a, recipe: RECIPE}\n", "non-empty `stages:`"),
+        ("stages:\n  - {name: a, recipe: RECIPE, overrides: {train.learnig_rate: 1}}\n", "learnig_rate"),
+    ],
+)
 def test_bad_pipeline_files_are_user_errors(tmp_path, capsys, text, message):
     path = write(tmp_path / "p.yaml", text.replace("RECIPE", str(TINY / "sft.yaml")))
     assert main(["pipeline", str(path), "--dry-run"]) == 2
@@ -92,6 +103,7 @@ def test_shipped_pipelines_validate(capsys):
 
 # ------------------------------------------------------------------------------------- skip logic
 
+
 class FakeTrain:
     """Stands in for run.train: writes what a complete run leaves behind, records the calls."""
 
@@ -105,10 +117,14 @@ class FakeTrain:
         assert overwrite or resume or not (out / "summary.json").exists()
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.resolved.yaml").write_text(resolved_yaml(plan))
-        (out / "summary.json").write_text(json.dumps({"algorithm": plan.algorithm.name, "status": "complete"}))
+        (out / "summary.json").write_text(
+            json.dumps({"algorithm": plan.algorithm.name, "status": "complete"})
+        )
         (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
         (out / "config.json").write_text("{}")
-        self.calls.append((plan.algorithm.name, {"overwrite": overwrite, "resume": resume, "command": command}))
+        self.calls.append(
+            (plan.algorithm.name, {"overwrite": overwrite, "resume": resume, "command": command})
+        )
         time.sleep(0.01)  # distinct summary.json modification times
         return {}
 
@@ -148,7 +164,9 @@ def test_interrupted_stage_resumes_and_newer_upstream_makes_stale(two_stage, tmp
     summary.write_text(json.dumps({"status": "interrupted"}))
     fake.calls.clear()
     assert main(args) == 0
-    assert fake.calls == [("dpo", {"overwrite": False, "resume": True, "command": fake.calls[0][1]["command"]})]
+    assert fake.calls == [
+        ("dpo", {"overwrite": False, "resume": True, "command": fake.calls[0][1]["command"]})
+    ]
 
     fake.calls.clear()
     upstream = tmp_path / "out" / "sft" / "summary.json"
@@ -161,21 +179,27 @@ def test_interrupted_stage_resumes_and_newer_upstream_makes_stale(two_stage, tmp
 
 def test_checks_that_need_an_earlier_output_wait_for_it(tmp_path, monkeypatch, capsys):
     """A reward-model reference to an earlier stage cannot resolve before that stage has run."""
-    write(tmp_path / "grpo.yaml", f"""
+    write(
+        tmp_path / "grpo.yaml",
+        f"""
 algorithm: grpo
-extends: {TINY / '_base.yaml'}
-data: {{train: {{path: {TINY / 'data' / 'prompts.jsonl'}}}}}
+extends: {TINY / "_base.yaml"}
+data: {{train: {{path: {TINY / "data" / "prompts.jsonl"}}}}}
 evaluate: null
 train: {{num_generations: 2, per_device_train_batch_size: 2, max_completion_length: 4}}
-""")
-    path = write(tmp_path / "pipe.yaml", f"""
-output_dir: {tmp_path / 'out'}
+""",
+    )
+    path = write(
+        tmp_path / "pipe.yaml",
+        f"""
+output_dir: {tmp_path / "out"}
 stages:
-  - {{name: rm, recipe: {TINY / 'reward.yaml'}}}
+  - {{name: rm, recipe: {TINY / "reward.yaml"}}}
   - name: rl
     recipe: grpo.yaml
     overrides: {{rewards: [{{model: "{{rm}}"}}]}}
-""")
+""",
+    )
     assert main(["pipeline", str(path), "--dry-run"]) == 0
     assert "rl (grpo.yaml): would run (missing)" in capsys.readouterr().out
     fake = FakeTrain()
@@ -196,11 +220,14 @@ def test_a_pipeline_runs_from_any_directory_and_its_paths_resolve_next_to_it(tmp
     (project / "mine.jsonl").write_text((TINY / "data" / "sft.jsonl").read_text())
     (project / "recipes").mkdir()
     write(project / "recipes" / "sft.yaml", f"extends: {TINY / 'sft.yaml'}\n")
-    path = write(project / "pipe.yaml", f"""
+    path = write(
+        project / "pipe.yaml",
+        f"""
 stages:
   - {{name: sft, recipe: recipes/sft.yaml, overrides: {{data.train.path: mine.jsonl}}}}
-  - {{name: dpo, recipe: {TINY / 'dpo.yaml'}, overrides: {{model.name_or_path: "{{sft}}"}}}}
-""")
+  - {{name: dpo, recipe: {TINY / "dpo.yaml"}, overrides: {{model.name_or_path: "{{sft}}"}}}}
+""",
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -219,25 +246,31 @@ def test_lora_stage_is_merged_before_the_next_stage(two_stage, tmp_path, monkeyp
     merged = []
     fake = FakeTrain()
     monkeypatch.setattr("align_recipes.run.train", fake)
-    monkeypatch.setattr("align_recipes.results.merge.merge", lambda src, out, overwrite=False: merged.append((src, out)))
+    monkeypatch.setattr(
+        "align_recipes.results.merge.merge", lambda src, out, overwrite=False: merged.append((src, out))
+    )
     assert main(["pipeline", str(two_stage), "sft:model.adapter=lora"]) == 0
     assert merged == [(tmp_path / "out" / "sft", tmp_path / "out" / "sft" / "merged")]
 
 
 # ------------------------------------------------------------------------------------------- gates
 
+
 @pytest.fixture
 def gated(tmp_path) -> Path:
     """reward -> ppo (the tiny flow after SFT), PPO gated on the reward model's held-out preference accuracy."""
-    return write(tmp_path / "pipe.yaml", f"""
-output_dir: {tmp_path / 'out'}
+    return write(
+        tmp_path / "pipe.yaml",
+        f"""
+output_dir: {tmp_path / "out"}
 stages:
-  - {{name: reward, recipe: {TINY / 'reward.yaml'}}}
+  - {{name: reward, recipe: {TINY / "reward.yaml"}}}
   - name: ppo
-    recipe: {TINY / 'ppo.yaml'}
+    recipe: {TINY / "ppo.yaml"}
     gate: {{preference_accuracy: 0.8}}
     overrides: {{train.reward_model_path: "{{reward}}", rewards: []}}
-""")
+""",
+    )
 
 
 class FakeRewardTrain(FakeTrain):
@@ -251,7 +284,9 @@ class FakeRewardTrain(FakeTrain):
         super().__call__(plan, **kwargs)
         if plan.algorithm.name == "reward" and self.accuracy is not None:
             summary = json.loads((plan.output_dir / "summary.json").read_text())
-            summary["task_metrics"] = [{"name": "preference_accuracy", "before": 0.5, "after": self.accuracy, "n": 100}]
+            summary["task_metrics"] = [
+                {"name": "preference_accuracy", "before": 0.5, "after": self.accuracy, "n": 100}
+            ]
             (plan.output_dir / "summary.json").write_text(json.dumps(summary))
         return {}
 
@@ -288,14 +323,17 @@ def test_gate_passes_at_the_minimum_and_needs_a_measurement(gated, tmp_path, mon
     assert main(["pipeline", str(gated), "--force", "ppo:gate.preference_accuracy=0"]) == 0  # 0: off
 
 
-@pytest.mark.parametrize("gate, override, message", [
-    ("{preference_acuracy: 0.8}", None, "unknown gate metric 'preference_acuracy'"),
-    ("{preference_accuracy: 1.5}", None, "gate minimum 1.5 must be a number from 0 to 1"),
-    ("{preference_accuracy: high}", None, "gate minimum 'high'"),
-    ("0.8", None, "gate must map held-out metrics to minimums"),
-    ("{implicit_reward_accuracy: 0.8}", None, "none of the stages it reads from (reward) measures it"),
-    ("{preference_accuracy: 0.8}", "ppo:gate.preference_accuracy=yes", "gate minimum True"),
-])
+@pytest.mark.parametrize(
+    "gate, override, message",
+    [
+        ("{preference_acuracy: 0.8}", None, "unknown gate metric 'preference_acuracy'"),
+        ("{preference_accuracy: 1.5}", None, "gate minimum 1.5 must be a number from 0 to 1"),
+        ("{preference_accuracy: high}", None, "gate minimum 'high'"),
+        ("0.8", None, "gate must map held-out metrics to minimums"),
+        ("{implicit_reward_accuracy: 0.8}", None, "none of the stages it reads from (reward) measures it"),
+        ("{preference_accuracy: 0.8}", "ppo:gate.preference_accuracy=yes", "gate minimum True"),
+    ],
+)
 def test_bad_gates_are_refused_at_validation(gated, monkeypatch, capsys, gate, override, message):
     calls = []
     monkeypatch.setattr("align_recipes.run.train", lambda *a, **k: calls.append(a))
@@ -309,13 +347,24 @@ def test_bad_gates_are_refused_at_validation(gated, monkeypatch, capsys, gate, o
 
 # ------------------------------------------------------------------------------------ end to end
 
+
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     """recipes/tiny/pipeline.yaml (sft -> reward -> ppo) with a LoRA SFT stage: trains, merges, wires each
     stage's output into the next, then skips everything on a re-run."""
-    args = ["pipeline", "recipes/tiny/pipeline.yaml", "--output-dir", str(tmp_path), "--profile", "cpu",
-            "sft:model.adapter=lora", "train.max_steps=2", "train.logging_steps=1", "evaluate.limit=2",
-            "ppo:gate.preference_accuracy=0"]  # two steps train no reward model worth a gate
+    args = [
+        "pipeline",
+        "recipes/tiny/pipeline.yaml",
+        "--output-dir",
+        str(tmp_path),
+        "--profile",
+        "cpu",
+        "sft:model.adapter=lora",
+        "train.max_steps=2",
+        "train.logging_steps=1",
+        "evaluate.limit=2",
+        "ppo:gate.preference_accuracy=0",
+    ]  # two steps train no reward model worth a gate
     assert main(args) == 0
     sft, reward, ppo = tmp_path / "sft", tmp_path / "reward", tmp_path / "ppo"
     assert (sft / "adapter_config.json").is_file() and (sft / "merged" / "model.safetensors").is_file()
@@ -331,4 +380,6 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped, complete and unchanged") == 3
-    assert [s["status"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"]] == ["skipped"] * 3
+    assert [s["status"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"]] == [
+        "skipped"
+    ] * 3

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes.plan import hardware
-from align_recipes.plan import model_size
-from align_recipes.plan import profiles
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError, RecipeErrors
+from align_recipes.plan import hardware, model_size, profiles
 from align_recipes.plan.load import load_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +37,19 @@ SMI = {
 def _no_real_hardware(monkeypatch):
     """Every test sees no GPU unless it fakes one, and no launcher environment."""
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, "")
-    for name in ("CUDA_VISIBLE_DEVICES", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
-                 "ACCELERATE_USE_FSDP", "WORLD_SIZE"):
+    for name in (
+        "CUDA_VISIBLE_DEVICES",
+        "ACCELERATE_USE_DEEPSPEED",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+        "ACCELERATE_USE_FSDP",
+        "WORLD_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
-def fake_packages(monkeypatch, *, vllm: str | None = None, flash_attn: bool = False, bitsandbytes: bool = True):
+def fake_packages(
+    monkeypatch, *, vllm: str | None = None, flash_attn: bool = False, bitsandbytes: bool = True
+):
     """Pretend which optional packages are installed (looked up without importing them)."""
     installed = {"vllm": vllm is not None, "flash_attn": flash_attn, "bitsandbytes": bitsandbytes}
     real = hardware.has_module
@@ -52,8 +57,14 @@ def fake_packages(monkeypatch, *, vllm: str | None = None, flash_attn: bool = Fa
     monkeypatch.setattr(hardware, "package_version", lambda name: vllm if name == "vllm" else None)
 
 
-def write_recipe(tmp_path: Path, algorithm: str = "dpo", model: str = "Qwen/Qwen2.5-1.5B-Instruct",
-                 model_extra: str = "", train: str = "", name: str | None = None) -> Path:
+def write_recipe(
+    tmp_path: Path,
+    algorithm: str = "dpo",
+    model: str = "Qwen/Qwen2.5-1.5B-Instruct",
+    model_extra: str = "",
+    train: str = "",
+    name: str | None = None,
+) -> Path:
     data = tmp_path / "data.jsonl"
     if algorithm in ("grpo", "ppo", "spo"):
         data.write_text(json.dumps({"prompt": [{"role": "user", "content": "1+1="}], "answer": "2"}) + "\n")
@@ -62,13 +73,15 @@ def write_recipe(tmp_path: Path, algorithm: str = "dpo", model: str = "Qwen/Qwen
         data.write_text(json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"}) + "\n")
         rewards = ""
     path = tmp_path / (name or f"{algorithm}.yaml")
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         algorithm: {algorithm}
-        model: {{name_or_path: {model}{', ' + model_extra if model_extra else ''}}}
+        model: {{name_or_path: {model}{", " + model_extra if model_extra else ""}}}
         data: {{train: {{path: {data}}}}}
         {rewards}
         train: {{{train}}}
-        """))
+        """)
+    )
     return path
 
 
@@ -87,18 +100,22 @@ def change(plan, key: str) -> profiles.Change:
 
 # --- detection ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gpu, expected, count, memory, capability", [
-    ("t4", "t4", 1, 15, 7.5),
-    ("l4", "l4", 1, 22.5, 8.9),
-    ("a10g", "l4", 1, 22.5, 8.6),
-    ("a100_40", "a100", 1, 40, 8.0),
-    ("a100_80", "a100", 1, 80, 8.0),
-    ("h100", "h100", 1, 79.6, 9.0),
-    ("8xh100", "h100", 8, 79.6, 9.0),
-    ("h200", "h100", 1, 140.4, 9.0),
-    ("v100", "t4", 1, 32, 7.0),        # unknown card without bf16: the fp16 profile
-    ("rtx4090", "l4", 1, 24, 8.9),     # unknown 24 GB Ada card: matched by memory
-])
+
+@pytest.mark.parametrize(
+    "gpu, expected, count, memory, capability",
+    [
+        ("t4", "t4", 1, 15, 7.5),
+        ("l4", "l4", 1, 22.5, 8.9),
+        ("a10g", "l4", 1, 22.5, 8.6),
+        ("a100_40", "a100", 1, 40, 8.0),
+        ("a100_80", "a100", 1, 80, 8.0),
+        ("h100", "h100", 1, 79.6, 9.0),
+        ("8xh100", "h100", 8, 79.6, 9.0),
+        ("h200", "h100", 1, 140.4, 9.0),
+        ("v100", "t4", 1, 32, 7.0),  # unknown card without bf16: the fp16 profile
+        ("rtx4090", "l4", 1, 24, 8.9),  # unknown 24 GB Ada card: matched by memory
+    ],
+)
 def test_auto_detects_profile_from_nvidia_smi(gpu, expected, count, memory, capability):
     profile = profiles.resolve("auto", smi_output=SMI[gpu])
     assert profile.name == expected
@@ -160,7 +177,9 @@ def test_profiles_ship_inside_the_package_and_a_project_may_add_its_own(tmp_path
     package_dir = Path(profiles.__file__).parents[1]  # src/align_recipes (profiles.py lives in plan/)
     assert profiles.PACKAGED_PROFILES.parent.parent == package_dir
     shipped = sorted(p.name for p in profiles.PACKAGED_PROFILES.glob("*.yaml"))
-    assert shipped == sorted(p.name for p in (Path(__file__).parents[1] / "configs" / "profiles").glob("*.yaml"))
+    assert shipped == sorted(
+        p.name for p in (Path(__file__).parents[1] / "configs" / "profiles").glob("*.yaml")
+    )
     assert {"cpu.yaml", "t4.yaml", "l4.yaml", "a100.yaml", "h100.yaml"} <= set(shipped)
     own = tmp_path / "configs" / "profiles"
     own.mkdir(parents=True)
@@ -179,19 +198,38 @@ def test_unknown_key_in_a_profile_is_an_error(tmp_path, monkeypatch):
 
 # --- model size -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, params", [
-    ("Qwen/Qwen2-0.5B-Instruct", 0.5e9), ("Qwen/Qwen2.5-1.5B-Instruct", 1.5e9), ("meta-llama/Llama-3.1-8B", 8e9),
-    ("Qwen/Qwen2.5-72B-Instruct", 72e9), ("HuggingFaceTB/SmolLM2-135M-Instruct", 135e6),
-    ("mistralai/Mixtral-8x7B-v0.1", 56e9), ("Qwen/Qwen3-30B-A3B", 30e9), ("openai-community/gpt2", None),
-])
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("Qwen/Qwen2-0.5B-Instruct", 0.5e9),
+        ("Qwen/Qwen2.5-1.5B-Instruct", 1.5e9),
+        ("meta-llama/Llama-3.1-8B", 8e9),
+        ("Qwen/Qwen2.5-72B-Instruct", 72e9),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", 135e6),
+        ("mistralai/Mixtral-8x7B-v0.1", 56e9),
+        ("Qwen/Qwen3-30B-A3B", 30e9),
+        ("openai-community/gpt2", None),
+    ],
+)
 def test_size_from_the_name(name, params):
     assert model_size.estimate_params(name)[0] == (pytest.approx(params) if params else None)
 
 
 def test_size_from_a_local_config_and_the_tiny_model(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({  # Qwen2-0.5B's shape
-        "hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936,
-        "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {  # Qwen2-0.5B's shape
+                "hidden_size": 896,
+                "num_hidden_layers": 24,
+                "intermediate_size": 4864,
+                "vocab_size": 151936,
+                "num_attention_heads": 14,
+                "num_key_value_heads": 2,
+                "tie_word_embeddings": True,
+            }
+        )
+    )
     params, how = model_size.estimate_params(str(tmp_path))
     assert params == pytest.approx(494e6, rel=0.02) and "config.json" in how
     tiny, _ = model_size.estimate_params("builtin:tiny-qwen2")
@@ -199,6 +237,7 @@ def test_size_from_a_local_config_and_the_tiny_model(tmp_path):
 
 
 # --- size rules --------------------------------------------------------------------------------------
+
 
 def test_t4_with_1_5b_gets_qlora_in_fp16(tmp_path):
     plan = load_plan(write_recipe(tmp_path), profile="t4")
@@ -208,7 +247,8 @@ def test_t4_with_1_5b_gets_qlora_in_fp16(tmp_path):
     assert model["attn_implementation"] == "sdpa"
     assert change(plan, "model.adapter").why == (
         "1.5B params > 1B on 16 GB: QLoRA 4-bit (fp16 weights plus activations leave no room; "
-        "4-bit base weights, paged 8-bit AdamW)")
+        "4-bit base weights, paged 8-bit AdamW)"
+    )
     assert change(plan, "train.bf16").why == "T4 is Turing (sm75): no bf16"
 
 
@@ -226,8 +266,12 @@ def test_24gb_card_with_1_5b_gets_lora_and_a100_80_trains_3b_in_full(tmp_path):
     recipe = write_recipe(tmp_path, model="Qwen/Qwen2.5-3B-Instruct")
     assert load_plan(recipe, profile="a100").recipe["model"]["adapter"] == "lora"  # nominal 40 GB
     profile_80 = profiles.resolve("auto", smi_output=SMI["a100_80"])
-    layer, _ = profiles.layer_for(profile_80, None, {"name_or_path": "Qwen/Qwen2.5-3B-Instruct"},
-                                  model_size.estimate_params("Qwen/Qwen2.5-3B-Instruct")[0])
+    layer, _ = profiles.layer_for(
+        profile_80,
+        None,
+        {"name_or_path": "Qwen/Qwen2.5-3B-Instruct"},
+        model_size.estimate_params("Qwen/Qwen2.5-3B-Instruct")[0],
+    )
     assert layer["model"]["adapter"] == "full"
 
 
@@ -248,12 +292,18 @@ def test_micro_batch_is_lowered_and_effective_batch_kept(tmp_path):
 
 
 def test_micro_batch_split_uses_a_divisor_and_long_sequences_lower_the_cap(tmp_path):
-    recipe = write_recipe(tmp_path, model="Qwen/Qwen2-0.5B-Instruct",
-                          train="per_device_train_batch_size: 6, gradient_accumulation_steps: 1")
+    recipe = write_recipe(
+        tmp_path,
+        model="Qwen/Qwen2-0.5B-Instruct",
+        train="per_device_train_batch_size: 6, gradient_accumulation_steps: 1",
+    )
     plan = load_plan(recipe, profile="t4")  # cap 4 for 0.5B on 16 GB
     assert (plan.train["per_device_train_batch_size"], plan.train["gradient_accumulation_steps"]) == (3, 2)
-    recipe = write_recipe(tmp_path, model="Qwen/Qwen2-0.5B-Instruct",
-                          train="per_device_train_batch_size: 4, gradient_accumulation_steps: 4, max_length: 2048")
+    recipe = write_recipe(
+        tmp_path,
+        model="Qwen/Qwen2-0.5B-Instruct",
+        train="per_device_train_batch_size: 4, gradient_accumulation_steps: 4, max_length: 2048",
+    )
     plan = load_plan(recipe, profile="t4")
     assert (plan.train["per_device_train_batch_size"], plan.train["gradient_accumulation_steps"]) == (2, 8)
     assert "max_length 2048" in change(plan, "train.per_device_train_batch_size").why
@@ -267,8 +317,11 @@ def test_micro_batch_from_the_command_line_is_kept(tmp_path):
 
 
 def test_recipe_values_beat_profile_values(tmp_path):
-    recipe = write_recipe(tmp_path, model_extra="adapter: lora, attn_implementation: eager",
-                          train="gradient_checkpointing: false, optim: adamw_torch")
+    recipe = write_recipe(
+        tmp_path,
+        model_extra="adapter: lora, attn_implementation: eager",
+        train="gradient_checkpointing: false, optim: adamw_torch",
+    )
     plan = load_plan(recipe, profile="t4")
     model, train = plan.recipe["model"], plan.train
     assert model["adapter"] == "lora" and "quantization" not in model  # a QLoRA rule adds no 4-bit to LoRA
@@ -287,6 +340,7 @@ def test_shipped_recipes_validate_with_every_profile():
 
 
 # --- attention and vLLM --------------------------------------------------------------------------------
+
 
 def test_flash_attention_only_when_installed_and_never_on_t4(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path)
@@ -319,16 +373,24 @@ def test_vllm_server_mode_with_several_gpus_prints_the_serve_command(tmp_path, m
     assert "--num_processes 7" in why
 
 
-@pytest.mark.parametrize("gpus, processes", [
-    ("8xh100", 4),   # the qwen05b GRPO recipe: 32 over 7 training GPUs is not whole: launch 4 processes of 8
-    ("2xh100", 1),   # one GPU for vLLM, one for training: the recipe's own split
-])
+@pytest.mark.parametrize(
+    "gpus, processes",
+    [
+        (
+            "8xh100",
+            4,
+        ),  # the qwen05b GRPO recipe: 32 over 7 training GPUs is not whole: launch 4 processes of 8
+        ("2xh100", 1),  # one GPU for vLLM, one for training: the recipe's own split
+    ],
+)
 def test_vllm_server_mode_keeps_the_effective_batch(tmp_path, monkeypatch, gpus, processes):
     """Server mode trains on the GPUs vLLM leaves: the plan says how many training processes divide the
     recipe's effective batch, and under that launch each process takes its share (not the whole batch)."""
     fake_packages(monkeypatch, vllm="0.31.0")
     monkeypatch.setenv(hardware.FAKE_SMI_ENV, "\n".join([SMI["h100"]] * int(gpus[0])))
-    recipe = write_recipe(tmp_path, "grpo", train="per_device_train_batch_size: 8, gradient_accumulation_steps: 4")
+    recipe = write_recipe(
+        tmp_path, "grpo", train="per_device_train_batch_size: 8, gradient_accumulation_steps: 4"
+    )
     plan = load_plan(recipe)
     assert plan.train["vllm_mode"] == "server" and plan.profile.gpu.count == int(gpus[0])
     if processes > 1:
@@ -339,8 +401,10 @@ def test_vllm_server_mode_keeps_the_effective_batch(tmp_path, monkeypatch, gpus,
     assert train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] * processes == 32
 
 
-@pytest.mark.parametrize("vllm, expected", [(None, "vllm is not installed"), ("0.35.0", "outside TRL 1.16's"),
-                                            ("0.20.2", "outside TRL 1.16's")])
+@pytest.mark.parametrize(
+    "vllm, expected",
+    [(None, "vllm is not installed"), ("0.35.0", "outside TRL 1.16's"), ("0.20.2", "outside TRL 1.16's")],
+)
 def test_vllm_left_off_when_missing_or_unsupported(tmp_path, monkeypatch, vllm, expected):
     fake_packages(monkeypatch, vllm=vllm)
     plan = load_plan(write_recipe(tmp_path, "grpo"), profile="h100")
@@ -355,6 +419,7 @@ def test_vllm_off_on_t4_and_for_tiny_models(tmp_path, monkeypatch):
 
 
 # --- impossible combinations ------------------------------------------------------------------------------
+
 
 def one_error(call, key: str) -> RecipeError:
     errors = [e for e in errors_of(call) if e.key == key]
@@ -395,7 +460,9 @@ def test_vllm_requested_but_missing_unsupported_or_8bit(tmp_path, monkeypatch):
     fake_packages(monkeypatch, vllm="0.40.0")
     assert "0.22-0.31" in one_error(lambda: load_plan(recipe, profile="h100"), "train.use_vllm").message
     fake_packages(monkeypatch, vllm="0.30.0")
-    recipe = write_recipe(tmp_path, "grpo", model_extra="adapter: lora, quantization: 8bit", train="use_vllm: true")
+    recipe = write_recipe(
+        tmp_path, "grpo", model_extra="adapter: lora, quantization: 8bit", train="use_vllm: true"
+    )
     error = one_error(lambda: load_plan(recipe, profile="h100"), "train.use_vllm")
     assert "8-bit" in error.message
 
@@ -405,11 +472,14 @@ def test_quantized_full_fine_tuning_is_rejected(tmp_path):
     assert "qlora" in one_error(lambda: load_plan(recipe, profile="t4"), "model.adapter").fix
 
 
-@pytest.mark.parametrize("model, extra, profile, fix", [
-    ("meta-llama/Llama-3.1-8B", "adapter: full", "t4", "adapter: lora"),
-    ("meta-llama/Llama-3.1-70B", "adapter: lora", "h100", "qlora"),
-    ("Qwen/Qwen2.5-72B-Instruct", "adapter: qlora", "t4", "smaller model"),
-])
+@pytest.mark.parametrize(
+    "model, extra, profile, fix",
+    [
+        ("meta-llama/Llama-3.1-8B", "adapter: full", "t4", "adapter: lora"),
+        ("meta-llama/Llama-3.1-70B", "adapter: lora", "h100", "qlora"),
+        ("Qwen/Qwen2.5-72B-Instruct", "adapter: qlora", "t4", "smaller model"),
+    ],
+)
 def test_model_that_cannot_fit(tmp_path, model, extra, profile, fix):
     recipe = write_recipe(tmp_path, model=model, model_extra=extra)
     error = one_error(lambda: load_plan(recipe, profile=profile), "model.name_or_path")
@@ -446,13 +516,17 @@ def test_qlora_under_deepspeed_zero3(tmp_path, monkeypatch):
 
 # --- the CLI ------------------------------------------------------------------------------------------------
 
+
 def test_show_with_t4_prints_the_reasons(tmp_path, capsys):
     recipe = write_recipe(tmp_path, train="per_device_train_batch_size: 8, gradient_accumulation_steps: 2")
     assert main(["show", str(recipe), "--profile", "t4"]) == 0
     text = capsys.readouterr().out
     assert "# what profile 't4' changed" in text
-    for reason in ("T4 is Turing (sm75): no bf16", "1.5B params > 1B on 16 GB: QLoRA 4-bit",
-                   "micro-batch 8→2, grad accumulation 2→8 keeps effective batch 16"):
+    for reason in (
+        "T4 is Turing (sm75): no bf16",
+        "1.5B params > 1B on 16 GB: QLoRA 4-bit",
+        "micro-batch 8→2, grad accumulation 2→8 keeps effective batch 16",
+    ):
         assert reason in text
 
 
@@ -465,6 +539,7 @@ def test_impossible_combination_exits_2_with_the_fix(tmp_path, capsys):
 
 # --- kernels -------------------------------------------------------------------------------------------
 
+
 def test_gpu_profiles_switch_liger_on_when_installed_and_say_so_when_not(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path, "dpo")
     monkeypatch.setattr(profiles, "package_version", lambda name: None)
@@ -473,7 +548,10 @@ def test_gpu_profiles_switch_liger_on_when_installed_and_say_so_when_not(tmp_pat
     assert "pip install 'align-recipes[liger]'" in change(plan, "train.use_liger_kernel").why
     monkeypatch.setattr(profiles, "package_version", lambda name: "0.8.5" if name == "liger-kernel" else None)
     plan = load_plan(recipe, profile="a100")
-    assert plan.train["use_liger_kernel"] is True and "liger-kernel 0.8.5" in change(plan, "train.use_liger_kernel").why
+    assert (
+        plan.train["use_liger_kernel"] is True
+        and "liger-kernel 0.8.5" in change(plan, "train.use_liger_kernel").why
+    )
     assert "use_liger_kernel" not in load_plan(recipe, profile="cpu").train  # Triton kernels need a GPU
     (tmp_path / "online").mkdir()
     ppo = write_recipe(tmp_path / "online", "ppo", model_extra="adapter: lora")

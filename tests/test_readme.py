@@ -48,15 +48,18 @@ def why_skipped(command: str) -> str | None:
         return "a real-shape model for a minute or two; tests/test_rehearse.py runs these recipes"
     if words[0] == "accelerate":
         return "needs several GPUs and a hub model"
-    if OTHER_FAMILY.search(command) and not (words[0].endswith("align-recipes") and words[1] in ("validate", "show")):
+    if OTHER_FAMILY.search(command) and not (
+        words[0].endswith("align-recipes") and words[1] in ("validate", "show")
+    ):
         return "downloads a hub model (validate and show of such recipes do run: they read no model)"
     return None
 
 
 def trains(command: str) -> bool:
     words = shlex.split(command)
-    return (words[0] == "make" and words[1] not in ("validate", "list", "help")) or \
-        (words[0].endswith("align-recipes") and words[1] in ("train", "pipeline"))
+    return (words[0] == "make" and words[1] not in ("validate", "list", "help")) or (
+        words[0].endswith("align-recipes") and words[1] in ("train", "pipeline")
+    )
 
 
 def as_run(command: str, first_training: bool) -> list[str]:
@@ -74,7 +77,9 @@ def as_run(command: str, first_training: bool) -> list[str]:
     elif trains(command) and not first_training:
         words += QUICK
     if words[1:2] == ["pipeline"]:
-        words.append("ppo:gate.preference_accuracy=0")  # a 4-step reward model never passes the PPO stage's gate
+        words.append(
+            "ppo:gate.preference_accuracy=0"
+        )  # a 4-step reward model never passes the PPO stage's gate
     return words
 
 
@@ -82,8 +87,16 @@ def as_run(command: str, first_training: bool) -> list[str]:
 def fresh_copy(tmp_path_factory) -> Path:
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout: no file list to copy")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     copy = tmp_path_factory.mktemp("readme") / "align-recipes"
     for name in filter(None, listed):
         source = REPO / name
@@ -95,8 +108,14 @@ def fresh_copy(tmp_path_factory) -> Path:
 
 
 def test_readme_commands_on_the_tiny_family_work_in_a_fresh_copy(fresh_copy):
-    env = {**os.environ, "PYTHONPATH": str(fresh_copy / "src"), "PYTHON": sys.executable,
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "ALIGN_RECIPES_NVIDIA_SMI": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(fresh_copy / "src"),
+        "PYTHON": sys.executable,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "ALIGN_RECIPES_NVIDIA_SMI": "",
+    }
     ran, skipped, first_training = [], [], True
     for command in readme_commands():
         reason = why_skipped(command)
@@ -118,8 +137,13 @@ def test_readme_commands_on_the_tiny_family_work_in_a_fresh_copy(fresh_copy):
         ran.append(command)
     print("ran:", *ran, "skipped:", *skipped, sep="\n  ")
     assert len(ran) >= 12 and len([s for s in skipped if "rehearse" not in s]) <= 5, (ran, skipped)
-    for made in ("outputs/tiny/dpo/report.md", "outputs/tiny/sft/summary.json", "cmp/report.md",
-                 "outputs/tiny/dpo/eval.json", "outputs/tiny/pipeline/pipeline.json"):
+    for made in (
+        "outputs/tiny/dpo/report.md",
+        "outputs/tiny/sft/summary.json",
+        "cmp/report.md",
+        "outputs/tiny/dpo/eval.json",
+        "outputs/tiny/pipeline/pipeline.json",
+    ):
         assert (fresh_copy / made).is_file(), made
     evaluated = json.loads((fresh_copy / "outputs" / "tiny" / "dpo" / "eval.json").read_text())["metrics"]
     assert {"implicit_reward_accuracy", "exact_match"} <= set(evaluated)

@@ -35,6 +35,7 @@ def _qlora_policy(tiny_dir):
 
 # --- the critic ------------------------------------------------------------------------------------------
 
+
 def test_qlora_critic_is_a_frozen_4bit_copy_with_its_own_adapter(tiny_dir):
     import torch
     from peft import LoraConfig
@@ -68,6 +69,7 @@ def test_reward_model_critic_loads_in_the_policys_dtype(tiny_dir, tmp_path):
 
 # --- bitsandbytes on CPU ---------------------------------------------------------------------------------
 
+
 def test_4bit_weights_are_not_repacked_by_an_eval_forward(tiny_dir, monkeypatch):
     """bitsandbytes 0.50 repacks 4-bit weights in place on an eval-mode no-grad forward on AVX512-BF16 CPUs, and the
     next training forward fails. Pretend this CPU has AVX512-BF16; the repacking must never be called."""
@@ -90,6 +92,7 @@ def test_4bit_weights_are_not_repacked_by_an_eval_forward(tiny_dir, monkeypatch)
 
 # --- trainable dtypes ------------------------------------------------------------------------------------
 
+
 def test_trainable_half_weights_become_fp32_unless_bf16():
     import torch
 
@@ -109,14 +112,22 @@ def test_qlora_reward_model_trains_on_cpu(tmp_path):
     from align_recipes.plan.load import load_plan
     from align_recipes.run.training import train
 
-    plan = load_plan(REPO / "recipes/tiny/reward.yaml", ["model.name_or_path=builtin:tiny-qwen2", "model.adapter=qlora",
-                                                         "train.max_steps=2", f"train.output_dir={tmp_path}"],
-                     profile="cpu")
+    plan = load_plan(
+        REPO / "recipes/tiny/reward.yaml",
+        [
+            "model.name_or_path=builtin:tiny-qwen2",
+            "model.adapter=qlora",
+            "train.max_steps=2",
+            f"train.output_dir={tmp_path}",
+        ],
+        profile="cpu",
+    )
     summary = train(plan)
     assert summary["status"] == "complete" and summary["steps"] == 2
 
 
 # --- validation ------------------------------------------------------------------------------------------
+
 
 def _errors(recipe, overrides):
     from align_recipes.plan.load import load_plan
@@ -132,17 +143,23 @@ def test_validate_names_a_missing_reward_model_folder(tmp_path):
     from align_recipes.plan.load import load_plan
 
     (tmp_path / "reward" / "merged").mkdir(parents=True)
-    load_plan(REPO / "recipes/tiny/ppo.yaml", [f"train.reward_model_path={tmp_path}/reward/merged"], profile="cpu")
-    load_plan(REPO / "recipes/tiny/ppo.yaml", ["train.reward_model_path=someorg/some-reward-model"], profile="cpu")
+    load_plan(
+        REPO / "recipes/tiny/ppo.yaml", [f"train.reward_model_path={tmp_path}/reward/merged"], profile="cpu"
+    )
+    load_plan(
+        REPO / "recipes/tiny/ppo.yaml", ["train.reward_model_path=someorg/some-reward-model"], profile="cpu"
+    )
 
 
 def test_validate_wants_eval_data_when_evaluating():
-    errors = _errors(REPO / "recipes/tiny/dpo.yaml", ["train.eval_strategy=steps", "train.eval_steps=5",
-                                                      "data.eval=null"])
+    errors = _errors(
+        REPO / "recipes/tiny/dpo.yaml", ["train.eval_strategy=steps", "train.eval_steps=5", "data.eval=null"]
+    )
     assert "no data.eval" in errors["train.eval_strategy"]
 
 
 # --- model sources ---------------------------------------------------------------------------------------
+
 
 def test_an_existing_local_folder_wins_over_modelscope(tmp_path, monkeypatch):
     from align_recipes.run import models
@@ -162,10 +179,11 @@ def test_make_installs_the_modelscope_extra():
 
 # --- failed runs and the start screen ------------------------------------------------------------------
 
+
 def test_a_run_that_fails_after_starting_writes_status_failed(tmp_path, monkeypatch):
     from align_recipes import registry
-    from align_recipes.run import training as run
     from align_recipes.plan.load import load_plan
+    from align_recipes.run import training as run
 
     def broken(*args, **kwargs):
         raise RuntimeError("trainer exploded")
@@ -185,9 +203,17 @@ def test_start_screen_counts_4bit_params_unpacked_and_packed_sequences(tmp_path,
     from align_recipes.plan.load import load_plan
     from align_recipes.run.training import train
 
-    plan = load_plan(REPO / "recipes/tiny/sft.yaml", ["model.adapter=qlora", "train.max_steps=1", "train.packing=true",
-                                                      "train.max_length=128", f"train.output_dir={tmp_path}"],
-                     profile="cpu")
+    plan = load_plan(
+        REPO / "recipes/tiny/sft.yaml",
+        [
+            "model.adapter=qlora",
+            "train.max_steps=1",
+            "train.packing=true",
+            "train.max_length=128",
+            f"train.output_dir={tmp_path}",
+        ],
+        profile="cpu",
+    )
     train(plan)
     out = capsys.readouterr().out
     unpacked = tiny.describe()["num_parameters"] / 1e6
@@ -198,12 +224,13 @@ def test_start_screen_counts_4bit_params_unpacked_and_packed_sequences(tmp_path,
 
 # --- assistant-only loss on a stock template ------------------------------------------------------------
 
+
 def test_assistant_only_loss_gets_a_training_template_that_renders_the_same(tmp_path):
     from transformers import AutoTokenizer
 
     from align_recipes import tiny
-    from align_recipes.run.chat_templates import use_training_template
     from align_recipes.results.rehearse.tokenizer import chat_template
+    from align_recipes.run.chat_templates import use_training_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny.ensure_tiny_model()))
     chat = [{"role": "user", "content": "2+3="}, {"role": "assistant", "content": "5"}]
@@ -211,13 +238,17 @@ def test_assistant_only_loss_gets_a_training_template_that_renders_the_same(tmp_
         tokenizer.chat_template = stock = chat_template(family)
         note = use_training_template(tokenizer)
         assert origin in note and "{% generation %}" in tokenizer.chat_template
-        assert tokenizer.apply_chat_template(chat, tokenize=False) == \
-            tokenizer.apply_chat_template(chat, tokenize=False, chat_template=stock)
+        assert tokenizer.apply_chat_template(chat, tokenize=False) == tokenizer.apply_chat_template(
+            chat, tokenize=False, chat_template=stock
+        )
         masked = tokenizer.apply_chat_template(chat, return_assistant_tokens_mask=True, return_dict=True)
         kept = [i for i, m in zip(masked["input_ids"], masked["assistant_masks"]) if m]
-        assert tokenizer.decode(kept).strip("\n") == "5<|im_end|>"  # the reply and its end of turn, nothing else
-    assert "You are a helpful assistant." in tokenizer.apply_chat_template(chat, tokenize=False,
-                                                                          chat_template=chat_template("qwen2"))
+        assert (
+            tokenizer.decode(kept).strip("\n") == "5<|im_end|>"
+        )  # the reply and its end of turn, nothing else
+    assert "You are a helpful assistant." in tokenizer.apply_chat_template(
+        chat, tokenize=False, chat_template=chat_template("qwen2")
+    )
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(RecipeError, match="generation"):
         use_training_template(tokenizer)

@@ -28,13 +28,17 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 
 def base_recipe(tmp_path: Path, train: str = "beta: 0.1", extra: str = "") -> Path:
-    return write(tmp_path, "dpo.yaml", f"""
+    return write(
+        tmp_path,
+        "dpo.yaml",
+        f"""
         algorithm: dpo
         model: {{name_or_path: builtin:tiny-qwen2}}
         data: {{train: {{path: {PREFS}}}}}
         train: {{{train}}}
         {extra}
-    """)
+    """,
+    )
 
 
 def errors_of(call) -> list[RecipeError]:
@@ -48,7 +52,9 @@ def test_minimal_recipe_resolves_with_sources(tmp_path):
     plan = load_plan(base_recipe(tmp_path), profile="cpu")
     assert plan.algorithm.name == "dpo" and plan.algorithm.config_name == "DPOConfig"
     assert plan.train["beta"] == 0.1
-    assert plan.sources["train.beta"].startswith("recipe:") and plan.sources["train.beta"].endswith("dpo.yaml")
+    assert plan.sources["train.beta"].startswith("recipe:") and plan.sources["train.beta"].endswith(
+        "dpo.yaml"
+    )
     assert plan.sources["train.use_cpu"] == "profile:cpu"
     assert plan.output_dir == Path(f"outputs/{tmp_path.name}/dpo")
     effective = plan.effective_config()
@@ -58,23 +64,39 @@ def test_minimal_recipe_resolves_with_sources(tmp_path):
 def test_merge_order_default_profile_recipe_override(tmp_path):
     recipe = base_recipe(tmp_path, train="beta: 0.1, fp16: false, learning_rate: 1.0e-4")
     plan = load_plan(recipe, ["train.learning_rate=3e-4", "train.output_dir=/tmp/elsewhere"], profile="t4")
-    assert plan.train["fp16"] is False and plan.sources["train.fp16"].startswith("recipe:")  # recipe > profile
-    assert plan.train["activation_checkpointing"] is True and plan.sources["train.activation_checkpointing"] == "profile:t4"
-    assert plan.train["learning_rate"] == pytest.approx(3e-4) and plan.sources["train.learning_rate"] == "override"
+    assert plan.train["fp16"] is False and plan.sources["train.fp16"].startswith(
+        "recipe:"
+    )  # recipe > profile
+    assert (
+        plan.train["activation_checkpointing"] is True
+        and plan.sources["train.activation_checkpointing"] == "profile:t4"
+    )
+    assert (
+        plan.train["learning_rate"] == pytest.approx(3e-4)
+        and plan.sources["train.learning_rate"] == "override"
+    )
     assert plan.output_dir == Path("/tmp/elsewhere")
 
 
 def test_extends_chain_child_wins_and_keeps_parent_provenance(tmp_path):
-    write(tmp_path, "_base.yaml", """
+    write(
+        tmp_path,
+        "_base.yaml",
+        """
         model: {name_or_path: builtin:tiny-qwen2, adapter: lora, lora: {r: 4}}
         train: {beta: 0.5, seed: 7}
-    """)
-    child = write(tmp_path, "child.yaml", f"""
+    """,
+    )
+    child = write(
+        tmp_path,
+        "child.yaml",
+        f"""
         algorithm: dpo
         extends: _base.yaml
         data: {{train: {{path: {PREFS}}}}}
         train: {{beta: 0.2}}
-    """)
+    """,
+    )
     plan = load_plan(child, profile="cpu")
     assert plan.train["beta"] == 0.2 and plan.sources["train.beta"].endswith("child.yaml")
     assert plan.train["seed"] == 7 and plan.sources["train.seed"].endswith("_base.yaml")
@@ -82,42 +104,55 @@ def test_extends_chain_child_wins_and_keeps_parent_provenance(tmp_path):
 
 
 def test_misspelled_train_key_names_the_fix_and_line(tmp_path):
-    recipe = write(tmp_path, "r.yaml", f"""
+    recipe = write(
+        tmp_path,
+        "r.yaml",
+        f"""
         algorithm: dpo
         model: {{name_or_path: builtin:tiny-qwen2}}
         data: {{train: {{path: {PREFS}}}}}
         train:
           beta: 0.1
           learnig_rate: 1.0e-5
-    """)
+    """,
+    )
     [error] = errors_of(lambda: load_plan(recipe, profile="cpu"))
     assert error.key == "train.learnig_rate" and error.line == 6 and str(error.file).endswith("r.yaml")
     assert "'learning_rate'" in error.fix
 
 
-@pytest.mark.parametrize("extra, key, fragment", [
-    ("modle: {}", "modle", "'model'"),
-    ("evaluate: {metric: exact_match, data: {path: x.jsonl}, max_new_tokns: 3}", "evaluate.max_new_tokns",
-     "'max_new_tokens'"),
-])
+@pytest.mark.parametrize(
+    "extra, key, fragment",
+    [
+        ("modle: {}", "modle", "'model'"),
+        (
+            "evaluate: {metric: exact_match, data: {path: x.jsonl}, max_new_tokns: 3}",
+            "evaluate.max_new_tokns",
+            "'max_new_tokens'",
+        ),
+    ],
+)
 def test_misspelled_keys_in_every_section(tmp_path, extra, key, fragment):
     errors = errors_of(lambda: load_plan(base_recipe(tmp_path, extra=extra), profile="cpu"))
     assert any(e.key == key and fragment in e.fix for e in errors), [e.render() for e in errors]
 
 
-@pytest.mark.parametrize("override, key, fragment", [
-    ("model.adaptor=lora", "model.adaptor", "'adapter'"),
-    ("model.lora.rank=8", "model.lora.rank", "valid keys"),
-    ("data.train.colums={}", "data.train.colums", "'columns'"),
-    ("train.learning_rate=fast", "train.learning_rate", "expected float"),
-    ("train.learning_rate=-1", "train.learning_rate", "impossible value"),
-    ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size", "impossible value"),
-    ("model.lora.r=0", "model.lora.r", "impossible value"),
-    ("model.adapter=lorra", "model.adapter", "not one of"),
-    ("model.dtype=fp16", "model.dtype", "not one of"),
-    ("train.num_train_epochs=[1]", "train.num_train_epochs", "expected float"),
-    ("model.adapter=full model.quantization=4bit", "model.adapter", "cannot be fully fine-tuned"),
-])
+@pytest.mark.parametrize(
+    "override, key, fragment",
+    [
+        ("model.adaptor=lora", "model.adaptor", "'adapter'"),
+        ("model.lora.rank=8", "model.lora.rank", "valid keys"),
+        ("data.train.colums={}", "data.train.colums", "'columns'"),
+        ("train.learning_rate=fast", "train.learning_rate", "expected float"),
+        ("train.learning_rate=-1", "train.learning_rate", "impossible value"),
+        ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size", "impossible value"),
+        ("model.lora.r=0", "model.lora.r", "impossible value"),
+        ("model.adapter=lorra", "model.adapter", "not one of"),
+        ("model.dtype=fp16", "model.dtype", "not one of"),
+        ("train.num_train_epochs=[1]", "train.num_train_epochs", "expected float"),
+        ("model.adapter=full model.quantization=4bit", "model.adapter", "cannot be fully fine-tuned"),
+    ],
+)
 def test_bad_values_name_key_and_reason(tmp_path, override, key, fragment):
     errors = errors_of(lambda: load_plan(base_recipe(tmp_path), override.split(), profile="cpu"))
     matching = [e for e in errors if e.key == key]
@@ -127,18 +162,24 @@ def test_bad_values_name_key_and_reason(tmp_path, override, key, fragment):
 
 
 def test_numeric_strings_become_numbers(tmp_path):
-    plan = load_plan(base_recipe(tmp_path, train="learning_rate: 1e-5"), profile="cpu")  # YAML 1.1 reads a str
+    plan = load_plan(
+        base_recipe(tmp_path, train="learning_rate: 1e-5"), profile="cpu"
+    )  # YAML 1.1 reads a str
     assert plan.train["learning_rate"] == pytest.approx(1e-5)
     assert isinstance(parse_override("train.max_steps=10")[1], int)
 
 
 def test_duplicate_keys_are_rejected_with_both_lines(tmp_path):
-    recipe = write(tmp_path, "dup.yaml", """
+    recipe = write(
+        tmp_path,
+        "dup.yaml",
+        """
         algorithm: dpo
         train:
           beta: 0.1
           beta: 0.2
-    """)
+    """,
+    )
     [error] = errors_of(lambda: load_plan(recipe))
     assert "duplicate key 'beta'" in error.message and "line 3" in error.message and error.line == 4
 
@@ -149,11 +190,14 @@ def test_python_tags_are_refused(tmp_path):
     assert "unsafe or unknown YAML tag" in error.message and error.line == 1
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty"),
-    ("- algorithm: dpo\n", "must be a mapping"),
-    ("algorithm: dpo\nmodel: [1, 2\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("- algorithm: dpo\n", "must be a mapping"),
+        ("algorithm: dpo\nmodel: [1, 2\n", "invalid YAML"),
+    ],
+)
 def test_empty_list_or_broken_files(tmp_path, text, fragment):
     recipe = write(tmp_path, "bad.yaml", text)
     [error] = errors_of(lambda: load_plan(recipe))
@@ -187,7 +231,9 @@ def test_missing_recipe_file_and_required_keys(tmp_path):
 
 
 def test_rewards_only_for_online_algorithms(tmp_path):
-    errors = errors_of(lambda: load_plan(base_recipe(tmp_path, extra="rewards: [{name: exact_match}]"), profile="cpu"))
+    errors = errors_of(
+        lambda: load_plan(base_recipe(tmp_path, extra="rewards: [{name: exact_match}]"), profile="cpu")
+    )
     assert any(e.key == "rewards" and "takes no reward" in e.message for e in errors)
 
 
@@ -198,12 +244,17 @@ def test_malformed_override():
 
 # --- paths resolve where they were written ---------------------------------------------------------
 
+
 def test_a_recipe_elsewhere_extending_a_project_recipe_finds_the_base_files(tmp_path, monkeypatch):
     """The base's relative data paths resolve in the base's folder, not the child's or the current one."""
-    child = write(tmp_path, "mine.yaml", f"""
+    child = write(
+        tmp_path,
+        "mine.yaml",
+        f"""
         extends: {REPO / "recipes" / "tiny" / "sft.yaml"}
         train: {{max_steps: 2}}
-    """)
+    """,
+    )
     monkeypatch.chdir("/")
     plan = load_plan(child, ["train.learning_rate=1e-3"], profile="cpu")
     tiny_data = REPO / "recipes" / "tiny" / "data"
@@ -227,15 +278,21 @@ def test_reward_files_and_models_in_a_base_resolve_in_the_base_folder(tmp_path, 
     shared = tmp_path / "shared"
     (shared / "rm").mkdir(parents=True)
     (shared / "rm" / "config.json").write_text("{}")
-    (shared / "my_rewards.py").write_text("def score(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    (shared / "my_rewards.py").write_text(
+        "def score(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n"
+    )
     (shared / "prompts.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n' * 3)
-    write(shared, "_grpo.yaml", """
+    write(
+        shared,
+        "_grpo.yaml",
+        """
         algorithm: grpo
         model: {name_or_path: builtin:tiny-qwen2}
         data: {train: {path: prompts.jsonl}}
         rewards: [{function: "my_rewards.py:score", weight: 2}, {model: rm}, {function: "my_pkg.mod:f"}]
         train: {num_generations: 2, per_device_train_batch_size: 2}
-    """)
+    """,
+    )
     (tmp_path / "mine").mkdir()
     child = write(tmp_path / "mine", "grpo.yaml", f"extends: {shared / '_grpo.yaml'}\n")
     monkeypatch.chdir("/")
@@ -243,12 +300,16 @@ def test_reward_files_and_models_in_a_base_resolve_in_the_base_folder(tmp_path, 
     (shared / "my_pkg" / "__init__.py").write_text("")
     (shared / "my_pkg" / "mod.py").write_text("def f(prompts, completions, **kwargs):\n    return [0.0]\n")
     plan = load_plan(child, profile="cpu")  # my_pkg.mod imports from the base's folder too
-    assert plan.rewards == [{"function": f"{shared / 'my_rewards.py'}:score", "weight": 2},
-                            {"model": str(shared / "rm")}, {"function": "my_pkg.mod:f"}]
+    assert plan.rewards == [
+        {"function": f"{shared / 'my_rewards.py'}:score", "weight": 2},
+        {"model": str(shared / "rm")},
+        {"function": "my_pkg.mod:f"},
+    ]
 
 
-def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe_is_absolute(tmp_path,
-                                                                                               monkeypatch):
+def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe_is_absolute(
+    tmp_path, monkeypatch
+):
     from align_recipes.plan import resolved_yaml
 
     recipe = base_recipe(tmp_path)
@@ -257,7 +318,7 @@ def test_overrides_resolve_against_the_current_directory_and_the_resolved_recipe
     (elsewhere / "other.jsonl").write_text((tmp_path / PREFS).read_text())
     monkeypatch.chdir(elsewhere)
     plan = load_plan(recipe, ["data.eval.path=other.jsonl"], profile="cpu")
-    assert plan.data.train[0].path == str(tmp_path / PREFS)       # written in the recipe: its folder
+    assert plan.data.train[0].path == str(tmp_path / PREFS)  # written in the recipe: its folder
     assert plan.data.eval[0].path == str(elsewhere / "other.jsonl")  # written on the command line: here
     text = resolved_yaml(plan)
     assert f"path: {tmp_path / PREFS}" in text and f"path: {elsewhere / 'other.jsonl'}" in text
@@ -281,7 +342,10 @@ def test_a_registry_entry_missing_from_the_field_snapshot_is_a_recipe_error(tmp_
     from align_recipes.plan import trl_fields
 
     snapshot = trl_fields._snapshot()
-    monkeypatch.setattr(trl_fields, "_snapshot", lambda: {**snapshot, "configs": {
-        k: v for k, v in snapshot["configs"].items() if k != "DPOConfig"}})
+    monkeypatch.setattr(
+        trl_fields,
+        "_snapshot",
+        lambda: {**snapshot, "configs": {k: v for k, v in snapshot["configs"].items() if k != "DPOConfig"}},
+    )
     [error] = errors_of(lambda: load_plan(base_recipe(tmp_path), profile="cpu"))
     assert "DPOConfig" in error.message and "python -m align_recipes.plan.trl_fields" in error.fix

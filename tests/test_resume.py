@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from align_recipes.run import checkpoints
 from align_recipes.cli import main
+from align_recipes.run import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -40,8 +40,15 @@ RTOL = 1e-5
 STEP_DELAY = 0.3  # seconds the killed subprocess sleeps after each step, so the kill lands mid-run
 UNCOMPARED = {"num_tokens", "train_runtime", "train_samples_per_second", "train_steps_per_second", "epoch"}
 
-COMMON = ["--profile", "cpu", "train.save_strategy=steps", "train.save_steps=2", "train.logging_steps=1",
-          "evaluate=null", "train.report_to=none"]
+COMMON = [
+    "--profile",
+    "cpu",
+    "train.save_strategy=steps",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+    "evaluate=null",
+    "train.report_to=none",
+]
 
 
 def _tiny_or_fallback(name: str, fallback: str) -> str:
@@ -55,12 +62,25 @@ VARIED_REWARD = "rewards=[{name: regex, pattern: '[0-9]'}]"
 
 ALGORITHMS = {
     "sft": ("recipes/tiny/sft.yaml", ["train.max_steps=6", "train.per_device_train_batch_size=4"]),
-    "dpo": ("recipes/tiny/dpo.yaml", ["train.max_steps=6", "train.per_device_train_batch_size=4",
-                                      "model.name_or_path=builtin:tiny-qwen2"]),  # no SFT stage needed to resume
-    "grpo": (_tiny_or_fallback("grpo", "tests/bad_inputs/good_grpo.yaml"),
-             ["train.max_steps=6", "train.per_device_train_batch_size=4", "train.num_generations=4",
-              "train.max_completion_length=6", "model.name_or_path=builtin:tiny-qwen2", VARIED_REWARD]),
-    "ppo": ("recipes/tiny/ppo.yaml", ["train.max_steps=6", "model.name_or_path=builtin:tiny-qwen2", VARIED_REWARD]),
+    "dpo": (
+        "recipes/tiny/dpo.yaml",
+        ["train.max_steps=6", "train.per_device_train_batch_size=4", "model.name_or_path=builtin:tiny-qwen2"],
+    ),  # no SFT stage needed to resume
+    "grpo": (
+        _tiny_or_fallback("grpo", "tests/bad_inputs/good_grpo.yaml"),
+        [
+            "train.max_steps=6",
+            "train.per_device_train_batch_size=4",
+            "train.num_generations=4",
+            "train.max_completion_length=6",
+            "model.name_or_path=builtin:tiny-qwen2",
+            VARIED_REWARD,
+        ],
+    ),
+    "ppo": (
+        "recipes/tiny/ppo.yaml",
+        ["train.max_steps=6", "model.name_or_path=builtin:tiny-qwen2", VARIED_REWARD],
+    ),
 }
 
 CHILD = f"""
@@ -94,12 +114,19 @@ def words(algorithm: str, out: Path) -> list[str]:
 
 def start_child(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def signal_after_checkpoint(proc: subprocess.Popen, out: Path, signum: int, extra_wait: float,
-                            timeout: float = 240) -> dict:
+def signal_after_checkpoint(
+    proc: subprocess.Popen, out: Path, signum: int, extra_wait: float, timeout: float = 240
+) -> dict:
     """Wait for a complete checkpoint, then (a little later) send `signum`. Runs in a thread."""
     seen: dict = {}
     deadline = time.time() + timeout
@@ -135,21 +162,35 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert got_summary["status"] == ref_summary["status"] == "complete"
     assert got_summary["steps"] == ref_summary["steps"] > 0
     assert got_summary["resumed_from"], "the resumed run does not record where it resumed from"
-    assert math.isclose(got_summary["train_loss"], ref_summary["train_loss"], rel_tol=1e-4, abs_tol=1e-7), \
-        (got_summary["train_loss"], ref_summary["train_loss"])
+    assert math.isclose(got_summary["train_loss"], ref_summary["train_loss"], rel_tol=1e-4, abs_tol=1e-7), (
+        got_summary["train_loss"],
+        ref_summary["train_loss"],
+    )
 
     got, ref = records(resumed), records(reference)
     assert sorted(got) == sorted(ref), "logged steps differ"
     for step in ref:
         for key, value in ref[step].items():
-            if key in UNCOMPARED or "time" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if (
+                key in UNCOMPARED
+                or "time" in key
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+            ):
                 continue
-            assert math.isclose(got[step][key], value, rel_tol=RTOL, abs_tol=1e-7), (step, key, got[step][key], value)
+            assert math.isclose(got[step][key], value, rel_tol=RTOL, abs_tol=1e-7), (
+                step,
+                key,
+                got[step][key],
+                value,
+            )
 
     import torch
     from safetensors.torch import load_file
 
-    weights = "model.safetensors" if (reference / "model.safetensors").exists() else "adapter_model.safetensors"
+    weights = (
+        "model.safetensors" if (reference / "model.safetensors").exists() else "adapter_model.safetensors"
+    )
     ref_w, got_w = load_file(str(reference / weights)), load_file(str(resumed / weights))
     assert ref_w.keys() == got_w.keys()
     for name in ref_w:
@@ -181,7 +222,9 @@ def kill_and_resume(algorithm: str, root: Path, truncate_newer: bool = False) ->
     argv = words(algorithm, out)
     child = start_child(argv)
     seen: dict = {}
-    killer = threading.Thread(target=lambda: seen.update(signal_after_checkpoint(child, out, signal.SIGKILL, 0.3)))
+    killer = threading.Thread(
+        target=lambda: seen.update(signal_after_checkpoint(child, out, signal.SIGKILL, 0.3))
+    )
     killer.start()
     try:
         reference = reference_run(algorithm, root)  # meanwhile, in this process
@@ -190,8 +233,9 @@ def kill_and_resume(algorithm: str, root: Path, truncate_newer: bool = False) ->
     finally:
         if child.poll() is None:
             child.kill()
-    assert seen.get("sent") and child.returncode == -signal.SIGKILL, \
+    assert seen.get("sent") and child.returncode == -signal.SIGKILL, (
         f"the run was not killed mid-way (rc {child.returncode}):\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "running"  # a killed run cannot say more; resuming tells it apart
 
@@ -246,7 +290,10 @@ def test_sigterm_saves_reports_and_resumes_with_the_printed_command(runs_root):
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert 0 < summary["steps"] < summary["max_steps"]
     checkpoint = Path(summary["checkpoint"])
-    assert checkpoint.name == f"checkpoint-{summary['steps']}" and checkpoints.checkpoint_problem(checkpoint) is None
+    assert (
+        checkpoint.name == f"checkpoint-{summary['steps']}"
+        and checkpoints.checkpoint_problem(checkpoint) is None
+    )
     assert not (out / "model.safetensors").exists(), "an interrupted run must not look finished"
 
     command = stderr.split("resume with: ", 1)[1].strip().splitlines()[0]

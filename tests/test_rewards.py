@@ -9,8 +9,15 @@ import textwrap
 
 import pytest
 
-from align_recipes.rewards import (BUILTINS, RewardModelFunc, RewardSpecError, build_reward_funcs,
-                                   check_reward_specs, completion_text, last_number)
+from align_recipes.rewards import (
+    BUILTINS,
+    RewardModelFunc,
+    RewardSpecError,
+    build_reward_funcs,
+    check_reward_specs,
+    completion_text,
+    last_number,
+)
 
 CHAT = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
 
@@ -37,7 +44,10 @@ def test_exact_and_numeric_match_on_strings_and_chats():
 
 def test_format_rules():
     regex, _ = build_one({"name": "regex", "pattern": r"^\d+$"})
-    assert regex([None] * 3, ["12", CHAT("12 apples"), ""], ) == [1.0, 0.0, 0.0]
+    assert regex(
+        [None] * 3,
+        ["12", CHAT("12 apples"), ""],
+    ) == [1.0, 0.0, 0.0]
     think, _ = build_one({"name": "think_format"})
     assert think([None] * 3, ["<think>a+b</think> 5", CHAT("<think>x</think>"), "5"]) == [1.0, 0.0, 0.0]
     length, _ = build_one({"name": "length_penalty", "max_length": 4})
@@ -48,33 +58,47 @@ def test_function_references(tmp_path, monkeypatch):
     pkg = tmp_path / "my_rewards_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "rules.py").write_text(textwrap.dedent("""
+    (pkg / "rules.py").write_text(
+        textwrap.dedent("""
         def brevity_score(prompts, completions, **kwargs):
             return [1.0 / (1 + len(str(c))) for c in completions]
         def no_kwargs(prompts, completions):
             return [0.0 for c in completions]
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     (tmp_path / "rewards").mkdir()
-    (tmp_path / "rewards" / "custom.py").write_text("def score(prompts, completions, **kw):\n    return [2.0] * len(completions)\n")
+    (tmp_path / "rewards" / "custom.py").write_text(
+        "def score(prompts, completions, **kw):\n    return [2.0] * len(completions)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    funcs, weights = build_reward_funcs([{"function": "my_rewards_pkg.rules:brevity_score", "weight": 0.5},
-                                         {"function": "rewards/custom.py:score"}], base_dir=tmp_path)
+    funcs, weights = build_reward_funcs(
+        [
+            {"function": "my_rewards_pkg.rules:brevity_score", "weight": 0.5},
+            {"function": "rewards/custom.py:score"},
+        ],
+        base_dir=tmp_path,
+    )
     assert weights == [0.5, 1.0]
     assert funcs[0](["p"], ["abc"]) == [0.25] and funcs[1](["p"], ["abc"]) == [2.0]
     assert funcs[0].__name__ == "brevity_score"
 
-    errors = check_reward_specs([
-        {"function": "my_rewards_pkg.rules:brevity"},
-        {"function": "my_rewards_pkg.rules:no_kwargs"},
-        {"function": "my_rewards_pkg.rules:NOT_CALLABLE"},
-        {"function": "no_such_module_xyz:f"},
-        {"function": "rewards/missing.py:score"},
-        {"function": "just_a_name"},
-    ], base_dir=tmp_path)
-    assert errors[0] == ("rewards[0].function: module 'my_rewards_pkg.rules' has no attribute 'brevity'; "
-                         "did you mean 'brevity_score'?")
+    errors = check_reward_specs(
+        [
+            {"function": "my_rewards_pkg.rules:brevity"},
+            {"function": "my_rewards_pkg.rules:no_kwargs"},
+            {"function": "my_rewards_pkg.rules:NOT_CALLABLE"},
+            {"function": "no_such_module_xyz:f"},
+            {"function": "rewards/missing.py:score"},
+            {"function": "just_a_name"},
+        ],
+        base_dir=tmp_path,
+    )
+    assert errors[0] == (
+        "rewards[0].function: module 'my_rewards_pkg.rules' has no attribute 'brevity'; "
+        "did you mean 'brevity_score'?"
+    )
     assert errors[1].startswith("rewards[1].function: 'my_rewards_pkg.rules:no_kwargs' must accept **kwargs")
     assert errors[2].startswith("rewards[2].function: 'my_rewards_pkg.rules:NOT_CALLABLE' is a int")
     assert errors[3].startswith("rewards[3].function: cannot import module 'no_such_module_xyz'")
@@ -89,29 +113,35 @@ def test_entries_declare_the_columns_they_read(tmp_path):
     assert needed_columns({"name": "exact_match"}) == ["answer"]  # the builtin's default column
     assert needed_columns({"name": "numeric_match", "column": "solution"}) == ["solution"]
     assert needed_columns({"name": "regex", "pattern": "x"}) == [] and needed_columns({"model": "o/rm"}) == []
-    (tmp_path / "cols.py").write_text(textwrap.dedent("""
+    (tmp_path / "cols.py").write_text(
+        textwrap.dedent("""
         def score(prompts, completions, reference, difficulty=1, *, label, trainer_state=None,
                   completion_ids=None, log_metric=None, **kwargs):
             return [0.0] * len(completions)
-    """))
+    """)
+    )
     # required named parameters only; the trainer's own keyword arguments and defaulted ones are not columns
     assert needed_columns({"function": "cols.py:score"}, tmp_path) == ["reference", "label"]
 
 
 def test_builtin_and_shape_errors(tmp_path):
-    errors = check_reward_specs([
-        {"name": "exact_mach"},
-        {"name": "regex"},
-        {"name": "regex", "pattern": "(unclosed"},
-        {"name": "length_penalty", "max_length": -3},
-        {"name": "exact_match", "colum": "answer"},
-        {"name": "exact_match", "function": "a:b"},
-        {"weight": 1.0},
-        "exact_match",
-        {"name": "think_format", "weight": "high"},
-    ], base_dir=tmp_path)
+    errors = check_reward_specs(
+        [
+            {"name": "exact_mach"},
+            {"name": "regex"},
+            {"name": "regex", "pattern": "(unclosed"},
+            {"name": "length_penalty", "max_length": -3},
+            {"name": "exact_match", "colum": "answer"},
+            {"name": "exact_match", "function": "a:b"},
+            {"weight": 1.0},
+            "exact_match",
+            {"name": "think_format", "weight": "high"},
+        ],
+        base_dir=tmp_path,
+    )
     assert errors == [
-        "rewards[0].name: unknown builtin reward 'exact_mach'; did you mean 'exact_match'? (or use function: 'module:func')",
+        "rewards[0].name: unknown builtin reward 'exact_mach'; did you mean 'exact_match'? "
+        "(or use function: 'module:func')",
         "rewards[1].pattern: 'regex' needs `pattern:` (a regular expression)",
         "rewards[2].pattern: is not a valid regular expression: missing ), unterminated subpattern at position 0",
         "rewards[3].max_length: must be an integer > 0 (characters) (got -3)",
@@ -121,8 +151,19 @@ def test_builtin_and_shape_errors(tmp_path):
         "rewards[7]: must be a mapping like {name: exact_match} or {function: 'pkg.mod:func'}",
         "rewards[8].weight: must be a number (got 'high')",
     ]
-    assert check_reward_specs([{"name": n, **({"pattern": "x"} if n == "regex" else {}),
-                                **({"max_length": 3} if n == "length_penalty" else {})} for n in BUILTINS]) == []
+    assert (
+        check_reward_specs(
+            [
+                {
+                    "name": n,
+                    **({"pattern": "x"} if n == "regex" else {}),
+                    **({"max_length": 3} if n == "length_penalty" else {}),
+                }
+                for n in BUILTINS
+            ]
+        )
+        == []
+    )
     with pytest.raises(RewardSpecError, match=r"rewards\[0\]\.name"):
         build_reward_funcs([{"name": "nope"}])
 
@@ -131,8 +172,15 @@ def test_model_references(tmp_path):
     (tmp_path / "rm").mkdir()
     (tmp_path / "rm" / "config.json").write_text("{}")
     (tmp_path / "empty").mkdir()
-    errors = check_reward_specs([{"model": "rm"}, {"model": "org/some-reward-model"}, {"model": "empty"},
-                                 {"model": "outputs/tiny/reward"}], base_dir=tmp_path)
+    errors = check_reward_specs(
+        [
+            {"model": "rm"},
+            {"model": "org/some-reward-model"},
+            {"model": "empty"},
+            {"model": "outputs/tiny/reward"},
+        ],
+        base_dir=tmp_path,
+    )
     assert len(errors) == 2
     assert errors[0].startswith("rewards[2].model: '") and "has no config.json" in errors[0]
     assert errors[1].startswith("rewards[3].model: reward model 'outputs/tiny/reward' not found")
@@ -182,7 +230,9 @@ def test_reward_model_path_joins_the_reward_functions(tmp_path):
     rm.mkdir()
     (rm / "config.json").write_text("{}")
     out = f"train.output_dir={tmp_path / 'out'}"
-    plan = load_plan("recipes/tiny/online_dpo.yaml", ["rewards=[]", f"train.reward_model_path={rm}", out], "cpu")
+    plan = load_plan(
+        "recipes/tiny/online_dpo.yaml", ["rewards=[]", f"train.reward_model_path={rm}", out], "cpu"
+    )
     funcs = trainer_extras(plan, build_config(plan))["reward_funcs"]
     assert len(funcs) == 1 and isinstance(funcs[0], RewardModelFunc) and funcs[0].path == str(rm)
 
@@ -193,10 +243,14 @@ def test_reward_model_path_joins_the_reward_functions(tmp_path):
     assert config.reward_weights == [1.0, 1.0]  # one weight per function, so the trainer accepts both
 
     with pytest.raises(RecipeErrors) as caught:  # a folder that is not there: refused while validating
-        load_plan("recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'gone'}", out], "cpu")
+        load_plan(
+            "recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'gone'}", out], "cpu"
+        )
     assert "train.reward_model_path: model folder" in str(caught.value) and "not found" in str(caught.value)
     (tmp_path / "empty").mkdir()  # there, but no saved model in it: refused before the policy loads
-    plan = load_plan("recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'empty'}", out], "cpu")
+    plan = load_plan(
+        "recipes/tiny/online_dpo.yaml", [f"train.reward_model_path={tmp_path / 'empty'}", out], "cpu"
+    )
     with pytest.raises(RecipeError) as caught:
         trainer_extras(plan, build_config(plan))
     assert caught.value.key == "train.reward_model_path"

@@ -15,14 +15,30 @@ pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
 from rl_helpers import answer_over_ten, args_for, dataset, digits, make_trainer, step_logs  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,  # noqa: E402
+)
 
 from align_recipes.rl.config import PPOConfig, SPOConfig  # noqa: E402
 from align_recipes.rl.trainer import PPOTrainer, SPOTrainer  # noqa: E402
 
-LOGGED = {"reward", "kl", "entropy", "response_length", "eos_rate", "policy_loss", "clipfrac", "approx_kl",
-          "loss", "grad_norm", "learning_rate", "kl_coef"}
+LOGGED = {
+    "reward",
+    "kl",
+    "entropy",
+    "response_length",
+    "eos_rate",
+    "policy_loss",
+    "clipfrac",
+    "approx_kl",
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "kl_coef",
+}
 
 
 class StopAfter(TrainerCallback):
@@ -55,8 +71,9 @@ def assert_resume_matches_uninterrupted(make, tmp_path, step: int = 2):
 
 def test_ppo_trains_checkpoints_and_resumes_like_an_uninterrupted_run(tiny, tmp_path):
     def make(out, **kw):
-        return make_trainer(PPOTrainer, PPOConfig, tiny, out, adaptive_kl=True, kl_coef=0.1, missing_eos_penalty=0.5,
-                            **kw)
+        return make_trainer(
+            PPOTrainer, PPOConfig, tiny, out, adaptive_kl=True, kl_coef=0.1, missing_eos_penalty=0.5, **kw
+        )
 
     reference, resumed = assert_resume_matches_uninterrupted(make, tmp_path)
     assert torch.equal(reference.value_model.head.weight, resumed.value_model.head.weight)
@@ -67,8 +84,15 @@ def test_ppo_trains_checkpoints_and_resumes_like_an_uninterrupted_run(tiny, tmp_
     # KL / 6 - 1 = -1 is clipped to -0.2, so kl_coef = 0.1 * (1 - 0.2 * 4 / 10000).
     assert step_logs(reference, 2)["kl_coef"] == pytest.approx(0.1 * (1 - 0.2 * 4 / 10000), rel=1e-7)
     ckpt = tmp_path / "run" / "checkpoint-1"
-    for name in ("model.safetensors", "value_model.safetensors", "rl_state.json", "optimizer.pt", "scheduler.pt",
-                 "rng_state.pth", "trainer_state.json"):
+    for name in (
+        "model.safetensors",
+        "value_model.safetensors",
+        "rl_state.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+    ):
         assert (ckpt / name).is_file(), name
     assert json.loads((ckpt / "rl_state.json").read_text())["algorithm"] == "ppo"
 
@@ -82,10 +106,18 @@ def test_spo_global_baseline_with_lora_plain_prompts_resumes_like_an_uninterrupt
     from peft import LoraConfig
 
     def make(out, **kw):
-        return make_trainer(SPOTrainer, SPOConfig, tiny, out, train_dataset=dataset(conversational=False),
-                            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                                   task_type="CAUSAL_LM"),
-                            num_mini_batches=2, reward_scale=2.0, baseline="global", **kw)
+        return make_trainer(
+            SPOTrainer,
+            SPOConfig,
+            tiny,
+            out,
+            train_dataset=dataset(conversational=False),
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+            num_mini_batches=2,
+            reward_scale=2.0,
+            baseline="global",
+            **kw,
+        )
 
     reference, resumed = assert_resume_matches_uninterrupted(make, tmp_path)
     assert reference.ref_model is None  # the reference is the policy with its adapter disabled
@@ -99,7 +131,8 @@ def test_spo_global_baseline_with_lora_plain_prompts_resumes_like_an_uninterrupt
     assert second["baseline"] == pytest.approx(alpha1 / (alpha1 + beta1) * 4 - 2, abs=1e-6)
     assert 0.875 <= rho2 <= 0.96
     assert (resumed.tracker.alpha, resumed.tracker.beta) == pytest.approx(
-        (rho2 * alpha1 + r2, rho2 * beta1 + (1 - r2)), abs=1e-6)
+        (rho2 * alpha1 + r2, rho2 * beta1 + (1 - r2)), abs=1e-6
+    )
     assert (tmp_path / "run" / "checkpoint-1" / "adapter_model.safetensors").is_file()
     state = json.loads((tmp_path / "run" / "checkpoint-1" / "rl_state.json").read_text())
     assert (state["algorithm"], state["baseline"]) == ("spo", "global")
@@ -111,14 +144,24 @@ def test_spo_per_prompt_tracker_with_a_frozen_policy_matches_hand_values(tiny, t
     """4 prompts, 4 per step, learning rate 0: every prompt is seen at steps 1 and 2 (sampler epochs), the policy
     never moves, so D = 0 and the second visit forgets as slowly as allowed (rho = clip_upper = 0.96). MiniMind's
     global rho compared different prompts' mean log-probs and hit clip_lower 42% of the time with a frozen policy."""
-    t = make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, train_dataset=dataset(n=4), learning_rate=0.0,
-                     reward_funcs=[answer_over_ten], reward_scale=1.0, save_strategy="no", max_steps=2)
+    t = make_trainer(
+        SPOTrainer,
+        SPOConfig,
+        tiny,
+        tmp_path,
+        train_dataset=dataset(n=4),
+        learning_rate=0.0,
+        reward_funcs=[answer_over_ten],
+        reward_scale=1.0,
+        save_strategy="no",
+        max_steps=2,
+    )
     t.train()
     first, second = step_logs(t, 1), step_logs(t, 2)
-    assert first["rho"] == pytest.approx(0.9) and first["divergence"] == 0.0   # first visits: rho_const, no D
+    assert first["rho"] == pytest.approx(0.9) and first["divergence"] == 0.0  # first visits: rho_const, no D
     assert second["rho"] == pytest.approx(0.96)
-    assert second["divergence"] < 1e-5   # the stored sample re-scored under the same weights
-    answers = [0, 1, 2, 3]   # prompts i = 0..3 are "i+0=": rewards .0, .1, .2, .3 map to (r + 1) / 2
+    assert second["divergence"] < 1e-5  # the stored sample re-scored under the same weights
+    answers = [0, 1, 2, 3]  # prompts i = 0..3 are "i+0=": rewards .0, .1, .2, .3 map to (r + 1) / 2
     for key, a in enumerate(answers):
         r = (a / 10 + 1) / 2
         alpha1, beta1 = 0.9 * 0.5 + r, 0.9 * 0.5 + (1 - r)
@@ -139,11 +182,24 @@ def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
     rm.config.pad_token_id = AutoTokenizer.from_pretrained(tiny).pad_token_id
     rm.save_pretrained(rm_dir)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(rm_dir)
-    t = make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path / "run", reward_funcs=[str(rm_dir)], max_steps=1,
-                save_strategy="no", peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
-                eval_strategy="steps", eval_steps=1, eval_dataset=dataset(n=3), reward_model_path=str(rm_dir))
+    t = make_trainer(
+        PPOTrainer,
+        PPOConfig,
+        tiny,
+        tmp_path / "run",
+        reward_funcs=[str(rm_dir)],
+        max_steps=1,
+        save_strategy="no",
+        peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_dataset=dataset(n=3),
+        reward_model_path=str(rm_dir),
+    )
     assert len(t.reward_funcs) == 1  # reward_model_path names the model already given: it scores once
-    assert torch.equal(t.value_model.head.weight.detach(), rm.score.weight.float())  # critic starts from the RM
+    assert torch.equal(
+        t.value_model.head.weight.detach(), rm.score.weight.float()
+    )  # critic starts from the RM
     assert any("lora" in n for n, p in t.value_model.named_parameters() if p.requires_grad)
     t.train()
     assert "rewards/reward_model_rm" in step_logs(t, 1)
@@ -152,16 +208,25 @@ def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):
 
 def test_constructor_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="no 'prompt' column"):
-        make_trainer(PPOTrainer, PPOConfig, tiny, tmp_path, train_dataset=Dataset.from_list([{"question": "x"}]))
+        make_trainer(
+            PPOTrainer, PPOConfig, tiny, tmp_path, train_dataset=Dataset.from_list([{"question": "x"}])
+        )
     with pytest.raises(ValueError, match="no reward"):
         make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_funcs=None)
     with pytest.raises(ValueError, match="2 reward weights for 1 reward functions"):
         make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, reward_weights=[1.0, 2.0])
     with pytest.raises(TypeError, match="needs a PPOConfig"):
-        PPOTrainer(model=tiny, args=args_for(SPOConfig, tmp_path), train_dataset=dataset(), reward_funcs=[digits])
+        PPOTrainer(
+            model=tiny, args=args_for(SPOConfig, tmp_path), train_dataset=dataset(), reward_funcs=[digits]
+        )
     with pytest.raises(ValueError, match="SPO has no critic"):
-        SPOTrainer(model=tiny, args=args_for(SPOConfig, tmp_path), train_dataset=dataset(), reward_funcs=[digits],
-                   value_model=tiny)
+        SPOTrainer(
+            model=tiny,
+            args=args_for(SPOConfig, tmp_path),
+            train_dataset=dataset(),
+            reward_funcs=[digits],
+            value_model=tiny,
+        )
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ImportError, match="use_vllm is true but vLLM is not installed"):
             make_trainer(SPOTrainer, SPOConfig, tiny, tmp_path, use_vllm=True)

@@ -12,8 +12,16 @@ import pytest
 from align_recipes.cli import main
 from align_recipes.run import training
 
-ARGS = ["train", "recipes/tiny/sft.yaml", "train.max_steps=2", "train.per_device_train_batch_size=4",
-        "evaluate.limit=2", "--profile", "cpu", "--no-report"]
+ARGS = [
+    "train",
+    "recipes/tiny/sft.yaml",
+    "train.max_steps=2",
+    "train.per_device_train_batch_size=4",
+    "evaluate.limit=2",
+    "--profile",
+    "cpu",
+    "--no-report",
+]
 
 
 def boom(*args, **kwargs):
@@ -22,7 +30,9 @@ def boom(*args, **kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["measure before", "trainer.train", "save_model"])
-def test_a_run_that_breaks_says_failed_and_the_same_command_starts_it_again(where, tmp_path, monkeypatch, capsys):
+def test_a_run_that_breaks_says_failed_and_the_same_command_starts_it_again(
+    where, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     args = [*ARGS, f"train.output_dir={out}"]
     with monkeypatch.context() as patch:

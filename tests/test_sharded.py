@@ -27,12 +27,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align_recipes.plan import hardware
-from align_recipes.run import models
-from align_recipes.plan import scaling
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError, RecipeErrors
+from align_recipes.plan import hardware, scaling
 from align_recipes.plan.load import load_plan
+from align_recipes.run import models
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
@@ -41,8 +40,15 @@ DPO_METRIC_TOLERANCE = 0.05  # measured |difference| 0.00-0.02 over 5 seeds (mod
 DPO_LOSS_TOLERANCE = 0.02  # measured <= 0.004 at every logged step over 2 seeds
 RTOL = 1e-5  # a resumed run against the uninterrupted one (bitwise equal here; slack for other BLAS builds)
 H100X8 = "\n".join(["NVIDIA H100 80GB HBM3, 81559, 9.0"] * 8)
-LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP",
-                      "ACCELERATE_DEEPSPEED_ZERO_STAGE", "FSDP_VERSION")
+LAUNCHER_VARIABLES = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_USE_FSDP",
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+    "FSDP_VERSION",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -55,16 +61,20 @@ def _not_launched(monkeypatch):
 
 # --- the plan: effective batch over N processes (fast) ----------------------------------------------------
 
-@pytest.mark.parametrize("micro, accumulation, processes, keep_micro, expected", [
-    (16, 1, 2, False, (8, 1)),    # accumulation 1: the micro-batch halves
-    (8, 4, 2, False, (8, 2)),     # accumulation divides: the micro-batch stays
-    (2, 8, 16, False, (1, 1)),    # 16 = 1 x 1 x 16
-    (12, 2, 8, False, (3, 1)),    # 24 / 8 = 3 per process
-    (16, 1, 3, False, None),      # 16 does not divide by 3
-    (8, 1, 2, True, None),        # only the micro-batch could change, and the user fixed it
-    (8, 2, 2, True, (8, 1)),
-    (32, 1, 1, False, (32, 1)),
-])
+
+@pytest.mark.parametrize(
+    "micro, accumulation, processes, keep_micro, expected",
+    [
+        (16, 1, 2, False, (8, 1)),  # accumulation 1: the micro-batch halves
+        (8, 4, 2, False, (8, 2)),  # accumulation divides: the micro-batch stays
+        (2, 8, 16, False, (1, 1)),  # 16 = 1 x 1 x 16
+        (12, 2, 8, False, (3, 1)),  # 24 / 8 = 3 per process
+        (16, 1, 3, False, None),  # 16 does not divide by 3
+        (8, 1, 2, True, None),  # only the micro-batch could change, and the user fixed it
+        (8, 2, 2, True, (8, 1)),
+        (32, 1, 1, False, (32, 1)),
+    ],
+)
 def test_split_batch(micro, accumulation, processes, keep_micro, expected):
     assert scaling.split_batch(micro, accumulation, processes, keep_micro) == expected
 
@@ -73,7 +83,10 @@ def test_launched_plan_keeps_the_effective_batch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     plan = load_plan(REPO / "recipes/tiny/dpo.yaml", ["model.name_or_path=builtin:tiny-qwen2"], profile="cpu")
     train = plan.recipe["train"]
-    assert (train["per_device_train_batch_size"], train.get("gradient_accumulation_steps", 1)) == (8, 1)  # 16 x 1
+    assert (train["per_device_train_batch_size"], train.get("gradient_accumulation_steps", 1)) == (
+        8,
+        1,
+    )  # 16 x 1
     assert plan.sources["train.per_device_train_batch_size"] == "launch:2 processes"
     why = next(c.why for c in plan.profile_changes if c.key == "train.per_device_train_batch_size")
     assert "micro-batch 16→8" in why and "effective batch 16" in why
@@ -89,11 +102,15 @@ def test_a_micro_batch_from_the_command_line_is_kept_and_show_says_the_batch_gro
 
 
 def write_recipe(tmp_path: Path, model: str, adapter: str = "") -> Path:
-    (tmp_path / "data.jsonl").write_text(json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"}) + "\n")
+    (tmp_path / "data.jsonl").write_text(
+        json.dumps({"prompt": "1+1=", "chosen": "2", "rejected": "3"}) + "\n"
+    )
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"algorithm: dpo\nmodel: {{name_or_path: {model}{', adapter: ' + adapter if adapter else ''}}}\n"
-                    "data: {train: {path: data.jsonl}}\n"
-                    "train: {per_device_train_batch_size: 8, gradient_accumulation_steps: 4}\n")
+    path.write_text(
+        f"algorithm: dpo\nmodel: {{name_or_path: {model}{', adapter: ' + adapter if adapter else ''}}}\n"
+        "data: {train: {path: data.jsonl}}\n"
+        "train: {per_device_train_batch_size: 8, gradient_accumulation_steps: 4}\n"
+    )
     return path
 
 
@@ -127,6 +144,7 @@ def test_a_model_that_fits_one_gpu_gets_data_parallel(tmp_path, monkeypatch):
 
 # --- FSDP-QLoRA and its refusals (fast) -------------------------------------------------------------------
 
+
 def launched_with(monkeypatch, **variables: str) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     for name, value in variables.items():
@@ -137,29 +155,43 @@ def test_qlora_under_fsdp2_is_planned_and_stores_4bit_weights_in_the_compute_dty
     torch = pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
     launched_with(monkeypatch, ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
-    plan = load_plan(REPO / "recipes/tiny/dpo.yaml", ["model.name_or_path=builtin:tiny-qwen2", "model.adapter=qlora"],
-                     profile="cpu")
+    plan = load_plan(
+        REPO / "recipes/tiny/dpo.yaml",
+        ["model.name_or_path=builtin:tiny-qwen2", "model.adapter=qlora"],
+        profile="cpu",
+    )
     config = models.quantization_config(plan.model)
     assert config.bnb_4bit_quant_storage == torch.float32 == config.bnb_4bit_compute_dtype
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert models.quantization_config(plan.model).bnb_4bit_quant_storage == torch.uint8
 
 
-@pytest.mark.parametrize("variables, message, fix", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "are not sharded", "fsdp2.yaml"),
-    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1", "fsdp_version: 2"),
-])
+@pytest.mark.parametrize(
+    "variables, message, fix",
+    [
+        (
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+            "are not sharded",
+            "fsdp2.yaml",
+        ),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1", "fsdp_version: 2"),
+    ],
+)
 def test_qlora_sharding_that_does_not_work_is_refused(monkeypatch, variables, message, fix):
     pytest.importorskip("bitsandbytes")
     launched_with(monkeypatch, **variables)
     with pytest.raises((RecipeError, RecipeErrors)) as caught:
-        load_plan(REPO / "recipes/tiny/dpo.yaml", ["model.name_or_path=builtin:tiny-qwen2", "model.adapter=qlora"],
-                  profile="cpu")
+        load_plan(
+            REPO / "recipes/tiny/dpo.yaml",
+            ["model.name_or_path=builtin:tiny-qwen2", "model.adapter=qlora"],
+            profile="cpu",
+        )
     errors = getattr(caught.value, "errors", [caught.value])
     assert any(message in e.message and fix in e.fix for e in errors), [e.message for e in errors]
 
 
 # --- two-process runs (slow) ------------------------------------------------------------------------------
+
 
 def accelerate_bin() -> str:
     found = Path(sys.executable).with_name("accelerate")
@@ -167,8 +199,15 @@ def accelerate_bin() -> str:
 
 
 def clean_env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", hardware.FAKE_SMI_ENV: "", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        hardware.FAKE_SMI_ENV: "",
+        "PYTHONUNBUFFERED": "1",
+    }
     for name in LAUNCHER_VARIABLES:
         env.pop(name, None)
     return env
@@ -179,25 +218,66 @@ def port() -> int:
     return 29000 + (os.getpid() * 7 + port.offset) % 900
 
 
-def launch_command(config: str, recipe: str, output_dir: Path, *overrides: str, launcher: tuple = (),
-                   start: str = "--overwrite") -> list[str]:
+def launch_command(
+    config: str,
+    recipe: str,
+    output_dir: Path,
+    *overrides: str,
+    launcher: tuple = (),
+    start: str = "--overwrite",
+) -> list[str]:
     """`accelerate launch` of two processes (`launcher` adds or replaces launcher options)."""
-    options = {"--num_processes": "2", "--main_process_port": str(port()), **dict(zip(launcher[::2], launcher[1::2]))}
-    return [accelerate_bin(), "launch", "--config_file", str(ACCELERATE_DIR / f"{config}.yaml"),
-            *[word for pair in options.items() for word in pair], "-m", "align_recipes", "train", recipe,
-            "--profile", "cpu", "--no-report", start, f"train.output_dir={output_dir}", *overrides]
+    options = {
+        "--num_processes": "2",
+        "--main_process_port": str(port()),
+        **dict(zip(launcher[::2], launcher[1::2])),
+    }
+    return [
+        accelerate_bin(),
+        "launch",
+        "--config_file",
+        str(ACCELERATE_DIR / f"{config}.yaml"),
+        *[word for pair in options.items() for word in pair],
+        "-m",
+        "align_recipes",
+        "train",
+        recipe,
+        "--profile",
+        "cpu",
+        "--no-report",
+        start,
+        f"train.output_dir={output_dir}",
+        *overrides,
+    ]
 
 
-def launch(config: str, recipe: str, output_dir: Path, *overrides: str, **options) -> subprocess.CompletedProcess:
+def launch(
+    config: str, recipe: str, output_dir: Path, *overrides: str, **options
+) -> subprocess.CompletedProcess:
     command = launch_command(config, recipe, output_dir, *overrides, **options)
-    result = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        command, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
 
 
 def train_one_process(recipe: str, output_dir: Path, *overrides: str) -> dict:
-    assert main(["train", recipe, "--profile", "cpu", "--no-report", "--overwrite",
-                 f"train.output_dir={output_dir}", *overrides]) == 0
+    assert (
+        main(
+            [
+                "train",
+                recipe,
+                "--profile",
+                "cpu",
+                "--no-report",
+                "--overwrite",
+                f"train.output_dir={output_dir}",
+                *overrides,
+            ]
+        )
+        == 0
+    )
     return json.loads((output_dir / "summary.json").read_text())
 
 
@@ -210,7 +290,9 @@ def losses(output_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def assert_sharded_once(result: subprocess.CompletedProcess | str, output_dir: Path, engine: str = "fsdp2") -> dict:
+def assert_sharded_once(
+    result: subprocess.CompletedProcess | str, output_dir: Path, engine: str = "fsdp2"
+) -> dict:
     log = result if isinstance(result, str) else result.stdout + result.stderr
     assert log.count("align-recipes · ") == 1 and log.count("done: ") == 1, log[-3000:]
     summary = summary_of(output_dir)
@@ -231,7 +313,9 @@ def assert_plain_model_folder(output_dir: Path, reward: bool = False) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     names = [p.name for p in output_dir.iterdir()]
-    assert "model.safetensors" in names and not [n for n in names if "rank" in n or n.endswith(".distcp")], names
+    assert "model.safetensors" in names and not [n for n in names if "rank" in n or n.endswith(".distcp")], (
+        names
+    )
     cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     model = cls.from_pretrained(str(output_dir))
     assert sum(p.numel() for p in model.parameters()) > 100_000
@@ -252,12 +336,33 @@ def launch_two_machines(config: str, recipe: str, output_dir: Path, *overrides: 
     """Two `accelerate launch` commands, one per "machine" (1 process each) on 127.0.0.1, run together as
     two nodes would run the same command with their own --machine_rank; returns each machine's log."""
     main_port = str(port())
-    commands = [launch_command(config, recipe, output_dir, *overrides,
-                               launcher=("--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-                                         "--main_process_ip", "127.0.0.1", "--main_process_port", main_port))
-                for rank in (0, 1)]
-    nodes = [subprocess.Popen(c, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in commands]
+    commands = [
+        launch_command(
+            config,
+            recipe,
+            output_dir,
+            *overrides,
+            launcher=(
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                main_port,
+            ),
+        )
+        for rank in (0, 1)
+    ]
+    nodes = [
+        subprocess.Popen(
+            c, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for c in commands
+    ]
     logs = [node.communicate(timeout=TIMEOUT)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-2000:] for log in logs)
     return logs
@@ -276,8 +381,14 @@ def dpo_pair(tiny_sft, tmp_path_factory) -> tuple[Path, Path, list[str]]:
         train_one_process("recipes/tiny/dpo.yaml", root / "single", *common)
     finally:
         os.chdir(previous)
-    logs = launch_two_machines("cpu_fsdp2", "recipes/tiny/dpo.yaml", root / "fsdp2", *common,
-                               "train.save_strategy=steps", "train.save_steps=30")
+    logs = launch_two_machines(
+        "cpu_fsdp2",
+        "recipes/tiny/dpo.yaml",
+        root / "fsdp2",
+        *common,
+        "train.save_strategy=steps",
+        "train.save_steps=30",
+    )
     return root / "single", root / "fsdp2", logs
 
 
@@ -293,7 +404,10 @@ def test_dpo_on_fsdp2_matches_one_process(dpo_pair):
     reference = {t["name"]: t for t in summary_of(single)["task_metrics"]}
     for task in summary["task_metrics"]:
         assert task["before"] == reference[task["name"]]["before"]  # rank 0 measured the same starting policy
-        assert abs(task["after"] - reference[task["name"]]["after"]) <= DPO_METRIC_TOLERANCE, (task, reference)
+        assert abs(task["after"] - reference[task["name"]]["after"]) <= DPO_METRIC_TOLERANCE, (
+            task,
+            reference,
+        )
     assert_plain_model_folder(sharded)
 
 
@@ -310,8 +424,15 @@ def test_sharded_checkpoint_resumes_exactly(dpo_pair, tmp_path):
     for name in ("model.safetensors", "summary.json"):
         (resumed / name).unlink()
     (resumed / "summary.json").write_text(json.dumps({**summary_of(sharded), "status": "interrupted"}))
-    result = launch("cpu_fsdp2", "recipes/tiny/dpo.yaml", resumed, f"model.name_or_path={summary_of(sharded)['model']}",
-                    "train.save_strategy=steps", "train.save_steps=30", start="--resume")
+    result = launch(
+        "cpu_fsdp2",
+        "recipes/tiny/dpo.yaml",
+        resumed,
+        f"model.name_or_path={summary_of(sharded)['model']}",
+        "train.save_strategy=steps",
+        "train.save_steps=30",
+        start="--resume",
+    )
     assert "resuming   from checkpoint-30" in result.stdout
     before, after = losses(sharded), losses(resumed)
     later = sorted(s for s in before if s > 30)
@@ -320,7 +441,10 @@ def test_sharded_checkpoint_resumes_exactly(dpo_pair, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    expected, got = load_file(str(sharded / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    expected, got = (
+        load_file(str(sharded / "model.safetensors")),
+        load_file(str(resumed / "model.safetensors")),
+    )
     assert expected.keys() == got.keys()
     assert all(torch.allclose(expected[k], got[k], rtol=RTOL, atol=1e-7) for k in expected)
     assert summary_of(resumed)["task_metrics"] == summary_of(sharded)["task_metrics"]
@@ -340,8 +464,16 @@ BACK_TO_BACK = [
 def test_algorithms_train_on_fsdp2_and_save_plain_models(tiny_sft, tmp_path):
     for algorithm, overrides in BACK_TO_BACK:
         output_dir = tmp_path / algorithm
-        result = launch("cpu_fsdp2", f"recipes/tiny/{algorithm}.yaml", output_dir, f"model.name_or_path={tiny_sft}",
-                        *overrides, "train.max_steps=2", "train.num_train_epochs=1", "evaluate.limit=8")
+        result = launch(
+            "cpu_fsdp2",
+            f"recipes/tiny/{algorithm}.yaml",
+            output_dir,
+            f"model.name_or_path={tiny_sft}",
+            *overrides,
+            "train.max_steps=2",
+            "train.num_train_epochs=1",
+            "evaluate.limit=8",
+        )
         summary = assert_sharded_once(result, output_dir)
         assert summary["steps"] == 2, algorithm
         if "model.adapter=qlora" in overrides:
@@ -363,7 +495,10 @@ def test_two_machines_over_loopback_write_one_summary_and_share_the_checkpoint(d
     assert "align-recipes · " not in logs[1] and "done: " not in logs[1], logs[1][-2000:]
     assert summary_of(sharded)["status"] == "complete"
     checkpoint = sharded / "checkpoint-30"
-    assert sorted(p.name for p in checkpoint.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
     assert len(list((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))) == 2
 
 
@@ -374,8 +509,16 @@ def test_deepspeed_on_cpu_processes(stage, tmp_path):
     shipped zero2/zero3 configs over gloo."""
     pytest.importorskip("deepspeed")
     output_dir = tmp_path / stage
-    result = launch(stage, "recipes/tiny/dpo.yaml", output_dir, "model.name_or_path=builtin:tiny-qwen2",
-                    "train.max_steps=2", "evaluate.limit=8", "train.save_strategy=steps", "train.save_steps=2")
+    result = launch(
+        stage,
+        "recipes/tiny/dpo.yaml",
+        output_dir,
+        "model.name_or_path=builtin:tiny-qwen2",
+        "train.max_steps=2",
+        "evaluate.limit=8",
+        "train.save_strategy=steps",
+        "train.save_steps=2",
+    )
     assert_sharded_once(result, output_dir, engine=stage)
     assert_plain_model_folder(output_dir)
     states = sorted(p.name for p in (output_dir / "checkpoint-2" / "global_step2").iterdir())

@@ -16,28 +16,46 @@ import json
 import shutil
 
 import pytest
+from test_sharded import (
+    assert_plain_model_folder,
+    assert_sharded_once,
+    launch,
+    launched_with,
+    losses,
+    summary_of,
+)
 
 from align_recipes.cli import main
-from test_sharded import assert_plain_model_folder, assert_sharded_once, launch, launched_with, losses, summary_of
 
 torch = pytest.importorskip("torch")
 
-from align_recipes.rl import core, sharding  # noqa: E402
 import sharded_rl_workers  # noqa: E402
+
+from align_recipes.rl import core, sharding  # noqa: E402
 
 RTOL = 1e-5  # resumed against uninterrupted (bitwise equal here; slack for other BLAS builds)
 
 
 @pytest.fixture(autouse=True)
 def _not_launched(monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP",
-                 "ACCELERATE_DEEPSPEED_ZERO_STAGE", "FSDP_VERSION"):
+    for name in (
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "ACCELERATE_USE_DEEPSPEED",
+        "ACCELERATE_USE_FSDP",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+        "FSDP_VERSION",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
 # --- global whitening (fast) ------------------------------------------------------------------------------
 
-def naive_whiten(shards: list[tuple[torch.Tensor, torch.Tensor]], shift_mean: bool = True) -> list[torch.Tensor]:
+
+def naive_whiten(
+    shards: list[tuple[torch.Tensor, torch.Tensor]], shift_mean: bool = True
+) -> list[torch.Tensor]:
     """Whitening written out on the concatenated masked-in values of every shard (unbiased variance)."""
     values = [v for x, m in shards for v, keep in zip(x.flatten().tolist(), m.flatten().tolist()) if keep]
     n = len(values)
@@ -73,18 +91,28 @@ def test_on_a_real_2_process_gloo_group(tmp_path):
     generate's do), then reshards them with their settings restored."""
     import torch.multiprocessing as mp
 
-    mp.spawn(sharded_rl_workers.run_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2,
-             join=True)
+    mp.spawn(
+        sharded_rl_workers.run_rank,
+        args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     expected = naive_whiten(sharded_rl_workers.two_shards())
     for rank in (0, 1):
         assert torch.allclose(torch.load(tmp_path / f"whitened_{rank}.pt"), expected[rank], atol=1e-5)
         report = json.loads((tmp_path / f"gathered_{rank}.json").read_text())
-        assert report == {"sharded_before": True, "whole_inside": True, "still_whole_after_forward": True,
-                          "sharded_after": True, "output_ok": True,
-                          "reshards_restored": [True, False]}, report  # a layer reshards, the root does not
+        assert report == {
+            "sharded_before": True,
+            "whole_inside": True,
+            "still_whole_after_forward": True,
+            "sharded_after": True,
+            "output_ok": True,
+            "reshards_restored": [True, False],
+        }, report  # a layer reshards, the root does not
 
 
 # --- frozen models and the plan (fast) ---------------------------------------------------------------------
+
 
 def test_frozen_models_over_the_threshold_are_refused_with_the_rule(monkeypatch):
     reference = torch.nn.Linear(10, 10)  # 110 parameters
@@ -98,7 +126,13 @@ def test_frozen_models_over_the_threshold_are_refused_with_the_rule(monkeypatch)
 @pytest.mark.parametrize("algorithm", ["ppo", "spo"])
 def test_plans_accept_fsdp2_and_refuse_deepspeed_for_our_rl_trainers(monkeypatch, capsys, algorithm):
     """Measured: FSDP2 trains PPO/SPO (below); under ZeRO-2 the loop trains but cannot save (no engine)."""
-    command = ["validate", f"recipes/tiny/{algorithm}.yaml", "--profile", "cpu", "model.name_or_path=builtin:tiny-qwen2"]
+    command = [
+        "validate",
+        f"recipes/tiny/{algorithm}.yaml",
+        "--profile",
+        "cpu",
+        "model.name_or_path=builtin:tiny-qwen2",
+    ]
     launched_with(monkeypatch, ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
     assert main(command) == 0, capsys.readouterr().err
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
@@ -110,6 +144,7 @@ def test_plans_accept_fsdp2_and_refuse_deepspeed_for_our_rl_trainers(monkeypatch
 
 # --- two-process runs (slow) ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_sft() -> str:
     from align_recipes import tiny
@@ -118,8 +153,13 @@ def tiny_sft() -> str:
     return tiny.TINY_SFT_ID
 
 
-SHORT = ["train.max_steps=6", "train.logging_steps=1", "train.save_strategy=steps", "train.save_steps=3",
-         "evaluate.limit=8"]
+SHORT = [
+    "train.max_steps=6",
+    "train.logging_steps=1",
+    "train.save_strategy=steps",
+    "train.save_steps=3",
+    "evaluate.limit=8",
+]
 
 
 @pytest.mark.slow
@@ -131,8 +171,16 @@ def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tm
     assert_plain_model_folder(run)  # the policy alone, consolidated
     assert not (run / "value_model.safetensors").exists()
     checkpoint = run / "checkpoint-3"
-    for folder in ("pytorch_model_fsdp_0", "pytorch_model_fsdp_1", "optimizer_0", "optimizer_1"):  # policy, critic
-        assert sorted(p.name for p in (checkpoint / folder).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    for folder in (
+        "pytorch_model_fsdp_0",
+        "pytorch_model_fsdp_1",
+        "optimizer_0",
+        "optimizer_1",
+    ):  # policy, critic
+        assert sorted(p.name for p in (checkpoint / folder).glob("*.distcp")) == [
+            "__0_0.distcp",
+            "__1_0.distcp",
+        ]
     assert json.loads((checkpoint / "rl_state.json").read_text())["algorithm"] == "ppo"
 
     # Continue a copy from step 3 as if the run had stopped there.
@@ -141,8 +189,14 @@ def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tm
     for name in ("model.safetensors", "summary.json"):
         (resumed / name).unlink()
     (resumed / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
-    result = launch("cpu_fsdp2", "recipes/tiny/ppo.yaml", resumed, f"model.name_or_path={tiny_sft}", *SHORT,
-                    start="--resume")
+    result = launch(
+        "cpu_fsdp2",
+        "recipes/tiny/ppo.yaml",
+        resumed,
+        f"model.name_or_path={tiny_sft}",
+        *SHORT,
+        start="--resume",
+    )
     assert "resuming   from checkpoint-3" in result.stdout
     before, after = losses(run), losses(resumed)
     assert sorted(after) == [1, 2, 3, 4, 5, 6] == sorted(before)
@@ -160,8 +214,16 @@ def test_spo_on_fsdp2_trains_and_saves_a_plain_model(tiny_sft, tmp_path):
     run = tmp_path / "spo"
     # SPO's default baseline (the tiny recipe uses MiniMind's global one): its divergence forward is the part
     # that runs on gathered weights.
-    result = launch("cpu_fsdp2", "recipes/tiny/spo.yaml", run, f"model.name_or_path={tiny_sft}",
-                    "train.baseline=per_prompt", "train.max_steps=3", "train.logging_steps=1", "evaluate.limit=8")
+    result = launch(
+        "cpu_fsdp2",
+        "recipes/tiny/spo.yaml",
+        run,
+        f"model.name_or_path={tiny_sft}",
+        "train.baseline=per_prompt",
+        "train.max_steps=3",
+        "train.logging_steps=1",
+        "evaluate.limit=8",
+    )
     assert assert_sharded_once(result, run)["steps"] == 3
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # From the second step on, prompts sampled before get a divergence: the policy forward the ranks run on

@@ -45,8 +45,9 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 def test_hash_follows_the_assets(monkeypatch):
     before = tiny.asset_hash()
     real = tiny._asset_bytes
-    monkeypatch.setattr(tiny, "_asset_bytes",
-                        lambda name: real(name) + (b" " if name == "chat_template.jinja" else b""))
+    monkeypatch.setattr(
+        tiny, "_asset_bytes", lambda name: real(name) + (b" " if name == "chat_template.jinja" else b"")
+    )
     assert tiny.asset_hash() != before
 
 
@@ -57,7 +58,11 @@ def test_loads_with_auto_classes(model_dir, tokenizer):
     info = json.loads((model_dir / tiny.MARKER_FILE).read_text())
     assert model.config.model_type == "qwen2"
     assert model.config.vocab_size == len(tokenizer) == info["vocab_size"]
-    assert sum(p.numel() for p in model.parameters()) == info["num_parameters"] == tiny.describe()["num_parameters"]
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == info["num_parameters"]
+        == tiny.describe()["num_parameters"]
+    )
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
 
@@ -82,8 +87,11 @@ def test_tokenizer_is_byte_level_with_qwen_specials(tokenizer):
 
 
 def test_chat_template(tokenizer):
-    from trl.chat_template_utils import (has_generation_markers, is_chat_template_prefix_preserving,
-                                         is_chat_template_stop_token_trained)
+    from trl.chat_template_utils import (
+        has_generation_markers,
+        is_chat_template_prefix_preserving,
+        is_chat_template_stop_token_trained,
+    )
 
     prompt = [{"role": "user", "content": "3+4="}]
     full = prompt + [{"role": "assistant", "content": "7"}]
@@ -93,9 +101,13 @@ def test_chat_template(tokenizer):
     assert rendered == with_prompt + "7<|im_end|>\n"
     assert tokenizer.apply_chat_template(prompt, tokenize=False) == "<|im_start|>user\n3+4=<|im_end|>\n"
     system = [{"role": "system", "content": "Add."}] + full
-    assert tokenizer.apply_chat_template(system, tokenize=False).startswith("<|im_start|>system\nAdd.<|im_end|>\n")
+    assert tokenizer.apply_chat_template(system, tokenize=False).startswith(
+        "<|im_start|>system\nAdd.<|im_end|>\n"
+    )
 
-    out = tokenizer.apply_chat_template(full, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        full, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tokenizer.decode(trained) == "7<|im_end|>\n"
     assert has_generation_markers(tokenizer.chat_template)
@@ -114,8 +126,11 @@ def test_generation_stops_at_eos(model_dir, tokenizer):
         head.bias.zero_()
         head.bias[tokenizer.eos_token_id] = 10.0
     model.lm_head = head
-    texts = tokenizer.apply_chat_template([[{"role": "user", "content": "1+1="}], [{"role": "user", "content": "12+19="}]],
-                                          tokenize=False, add_generation_prompt=True)
+    texts = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": "1+1="}], [{"role": "user", "content": "12+19="}]],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
     out = model.generate(**enc, max_new_tokens=10, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 1

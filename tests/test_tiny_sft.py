@@ -36,8 +36,14 @@ def test_the_builder_trains_what_the_sft_recipe_says():
 
 def test_every_later_tiny_stage_starts_from_it_and_validate_knows_it():
     for name in ("dpo", "kto", "reward", "grpo", "ppo", "spo"):
-        assert load_plan(REPO / "recipes" / "tiny" / f"{name}.yaml", profile="cpu").model.name_or_path == sft.TINY_SFT_ID
-    assert tiny.TINY_SFT_ID == sft.TINY_SFT_ID and set(tiny.BUILTIN_MODELS) == {tiny.TINY_MODEL_ID, sft.TINY_SFT_ID}
+        assert (
+            load_plan(REPO / "recipes" / "tiny" / f"{name}.yaml", profile="cpu").model.name_or_path
+            == sft.TINY_SFT_ID
+        )
+    assert tiny.TINY_SFT_ID == sft.TINY_SFT_ID and set(tiny.BUILTIN_MODELS) == {
+        tiny.TINY_MODEL_ID,
+        sft.TINY_SFT_ID,
+    }
     assert tiny.is_tiny_model_id("builtin:tiny-qwen2-sft") and not tiny.is_tiny_model_id("builtin:tiny-qwen3")
     with pytest.raises(ValueError, match="builtin:tiny-qwen2-sft"):
         tiny.ensure_builtin("builtin:tiny-qwen3")
@@ -62,7 +68,9 @@ def test_the_cache_key_follows_settings_and_data(monkeypatch):
 
 
 @pytest.mark.slow
-def test_under_accelerate_one_child_builds_it_and_it_equals_the_in_process_build(tmp_path, monkeypatch, capfd):
+def test_under_accelerate_one_child_builds_it_and_it_equals_the_in_process_build(
+    tmp_path, monkeypatch, capfd
+):
     """With WORLD_SIZE=2 (as `accelerate launch` sets it) the build runs in a child process without the
     distributed variables; the weights are the same as a build in this process."""
     from safetensors.torch import load_file
@@ -92,7 +100,8 @@ def test_the_module_entry_point_prints_a_complete_build_without_training(tmp_pat
     target = tmp_path / sft.tiny_sft_dir(tmp_path).name
     target.mkdir()
     (target / tiny.MARKER_FILE).write_text("{}")  # stands for a complete build: nothing is trained
-    proc = subprocess.run([sys.executable, "-m", "align_recipes.tiny.sft"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "align_recipes.tiny.sft"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(target)

@@ -25,6 +25,7 @@ def _solve(text: str) -> str:
 
 # ------------------------------------------------------------------------------------ data
 
+
 def test_generators_are_deterministic():
     for kind in tt.KINDS:
         assert tt.generate_rows(kind) == tt.generate_rows(kind)
@@ -79,7 +80,9 @@ def test_row_formats_and_answers():
     assert all(r["chosen"] == [{"role": "assistant", "content": r["answer"]}] for r in eval_rows)
     assert all(r["rejected"][0]["content"] != r["answer"] for r in eval_rows)
     assert [(r["prompt"], r["answer"], r["rejected"][0]["content"]) for r in eval_rows] == [
-        (r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in tt.generate_rows("prefs_eval")]
+        (r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"])
+        for r in tt.generate_rows("prefs_eval")
+    ]
 
 
 def test_reward_pairs_hold_the_policys_near_misses():
@@ -117,6 +120,7 @@ def test_cli_write_and_check(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- metric, reward
 
+
 def test_exact_match_and_answer_match():
     assert tt.exact_match(" 19\n", "19") == 1.0
     assert tt.exact_match("19 ", " 19") == 1.0
@@ -134,13 +138,15 @@ def test_toy_reward():
     assert tt.toy_reward(None, completions, answers) == [1.0, 1.0, 0.5, 0.1, 0.0, 0.0, 0.0]
     conversational = [[{"role": "assistant", "content": "7"}], [{"role": "assistant", "content": "8"}]]
     prompts = [[{"role": "user", "content": "3+4="}]] * 2
-    assert tt.toy_reward(prompts=prompts, completions=conversational, answer=["7", "7"], trainer_state=None) \
-        == [1.0, 0.1]
+    assert tt.toy_reward(
+        prompts=prompts, completions=conversational, answer=["7", "7"], trainer_state=None
+    ) == [1.0, 0.1]
     with pytest.raises(ValueError):
         tt.toy_reward(None, ["1"], [])
 
 
 # ---------------------------------------------------------------------------------- evaluation
+
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):

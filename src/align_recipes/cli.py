@@ -30,14 +30,22 @@ EPILOG = """examples:
 
 def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="path to a recipe YAML file, e.g. recipes/tiny/dpo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides applied last, e.g. train.learning_rate=1e-5 data.train.path=my.jsonl")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied last, e.g. train.learning_rate=1e-5 data.train.path=my.jsonl",
+    )
     parser.add_argument("--profile", help="force a hardware profile (cpu, t4, l4, a100, h100); default: auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="align-recipes", description="Reproducible LLM alignment from one YAML recipe.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="align-recipes",
+        description="Reproducible LLM alignment from one YAML recipe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from align_recipes import __version__
 
     parser.add_argument("--version", action="version", version=f"align-recipes {__version__}")
@@ -45,29 +53,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = verbs.add_parser("train", help="validate a recipe, then train")
     _add_recipe_args(train)
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint (recipes: train.resume_from_checkpoint: auto)")
-    train.add_argument("--no-report", action="store_true",
-                       help="skip report.md and its plots (about a second of matplotlib); `align-recipes report DIR` "
-                            "writes them later")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run in the output directory"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint (recipes: train.resume_from_checkpoint: auto)",
+    )
+    train.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip report.md and its plots (about a second of matplotlib); `align-recipes report DIR` "
+        "writes them later",
+    )
 
-    validate = verbs.add_parser("validate", help="check a recipe (and its data files) without loading a model")
+    validate = verbs.add_parser(
+        "validate", help="check a recipe (and its data files) without loading a model"
+    )
     _add_recipe_args(validate)
 
-    rehearse = verbs.add_parser("rehearse", help="run the recipe end to end at its real shape on CPU (2 layers, "
-                                "random weights, 2 steps), and estimate the full model's GPU memory")
+    rehearse = verbs.add_parser(
+        "rehearse",
+        help="run the recipe end to end at its real shape on CPU (2 layers, "
+        "random weights, 2 steps), and estimate the full model's GPU memory",
+    )
     _add_recipe_args(rehearse)
     rehearse.add_argument("--out", help="working folder (default: outputs/rehearse/<family>/<recipe>)")
-    rehearse.add_argument("--offline", action="store_true",
-                          help="never try the hub (also: HF_HUB_OFFLINE=1); shipped configs and stand-ins are used")
+    rehearse.add_argument(
+        "--offline",
+        action="store_true",
+        help="never try the hub (also: HF_HUB_OFFLINE=1); shipped configs and stand-ins are used",
+    )
 
-    show = verbs.add_parser("show", help="print the resolved recipe and TRL config, with where each value came from")
+    show = verbs.add_parser(
+        "show", help="print the resolved recipe and TRL config, with where each value came from"
+    )
     _add_recipe_args(show)
     show.add_argument("--all", action="store_true", help="also list TRL config fields left at their defaults")
 
     listing = verbs.add_parser("list", help="list algorithms, recipe families and profiles")
-    listing.add_argument("--names", action="store_true", help="only the algorithm names, one line (for scripts)")
+    listing.add_argument(
+        "--names", action="store_true", help="only the algorithm names, one line (for scripts)"
+    )
     _add_result_verbs(verbs)
     return parser
 
@@ -77,7 +105,9 @@ RESULT_VERBS = ("report", "chat", "merge", "eval", "pipeline")
 
 def _add_result_verbs(verbs) -> None:
     """Verbs that use a finished run (report, chat, merge, eval) or chain recipes (pipeline)."""
-    report = verbs.add_parser("report", help="write report.md and plots for a run; several runs: a comparison")
+    report = verbs.add_parser(
+        "report", help="write report.md and plots for a run; several runs: a comparison"
+    )
     report.add_argument("run_dirs", nargs="+", metavar="DIR", help="run output directories")
     report.add_argument("--out", help="where to write (default: the run itself; with several runs ./report)")
 
@@ -93,25 +123,41 @@ def _add_result_verbs(verbs) -> None:
     merge.add_argument("run_dir", metavar="DIR", help="a run's output directory holding an adapter")
     merge.add_argument("--out", required=True, metavar="MERGED", help="directory for the merged model")
     merge.add_argument("--overwrite", action="store_true", help="replace MERGED if it exists")
-    merge.add_argument("--push", metavar="REPO", help="then upload MERGED (with its model card) to this hub repository")
+    merge.add_argument(
+        "--push", metavar="REPO", help="then upload MERGED (with its model card) to this hub repository"
+    )
     merge.add_argument("--private", action="store_true", help="with --push: create the repository private")
 
     evaluate = verbs.add_parser("eval", help="measure a run on held-out data; writes eval.json")
     evaluate.add_argument("run_dir", metavar="DIR", help="a run's output directory")
     evaluate.add_argument("--data", help="held-out data file or hub id (default: the recipe's evaluate.data)")
-    evaluate.add_argument("--metric", action="append", metavar="NAME",
-                          help="exact_match, preference_accuracy, reward, implicit_reward_accuracy, win_rate "
-                               "(repeatable; default: the algorithm's metrics its data serves)")
-    evaluate.add_argument("--reward-model", metavar="DIR", help="reward model judging win_rate against the reference")
+    evaluate.add_argument(
+        "--metric",
+        action="append",
+        metavar="NAME",
+        help="exact_match, preference_accuracy, reward, implicit_reward_accuracy, win_rate "
+        "(repeatable; default: the algorithm's metrics its data serves)",
+    )
+    evaluate.add_argument(
+        "--reward-model", metavar="DIR", help="reward model judging win_rate against the reference"
+    )
     evaluate.add_argument("--limit", type=int, help="evaluate at most this many rows")
     evaluate.add_argument("--max-new-tokens", type=int, help="generation budget (exact_match, win_rate)")
 
-    pipe = verbs.add_parser("pipeline", help="validate every stage of a pipeline file, then run them in order")
+    pipe = verbs.add_parser(
+        "pipeline", help="validate every stage of a pipeline file, then run them in order"
+    )
     pipe.add_argument("pipeline", help="e.g. recipes/qwen05b/pipeline.yaml")
-    pipe.add_argument("overrides", nargs="*", metavar="[STAGE:]KEY=VALUE",
-                      help="overrides for every stage, or for one with a STAGE: prefix")
+    pipe.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="[STAGE:]KEY=VALUE",
+        help="overrides for every stage, or for one with a STAGE: prefix",
+    )
     pipe.add_argument("--profile", help="force a hardware profile for every stage")
-    pipe.add_argument("--output-dir", help="root directory of the stages' outputs (default: the file's output_dir)")
+    pipe.add_argument(
+        "--output-dir", help="root directory of the stages' outputs (default: the file's output_dir)"
+    )
     pipe.add_argument("--force", action="store_true", help="re-run complete stages too")
     pipe.add_argument("--dry-run", action="store_true", help="validate and say which stages would run")
 
@@ -133,8 +179,14 @@ def _run_result_verb(args) -> int:
     elif args.verb == "chat":
         from align_recipes.results.chat import chat
 
-        return chat(args.run_dir, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, top_p=args.top_p)
+        return chat(
+            args.run_dir,
+            prompt=args.prompt,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+        )
     elif args.verb == "merge":
         from align_recipes.results.merge import merge
 
@@ -147,15 +199,23 @@ def _run_result_verb(args) -> int:
     elif args.verb == "eval":
         from align_recipes.results.evaluate import EVAL_FILE, evaluate_run
 
-        result = evaluate_run(args.run_dir, data=args.data, metrics=args.metric, reward_model=args.reward_model,
-                              limit=args.limit, max_new_tokens=args.max_new_tokens)
+        result = evaluate_run(
+            args.run_dir,
+            data=args.data,
+            metrics=args.metric,
+            reward_model=args.reward_model,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+        )
         for name, value in result["metrics"].items():
             print(f"{name:<26} {value['value']:.4f}  (n={value.get('n')}, data {value.get('data')})")
         print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
     else:
         from align_recipes.results.pipeline import load_pipeline, run_pipeline
 
-        pipeline = load_pipeline(args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir)
+        pipeline = load_pipeline(
+            args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir
+        )
         run_pipeline(pipeline, force=args.force, dry_run=args.dry_run)
     return 0
 
@@ -199,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             from align_recipes.results.pipeline import load_pipeline
 
             pipeline = load_pipeline(args.recipe, args.overrides, profile=args.profile)
-            print(f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
-                  f"{pipeline.output_dir}")
+            print(
+                f"ok: {args.recipe} (pipeline: {' -> '.join(s.name for s in pipeline.stages)}) -> "
+                f"{pipeline.output_dir}"
+            )
             return 0
         if args.verb == "rehearse":
             return _rehearse(args)
@@ -208,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
 
         plan = load_plan(args.recipe, args.overrides, profile=args.profile)
         if args.verb == "validate":
-            print(f"ok: {args.recipe} ({plan.algorithm.name}, {plan.algorithm.config_name}, "
-                  f"profile {plan.profile.name}) -> {plan.output_dir}")
+            print(
+                f"ok: {args.recipe} ({plan.algorithm.name}, {plan.algorithm.config_name}, "
+                f"profile {plan.profile.name}) -> {plan.output_dir}"
+            )
             return 0
         if args.verb == "show":
             from align_recipes.plan.show import print_plan
@@ -220,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         from align_recipes.run import train
 
         refuse_unlaunched(plan.launch, plan.recipe_path)
-        summary = train(plan, overwrite=args.overwrite, resume=args.resume,
-                        command=sys.argv if argv is None else ["align-recipes", *argv])
+        summary = train(
+            plan,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            command=sys.argv if argv is None else ["align-recipes", *argv],
+        )
         if summary:  # the main process
             from align_recipes.results.publish import wrap_up
 
@@ -232,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(redact(exc.render()), file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt as exc:  # guards.RunInterrupted: Ctrl-C (130) or SIGTERM (143), with how to resume
+    except (
+        KeyboardInterrupt
+    ) as exc:  # guards.RunInterrupted: Ctrl-C (130) or SIGTERM (143), with how to resume
         print(getattr(exc, "message", None) or "interrupted", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
 

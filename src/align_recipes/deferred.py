@@ -52,7 +52,9 @@ def defer(name: str) -> bool:
     if spec is None or spec.loader is None:
         return False
     module = importlib.util.module_from_spec(spec)
-    module.__dict__.pop("__path__", None)  # read through __getattr__, so importing a submodule runs the package first
+    module.__dict__.pop(
+        "__path__", None
+    )  # read through __getattr__, so importing a submodule runs the package first
     module.__class__ = DeferredModule
     sys.modules[name] = module
     return True

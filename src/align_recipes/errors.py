@@ -8,16 +8,23 @@ exits with code 2; any other exception is a bug in align-recipes and keeps its t
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 EXIT_USER_ERROR = 2
 MAX_ERRORS_SHOWN = 12  # one screen
 
 
 class RecipeError(Exception):
-    def __init__(self, message: str, *, fix: str = "", file: str | Path | None = None,
-                 key: str | None = None, line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        fix: str = "",
+        file: str | Path | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.fix = fix

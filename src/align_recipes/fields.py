@@ -44,8 +44,9 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-def spec(default: Any = dataclasses.MISSING, kinds: str = "str", help: str = "", choices=None,
-         factory=None) -> Any:
+def spec(
+    default: Any = dataclasses.MISSING, kinds: str = "str", help: str = "", choices=None, factory=None
+) -> Any:
     """A dataclass field with the facts the checker needs in its metadata."""
     meta = {"kinds": kinds, "help": help, "choices": tuple(choices) if choices else None}
     if factory is not None:
@@ -60,9 +61,17 @@ def fields_of(cls) -> dict[str, FieldInfo]:
         if "kinds" not in f.metadata:
             continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        default = (
+            None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        )
         if dataclasses.is_dataclass(default):
             default = {}
-        table[f.name] = FieldInfo(f.name, tuple(f.metadata["kinds"].split()), default, f.metadata["choices"],
-                                  f.metadata["help"], required)
+        table[f.name] = FieldInfo(
+            f.name,
+            tuple(f.metadata["kinds"].split()),
+            default,
+            f.metadata["choices"],
+            f.metadata["help"],
+            required,
+        )
     return table

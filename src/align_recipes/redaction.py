@@ -7,12 +7,30 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
 SECRET_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials", "auth"}
-SPECIAL_TOKENS = {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "image", "audio", "video", "vision", "think",
-                  "start", "end", "special", "additional", "default"}
+SPECIAL_TOKENS = {
+    "pad",
+    "eos",
+    "bos",
+    "unk",
+    "sep",
+    "cls",
+    "mask",
+    "image",
+    "audio",
+    "video",
+    "vision",
+    "think",
+    "start",
+    "end",
+    "special",
+    "additional",
+    "default",
+}
 REDACTED = "***"
 _MIN_SECRET_LENGTH = 6  # shorter environment values ("1", "true") are not worth hiding and would mangle text
 

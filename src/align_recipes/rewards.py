@@ -28,11 +28,13 @@ import inspect
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from align_recipes.data.messages import completion_text
-from align_recipes.paths import candidates as path_candidates, looks_like_hub_id
+from align_recipes.paths import candidates as path_candidates
+from align_recipes.paths import looks_like_hub_id
 
 SPEC_KINDS = ("name", "function", "model")
 COMMON_KEYS = ("weight",)
@@ -45,6 +47,7 @@ class RewardSpecError(ValueError):
 
 # ----------------------------------------------------------------------------------- text helpers
 
+
 def last_number(text: Any) -> float | None:
     """The last number written in ``text`` ("#### 1,234" -> 1234.0); None when there is none."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -56,17 +59,21 @@ def last_number(text: Any) -> float | None:
 def _column(kwargs: dict, column: str, reward: str, n: int) -> list:
     if column not in kwargs:
         available = sorted(k for k, v in kwargs.items() if isinstance(v, list) and len(v) == n)
-        raise KeyError(f"reward '{reward}' needs the dataset column '{column}', which the batch does not have "
-                       f"(columns: {', '.join(available) or 'none'}); set `column:` in its rewards entry")
+        raise KeyError(
+            f"reward '{reward}' needs the dataset column '{column}', which the batch does not have "
+            f"(columns: {', '.join(available) or 'none'}); set `column:` in its rewards entry"
+        )
     return kwargs[column]
 
 
 # ---------------------------------------------------------------------------------------- builtins
 
+
 def _exact_match(column: str = "answer") -> Callable:
     def exact_match(prompts, completions, **kwargs):
         answers = _column(kwargs, column, "exact_match", len(completions))
         return [float(completion_text(c).strip() == str(a).strip()) for c, a in zip(completions, answers)]
+
     return exact_match
 
 
@@ -78,6 +85,7 @@ def _numeric_match(column: str = "answer", tolerance: float = 1e-6) -> Callable:
             got, want = last_number(completion_text(c)), last_number(a)
             scores.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
         return scores
+
     return numeric_match
 
 
@@ -86,6 +94,7 @@ def _regex(pattern: str) -> Callable:
 
     def regex(prompts, completions, **kwargs):
         return [float(compiled.search(completion_text(c)) is not None) for c in completions]
+
     return regex
 
 
@@ -93,6 +102,7 @@ def _length_penalty(max_length: int) -> Callable:
     def length_penalty(prompts, completions, **kwargs):
         lengths = [len(completion_text(c)) for c in completions]
         return [0.0 if n <= max_length else -min(1.0, (n - max_length) / max_length) for n in lengths]
+
     return length_penalty
 
 
@@ -102,30 +112,50 @@ _THINK = re.compile(r"\s*<think>.*?</think>\s*\S", re.DOTALL)
 def _think_format() -> Callable:
     def think_format(prompts, completions, **kwargs):
         return [float(_THINK.match(completion_text(c)) is not None) for c in completions]
+
     return think_format
 
 
-def _is_str(v): return isinstance(v, str) and v != ""
-def _is_pos_int(v): return isinstance(v, int) and not isinstance(v, bool) and v > 0
-def _is_nonneg_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+def _is_str(v):
+    return isinstance(v, str) and v != ""
+
+
+def _is_pos_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _is_nonneg_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
 # name -> (factory, {param: (required, check, "what it must be")}, one-line description)
 BUILTINS: dict[str, tuple[Callable, dict[str, tuple[bool, Callable, str]], str]] = {
-    "exact_match": (_exact_match, {"column": (False, _is_str, "a column name")},
-                    "1.0 when the completion equals the answer column (whitespace-trimmed), else 0.0"),
-    "numeric_match": (_numeric_match, {"column": (False, _is_str, "a column name"),
-                                       "tolerance": (False, _is_nonneg_num, "a number >= 0")},
-                      "1.0 when the last number in the completion equals the answer's last number"),
-    "regex": (_regex, {"pattern": (True, _is_str, "a regular expression")},
-              "1.0 when the pattern is found in the completion (use ^...$ to match all of it)"),
-    "length_penalty": (_length_penalty, {"max_length": (True, _is_pos_int, "an integer > 0 (characters)")},
-                       "0 up to max_length characters, then down to -1.0 at twice that length"),
+    "exact_match": (
+        _exact_match,
+        {"column": (False, _is_str, "a column name")},
+        "1.0 when the completion equals the answer column (whitespace-trimmed), else 0.0",
+    ),
+    "numeric_match": (
+        _numeric_match,
+        {"column": (False, _is_str, "a column name"), "tolerance": (False, _is_nonneg_num, "a number >= 0")},
+        "1.0 when the last number in the completion equals the answer's last number",
+    ),
+    "regex": (
+        _regex,
+        {"pattern": (True, _is_str, "a regular expression")},
+        "1.0 when the pattern is found in the completion (use ^...$ to match all of it)",
+    ),
+    "length_penalty": (
+        _length_penalty,
+        {"max_length": (True, _is_pos_int, "an integer > 0 (characters)")},
+        "0 up to max_length characters, then down to -1.0 at twice that length",
+    ),
     "think_format": (_think_format, {}, "1.0 for '<think>...</think>' followed by a non-empty answer"),
 }
 
 
 # ------------------------------------------------------------------------------- function references
+
 
 def _split_ref(ref: str) -> tuple[str, str]:
     target, sep, attr = ref.rpartition(":")
@@ -170,7 +200,9 @@ def _import_target(target: str, base_dir: Path | None):
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        raise RewardSpecError(f"cannot import module '{target}' ({exc}); install it or check the name") from None
+        raise RewardSpecError(
+            f"cannot import module '{target}' ({exc}); install it or check the name"
+        ) from None
     except Exception as exc:
         raise RewardSpecError(f"importing module '{target}' failed: {type(exc).__name__}: {exc}") from None
 
@@ -182,9 +214,14 @@ def signature_problem(func: Callable) -> str | None:
     except (TypeError, ValueError):
         return None  # builtins and C callables: cannot tell, let the first call decide
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return "must accept **kwargs (the trainer passes dataset columns and trainer_state as keyword arguments)"
-    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                   inspect.Parameter.KEYWORD_ONLY)}
+        return (
+            "must accept **kwargs (the trainer passes dataset columns and trainer_state as keyword arguments)"
+        )
+    names = {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     missing = [n for n in ("prompts", "completions") if n not in names]
     if missing and names:
         return f"its parameters must be named prompts and completions (missing: {', '.join(missing)})"
@@ -192,8 +229,15 @@ def signature_problem(func: Callable) -> str | None:
 
 
 # What the trainers pass to every reward function besides the dataset's columns (TRL's GRPOTrainer, our rl/).
-TRAINER_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
-                  "environments")
+TRAINER_KWARGS = (
+    "prompts",
+    "completions",
+    "completion_ids",
+    "trainer_state",
+    "log_extra",
+    "log_metric",
+    "environments",
+)
 
 
 def needed_columns(spec: dict, base_dir: str | Path | None = None) -> list[str]:
@@ -211,12 +255,18 @@ def needed_columns(spec: dict, base_dir: str | Path | None = None) -> list[str]:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):
         return []
-    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in TRAINER_KWARGS
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.name not in TRAINER_KWARGS
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
 
 
-def missing_columns(specs: list[dict], carried: list[str], section: str, data_name: str,
-                    base_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
+def missing_columns(
+    specs: list[dict], carried: list[str], section: str, data_name: str, base_dir: str | Path | None = None
+) -> list[tuple[str, str, str]]:
     """(key, message, fix) for every column a valid reward entry reads that the data does not hand over
     (`carried`: the columns besides the prompt)."""
     problems = []
@@ -227,17 +277,29 @@ def missing_columns(specs: list[dict], carried: list[str], section: str, data_na
             if column in carried:
                 continue
             if kind == "name":
-                fix = (f"set `column:` in this entry to the column that holds the reference answer ({shown}), "
-                       f"or map one with {section}.columns: {{{column}: your_column}}")
+                fix = (
+                    f"set `column:` in this entry to the column that holds the reference answer ({shown}), "
+                    f"or map one with {section}.columns: {{{column}: your_column}}"
+                )
             else:
-                fix = (f"add the column '{column}' to the data, map one with {section}.columns: "
-                       f"{{{column}: your_column}}, or give the parameter '{column}' a default")
+                fix = (
+                    f"add the column '{column}' to the data, map one with {section}.columns: "
+                    f"{{{column}: your_column}}, or give the parameter '{column}' a default"
+                )
             label = spec[kind]
             target, _, attr = str(label).rpartition(":")
             if kind == "function" and is_file_ref(target):
-                label = f"{Path(target).name}:{attr}"  # written relative, resolved absolute: show the file's name
-            problems.append((f"rewards[{index}].{kind}", f"reward '{label}' needs the column '{column}', which "
-                             f"{section} ({data_name}) does not have (columns it passes to rewards: {shown})", fix))
+                label = (
+                    f"{Path(target).name}:{attr}"  # written relative, resolved absolute: show the file's name
+                )
+            problems.append(
+                (
+                    f"rewards[{index}].{kind}",
+                    f"reward '{label}' needs the column '{column}', which "
+                    f"{section} ({data_name}) does not have (columns it passes to rewards: {shown})",
+                    fix,
+                )
+            )
     return problems
 
 
@@ -248,7 +310,11 @@ def load_function(ref: str, base_dir: Path | None = None) -> Callable:
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
         close = difflib.get_close_matches(attr, names, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else (f"; it has {', '.join(names[:8])}" if names else "")
+        hint = (
+            f"; did you mean '{close[0]}'?"
+            if close
+            else (f"; it has {', '.join(names[:8])}" if names else "")
+        )
         raise RewardSpecError(f"module '{target}' has no attribute '{attr}'{hint}")
     func = getattr(module, attr)
     if not callable(func):
@@ -266,16 +332,21 @@ def resolve_model_ref(ref: str, base_dir: Path | None = None) -> str:
     for candidate in candidates:
         if candidate.is_dir():
             if not (candidate / "config.json").is_file():
-                raise RewardSpecError(f"'{candidate}' has no config.json; point to a saved reward model directory")
+                raise RewardSpecError(
+                    f"'{candidate}' has no config.json; point to a saved reward model directory"
+                )
             return str(candidate)
     if looks_like_hub_id(ref):
         return ref
     looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
-    raise RewardSpecError(f"reward model '{ref}' not found (looked at {looked}); train the reward recipe first, "
-                          "or give a hub id (org/name)")
+    raise RewardSpecError(
+        f"reward model '{ref}' not found (looked at {looked}); train the reward recipe first, "
+        "or give a hub id (org/name)"
+    )
 
 
 # ------------------------------------------------------------------------------------- validation
+
 
 def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
     """(key suffix, message) pairs for one entry."""
@@ -295,7 +366,9 @@ def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
         if name not in BUILTINS:
             close = difflib.get_close_matches(str(name), list(BUILTINS), n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"builtins: {', '.join(BUILTINS)}"
-            return problems + [(".name", f"unknown builtin reward '{name}'; {hint} (or use function: 'module:func')")]
+            return problems + [
+                (".name", f"unknown builtin reward '{name}'; {hint} (or use function: 'module:func')")
+            ]
         params = BUILTINS[name][1]
         for key in spec:
             if key in ("name", *COMMON_KEYS):
@@ -304,7 +377,9 @@ def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
                 allowed = ", ".join([*params, *COMMON_KEYS])
                 close = difflib.get_close_matches(key, [*params, *COMMON_KEYS], n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                problems.append((f".{key}", f"'{name}' takes no parameter '{key}'; {hint}(it takes: {allowed})"))
+                problems.append(
+                    (f".{key}", f"'{name}' takes no parameter '{key}'; {hint}(it takes: {allowed})")
+                )
             elif not params[key][1](spec[key]):
                 problems.append((f".{key}", f"must be {params[key][2]} (got {spec[key]!r})"))
         for key, (required, _, what) in params.items():
@@ -318,7 +393,9 @@ def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
         return problems
     extra = [k for k in spec if k not in (kind, *COMMON_KEYS)]
     if extra:
-        problems.append((f".{extra[0]}", f"unknown key '{extra[0]}' in a {kind} entry (it takes {kind} and weight)"))
+        problems.append(
+            (f".{extra[0]}", f"unknown key '{extra[0]}' in a {kind} entry (it takes {kind} and weight)")
+        )
     value = spec[kind]
     if not isinstance(value, str) or not value:
         return problems + [(f".{kind}", "must be a non-empty string")]
@@ -335,14 +412,19 @@ def check_reward_specs(specs: list[dict], base_dir: str | Path | None = None) ->
     base = Path(base_dir) if base_dir is not None else None
     if not isinstance(specs, list):
         return ["rewards: must be a list of entries like {name: exact_match}"]
-    return [f"rewards[{i}]{suffix}: {message}" for i, spec in enumerate(specs)
-            for suffix, message in _spec_problems(spec, base)]
+    return [
+        f"rewards[{i}]{suffix}: {message}"
+        for i, spec in enumerate(specs)
+        for suffix, message in _spec_problems(spec, base)
+    ]
 
 
 # ---------------------------------------------------------------------------------------- building
 
-def build_reward_funcs(specs: list[dict], base_dir: str | Path | None = None,
-                       device: Any = None) -> tuple[list[Callable], list[float]]:
+
+def build_reward_funcs(
+    specs: list[dict], base_dir: str | Path | None = None, device: Any = None
+) -> tuple[list[Callable], list[float]]:
     """TRL-GRPO-compatible reward callables and their weights, in the order of ``specs``."""
     problems = check_reward_specs(specs, base_dir)
     if problems:
@@ -375,8 +457,15 @@ class RewardModelFunc:
 
     _PROBE = "\u2063probe\u2063"  # a completion no template changes, to find what comes after an answer
 
-    def __init__(self, path: str, device: Any = None, batch_size: int | None = None, model: Any = None,
-                 tokenizer: Any = None, max_length: int | None = None):
+    def __init__(
+        self,
+        path: str,
+        device: Any = None,
+        batch_size: int | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        max_length: int | None = None,
+    ):
         self.path, self.device, self.batch_size, self.max_length = str(path), device, batch_size, max_length
         self._model, self._tokenizer = model, tokenizer
         self._suffixes: dict[str, list[int] | None] = {}
@@ -387,7 +476,11 @@ class RewardModelFunc:
 
         if self.device is not None:
             return torch.device(self.device)
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
 
     @property
     def tokenizer(self):
@@ -404,7 +497,9 @@ class RewardModelFunc:
         if self._model is None:
             from transformers import AutoModelForSequenceClassification
 
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1, dtype="auto")
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, num_labels=1, dtype="auto"
+            )
         if not getattr(self, "_prepared", False):
             if self._model.config.pad_token_id is None:
                 self._model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -413,7 +508,7 @@ class RewardModelFunc:
             self._prepared = True
         return self._model
 
-    def to(self, device: Any) -> "RewardModelFunc":
+    def to(self, device: Any) -> RewardModelFunc:
         self.device = device
         if self._model is not None:
             self._model.to(device)
@@ -423,8 +518,11 @@ class RewardModelFunc:
         out = []
         for prompt, completion in zip(prompts, completions):
             if isinstance(prompt, list):
-                messages = list(prompt) + (completion if isinstance(completion, list)
-                                           else [{"role": "assistant", "content": completion_text(completion)}])
+                messages = list(prompt) + (
+                    completion
+                    if isinstance(completion, list)
+                    else [{"role": "assistant", "content": completion_text(completion)}]
+                )
                 if getattr(self.tokenizer, "chat_template", None):
                     out.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
                 else:
@@ -438,9 +536,12 @@ class RewardModelFunc:
         """Whether ``tokenizer`` (the policy's) is this model's: same class, vocabulary, special tokens and chat
         template, so the policy's token ids mean the same here."""
         mine = self.tokenizer
-        return (type(mine).__name__ == type(tokenizer).__name__
-                and getattr(mine, "chat_template", None) == getattr(tokenizer, "chat_template", None)
-                and mine.all_special_tokens == tokenizer.all_special_tokens and mine.get_vocab() == tokenizer.get_vocab())
+        return (
+            type(mine).__name__ == type(tokenizer).__name__
+            and getattr(mine, "chat_template", None) == getattr(tokenizer, "chat_template", None)
+            and mine.all_special_tokens == tokenizer.all_special_tokens
+            and mine.get_vocab() == tokenizer.get_vocab()
+        )
 
     def completion_suffix(self, prompt: Any, prompt_text: str) -> list[int] | None:
         """Token ids this model's text layout puts after an answer to ``prompt`` (e.g. the end-of-turn tokens),
@@ -449,9 +550,10 @@ class RewardModelFunc:
         if prompt_text not in self._suffixes:
             full = self.texts([prompt], [self._PROBE])[0]
             head = prompt_text + self._PROBE
-            suffix = full[len(head):] if full.startswith(head) else None
-            self._suffixes[prompt_text] = None if suffix is None else \
-                self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+            suffix = full[len(head) :] if full.startswith(head) else None
+            self._suffixes[prompt_text] = (
+                None if suffix is None else self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+            )
         return self._suffixes[prompt_text]
 
     def score_ids(self, sequences: list[list[int]]) -> list[float]:
@@ -465,7 +567,7 @@ class RewardModelFunc:
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(sequences), size):
-                chunk = sequences[start:start + size]
+                chunk = sequences[start : start + size]
                 width = max(len(s) for s in chunk)
                 ids = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -485,8 +587,14 @@ class RewardModelFunc:
         size = self.batch_size or max(len(texts), 1)
         with torch.no_grad():
             for start in range(0, len(texts), size):
-                batch = tokenizer(texts[start:start + size], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=max_length, add_special_tokens=False)
+                batch = tokenizer(
+                    texts[start : start + size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    add_special_tokens=False,
+                )
                 logits = model(**batch.to(model.device)).logits
                 scores.extend(logits[:, 0].float().tolist())
         return scores

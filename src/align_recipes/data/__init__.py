@@ -15,8 +15,18 @@ or torch; `load` does.
 from .convert import convert_rows
 from .formats import FORMATS, binding_for, check_serves, detect_format, rename_rows, reward_columns
 from .sources import peek
-from .spec import (KINDS, LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, ConversionReport, DataError,
-                   DataSpec, slice_start, split_parts)
+from .spec import (
+    KINDS,
+    LANGUAGE_MODELING,
+    PREFERENCE,
+    PROMPT_ONLY,
+    UNPAIRED,
+    ConversionReport,
+    DataError,
+    DataSpec,
+    slice_start,
+    split_parts,
+)
 
 
 def load(spec, base_dir, kind, tokenizer=None, *, cache_dir=None):
@@ -59,6 +69,23 @@ def check_refused(rows, spec, kind, base_dir) -> None:
         raise error
 
 
-__all__ = ["DataSpec", "DataError", "ConversionReport", "FORMATS", "KINDS", "LANGUAGE_MODELING",
-           "PREFERENCE", "UNPAIRED", "PROMPT_ONLY", "peek", "detect_format", "check_serves", "load", "load_mixture",
-           "preview", "check_refused", "convert_rows", "reward_columns"]
+__all__ = [
+    "DataSpec",
+    "DataError",
+    "ConversionReport",
+    "FORMATS",
+    "KINDS",
+    "LANGUAGE_MODELING",
+    "PREFERENCE",
+    "UNPAIRED",
+    "PROMPT_ONLY",
+    "peek",
+    "detect_format",
+    "check_serves",
+    "load",
+    "load_mixture",
+    "preview",
+    "check_refused",
+    "convert_rows",
+    "reward_columns",
+]

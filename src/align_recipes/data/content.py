@@ -21,19 +21,33 @@ REFUSED = "refused: "
 
 # OpenAI-style content part types (and the Hugging Face processor spellings) -> what they hold.
 MEDIA_PARTS = {
-    "image": "image", "image_url": "image", "input_image": "image",
-    "audio": "audio", "audio_url": "audio", "input_audio": "audio",
-    "video": "video", "video_url": "video", "input_video": "video",
+    "image": "image",
+    "image_url": "image",
+    "input_image": "image",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
+    "video": "video",
+    "video_url": "video",
+    "input_video": "video",
 }
 # Columns that carry media next to the text (LLaMA-Factory `images`, TRL's vision datasets `image`).
-MEDIA_COLUMNS = {"images": "image", "image": "image", "audios": "audio", "audio": "audio",
-                 "videos": "video", "video": "video"}
+MEDIA_COLUMNS = {
+    "images": "image",
+    "image": "image",
+    "audios": "audio",
+    "audio": "audio",
+    "videos": "video",
+    "video": "video",
+}
 TOOL_ROLES = ("tool", "observation", "function", "ipython", "function_call")
 TOOLS_COLUMN = "tools"
 # The kinds whose trainer takes tool calls and a `tools` column (TRL 1.16's SFTTrainer renders both with
 # the chat template). The others are refused by name rather than flattened.
 TOOL_KINDS = (LANGUAGE_MODELING,)
-NO_TEMPLATE = ", and these rows become plain text (the tokenizer has no chat template, or the format is plain)"
+NO_TEMPLATE = (
+    ", and these rows become plain text (the tokenizer has no chat template, or the format is plain)"
+)
 
 
 class Refused(RowProblem):
@@ -68,14 +82,16 @@ def refuse_media(row: dict) -> None:
             raise Refused(f"{MEDIA_COLUMNS[column]} reference (column '{column}')")
         part = media_part(value)
         if part:
-            raise Refused(f"{MEDIA_PARTS[part]} content part ({{\"type\": \"{part}\"}} in '{column}')")
+            raise Refused(f'{MEDIA_PARTS[part]} content part ({{"type": "{part}"}} in \'{column}\')')
 
 
 def _is_tool_message(item: Any) -> bool:
     if not isinstance(item, dict):
         return False
     role = item.get("role", item.get("from"))
-    return not is_blank(item.get("tool_calls")) or (isinstance(role, str) and role.strip().lower() in TOOL_ROLES)
+    return not is_blank(item.get("tool_calls")) or (
+        isinstance(role, str) and role.strip().lower() in TOOL_ROLES
+    )
 
 
 def tool_use(row: dict, columns: list[str]) -> str | None:
@@ -96,8 +112,9 @@ def refuse_tools(row: dict, columns: list[str], kind: str) -> None:
         return
     found = tool_use(row, columns)
     if found:
-        raise Refused(f"{found}, which {kind} data does not take here "
-                      f"({names_text(lambda a: a.data_kind == kind)})")
+        raise Refused(
+            f"{found}, which {kind} data does not take here ({names_text(lambda a: a.data_kind == kind)})"
+        )
 
 
 def rows_use_tools(rows: list[dict], columns: list[str]) -> bool:
@@ -157,10 +174,12 @@ def tools_value(value: Any) -> list[dict] | None:
     return [tool if "function" in tool else {"type": "function", "function": tool} for tool in value]
 
 
-def refusal_error(dropped: dict[str, list[int]], section: str, file: Any = None, line_of=None) -> DataError | None:
+def refusal_error(
+    dropped: dict[str, list[int]], section: str, file: Any = None, line_of=None
+) -> DataError | None:
     """The error for refused rows (None when there are none). `line_of(row)` maps a row number to the
     file's line number where that is known (JSON Lines)."""
-    refused = {reason[len(REFUSED):]: rows for reason, rows in dropped.items() if reason.startswith(REFUSED)}
+    refused = {reason[len(REFUSED) :]: rows for reason, rows in dropped.items() if reason.startswith(REFUSED)}
     if not refused:
         return None
     reason, rows = min(refused.items(), key=lambda item: item[1][0])
@@ -170,14 +189,28 @@ def refusal_error(dropped: dict[str, list[int]], section: str, file: Any = None,
     media = reason.split(" ", 1)[0]
     if media in ("image", "audio", "video"):
         article = "a" if media == "video" else "an"
-        return DataError(f"{rows_text(rows)}{at} {holds} {article} {reason}: align-recipes trains text models "
-                         f"and does not read {media} data yet, so it will not train on the text alone", file=file,
-                         line=line, key=section,
-                         fix=f"remove the {media} parts or those rows, or train a vision/audio model with TRL directly")
+        return DataError(
+            f"{rows_text(rows)}{at} {holds} {article} {reason}: align-recipes trains text models "
+            f"and does not read {media} data yet, so it will not train on the text alone",
+            file=file,
+            line=line,
+            key=section,
+            fix=f"remove the {media} parts or those rows, or train a vision/audio model with TRL directly",
+        )
     if reason.endswith(NO_TEMPLATE):
-        return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,
-                         fix="set model.chat_template to a template that renders tools (docs/data.md)")
-    return DataError(f"{rows_text(rows)}{at} {holds} {reason}", file=file, line=line, key=section,
-                     fix="remove the tool calls and tool turns (and the tools column), or train the tool use with "
-                         f"{names_text(lambda a: a.data_kind in TOOL_KINDS)}, whose trainer renders them with the "
-                         "chat template")
+        return DataError(
+            f"{rows_text(rows)}{at} {holds} {reason}",
+            file=file,
+            line=line,
+            key=section,
+            fix="set model.chat_template to a template that renders tools (docs/data.md)",
+        )
+    return DataError(
+        f"{rows_text(rows)}{at} {holds} {reason}",
+        file=file,
+        line=line,
+        key=section,
+        fix="remove the tool calls and tool turns (and the tools column), or train the tool use with "
+        f"{names_text(lambda a: a.data_kind in TOOL_KINDS)}, whose trainer renders them with the "
+        "chat template",
+    )

@@ -11,14 +11,33 @@ from typing import Any
 
 from .content import refuse_media, refuse_plain_tools, refuse_tools, tools_value
 from .formats import Binding
-from .messages import (RowProblem, as_label, as_prompt, as_reply, clean_messages, common_prefix, is_blank,
-                       parse_transcript, prompt_part, require_assistant, split_last_assistant, split_shared_text,
-                       to_messages, with_system)
+from .messages import (
+    RowProblem,
+    as_label,
+    as_prompt,
+    as_reply,
+    clean_messages,
+    common_prefix,
+    is_blank,
+    parse_transcript,
+    prompt_part,
+    require_assistant,
+    split_last_assistant,
+    split_shared_text,
+    to_messages,
+    with_system,
+)
 from .spec import LANGUAGE_MODELING, PREFERENCE, PROMPT_ONLY, UNPAIRED, ConversionReport
 
 DROP = "_drop"
 CHAT_FORMATS = ("messages", "sharegpt", "roleless_conversations")
-PAIR_FORMATS = ("preference", "ultrafeedback_binarized", "implicit_preference", "hh_rlhf", "implicit_preference_text")
+PAIR_FORMATS = (
+    "preference",
+    "ultrafeedback_binarized",
+    "implicit_preference",
+    "hh_rlhf",
+    "implicit_preference_text",
+)
 
 
 def _value(row: dict, binding: Binding, name: str) -> Any:
@@ -53,7 +72,10 @@ def _alpaca(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
     history, pairs = [], _value(row, binding, "history")
     for pair in pairs if isinstance(pairs, (list, tuple)) else []:
         if isinstance(pair, (list, tuple)) and len(pair) == 2:
-            history += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+            history += [
+                {"role": "user", "content": str(pair[0])},
+                {"role": "assistant", "content": str(pair[1])},
+            ]
     prompt = _system(row, binding, clean_messages(history + [{"role": "user", "content": user}], i_col))
     if prompt_only:
         return {"prompt": prompt}
@@ -179,14 +201,22 @@ def unit(row: dict, binding: Binding, kind: str, drop_ties: bool = False) -> dic
 
 def lm_shape(binding: Binding) -> str:
     """Which TRL language-modeling layout a format becomes: messages | prompt_completion | text."""
-    return "messages" if binding.format in CHAT_FORMATS else "text" if binding.format == "text" else "prompt_completion"
+    return (
+        "messages"
+        if binding.format in CHAT_FORMATS
+        else "text"
+        if binding.format == "text"
+        else "prompt_completion"
+    )
 
 
 def output_columns(binding: Binding, kind: str) -> tuple[str, ...]:
     """The columns convert_row writes (besides `_drop` and, for prompt_only, the kept columns)."""
     if kind == LANGUAGE_MODELING:
         tools = ("tools",) if "tools" in binding.fields else ()
-        return {"messages": ("messages",), "text": ("text",)}.get(lm_shape(binding), ("prompt", "completion")) + tools
+        return {"messages": ("messages",), "text": ("text",)}.get(
+            lm_shape(binding), ("prompt", "completion")
+        ) + tools
     if kind == PREFERENCE or (kind == UNPAIRED and binding.format in PAIR_FORMATS):
         return ("prompt", "chosen", "rejected")
     if kind == UNPAIRED:
@@ -200,14 +230,20 @@ def _emit(parts: dict, binding: Binding, kind: str) -> dict:
             require_assistant(parts["messages"], binding.fields["messages"])
         return parts
     if kind == PROMPT_ONLY:
-        prompt = parts["prompt"] if "prompt" in parts else prompt_part(parts["messages"], binding.fields["messages"])
+        prompt = (
+            parts["prompt"]
+            if "prompt" in parts
+            else prompt_part(parts["messages"], binding.fields["messages"])
+        )
         return {"prompt": prompt}
     return parts
 
 
 def _empty(binding: Binding, kind: str) -> dict:
-    return {c: (False if c == "label" else "" if c == "text" else None if c == "tools" else [])
-            for c in output_columns(binding, kind)}
+    return {
+        c: (False if c == "label" else "" if c == "text" else None if c == "tools" else [])
+        for c in output_columns(binding, kind)
+    }
 
 
 def _plain(out: dict) -> dict:
@@ -242,19 +278,26 @@ def convert_row(row: dict, binding: Binding, kind: str, drop_ties: bool = False,
         out = _empty(binding, kind)
         if plain:
             out = {c: "" if isinstance(v, list) else v for c, v in out.items() if c != "tools"}
-        out[DROP] = str(problem) if isinstance(problem, RowProblem) else f"unreadable value ({type(problem).__name__})"
+        out[DROP] = (
+            str(problem)
+            if isinstance(problem, RowProblem)
+            else f"unreadable value ({type(problem).__name__})"
+        )
     if kind == PROMPT_ONLY:
         for column in binding.keep:
             out[column] = row.get(column)
     return out
 
 
-def convert_batch(batch: dict[str, list], binding: Binding, kind: str, drop_ties: bool = False,
-                  plain: bool = False) -> dict[str, list]:
+def convert_batch(
+    batch: dict[str, list], binding: Binding, kind: str, drop_ties: bool = False, plain: bool = False
+) -> dict[str, list]:
     """convert_row over a `Dataset.map(batched=True)` batch (far less per-row overhead)."""
     columns = list(batch)
     size = len(batch[columns[0]]) if columns else 0
-    rows = [convert_row({c: batch[c][i] for c in columns}, binding, kind, drop_ties, plain) for i in range(size)]
+    rows = [
+        convert_row({c: batch[c][i] for c in columns}, binding, kind, drop_ties, plain) for i in range(size)
+    ]
     names = list(rows[0]) if rows else list(output_columns(binding, kind)) + [DROP]
     return {name: [row[name] for row in rows] for name in names}
 
@@ -277,8 +320,15 @@ def collect_drops(reasons, offset: int = 0) -> dict[str, list[int]]:
     return dropped
 
 
-def convert_rows(rows: list[dict], binding: Binding, kind: str, drop_ties: bool = False,
-                 section: str = "data.train", offset: int = 0, plain: bool = False) -> tuple[list[dict], ConversionReport]:
+def convert_rows(
+    rows: list[dict],
+    binding: Binding,
+    kind: str,
+    drop_ties: bool = False,
+    section: str = "data.train",
+    offset: int = 0,
+    plain: bool = False,
+) -> tuple[list[dict], ConversionReport]:
     """Convert plain rows (already renamed by `columns:`), for previews and tests; no datasets."""
     converted = [convert_row(row, binding, kind, drop_ties, plain) for row in rows]
     dropped = collect_drops([r[DROP] for r in converted], offset)
@@ -286,6 +336,13 @@ def convert_rows(rows: list[dict], binding: Binding, kind: str, drop_ties: bool 
     if kind == UNPAIRED and binding.format in PAIR_FORMATS:
         batch = unpair_batch({c: [r[c] for r in kept] for c in ("prompt", "chosen", "rejected")})
         kept = [dict(zip(batch, values)) for values in zip(*batch.values())]
-    report = ConversionReport(binding.format, len(rows), len(rows) - sum(map(len, dropped.values())), dropped,
-                              section=section, kind=kind, rows_out=len(kept))
+    report = ConversionReport(
+        binding.format,
+        len(rows),
+        len(rows) - sum(map(len, dropped.values())),
+        dropped,
+        section=section,
+        kind=kind,
+        rows_out=len(kept),
+    )
     return kept, report

@@ -12,12 +12,25 @@ import re
 from typing import Any
 
 ROLE_ALIASES = {
-    "user": "user", "human": "user", "humans": "user", "question": "user", "prompter": "user",
-    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
-    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "answer": "assistant",
+    "user": "user",
+    "human": "user",
+    "humans": "user",
+    "question": "user",
+    "prompter": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "answer": "assistant",
     "function_call": "assistant",
     "system": "system",
-    "tool": "tool", "observation": "tool", "function": "tool", "ipython": "tool",
+    "tool": "tool",
+    "observation": "tool",
+    "function": "tool",
+    "ipython": "tool",
 }
 CONVERSATION_ROLES = ("user", "assistant")
 
@@ -76,7 +89,9 @@ def normalize_role(role: str, column: str) -> str:
     return mapped
 
 
-def to_messages(value: Any, column: str, first_role: str = "user", tools: bool = False) -> list[dict[str, Any]]:
+def to_messages(
+    value: Any, column: str, first_role: str = "user", tools: bool = False
+) -> list[dict[str, Any]]:
     """Normalise a chat-ish value into role/content messages.
 
     Accepts a string (one message of `first_role`), one message dict, or a list of message dicts
@@ -159,8 +174,10 @@ def tool_calls(value: Any, column: str) -> list[dict]:
         function = call.get("function", call) if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise RowProblem(f"a tool call in '{column}' has no function name")
-        out = {"type": "function", "function": {"name": function["name"],
-                                                "arguments": _arguments(function.get("arguments", {}))}}
+        out = {
+            "type": "function",
+            "function": {"name": function["name"], "arguments": _arguments(function.get("arguments", {}))},
+        }
         if isinstance(call.get("id"), str):
             out["id"] = call["id"]
         calls.append(out)
@@ -234,10 +251,12 @@ def common_prefix(chosen: list[dict], rejected: list[dict]):
 
 # Role markers inside plain text: "\n\nHuman: … \n\nAssistant: …" (HH-RLHF), "User:" at line starts,
 # "### Human: … ### Assistant: …" anywhere (Guanaco), and ChatML "<|im_start|>user\n…<|im_end|>".
-_MARKER = re.compile(r"(?:(?:^|\n)[ \t]*(?:#{2,3}[ \t]*)?|#{3}[ \t]*)(human|user|assistant|system)[ \t]*:",
-                     re.IGNORECASE)
-_CHATML = re.compile(r"<\|im_start\|>[ \t]*(\w+)[ \t]*\n?(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)",
-                     re.DOTALL)
+_MARKER = re.compile(
+    r"(?:(?:^|\n)[ \t]*(?:#{2,3}[ \t]*)?|#{3}[ \t]*)(human|user|assistant|system)[ \t]*:", re.IGNORECASE
+)
+_CHATML = re.compile(
+    r"<\|im_start\|>[ \t]*(\w+)[ \t]*\n?(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.DOTALL
+)
 
 
 def parse_transcript(text: str) -> list[dict[str, str]] | None:
@@ -263,7 +282,7 @@ def parse_transcript(text: str) -> list[dict[str, str]] | None:
         for mark, following in zip(marks, marks[1:] + [None]):
             end = following.start() if following is not None else len(stripped)
             role = ROLE_ALIASES[mark.group(1).lower()]
-            messages.append({"role": role, "content": stripped[mark.end():end].strip()})
+            messages.append({"role": role, "content": stripped[mark.end() : end].strip()})
     if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
         messages.pop()
     return messages or None
@@ -307,6 +326,7 @@ def as_label(value: Any, column: str) -> bool:
 
 # ------------------------------------------------------------------------ text of prompts and completions
 
+
 def completion_text(completion: Any) -> str:
     """The generated text of a completion: a string, a message, or a conversational list (its assistant turns)."""
     if isinstance(completion, str):
@@ -314,7 +334,9 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, dict):
         return str(completion.get("content") or "")
     if isinstance(completion, (list, tuple)):
-        assistant = [m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        assistant = [
+            m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"
+        ]
         return "".join(str(m.get("content") or "") for m in (assistant or completion) if isinstance(m, dict))
     return str(completion)
 

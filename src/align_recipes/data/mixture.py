@@ -29,14 +29,20 @@ def take_count(spec: DataSpec, available: int) -> int:
     """How many of a source's `available` converted rows its weight takes."""
     if spec.count is not None:
         if spec.count > available:
-            raise DataError(f"weight {spec.weight} asks for {spec.count} rows but {spec.path} gives {available} "
-                            f"after conversion", key=f"{spec.section}.weight",
-                            fix=f"ask for at most {available} rows, or a share such as 0.5")
+            raise DataError(
+                f"weight {spec.weight} asks for {spec.count} rows but {spec.path} gives {available} "
+                f"after conversion",
+                key=f"{spec.section}.weight",
+                fix=f"ask for at most {available} rows, or a share such as 0.5",
+            )
         return spec.count
     taken = int(Fraction(str(spec.weight)) * available)  # exact: 0.29 of 100 rows is 29, not 28
     if taken == 0:
-        raise DataError(f"weight {spec.weight} of the {available} rows {spec.path} gives takes no row",
-                        key=f"{spec.section}.weight", fix=f"raise the weight to at least {1 / available:.3g}")
+        raise DataError(
+            f"weight {spec.weight} of the {available} rows {spec.path} gives takes no row",
+            key=f"{spec.section}.weight",
+            fix=f"raise the weight to at least {1 / available:.3g}",
+        )
     return taken
 
 
@@ -67,9 +73,16 @@ class SourceRows:
 
     def record(self) -> dict:
         """What summary.json and the model card say about the source."""
-        return {"section": self.spec.section, "path": self.spec.path, "split": self.spec.split,
-                "format": self.report.format, "weight": self.spec.weight, "rows_read": self.report.rows_in,
-                "rows_converted": self.converted, "rows_kept": self.taken}
+        return {
+            "section": self.spec.section,
+            "path": self.spec.path,
+            "split": self.spec.split,
+            "format": self.report.format,
+            "weight": self.spec.weight,
+            "rows_read": self.report.rows_in,
+            "rows_converted": self.converted,
+            "rows_kept": self.taken,
+        }
 
 
 @dataclass
@@ -101,22 +114,34 @@ class MixtureReport:
     def reasons_text(self) -> str:
         if len(self.sources) == 1:
             return self.sources[0].report.reasons_text()
-        return "; ".join(f"{s.spec.section}: {s.report.reasons_text()}" for s in self.sources if s.report.dropped)
+        return "; ".join(
+            f"{s.spec.section}: {s.report.reasons_text()}" for s in self.sources if s.report.dropped
+        )
 
     def lines(self) -> list[str]:
         """The lines printed when the data is loaded."""
         lines = [source.line() for source in self.sources] + self.notes
         if len(self.sources) > 1:
-            lines.append(f"{self.section}: {len(self.sources)} sources mixed, {self.rows} rows, "
-                         f"shuffled with seed {self.seed}")
+            lines.append(
+                f"{self.section}: {len(self.sources)} sources mixed, {self.rows} rows, "
+                f"shuffled with seed {self.seed}"
+            )
         return lines
 
     def records(self) -> list[dict]:
         return [source.record() for source in self.sources]
 
 
-def load_mixture(specs: list[DataSpec], base_dir: Path | str | None, kind: str, tokenizer=None, *, seed: int,
-                 section: str = "data.train", cache_dir: str | Path | None = None):
+def load_mixture(
+    specs: list[DataSpec],
+    base_dir: Path | str | None,
+    kind: str,
+    tokenizer=None,
+    *,
+    seed: int,
+    section: str = "data.train",
+    cache_dir: str | Path | None = None,
+):
     """Load, convert and weight every source of one split and mix them: (datasets.Dataset, MixtureReport)."""
     from .loader import load
 
@@ -137,6 +162,7 @@ def load_mixture(specs: list[DataSpec], base_dir: Path | str | None, kind: str, 
 
 # --- one layout for every source ---------------------------------------------------------------------
 
+
 def _conversational(feature) -> bool:
     from datasets import Value
 
@@ -149,9 +175,13 @@ def _join_chats(dataset):
 
     features = {c: f for c, f in dataset.features.items() if c not in ("prompt", "completion")}
     features = Features({"messages": dataset.features["prompt"], **features})
-    return dataset.map(lambda batch: {"messages": [p + c for p, c in zip(batch["prompt"], batch["completion"])]},
-                       batched=True, remove_columns=["prompt", "completion"], features=features,
-                       desc="prompt/completion -> messages")
+    return dataset.map(
+        lambda batch: {"messages": [p + c for p, c in zip(batch["prompt"], batch["completion"])]},
+        batched=True,
+        remove_columns=["prompt", "completion"],
+        features=features,
+        desc="prompt/completion -> messages",
+    )
 
 
 def _json_messages(parts: list) -> list:
@@ -163,8 +193,14 @@ def _json_messages(parts: list) -> list:
 
     for column in ("messages", "prompt", "completion", "chosen", "rejected"):
         if any(column in p.features and is_json(p.features[column]) for p in parts):
-            parts = [p.cast_column(column, List(Json())) if column in p.features and not is_json(p.features[column])
-                     and _conversational(p.features[column]) else p for p in parts]
+            parts = [
+                p.cast_column(column, List(Json()))
+                if column in p.features
+                and not is_json(p.features[column])
+                and _conversational(p.features[column])
+                else p
+                for p in parts
+            ]
     return parts
 
 
@@ -173,10 +209,14 @@ def align(parts: list, sections: list[str], notes: list[str]) -> list:
     if any("messages" in p.column_names for p in parts):
         joined = []
         for index, part in enumerate(parts):
-            if {"prompt", "completion"} <= set(part.column_names) and _conversational(part.features["prompt"]):
+            if {"prompt", "completion"} <= set(part.column_names) and _conversational(
+                part.features["prompt"]
+            ):
                 part = _join_chats(part)
-                notes.append(f"{sections[index]}: prompt/completion rows joined into chats to mix with the others; "
-                             "TRL trains every token of a chat unless train.assistant_only_loss is on")
+                notes.append(
+                    f"{sections[index]}: prompt/completion rows joined into chats to mix with the others; "
+                    "TRL trains every token of a chat unless train.assistant_only_loss is on"
+                )
             joined.append(part)
         parts = joined
     parts = _json_messages(parts)
@@ -187,9 +227,12 @@ def align(parts: list, sections: list[str], notes: list[str]) -> list:
         for column, feature in part.features.items():
             if column in features and features[column][1] != feature:
                 first = features[column][0]
-                raise DataError(f"'{column}' holds {_describe(features[column][1])} in {sections[first]} and "
-                                f"{_describe(feature)} in {sections[index]}", key=sections[index],
-                                fix=f"give '{column}' one type in every source, or drop it with columns:")
+                raise DataError(
+                    f"'{column}' holds {_describe(features[column][1])} in {sections[first]} and "
+                    f"{_describe(feature)} in {sections[index]}",
+                    key=sections[index],
+                    fix=f"give '{column}' one type in every source, or drop it with columns:",
+                )
             features.setdefault(column, (index, feature))
     aligned = []
     for part in parts:
@@ -215,6 +258,9 @@ def _describe(feature) -> str:
 
 def _layouts_differ(first: str, a, second: str, b) -> DataError:
     shape = lambda part: ", ".join(f"{c} ({kind})" for c, kind in _layout(part))  # noqa: E731
-    return DataError(f"{first} converts to {shape(a)} but {second} to {shape(b)}, and a trainer takes one layout",
-                     key=second, fix="mix sources that convert alike (chats with chats, plain text with plain text; "
-                                     "docs/data.md), or force one layout with format:")
+    return DataError(
+        f"{first} converts to {shape(a)} but {second} to {shape(b)}, and a trainer takes one layout",
+        key=second,
+        fix="mix sources that convert alike (chats with chats, plain text with plain text; "
+        "docs/data.md), or force one layout with format:",
+    )

@@ -13,15 +13,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .spec import (DATA_SUFFIXES, DataError, DataSpec, locate, slice_length, slice_start, sliced_count,
-                   split_parts)
+from .spec import (
+    DATA_SUFFIXES,
+    DataError,
+    DataSpec,
+    locate,
+    slice_length,
+    slice_start,
+    sliced_count,
+    split_parts,
+)
 
 CHUNK = 1 << 16
 
 
 def _bad_json(path: Path, line: int, what: str) -> DataError:
-    return DataError(f"line {line} is {what}", file=path, line=line,
-                     fix="fix or delete that line: each line of a .jsonl file must be one JSON object")
+    return DataError(
+        f"line {line} is {what}",
+        file=path,
+        line=line,
+        fix="fix or delete that line: each line of a .jsonl file must be one JSON object",
+    )
 
 
 def read_jsonl(path: Path, start: int = 0, n: int | None = None) -> list[dict]:
@@ -39,7 +51,9 @@ def read_jsonl(path: Path, start: int = 0, n: int | None = None) -> list[dict]:
             try:
                 row = json.loads(line.rstrip())
             except json.JSONDecodeError as error:
-                raise _bad_json(path, number, f"not valid JSON ({error.msg} at column {error.colno})") from None
+                raise _bad_json(
+                    path, number, f"not valid JSON ({error.msg} at column {error.colno})"
+                ) from None
             if not isinstance(row, dict):
                 raise _bad_json(path, number, f"a JSON {type(row).__name__}, expected an object {{…}}")
             rows.append(row)
@@ -66,7 +80,9 @@ def read_json_array(path: Path, start: int = 0, n: int | None = None) -> list[di
                 more = handle.read(CHUNK)
                 buffer, eof = buffer + more, len(more) < CHUNK
             if pos >= len(buffer):
-                raise DataError("the JSON array is not closed with ']'", file=path, fix="the file looks truncated")
+                raise DataError(
+                    "the JSON array is not closed with ']'", file=path, fix="the file looks truncated"
+                )
             if buffer[pos] == "]":
                 break
             try:
@@ -77,12 +93,20 @@ def read_json_array(path: Path, start: int = 0, n: int | None = None) -> list[di
                     buffer, eof = buffer + more, len(more) < CHUNK
                     continue
                 line = buffer.count("\n", 0, error.pos) + 1
-                raise DataError(f"line {line} is not valid JSON ({error.msg})", file=path, line=line,
-                                fix="fix the JSON at that line (a missing comma, quote or bracket)") from None
+                raise DataError(
+                    f"line {line} is not valid JSON ({error.msg})",
+                    file=path,
+                    line=line,
+                    fix="fix the JSON at that line (a missing comma, quote or bracket)",
+                ) from None
             if not isinstance(item, dict):
                 line = buffer.count("\n", 0, pos) + 1
-                raise DataError(f"line {line} holds a JSON {type(item).__name__}, expected an object",
-                                file=path, line=line, fix="the array must hold one object per row")
+                raise DataError(
+                    f"line {line} holds a JSON {type(item).__name__}, expected an object",
+                    file=path,
+                    line=line,
+                    fix="the array must hold one object per row",
+                )
             if index >= start:
                 rows.append(item)
             index, pos = index + 1, end
@@ -105,8 +129,12 @@ def read_json(path: Path, start: int = 0, n: int | None = None) -> list[dict]:
                 whole = None
             if isinstance(whole, dict):
                 lists = [k for k, v in whole.items() if isinstance(v, list)]
-                raise DataError("the file holds one JSON object" + (f" with the rows under '{lists[0]}'" if lists else ""),
-                                file=path, fix="write the rows as a JSON array [{…}, {…}] or as JSON Lines") from None
+                raise DataError(
+                    "the file holds one JSON object"
+                    + (f" with the rows under '{lists[0]}'" if lists else ""),
+                    file=path,
+                    fix="write the rows as a JSON array [{…}, {…}] or as JSON Lines",
+                ) from None
         raise
 
 
@@ -161,16 +189,24 @@ READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet
 
 
 def data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in DATA_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def split_file(folder: Path, split_name: str, section: str = "data.train") -> Path:
     """The file of a folder that a validation peek reads: one named after the split, else the first."""
     files = data_files(folder)
     if not files:
-        raise DataError(f"no .jsonl, .json, .parquet or .csv files in {folder}", key=f"{section}.path",
-                        fix="point path at a data file or a folder holding some")
+        raise DataError(
+            f"no .jsonl, .json, .parquet or .csv files in {folder}",
+            key=f"{section}.path",
+            fix="point path at a data file or a folder holding some",
+        )
     pattern = re.compile(rf"(^|[/\\]){re.escape(split_name)}([-.]|[/\\])")
     named = [f for f in files if pattern.search(str(f.relative_to(folder)))]
     return (named or files)[0]
@@ -186,8 +222,12 @@ def peek(spec: DataSpec, base_dir: Path | str | None, n: int = 20) -> list[dict]
     path = split_file(target, split_name, spec.section) if target.is_dir() else target
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"cannot read '{path.suffix}' files", file=path, key=f"{spec.section}.path",
-                        fix="use .jsonl, .json, .parquet or .csv")
+        raise DataError(
+            f"cannot read '{path.suffix}' files",
+            file=path,
+            key=f"{spec.section}.path",
+            fix="use .jsonl, .json, .parquet or .csv",
+        )
     length = slice_length(slice_text)
     try:
         return reader(path, slice_start(slice_text), n if length is None else min(n, length))
@@ -195,8 +235,12 @@ def peek(spec: DataSpec, base_dir: Path | str | None, n: int = 20) -> list[dict]
         error.key = error.key or spec.section
         raise
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"could not read the file: {_short(error)}", file=path, key=spec.section,
-                        fix="check that the file is complete and UTF-8 encoded") from None
+        raise DataError(
+            f"could not read the file: {_short(error)}",
+            file=path,
+            key=spec.section,
+            fix="check that the file is complete and UTF-8 encoded",
+        ) from None
 
 
 def count_rows(spec: DataSpec, base_dir: Path | str | None) -> int | None:
@@ -243,8 +287,12 @@ def _explain(path: Path, error: Exception, spec: DataSpec) -> DataError:
         except DataError as precise:
             precise.key = precise.key or spec.section
             return precise
-    return DataError(f"could not read the file: {_short(error)}", file=path, key=spec.section,
-                     fix="check that every row has the same columns and the file is not truncated")
+    return DataError(
+        f"could not read the file: {_short(error)}",
+        file=path,
+        key=spec.section,
+        fix="check that every row has the same columns and the file is not truncated",
+    )
 
 
 def apply_slice(dataset, split_name: str, slice_text: str):
@@ -254,7 +302,8 @@ def apply_slice(dataset, split_name: str, slice_text: str):
     import datasets
 
     (instruction,) = datasets.ReadInstruction.from_spec(split_name + slice_text).to_absolute(
-        {split_name: len(dataset)})
+        {split_name: len(dataset)}
+    )
     return dataset.select(range(instruction.from_, instruction.to))
 
 
@@ -264,23 +313,33 @@ def _load_modelscope(target: str, spec: DataSpec, split_name: str, slice_text: s
     try:
         from modelscope.msdatasets import MsDataset
     except Exception as error:  # ImportError, or a missing dependency of modelscope itself
-        raise DataError(f"source: modelscope needs the modelscope package ({_short(error)})",
-                        key=f"{spec.section}.source",
-                        fix="pip install 'align-recipes[modelscope]', or use source: hf / a local file") from None
+        raise DataError(
+            f"source: modelscope needs the modelscope package ({_short(error)})",
+            key=f"{spec.section}.source",
+            fix="pip install 'align-recipes[modelscope]', or use source: hf / a local file",
+        ) from None
     try:
         loaded = MsDataset.load(target, subset_name=spec.name, split=split_name)
     except Exception as error:
-        raise DataError(f"could not load '{target}' from ModelScope: {_short(error)}",
-                        key=f"{spec.section}.path", fix="check the dataset id, subset (name:) and split") from None
+        raise DataError(
+            f"could not load '{target}' from ModelScope: {_short(error)}",
+            key=f"{spec.section}.path",
+            fix="check the dataset id, subset (name:) and split",
+        ) from None
     dataset = loaded.to_hf_dataset() if hasattr(loaded, "to_hf_dataset") else loaded
     if isinstance(dataset, (dict, datasets.DatasetDict)):
         if split_name not in dataset:
-            raise DataError(f"split '{split_name}' not in '{target}'; splits: {', '.join(dataset)}",
-                            key=f"{spec.section}.split")
+            raise DataError(
+                f"split '{split_name}' not in '{target}'; splits: {', '.join(dataset)}",
+                key=f"{spec.section}.split",
+            )
         dataset = dataset[split_name]
     if not isinstance(dataset, datasets.Dataset):
-        raise DataError(f"ModelScope returned a {type(dataset).__name__}, not a dataset that can be indexed",
-                        key=f"{spec.section}.source", fix="streaming datasets are not supported; use a local copy")
+        raise DataError(
+            f"ModelScope returned a {type(dataset).__name__}, not a dataset that can be indexed",
+            key=f"{spec.section}.source",
+            fix="streaming datasets are not supported; use a local copy",
+        )
     return apply_slice(dataset, split_name, slice_text)
 
 
@@ -297,10 +356,12 @@ def load_raw(spec: DataSpec, base_dir: Path | str | None, cache_dir: str | Path 
         try:
             return datasets.load_dataset(target, spec.name, split=spec.split, cache_dir=cache), target
         except Exception as error:
-            raise DataError(f"could not load '{target}' from the Hugging Face hub: {_short(error)}",
-                            key=f"{spec.section}.path",
-                            fix="check the id, name: and split:, and the network (or HF_HUB_OFFLINE=1 with a "
-                                "cached copy); a local file must exist") from None
+            raise DataError(
+                f"could not load '{target}' from the Hugging Face hub: {_short(error)}",
+                key=f"{spec.section}.path",
+                fix="check the id, name: and split:, and the network (or HF_HUB_OFFLINE=1 with a "
+                "cached copy); a local file must exist",
+            ) from None
     path: Path = target
     if path.is_dir():
         if not data_files(path):
@@ -308,16 +369,23 @@ def load_raw(spec: DataSpec, base_dir: Path | str | None, cache_dir: str | Path 
         try:
             return datasets.load_dataset(str(path), spec.name, split=spec.split, cache_dir=cache), str(path)
         except ValueError as error:
-            raise DataError(f"could not load split '{spec.split}' from {path}: {_short(error)}",
-                            key=f"{spec.section}.split", fix="a folder's splits come from its file names "
-                            "(train-*.parquet, test.jsonl, …)") from None
+            raise DataError(
+                f"could not load split '{spec.split}' from {path}: {_short(error)}",
+                key=f"{spec.section}.split",
+                fix="a folder's splits come from its file names (train-*.parquet, test.jsonl, …)",
+            ) from None
     builder = DATA_SUFFIXES.get(path.suffix.lower())
     if builder is None:
-        raise DataError(f"cannot read '{path.suffix}' files", file=path, key=f"{spec.section}.path",
-                        fix="use .jsonl, .json, .parquet or .csv")
+        raise DataError(
+            f"cannot read '{path.suffix}' files",
+            file=path,
+            key=f"{spec.section}.path",
+            fix="use .jsonl, .json, .parquet or .csv",
+        )
     try:
-        dataset = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train" + slice_text,
-                                        cache_dir=cache)
+        dataset = datasets.load_dataset(
+            builder, data_files={"train": str(path)}, split="train" + slice_text, cache_dir=cache
+        )
     except Exception as error:
         raise _explain(path, error, spec) from None
     return dataset, str(path)
@@ -329,10 +397,13 @@ def rename_dataset(dataset, spec: DataSpec):
         return dataset
     missing = [s for s in spec.columns.values() if s not in dataset.column_names]
     if missing:
-        raise DataError(f"columns: {', '.join(repr(m) for m in missing)} not in the data; "
-                        f"columns found: {', '.join(dataset.column_names)}", file=spec.path,
-                        key=f"{spec.section}.columns",
-                        fix="columns maps target names to your column names, e.g. {prompt: question}")
+        raise DataError(
+            f"columns: {', '.join(repr(m) for m in missing)} not in the data; "
+            f"columns found: {', '.join(dataset.column_names)}",
+            file=spec.path,
+            key=f"{spec.section}.columns",
+            fix="columns maps target names to your column names, e.g. {prompt: question}",
+        )
     sources = set(spec.columns.values())
     shadowed = [t for t in spec.columns if t in dataset.column_names and t not in sources]
     if shadowed:

@@ -36,46 +36,69 @@ class DataSpec:
     name: str | None = spec(None, "str null", "hub dataset config name")
     max_drop_fraction: float = spec(0.5, "float", "stop if more than this share of rows cannot be converted")
     drop_ties: bool = spec(False, "bool", "preference data with scores: drop pairs whose scores are equal")
-    weight: float | int = spec(1.0, "float int", "in a mixture, the share of this source's converted rows to take "
-                               "(0 < weight <= 1, as in alignment-handbook) or a row count (a whole number > 1)")
-    section: str = "data.train"   # where the entry sits in the recipe; used in messages only
+    weight: float | int = spec(
+        1.0,
+        "float int",
+        "in a mixture, the share of this source's converted rows to take "
+        "(0 < weight <= 1, as in alignment-handbook) or a row count (a whole number > 1)",
+    )
+    section: str = "data.train"  # where the entry sits in the recipe; used in messages only
 
     @classmethod
-    def from_dict(cls, entry: dict[str, Any], section: str = "data.train") -> "DataSpec":
+    def from_dict(cls, entry: dict[str, Any], section: str = "data.train") -> DataSpec:
         """Build from a recipe mapping such as `{path: x.jsonl, split: "train[:100]"}`."""
         if isinstance(entry, str):
             entry = {"path": entry}
         if not isinstance(entry, dict):
-            raise DataError(f"expected a mapping with at least 'path', got {type(entry).__name__}",
-                            key=section, fix="write e.g. {path: data/train.jsonl}")
+            raise DataError(
+                f"expected a mapping with at least 'path', got {type(entry).__name__}",
+                key=section,
+                fix="write e.g. {path: data/train.jsonl}",
+            )
         for key in entry:
             if key not in RECIPE_KEYS:
-                raise DataError(f"unknown key '{key}'", key=f"{section}.{key}",
-                                fix=did_you_mean(key, RECIPE_KEYS))
+                raise DataError(
+                    f"unknown key '{key}'", key=f"{section}.{key}", fix=did_you_mean(key, RECIPE_KEYS)
+                )
         if not entry.get("path"):
-            raise DataError("missing 'path'", key=section,
-                            fix="give a local file/folder or a hub id, e.g. path: data/train.jsonl")
+            raise DataError(
+                "missing 'path'",
+                key=section,
+                fix="give a local file/folder or a hub id, e.g. path: data/train.jsonl",
+            )
         spec = cls(**entry, section=section)
         spec.check()
         return spec
 
     def check(self) -> None:
         if self.source not in SOURCES:
-            raise DataError(f"source '{self.source}' is not one of {', '.join(SOURCES)}",
-                            key=f"{self.section}.source", fix=did_you_mean(self.source, SOURCES))
+            raise DataError(
+                f"source '{self.source}' is not one of {', '.join(SOURCES)}",
+                key=f"{self.section}.source",
+                fix=did_you_mean(self.source, SOURCES),
+            )
         if self.columns is not None:
             if not isinstance(self.columns, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()):
-                raise DataError("columns must map target names to source column names",
-                                key=f"{self.section}.columns", fix="e.g. columns: {prompt: question, chosen: good}")
+                isinstance(k, str) and isinstance(v, str) for k, v in self.columns.items()
+            ):
+                raise DataError(
+                    "columns must map target names to source column names",
+                    key=f"{self.section}.columns",
+                    fix="e.g. columns: {prompt: question, chosen: good}",
+                )
         if not isinstance(self.max_drop_fraction, (int, float)) or not 0 <= self.max_drop_fraction <= 1:
-            raise DataError(f"max_drop_fraction is {self.max_drop_fraction}, must be between 0 and 1",
-                            key=f"{self.section}.max_drop_fraction")
+            raise DataError(
+                f"max_drop_fraction is {self.max_drop_fraction}, must be between 0 and 1",
+                key=f"{self.section}.max_drop_fraction",
+            )
         split_parts(self.split, self.section)
         weight_problem = check_weight(self.weight)
         if weight_problem:
-            raise DataError(weight_problem, key=f"{self.section}.weight",
-                            fix="a share of the rows, 0 < weight <= 1 (0.5 takes half), or a row count such as 1000")
+            raise DataError(
+                weight_problem,
+                key=f"{self.section}.weight",
+                fix="a share of the rows, 0 < weight <= 1 (0.5 takes half), or a row count such as 1000",
+            )
 
     @property
     def count(self) -> int | None:
@@ -109,8 +132,11 @@ def split_parts(split: str, section: str = "data.train") -> tuple[str, str]:
     """'train_prefs[:1000]' -> ('train_prefs', '[:1000]'). Raises DataError on a malformed split."""
     match = _SPLIT.match(str(split))
     if not match or (match.group(2) and not _SLICE.match(match.group(2))):
-        raise DataError(f"split '{split}' is not a split name with an optional slice",
-                        key=f"{section}.split", fix='write e.g. "train", "train[:1000]" or "train[10%:20%]"')
+        raise DataError(
+            f"split '{split}' is not a split name with an optional slice",
+            key=f"{section}.split",
+            fix='write e.g. "train", "train[:1000]" or "train[10%:20%]"',
+        )
     return match.group(1) or "train", match.group(2) or ""
 
 
@@ -171,12 +197,19 @@ def locate(spec: DataSpec, base_dir: Path | str | None) -> tuple[str, Any]:
     found, tried = resolve_local(spec, base_dir)
     if found is not None:
         return "local", found
-    looks_local = (Path(spec.path).suffix.lower() in DATA_SUFFIXES or spec.path.startswith((".", "/", "~"))
-                   or not looks_like_hub_id(spec.path))
+    looks_local = (
+        Path(spec.path).suffix.lower() in DATA_SUFFIXES
+        or spec.path.startswith((".", "/", "~"))
+        or not looks_like_hub_id(spec.path)
+    )
     if spec.source == "local" or looks_local:
-        raise DataError(f"dataset file not found: {spec.path}", key=f"{spec.section}.path",
-                        fix="looked in " + " and ".join(str(p) for p in tried)
-                        + "; relative paths resolve against the file that names them, then the current directory")
+        raise DataError(
+            f"dataset file not found: {spec.path}",
+            key=f"{spec.section}.path",
+            fix="looked in "
+            + " and ".join(str(p) for p in tried)
+            + "; relative paths resolve against the file that names them, then the current directory",
+        )
     return "hf", spec.path
 
 
@@ -208,8 +241,10 @@ class ConversionReport:
         return self.rows_in - self.rows_kept
 
     def reasons_text(self, shown: int = 3) -> str:
-        return "; ".join(f"{reason}: {rows_text(rows, shown)}"
-                         for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1])))
+        return "; ".join(
+            f"{reason}: {rows_text(rows, shown)}"
+            for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1]))
+        )
 
     def summary_line(self) -> str:
         line = f"{self.section}: detected {self.format}, kept {self.rows_kept}/{self.rows_in} rows"
@@ -221,6 +256,8 @@ class ConversionReport:
 
     def details(self, limit: int = 20) -> list[str]:
         """One line per reason with up to `limit` row numbers, for the log."""
-        return [f"{self.section}: dropped {len(rows)} row{'s' if len(rows) > 1 else ''} ({reason}): "
-                f"{rows_text(rows, limit)}"
-                for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1]))]
+        return [
+            f"{self.section}: dropped {len(rows)} row{'s' if len(rows) > 1 else ''} ({reason}): "
+            f"{rows_text(rows, limit)}"
+            for reason, rows in sorted(self.dropped.items(), key=lambda kv: -len(kv[1]))
+        ]

@@ -19,8 +19,14 @@ from align_recipes.registry import Algorithm
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
 
 
-def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: Algorithm, stage: str | None = None,
-                    world: int = 1) -> tuple[float, str]:
+def memory_estimate(
+    params: float,
+    model: ModelSection,
+    train: dict,
+    algorithm: Algorithm,
+    stage: str | None = None,
+    world: int = 1,
+) -> tuple[float, str]:
     """Rough GB per GPU for weights, gradients and optimizer states (no activations): what must fit at all.
     `stage`/`world` default to what the launcher set; plan.scaling asks "what if sharded over N"."""
     adapter, quantization, dtype = model.adapter, model.quantized, model.dtype
@@ -49,7 +55,9 @@ def memory_estimate(params: float, model: ModelSection, train: dict, algorithm: 
         weights, states = weights / world, states / world
     elif stage in ("zero2", "zero1"):
         states = states / world if stage == "zero2" else (gradients + optimizer / world)
-    parts.append(f"{gradients:g} B/param gradients, {optimizer:g} B/param {'8-bit ' if eight_bit else ''}AdamW states")
+    parts.append(
+        f"{gradients:g} B/param gradients, {optimizer:g} B/param {'8-bit ' if eight_bit else ''}AdamW states"
+    )
     if stage:
         parts.append(f"{stage} over {world} process(es)")
     return params * (weights + states) / 1e9, ", ".join(parts)
@@ -59,22 +67,29 @@ def _quantized_sharding_problem(quantization: str, stage: str) -> tuple[str, str
     """(message, fix) when quantized weights cannot be sharded by this engine; None for FSDP2 + 4-bit
     (QLoRA with the packed weights stored in the compute dtype, which FSDP2 splits like any tensor)."""
     if stage == "zero3":
-        return ("QLoRA/quantized weights under DeepSpeed ZeRO-3 are not sharded: transformers builds quantized "
-                "models without zero.Init, so every rank keeps the whole 4-bit model (and our loader's device_map "
-                "is rejected by ZeRO-3)",
-                "launch with configs/accelerate/fsdp2.yaml (FSDP-QLoRA shards the 4-bit weights), or zero2.yaml / "
-                "multi_gpu.yaml")
+        return (
+            "QLoRA/quantized weights under DeepSpeed ZeRO-3 are not sharded: transformers builds quantized "
+            "models without zero.Init, so every rank keeps the whole 4-bit model (and our loader's device_map "
+            "is rejected by ZeRO-3)",
+            "launch with configs/accelerate/fsdp2.yaml (FSDP-QLoRA shards the 4-bit weights), or zero2.yaml / "
+            "multi_gpu.yaml",
+        )
     if quantization == "8bit":
-        return ("8-bit weights under FSDP are not supported (only 4-bit QLoRA, stored in the compute dtype, is)",
-                "use adapter: qlora (4-bit), or launch with configs/accelerate/zero2.yaml or multi_gpu.yaml")
+        return (
+            "8-bit weights under FSDP are not supported (only 4-bit QLoRA, stored in the compute dtype, is)",
+            "use adapter: qlora (4-bit), or launch with configs/accelerate/zero2.yaml or multi_gpu.yaml",
+        )
     if os.environ.get("FSDP_VERSION", "2") != "2":
-        return ("QLoRA under FSDP1 is not supported here (FSDP-QLoRA is tested with FSDP2)",
-                "set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
+        return (
+            "QLoRA under FSDP1 is not supported here (FSDP-QLoRA is tested with FSDP2)",
+            "set fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)",
+        )
     return None
 
 
-def check_compatible(profile: Profile, model: ModelSection, train: dict, algorithm: Algorithm, file,
-                     params: float | None) -> list[RecipeError]:
+def check_compatible(
+    profile: Profile, model: ModelSection, train: dict, algorithm: Algorithm, file, params: float | None
+) -> list[RecipeError]:
     """Impossible combinations of profile, recipe and installed packages, found before anything is loaded."""
     errors: list[RecipeError] = []
     gpu = None if train.get("use_cpu") else profile.gpu
@@ -88,27 +103,43 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
     # Precision.
     if gpu is not None and not gpu.has_bf16:
         if train.get("bf16"):
-            error("train.bf16", f"{where} has no bf16 (needs compute capability 8.0+)",
-                  "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16")
+            error(
+                "train.bf16",
+                f"{where} has no bf16 (needs compute capability 8.0+)",
+                "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16",
+            )
         if model.dtype == "bfloat16":
-            error("model.dtype", f"{where} has no bf16 (needs compute capability 8.0+)",
-                  "use model.dtype: float16 (or float32 for full fine-tuning)")
+            error(
+                "model.dtype",
+                f"{where} has no bf16 (needs compute capability 8.0+)",
+                "use model.dtype: float16 (or float32 for full fine-tuning)",
+            )
     if gpu is None and train.get("fp16"):
         error("train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither")
     if gpu is None and model.dtype == "float16" and adapter == "full":
-        error("model.dtype", "float16 training on CPU is unsupported and unstable", "use model.dtype: float32 on CPU")
+        error(
+            "model.dtype",
+            "float16 training on CPU is unsupported and unstable",
+            "use model.dtype: float32 on CPU",
+        )
     if train.get("fp16") and adapter == "full" and model.dtype == "float16" and quantization == "none":
-        error("model.dtype", "full fine-tuning with fp16 mixed precision needs fp32 master weights "
-              "(float16 weights give 'Attempting to unscale FP16 gradients')",
-              "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora")
+        error(
+            "model.dtype",
+            "full fine-tuning with fp16 mixed precision needs fp32 master weights "
+            "(float16 weights give 'Attempting to unscale FP16 gradients')",
+            "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora",
+        )
 
     # Attention kernel.
     attention = model.attn_implementation or ""
     if attention.startswith("flash_attention"):
         ok, status = flash_attention_status(attention, gpu)
         if not ok:
-            error("model.attn_implementation", f"{attention}: {status}",
-                  "use attn_implementation: sdpa (or leave it null and let the profile decide)")
+            error(
+                "model.attn_implementation",
+                f"{attention}: {status}",
+                "use attn_implementation: sdpa (or leave it null and let the profile decide)",
+            )
 
     # Quantization and bitsandbytes.
     optim = str(train.get("optim") or "")
@@ -117,17 +148,23 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
         ok, status = bitsandbytes_status()
         if not ok:
             key = "model.quantization" if quantization != "none" else "train.optim"
-            error(key, f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
-                  "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
-                  "and optim: adamw_torch")
+            error(
+                key,
+                f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
+                "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
+                "and optim: adamw_torch",
+            )
     stage, _ = sharding()
     # Our own RL loop (align_recipes.rl: PPO, SPO) runs under FSDP2 (rl/sharding.py) but not under DeepSpeed:
     # measured on 2 CPU ranks, ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the
     # Trainer saves from).
     if not algorithm.runs_under(stage):
-        error("algorithm", f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing there)",
-              "launch with configs/accelerate/fsdp2.yaml (FSDP2) or multi_gpu.yaml (DDP) on GPUs, cpu_fsdp2.yaml "
-              "or cpu_ddp.yaml on CPU; or shrink the policy with model.adapter: lora")
+        error(
+            "algorithm",
+            f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing there)",
+            "launch with configs/accelerate/fsdp2.yaml (FSDP2) or multi_gpu.yaml (DDP) on GPUs, cpu_fsdp2.yaml "
+            "or cpu_ddp.yaml on CPU; or shrink the policy with model.adapter: lora",
+        )
     if quantization != "none" and stage in ("zero3", "fsdp"):
         problem = _quantized_sharding_problem(quantization, stage)
         if problem:
@@ -137,13 +174,19 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
     if train.get("use_vllm"):
         ok, status = vllm_status()
         if not ok:
-            error("train.use_vllm", f"use_vllm is on but {status}",
-                  "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false")
+            error(
+                "train.use_vllm",
+                f"use_vllm is on but {status}",
+                "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false",
+            )
         if gpu is None:
             error("train.use_vllm", "vLLM generation needs a CUDA GPU", "set train.use_vllm: false on CPU")
         if quantization == "8bit":
-            error("train.use_vllm", "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
-                  "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false")
+            error(
+                "train.use_vllm",
+                "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
+                "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false",
+            )
 
     # Does the model fit at all?
     if gpu is not None:
@@ -154,15 +197,25 @@ def check_compatible(profile: Profile, model: ModelSection, train: dict, algorit
                 available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
             # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
             # and `train` refuses to start it in one process.
-            fits_sharded = (sharding()[1] == 1 and gpu.count >= 2 and algorithm.runs_under("fsdp") and memory_estimate(
-                params, model, train, algorithm, stage="fsdp", world=gpu.count)[0] <= available)
+            fits_sharded = (
+                sharding()[1] == 1
+                and gpu.count >= 2
+                and algorithm.runs_under("fsdp")
+                and memory_estimate(params, model, train, algorithm, stage="fsdp", world=gpu.count)[0]
+                <= available
+            )
             if needed > available and not fits_sharded:
-                fix = {"full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
-                               "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
-                       "lora": "use model.adapter: qlora (4-bit base weights)",
-                       "qlora": "use a smaller model or a profile with more GPU memory"}[adapter]
-                error("model.name_or_path",
-                      f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
-                      f"{where} has {available:.0f} GB" + (" left beside vLLM" if available < gpu.memory_gb else ""),
-                      fix)
+                fix = {
+                    "full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
+                    "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
+                    "lora": "use model.adapter: qlora (4-bit base weights)",
+                    "qlora": "use a smaller model or a profile with more GPU memory",
+                }[adapter]
+                error(
+                    "model.name_or_path",
+                    f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
+                    f"{where} has {available:.0f} GB"
+                    + (" left beside vLLM" if available < gpu.memory_gb else ""),
+                    fix,
+                )
     return errors

@@ -24,13 +24,36 @@ FAKE_SMI_ENV = "ALIGN_RECIPES_NVIDIA_SMI"
 SMI_QUERY = "name,memory.total,compute_cap"
 
 ARCHITECTURES = [  # (lowest compute capability, name), newest first
-    (12.0, "Blackwell"), (10.0, "Blackwell"), (9.0, "Hopper"), (8.9, "Ada"), (8.0, "Ampere"),
-    (7.5, "Turing"), (7.0, "Volta"), (6.0, "Pascal"), (0.0, "pre-Pascal"),
+    (12.0, "Blackwell"),
+    (10.0, "Blackwell"),
+    (9.0, "Hopper"),
+    (8.9, "Ada"),
+    (8.0, "Ampere"),
+    (7.5, "Turing"),
+    (7.0, "Volta"),
+    (6.0, "Pascal"),
+    (0.0, "pre-Pascal"),
 ]
 # Compute capability by name, for drivers too old to report compute_cap.
-KNOWN_CAPABILITY = [("h100", 9.0), ("h200", 9.0), ("h800", 9.0), ("gh200", 9.0), ("b200", 10.0), ("a100", 8.0),
-                    ("a800", 8.0), ("a10", 8.6), ("a40", 8.6), ("a6000", 8.6), ("l40", 8.9), ("l4", 8.9),
-                    ("4090", 8.9), ("3090", 8.6), ("t4", 7.5), ("v100", 7.0), ("p100", 6.0)]
+KNOWN_CAPABILITY = [
+    ("h100", 9.0),
+    ("h200", 9.0),
+    ("h800", 9.0),
+    ("gh200", 9.0),
+    ("b200", 10.0),
+    ("a100", 8.0),
+    ("a800", 8.0),
+    ("a10", 8.6),
+    ("a40", 8.6),
+    ("a6000", 8.6),
+    ("l40", 8.9),
+    ("l4", 8.9),
+    ("4090", 8.9),
+    ("3090", 8.6),
+    ("t4", 7.5),
+    ("v100", 7.0),
+    ("p100", 6.0),
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class GPU:
 
 # --- detecting the GPU -------------------------------------------------------------------------------
 
+
 def parse_nvidia_smi(text: str) -> list[GPU]:
     """GPUs from `nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits`.
 
@@ -69,7 +93,9 @@ def parse_nvidia_smi(text: str) -> list[GPU]:
         capability = _float(cells[2]) if len(cells) > 2 else None
         if capability is None:
             capability = next((cc for needle, cc in KNOWN_CAPABILITY if needle in cells[0].lower()), 7.0)
-        gpus.append(GPU(name=cells[0], memory_gb=round((memory or 0) / 1024, 1), compute_capability=capability))
+        gpus.append(
+            GPU(name=cells[0], memory_gb=round((memory or 0) / 1024, 1), compute_capability=capability)
+        )
     return gpus
 
 
@@ -108,14 +134,20 @@ def _run_nvidia_smi() -> str:
         return ""
     for query in (SMI_QUERY, "name,memory.total"):  # compute_cap needs driver >= 510
         try:
-            return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True, timeout=10, check=True).stdout
+            return subprocess.run(
+                ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             continue
     return ""
 
 
 # --- optional packages, looked up without importing them ------------------------------------------------
+
 
 def has_module(name: str) -> bool:
     try:
@@ -138,8 +170,10 @@ def vllm_status() -> tuple[bool, str]:
     version = package_version("vllm") or "?"
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if len(numbers) < 2 or not (VLLM_MIN <= numbers <= VLLM_MAX):
-        return False, (f"vllm {version} is outside TRL 1.16's supported range 0.22-0.31 "
-                       f"(pip install 'vllm>=0.22,<=0.31')")
+        return False, (
+            f"vllm {version} is outside TRL 1.16's supported range 0.22-0.31 "
+            f"(pip install 'vllm>=0.22,<=0.31')"
+        )
     return True, f"vllm {version} installed"
 
 
@@ -164,6 +198,7 @@ def bitsandbytes_status() -> tuple[bool, str]:
 
 # --- launcher ----------------------------------------------------------------------------------------------
 
+
 def hub_token_problem() -> str | None:
     """Why a push to the Hugging Face hub would fail for want of credentials (None: a token is found)."""
     from huggingface_hub import get_token  # imported only when a recipe pushes
@@ -174,19 +209,29 @@ def hub_token_problem() -> str | None:
 
 
 # report_to name -> (the pip package, the modules any of which transformers' integration accepts)
-TRACKERS = {"wandb": ("wandb", ("wandb",)), "trackio": ("trackio", ("trackio",)),
-            "tensorboard": ("tensorboard", ("tensorboard", "tensorboardX")), "mlflow": ("mlflow", ("mlflow",)),
-            "comet_ml": ("comet-ml", ("comet_ml",)), "clearml": ("clearml", ("clearml",)),
-            "dvclive": ("dvclive", ("dvclive",)), "neptune": ("neptune", ("neptune",)),
-            "swanlab": ("swanlab", ("swanlab",)), "codecarbon": ("codecarbon", ("codecarbon",)),
-            "azure_ml": ("azureml-core", ("azureml",))}
+TRACKERS = {
+    "wandb": ("wandb", ("wandb",)),
+    "trackio": ("trackio", ("trackio",)),
+    "tensorboard": ("tensorboard", ("tensorboard", "tensorboardX")),
+    "mlflow": ("mlflow", ("mlflow",)),
+    "comet_ml": ("comet-ml", ("comet_ml",)),
+    "clearml": ("clearml", ("clearml",)),
+    "dvclive": ("dvclive", ("dvclive",)),
+    "neptune": ("neptune", ("neptune",)),
+    "swanlab": ("swanlab", ("swanlab",)),
+    "codecarbon": ("codecarbon", ("codecarbon",)),
+    "azure_ml": ("azureml-core", ("azureml",)),
+}
 
 
 def tracker_problems(report_to) -> list[tuple[str, str]]:
     """(tracker, pip package) for each tracker in `report_to` whose package is not installed."""
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    return [(str(name), TRACKERS[name][0]) for name in names
-            if name in TRACKERS and not any(has_module(m) for m in TRACKERS[name][1])]
+    return [
+        (str(name), TRACKERS[name][0])
+        for name in names
+        if name in TRACKERS and not any(has_module(m) for m in TRACKERS[name][1])
+    ]
 
 
 def _truthy(value: str | None) -> bool:

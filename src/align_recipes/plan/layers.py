@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -30,8 +31,15 @@ LEAF_MAPPINGS = ("columns",)  # mappings that replace as a whole instead of merg
 
 # Values that name files or folders to read. Relative ones resolve where they were written. A data split
 # may be a list of sources (a mixture): each of their `path`s resolves the same way.
-PATH_KEYS = ("model.name_or_path", "model.chat_template", "data.train.path", "data.eval.path",
-             "evaluate.data.path", "train.reward_model_path", "train.value_model_path")
+PATH_KEYS = (
+    "model.name_or_path",
+    "model.chat_template",
+    "data.train.path",
+    "data.eval.path",
+    "evaluate.data.path",
+    "train.reward_model_path",
+    "train.value_model_path",
+)
 SOURCE_LISTS = ("data.train", "data.eval")
 _INDEX = re.compile(r"\[\d+\]")
 
@@ -52,7 +60,7 @@ class Provenance:
     """Which layer set each dotted key, and what each recipe file said (with line numbers)."""
 
     def __init__(self) -> None:
-        self.sources: dict[str, str] = {}      # "train.learning_rate" -> label
+        self.sources: dict[str, str] = {}  # "train.learning_rate" -> label
         self.files: dict[str, tuple[Path, Any]] = {}  # recipe label -> (path, its parsed YAML)
 
     def merge(self, base: dict, top: dict, label: str, prefix: str = "") -> None:
@@ -140,21 +148,30 @@ def read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict
     path = path.resolve()
     if path in seen:
         cycle = " -> ".join(p.name for p in (*seen, path))
-        raise RecipeError(f"`extends` cycle: {cycle}", fix="remove one of the extends links", file=path, key="extends")
+        raise RecipeError(
+            f"`extends` cycle: {cycle}", fix="remove one of the extends links", file=path, key="extends"
+        )
     data = load_yaml(path)
     if data is None:
         raise RecipeError("the recipe is empty", fix="start from a recipe in recipes/tiny/", file=path)
     if not isinstance(data, dict):
-        raise RecipeError(f"a recipe must be a mapping of sections, got a {kind_of(data)}",
-                          fix="write `algorithm: …`, `model: …`, `data: …`, `train: …` at the top level", file=path)
+        raise RecipeError(
+            f"a recipe must be a mapping of sections, got a {kind_of(data)}",
+            fix="write `algorithm: …`, `model: …`, `data: …`, `train: …` at the top level",
+            file=path,
+        )
     parents = data.get("extends") or []
     chain: list[tuple[Path, dict]] = []
     for parent in [parents] if isinstance(parents, str) else parents:
         parent_path = path.parent / str(parent)
         if not parent_path.is_file():
-            raise RecipeError(f"extends '{parent}': file not found ({parent_path})",
-                              fix="paths in `extends` are relative to the recipe's folder", file=path,
-                              key="extends", line=line_of(data, "extends"))
+            raise RecipeError(
+                f"extends '{parent}': file not found ({parent_path})",
+                fix="paths in `extends` are relative to the recipe's folder",
+                file=path,
+                key="extends",
+                line=line_of(data, "extends"),
+            )
         chain.extend(read_chain(parent_path, (*seen, path)))
     chain.append((path, data))
     return chain
@@ -167,7 +184,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise RecipeError(f"override key '{key}' is not a dotted path", fix="write e.g. train.learning_rate=1e-5")
+        raise RecipeError(
+            f"override key '{key}' is not a dotted path", fix="write e.g. train.learning_rate=1e-5"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -18,8 +18,17 @@ import yaml
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan import feasibility, profiles, scaling, trl_fields
 from align_recipes.plan.hardware import sharding
-from align_recipes.plan.layers import (DEFAULT, OURS, OVERRIDE, Provenance, override_layer, parse_override,
-                                       read_chain, recipe_label, resolve_paths)
+from align_recipes.plan.layers import (
+    DEFAULT,
+    OURS,
+    OVERRIDE,
+    Provenance,
+    override_layer,
+    parse_override,
+    read_chain,
+    recipe_label,
+    resolve_paths,
+)
 from align_recipes.plan.model_size import estimate_params
 from align_recipes.plan.sections import DataSection, EvaluateSection, ModelSection
 from align_recipes.plan.validate import validate_recipe
@@ -40,9 +49,13 @@ class Plan:
     train: dict[str, Any]  # the TRL config fields the layers set; TRL's defaults fill the rest
     profile: profiles.Profile
     provenance: Provenance
-    recipe: dict[str, Any]  # the merged sections as written (paths resolved): for `show` and recipe.resolved.yaml
+    recipe: dict[
+        str, Any
+    ]  # the merged sections as written (paths resolved): for `show` and recipe.resolved.yaml
     profile_changes: list[profiles.Change] = field(default_factory=list)
-    launch: scaling.Launch | None = None  # how to spread it over this machine's GPUs (None: one process will do)
+    launch: scaling.Launch | None = (
+        None  # how to spread it over this machine's GPUs (None: one process will do)
+    )
 
     @property
     def base_dir(self) -> Path:
@@ -82,8 +95,11 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     """Read, merge and validate a recipe. Raises RecipeError(s); loads no model and no torch."""
     recipe_path = Path(recipe_path)
     if not recipe_path.exists() and recipe_path.suffix == "" and (Path("recipes") / recipe_path).is_dir():
-        raise RecipeError(f"'{recipe_path}' is a recipe family, not a recipe file",
-                          fix=f"name one file, e.g. recipes/{recipe_path}/dpo.yaml", file=recipe_path)
+        raise RecipeError(
+            f"'{recipe_path}' is a recipe family, not a recipe file",
+            fix=f"name one file, e.g. recipes/{recipe_path}/dpo.yaml",
+            file=recipe_path,
+        )
     provenance = Provenance()
     recipe: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
     for path, data in read_chain(recipe_path):
@@ -97,12 +113,19 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     algorithm = _algorithm(recipe, provenance, recipe_path)
     _rename_aliases(recipe, provenance)
     resolve_paths(recipe, provenance.folder)
-    ours = {"train": {"output_dir": f"outputs/{recipe_path.parent.name or 'recipes'}/{algorithm.name}",
-                      "report_to": "none", "logging_steps": 5}}
+    ours = {
+        "train": {
+            "output_dir": f"outputs/{recipe_path.parent.name or 'recipes'}/{algorithm.name}",
+            "report_to": "none",
+            "logging_steps": 5,
+        }
+    }
     provenance.merge_under(recipe, ours, OURS)
 
     chosen = profiles.resolve(str(profile or recipe.get("profile") or "auto"))
-    wish = recipe["model"] if isinstance(recipe["model"], dict) else {}  # the recipe's model, before the profile
+    wish = (
+        recipe["model"] if isinstance(recipe["model"], dict) else {}
+    )  # the recipe's model, before the profile
     params, _ = estimate_params(wish.get("name_or_path"))
     layer, changes = profiles.layer_for(chosen, algorithm, wish, params)
     fields = trl_fields.config_fields(algorithm.config_name)
@@ -110,8 +133,13 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
     provenance.merge_under(recipe, layer, f"profile:{chosen.name}")
 
-    errors = validate_recipe(recipe, algorithm, provenance.locate, base_dir=recipe_path.parent,
-                             rewards_dir=provenance.folder("rewards", recipe_path.parent))
+    errors = validate_recipe(
+        recipe,
+        algorithm,
+        provenance.locate,
+        base_dir=recipe_path.parent,
+        rewards_dir=provenance.folder("rewards", recipe_path.parent),
+    )
     if errors:
         raise RecipeErrors(errors)
     if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
@@ -125,12 +153,25 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     launch = scaling.choose_launch(chosen, recipe, algorithm, params)
     if launch is not None:
         provenance.sources["launch"] = f"profile:{chosen.name}"
-        changes.append(profiles.Change("launch", f"{launch.engine} x {launch.processes}",
-                                       scaling.explain(launch, recipe, algorithm)))
-    return Plan(recipe_path=recipe_path, algorithm=algorithm, model=model, data=DataSection.from_dict(recipe["data"]),
-                evaluate=EvaluateSection.from_dict(recipe.get("evaluate")), rewards=list(recipe.get("rewards") or []),
-                train=recipe["train"], profile=chosen, provenance=provenance, recipe=recipe, profile_changes=changes,
-                launch=launch)
+        changes.append(
+            profiles.Change(
+                "launch", f"{launch.engine} x {launch.processes}", scaling.explain(launch, recipe, algorithm)
+            )
+        )
+    return Plan(
+        recipe_path=recipe_path,
+        algorithm=algorithm,
+        model=model,
+        data=DataSection.from_dict(recipe["data"]),
+        evaluate=EvaluateSection.from_dict(recipe.get("evaluate")),
+        rewards=list(recipe.get("rewards") or []),
+        train=recipe["train"],
+        profile=chosen,
+        provenance=provenance,
+        recipe=recipe,
+        profile_changes=changes,
+        launch=launch,
+    )
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:
@@ -138,15 +179,26 @@ def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algor
     if name in ALGORITHMS:
         return ALGORITHMS[name]
     file, line = provenance.locate("algorithm")
-    fix = did_you_mean(str(name), ALGORITHMS) if name else f"add `algorithm:` with one of {', '.join(ALGORITHMS)}"
-    raise RecipeError(f"unknown algorithm '{name}'" if name else "no `algorithm:` given", fix=fix,
-                      file=file or recipe_path, line=line, key="algorithm")
+    fix = (
+        did_you_mean(str(name), ALGORITHMS)
+        if name
+        else f"add `algorithm:` with one of {', '.join(ALGORITHMS)}"
+    )
+    raise RecipeError(
+        f"unknown algorithm '{name}'" if name else "no `algorithm:` given",
+        fix=fix,
+        file=file or recipe_path,
+        line=line,
+        key="algorithm",
+    )
 
 
 # transformers 5 renamed these; the old names still work, but a recipe's old name must not lose to a
 # profile's new one, so the recipe's spelling is read as the new name before the profile is laid under it.
-TRAIN_ALIASES = {"gradient_checkpointing": "activation_checkpointing",
-                 "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs"}
+TRAIN_ALIASES = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
 
 
 def _rename_aliases(recipe: dict, provenance: Provenance) -> None:
@@ -163,8 +215,11 @@ def _rename_aliases(recipe: dict, provenance: Provenance) -> None:
 
 def resolved_yaml(plan: Plan) -> str:
     """The fully resolved recipe, as written to `recipe.resolved.yaml` in every output dir."""
-    body = {"algorithm": plan.algorithm.name, "profile": plan.profile.name,
-            **{k: v for k, v in plan.recipe.items() if k not in ("algorithm", "profile", "extends")}}
+    body = {
+        "algorithm": plan.algorithm.name,
+        "profile": plan.profile.name,
+        **{k: v for k, v in plan.recipe.items() if k not in ("algorithm", "profile", "extends")},
+    }
     return yaml.safe_dump(plain(body), sort_keys=False, allow_unicode=True)
 
 

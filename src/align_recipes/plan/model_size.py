@@ -38,10 +38,15 @@ def estimate_params(name_or_path: str | None, base_dir: Path | None = None) -> t
             base = _adapter_base(candidate)
             if base:
                 return estimate_params(base, base_dir)
-    tokens = [(float(m.group(2)) * (int(m.group(1)) if m.group(1) else 1)
-               * (1e9 if m.group(3).lower() == "b" else 1e6))
-              for m in SIZE_TOKEN.finditer(name.rsplit("/", 1)[-1])
-              if not m.string[:m.start()].endswith(("v", "V"))]  # 'v2' is a version, not a size
+    tokens = [
+        (
+            float(m.group(2))
+            * (int(m.group(1)) if m.group(1) else 1)
+            * (1e9 if m.group(3).lower() == "b" else 1e6)
+        )
+        for m in SIZE_TOKEN.finditer(name.rsplit("/", 1)[-1])
+        if not m.string[: m.start()].endswith(("v", "V"))
+    ]  # 'v2' is a version, not a size
     if tokens:
         return max(tokens), "from the size in its name"
     return None, "size unknown (no local config.json, no size token such as 7B in the name)"

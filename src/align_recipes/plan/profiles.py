@@ -27,15 +27,25 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
 from align_recipes.plan import trl_fields
+from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
 from align_recipes.plan.model_size import human
 from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
 GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
-RULE_KEYS = {"max_params", "min_memory_gb", "min_gpus", "adapter", "quantization", "micro_batch", "sharding", "model",
-             "train", "why"}
+RULE_KEYS = {
+    "max_params",
+    "min_memory_gb",
+    "min_gpus",
+    "adapter",
+    "quantization",
+    "micro_batch",
+    "sharding",
+    "model",
+    "train",
+    "why",
+}
 VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
@@ -43,6 +53,7 @@ MICRO_BATCH_REFERENCE_LENGTH = 1024
 
 
 # --- data ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -112,15 +123,18 @@ def available() -> dict[str, Path]:
 def _unknown(data: dict, allowed: set[str], where: str, path: Path) -> None:
     unknown = sorted(str(k) for k in set(data) - allowed)
     if unknown:
-        raise RecipeError(f"unknown key '{unknown[0]}' in {where}", fix=did_you_mean(unknown[0], allowed), file=path)
+        raise RecipeError(
+            f"unknown key '{unknown[0]}' in {where}", fix=did_you_mean(unknown[0], allowed), file=path
+        )
 
 
 def _mapping(value: Any, where: str, path: Path) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RecipeError(f"{where} must be a mapping", fix=f"write `{where.split()[-1]}:` then indented keys",
-                          file=path)
+        raise RecipeError(
+            f"{where} must be a mapping", fix=f"write `{where.split()[-1]}:` then indented keys", file=path
+        )
     return dict(value)
 
 
@@ -130,11 +144,12 @@ def _number(value: Any, where: str, path: Path) -> float | None:
     try:
         return float(value)  # YAML 1.1 reads 1.5e9 as a string
     except (TypeError, ValueError):
-        raise RecipeError(f"{where}: '{value}' is not a number", fix="write e.g. 1.5e9 or 1500000000",
-                          file=path) from None
+        raise RecipeError(
+            f"{where}: '{value}' is not a number", fix="write e.g. 1.5e9 or 1500000000", file=path
+        ) from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_path(name: str, path: Path) -> Profile:
     data = load_yaml(path) or {}
     if not isinstance(data, dict):
@@ -145,47 +160,70 @@ def _read_path(name: str, path: Path) -> Profile:
     if data.get("gpu"):
         raw = _mapping(data["gpu"], "profile gpu", path)
         _unknown(raw, GPU_KEYS, "the profile's gpu", path)
-        gpu = GPU(name=str(raw.get("name", name.upper())), memory_gb=_number(raw.get("memory_gb", 16), "gpu.memory_gb", path),
-                  compute_capability=_number(raw.get("compute_capability", 8.0), "gpu.compute_capability", path),
-                  count=int(raw.get("count", 1)))
+        gpu = GPU(
+            name=str(raw.get("name", name.upper())),
+            memory_gb=_number(raw.get("memory_gb", 16), "gpu.memory_gb", path),
+            compute_capability=_number(raw.get("compute_capability", 8.0), "gpu.compute_capability", path),
+            count=int(raw.get("count", 1)),
+        )
 
     rules, lower = [], None
     for index, raw in enumerate(data.get("rules") or []):
         raw = _mapping(raw, f"rules[{index}] of the profile rules", path)
         _unknown(raw, RULE_KEYS, f"rules[{index}]", path)
-        rule = Rule(max_params=_number(raw.get("max_params"), f"rules[{index}].max_params", path),
-                    min_memory_gb=_number(raw.get("min_memory_gb"), f"rules[{index}].min_memory_gb", path),
-                    adapter=raw.get("adapter"), quantization=raw.get("quantization"),
-                    micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
-                    model=_mapping(raw.get("model"), "rule model", path),
-                    train=_mapping(raw.get("train"), "rule train", path), why=str(raw.get("why") or ""),
-                    lower=lower, min_gpus=int(raw["min_gpus"]) if raw.get("min_gpus") else None,
-                    sharding=raw.get("sharding"))
+        rule = Rule(
+            max_params=_number(raw.get("max_params"), f"rules[{index}].max_params", path),
+            min_memory_gb=_number(raw.get("min_memory_gb"), f"rules[{index}].min_memory_gb", path),
+            adapter=raw.get("adapter"),
+            quantization=raw.get("quantization"),
+            micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
+            model=_mapping(raw.get("model"), "rule model", path),
+            train=_mapping(raw.get("train"), "rule train", path),
+            why=str(raw.get("why") or ""),
+            lower=lower,
+            min_gpus=int(raw["min_gpus"]) if raw.get("min_gpus") else None,
+            sharding=raw.get("sharding"),
+        )
         if rule.adapter not in (None, "full", "lora", "qlora"):
-            raise RecipeError(f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
-                              fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]), file=path)
+            raise RecipeError(
+                f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
+                fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]),
+                file=path,
+            )
         if rule.sharding not in (None, "ddp", "fsdp2", "zero2", "zero3"):
-            raise RecipeError(f"rules[{index}].sharding: '{rule.sharding}' is not ddp, fsdp2, zero2 or zero3",
-                              fix=did_you_mean(str(rule.sharding), ["ddp", "fsdp2", "zero2", "zero3"]), file=path)
+            raise RecipeError(
+                f"rules[{index}].sharding: '{rule.sharding}' is not ddp, fsdp2, zero2 or zero3",
+                fix=did_you_mean(str(rule.sharding), ["ddp", "fsdp2", "zero2", "zero3"]),
+                file=path,
+            )
         rules.append(rule)
         if rule.min_memory_gb is None and rule.min_gpus is None:
             lower = rule.max_params
 
     vllm = _mapping(data.get("vllm"), "profile vllm", path)
     _unknown(vllm, VLLM_KEYS, "the profile's vllm section", path)
-    return Profile(name=name, path=path, description=str(data.get("description") or ""),
-                   model=_mapping(data.get("model"), "profile model", path),
-                   train=_mapping(data.get("train"), "profile train", path), gpu=gpu,
-                   match=tuple(str(m).lower() for m in data.get("match") or ()),
-                   why={str(k): str(v) for k, v in _mapping(data.get("why"), "profile why", path).items()},
-                   rules=tuple(rules), vllm=vllm)
+    return Profile(
+        name=name,
+        path=path,
+        description=str(data.get("description") or ""),
+        model=_mapping(data.get("model"), "profile model", path),
+        train=_mapping(data.get("train"), "profile train", path),
+        gpu=gpu,
+        match=tuple(str(m).lower() for m in data.get("match") or ()),
+        why={str(k): str(v) for k, v in _mapping(data.get("why"), "profile why", path).items()},
+        rules=tuple(rules),
+        vllm=vllm,
+    )
 
 
 def _read(name: str) -> Profile:
     paths = available()
     if name not in paths:
-        raise RecipeError(f"unknown profile '{name}'", key="profile",
-                          fix=did_you_mean(name, [*paths, "auto"]) + f" (profiles: {', '.join(['auto', *paths])})")
+        raise RecipeError(
+            f"unknown profile '{name}'",
+            key="profile",
+            fix=did_you_mean(name, [*paths, "auto"]) + f" (profiles: {', '.join(['auto', *paths])})",
+        )
     return _read_path(name, paths[name])
 
 
@@ -210,8 +248,11 @@ def choose_profile(gpus: list[GPU], candidates: dict[str, Profile] | None = None
         if re.search(rf"(?<![a-z0-9]){re.escape(needle)}(?![0-9])", lowered):
             return name, seen
     # Unknown card: the largest profile this GPU can honour (its capability and memory at least the profile's).
-    fitting = [(p.gpu.memory_gb, p.gpu.compute_capability, n) for n, p in gpu_profiles.items()
-               if p.gpu.compute_capability <= first.compute_capability and p.gpu.memory_gb <= first.memory_gb * 1.05]
+    fitting = [
+        (p.gpu.memory_gb, p.gpu.compute_capability, n)
+        for n, p in gpu_profiles.items()
+        if p.gpu.compute_capability <= first.compute_capability and p.gpu.memory_gb <= first.memory_gb * 1.05
+    ]
     if first.compute_capability < 8.0:  # no bf16: only an fp16 profile will do
         fitting = [f for f in fitting if f[1] < 8.0] or fitting
     if fitting:
@@ -238,12 +279,17 @@ def resolve(name: str, smi_output: str | None = None) -> Profile:
     gpu = None
     if gpus and profile.gpu is not None:
         first = gpus[0]
-        gpu = GPU(name=first.name, memory_gb=first.memory_gb or profile.gpu.memory_gb,
-                  compute_capability=first.compute_capability, count=len(gpus))
+        gpu = GPU(
+            name=first.name,
+            memory_gb=first.memory_gb or profile.gpu.memory_gb,
+            compute_capability=first.compute_capability,
+            count=len(gpus),
+        )
     return replace(profile, detected=why, gpu=gpu)
 
 
 # --- the profile as a layer ------------------------------------------------------------------------------
+
 
 def _context(profile: Profile) -> dict[str, str]:
     gpu = profile.gpu
@@ -292,7 +338,9 @@ def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
 ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}
 
 
-def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | None) -> tuple[dict, list[Change]]:
+def layer_for(
+    profile: Profile, algorithm, model_wish: dict, params: float | None
+) -> tuple[dict, list[Change]]:
     """The profile's values as a recipe layer (below the recipe), and every value it sets with a reason.
 
     `params` is the model's estimated size (None: unknown, size rules skipped). `model_wish` is the
@@ -319,13 +367,26 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | Non
     wished_adapter = model_wish.get("adapter")
     if rule is not None:
         if rule.adapter:
-            put("model.adapter", rule.adapter, _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]))
+            put(
+                "model.adapter",
+                rule.adapter,
+                _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]),
+            )
         quantization = rule.quantization or ("4bit" if rule.adapter == "qlora" else None)
         # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
         if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
-            put("model.quantization", quantization,
-                _rule_reason(profile, rule, params, f"{quantization} base weights for {ADAPTER_WORDS[rule.adapter]}"
-                             if rule.adapter else f"{quantization} base weights"))
+            put(
+                "model.quantization",
+                quantization,
+                _rule_reason(
+                    profile,
+                    rule,
+                    params,
+                    f"{quantization} base weights for {ADAPTER_WORDS[rule.adapter]}"
+                    if rule.adapter
+                    else f"{quantization} base weights",
+                ),
+            )
         for section, values in (("model", rule.model), ("train", rule.train)):
             for key, value in values.items():
                 put(f"{section}.{key}", value, _rule_reason(profile, rule, params, f"{key} {value}"))
@@ -335,10 +396,16 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | Non
     dtype = model.get("dtype")
     if final_adapter == "full" and dtype in ("float16", "bfloat16") and "dtype" not in model_wish:
         mixed = "fp16" if dtype == "float16" else "bf16"
-        put("model.dtype", "float32",
+        put(
+            "model.dtype",
+            "float32",
             f"full fine-tuning keeps fp32 master weights under {mixed} autocast"
-            + (" (fp16 gradients cannot be unscaled)" if mixed == "fp16"
-               else " (bf16 weights would round away small AdamW updates)"))
+            + (
+                " (fp16 gradients cannot be unscaled)"
+                if mixed == "fp16"
+                else " (bf16 weights would round away small AdamW updates)"
+            ),
+        )
 
     # Attention kernel: FlashAttention only where it runs and is installed.
     attention = model.get("attn_implementation")
@@ -358,18 +425,24 @@ def layer_for(profile: Profile, algorithm, model_wish: dict, params: float | Non
         for key, value, why in _vllm_choice(profile, model_wish, params):
             put(key, value, why)
 
-    changes = [Change(key, (model if key.startswith("model.") else train)[key.partition(".")[2]], why)
-               for key, why in reasons.items()]
+    changes = [
+        Change(key, (model if key.startswith("model.") else train)[key.partition(".")[2]], why)
+        for key, why in reasons.items()
+    ]
     return {"model": model, "train": train}, changes
 
 
 def _liger_choice() -> tuple[bool, str]:
     version = package_version("liger-kernel")
     if version:
-        return True, (f"liger-kernel {version}: Triton kernels for RMSNorm, RoPE and SwiGLU cut activation memory "
-                      "and time (TRL already computes the LM head's loss in chunks)")
-    return False, ("liger-kernel is not installed: `pip install 'align-recipes[liger]'` for Triton kernels that cut "
-                   "activation memory (off without it)")
+        return True, (
+            f"liger-kernel {version}: Triton kernels for RMSNorm, RoPE and SwiGLU cut activation memory "
+            "and time (TRL already computes the LM head's loss in chunks)"
+        )
+    return False, (
+        "liger-kernel is not installed: `pip install 'align-recipes[liger]'` for Triton kernels that cut "
+        "activation memory (off without it)"
+    )
 
 
 def server_gpus(profile: Profile, params: float | None) -> int:
@@ -393,8 +466,10 @@ def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> li
         return off(f"{status}: generation uses transformers' generate")
     min_params = float(policy.get("min_params") or 0)
     if params is not None and params < min_params:
-        return off(f"{human(params)} params < {human(min_params)}: transformers' generate is fast enough, "
-                   "vLLM start-up would dominate")
+        return off(
+            f"{human(params)} params < {human(min_params)}: transformers' generate is fast enough, "
+            "vLLM start-up would dominate"
+        )
     if model_wish.get("quantization") == "8bit":
         return off("8-bit bitsandbytes weights cannot be synced into vLLM: generation uses transformers")
     gpu = profile.gpu
@@ -403,25 +478,42 @@ def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> li
         name = model_wish.get("name_or_path", "MODEL")
         serve = ",".join(str(i) for i in range(tp))
         rest = ",".join(str(i) for i in range(tp, gpu.count))
-        command = (f"CUDA_VISIBLE_DEVICES={serve} trl vllm-serve --model {name} --tensor-parallel-size {tp}; "
-                   f"then CUDA_VISIBLE_DEVICES={rest} accelerate launch --config_file configs/accelerate/multi_gpu.yaml "
-                   f"--num_processes {gpu.count - tp} -m align_recipes train RECIPE")
-        why = (f"{gpu.count} GPUs: vLLM server on {tp} GPU(s), training on {gpu.count - tp}; "
-               f"start the server first: {command}")
-        return [("train.use_vllm", True, f"{status}; {why}"),
-                ("train.vllm_mode", "server", f"{gpu.count} GPUs: a dedicated generation server "
-                                               "(colocate instead: train.vllm_mode=colocate)")]
+        command = (
+            f"CUDA_VISIBLE_DEVICES={serve} trl vllm-serve --model {name} --tensor-parallel-size {tp}; "
+            f"then CUDA_VISIBLE_DEVICES={rest} accelerate launch --config_file configs/accelerate/multi_gpu.yaml "
+            f"--num_processes {gpu.count - tp} -m align_recipes train RECIPE"
+        )
+        why = (
+            f"{gpu.count} GPUs: vLLM server on {tp} GPU(s), training on {gpu.count - tp}; "
+            f"start the server first: {command}"
+        )
+        return [
+            ("train.use_vllm", True, f"{status}; {why}"),
+            (
+                "train.vllm_mode",
+                "server",
+                f"{gpu.count} GPUs: a dedicated generation server "
+                "(colocate instead: train.vllm_mode=colocate)",
+            ),
+        ]
     utilization = float(policy.get("gpu_memory_utilization", 0.3))
-    return [("train.use_vllm", True, f"{status}; generation is most of RL time, vLLM speeds it up"),
-            ("train.vllm_mode", "colocate", f"one {gpu.name}: vLLM shares the GPU with training"),
-            ("train.vllm_gpu_memory_utilization", utilization,
-             f"vLLM takes {utilization:.0%} of {gpu.memory_gb:.0f} GB, training keeps the rest")]
+    return [
+        ("train.use_vllm", True, f"{status}; generation is most of RL time, vLLM speeds it up"),
+        ("train.vllm_mode", "colocate", f"one {gpu.name}: vLLM shares the GPU with training"),
+        (
+            "train.vllm_gpu_memory_utilization",
+            utilization,
+            f"vLLM takes {utilization:.0%} of {gpu.memory_gb:.0f} GB, training keeps the rest",
+        ),
+    ]
 
 
 # --- after the merge: micro-batch ------------------------------------------------------------------------
 
-def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algorithm,
-                 params: float | None) -> list[Change]:
+
+def adjust_batch(
+    profile: Profile, recipe: dict, sources: dict[str, str], algorithm, params: float | None
+) -> list[Change]:
     """Cap the micro-batch at the profile's limit for this model size while KEEPING the recipe's effective
     batch (per_device_train_batch_size x gradient_accumulation_steps). Runs after the merge, because the
     recipe usually sets the micro-batch for another GPU; a micro-batch given on the command line is kept."""
@@ -447,53 +539,99 @@ def adjust_batch(profile: Profile, recipe: dict, sources: dict[str, str], algori
     if not (isinstance(micro, int) and isinstance(accumulation, int)) or micro <= cap:
         pass
     elif sources.get("train.per_device_train_batch_size") == "override":
-        changes.append(Change("train.per_device_train_batch_size", micro,
-                              f"kept {micro}: set on the command line (the profile would cap it at {cap} for {cap_note})"))
+        changes.append(
+            Change(
+                "train.per_device_train_batch_size",
+                micro,
+                f"kept {micro}: set on the command line (the profile would cap it at {cap} for {cap_note})",
+            )
+        )
     elif train.get("steps_per_generation"):
-        changes.append(Change("train.per_device_train_batch_size", micro,
-                              f"kept {micro}: steps_per_generation is set, so the split is the recipe's "
-                              f"(the profile would cap it at {cap} for {cap_note})"))
+        changes.append(
+            Change(
+                "train.per_device_train_batch_size",
+                micro,
+                f"kept {micro}: steps_per_generation is set, so the split is the recipe's "
+                f"(the profile would cap it at {cap} for {cap_note})",
+            )
+        )
     else:
         effective = micro * accumulation
         # GRPO: an explicit generation_batch_size must stay a multiple of the micro-batch.
-        generation = train.get("generation_batch_size") if isinstance(train.get("generation_batch_size"), int) else 0
+        generation = (
+            train.get("generation_batch_size") if isinstance(train.get("generation_batch_size"), int) else 0
+        )
         new_micro = max(d for d in range(1, cap + 1) if effective % d == 0 and generation % d == 0)
         new_accumulation = effective // new_micro
-        train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = new_micro, new_accumulation
+        train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = (
+            new_micro,
+            new_accumulation,
+        )
         sources["train.per_device_train_batch_size"] = sources["train.gradient_accumulation_steps"] = label
-        why = (f"micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
-               f"keeps effective batch {effective} ({cap_note}: at most {cap} per step)")
-        changes += [Change("train.per_device_train_batch_size", new_micro, why),
-                    Change("train.gradient_accumulation_steps", new_accumulation, why)]
+        why = (
+            f"micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
+            f"keeps effective batch {effective} ({cap_note}: at most {cap} per step)"
+        )
+        changes += [
+            Change("train.per_device_train_batch_size", new_micro, why),
+            Change("train.gradient_accumulation_steps", new_accumulation, why),
+        ]
     changes += _keep_batch_beside_vllm_server(profile, train, sources, current, params, label)
     # Online algorithms evaluate whole groups of num_generations completions: their eval batch is left alone.
-    evaluation = (current("per_device_eval_batch_size")
-                  if "per_device_eval_batch_size" in fields and not getattr(algorithm, "generates", False) else None)
-    if isinstance(evaluation, int) and evaluation > cap and sources.get("train.per_device_eval_batch_size") != "override":
+    evaluation = (
+        current("per_device_eval_batch_size")
+        if "per_device_eval_batch_size" in fields and not getattr(algorithm, "generates", False)
+        else None
+    )
+    if (
+        isinstance(evaluation, int)
+        and evaluation > cap
+        and sources.get("train.per_device_eval_batch_size") != "override"
+    ):
         train["per_device_eval_batch_size"] = cap
         sources["train.per_device_eval_batch_size"] = label
-        changes.append(Change("train.per_device_eval_batch_size", cap,
-                              f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)"))
+        changes.append(
+            Change(
+                "train.per_device_eval_batch_size",
+                cap,
+                f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)",
+            )
+        )
     return changes
 
 
-def _keep_batch_beside_vllm_server(profile: Profile, train: dict, sources: dict[str, str], current, params,
-                                   label: str) -> list[Change]:
+def _keep_batch_beside_vllm_server(
+    profile: Profile, train: dict, sources: dict[str, str], current, params, label: str
+) -> list[Change]:
     """When this profile put generation on a vLLM server, training runs on the other GPUs, one process each. The
     recipe's effective batch (written for one process) is then split over the processes at launch (plan.scaling
     divides it by the launcher's world size) instead of growing N-fold: say how many processes to launch so that
     it divides (GRPO's 32 on 7 training GPUs: 4 processes)."""
     gpu = profile.gpu
-    if not (train.get("use_vllm") and train.get("vllm_mode") == "server" and gpu is not None and gpu.count >= 2
-            and sources.get("train.vllm_mode", "").startswith("profile:")):
+    if not (
+        train.get("use_vllm")
+        and train.get("vllm_mode") == "server"
+        and gpu is not None
+        and gpu.count >= 2
+        and sources.get("train.vllm_mode", "").startswith("profile:")
+    ):
         return []
     micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
     if not (isinstance(micro, int) and isinstance(accumulation, int)) or train.get("steps_per_generation"):
         return []
     effective, training = micro * accumulation, gpu.count - server_gpus(profile, params)
     processes = max(d for d in range(1, training + 1) if effective % d == 0)
-    launch = (f"launch {processes} training processes (--num_processes {processes})" if processes == training else
-              f"launch {processes} training processes, not {training} (--num_processes {processes}: "
-              f"{effective} is not divisible by {training})")
-    return [Change("train.vllm_mode", "server", f"vLLM server mode: {launch}; each process then trains "
-                   f"{effective // processes} of the effective batch {effective}, which stays the recipe's")]
+    launch = (
+        f"launch {processes} training processes (--num_processes {processes})"
+        if processes == training
+        else f"launch {processes} training processes, not {training} (--num_processes {processes}: "
+        f"{effective} is not divisible by {training})"
+    )
+    return [
+        Change(
+            "train.vllm_mode",
+            "server",
+            f"vLLM server mode: {launch}; each process then trains "
+            f"{effective // processes} of the effective batch {effective}, which stays the recipe's",
+        )
+    ]

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 
 from align_recipes.data.spec import DataSpec, source_entries
 from align_recipes.fields import fields_of, spec
-from align_recipes.registry import (EXACT_MATCH, IMPLICIT_REWARD_ACCURACY, PREFERENCE, PREFERENCE_ACCURACY,
-                                   PROMPT_ONLY, REWARD)
+from align_recipes.registry import (
+    EXACT_MATCH,
+    IMPLICIT_REWARD_ACCURACY,
+    PREFERENCE,
+    PREFERENCE_ACCURACY,
+    PROMPT_ONLY,
+    REWARD,
+)
 
 
 def _build(cls, values: dict | None, nested: dict | None = None):
@@ -36,26 +42,34 @@ class LoraSection:
     alpha: float = spec(32, "int float", "LoRA scaling numerator")
     dropout: float = spec(0.05, "float", "dropout on the LoRA path")
     target_modules: str | list = spec("all-linear", "str list", "module names, or all-linear")
-    modules_to_save: list | None = spec(None, "list null",
-                                        "extra modules trained in full (reward models: the score head)")
+    modules_to_save: list | None = spec(
+        None, "list null", "extra modules trained in full (reward models: the score head)"
+    )
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "LoraSection":
+    def from_dict(cls, values: dict | None) -> LoraSection:
         return _build(cls, values)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSection:
     name_or_path: str = spec(kinds="str", help="hub id, ModelScope id, local directory, or builtin:<name>")
-    source: str = spec("auto", "str", "where name_or_path is fetched from", ["auto", "hf", "modelscope", "local"])
+    source: str = spec(
+        "auto", "str", "where name_or_path is fetched from", ["auto", "hf", "modelscope", "local"]
+    )
     revision: str | None = spec(None, "str null", "hub branch, tag or commit")
     trust_remote_code: bool = spec(False, "bool", "run model code from the hub; off unless you trust it")
     dtype: str = spec("auto", "str", "weight/compute dtype", ["auto", "float32", "bfloat16", "float16"])
-    attn_implementation: str | None = spec(None, "str null", "attention kernel; null lets the profile decide",
-                                           ["eager", "sdpa", "flash_attention_2", "flash_attention_3"])
+    attn_implementation: str | None = spec(
+        None,
+        "str null",
+        "attention kernel; null lets the profile decide",
+        ["eager", "sdpa", "flash_attention_2", "flash_attention_3"],
+    )
     adapter: str = spec("full", "str", "full fine-tuning, LoRA, or 4-bit QLoRA", ADAPTERS)
-    lora: LoraSection = spec(kinds="dict", help="LoRA settings: r, alpha, dropout, target_modules",
-                             factory=LoraSection)
+    lora: LoraSection = spec(
+        kinds="dict", help="LoRA settings: r, alpha, dropout, target_modules", factory=LoraSection
+    )
     quantization: str = spec("none", "str", "bitsandbytes weight quantization", ["none", "4bit", "8bit"])
     chat_template: str | None = spec(None, "str null", "a Jinja chat template, or a path to a .jinja file")
 
@@ -65,7 +79,7 @@ class ModelSection:
         return "4bit" if self.adapter == "qlora" else self.quantization
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "ModelSection":
+    def from_dict(cls, values: dict | None) -> ModelSection:
         return _build(cls, values, {"lora": LoraSection.from_dict})
 
 
@@ -74,38 +88,58 @@ class DataSection:
     """Each split is a list of sources (a mapping in the recipe is a list of one), mixed by their weights."""
 
     train: list[DataSpec] = spec(kinds="dict list", help="the training dataset, or a list of sources to mix")
-    eval: list[DataSpec] = spec(None, "dict list null", "an evaluation dataset (TRL's eval_dataset), or a list "
-                                "of sources to mix")
+    eval: list[DataSpec] = spec(
+        None, "dict list null", "an evaluation dataset (TRL's eval_dataset), or a list of sources to mix"
+    )
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "DataSection":
+    def from_dict(cls, values: dict | None) -> DataSection:
         values = values or {}
-        return cls(**{split: [DataSpec.from_dict(entry, section=name)
-                              for name, entry in source_entries(values.get(split), f"data.{split}")]
-                      for split in ("train", "eval")})
+        return cls(
+            **{
+                split: [
+                    DataSpec.from_dict(entry, section=name)
+                    for name, entry in source_entries(values.get(split), f"data.{split}")
+                ]
+                for split in ("train", "eval")
+            }
+        )
 
 
 # Held-out metric -> the data kind its rows are read as (run/measure.py measures them).
-METRIC_KINDS = {EXACT_MATCH: PROMPT_ONLY, PREFERENCE_ACCURACY: PREFERENCE, IMPLICIT_REWARD_ACCURACY: PREFERENCE,
-                REWARD: PROMPT_ONLY}
+METRIC_KINDS = {
+    EXACT_MATCH: PROMPT_ONLY,
+    PREFERENCE_ACCURACY: PREFERENCE,
+    IMPLICIT_REWARD_ACCURACY: PREFERENCE,
+    REWARD: PROMPT_ONLY,
+}
 METRICS = tuple(METRIC_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateSection:
     metric: str | list | None = spec(
-        None, "str list null", "one metric or a list: exact_match (greedy answers vs an `answer` column), "
+        None,
+        "str list null",
+        "one metric or a list: exact_match (greedy answers vs an `answer` column), "
         "preference_accuracy (held-out pairs: chosen scores above rejected), implicit_reward_accuracy (the same "
         "by log π/π_ref against the start model), reward (mean reward of greedy answers by the recipe's "
-        "rewards); null: the algorithm's own (`align-recipes list`)", METRICS)
+        "rewards); null: the algorithm's own (`align-recipes list`)",
+        METRICS,
+    )
     data: DataSpec = spec(kinds="dict", help="a dataset section, as in data.train")
     max_new_tokens: int = spec(16, "int", "generation budget for exact_match and reward")
     limit: int | None = spec(None, "int null", "evaluate at most this many rows")
     watch_every: int | None = spec(
-        None, "int null", "reward-hacking watch (algorithms that generate): measure the held-out metric every this "
+        None,
+        "int null",
+        "reward-hacking watch (algorithms that generate): measure the held-out metric every this "
         "many steps on watch_rows rows and warn when it falls while the sampled reward rises; null: about 10 "
-        "checks per run; 0: off")
-    watch_rows: int = spec(100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures")
+        "checks per run; 0: off",
+    )
+    watch_rows: int = spec(
+        100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures"
+    )
 
     @property
     def metrics(self) -> list[str]:
@@ -113,7 +147,7 @@ class EvaluateSection:
         return [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "EvaluateSection | None":
+    def from_dict(cls, values: dict | None) -> EvaluateSection | None:
         """From a validated section (validation fills a missing `metric:` with the algorithm's metrics)."""
         if not values:
             return None
@@ -127,16 +161,20 @@ class RecipeFile:
     """The top level of a recipe file (the sections above, plus what is not a section)."""
 
     algorithm: str = spec(kinds="str", help="which algorithm runs: see `align-recipes list`")
-    extends: str | list | None = spec(None, "str list null",
-                                      "recipe file(s) this one inherits from, relative to this file")
+    extends: str | list | None = spec(
+        None, "str list null", "recipe file(s) this one inherits from, relative to this file"
+    )
     description: str | None = spec(None, "str null", "free text, shown by `show`")
-    profile: str | None = spec("auto", "str null", "hardware profile: auto (detect) or a name from configs/profiles")
+    profile: str | None = spec(
+        "auto", "str null", "hardware profile: auto (detect) or a name from configs/profiles"
+    )
     model: dict = spec(kinds="dict", help="the model to train", factory=dict)
     data: dict = spec(kinds="dict", help="training and evaluation data", factory=dict)
     rewards: list | None = spec(None, "list null", "reward functions, for the algorithms that take them")
     evaluate: dict | None = spec(None, "dict null", "a task metric measured before and after training")
-    train: dict = spec(kinds="dict", help="fields of the algorithm's TRL Config dataclass, by their TRL names",
-                       factory=dict)
+    train: dict = spec(
+        kinds="dict", help="fields of the algorithm's TRL Config dataclass, by their TRL names", factory=dict
+    )
 
 
 TOP_LEVEL = fields_of(RecipeFile)
@@ -166,7 +204,11 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "logging_steps": (0, None, False),
     "save_steps": (0, None, False),
 }
-EVALUATE_RANGES = {"watch_every": (0, None, True), "watch_rows": (2, None, True), "limit": (1, None, True),
-                   "max_new_tokens": (1, None, True)}
+EVALUATE_RANGES = {
+    "watch_every": (0, None, True),
+    "watch_rows": (2, None, True),
+    "limit": (1, None, True),
+    "max_new_tokens": (1, None, True),
+}
 LORA_RANGES = {"r": (1, None, True), "alpha": (0, None, False), "dropout": (0, 1, True)}
 DATASET_RANGES = {"max_drop_fraction": (0, 1, True)}

@@ -18,7 +18,12 @@ def _flatten(value: Any, prefix: str) -> list[tuple[str, Any]]:
         for key, sub in value.items():
             rows.extend(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
         return rows
-    if isinstance(value, list) and value and prefix.startswith("data.") and all(isinstance(v, dict) for v in value):
+    if (
+        isinstance(value, list)
+        and value
+        and prefix.startswith("data.")
+        and all(isinstance(v, dict) for v in value)
+    ):
         return [row for index, sub in enumerate(value) for row in _flatten(sub, f"{prefix}[{index}]")]
     return [(prefix, value)]
 
@@ -40,28 +45,42 @@ def mixture_lines(plan: Plan) -> list[str]:
             if spec.count is not None:
                 takes = f"{spec.count} rows" + (f" of the {rows} in the file" if rows is not None else "")
             elif rows is None:
-                takes = "all its rows" if spec.weight == 1 else f"{spec.weight:g} of its rows (counted when loaded)"
+                takes = (
+                    "all its rows"
+                    if spec.weight == 1
+                    else f"{spec.weight:g} of its rows (counted when loaded)"
+                )
             elif spec.weight == 1:
                 takes = f"all {rows} rows in the file"
             else:
-                takes = (f"{int(Fraction(str(spec.weight)) * rows)} of the {rows} rows in the file "
-                         "(fewer if some do not convert)")
+                takes = (
+                    f"{int(Fraction(str(spec.weight)) * rows)} of the {rows} rows in the file "
+                    "(fewer if some do not convert)"
+                )
             name = Path(spec.path).name
             lines.append(f"  {spec.section:<{width}}  {name:<{names}}  weight {spec.weight:<4g} -> {takes}")
         if len(specs) > 1:
-            lines.append(f"  data.{split}: the sources are converted each on its own, concatenated and shuffled "
-                         f"with train.seed ({plan.effective_config()['seed'][0]})")
+            lines.append(
+                f"  data.{split}: the sources are converted each on its own, concatenated and shuffled "
+                f"with train.seed ({plan.effective_config()['seed'][0]})"
+            )
     return lines
 
 
 def print_plan(plan: Plan, show_all: bool = False) -> None:
     print(f"recipe:    {plan.recipe_path}")
-    print(f"algorithm: {plan.algorithm.name} -> {plan.algorithm.config_name} / {plan.algorithm.trainer.split(':')[1]}")
+    print(
+        f"algorithm: {plan.algorithm.name} -> {plan.algorithm.config_name} / {plan.algorithm.trainer.split(':')[1]}"
+    )
     detected = f" (auto: {plan.profile.detected})" if plan.profile.detected else ""
     print(f"profile:   {plan.profile.name}{detected} - {plan.profile.description}")
     print("\n# resolved recipe  (value  <- source)")
-    rows = [r for section in ("model", "data", "rewards", "evaluate")
-            if section in plan.recipe for r in _flatten(plan.recipe[section], section)]
+    rows = [
+        r
+        for section in ("model", "data", "rewards", "evaluate")
+        if section in plan.recipe
+        for r in _flatten(plan.recipe[section], section)
+    ]
     _print_rows([(k, v, plan.source(k)) for k, v in rows])
     mixture = mixture_lines(plan)
     if mixture:
@@ -97,7 +116,9 @@ def print_list(names_only: bool = False) -> int:
     name_w = max(len(a.name) for a in algos)
     config_w = max(len(a.config_name) for a in algos)
     for algo in algos:
-        print(f"  {algo.name:<{name_w}} {algo.config_name:<{config_w}} data: {algo.data_kind:<18} {algo.summary}")
+        print(
+            f"  {algo.name:<{name_w}} {algo.config_name:<{config_w}} data: {algo.data_kind:<18} {algo.summary}"
+        )
         print(f"  {'':<{name_w}} held-out metrics: {', '.join(algo.metrics)}")
     recipes_dir = Path("recipes")
     if recipes_dir.is_dir():
@@ -106,7 +127,7 @@ def print_list(names_only: bool = False) -> int:
             recipes = sorted(p.stem for p in family.glob("*.yaml") if not p.stem.startswith("_"))
             print(f"  {family.name:<8} {' '.join(recipes)}")
     print("\nprofiles (--profile NAME, default auto):")
-    for name, path in profiles.available().items():
+    for name in profiles.available():
         description = profiles._read(name).description
         print(f"  {name:<6} {description}")
     return 0

@@ -22,6 +22,7 @@ from align_recipes.fields import KINDS, FieldInfo
 
 SCHEMA_PATH = Path(__file__).with_name("trl_fields.json")
 
+
 @functools.lru_cache(maxsize=1)
 def _snapshot() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
@@ -31,12 +32,20 @@ def config_fields(config_name: str) -> dict[str, FieldInfo]:
     """Fields of a config class by its name (e.g. "DPOConfig"), from the snapshot."""
     configs = _snapshot()["configs"]
     if config_name not in configs:
-        raise RecipeError(f"the field snapshot has no {config_name} (a registry entry was added or renamed "
-                          "without regenerating it)", fix="run: python -m align_recipes.plan.trl_fields")
+        raise RecipeError(
+            f"the field snapshot has no {config_name} (a registry entry was added or renamed "
+            "without regenerating it)",
+            fix="run: python -m align_recipes.plan.trl_fields",
+        )
     raw = configs[config_name]
     return {
-        name: FieldInfo(name, tuple(f["kinds"]), f.get("default"),
-                        tuple(f["choices"]) if f.get("choices") is not None else None, f.get("help", ""))
+        name: FieldInfo(
+            name,
+            tuple(f["kinds"]),
+            f.get("default"),
+            tuple(f["choices"]) if f.get("choices") is not None else None,
+            f.get("help", ""),
+        )
         for name, f in raw.items()
     }
 
@@ -46,6 +55,7 @@ def snapshot_versions() -> dict[str, str]:
 
 
 # --- generation (imports TRL; run by developers and by the drift test) -------------------------------
+
 
 def _kinds_from_annotation(annotation: Any) -> tuple[tuple[str, ...], tuple | None]:
     text = annotation if isinstance(annotation, str) else repr(annotation)

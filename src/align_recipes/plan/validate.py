@@ -6,8 +6,9 @@ Numeric strings such as "1e-5" (which YAML 1.1 reads as text) are converted to n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.fields import FieldInfo, kind_of
@@ -33,8 +34,11 @@ class _Checker:
     def mapping(self, data: Any, fields: dict[str, FieldInfo], prefix: str, owner: str) -> dict:
         """Check one mapping against its fields; returns it (or {} when it is not a mapping)."""
         if not isinstance(data, dict):
-            self.error(prefix.rstrip("."), f"must be a mapping, got {kind_of(data)} {data!r}"[:160],
-                       f"write `{prefix.rstrip('.').rsplit('.', 1)[-1]}:` followed by indented `key: value` lines")
+            self.error(
+                prefix.rstrip("."),
+                f"must be a mapping, got {kind_of(data)} {data!r}"[:160],
+                f"write `{prefix.rstrip('.').rsplit('.', 1)[-1]}:` followed by indented `key: value` lines",
+            )
             return {}
         for key in list(data):
             path = f"{prefix}{key}"
@@ -45,20 +49,32 @@ class _Checker:
             data[key] = self.value(path, data[key], info)
         for key in (name for name, info in fields.items() if info.required):
             if data.get(key) in (None, ""):
-                self.error(f"{prefix}{key}", f"required key missing in {owner}",
-                           f"add `{key}:` ({fields[key].help})" if fields[key].help else f"add `{key}:`")
+                self.error(
+                    f"{prefix}{key}",
+                    f"required key missing in {owner}",
+                    f"add `{key}:` ({fields[key].help})" if fields[key].help else f"add `{key}:`",
+                )
         return data
 
     def value(self, path: str, value: Any, info: FieldInfo) -> Any:
         value = _coerce_number(value, info)
         if not info.accepts(value):
-            expected = " or ".join(k for k in info.kinds if k != "null") + (" (or null)" if "null" in info.kinds else "")
-            self.error(path, f"expected {expected}, got {kind_of(value)} {value!r}"[:200],
-                       f"e.g. {path.rsplit('.', 1)[-1]}: {info.default!r}" if info.default not in (None, "", [], {})
-                       else "see docs/recipes.md")
+            expected = " or ".join(k for k in info.kinds if k != "null") + (
+                " (or null)" if "null" in info.kinds else ""
+            )
+            self.error(
+                path,
+                f"expected {expected}, got {kind_of(value)} {value!r}"[:200],
+                f"e.g. {path.rsplit('.', 1)[-1]}: {info.default!r}"
+                if info.default not in (None, "", [], {})
+                else "see docs/recipes.md",
+            )
         elif info.choices and value is not None and _hashable(value) and value not in info.choices:
-            self.error(path, f"'{value}' is not one of: {', '.join(map(str, info.choices))}",
-                       did_you_mean(str(value), map(str, info.choices)))
+            self.error(
+                path,
+                f"'{value}' is not one of: {', '.join(map(str, info.choices))}",
+                did_you_mean(str(value), map(str, info.choices)),
+            )
         return value
 
     def ranges(self, data: dict, bounds: dict, prefix: str) -> None:
@@ -81,7 +97,11 @@ def _coerce_number(value: Any, info: FieldInfo) -> Any:
             number = float(value)
         except ValueError:
             return value
-        return int(number) if "int" in info.kinds and "float" not in info.kinds and number.is_integer() else number
+        return (
+            int(number)
+            if "int" in info.kinds and "float" not in info.kinds and number.is_integer()
+            else number
+        )
     return value
 
 
@@ -112,9 +132,12 @@ def _check_dataset(check: _Checker, spec: Any, prefix: str, base_dir: Path, kind
                 _check_drops(rows, data_spec, kind)
             available = count_rows(data_spec, base_dir) if data_spec.count is not None else None
             if available is not None and data_spec.count > available:
-                raise DataError(f"weight {data_spec.weight} asks for {data_spec.count} rows but "
-                                f"{Path(data_spec.path).name} holds {available}", key=f"{section}.weight",
-                                fix=f"ask for at most {available} rows, or a share such as 0.5")
+                raise DataError(
+                    f"weight {data_spec.weight} asks for {data_spec.count} rows but "
+                    f"{Path(data_spec.path).name} holds {available}",
+                    key=f"{section}.weight",
+                    fix=f"ask for at most {available} rows, or a share such as 0.5",
+                )
         return rows, data_spec
     except DataError as exc:
         if exc.file is None:
@@ -159,18 +182,26 @@ def _check_layouts(check: _Checker, peeked: dict, kind: str) -> None:
     for section in sections[1:]:
         if shapes[section] != shapes[sections[0]]:
             describe = lambda shape: ", ".join(f"{c} ({k})" for c, k in shape)  # noqa: E731
-            check.error(section, f"converts to {describe(shapes[section])}, but {sections[0]} to "
-                        f"{describe(shapes[sections[0]])}: a trainer takes one layout",
-                        "mix sources that convert alike (chats with chats, plain text with plain text; docs/data.md)")
+            check.error(
+                section,
+                f"converts to {describe(shapes[section])}, but {sections[0]} to "
+                f"{describe(shapes[sections[0]])}: a trainer takes one layout",
+                "mix sources that convert alike (chats with chats, plain text with plain text; docs/data.md)",
+            )
             return
 
 
 def _layout(row: dict) -> tuple:
     """A converted row's layout: its TRL columns and whether each holds chat messages or text. Conversational
     prompt/completion counts as chats, since a mixture joins those into messages."""
-    kinds = {c: "chat" if isinstance(v, list) else "text" for c, v in row.items()
-             if c in ("messages", "prompt", "completion", "chosen", "rejected", "text")}
-    if "messages" in kinds or (kinds.get("prompt") == "chat" and "completion" in kinds and "chosen" not in kinds):
+    kinds = {
+        c: "chat" if isinstance(v, list) else "text"
+        for c, v in row.items()
+        if c in ("messages", "prompt", "completion", "chosen", "rejected", "text")
+    }
+    if "messages" in kinds or (
+        kinds.get("prompt") == "chat" and "completion" in kinds and "chosen" not in kinds
+    ):
         if set(kinds) <= {"messages", "prompt", "completion"} and "text" not in kinds.values():
             return (("messages", "chat"),)
     return tuple(sorted(kinds.items()))
@@ -188,11 +219,15 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
             carried = reward_columns(rows, data_spec)
         except DataError:
             continue
-        for key, message, fix in missing_columns(rewards, carried, section, Path(data_spec.path).name, base_dir):
+        for key, message, fix in missing_columns(
+            rewards, carried, section, Path(data_spec.path).name, base_dir
+        ):
             check.error(key, message, fix)
 
 
-def metric_problem(metric: str, rows: list[dict], spec: Any, has_rewards: bool, head: str = "causal_lm") -> str | None:
+def metric_problem(
+    metric: str, rows: list[dict], spec: Any, has_rewards: bool, head: str = "causal_lm"
+) -> str | None:
     """Why held-out `rows` cannot serve `metric` for a model with `head` (None when they can, or when no
     rows could be read)."""
     from align_recipes.data import DataError, check_serves, preview
@@ -215,7 +250,9 @@ def metric_problem(metric: str, rows: list[dict], spec: Any, has_rewards: bool, 
     return None
 
 
-def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool) -> None:
+def _check_evaluate(
+    check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool
+) -> None:
     """The evaluate section. Without `metric:` it gets the algorithm's metrics that its data can serve,
     written into the section in place (as numbers are coerced), so the plan and recipe.resolved.yaml
     name what is measured."""
@@ -226,8 +263,11 @@ def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base
     for name in wanted or []:
         if name not in sections.METRICS:
             hint = did_you_mean(str(name), sections.METRICS)
-            check.error("evaluate.metric", f"unknown metric '{name}'",
-                        hint if hint.startswith("did you mean") else f"metrics: {', '.join(sections.METRICS)}")
+            check.error(
+                "evaluate.metric",
+                f"unknown metric '{name}'",
+                hint if hint.startswith("did you mean") else f"metrics: {', '.join(sections.METRICS)}",
+            )
     if wanted == []:
         check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
     if not isinstance(evaluation.get("data"), dict) or check.errors:
@@ -240,16 +280,25 @@ def _check_evaluate(check: _Checker, evaluation: Any, algorithm: Algorithm, base
         for name in wanted:
             problem = metric_problem(name, rows, spec, has_rewards, algorithm.model_head)
             if problem:
-                check.error("evaluate.metric", problem, "point evaluate.data at data that serves it, or measure "
-                            "another metric (or leave `metric:` out: the algorithm's own, those the data serves)")
+                check.error(
+                    "evaluate.metric",
+                    problem,
+                    "point evaluate.data at data that serves it, or measure "
+                    "another metric (or leave `metric:` out: the algorithm's own, those the data serves)",
+                )
         return
-    problems = {m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics}
+    problems = {
+        m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics
+    }
     served = [m for m, problem in problems.items() if problem is None]
     if not served:
         reasons = "; ".join(problems.values())
-        check.error("evaluate.data", f"serves none of {algorithm.name}'s metrics: {reasons}",
-                    f"name one with evaluate.metric ({', '.join(sections.METRICS)}), or point evaluate.data "
-                    "at data that serves it")
+        check.error(
+            "evaluate.data",
+            f"serves none of {algorithm.name}'s metrics: {reasons}",
+            f"name one with evaluate.metric ({', '.join(sections.METRICS)}), or point evaluate.data "
+            "at data that serves it",
+        )
         return
     evaluation["metric"] = served
 
@@ -259,15 +308,22 @@ def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
     from align_recipes.data import DataError, preview
 
     _, report = preview(rows, spec, kind)
-    if report.rows_in and (report.rows_kept == 0 or report.rows_dropped / report.rows_in > spec.max_drop_fraction):
-        raise DataError(f"{report.rows_dropped} of {report.rows_in} rows could not be converted to {kind} "
-                        f"(format {report.format}): {report.reasons_text()}", file=spec.path, key=spec.section,
-                        fix=f"fix those rows, map the right columns with columns:, or raise max_drop_fraction "
-                            f"(now {spec.max_drop_fraction})")
+    if report.rows_in and (
+        report.rows_kept == 0 or report.rows_dropped / report.rows_in > spec.max_drop_fraction
+    ):
+        raise DataError(
+            f"{report.rows_dropped} of {report.rows_in} rows could not be converted to {kind} "
+            f"(format {report.format}): {report.reasons_text()}",
+            file=spec.path,
+            key=spec.section,
+            fix=f"fix those rows, map the right columns with columns:, or raise max_drop_fraction "
+            f"(now {spec.max_drop_fraction})",
+        )
 
 
-def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path,
-                    rewards_dir: Path | None = None) -> list[RecipeError]:
+def validate_recipe(
+    recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path, rewards_dir: Path | None = None
+) -> list[RecipeError]:
     """All problems in a fully merged recipe (model, data, rewards, evaluate, train). Relative references
     resolve against `base_dir` (the recipe's folder), reward modules against `rewards_dir` (the folder of
     the file that wrote `rewards:`) when given."""
@@ -281,13 +337,21 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     name = model.get("name_or_path")
     if isinstance(name, str) and name.startswith("builtin:") and name not in BUILTIN_MODELS:
         hint = did_you_mean(name, BUILTIN_MODELS)
-        check.error("model.name_or_path", f"unknown builtin model '{name}'",
-                    hint if hint.startswith("did you mean") else f"builtin models: {', '.join(BUILTIN_MODELS)}")
+        check.error(
+            "model.name_or_path",
+            f"unknown builtin model '{name}'",
+            hint if hint.startswith("did you mean") else f"builtin models: {', '.join(BUILTIN_MODELS)}",
+        )
     if model.get("adapter") == "qlora" and model.get("quantization") == "8bit":
-        check.error("model.quantization", "QLoRA is 4-bit by definition", "use quantization: 4bit, or adapter: lora")
+        check.error(
+            "model.quantization", "QLoRA is 4-bit by definition", "use quantization: 4bit, or adapter: lora"
+        )
     if model.get("adapter") == "full" and model.get("quantization") in ("4bit", "8bit"):
-        check.error("model.adapter", "a quantized model cannot be fully fine-tuned",
-                    "use adapter: qlora (4-bit) or lora, or quantization: none")
+        check.error(
+            "model.adapter",
+            "a quantized model cannot be fully fine-tuned",
+            "use adapter: qlora (4-bit) or lora, or quantization: none",
+        )
 
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
     peeked = {}
@@ -297,27 +361,43 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
 
     rewards = recipe.get("rewards")
     if recipe.get("evaluate") is not None:
-        _check_evaluate(check, recipe["evaluate"], algorithm, base_dir,
-                        has_rewards=bool(rewards) or _has_reward_model(recipe))
+        _check_evaluate(
+            check,
+            recipe["evaluate"],
+            algorithm,
+            base_dir,
+            has_rewards=bool(rewards) or _has_reward_model(recipe),
+        )
 
     if rewards and not algorithm.uses_rewards:
-        check.error("rewards", f"`{algorithm.name}` takes no reward functions",
-                    f"remove the rewards section (it is for {names_text(lambda a: a.uses_rewards)})")
+        check.error(
+            "rewards",
+            f"`{algorithm.name}` takes no reward functions",
+            f"remove the rewards section (it is for {names_text(lambda a: a.uses_rewards)})",
+        )
     elif algorithm.uses_rewards and not rewards and not _has_reward_model(recipe):
-        check.error("rewards", f"`{algorithm.name}` needs at least one reward",
-                    "add e.g. `rewards: [{name: exact_match}]` or a reward model (docs/recipes.md)")
+        check.error(
+            "rewards",
+            f"`{algorithm.name}` needs at least one reward",
+            "add e.g. `rewards: [{name: exact_match}]` or a reward model (docs/recipes.md)",
+        )
     elif rewards:
         from align_recipes.rewards import check_reward_specs
 
         if not isinstance(rewards, list):
-            check.error("rewards", "must be a list of reward entries", "write `rewards:` then `- {name: exact_match}`")
+            check.error(
+                "rewards", "must be a list of reward entries", "write `rewards:` then `- {name: exact_match}`"
+            )
         else:
             problems = check_reward_specs(rewards, rewards_dir)
             for message in problems:
                 key, _, text = message.partition(": ")
-                check.error(key if key.startswith("rewards") else "rewards", text or message,
-                            "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
-                            "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)")
+                check.error(
+                    key if key.startswith("rewards") else "rewards",
+                    text or message,
+                    "each entry is {name: <builtin>}, {function: 'module:func' or 'file.py:func'} or "
+                    "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)",
+                )
             if not problems:
                 _check_reward_columns(check, rewards, peeked, rewards_dir)
 
@@ -325,29 +405,43 @@ def validate_recipe(recipe: dict, algorithm: Algorithm, locate: Locate, base_dir
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
     check.ranges(train, sections.TRAIN_RANGES, "train.")
     if train.get("bf16") and train.get("fp16"):
-        check.error("train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer")
+        check.error(
+            "train.fp16", "bf16 and fp16 are both on", "keep one: fp16 on T4/V100, bf16 on Ampere or newer"
+        )
     _check_outlets(check, train)
     _check_model_paths(check, train, base_dir)
     if train.get("eval_strategy") not in (None, "no") and not data.get("eval"):
-        check.error("train.eval_strategy", f"eval_strategy is '{train['eval_strategy']}' but the recipe has no data.eval",
-                    "add data.eval: {path: …} with held-out rows, or set train.eval_strategy: no")
+        check.error(
+            "train.eval_strategy",
+            f"eval_strategy is '{train['eval_strategy']}' but the recipe has no data.eval",
+            "add data.eval: {path: …} with held-out rows, or set train.eval_strategy: no",
+        )
     return check.errors
 
 
 def _check_outlets(check: _Checker, train: dict) -> None:
     """Where the run reports to and publishes: the tracker packages installed, the hub push possible."""
     for tracker, package in tracker_problems(train.get("report_to")):
-        check.error("train.report_to", f"report_to names {tracker}, but its package is not installed",
-                    f"pip install {package}, or drop {tracker} from train.report_to")
+        check.error(
+            "train.report_to",
+            f"report_to names {tracker}, but its package is not installed",
+            f"pip install {package}, or drop {tracker} from train.report_to",
+        )
     if train.get("push_to_hub"):
         if not train.get("hub_model_id"):
-            check.error("train.hub_model_id", "push_to_hub needs the repository to push to",
-                        "set train.hub_model_id: <user or org>/<model name>")
+            check.error(
+                "train.hub_model_id",
+                "push_to_hub needs the repository to push to",
+                "set train.hub_model_id: <user or org>/<model name>",
+            )
         problem = hub_token_problem()
         if problem:
-            check.error("train.push_to_hub", f"push_to_hub is on but {problem}",
-                        "export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`, "
-                        "or set train.push_to_hub: false")
+            check.error(
+                "train.push_to_hub",
+                f"push_to_hub is on but {problem}",
+                "export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`, "
+                "or set train.push_to_hub: false",
+            )
 
 
 def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
@@ -358,12 +452,17 @@ def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
         value = train.get(key)
         if not isinstance(value, str) or not value or find_local(value, base_dir, None) is not None:
             continue
-        first_is_folder = find_local(value.split("/")[0], base_dir, None) is not None or value.startswith("outputs/")
+        first_is_folder = find_local(value.split("/")[0], base_dir, None) is not None or value.startswith(
+            "outputs/"
+        )
         if looks_like_hub_id(value) and not first_is_folder:
             continue
-        check.error(f"train.{key}", f"model folder '{value}' not found",
-                    "train the stage that writes it first (align-recipes pipeline runs the stages in order), "
-                    "or point it at an existing folder or a hub id")
+        check.error(
+            f"train.{key}",
+            f"model folder '{value}' not found",
+            "train the stage that writes it first (align-recipes pipeline runs the stages in order), "
+            "or point it at an existing folder or a hub id",
+        )
 
 
 def _has_reward_model(recipe: dict) -> bool:

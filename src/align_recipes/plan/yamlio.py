@@ -62,8 +62,11 @@ def load_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise RecipeError("file not found", fix="check the path", file=path) from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read as a YAML text file ({exc.__class__.__name__})",
-                          fix="point at a .yaml recipe file", file=path) from None
+        raise RecipeError(
+            f"cannot read as a YAML text file ({exc.__class__.__name__})",
+            fix="point at a .yaml recipe file",
+            file=path,
+        ) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
     except RecipeError as exc:
@@ -71,11 +74,18 @@ def load_yaml(path: Path) -> Any:
         raise
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise RecipeError(f"unsafe or unknown YAML tag: {exc.problem}",
-                          fix="recipes are plain data: remove the '!!python/...' style tag",
-                          file=path, line=line) from None
+        raise RecipeError(
+            f"unsafe or unknown YAML tag: {exc.problem}",
+            fix="recipes are plain data: remove the '!!python/...' style tag",
+            file=path,
+            line=line,
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"invalid YAML: {problem}", fix="fix the syntax at that line (indentation, quotes, colons)",
-                          file=path, line=mark.line + 1 if mark else None) from None
+        raise RecipeError(
+            f"invalid YAML: {problem}",
+            fix="fix the syntax at that line (indentation, quotes, colons)",
+            file=path,
+            line=mark.line + 1 if mark else None,
+        ) from None

@@ -9,39 +9,68 @@ from align_recipes.errors import RecipeError
 from align_recipes.run.saved import load_run
 
 
-def reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.7,
-          top_p: float = 0.95, streamer=None) -> str:
+def reply(
+    model,
+    tokenizer,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    streamer=None,
+) -> str:
     """The assistant's next message for a conversation, through the tokenizer's chat template."""
     import torch
 
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-        {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, streamer=streamer, **sampling)
-    return tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            streamer=streamer,
+            **sampling,
+        )
+    return tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set a system message), /exit (or Ctrl-D)"
 
 
-def chat(run_dir: str | Path, prompt: str | None = None, system: str | None = None, max_new_tokens: int = 256,
-         temperature: float = 0.7, top_p: float = 0.95, stream=None) -> int:
+def chat(
+    run_dir: str | Path,
+    prompt: str | None = None,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    stream=None,
+) -> int:
     """One answer for `prompt`, or a read-reply loop on stdin until /exit or end of input."""
     stream = stream or sys.stdout
     model, tokenizer, info = load_run(run_dir)
     if info.head == "reward":
-        raise RecipeError(f"'{run_dir}' is a reward model: it scores answers and cannot write them",
-                          fix="chat with a policy (sft, dpo, grpo, … output); score with `align-recipes eval`")
+        raise RecipeError(
+            f"'{run_dir}' is a reward model: it scores answers and cannot write them",
+            fix="chat with a policy (sft, dpo, grpo, … output); score with `align-recipes eval`",
+        )
     if getattr(tokenizer, "chat_template", None) is None:
-        raise RecipeError(f"the tokenizer in '{run_dir}' has no chat template",
-                          fix="train with model.chat_template set, or add chat_template.jinja to the directory")
+        raise RecipeError(
+            f"the tokenizer in '{run_dir}' has no chat template",
+            fix="train with model.chat_template set, or add chat_template.jinja to the directory",
+        )
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
-        print(reply(model, tokenizer, [*history, {"role": "user", "content": prompt}], **settings), file=stream)
+        print(
+            reply(model, tokenizer, [*history, {"role": "user", "content": prompt}], **settings), file=stream
+        )
         return 0
 
     interactive = sys.stdin.isatty()
@@ -69,8 +98,9 @@ def chat(run_dir: str | Path, prompt: str | None = None, system: str | None = No
             print("(conversation cleared)", file=stream, flush=True)
             continue
         if line.startswith("/system"):
-            history = [{"role": "system", "content": line[len("/system"):].strip()}] + \
-                      [m for m in history if m["role"] != "system"]
+            history = [{"role": "system", "content": line[len("/system") :].strip()}] + [
+                m for m in history if m["role"] != "system"
+            ]
             print("(system message set)", file=stream, flush=True)
             continue
         if line.startswith("/"):

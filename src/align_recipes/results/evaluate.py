@@ -22,9 +22,15 @@ from align_recipes.data.messages import prompt_text
 from align_recipes.errors import RecipeError
 from align_recipes.plan.sections import METRIC_KINDS
 from align_recipes.registry import ALGORITHMS, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY, REWARD
-from align_recipes.run.measure import (exact_match, generate, implicit_accuracy, mean_reward, preference_accuracy,
-                                       reward_functions, sequence_scores)
-
+from align_recipes.run.measure import (
+    exact_match,
+    generate,
+    implicit_accuracy,
+    mean_reward,
+    preference_accuracy,
+    reward_functions,
+    sequence_scores,
+)
 
 # --- the `eval` verb --------------------------------------------------------------------------------
 
@@ -43,16 +49,26 @@ def default_metrics(info, reward_model: str | None = None, serves=lambda metric:
     if info.head == "reward":
         wanted = [PREFERENCE_ACCURACY]
     elif algorithm is not None:
-        wanted = [*algorithm.metrics, *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else []), *named]
+        wanted = [
+            *algorithm.metrics,
+            *([IMPLICIT_REWARD_ACCURACY] if algorithm.implicit_reward else []),
+            *named,
+        ]
     else:
         wanted = named
     chosen = [name for name in dict.fromkeys(wanted) if serves(name)]
     if reward_model:
         chosen.append("win_rate")
     if not chosen:
-        why = f"its data serves none of {', '.join(wanted)}" if wanted else "its recipe has no evaluate: section"
-        raise RecipeError(f"no metric to measure for '{info.run_dir}' ({why})",
-                          fix=f"name one with --metric ({', '.join(METRICS)}) and the data with --data")
+        why = (
+            f"its data serves none of {', '.join(wanted)}"
+            if wanted
+            else "its recipe has no evaluate: section"
+        )
+        raise RecipeError(
+            f"no metric to measure for '{info.run_dir}' ({why})",
+            fix=f"name one with --metric ({', '.join(METRICS)}) and the data with --data",
+        )
     return chosen
 
 
@@ -68,7 +84,9 @@ def data_serves(entry: dict | list, base_dirs: list, info):
     rows = peek(spec, Path(base), PEEK_ROWS)
     train = info.recipe.get("train") or {}
     has_rewards = bool(info.recipe.get("rewards")) or bool(train.get("reward_model_path"))
-    return lambda metric: metric == "win_rate" or metric_problem(metric, rows, spec, has_rewards, info.head) is None
+    return lambda metric: (
+        metric == "win_rate" or metric_problem(metric, rows, spec, has_rewards, info.head) is None
+    )
 
 
 def _data_entry(info, data: str | None) -> tuple[dict | list, list]:
@@ -79,8 +97,10 @@ def _data_entry(info, data: str | None) -> tuple[dict | list, list]:
     section = info.recipe.get("evaluate") or {}
     entry = section.get("data") or (info.recipe.get("data") or {}).get("eval")
     if not entry:
-        raise RecipeError(f"the run in '{info.run_dir}' names no held-out data (evaluate.data or data.eval)",
-                          fix="pass --data FILE (jsonl/json/parquet/csv) or a hub dataset id")
+        raise RecipeError(
+            f"the run in '{info.run_dir}' names no held-out data (evaluate.data or data.eval)",
+            fix="pass --data FILE (jsonl/json/parquet/csv) or a hub dataset id",
+        )
     return (list(entry) if isinstance(entry, list) else dict(entry)), info.search_dirs
 
 
@@ -88,8 +108,9 @@ def data_label(entry: dict | list) -> str:
     return ", ".join(e["path"] for e in entry) if isinstance(entry, list) else entry["path"]
 
 
-def load_rows(entry: dict | list, base_dirs: list, kind: str, limit: int | None, metric: str,
-              seed: int = 42) -> list[dict]:
+def load_rows(
+    entry: dict | list, base_dirs: list, kind: str, limit: int | None, metric: str, seed: int = 42
+) -> list[dict]:
     """The rows of one entry, or of a list of sources mixed by their weights (with the run's seed)."""
     from align_recipes.data import DataError, DataSpec, load_mixture
     from align_recipes.data.spec import source_entries
@@ -132,11 +153,15 @@ class Reference:
 
         spec = self.info.model
         if not spec.name_or_path:
-            raise RecipeError(f"'{self.info.run_dir}' has no recipe.resolved.yaml naming its reference model",
-                              fix="evaluate a run directory written by align-recipes")
+            raise RecipeError(
+                f"'{self.info.run_dir}' has no recipe.resolved.yaml naming its reference model",
+                fix="evaluate a run directory written by align-recipes",
+            )
         path = models.resolve_model_path(spec, self.info.base_dir)
         device = str(self.policy.device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype(self.info, device.split(":")[0]))
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=compute_dtype(self.info, device.split(":")[0])
+        )
         return model.to(device).eval()
 
     def name(self) -> str:
@@ -156,17 +181,25 @@ def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[
     with reference.use() as ref:
         ref_chosen = sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
         ref_rejected = sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
-    margins = [beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)]
-    return {"value": implicit_accuracy(chosen, rejected, ref_chosen, ref_rejected), "n": len(rows), "beta": beta,
-            "mean_margin": sum(margins) / max(len(margins), 1), "reference": reference.name()}
+    margins = [
+        beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)
+    ]
+    return {
+        "value": implicit_accuracy(chosen, rejected, ref_chosen, ref_rejected),
+        "n": len(rows),
+        "beta": beta,
+        "mean_margin": sum(margins) / max(len(margins), 1),
+        "reference": reference.name(),
+    }
 
 
 def _as_completion(prompt: Any, text: str) -> Any:
     return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
 
 
-def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str,
-             max_new_tokens: int) -> dict:
+def win_rate(
+    model, reference: Reference, tokenizer, rows: list[dict], reward_model_dir: str, max_new_tokens: int
+) -> dict:
     from align_recipes.run.saved import load_run
 
     prompts = [r["prompt"] for r in rows]
@@ -174,22 +207,40 @@ def win_rate(model, reference: Reference, tokenizer, rows: list[dict], reward_mo
     with reference.use() as ref:
         theirs = generate(ref, tokenizer, prompts, max_new_tokens)
     rm, rm_tokenizer, _ = load_run(reward_model_dir, head="reward", device=str(model.device))
-    score = lambda outs: sequence_scores(rm, rm_tokenizer, prompts,  # noqa: E731
-                                          [_as_completion(p, o) for p, o in zip(prompts, outs)], True)
+
+    def score(outs):
+        completions = [_as_completion(p, o) for p, o in zip(prompts, outs)]
+        return sequence_scores(rm, rm_tokenizer, prompts, completions, True)
+
     ours_scores, theirs_scores = score(ours), score(theirs)
     wins = sum(a > b for a, b in zip(ours_scores, theirs_scores))
     ties = sum(a == b for a, b in zip(ours_scores, theirs_scores))
     n = max(len(rows), 1)
-    return {"value": (wins + 0.5 * ties) / n, "n": len(rows), "wins": wins, "ties": ties,
-            "reward_policy": sum(ours_scores) / n, "reward_reference": sum(theirs_scores) / n,
-            "reward_model": str(reward_model_dir), "reference": reference.name(), "max_new_tokens": max_new_tokens,
-            "examples": [{"prompt": prompt_text(p), "policy": o, "reference": t}
-                         for p, o, t in list(zip(prompts, ours, theirs))[:3]]}
+    return {
+        "value": (wins + 0.5 * ties) / n,
+        "n": len(rows),
+        "wins": wins,
+        "ties": ties,
+        "reward_policy": sum(ours_scores) / n,
+        "reward_reference": sum(theirs_scores) / n,
+        "reward_model": str(reward_model_dir),
+        "reference": reference.name(),
+        "max_new_tokens": max_new_tokens,
+        "examples": [
+            {"prompt": prompt_text(p), "policy": o, "reference": t}
+            for p, o, t in list(zip(prompts, ours, theirs))[:3]
+        ],
+    }
 
 
-def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = None,
-                 reward_model: str | None = None, limit: int | None = None,
-                 max_new_tokens: int | None = None) -> dict:
+def evaluate_run(
+    run_dir,
+    data: str | None = None,
+    metrics: list[str] | None = None,
+    reward_model: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+) -> dict:
     """Measure a finished run on held-out data and write `eval.json` into its directory."""
     import json
     import time
@@ -198,28 +249,41 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
 
     info = inspect_run(run_dir)
     entry, base_dirs = _data_entry(info, data)
-    metrics = list(dict.fromkeys(metrics or default_metrics(info, reward_model, data_serves(entry, base_dirs, info))))
+    metrics = list(
+        dict.fromkeys(metrics or default_metrics(info, reward_model, data_serves(entry, base_dirs, info)))
+    )
     for name in metrics:
         if name not in METRICS:
             raise RecipeError(f"unknown metric '{name}'", key="--metric", fix=f"one of {', '.join(METRICS)}")
     if "win_rate" in metrics and not reward_model:
-        raise RecipeError("win_rate needs a reward model to judge the answers", key="--metric",
-                          fix="pass --reward-model DIR (the output of a reward recipe)")
+        raise RecipeError(
+            "win_rate needs a reward model to judge the answers",
+            key="--metric",
+            fix="pass --reward-model DIR (the output of a reward recipe)",
+        )
     if info.head == "reward" and set(metrics) - {"preference_accuracy"}:
-        raise RecipeError(f"'{run_dir}' is a reward model: only preference_accuracy applies", key="--metric",
-                          fix="evaluate a policy for the other metrics; use a reward model with --reward-model")
+        raise RecipeError(
+            f"'{run_dir}' is a reward model: only preference_accuracy applies",
+            key="--metric",
+            fix="evaluate a policy for the other metrics; use a reward model with --reward-model",
+        )
     if reward_model and "win_rate" in metrics:
         rm_info = inspect_run(reward_model)
         if rm_info.head != "reward":
-            raise RecipeError(f"--reward-model '{reward_model}' is not a reward model "
-                              f"({rm_info.algorithm or 'a causal LM'})", key="--reward-model",
-                              fix="pass the output directory of a `reward` recipe")
+            raise RecipeError(
+                f"--reward-model '{reward_model}' is not a reward model "
+                f"({rm_info.algorithm or 'a causal LM'})",
+                key="--reward-model",
+                fix="pass the output directory of a `reward` recipe",
+            )
     section = info.recipe.get("evaluate") or {}
     limit = limit or section.get("limit")
     model, tokenizer, info = load_run(info.run_dir)
     reference = Reference(model, info)
     beta = final_beta((info.recipe.get("train") or {}).get("beta", 0.1))
-    seed = int((info.recipe.get("train") or {}).get("seed", 42))  # a mixed data.eval is sampled as in training
+    seed = int(
+        (info.recipe.get("train") or {}).get("seed", 42)
+    )  # a mixed data.eval is sampled as in training
     results = {}
     for name in metrics:
         rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name, seed)
@@ -227,15 +291,23 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
             tokens = max_new_tokens or section.get("max_new_tokens", 16)
             result = {"value": exact_match(model, tokenizer, rows, tokens), "n": len(rows)}
         elif name == "preference_accuracy":
-            result = {"value": preference_accuracy(model, tokenizer, rows, reward_head=info.head == "reward"),
-                      "n": len(rows)}
+            result = {
+                "value": preference_accuracy(model, tokenizer, rows, reward_head=info.head == "reward"),
+                "n": len(rows),
+            }
         elif name == IMPLICIT_REWARD_ACCURACY:
             result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
         elif name == REWARD:
             train = info.recipe.get("train") or {}
-            funcs = reward_functions(info.recipe.get("rewards") or [], info.base_dir, train.get("reward_model_path"))
-            completions = generate(model, tokenizer, [r["prompt"] for r in rows],
-                                   max_new_tokens or section.get("max_new_tokens", 16))
+            funcs = reward_functions(
+                info.recipe.get("rewards") or [], info.base_dir, train.get("reward_model_path")
+            )
+            completions = generate(
+                model,
+                tokenizer,
+                [r["prompt"] for r in rows],
+                max_new_tokens or section.get("max_new_tokens", 16),
+            )
             result = {"value": mean_reward(funcs, rows, completions), "n": len(rows)}
         else:
             result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
@@ -245,8 +317,13 @@ def evaluate_run(run_dir, data: str | None = None, metrics: list[str] | None = N
         previous = json.loads(path.read_text()).get("metrics", {})
     except (OSError, ValueError, AttributeError):
         previous = {}
-    payload = {"run_dir": str(run_dir), "algorithm": info.algorithm, "model": info.model.name_or_path,
-               "data": data_label(entry), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "metrics": {**previous, **results}}
+    payload = {
+        "run_dir": str(run_dir),
+        "algorithm": info.algorithm,
+        "model": info.model.name_or_path,
+        "data": data_label(entry),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metrics": {**previous, **results},
+    }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return payload

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from align_recipes.errors import RecipeError
-from align_recipes.run.saved import inspect_run, load_run
 from align_recipes.run.card import write_card
+from align_recipes.run.saved import inspect_run, load_run
 
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
 
@@ -23,15 +23,21 @@ def merge(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path
     """Write the merged model to `out` and return it."""
     info = inspect_run(run_dir)
     if info.adapter is None:
-        raise RecipeError(f"'{run_dir}' is a full fine-tune (no adapter_config.json): nothing to merge",
-                          fix="use the directory as it is; it is already a standalone model")
+        raise RecipeError(
+            f"'{run_dir}' is a full fine-tune (no adapter_config.json): nothing to merge",
+            fix="use the directory as it is; it is already a standalone model",
+        )
     out = Path(out)
     if out.resolve() == info.run_dir.resolve():
-        raise RecipeError("--out is the run directory itself", fix="write the merged model to another directory")
+        raise RecipeError(
+            "--out is the run directory itself", fix="write the merged model to another directory"
+        )
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise RecipeError(f"'{out}' already exists and is not empty",
-                              fix="pass --overwrite to replace it, or choose another --out")
+            raise RecipeError(
+                f"'{out}' already exists and is not empty",
+                fix="pass --overwrite to replace it, or choose another --out",
+            )
         shutil.rmtree(out)
     model, tokenizer, info = load_run(info.run_dir, device="cpu")
     merged = model.merge_and_unload()
@@ -45,4 +51,3 @@ def merge(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path
     kind = "qlora" if info.model.adapter == "qlora" else str(info.adapter.get("peft_type", "LORA")).lower()
     write_card(out, merged={"kind": kind, "dtype": str(merged.dtype), "adapter": info.adapter})
     return out
-

@@ -108,16 +108,23 @@ def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], 
         if ":" in head:
             stage, rest = text.split(":", 1)
             if stage not in names:
-                raise RecipeError(f"override '{text}' names stage '{stage}', which the pipeline does not have",
-                                  key="command line", fix=did_you_mean(stage, names))
+                raise RecipeError(
+                    f"override '{text}' names stage '{stage}', which the pipeline does not have",
+                    key="command line",
+                    fix=did_you_mean(stage, names),
+                )
             per_stage.setdefault(stage, []).append(rest)
         else:
             common.append(text)
     return common, per_stage
 
 
-def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | None = None,
-                  output_dir: str | Path | None = None) -> Pipeline:
+def load_pipeline(
+    path: str | Path,
+    overrides: list[str] = (),
+    profile: str | None = None,
+    output_dir: str | Path | None = None,
+) -> Pipeline:
     """Read the pipeline file and validate every stage's recipe (before anything trains)."""
     from align_recipes.plan.load import load_plan
 
@@ -126,12 +133,23 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
         raise RecipeError(f"pipeline file '{path}' not found", fix="e.g. recipes/tiny/pipeline.yaml")
     data = load_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
-        raise RecipeError("a pipeline needs a non-empty `stages:` list", file=path, key="stages",
-                          fix="stages: [{name: sft, recipe: sft.yaml}, {name: dpo, recipe: dpo.yaml, "
-                              "overrides: {model.name_or_path: '{sft}'}}]")
-    errors = [RecipeError(f"unknown key '{k}'", file=path, line=_line(data, k), key=k, fix=did_you_mean(k, TOP_KEYS))
-              for k in data if k not in TOP_KEYS]
-    root = Path(output_dir or data.get("output_dir") or Path("outputs") / path.resolve().parent.name / path.stem)
+        raise RecipeError(
+            "a pipeline needs a non-empty `stages:` list",
+            file=path,
+            key="stages",
+            fix="stages: [{name: sft, recipe: sft.yaml}, {name: dpo, recipe: dpo.yaml, "
+            "overrides: {model.name_or_path: '{sft}'}}]",
+        )
+    errors = [
+        RecipeError(
+            f"unknown key '{k}'", file=path, line=_line(data, k), key=k, fix=did_you_mean(k, TOP_KEYS)
+        )
+        for k in data
+        if k not in TOP_KEYS
+    ]
+    root = Path(
+        output_dir or data.get("output_dir") or Path("outputs") / path.resolve().parent.name / path.stem
+    )
     profile = profile or data.get("profile")
     raw = data["stages"]
     names = [s.get("name") for s in raw if isinstance(s, dict)]
@@ -143,62 +161,125 @@ def load_pipeline(path: str | Path, overrides: list[str] = (), profile: str | No
         where = f"stages[{index}]"
         line = raw.lines.get(index) if hasattr(raw, "lines") else None
         if not isinstance(entry, dict):
-            errors.append(RecipeError("each stage is a mapping {name, recipe, overrides}", file=path, key=where))
+            errors.append(
+                RecipeError("each stage is a mapping {name, recipe, overrides}", file=path, key=where)
+            )
             continue
         line = _line(entry, "name") or line
-        errors += [RecipeError(f"unknown key '{k}'", file=path, line=_line(entry, k), key=f"{where}.{k}",
-                               fix=did_you_mean(k, STAGE_KEYS)) for k in entry if k not in STAGE_KEYS]
+        errors += [
+            RecipeError(
+                f"unknown key '{k}'",
+                file=path,
+                line=_line(entry, k),
+                key=f"{where}.{k}",
+                fix=did_you_mean(k, STAGE_KEYS),
+            )
+            for k in entry
+            if k not in STAGE_KEYS
+        ]
         name, recipe = entry.get("name"), entry.get("recipe")
         if not isinstance(name, str) or not NAME.match(name):
-            errors.append(RecipeError(f"stage name {name!r} must be a word (letters, digits, _ or -)", file=path,
-                                      line=line, key=f"{where}.name", fix="e.g. name: sft"))
+            errors.append(
+                RecipeError(
+                    f"stage name {name!r} must be a word (letters, digits, _ or -)",
+                    file=path,
+                    line=line,
+                    key=f"{where}.name",
+                    fix="e.g. name: sft",
+                )
+            )
             continue
         if any(s.name == name for s in stages):
-            errors.append(RecipeError(f"stage name '{name}' is used twice", file=path, line=line,
-                                      key=f"{where}.name", fix="give each stage its own name"))
+            errors.append(
+                RecipeError(
+                    f"stage name '{name}' is used twice",
+                    file=path,
+                    line=line,
+                    key=f"{where}.name",
+                    fix="give each stage its own name",
+                )
+            )
             continue
         recipe_path = path.parent / str(recipe or "")
         if not recipe or not recipe_path.is_file():
-            errors.append(RecipeError(f"stage '{name}': recipe file '{recipe}' not found ({recipe_path})", file=path,
-                                      line=_line(entry, "recipe") or line, key=f"{where}.recipe",
-                                      fix="recipe paths are relative to the pipeline file"))
+            errors.append(
+                RecipeError(
+                    f"stage '{name}': recipe file '{recipe}' not found ({recipe_path})",
+                    file=path,
+                    line=_line(entry, "recipe") or line,
+                    key=f"{where}.recipe",
+                    fix="recipe paths are relative to the pipeline file",
+                )
+            )
             continue
         stage_overrides = entry.get("overrides") or {}
         if not isinstance(stage_overrides, dict):
-            errors.append(RecipeError("overrides must map dotted keys to values", file=path, key=f"{where}.overrides",
-                                      fix="overrides: {model.name_or_path: '{sft}', train.learning_rate: 1.0e-5}"))
+            errors.append(
+                RecipeError(
+                    "overrides must map dotted keys to values",
+                    file=path,
+                    key=f"{where}.overrides",
+                    fix="overrides: {model.name_or_path: '{sft}', train.learning_rate: 1.0e-5}",
+                )
+            )
             continue
         texts, deps = [], []
         for key, value in stage_overrides.items():
             value = _resolve_written_here(str(key), value, path.parent.resolve())
             text, used, problem = _expand(override_text(value), stages)
             if problem:
-                errors.append(RecipeError(f"stage '{name}': {problem}", file=path, key=f"{where}.overrides.{key}",
-                                          line=_line(stage_overrides, key) or line,
-                                          fix=f"earlier stages: {', '.join(s.name for s in stages) or 'none'}"))
+                errors.append(
+                    RecipeError(
+                        f"stage '{name}': {problem}",
+                        file=path,
+                        key=f"{where}.overrides.{key}",
+                        line=_line(stage_overrides, key) or line,
+                        fix=f"earlier stages: {', '.join(s.name for s in stages) or 'none'}",
+                    )
+                )
             texts.append(f"{key}={text}")
             deps += used
         out = Path(entry.get("output_dir") or root / name)
-        stage = Stage(name=name, recipe=recipe_path, output_dir=out, deps=list(dict.fromkeys(deps)),
-                      overrides=[*texts, *common, *per_stage.get(name, []), f"train.output_dir={out}"])
+        stage = Stage(
+            name=name,
+            recipe=recipe_path,
+            output_dir=out,
+            deps=list(dict.fromkeys(deps)),
+            overrides=[*texts, *common, *per_stage.get(name, []), f"train.output_dir={out}"],
+        )
         try:
             stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
             stage.adapter = stage.plan.model.adapter != "full"
         except (RecipeError, RecipeErrors) as exc:
-            pending = [str(s.model_dir.resolve()) for s in stages] + [str(s.output_dir.resolve()) for s in stages]
+            pending = [str(s.model_dir.resolve()) for s in stages] + [
+                str(s.output_dir.resolve()) for s in stages
+            ]
             for error in getattr(exc, "errors", [exc]):
                 if any(p in error.message for p in pending):
                     continue  # an earlier stage's output, checked again when that stage has run
                 error.message = f"stage '{name}': {error.message}"
                 errors.append(error)
             stage.adapter = _adapter_from_files(stage)
-        errors += read_gate(stage, entry.get("gate"), gate_overrides.get(name, []), stages, path, where,
-                            _line(entry, "gate") or _line(entry, "name"), _algorithm_of)
+        errors += read_gate(
+            stage,
+            entry.get("gate"),
+            gate_overrides.get(name, []),
+            stages,
+            path,
+            where,
+            _line(entry, "gate") or _line(entry, "name"),
+            _algorithm_of,
+        )
         stages.append(stage)
     if errors:
         raise RecipeErrors(errors)
-    return Pipeline(path=path, output_dir=root, stages=stages, description=str(data.get("description") or ""),
-                    profile=profile)
+    return Pipeline(
+        path=path,
+        output_dir=root,
+        stages=stages,
+        description=str(data.get("description") or ""),
+        profile=profile,
+    )
 
 
 def _resolve_written_here(key: str, value: Any, folder: Path) -> Any:
@@ -239,6 +320,7 @@ def _value_from_files(stage: Stage, section: str, key: str, default: Any) -> Any
 
 # -------------------------------------------------------------------------------------------- gates
 
+
 def _algorithm_of(stage: Stage) -> str | None:
     if stage.plan is not None:
         return stage.plan.algorithm.name
@@ -267,6 +349,7 @@ def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None
 
 
 # ------------------------------------------------------------------------------------------- running
+
 
 def stage_changes(stage: Stage) -> list[str] | None:
     """Keys whose resolved value differs from the run in the stage's directory (None: no run there)."""
@@ -355,10 +438,17 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
     resume = state == "interrupted"  # same recipe, stopped early: continue from its checkpoint
     started = time.time()
     # The manifest records the equivalent single-stage command: it reproduces (and resumes) this stage.
-    command = ["align-recipes", "train", str(stage.recipe), *stage.overrides,
-               *(["--profile", profile] if profile else [])]
+    command = [
+        "align-recipes",
+        "train",
+        str(stage.recipe),
+        *stage.overrides,
+        *(["--profile", profile] if profile else []),
+    ]
     try:
-        run.train(stage.plan, overwrite=not resume and stage.output_dir.exists(), resume=resume, command=command)
+        run.train(
+            stage.plan, overwrite=not resume and stage.output_dir.exists(), resume=resume, command=command
+        )
     except RecipeError as exc:
         exc.message = f"stage '{stage.name}': {exc.message}"
         raise
@@ -385,12 +475,23 @@ def _merge(stage: Stage) -> None:
 
 def _record(stage: Stage, status: str, seconds: float) -> dict:
     summary = RunDir(stage.output_dir).summary()
-    return {"stage": stage.name, "status": status, "recipe": str(stage.recipe), "output_dir": str(stage.output_dir),
-            "model_dir": str(stage.model_dir), "algorithm": stage.plan.algorithm.name if stage.plan else None,
-            "seconds": round(seconds, 2), "task_metrics": task_metrics(summary)}
+    return {
+        "stage": stage.name,
+        "status": status,
+        "recipe": str(stage.recipe),
+        "output_dir": str(stage.output_dir),
+        "model_dir": str(stage.model_dir),
+        "algorithm": stage.plan.algorithm.name if stage.plan else None,
+        "seconds": round(seconds, 2),
+        "task_metrics": task_metrics(summary),
+    }
 
 
 def _write_state(pipeline: Pipeline, records: list[dict]) -> None:
     pipeline.output_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"pipeline": str(pipeline.path), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": records}
+    payload = {
+        "pipeline": str(pipeline.path),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stages": records,
+    }
     (pipeline.output_dir / STATE_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -15,8 +15,17 @@ from align_recipes.errors import RecipeError
 from align_recipes.plan.hardware import hub_token_problem
 
 # What a published model folder leaves out: resumable training state, not the model.
-LOCAL_ONLY = ["checkpoint-*", "checkpoint-*/**", "superseded-*", "superseded-*/**", "*.pt", "*.pth",
-              "rng_state*", "training_args.bin", ".*"]
+LOCAL_ONLY = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "superseded-*",
+    "superseded-*/**",
+    "*.pt",
+    "*.pth",
+    "rng_state*",
+    "training_args.bin",
+    ".*",
+]
 
 
 def push(folder: str | Path, repo_id: str, private: bool | None = None, message: str | None = None) -> str:
@@ -25,12 +34,19 @@ def push(folder: str | Path, repo_id: str, private: bool | None = None, message:
 
     problem = hub_token_problem()
     if problem:
-        raise RecipeError(f"cannot push to {repo_id}: {problem}",
-                          fix="export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`")
+        raise RecipeError(
+            f"cannot push to {repo_id}: {problem}",
+            fix="export HF_TOKEN=hf_… (a write token) or run `huggingface-cli login`",
+        )
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=LOCAL_ONLY,
-                      commit_message=message or f"align-recipes: {Path(folder).name}")
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        ignore_patterns=LOCAL_ONLY,
+        commit_message=message or f"align-recipes: {Path(folder).name}",
+    )
     return str(url)
 
 

@@ -35,22 +35,57 @@ REPORT = "report.md"
 PLOTS = "plots"
 # Logged values that are bookkeeping, not curves worth a plot.
 SKIP = {"step", "epoch", "total_flos", "num_tokens", "num_input_tokens_seen"}
-PREFERENCE = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "accuracy", "margin",
-              "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss", "log_odds_ratio",
-              "log_odds_chosen", "kl")
-ONLINE_RL = ("reward", "reward_std", "kl", "entropy", "completions/", "response_length", "eos_rate", "rewards/",
-             "non_score_reward", "kl_coef", "value", "baseline", "advantage", "frac_reward_zero_std", "approx_kl",
-             "watch/")
+PREFERENCE = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "accuracy",
+    "margin",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+    "log_odds_ratio",
+    "log_odds_chosen",
+    "kl",
+)
+ONLINE_RL = (
+    "reward",
+    "reward_std",
+    "kl",
+    "entropy",
+    "completions/",
+    "response_length",
+    "eos_rate",
+    "rewards/",
+    "non_score_reward",
+    "kl_coef",
+    "value",
+    "baseline",
+    "advantage",
+    "frac_reward_zero_std",
+    "approx_kl",
+    "watch/",
+)
 # Curves drawn together in one subplot: (title, members).
-PAIRS = (("rewards/chosen vs rejected", ("rewards/chosen", "rewards/rejected")),
-         ("logps/chosen vs rejected", ("logps/chosen", "logps/rejected")),
-         ("logits/chosen vs rejected", ("logits/chosen", "logits/rejected")))
-FIGURES = (("loss", "losses"), ("preference", "preference: rewards, margins, accuracies"),
-           ("online_rl", "online RL: reward, KL, entropy, lengths"), ("optimizer", "optimizer"),
-           ("other", "other metrics"))
+PAIRS = (
+    ("rewards/chosen vs rejected", ("rewards/chosen", "rewards/rejected")),
+    ("logps/chosen vs rejected", ("logps/chosen", "logps/rejected")),
+    ("logits/chosen vs rejected", ("logits/chosen", "logits/rejected")),
+)
+FIGURES = (
+    ("loss", "losses"),
+    ("preference", "preference: rewards, margins, accuracies"),
+    ("online_rl", "online RL: reward, KL, entropy, lengths"),
+    ("optimizer", "optimizer"),
+    ("other", "other metrics"),
+)
 
 
 # --------------------------------------------------------------------------------------------- reading
+
 
 def read_run(run_dir: str | Path) -> dict:
     """{"dir", "summary", "records", "eval"}; an error if the directory holds no run."""
@@ -60,8 +95,10 @@ def read_run(run_dir: str | Path) -> dict:
         raise RecipeError(f"run directory '{run_dir}' not found", fix="pass the train.output_dir of a run")
     records, summary = folder.metrics(), folder.summary()
     if not records and not summary:
-        raise RecipeError(f"'{run_dir}' holds no run (no {METRICS}, no {SUMMARY})",
-                          fix="pass the train.output_dir of a run that has started")
+        raise RecipeError(
+            f"'{run_dir}' holds no run (no {METRICS}, no {SUMMARY})",
+            fix="pass the train.output_dir of a run that has started",
+        )
     return {"dir": run_dir, "summary": summary, "records": records, "eval": read_json(run_dir / "eval.json")}
 
 
@@ -121,7 +158,7 @@ def panels(keys: list[str], online: bool) -> dict[str, list[tuple[str, list[str]
         if key.startswith("eval_") and key[5:] in present:
             continue  # drawn in its train counterpart's subplot
         members = [key]
-        for title, pair in PAIRS:
+        for _title, pair in PAIRS:
             if key in pair:
                 members = [m for m in pair if m in present]
                 break
@@ -134,12 +171,22 @@ def panels(keys: list[str], online: bool) -> dict[str, list[tuple[str, list[str]
 
 
 def _order(key: str) -> tuple[int, str]:
-    first = ("loss", "reward", "rewards/chosen", "rewards/margins", "rewards/accuracies", "accuracy", "margin", "kl",
-             "entropy")
+    first = (
+        "loss",
+        "reward",
+        "rewards/chosen",
+        "rewards/margins",
+        "rewards/accuracies",
+        "accuracy",
+        "margin",
+        "kl",
+        "entropy",
+    )
     return (first.index(key) if key in first else len(first), key)
 
 
 # -------------------------------------------------------------------------------------------- drawing
+
 
 class _Figures:
     """matplotlib's object API in place of pyplot: figures render to PNG without choosing a global
@@ -199,8 +246,14 @@ def plot_run(data: dict[str, tuple[list, list]], figures: dict, out_dir: Path) -
             for key in members:
                 xs, ys = data[key]
                 marker = "o" if len(xs) < 25 or key.startswith("eval_") else None
-                ax.plot(xs, ys, marker=marker, markersize=3, linestyle="--" if key.startswith("eval_") else "-",
-                        label=key)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker=marker,
+                    markersize=3,
+                    linestyle="--" if key.startswith("eval_") else "-",
+                    label=key,
+                )
             if len(members) > 1:
                 ax.legend(fontsize=7)
             _style(ax, sub_title)
@@ -210,8 +263,12 @@ def plot_run(data: dict[str, tuple[list, list]], figures: dict, out_dir: Path) -
 
 def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | None:
     """Bars: each held-out metric before and after training, per run."""
-    bars = [(t["name"] if len(runs) == 1 else label if len(tasks) == 1 else f"{label}\n{t['name']}", t)
-            for label, tasks in runs for t in tasks if isinstance(t.get("before"), (int, float))]
+    bars = [
+        (t["name"] if len(runs) == 1 else label if len(tasks) == 1 else f"{label}\n{t['name']}", t)
+        for label, tasks in runs
+        for t in tasks
+        if isinstance(t.get("before"), (int, float))
+    ]
     if not bars:
         return None
     plt = _pyplot()
@@ -236,6 +293,7 @@ def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | N
 
 # ---------------------------------------------------------------------------------------- markdown
 
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -246,7 +304,9 @@ def _metric_table(data: dict[str, tuple[list, list]]) -> list[str]:
     lines = ["| metric | first | last | min | max | points |", "|---|---:|---:|---:|---:|---:|"]
     for key in sorted(data, key=_order):
         _, ys = data[key]
-        lines.append(f"| `{key}` | {_fmt(ys[0])} | {_fmt(ys[-1])} | {_fmt(min(ys))} | {_fmt(max(ys))} | {len(ys)} |")
+        lines.append(
+            f"| `{key}` | {_fmt(ys[0])} | {_fmt(ys[-1])} | {_fmt(min(ys))} | {_fmt(max(ys))} | {len(ys)} |"
+        )
     return lines
 
 
@@ -258,7 +318,9 @@ def _task_lines(tasks: list[dict]) -> list[str]:
         after, before = task.get("after"), task.get("before")
         both = isinstance(after, (int, float)) and isinstance(before, (int, float))
         change = f"{after - before:+.4g}" if both else ""
-        lines.append(f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} |")
+        lines.append(
+            f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} |"
+        )
     return lines
 
 
@@ -271,10 +333,18 @@ def _eval_lines(evaluation: dict) -> list[str]:
     metrics = evaluation.get("metrics") or {}
     if not metrics:
         return []
-    lines = ["", "## Held-out evaluation (`eval.json`)", "", "| metric | value | n | data |", "|---|---:|---:|---|"]
+    lines = [
+        "",
+        "## Held-out evaluation (`eval.json`)",
+        "",
+        "| metric | value | n | data |",
+        "|---|---:|---:|---|",
+    ]
     for name, result in metrics.items():
-        lines.append(f"| {name} | {_fmt(result.get('value'))} | {_fmt(result.get('n'))} | "
-                     f"`{result.get('data', evaluation.get('data', ''))}` |")
+        lines.append(
+            f"| {name} | {_fmt(result.get('value'))} | {_fmt(result.get('n'))} | "
+            f"`{result.get('data', evaluation.get('data', ''))}` |"
+        )
     return lines
 
 
@@ -291,9 +361,17 @@ def write_report(run_dir: str | Path) -> Path:
 
     algorithm, model = summary.get("algorithm", "?"), summary.get("model", "?")
     lines = [f"# {algorithm} · {model}", "", "| | |", "|---|---|"]
-    for label, key in (("algorithm", "algorithm"), ("recipe", "recipe"), ("model", "model"), ("adapter", "adapter"),
-                       ("profile", "profile"), ("status", "status"), ("steps", "steps"), ("runtime (s)", "runtime_s"),
-                       ("train loss", "train_loss")):
+    for label, key in (
+        ("algorithm", "algorithm"),
+        ("recipe", "recipe"),
+        ("model", "model"),
+        ("adapter", "adapter"),
+        ("profile", "profile"),
+        ("status", "status"),
+        ("steps", "steps"),
+        ("runtime (s)", "runtime_s"),
+        ("train loss", "train_loss"),
+    ):
         if summary.get(key) is not None:
             lines.append(f"| {label} | {_fmt(summary[key])} |")
     lines += ["", "## Held-out metrics", "", *_task_lines(tasks)]
@@ -320,6 +398,7 @@ def try_write_report(run_dir: str | Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------- compare
+
 
 def _labels(dirs: list[Path]) -> list[str]:
     labels = [d.name for d in dirs]
@@ -357,17 +436,24 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             ax.legend(fontsize=7)
             _style(ax, key)
         images.append(_save(plt, fig, plots_dir / f"compare_{name}.png"))
-    bar = plot_task_metric([(lab, task_metrics(r["summary"])) for lab, r in zip(labels, runs)],
-                           plots_dir / "compare_task_metric.png")
+    bar = plot_task_metric(
+        [(lab, task_metrics(r["summary"])) for lab, r in zip(labels, runs)],
+        plots_dir / "compare_task_metric.png",
+    )
 
-    lines = [f"# Comparison of {len(runs)} runs", "",
-             "| run | algorithm | model | steps | runtime (s) | train loss | held-out: before → after |",
-             "|---|---|---|---:|---:|---:|---|"]
+    lines = [
+        f"# Comparison of {len(runs)} runs",
+        "",
+        "| run | algorithm | model | steps | runtime (s) | train loss | held-out: before → after |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
     for label, run in zip(labels, runs):
         s = run["summary"]
-        lines.append(f"| [{label}]({run['dir'].resolve()}) | {s.get('algorithm', '')} | {s.get('model', '')} | "
-                     f"{_fmt(s.get('steps'))} | {_fmt(s.get('runtime_s'))} | {_fmt(s.get('train_loss'))} | "
-                     f"{_arrow(task_metrics(s))} |")
+        lines.append(
+            f"| [{label}]({run['dir'].resolve()}) | {s.get('algorithm', '')} | {s.get('model', '')} | "
+            f"{_fmt(s.get('steps'))} | {_fmt(s.get('runtime_s'))} | {_fmt(s.get('train_loss'))} | "
+            f"{_arrow(task_metrics(s))} |"
+        )
     if bar:
         lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]
     lines += ["", f"Metrics logged by at least two runs: {len(shared)}."]
@@ -385,7 +471,11 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
         return write_report(run_dirs[0])
     if len(run_dirs) == 1:
         path = write_report(run_dirs[0])
-        return _copy_report(Path(run_dirs[0]), Path(out)) if Path(out).resolve() != path.parent.resolve() else path
+        return (
+            _copy_report(Path(run_dirs[0]), Path(out))
+            if Path(out).resolve() != path.parent.resolve()
+            else path
+        )
     return compare_runs(run_dirs, out or "report")
 
 

@@ -7,9 +7,9 @@ Trainer's: the accelerator (DDP, mixed precision), optimizer and scheduler const
 `self.log`, `TrainerState`, `_save_checkpoint` (model, optimizer, scheduler, RNG states, state,
 rotation) and its loading helpers, `save_model`. Under FSDP2 (`rl.sharding`) the policy and the critic are
 sharded separately, each with its own optimizer, and a checkpoint holds their shards. We add the critic's
-weights and the algorithm's own state (KL coefficient, SPO baseline) to each checkpoint, so `resume_from_checkpoint` continues the
-run exactly: prompts come from a step-indexed sampler, and sampling and shuffling use the restored RNGs.
-One step's rollout and updates are in `experience`.
+weights and the algorithm's own state (KL coefficient, SPO baseline) to each checkpoint, so
+`resume_from_checkpoint` continues the run exactly: prompts come from a step-indexed sampler, and
+sampling and shuffling use the restored RNGs. One step's rollout and updates are in `experience`.
 
 Subclasses fill the hooks: `_kl_weight` (is a reference model needed), `_advantages` (fills
 ``batch["advantages"]`` and ``batch["returns"]``), `_loss` and `_value_loss` (per micro batch) and
@@ -31,10 +31,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
 
 from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_name
+from align_recipes.rl import sharding
 from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator
 from align_recipes.rl.modeling import disable_dropout, enable_checkpointing, is_peft, load_causal_lm
-from align_recipes.rl import sharding
 from align_recipes.rl.prefix_cache import PromptPrefixCache
 from align_recipes.rl.rollout import PolicyAndValue, PromptCache, PromptSampler, eval_shards
 from align_recipes.rl.scoring import RewardScorer
@@ -47,9 +47,16 @@ def _scores_with(funcs: list, model_path: str) -> bool:
     """Whether `funcs` already hold the reward model at `model_path` (as a path or a RewardModelFunc)."""
     target = str(model_path)
     for func in funcs:
-        path = func.path if isinstance(func, RewardModelFunc) else \
-            str(func) if isinstance(func, (str, os.PathLike)) else None
-        if path == target or (path and os.path.isdir(path) and os.path.isdir(target) and os.path.samefile(path, target)):
+        path = (
+            func.path
+            if isinstance(func, RewardModelFunc)
+            else str(func)
+            if isinstance(func, (str, os.PathLike))
+            else None
+        )
+        if path == target or (
+            path and os.path.isdir(path) and os.path.isdir(target) and os.path.samefile(path, target)
+        ):
             return True
     return False
 
@@ -59,40 +66,66 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
 
     uses_critic = False
 
-    def __init__(self, model, args=None, train_dataset=None, processing_class=None, reward_funcs=None,
-                 reward_weights=None, ref_model=None, value_model=None, peft_config=None, callbacks=None,
-                 eval_dataset=None):
+    def __init__(
+        self,
+        model,
+        args=None,
+        train_dataset=None,
+        processing_class=None,
+        reward_funcs=None,
+        reward_weights=None,
+        ref_model=None,
+        value_model=None,
+        peft_config=None,
+        callbacks=None,
+        eval_dataset=None,
+    ):
         from transformers import AutoTokenizer, set_seed
 
         if args is None:
-            raise ValueError(f"{type(self).__name__} needs args (a {type(self).__name__.replace('Trainer', 'Config')})")
+            raise ValueError(
+                f"{type(self).__name__} needs args (a {type(self).__name__.replace('Trainer', 'Config')})"
+            )
         set_seed(args.seed)  # before the adapters and the critic's head are initialised
         if train_dataset is None or len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: PPO/SPO need prompts (a 'prompt' column)")
         if "prompt" not in train_dataset.column_names:
-            raise ValueError(f"train_dataset has no 'prompt' column (columns: {', '.join(train_dataset.column_names)})")
+            raise ValueError(
+                f"train_dataset has no 'prompt' column (columns: {', '.join(train_dataset.column_names)})"
+            )
         model = load_causal_lm(model, args)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
 
-        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else \
-            ([] if reward_funcs is None else [reward_funcs])
+        funcs = (
+            list(reward_funcs)
+            if isinstance(reward_funcs, (list, tuple))
+            else ([] if reward_funcs is None else [reward_funcs])
+        )
         if args.reward_model_path and not _scores_with(funcs, args.reward_model_path):
-            funcs.append(args.reward_model_path)  # once: `align-recipes train` already passes it as a function
+            funcs.append(
+                args.reward_model_path
+            )  # once: `align-recipes train` already passes it as a function
         if not funcs:
-            raise ValueError("no reward: pass reward_funcs (callables or reward model paths) or set reward_model_path")
+            raise ValueError(
+                "no reward: pass reward_funcs (callables or reward model paths) or set reward_model_path"
+            )
         self.reward_funcs = [as_reward_func(f) for f in funcs]
         weights = reward_weights if reward_weights is not None else args.reward_weights
         weights = [1.0] * len(self.reward_funcs) if weights is None else [float(w) for w in weights]
         if len(weights) != len(self.reward_funcs):
-            raise ValueError(f"{len(weights)} reward weights for {len(self.reward_funcs)} reward functions "
-                             f"({', '.join(map(reward_func_name, self.reward_funcs))}); give one weight each")
+            raise ValueError(
+                f"{len(weights)} reward weights for {len(self.reward_funcs)} reward functions "
+                f"({', '.join(map(reward_func_name, self.reward_funcs))}); give one weight each"
+            )
         self.reward_weights = weights
 
         # The critic and the reference copy are taken before the adapter is added to the policy.
-        self.value_model = self._build_value_model(value_model, model, args, peft_config) if self.uses_critic else None
+        self.value_model = (
+            self._build_value_model(value_model, model, args, peft_config) if self.uses_critic else None
+        )
         self.ref_model = None
         if self._kl_weight(args) > 0:
             if ref_model is not None:
@@ -112,8 +145,15 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
             if m is not None and args.activation_checkpointing:
                 enable_checkpointing(m)
 
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, data_collator=lambda rows: rows, callbacks=callbacks)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=lambda rows: rows,
+            callbacks=callbacks,
+        )
         self._fsdp = bool(self.is_fsdp_enabled)
         if self._fsdp:
             self._check_fsdp(args)
@@ -129,12 +169,23 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_token_ids = sorted(eos | {processing_class.eos_token_id})
-        self.generator = make_generator(args, lambda: self.accelerator.unwrap_model(self.model), self.accelerator,
-                                        processing_class, self.eos_token_ids, processing_class.pad_token_id)
-        budget = int(args.prefix_cache_mb * 2 ** 20)
-        self.scorer = RewardScorer(self.reward_funcs, self.reward_weights, processing_class, len(train_dataset), budget)
-        self._ref_prefix = PromptPrefixCache(self.ref_model, len(train_dataset), budget, lm=True) \
-            if self.ref_model is not None else None
+        self.generator = make_generator(
+            args,
+            lambda: self.accelerator.unwrap_model(self.model),
+            self.accelerator,
+            processing_class,
+            self.eos_token_ids,
+            processing_class.pad_token_id,
+        )
+        budget = int(args.prefix_cache_mb * 2**20)
+        self.scorer = RewardScorer(
+            self.reward_funcs, self.reward_weights, processing_class, len(train_dataset), budget
+        )
+        self._ref_prefix = (
+            PromptPrefixCache(self.ref_model, len(train_dataset), budget, lm=True)
+            if self.ref_model is not None
+            else None
+        )
         self._train_prompts = PromptCache(train_dataset, processing_class, args.max_prompt_length)
         self._eval_prompts: dict[int, PromptCache] = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -167,38 +218,69 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         """What runs under FSDP2 (rl.sharding): refused before any training step otherwise."""
         version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
         if version != 2:
-            raise ValueError(f"{type(self).__name__} runs under FSDP2 only (this launch asks for FSDP{version}): set "
-                             "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)")
+            raise ValueError(
+                f"{type(self).__name__} runs under FSDP2 only (this launch asks for FSDP{version}): set "
+                "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)"
+            )
         if args.use_vllm:
-            raise ValueError(f"{type(self).__name__} does not generate with vLLM under FSDP (the sharded weights are "
-                             "not synced to it): set use_vllm: false, or launch with DDP")
-        sharding.check_frozen_models({"reference model": self.ref_model, **{
-            f"reward model {f.path}": f.model for f in self.reward_funcs if isinstance(f, RewardModelFunc)}})
+            raise ValueError(
+                f"{type(self).__name__} does not generate with vLLM under FSDP (the sharded weights are "
+                "not synced to it): set use_vllm: false, or launch with DDP"
+            )
+        sharding.check_frozen_models(
+            {
+                "reference model": self.ref_model,
+                **{
+                    f"reward model {f.path}": f.model
+                    for f in self.reward_funcs
+                    if isinstance(f, RewardModelFunc)
+                },
+            }
+        )
 
     def _gather_mean(self, value: float | torch.Tensor) -> float:
         t = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
         return self.accelerator.gather(t).mean().item()
 
     # ------------------------------------------------------------------------------- training loop
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
-              **kwargs) -> TrainOutput:
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial=None,
+        ignore_keys_for_eval=None,
+        **kwargs,
+    ) -> TrainOutput:
         args = self.args
         if args.n_gpu > 1:
-            raise ValueError("several GPUs in one process (DataParallel) are not supported: run with `accelerate "
-                             "launch` (one process per GPU) or set CUDA_VISIBLE_DEVICES to one GPU")
+            raise ValueError(
+                "several GPUs in one process (DataParallel) are not supported: run with `accelerate "
+                "launch` (one process per GPU) or set CUDA_VISIBLE_DEVICES to one GPU"
+            )
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint-* directory in {args.output_dir} to resume from; "
-                                 "checkpoints are written every save_steps when save_strategy is 'steps'")
+                raise ValueError(
+                    f"no checkpoint-* directory in {args.output_dir} to resume from; "
+                    "checkpoints are written every save_steps when save_strategy is 'steps'"
+                )
         checkpoint = resume_from_checkpoint or None
         self.is_in_train = True
-        sampler = PromptSampler(len(self.train_dataset), args.rollout_batch_size, self.accelerator.num_processes,
-                                self.accelerator.process_index, args.data_seed if args.data_seed is not None else args.seed)
+        sampler = PromptSampler(
+            len(self.train_dataset),
+            args.rollout_batch_size,
+            self.accelerator.num_processes,
+            self.accelerator.process_index,
+            args.data_seed if args.data_seed is not None else args.seed,
+        )
         max_steps = args.max_steps if args.max_steps > 0 else sampler.total_steps(args.num_train_epochs)
 
-        self.state = TrainerState(stateful_callbacks=[
-            cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)])
+        self.state = TrainerState(
+            stateful_callbacks=[
+                cb
+                for cb in self.callback_handler.callbacks + [self.control]
+                if isinstance(cb, ExportableState)
+            ]
+        )
         self.state.train_batch_size = args.rollout_batch_size
         self.state.compute_steps(args, max_steps)
         if checkpoint is not None:
@@ -282,19 +364,30 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         if self.value_model is not None:
             self.value_model, self.critic_optimizer = acc.prepare(self.value_model, self.critic_optimizer)
             self.critic_scheduler = get_scheduler(
-                self.args.lr_scheduler_type, optimizer=self.critic_optimizer,
-                num_warmup_steps=self.args.get_warmup_steps(max_steps), num_training_steps=max_steps,
-                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+                self.args.lr_scheduler_type,
+                optimizer=self.critic_optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(max_steps),
+                num_training_steps=max_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
         self._actor_critic = PolicyAndValue(self.model, self.value_model)
         self.model_wrapped = self.model
         if checkpoint is not None:
             plugin = acc.state.fsdp_plugin
             load_fsdp_model(plugin, acc, self.model, checkpoint, model_index=0)
-            self._load_optimizer_and_scheduler(checkpoint)  # the policy's optimizer (optimizer_0) and schedule
+            self._load_optimizer_and_scheduler(
+                checkpoint
+            )  # the policy's optimizer (optimizer_0) and schedule
             if self.value_model is not None:
                 load_fsdp_model(plugin, acc, self.value_model, checkpoint, model_index=CRITIC_INDEX)
-                load_fsdp_optimizer(plugin, acc, self.critic_optimizer, self.value_model, checkpoint,
-                                    optimizer_index=CRITIC_INDEX)
+                load_fsdp_optimizer(
+                    plugin,
+                    acc,
+                    self.critic_optimizer,
+                    self.value_model,
+                    checkpoint,
+                    optimizer_index=CRITIC_INDEX,
+                )
                 self.critic_scheduler.load_state_dict(self.lr_scheduler.state_dict())  # the same schedule
         return self._actor_critic
 
@@ -325,7 +418,9 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         super().save_model(output_dir, _internal_call)
         if _internal_call and self.args.should_save:
             output_dir = output_dir or self.args.output_dir
-            os.makedirs(output_dir, exist_ok=True)  # under FSDP Trainer writes no weights here (they are sharded)
+            os.makedirs(
+                output_dir, exist_ok=True
+            )  # under FSDP Trainer writes no weights here (they are sharded)
             if self.value_model is not None and not self._fsdp:  # FSDP: sharded, with the optimizers
                 self.accelerator.unwrap_model(self.value_model).save(output_dir)
             with open(os.path.join(output_dir, RL_STATE_NAME), "w") as handle:
@@ -338,27 +433,38 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
         if self._fsdp and self.value_model is not None:
             plugin, acc = self.accelerator.state.fsdp_plugin, self.accelerator
             save_fsdp_model(plugin, acc, self.value_model, output_dir, model_index=CRITIC_INDEX)
-            save_fsdp_optimizer(plugin, acc, self.critic_optimizer, self.value_model, output_dir,
-                                optimizer_index=CRITIC_INDEX)
+            save_fsdp_optimizer(
+                plugin, acc, self.critic_optimizer, self.value_model, output_dir, optimizer_index=CRITIC_INDEX
+            )
 
     @torch.no_grad()
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         """Sample one completion per eval prompt (training sampling settings) and report the mean score. Every
         process makes the same number of generation calls (`eval_shards`), so vLLM's collectives cannot hang."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         acc, size = self.accelerator, self.args.rollout_batch_size
-        cache = self._eval_prompts.setdefault(id(dataset), PromptCache(dataset, self.processing_class,
-                                                                        self.args.max_prompt_length))
+        cache = self._eval_prompts.setdefault(
+            id(dataset), PromptCache(dataset, self.processing_class, self.args.max_prompt_length)
+        )
         indices, real = eval_shards(len(dataset), acc.num_processes, acc.process_index)
         totals = torch.zeros(3, device=acc.device)  # score sum, length sum, count
         for start in range(0, len(indices), size):
-            batch = self._generate_and_score(cache, indices[start:start + size])
+            batch = self._generate_and_score(cache, indices[start : start + size])
             counted = (torch.arange(start, start + len(batch["scores"]), device=acc.device) < real).float()
-            totals += torch.stack([(batch["scores"].float() * counted).sum(),
-                                   (batch["response_mask"].sum(1) * counted).sum(), counted.sum()])
+            totals += torch.stack(
+                [
+                    (batch["scores"].float() * counted).sum(),
+                    (batch["response_mask"].sum(1) * counted).sum(),
+                    counted.sum(),
+                ]
+            )
         score_sum, length_sum, count = acc.reduce(totals, "sum").tolist()
-        metrics = {f"{metric_key_prefix}_reward": score_sum / max(count, 1),
-                   f"{metric_key_prefix}_response_length": length_sum / max(count, 1)}
+        metrics = {
+            f"{metric_key_prefix}_reward": score_sum / max(count, 1),
+            f"{metric_key_prefix}_response_length": length_sum / max(count, 1),
+        }
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -13,7 +13,7 @@ updates a belief as ``alpha = rho * alpha + r``, ``beta = rho * beta + (1 - r)``
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def forgetting_factor(divergence: float, half_life: float, clip_lower: float, clip_upper: float) -> float:
@@ -25,8 +25,15 @@ def forgetting_factor(divergence: float, half_life: float, clip_lower: float, cl
 class _BetaBelief:
     """Shared pieces: the reward <-> [0, 1] map and the checks on the forgetting parameters."""
 
-    def __init__(self, clip_lower: float, clip_upper: float, half_life: float, rho_const: float,
-                 reward_scale: float, rho_mode: str):
+    def __init__(
+        self,
+        clip_lower: float,
+        clip_upper: float,
+        half_life: float,
+        rho_const: float,
+        reward_scale: float,
+        rho_mode: str,
+    ):
         if not 0.0 < clip_lower <= clip_upper < 1.0:
             raise ValueError(f"{type(self).__name__} needs 0 < clip_lower <= clip_upper < 1")
         if half_life <= 0 or reward_scale <= 0:
@@ -61,8 +68,15 @@ class PromptValueTracker(_BetaBelief):
 
     PRIOR = 0.5
 
-    def __init__(self, clip_lower: float = 0.875, clip_upper: float = 0.96, half_life: float = 0.06,
-                 rho_const: float = 0.9, reward_scale: float = 3.0, rho_mode: str = "kl"):
+    def __init__(
+        self,
+        clip_lower: float = 0.875,
+        clip_upper: float = 0.96,
+        half_life: float = 0.06,
+        rho_const: float = 0.9,
+        reward_scale: float = 3.0,
+        rho_mode: str = "kl",
+    ):
         super().__init__(clip_lower, clip_upper, half_life, rho_const, reward_scale, rho_mode)
         self.alpha: dict[int, float] = {}
         self.beta: dict[int, float] = {}
@@ -86,8 +100,13 @@ class PromptValueTracker(_BetaBelief):
             return self.rho_const
         return forgetting_factor(divergence, self.half_life, self.clip_lower, self.clip_upper)
 
-    def update(self, keys: Sequence[int], rewards: Sequence[float], divergences: Sequence[float | None],
-               samples: Sequence[tuple[list[int], list[float]]]) -> list[float]:
+    def update(
+        self,
+        keys: Sequence[int],
+        rewards: Sequence[float],
+        divergences: Sequence[float | None],
+        samples: Sequence[tuple[list[int], list[float]]],
+    ) -> list[float]:
         """Fold one batch in, in order (a prompt twice in a batch is updated twice); returns the rho of each row.
         ``divergences[i]`` is D for row i (None when its prompt has no earlier sample); ``samples[i]`` is row i's
         completion and its log-probs, kept for the prompt's next visit."""
@@ -104,14 +123,19 @@ class PromptValueTracker(_BetaBelief):
         return rhos
 
     def state_dict(self) -> dict:
-        return {"alpha": {str(k): v for k, v in self.alpha.items()}, "beta": {str(k): v for k, v in self.beta.items()},
-                "samples": {str(k): [ids, lps] for k, (ids, lps) in self.samples.items()}}
+        return {
+            "alpha": {str(k): v for k, v in self.alpha.items()},
+            "beta": {str(k): v for k, v in self.beta.items()},
+            "samples": {str(k): [ids, lps] for k, (ids, lps) in self.samples.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha = {int(k): float(v) for k, v in state["alpha"].items()}
         self.beta = {int(k): float(v) for k, v in state["beta"].items()}
-        self.samples = {int(k): ([int(t) for t in ids], [float(x) for x in lps])
-                        for k, (ids, lps) in state["samples"].items()}
+        self.samples = {
+            int(k): ([int(t) for t in ids], [float(x) for x in lps])
+            for k, (ids, lps) in state["samples"].items()
+        }
 
 
 class GlobalBetaBaseline(_BetaBelief):
@@ -125,8 +149,15 @@ class GlobalBetaBaseline(_BetaBelief):
     evenly: alpha = beta = N / 2, so the first baseline is reward 0.
     """
 
-    def __init__(self, clip_lower: float = 0.5, clip_upper: float = 0.96, half_life: float = 0.06,
-                 rho_const: float = 0.9, reward_scale: float = 3.0, rho_mode: str = "kl"):
+    def __init__(
+        self,
+        clip_lower: float = 0.5,
+        clip_upper: float = 0.96,
+        half_life: float = 0.06,
+        rho_const: float = 0.9,
+        reward_scale: float = 3.0,
+        rho_mode: str = "kl",
+    ):
         super().__init__(clip_lower, clip_upper, half_life, rho_const, reward_scale, rho_mode)
         n_init = 1.0 / (1.0 - self.clip_lower)
         self.alpha = self.beta = 0.5 * n_init
@@ -145,8 +176,9 @@ class GlobalBetaBaseline(_BetaBelief):
     def rho(self, mean_logprob: float) -> float:
         if self.rho_mode == "constant" or self.last_mean_logprob is None:
             return self.rho_const
-        return forgetting_factor(mean_logprob - self.last_mean_logprob, self.half_life, self.clip_lower,
-                                 self.clip_upper)
+        return forgetting_factor(
+            mean_logprob - self.last_mean_logprob, self.half_life, self.clip_lower, self.clip_upper
+        )
 
     def update(self, rewards: Iterable[float], mean_logprob: float) -> float:
         """Fold one batch of rewards (reward units) into the belief; returns the rho used."""

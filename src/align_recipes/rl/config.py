@@ -100,27 +100,42 @@ class OnlineRLConfig(TrainingArguments):
     # TrainingArguments fields with other defaults
     logging_steps: float = field(
         default=10,
-        metadata={"help": "Log every X training steps (an int, or a float in [0, 1) for a share of max_steps)."},
+        metadata={
+            "help": "Log every X training steps (an int, or a float in [0, 1) for a share of max_steps)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False,
-        metadata={"help": "Kept False: every dataset column besides `prompt` is passed to the reward functions."},
+        metadata={
+            "help": "Kept False: every dataset column besides `prompt` is passed to the reward functions."
+        },
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision. Unset: on for CUDA GPUs that support it, off on CPU and older GPUs."},
+        metadata={
+            "help": "bf16 mixed precision. Unset: on for CUDA GPUs that support it, off on CPU and older GPUs."
+        },
     )
 
     # rollout
     max_prompt_length: int | None = field(
-        default=512, metadata={"help": "Prompts keep at most their last N tokens. None: no limit."})
+        default=512, metadata={"help": "Prompts keep at most their last N tokens. None: no limit."}
+    )
     max_new_tokens: int = field(
-        default=53, metadata={"help": "Most tokens generated per completion (TRL's old response_length)."})
+        default=53, metadata={"help": "Most tokens generated per completion (TRL's old response_length)."}
+    )
     temperature: float = field(
-        default=0.7, metadata={"help": "Sampling temperature; the losses' log-probabilities use it too."})
+        default=0.7, metadata={"help": "Sampling temperature; the losses' log-probabilities use it too."}
+    )
     top_p: float = field(
-        default=1.0, metadata={"help": "Must stay 1.0 (the losses need the sampler's exact log-probs); lower temperature."})
-    top_k: int = field(default=0, metadata={"help": "Must stay 0 (the losses need the sampler's exact log-probs)."})
+        default=1.0,
+        metadata={
+            "help": "Must stay 1.0 (the losses need the sampler's exact log-probs); lower temperature."
+        },
+    )
+    top_k: int = field(
+        default=0, metadata={"help": "Must stay 0 (the losses need the sampler's exact log-probs)."}
+    )
     missing_eos_penalty: float | None = field(
         default=None,
         metadata={"help": "Subtracted from the score of completions that end without an EOS token."},
@@ -128,19 +143,28 @@ class OnlineRLConfig(TrainingArguments):
 
     # rewards
     reward_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per reward function; the score is the weighted sum. None: 1.0."})
+        default=None,
+        metadata={"help": "One weight per reward function; the score is the weighted sum. None: 1.0."},
+    )
     reward_model_path: str | None = field(
-        default=None, metadata={"help": "Reward model directory or hub id, added to the reward functions."})
+        default=None, metadata={"help": "Reward model directory or hub id, added to the reward functions."}
+    )
 
     # update loop
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a rollout batch."})
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Optimizer steps per pass over a rollout batch."}
+    )
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clipping range (PPO epsilon)."})
     disable_dropout: bool = field(
-        default=True, metadata={"help": "Turn dropout off. False: pi_old uses the update's dropout masks (ratio 1)."})
+        default=True,
+        metadata={"help": "Turn dropout off. False: pi_old uses the update's dropout masks (ratio 1)."},
+    )
     prefix_cache_mb: float = field(
         default=256.0,
-        metadata={"help": "Memory for frozen models' caches of the training prompts (used if all fit); 0: off."},
+        metadata={
+            "help": "Memory for frozen models' caches of the training prompts (used if all fit); 0: off."
+        },
     )
     model_init_kwargs: dict | None = field(
         default=None,
@@ -148,24 +172,35 @@ class OnlineRLConfig(TrainingArguments):
     )
 
     # generation backend
-    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (needs the vllm extra and a GPU)."})
+    use_vllm: bool = field(
+        default=False, metadata={"help": "Generate with vLLM (needs the vllm extra and a GPU)."}
+    )
     vllm_mode: str = field(
         default="colocate",
-        metadata={"help": "colocate: vLLM shares the training GPUs; server: a separate `trl vllm-serve` process.",
-                  "choices": VLLM_MODES},
+        metadata={
+            "help": "colocate: vLLM shares the training GPUs; server: a separate `trl vllm-serve` process.",
+            "choices": VLLM_MODES,
+        },
     )
     vllm_gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "Colocate mode: share of GPU memory vLLM may take."})
+        default=0.3, metadata={"help": "Colocate mode: share of GPU memory vLLM may take."}
+    )
     vllm_server_base_url: str | None = field(
-        default=None, metadata={"help": "Server mode: the server's URL (overrides host and port)."})
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Server mode: host of the vLLM server."})
+        default=None, metadata={"help": "Server mode: the server's URL (overrides host and port)."}
+    )
+    vllm_server_host: str = field(
+        default="0.0.0.0", metadata={"help": "Server mode: host of the vLLM server."}
+    )
     vllm_server_port: int = field(default=8000, metadata={"help": "Server mode: port of the vLLM server."})
     vllm_server_timeout: float = field(
-        default=240.0, metadata={"help": "Server mode: seconds to wait for the server."})
+        default=240.0, metadata={"help": "Server mode: seconds to wait for the server."}
+    )
     vllm_importance_sampling_correction: bool = field(
-        default=True, metadata={"help": "vLLM: weight token losses by min(pi_old / pi_vllm, cap)."})
+        default=True, metadata={"help": "vLLM: weight token losses by min(pi_old / pi_vllm, cap)."}
+    )
     vllm_importance_sampling_cap: float = field(
-        default=2.0, metadata={"help": "vLLM: upper bound of the importance weights."})
+        default=2.0, metadata={"help": "vLLM: upper bound of the importance weights."}
+    )
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -189,16 +224,22 @@ class OnlineRLConfig(TrainingArguments):
         if self.temperature <= 0:
             p.append(f"temperature must be > 0 (got {self.temperature}); sampling is required for RL")
         if self.top_p != 1.0:
-            p.append(f"top_p must be 1.0 (got {self.top_p}): PPO/SPO need the log-probabilities of the distribution "
-                     "that sampled each token, and nucleus truncation leaves them undefined once the policy moves; "
-                     "lower temperature to sample closer to the greedy answer instead")
+            p.append(
+                f"top_p must be 1.0 (got {self.top_p}): PPO/SPO need the log-probabilities of the distribution "
+                "that sampled each token, and nucleus truncation leaves them undefined once the policy moves; "
+                "lower temperature to sample closer to the greedy answer instead"
+            )
         if self.top_k != 0:
-            p.append(f"top_k must be 0 (got {self.top_k}): PPO/SPO need the log-probabilities of the distribution "
-                     "that sampled each token, and top-k truncation leaves them undefined once the policy moves; "
-                     "lower temperature to sample closer to the greedy answer instead")
+            p.append(
+                f"top_k must be 0 (got {self.top_k}): PPO/SPO need the log-probabilities of the distribution "
+                "that sampled each token, and top-k truncation leaves them undefined once the policy moves; "
+                "lower temperature to sample closer to the greedy answer instead"
+            )
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             p.append(f"missing_eos_penalty must be >= 0 (got {self.missing_eos_penalty}); it is subtracted")
-        if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
+        if self.reward_weights is not None and not all(
+            isinstance(w, (int, float)) for w in self.reward_weights
+        ):
             p.append(f"reward_weights must be a list of numbers (got {self.reward_weights!r})")
         if self.num_ppo_epochs < 1:
             p.append(f"num_ppo_epochs must be >= 1 (got {self.num_ppo_epochs})")
@@ -215,7 +256,9 @@ class OnlineRLConfig(TrainingArguments):
         if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
             p.append(f"model_init_kwargs must be a mapping (got {type(self.model_init_kwargs).__name__})")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            p.append(f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization})")
+            p.append(
+                f"vllm_gpu_memory_utilization must be in (0, 1] (got {self.vllm_gpu_memory_utilization})"
+            )
         return p
 
 
@@ -255,28 +298,42 @@ class PPOConfig(OnlineRLConfig):
             (with a fresh value head).
     """
 
-    learning_rate: float = field(default=3e-6, metadata={"help": "Learning rate of the policy and the critic."})
+    learning_rate: float = field(
+        default=3e-6, metadata={"help": "Learning rate of the policy and the critic."}
+    )
     kl_coef: float = field(
-        default=0.05, metadata={"help": "Weight of the per-token KL penalty in the reward (start value if adaptive)."})
+        default=0.05,
+        metadata={"help": "Weight of the per-token KL penalty in the reward (start value if adaptive)."},
+    )
     kl_estimator: str = field(
         default="k1",
-        metadata={"help": "Per-token KL estimator in the reward: k1, k2 or k3.", "choices": KL_ESTIMATOR_CHOICES},
+        metadata={
+            "help": "Per-token KL estimator in the reward: k1, k2 or k3.",
+            "choices": KL_ESTIMATOR_CHOICES,
+        },
     )
     adaptive_kl: bool = field(
-        default=False, metadata={"help": "Adapt kl_coef so the KL tracks kl_target (Ziegler et al. 2019)."})
+        default=False, metadata={"help": "Adapt kl_coef so the KL tracks kl_target (Ziegler et al. 2019)."}
+    )
     kl_target: float = field(default=6.0, metadata={"help": "Adaptive KL: target KL per completion."})
     kl_horizon: float = field(
-        default=10000, metadata={"help": "Adaptive KL: completions over which the gap to the target closes."})
+        default=10000, metadata={"help": "Adaptive KL: completions over which the gap to the target closes."}
+    )
     gamma: float = field(default=1.0, metadata={"help": "Discount factor in GAE."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda in [0, 1]."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clipping range of value predictions."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     whiten_advantages: bool = field(
-        default=True, metadata={"help": "Normalise advantages to mean 0, std 1 per rollout batch."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Scale per-token rewards to std 1 before GAE."})
+        default=True, metadata={"help": "Normalise advantages to mean 0, std 1 per rollout batch."}
+    )
+    whiten_rewards: bool = field(
+        default=False, metadata={"help": "Scale per-token rewards to std 1 before GAE."}
+    )
     value_model_path: str | None = field(
         default=None,
-        metadata={"help": "Critic initialisation. None: the reward model if given, else the policy's backbone."},
+        metadata={
+            "help": "Critic initialisation. None: the reward model if given, else the policy's backbone."
+        },
     )
 
     def _problems(self) -> list[str]:
@@ -284,7 +341,9 @@ class PPOConfig(OnlineRLConfig):
         if self.kl_coef < 0:
             p.append(f"kl_coef must be >= 0 (got {self.kl_coef})")
         if self.kl_estimator not in KL_ESTIMATOR_CHOICES:
-            p.append(f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CHOICES)} (got {self.kl_estimator!r})")
+            p.append(
+                f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CHOICES)} (got {self.kl_estimator!r})"
+            )
         if self.adaptive_kl and self.kl_target <= 0:
             p.append(f"kl_target must be > 0 (got {self.kl_target})")
         if self.adaptive_kl and self.kl_horizon <= 0:
@@ -348,24 +407,38 @@ class SPOConfig(OnlineRLConfig):
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the policy."})
     num_ppo_epochs: int = field(
-        default=1, metadata={"help": "Passes over each rollout batch (1: plain policy gradient)."})
-    beta: float = field(default=0.02, metadata={"help": "Weight of the k3 KL-to-reference loss term; 0: no reference."})
+        default=1, metadata={"help": "Passes over each rollout batch (1: plain policy gradient)."}
+    )
+    beta: float = field(
+        default=0.02, metadata={"help": "Weight of the k3 KL-to-reference loss term; 0: no reference."}
+    )
     baseline: str = field(
         default="per_prompt",
-        metadata={"help": "per_prompt: the SPO paper's per-prompt value tracker; global: MiniMind's single baseline.",
-                  "choices": SPO_BASELINES},
+        metadata={
+            "help": "per_prompt: the SPO paper's per-prompt value tracker; global: MiniMind's single baseline.",
+            "choices": SPO_BASELINES,
+        },
     )
     rho_mode: str = field(
         default="kl",
-        metadata={"help": "kl: forgetting follows policy change; constant: always rho_const.", "choices": RHO_MODES},
+        metadata={
+            "help": "kl: forgetting follows policy change; constant: always rho_const.",
+            "choices": RHO_MODES,
+        },
     )
-    rho_const: float = field(default=0.9, metadata={"help": "Forgetting factor of the first (or every constant) update."})
+    rho_const: float = field(
+        default=0.9, metadata={"help": "Forgetting factor of the first (or every constant) update."}
+    )
     half_life: float = field(
-        default=0.06, metadata={"help": "Policy divergence at which the forgetting factor halves (D_half)."})
-    clip_lower: float = field(default=0.875, metadata={"help": "Lowest forgetting factor (global: prior 1/(1-clip_lower))."})
+        default=0.06, metadata={"help": "Policy divergence at which the forgetting factor halves (D_half)."}
+    )
+    clip_lower: float = field(
+        default=0.875, metadata={"help": "Lowest forgetting factor (global: prior 1/(1-clip_lower))."}
+    )
     clip_upper: float = field(default=0.96, metadata={"help": "Highest forgetting factor."})
     reward_scale: float = field(
-        default=3.0, metadata={"help": "Rewards in [-scale, scale] map onto [0, 1] for the baseline tracker."})
+        default=3.0, metadata={"help": "Rewards in [-scale, scale] map onto [0, 1] for the baseline tracker."}
+    )
     advantage_clip: float = field(default=5.0, metadata={"help": "Advantages are clipped to +- this value."})
 
     def _problems(self) -> list[str]:
@@ -381,8 +454,10 @@ class SPOConfig(OnlineRLConfig):
         if self.half_life <= 0:
             p.append(f"half_life must be > 0 (got {self.half_life})")
         if not 0 < self.clip_lower <= self.clip_upper < 1:
-            p.append(f"need 0 < clip_lower <= clip_upper < 1 (got clip_lower={self.clip_lower}, "
-                     f"clip_upper={self.clip_upper})")
+            p.append(
+                f"need 0 < clip_lower <= clip_upper < 1 (got clip_lower={self.clip_lower}, "
+                f"clip_upper={self.clip_upper})"
+            )
         if self.reward_scale <= 0:
             p.append(f"reward_scale must be > 0 (got {self.reward_scale})")
         if self.advantage_clip <= 0:

@@ -15,6 +15,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # ------------------------------------------------------------------------------ masked statistics
 
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return (values * mask).sum() if dim is None else (values * mask).sum(dim)
 
@@ -36,8 +37,9 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return var
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8, sum_over_ranks=None) -> torch.Tensor:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, sum_over_ranks=None
+) -> torch.Tensor:
     """(x - mean) / std over the masked-in positions; ``shift_mean=False`` keeps the mean (only rescales).
     Masked-out positions come back as 0. With ``sum_over_ranks`` (a function summing a tensor over the
     processes) the mean and the unbiased variance are those of every process's positions together: each
@@ -52,7 +54,9 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask
 
 
-def global_masked_moments(values: torch.Tensor, mask: torch.Tensor, sum_over_ranks) -> tuple[torch.Tensor, torch.Tensor]:
+def global_masked_moments(
+    values: torch.Tensor, mask: torch.Tensor, sum_over_ranks
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, unbiased variance) of the masked-in positions of every process, from the all-reduced
     (count, sum, sum of squares), accumulated in float64 so that sum-of-squares loses no precision."""
     x, m = values.double(), mask.double()
@@ -73,7 +77,10 @@ def mask_from_lengths(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- log-probabilities
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """log p(token) under softmax(logits / temperature); [B, T, V], [B, T] -> [B, T] (float32)."""
     logits = logits.float() / temperature
     return torch.gather(logits.log_softmax(-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -98,7 +105,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     if kind == "k1":
         return -log_ratio
     if kind == "k2":
-        return 0.5 * log_ratio ** 2
+        return 0.5 * log_ratio**2
     if kind == "k3":
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {kind!r}; use one of {', '.join(KL_ESTIMATORS)}")
@@ -106,13 +113,16 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
 
 # ----------------------------------------------------------------------------- rewards, advantages
 
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last masked-in position of each row ([B, T] -> [B]); -1 for an empty row."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(dim=1).values
 
 
-def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+def shaped_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
     """PPO's per-token reward: -kl_coef * KL on every generated token, plus the sequence score on the
     last generated token. [B], [B, T], [B, T] -> [B, T]."""
     rewards = -kl_coef * kl * mask
@@ -122,8 +132,9 @@ def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, k
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens.
 
     delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},  returns = A + V.
@@ -141,8 +152,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def spo_advantages(scores: torch.Tensor, baseline: float | torch.Tensor, clip: float,
-                   normalize: bool = False, eps: float = 1e-8) -> torch.Tensor:
+def spo_advantages(
+    scores: torch.Tensor,
+    baseline: float | torch.Tensor,
+    clip: float,
+    normalize: bool = False,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """SPO: score minus the tracked baseline (both in reward units; one number, or one per prompt), then
     optionally normalised over the batch to mean 0, std 1 (the SPO paper's global advantage normalisation;
     population std), then clipped to [-clip, clip]. [B] -> [B]."""
@@ -152,14 +168,17 @@ def spo_advantages(scores: torch.Tensor, baseline: float | torch.Tensor, clip: f
     return advantages.clamp(-clip, clip)
 
 
-def mean_abs_log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mean_abs_log_ratio(
+    logprobs: torch.Tensor, other_logprobs: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Per row, the mean over its tokens of |log p - log q|: how far two policies are apart on one sample.
     The SPO authors' per-token divergence D(x) for the forgetting factor. [B, T] x 2, [B, T] -> [B]."""
     return masked_mean((logprobs - other_logprobs).abs(), mask, dim=1)
 
 
-def truncated_importance_weights(logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float,
-                                 mask: torch.Tensor) -> torch.Tensor:
+def truncated_importance_weights(
+    logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float, mask: torch.Tensor
+) -> torch.Tensor:
     """Truncated importance sampling (TIS) for a sampler that is not exactly the trained policy (vLLM's kernels,
     precision): w = min(pi_old / pi_sampler, cap) per token, 0 on padding. [B, T] -> [B, T]."""
     return torch.exp(logprobs - sampler_logprobs).clamp(max=cap) * mask
@@ -167,9 +186,15 @@ def truncated_importance_weights(logprobs: torch.Tensor, sampler_logprobs: torch
 
 # ------------------------------------------------------------------------------------------ losses
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, cliprange: float,
-                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, token-averaged: mean(w * max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
 
     ``weights`` (default 1) are per-token importance weights for a sampler other than pi_old
@@ -189,8 +214,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, clipfrac.detach(), approx_kl
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss: 0.5 * mean(max((V - R)^2, (clip(V, V_old +- eps) - R)^2)); returns (loss, vf_clipfrac)."""
     clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     unclipped_loss = (values - returns) ** 2
@@ -200,8 +230,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, clipfrac.detach()
 
 
-def kl_penalty_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                    kind: str = "k3") -> torch.Tensor:
+def kl_penalty_loss(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "k3"
+) -> torch.Tensor:
     """Token-averaged KL estimate used as a loss term (SPO / GRPO style), differentiable in ``logprobs``.
 
     With k3 on tokens the policy sampled, the value estimates KL(policy || reference) but the gradient is, in

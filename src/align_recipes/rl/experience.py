@@ -26,8 +26,14 @@ from torch import nn
 
 from align_recipes.rewards import reward_func_name
 from align_recipes.rl import core, sharding
-from align_recipes.rl.rollout import (PromptCache, decode_completions, is_conversational, left_pad,
-                                      position_ids_from, response_logits)
+from align_recipes.rl.rollout import (
+    PromptCache,
+    decode_completions,
+    is_conversational,
+    left_pad,
+    position_ids_from,
+    response_logits,
+)
 
 
 class ExperienceMixin:
@@ -37,7 +43,10 @@ class ExperienceMixin:
     @property
     def _values_in_first_pass(self) -> bool:
         """The critic's rollout values come from the first update pass (see the module docstring)."""
-        return self.value_model is not None and self.args.rollout_batch_size <= self.args.per_device_train_batch_size
+        return (
+            self.value_model is not None
+            and self.args.rollout_batch_size <= self.args.per_device_train_batch_size
+        )
 
     def _micro_seed(self, k: int) -> int | None:
         """The dropout seed of micro batch k at this step (None with dropout off)."""
@@ -61,20 +70,38 @@ class ExperienceMixin:
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
         prompt_rows = [cache.ids(i) for i in indices]
         prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id, device)
-        with sharding.whole_weights(self.accelerator.unwrap_model(self.model)):  # FSDP: gathered once, not per token
+        with sharding.whole_weights(
+            self.accelerator.unwrap_model(self.model)
+        ):  # FSDP: gathered once, not per token
             gen = self.generator.generate(prompt_ids, prompt_mask)
         completions = decode_completions(tok, gen.completion_ids, gen.lengths, is_conversational(prompts[0]))
-        keys = list(indices) if cache is self._train_prompts else None   # frozen models cache training prompts
-        scores, per_func = self.scorer.score(prompts, completions, columns, [cache.text(i) for i in indices],
-                                             prompt_rows, gen.completion_ids, gen.lengths, keys=keys,
-                                             trainer_state=self.state)
+        keys = list(indices) if cache is self._train_prompts else None  # frozen models cache training prompts
+        scores, per_func = self.scorer.score(
+            prompts,
+            completions,
+            columns,
+            [cache.text(i) for i in indices],
+            prompt_rows,
+            gen.completion_ids,
+            gen.lengths,
+            keys=keys,
+            trainer_state=self.state,
+        )
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * gen.truncated.float().cpu()
-        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": gen.completion_ids,
-                "response_mask": core.mask_from_lengths(gen.lengths, gen.completion_ids.shape[1]),
-                "truncated": gen.truncated, "scores": scores.to(device), "per_func": per_func,
-                "sampler_logprobs": gen.logprobs, "sampler_entropy": gen.entropy, "prompt_keys": list(indices),
-                "prompt_rows": prompt_rows}
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "response_ids": gen.completion_ids,
+            "response_mask": core.mask_from_lengths(gen.lengths, gen.completion_ids.shape[1]),
+            "truncated": gen.truncated,
+            "scores": scores.to(device),
+            "per_func": per_func,
+            "sampler_logprobs": gen.logprobs,
+            "sampler_entropy": gen.entropy,
+            "prompt_keys": list(indices),
+            "prompt_rows": prompt_rows,
+        }
 
     @torch.no_grad()
     def _rollout(self, indices: list[int]) -> dict:
@@ -83,11 +110,15 @@ class ExperienceMixin:
         batch = self._generate_and_score(self._train_prompts, indices)
         input_ids = torch.cat([batch["prompt_ids"], batch["response_ids"]], 1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["response_mask"].long()], 1)
-        batch.update(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids_from(attention_mask))
+        batch.update(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask)
+        )
         n_resp, micro = batch["response_ids"].shape[1], args.per_device_train_batch_size
-        policy_pass = (self._dropout_active or not self.generator.logprobs_match_policy
-                       or batch["sampler_logprobs"] is None)
+        policy_pass = (
+            self._dropout_active
+            or not self.generator.logprobs_match_policy
+            or batch["sampler_logprobs"] is None
+        )
         module = self._actor_critic
         module.train(self._dropout_active)
         parts = defaultdict(list)
@@ -100,13 +131,23 @@ class ExperienceMixin:
                 if policy_pass:
                     logits, values = module(*inputs, seed=seed)
                 else:
-                    logits, values = None, None if self._values_in_first_pass else module.values(*inputs, seed=seed)
+                    logits, values = (
+                        None,
+                        None if self._values_in_first_pass else module.values(*inputs, seed=seed),
+                    )
                 ref_logits = None
                 if self._kl_weight(args) > 0:
-                    ref_logits = self._ref_prefix.run(
-                        batch["prompt_keys"][sl], batch["prompt_rows"][sl], batch["response_ids"][sl],
-                        batch["response_mask"][sl], lambda: self._ref_logits(*inputs)) if self._ref_prefix is not None \
+                    ref_logits = (
+                        self._ref_prefix.run(
+                            batch["prompt_keys"][sl],
+                            batch["prompt_rows"][sl],
+                            batch["response_ids"][sl],
+                            batch["response_mask"][sl],
+                            lambda inputs=inputs: self._ref_logits(*inputs),
+                        )
+                        if self._ref_prefix is not None
                         else self._ref_logits(*inputs)
+                    )
             if logits is not None:
                 parts["logprobs"].append(core.logprobs_from_logits(logits, tokens, args.temperature))
                 parts["entropy"].append(core.entropy_from_logits(logits, args.temperature))
@@ -125,11 +166,17 @@ class ExperienceMixin:
         if "ref_logprobs" not in batch:
             batch["ref_logprobs"] = batch["logprobs"].clone()
         batch["ref_logprobs"] = batch["ref_logprobs"] * mask
-        if (not self.generator.logprobs_match_policy and batch["sampler_logprobs"] is not None
-                and args.vllm_importance_sampling_correction):
-            sampler = torch.where(torch.isnan(batch["sampler_logprobs"]), batch["logprobs"], batch["sampler_logprobs"])
+        if (
+            not self.generator.logprobs_match_policy
+            and batch["sampler_logprobs"] is not None
+            and args.vllm_importance_sampling_correction
+        ):
+            sampler = torch.where(
+                torch.isnan(batch["sampler_logprobs"]), batch["logprobs"], batch["sampler_logprobs"]
+            )
             batch["is_weights"] = core.truncated_importance_weights(
-                batch["logprobs"], sampler, args.vllm_importance_sampling_cap, mask)
+                batch["logprobs"], sampler, args.vllm_importance_sampling_cap, mask
+            )
         return batch
 
     # ----------------------------------------------------------------------------------- update
@@ -141,17 +188,25 @@ class ExperienceMixin:
             chunks = [torch.arange(s, min(s + micro, size)) for s in range(0, size, micro)]
             order = [chunks[i] for i in torch.randperm(len(chunks)).tolist()]
             per_mini = max(mini // micro, 1)
-            return [order[i:i + per_mini] for i in range(0, len(order), per_mini)]
+            return [order[i : i + per_mini] for i in range(0, len(order), per_mini)]
         rows = torch.randperm(size)
-        return [[rows[s:s + micro] for s in range(m, min(m + mini, size), micro)] for m in range(0, size, mini)]
+        return [
+            [rows[s : s + micro] for s in range(m, min(m + mini, size), micro)] for m in range(0, size, mini)
+        ]
 
-    def _micro_step(self, module: nn.Module, batch: dict, idx: torch.Tensor, scale: float) -> dict[str, float]:
+    def _micro_step(
+        self, module: nn.Module, batch: dict, idx: torch.Tensor, scale: float
+    ) -> dict[str, float]:
         """Forward and backward of one micro batch (``scale`` = 1 / accumulation steps). On one process the critic
         and the policy run as two graphs, one after the other (the same gradients; the peak activation memory of
         one model instead of both); under DDP as one forward of the wrapped module."""
         args, acc = self.args, self.accelerator
-        inputs = (batch["input_ids"][idx], batch["attention_mask"][idx], batch["position_ids"][idx],
-                  batch["response_ids"].shape[1])
+        inputs = (
+            batch["input_ids"][idx],
+            batch["attention_mask"][idx],
+            batch["position_ids"][idx],
+            batch["response_ids"].shape[1],
+        )
         seed = self._micro_seed(int(idx[0]) // args.per_device_train_batch_size)
         split = acc.num_processes == 1 and self.value_model is not None
         stats, total = {}, 0.0
@@ -160,7 +215,7 @@ class ExperienceMixin:
                 values = self._actor_critic.values(*inputs, seed=seed)
             else:
                 logits, values = module(*inputs, seed=seed)
-        if "advantages" not in batch:   # the whole rollout in this pass, at the rollout's weights
+        if "advantages" not in batch:  # the whole rollout in this pass, at the rollout's weights
             batch["values"] = torch.empty_like(values, dtype=torch.float32)
             batch["values"][idx] = values.detach().float()
             batch["advantage_logs"] = self._advantages(batch)
@@ -194,14 +249,17 @@ class ExperienceMixin:
             for mini_batch in self._micro_batches(batch["input_ids"].shape[0], micro, micro * accum):
                 for j, idx in enumerate(mini_batch):
                     last = j == len(mini_batch) - 1
-                    with (contextlib.nullcontext() if last else acc.no_sync(module)):
+                    with contextlib.nullcontext() if last else acc.no_sync(module):
                         micro_stats = self._micro_step(module, batch, idx.to(device), 1.0 / accum)
                     for k, v in micro_stats.items():
                         stats[k].append(float(v))
                 if args.max_grad_norm is not None and args.max_grad_norm > 0:
                     # Under FSDP: the joint norm of the policy's and the critic's sharded gradients (rl.sharding).
-                    grad_norm = sharding.clip_grad_norm_(module.parameters(), args.max_grad_norm) if self._fsdp \
+                    grad_norm = (
+                        sharding.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                        if self._fsdp
                         else acc.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                    )
                     stats["grad_norm"].append(float(grad_norm))
                 for optimizer in self._optimizers():
                     optimizer.step()
@@ -211,20 +269,33 @@ class ExperienceMixin:
         self.generator.mark_stale()
         return stats
 
-    def _policy_loss(self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _policy_loss(
+        self, batch: dict, idx: torch.Tensor, logprobs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         """The clipped surrogate on micro batch ``idx`` (with the vLLM importance weights when there are any)."""
         weights = batch["is_weights"][idx] if "is_weights" in batch else None
-        loss, clipfrac, approx_kl = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
-                                                     batch["response_mask"][idx], self.args.cliprange, weights)
+        loss, clipfrac, approx_kl = core.policy_loss(
+            logprobs,
+            batch["logprobs"][idx],
+            batch["advantages"][idx],
+            batch["response_mask"][idx],
+            self.args.cliprange,
+            weights,
+        )
         return loss, {"policy_loss": loss.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl.item()}
 
     def _step(self, module: nn.Module, indices: list[int]) -> dict[str, float]:
         batch = self._rollout(indices)
         mask = batch["response_mask"]
         kl_k1 = core.masked_sum(batch["logprobs"] - batch["ref_logprobs"], mask, dim=1)
-        logs = {"reward": batch["scores"].mean(), "reward_std": batch["scores"].std() if len(mask) > 1 else 0.0,
-                "kl": kl_k1.mean(), "entropy": core.masked_mean(batch["entropy"], mask),
-                "response_length": mask.sum(1).mean(), "eos_rate": 1.0 - batch["truncated"].float().mean()}
+        logs = {
+            "reward": batch["scores"].mean(),
+            "reward_std": batch["scores"].std() if len(mask) > 1 else 0.0,
+            "kl": kl_k1.mean(),
+            "entropy": core.masked_mean(batch["entropy"], mask),
+            "response_length": mask.sum(1).mean(),
+            "eos_rate": 1.0 - batch["truncated"].float().mean(),
+        }
         if "is_weights" in batch:
             logs["is_weight"] = core.masked_mean(batch["is_weights"], mask)
         for j, func in enumerate(self.reward_funcs):

@@ -18,8 +18,8 @@ on disk while the policy in memory differs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -59,7 +59,9 @@ class Generator:
         """The policy's weights changed: the next `generate` must use the new ones."""
 
 
-def pad_right(rows: list[list], pad_value, dtype=torch.long, device=None, width: int | None = None) -> torch.Tensor:
+def pad_right(
+    rows: list[list], pad_value, dtype=torch.long, device=None, width: int | None = None
+) -> torch.Tensor:
     width = width if width is not None else (max((len(r) for r in rows), default=0) or 1)
     out = torch.full((len(rows), width), pad_value, dtype=dtype)
     for i, row in enumerate(rows):
@@ -68,13 +70,18 @@ def pad_right(rows: list[list], pad_value, dtype=torch.long, device=None, width:
     return out.to(device) if device is not None else out
 
 
-def lengths_at_first_stop(completion_ids: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def lengths_at_first_stop(
+    completion_ids: torch.Tensor, stop_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(lengths, stopped) for a sampler that stops a row at its first stop token (transformers' rule):
     length = position of the first stop token + 1, or the full width when there is none."""
     is_stop = torch.isin(completion_ids, torch.tensor(stop_ids, device=completion_ids.device))
     stopped = is_stop.any(1)
-    first = torch.where(stopped, is_stop.float().argmax(1), torch.full_like(stopped, completion_ids.shape[1] - 1,
-                                                                           dtype=torch.long))
+    first = torch.where(
+        stopped,
+        is_stop.float().argmax(1),
+        torch.full_like(stopped, completion_ids.shape[1] - 1, dtype=torch.long),
+    )
     return first + 1, stopped
 
 
@@ -109,8 +116,14 @@ class HFGenerator(Generator):
 
     logprobs_match_policy = True
 
-    def __init__(self, get_model: Callable[[], nn.Module], accelerator, args, eos_token_ids: list[int],
-                 pad_token_id: int):
+    def __init__(
+        self,
+        get_model: Callable[[], nn.Module],
+        accelerator,
+        args,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+    ):
         from transformers import GenerationConfig, LogitsProcessorList
 
         self.get_model, self.accelerator = get_model, accelerator
@@ -121,10 +134,24 @@ class HFGenerator(Generator):
         # (top_k=20, repetition_penalty=1.05, typical_p, ...) would otherwise fill the unset ones and sample
         # from a distribution other than softmax(logits / temperature), which the losses assume.
         self.generation_config = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature, top_p=1.0, top_k=0,
-            min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
-            no_repeat_ngram_size=0, min_new_tokens=0, renormalize_logits=False, num_beams=1, use_cache=True,
-            eos_token_id=self.eos_token_ids, pad_token_id=pad_token_id, bos_token_id=None,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=1.0,
+            top_k=0,
+            min_p=0.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_new_tokens=0,
+            renormalize_logits=False,
+            num_beams=1,
+            use_cache=True,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=pad_token_id,
+            bos_token_id=None,
         )
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
@@ -136,18 +163,25 @@ class HFGenerator(Generator):
             with torch.no_grad(), self.accelerator.autocast():
                 # synced_gpus=False: under FSDP the trainer gathers the weights around this call
                 # (rl.sharding.whole_weights), so no rank has to keep stepping with the others token by token.
-                out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, synced_gpus=False,
-                                     generation_config=self.generation_config, logits_processor=self.processors)
+                out = model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    synced_gpus=False,
+                    generation_config=self.generation_config,
+                    logits_processor=self.processors,
+                )
         finally:
             model.train(was_training)
-        completion_ids = out[:, prompt_ids.shape[1]:]
+        completion_ids = out[:, prompt_ids.shape[1] :]
         self.recorder.record(completion_ids[:, -1])
         lengths, stopped = lengths_at_first_stop(completion_ids, self.eos_token_ids)
         mask = torch.arange(completion_ids.shape[1], device=completion_ids.device) < lengths.unsqueeze(1)
         logprobs = torch.stack(self.recorder.logprobs, 1) * mask
         entropy = torch.stack(self.recorder.entropy, 1) * mask
         self.recorder.reset()
-        return Generation(completion_ids.masked_fill(~mask, self.pad_token_id), lengths, ~stopped, logprobs, entropy)
+        return Generation(
+            completion_ids.masked_fill(~mask, self.pad_token_id), lengths, ~stopped, logprobs, entropy
+        )
 
 
 class VLLMGenerator(Generator):
@@ -174,34 +208,61 @@ class VLLMGenerator(Generator):
         completions = [list(c) for c in completions]
         device, width = prompt_ids.device, max((len(c) for c in completions), default=0) or 1
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.long, device=device)
-        truncated = torch.tensor([len(c) >= self.max_new_tokens and (not c or c[-1] not in self.eos_token_ids)
-                                  for c in completions], dtype=torch.bool, device=device)
+        truncated = torch.tensor(
+            [
+                len(c) >= self.max_new_tokens and (not c or c[-1] not in self.eos_token_ids)
+                for c in completions
+            ],
+            dtype=torch.bool,
+            device=device,
+        )
         sampled = None
         if logprobs is not None:
             rows = [[math.nan if step[0] is None else float(step[0]) for step in row] for row in logprobs]
             sampled = pad_right(rows, 0.0, torch.float32, device, width)
-        return Generation(pad_right(completions, self.pad_token_id, torch.long, device, width), lengths, truncated,
-                          sampled, None)
+        return Generation(
+            pad_right(completions, self.pad_token_id, torch.long, device, width),
+            lengths,
+            truncated,
+            sampled,
+            None,
+        )
 
 
-def make_generator(args, get_model: Callable[[], nn.Module], accelerator, processing_class,
-                   eos_token_ids: list[int], pad_token_id: int) -> Generator:
+def make_generator(
+    args,
+    get_model: Callable[[], nn.Module],
+    accelerator,
+    processing_class,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+) -> Generator:
     if not args.use_vllm:
         return HFGenerator(get_model, accelerator, args, eos_token_ids, pad_token_id)
     from trl.import_utils import is_vllm_available
 
     if not is_vllm_available():
-        raise ImportError("use_vllm is true but vLLM is not installed (or not a version TRL supports): "
-                          "pip install 'align-recipes[vllm]', or set use_vllm: false to generate with transformers")
+        raise ImportError(
+            "use_vllm is true but vLLM is not installed (or not a version TRL supports): "
+            "pip install 'align-recipes[vllm]', or set use_vllm: false to generate with transformers"
+        )
     from trl.generation.vllm_generation import VLLMGeneration
 
     engine = VLLMGeneration(
-        model=get_model(), accelerator=accelerator, processing_class=processing_class, mode=args.vllm_mode,
-        server_base_url=args.vllm_server_base_url, server_host=args.vllm_server_host,
-        server_port=args.vllm_server_port, server_timeout=args.vllm_server_timeout,
+        model=get_model(),
+        accelerator=accelerator,
+        processing_class=processing_class,
+        mode=args.vllm_mode,
+        server_base_url=args.vllm_server_base_url,
+        server_host=args.vllm_server_host,
+        server_port=args.vllm_server_port,
+        server_timeout=args.vllm_server_timeout,
         gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         max_model_length=(args.max_prompt_length + args.max_new_tokens) if args.max_prompt_length else None,
-        temperature=args.temperature, top_p=1.0, top_k=0,
-        max_completion_length=args.max_new_tokens, logprobs=0,
+        temperature=args.temperature,
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=args.max_new_tokens,
+        logprobs=0,
     )
     return VLLMGenerator(engine, pad_token_id, eos_token_ids, args.max_new_tokens)

@@ -14,7 +14,7 @@ Entries depend only on the prompt, so a resumed run rebuilds exactly the caches 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,9 @@ class PromptPrefixCache:
 
     def __init__(self, model: nn.Module, num_prompts: int, budget_bytes: int, lm: bool):
         self.model, self.num_prompts, self.budget, self.lm = model, num_prompts, budget_bytes, lm
-        self.entries: dict[int, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]] = {}
+        self.entries: dict[
+            int, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]
+        ] = {}
         self.enabled: bool | None = None if budget_bytes > 0 else False
 
     # ------------------------------------------------------------------------------------------ entries
@@ -57,7 +59,9 @@ class PromptPrefixCache:
         layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         last = out.logits[0, -1].float() if self.lm else None
         entry = (tuple(prompt), layers, last)
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in layers) + (0 if last is None else last.numel() * 4)
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in layers) + (
+            0 if last is None else last.numel() * 4
+        )
         if self.enabled is None and size * 1.5 * self.num_prompts > self.budget:
             self.enabled = False
         self.entries[key] = entry
@@ -76,7 +80,9 @@ class PromptPrefixCache:
             padded = []
             for kv in (0, 1):
                 parts = [e[1][i][kv] for e in entries]
-                padded.append(torch.cat([nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in parts], 0))
+                padded.append(
+                    torch.cat([nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in parts], 0)
+                )
             layers.append(tuple(padded))
         device = layers[0][0].device
         mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], dtype=torch.long, device=device)
@@ -85,8 +91,14 @@ class PromptPrefixCache:
 
     # -------------------------------------------------------------------------------------------- calls
     @torch.no_grad()
-    def run(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], continuation: torch.Tensor,
-            continuation_mask: torch.Tensor, full: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def run(
+        self,
+        keys: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        continuation: torch.Tensor,
+        continuation_mask: torch.Tensor,
+        full: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
         """The model's output on prompt + continuation: LM -> logits predicting each continuation token [B, C, V];
         classifier -> its logits [B, labels]. ``continuation`` is right-padded [B, C]; ``full()`` computes the same
         without the cache (used when the cache is off, and once to check it)."""
@@ -100,8 +112,9 @@ class PromptPrefixCache:
             return full()
         if self.enabled is None:  # first use: check against the full forward once
             reference = full()
-            self.enabled = cached.shape == reference.shape and bool(torch.allclose(
-                cached.float(), reference.float(), atol=TOLERANCE, rtol=0))
+            self.enabled = cached.shape == reference.shape and bool(
+                torch.allclose(cached.float(), reference.float(), atol=TOLERANCE, rtol=0)
+            )
             if not self.enabled:
                 self.entries.clear()
                 return reference
@@ -112,8 +125,13 @@ class PromptPrefixCache:
     def _cached(self, keys, prompts, continuation, continuation_mask) -> torch.Tensor:
         cache, prompt_mask, lengths, last = self._batch_cache(keys, prompts)
         steps = torch.arange(continuation.shape[1], device=continuation.device)
-        out = self.model(input_ids=continuation, attention_mask=torch.cat([prompt_mask, continuation_mask.long()], 1),
-                         position_ids=lengths.unsqueeze(1) + steps, past_key_values=cache, use_cache=True)
+        out = self.model(
+            input_ids=continuation,
+            attention_mask=torch.cat([prompt_mask, continuation_mask.long()], 1),
+            position_ids=lengths.unsqueeze(1) + steps,
+            past_key_values=cache,
+            use_cache=True,
+        )
         if not self.lm:
             return out.logits
         return torch.cat([last.unsqueeze(1).to(out.logits.dtype), out.logits[:, :-1]], 1)

@@ -26,8 +26,9 @@ class PromptSampler:
     and a dataset smaller than one step simply wraps into the next epoch.
     """
 
-    def __init__(self, num_rows: int, per_process: int, num_processes: int = 1, process_index: int = 0,
-                 seed: int = 0):
+    def __init__(
+        self, num_rows: int, per_process: int, num_processes: int = 1, process_index: int = 0, seed: int = 0
+    ):
         if num_rows < 1:
             raise ValueError("the training dataset is empty")
         self.num_rows, self.per_process = num_rows, per_process
@@ -53,7 +54,10 @@ class PromptSampler:
 
     def indices(self, step: int) -> list[int]:
         start = step * self.global_batch + self.process_index * self.per_process
-        return [self._permutation(p // self.num_rows)[p % self.num_rows] for p in range(start, start + self.per_process)]
+        return [
+            self._permutation(p // self.num_rows)[p % self.num_rows]
+            for p in range(start, start + self.per_process)
+        ]
 
 
 def eval_shards(num_rows: int, num_processes: int, process_index: int) -> tuple[list[int], int]:
@@ -69,8 +73,11 @@ def eval_shards(num_rows: int, num_processes: int, process_index: int) -> tuple[
 
 # ------------------------------------------------------------------------------------------ prompts
 
+
 def is_conversational(prompt: Any) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
+    return (
+        isinstance(prompt, list) and bool(prompt) and all(isinstance(m, dict) and "role" in m for m in prompt)
+    )
 
 
 def prompt_text(tokenizer, prompt: Any) -> str:
@@ -92,16 +99,18 @@ def left_pad(rows: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
-def encode_prompts(tokenizer, prompts: list, max_length: int | None, pad_id: int,
-                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer, prompts: list, max_length: int | None, pad_id: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and attention mask; over-long prompts keep their last ``max_length`` tokens."""
-    return left_pad([prompt_token_ids(tokenizer, prompt_text(tokenizer, p), max_length) for p in prompts], pad_id,
-                    device)
+    return left_pad(
+        [prompt_token_ids(tokenizer, prompt_text(tokenizer, p), max_length) for p in prompts], pad_id, device
+    )
 
 
 class PromptCache:
@@ -135,18 +144,30 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def decode_completions(tokenizer, completion_ids: torch.Tensor, lengths: torch.Tensor, conversational: bool) -> list:
-    texts = [tokenizer.decode(row[:n], skip_special_tokens=True)
-             for row, n in zip(completion_ids.tolist(), lengths.tolist())]
+def decode_completions(
+    tokenizer, completion_ids: torch.Tensor, lengths: torch.Tensor, conversational: bool
+) -> list:
+    texts = [
+        tokenizer.decode(row[:n], skip_special_tokens=True)
+        for row, n in zip(completion_ids.tolist(), lengths.tolist())
+    ]
     return [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
 
 
 # ------------------------------------------------------------------------------------ forward pass
 
-def response_logits(model: nn.Module, input_ids, attention_mask, position_ids, n_response: int) -> torch.Tensor:
+
+def response_logits(
+    model: nn.Module, input_ids, attention_mask, position_ids, n_response: int
+) -> torch.Tensor:
     """Logits that predict the ``n_response`` last tokens: [B, n_response, V]."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=n_response + 1, use_cache=False)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=n_response + 1,
+        use_cache=False,
+    )
     return out.logits[:, :-1]
 
 
@@ -160,18 +181,24 @@ class PolicyAndValue(nn.Module):
         self.policy, self.value_model = policy, value_model
 
     def forward(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
-        return (self.policy_logits(input_ids, attention_mask, position_ids, n_response, seed),
-                self.values(input_ids, attention_mask, position_ids, n_response, seed))
+        return (
+            self.policy_logits(input_ids, attention_mask, position_ids, n_response, seed),
+            self.values(input_ids, attention_mask, position_ids, n_response, seed),
+        )
 
-    def policy_logits(self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None):
+    def policy_logits(
+        self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None
+    ):
         with same_dropout_masks(seed, input_ids.device):
             return response_logits(self.policy, input_ids, attention_mask, position_ids, n_response)
 
-    def values(self, input_ids, attention_mask, position_ids, n_response: int,
-               seed: int | None = None) -> torch.Tensor | None:
+    def values(
+        self, input_ids, attention_mask, position_ids, n_response: int, seed: int | None = None
+    ) -> torch.Tensor | None:
         """The critic's values at the response positions alone (no policy forward), or None without a critic."""
         if self.value_model is None:
             return None
         with same_dropout_masks(None if seed is None else seed + 1, input_ids.device):
-            return self.value_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids)[:, -(n_response + 1):-1]
+            return self.value_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )[:, -(n_response + 1) : -1]

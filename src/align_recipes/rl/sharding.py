@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -101,4 +101,5 @@ def check_frozen_models(models: dict[str, nn.Module | None]) -> None:
                 f"the {name} has {count / 1e9:.1f}B parameters; under FSDP the RL trainers keep frozen models whole "
                 f"on every rank, up to {FROZEN_WHOLE_MAX_PARAMS / 1e9:.0f}B parameters (sharding them for inference is "
                 "not implemented): use a smaller one, train an adapter (the reference is then the policy without "
-                "it), or launch with DDP (configs/accelerate/multi_gpu.yaml)")
+                "it), or launch with DDP (configs/accelerate/multi_gpu.yaml)"
+            )

@@ -56,15 +56,40 @@ class PPOTrainer(OnlineRLTrainer):
     uses_critic = True
     _tag_names = ["align-recipes", "ppo"]
 
-    def __init__(self, model, args: PPOConfig, train_dataset, processing_class=None, reward_funcs=None,
-                 reward_weights=None, ref_model=None, value_model=None, peft_config=None, callbacks=None,
-                 eval_dataset=None):
+    def __init__(
+        self,
+        model,
+        args: PPOConfig,
+        train_dataset,
+        processing_class=None,
+        reward_funcs=None,
+        reward_weights=None,
+        ref_model=None,
+        value_model=None,
+        peft_config=None,
+        callbacks=None,
+        eval_dataset=None,
+    ):
         if not isinstance(args, PPOConfig):
             raise TypeError(f"PPOTrainer needs a PPOConfig, got {type(args).__name__}")
-        self.kl_controller = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) \
-            if args.adaptive_kl else FixedKLController(args.kl_coef)
-        super().__init__(model, args, train_dataset, processing_class, reward_funcs, reward_weights, ref_model,
-                         value_model, peft_config, callbacks, eval_dataset)
+        self.kl_controller = (
+            AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+            if args.adaptive_kl
+            else FixedKLController(args.kl_coef)
+        )
+        super().__init__(
+            model,
+            args,
+            train_dataset,
+            processing_class,
+            reward_funcs,
+            reward_weights,
+            ref_model,
+            value_model,
+            peft_config,
+            callbacks,
+            eval_dataset,
+        )
 
     def _kl_weight(self, args) -> float:
         return args.kl_coef
@@ -73,7 +98,8 @@ class PPOTrainer(OnlineRLTrainer):
         source = value_model if value_model is not None else args.value_model_path
         if source is None:
             source = args.reward_model_path or next(
-                (f.path for f in self.reward_funcs if isinstance(f, RewardModelFunc)), None)
+                (f.path for f in self.reward_funcs if isinstance(f, RewardModelFunc)), None
+            )
         return value_model_from(source, policy, peft_config, **init_kwargs(args))
 
     def _advantages(self, batch: dict) -> dict[str, float]:
@@ -90,16 +116,24 @@ class PPOTrainer(OnlineRLTrainer):
         batch["advantages"], batch["returns"], batch["rewards"] = advantages, returns, rewards
         mean_kl = self._gather_mean(core.masked_sum(kl, mask, dim=1).mean())
         self.kl_controller.update(mean_kl, self.args.rollout_batch_size * self.accelerator.num_processes)
-        return {"kl_coef": kl_coef, "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
-                "value": core.masked_mean(batch["values"], mask).item()}
+        return {
+            "kl_coef": kl_coef,
+            "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
+            "value": core.masked_mean(batch["values"], mask).item(),
+        }
 
     def _loss(self, batch, idx, logprobs):
         return self._policy_loss(batch, idx, logprobs)
 
     def _value_loss(self, batch, idx, values):
         args = self.args
-        vf_loss, vf_clipfrac = core.value_loss(values, batch["values"][idx], batch["returns"][idx],
-                                               batch["response_mask"][idx], args.cliprange_value)
+        vf_loss, vf_clipfrac = core.value_loss(
+            values,
+            batch["values"][idx],
+            batch["returns"][idx],
+            batch["response_mask"][idx],
+            args.cliprange_value,
+        )
         return args.vf_coef * vf_loss, {"value_loss": vf_loss.item(), "vf_clipfrac": vf_clipfrac.item()}
 
     def _algorithm_state(self) -> dict:
@@ -118,18 +152,41 @@ class SPOTrainer(OnlineRLTrainer):
 
     _tag_names = ["align-recipes", "spo"]
 
-    def __init__(self, model, args: SPOConfig, train_dataset, processing_class=None, reward_funcs=None,
-                 reward_weights=None, ref_model=None, value_model=None, peft_config=None, callbacks=None,
-                 eval_dataset=None):
+    def __init__(
+        self,
+        model,
+        args: SPOConfig,
+        train_dataset,
+        processing_class=None,
+        reward_funcs=None,
+        reward_weights=None,
+        ref_model=None,
+        value_model=None,
+        peft_config=None,
+        callbacks=None,
+        eval_dataset=None,
+    ):
         if not isinstance(args, SPOConfig):
             raise TypeError(f"SPOTrainer needs an SPOConfig, got {type(args).__name__}")
         if value_model is not None:
             raise ValueError("SPO has no critic: remove value_model (it is for PPO)")
         tracker = PromptValueTracker if args.baseline == "per_prompt" else GlobalBetaBaseline
-        self.tracker = tracker(args.clip_lower, args.clip_upper, args.half_life, args.rho_const, args.reward_scale,
-                               args.rho_mode)
-        super().__init__(model, args, train_dataset, processing_class, reward_funcs, reward_weights, ref_model,
-                         None, peft_config, callbacks, eval_dataset)
+        self.tracker = tracker(
+            args.clip_lower, args.clip_upper, args.half_life, args.rho_const, args.reward_scale, args.rho_mode
+        )
+        super().__init__(
+            model,
+            args,
+            train_dataset,
+            processing_class,
+            reward_funcs,
+            reward_weights,
+            ref_model,
+            None,
+            peft_config,
+            callbacks,
+            eval_dataset,
+        )
 
     def _kl_weight(self, args) -> float:
         return args.beta
@@ -148,7 +205,12 @@ class SPOTrainer(OnlineRLTrainer):
         all_scores = self.accelerator.gather(batch["scores"].float()).tolist()
         mean_logprob = self._gather_mean(core.masked_mean(batch["logprobs"], mask))
         rho = self.tracker.update(all_scores, mean_logprob)
-        return {"baseline": baseline, "rho": rho, "advantage": advantages.mean().item(), "kl_coef": self.args.beta}
+        return {
+            "baseline": baseline,
+            "rho": rho,
+            "advantage": advantages.mean().item(),
+            "kl_coef": self.args.beta,
+        }
 
     @torch.no_grad()
     def _divergences(self, keys: list[int]) -> list[float | None]:
@@ -175,13 +237,14 @@ class SPOTrainer(OnlineRLTrainer):
         then = torch.zeros((len(rows), width), dtype=torch.float32, device=device)
         lengths = torch.tensor([len(stored[i][0]) for i in rows], device=device)
         for j, i in enumerate(rows):
-            tokens[j, :lengths[j]] = torch.tensor(stored[i][0], device=device)
-            then[j, :lengths[j]] = torch.tensor(stored[i][1], device=device)
+            tokens[j, : lengths[j]] = torch.tensor(stored[i][0], device=device)
+            then[j, : lengths[j]] = torch.tensor(stored[i][1], device=device)
         mask = core.mask_from_lengths(lengths, width)
         attention = torch.cat([prompt_mask, mask.long()], 1)
         with self.accelerator.autocast():
-            logits = response_logits(policy, torch.cat([prompt_ids, tokens], 1), attention,
-                                     position_ids_from(attention), width)
+            logits = response_logits(
+                policy, torch.cat([prompt_ids, tokens], 1), attention, position_ids_from(attention), width
+            )
         now = core.logprobs_from_logits(logits, tokens, self.args.temperature)
         for j, d in zip(rows, core.mean_abs_log_ratio(now, then, mask).tolist()):
             out[j] = d
@@ -195,18 +258,26 @@ class SPOTrainer(OnlineRLTrainer):
         raw = acc.gather(scores - baselines)
         normalized = core.spo_advantages(raw, 0.0, self.args.advantage_clip, normalize=True)
         rank, n = acc.process_index, len(keys)
-        advantages = normalized[rank * n:(rank + 1) * n]
+        advantages = normalized[rank * n : (rank + 1) * n]
         batch["advantages"] = advantages.unsqueeze(1) * mask
         lengths = mask.sum(1).long().tolist()
-        samples = [(ids[:k], lps[:k]) for ids, lps, k in zip(batch["response_ids"].tolist(),
-                                                             batch["logprobs"].tolist(), lengths)]
+        samples = [
+            (ids[:k], lps[:k])
+            for ids, lps, k in zip(batch["response_ids"].tolist(), batch["logprobs"].tolist(), lengths)
+        ]
         local = list(zip(keys, scores.tolist(), self._divergences(keys), samples))
-        everyone = gather_object(local) if acc.num_processes > 1 else local  # the tracker is the same everywhere
+        everyone = (
+            gather_object(local) if acc.num_processes > 1 else local
+        )  # the tracker is the same everywhere
         rhos = self.tracker.update(*map(list, zip(*everyone)))
         known = [d for _, _, d, _ in everyone if d is not None]
-        return {"baseline": baselines.mean().item(), "rho": sum(rhos) / len(rhos),
-                "divergence": sum(known) / len(known) if known else 0.0, "advantage": advantages.mean().item(),
-                "kl_coef": self.args.beta}
+        return {
+            "baseline": baselines.mean().item(),
+            "rho": sum(rhos) / len(rhos),
+            "divergence": sum(known) / len(known) if known else 0.0,
+            "advantage": advantages.mean().item(),
+            "kl_coef": self.args.beta,
+        }
 
     def _loss(self, batch, idx, logprobs):
         args, mask = self.args, batch["response_mask"][idx]
@@ -222,6 +293,8 @@ class SPOTrainer(OnlineRLTrainer):
 
     def _load_algorithm_state(self, state: dict) -> None:
         if state.get("baseline", "global") != self.args.baseline:
-            raise ValueError(f"the checkpoint's SPO baseline is {state.get('baseline', 'global')!r} but this run uses "
-                             f"{self.args.baseline!r}; resume with the same `baseline`")
+            raise ValueError(
+                f"the checkpoint's SPO baseline is {state.get('baseline', 'global')!r} but this run uses "
+                f"{self.args.baseline!r}; resume with the same `baseline`"
+            )
         self.tracker.load_state_dict(state["tracker"])

@@ -54,8 +54,13 @@ class ValueHead(nn.Module):
         return getattr(_unwrap_peft(self.backbone), "_no_split_modules", None)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False, **kwargs)
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
+        )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         # A new tensor, not a view of the head's output: FSDP2 hooks its backward on the module's output tensor.
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).clone()
@@ -74,20 +79,28 @@ class ValueHead(nn.Module):
     def save(self, directory: str) -> None:
         from safetensors.torch import save_file
 
-        save_file(self.trainable_state_dict(), os.path.join(directory, VALUE_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(
+            self.trainable_state_dict(),
+            os.path.join(directory, VALUE_WEIGHTS_NAME),
+            metadata={"format": "pt"},
+        )
 
     def load(self, directory: str) -> None:
         from safetensors.torch import load_file
 
         path = os.path.join(directory, VALUE_WEIGHTS_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {directory} has no {VALUE_WEIGHTS_NAME}: it was not written by PPO")
+            raise FileNotFoundError(
+                f"checkpoint {directory} has no {VALUE_WEIGHTS_NAME}: it was not written by PPO"
+            )
         state = load_file(path)
         expected = set(self.trainable_state_dict())
         if set(state) != expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"{path} does not match this critic (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                             "resume with the same model, value_model_path and adapter settings")
+            raise ValueError(
+                f"{path} does not match this critic (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                "resume with the same model, value_model_path and adapter settings"
+            )
         self.load_state_dict(state, strict=False)
 
 
@@ -118,20 +131,28 @@ def value_model_from(source, policy: nn.Module, peft_config=None, **load_kwargs)
             # Unquantized, in the dtype the policy computes in (a 4-bit policy's float parts): a reward model saved
             # in another dtype would otherwise train in it (bf16 weights under fp16 autocast cannot be unscaled).
             load_kwargs.setdefault("dtype", _float_dtype(policy))
-            source = AutoModelForSequenceClassification.from_pretrained(str(source), num_labels=1, **load_kwargs)
+            source = AutoModelForSequenceClassification.from_pretrained(
+                str(source), num_labels=1, **load_kwargs
+            )
         head = _head_of(source)
         model = backbone_of(source)
     policy_vocab = getattr(getattr(_unwrap_peft(policy), "config", None), "vocab_size", None)
     critic_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if policy_vocab is not None and critic_vocab is not None and policy_vocab != critic_vocab:
-        raise ValueError(f"the critic's vocabulary ({critic_vocab} tokens) differs from the policy's ({policy_vocab}): "
-                         "it reads the policy's token ids, so set value_model_path to a model with the same tokenizer")
-    quantized = any(getattr(p, "quant_state", None) is not None or p.dtype in (torch.uint8, torch.int8)
-                    for p in model.parameters())
+        raise ValueError(
+            f"the critic's vocabulary ({critic_vocab} tokens) differs from the policy's ({policy_vocab}): "
+            "it reads the policy's token ids, so set value_model_path to a model with the same tokenizer"
+        )
+    quantized = any(
+        getattr(p, "quant_state", None) is not None or p.dtype in (torch.uint8, torch.int8)
+        for p in model.parameters()
+    )
     if peft_config is None:
         if quantized:
-            raise ValueError("the critic's backbone is quantized (4/8-bit) and cannot be trained in full: give the "
-                             "trainer a peft_config (QLoRA), or set value_model_path to an unquantized model")
+            raise ValueError(
+                "the critic's backbone is quantized (4/8-bit) and cannot be trained in full: give the "
+                "trainer a peft_config (QLoRA), or set value_model_path to an unquantized model"
+            )
         model.requires_grad_(True)
     else:
         # Only the critic's own adapter trains; quantized base weights cannot require gradients at all.

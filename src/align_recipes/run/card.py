@@ -34,16 +34,23 @@ def _hub_id(name: Any) -> str | None:
 def _data_sources(recipe: dict) -> list[tuple[str, dict]]:
     """(where, entry) for every dataset of the recipe: each source of a mixture on its own (train[1])."""
     data = recipe.get("data") or {}
-    sources = [(name.removeprefix("data."), entry) for split in ("train", "eval")
-               for name, entry in source_entries(data.get(split), f"data.{split}")]
+    sources = [
+        (name.removeprefix("data."), entry)
+        for split in ("train", "eval")
+        for name, entry in source_entries(data.get(split), f"data.{split}")
+    ]
     sources.append(("evaluate", (recipe.get("evaluate") or {}).get("data")))
     return [(where, entry) for where, entry in sources if isinstance(entry, dict) and entry.get("path")]
 
 
 def _kept_rows(summary: dict) -> dict[str, dict]:
     """summary.json's rows per source, by where the card names it (train, train[1], …)."""
-    return {record["section"].removeprefix("data."): record for records in (summary.get("data") or {}).values()
-            for record in records if isinstance(record, dict) and "section" in record}
+    return {
+        record["section"].removeprefix("data."): record
+        for records in (summary.get("data") or {}).values()
+        for record in records
+        if isinstance(record, dict) and "section" in record
+    }
 
 
 def model_card(folder: str | Path, merged: dict | None = None) -> str:
@@ -53,14 +60,24 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
     summary, manifest, recipe = run.summary(), read_json(run / MANIFEST), run.resolved_recipe()
     adapter = (merged or {}).get("adapter") or read_json(run / "adapter_config.json")
     model = recipe.get("model") or {}
-    base = model.get("name_or_path") or adapter.get("base_model_name_or_path") or summary.get("model") or "unknown"
+    base = (
+        model.get("name_or_path")
+        or adapter.get("base_model_name_or_path")
+        or summary.get("model")
+        or "unknown"
+    )
     algorithm = recipe.get("algorithm") or summary.get("algorithm") or "unknown"
     kind = (merged or {}).get("kind") or model.get("adapter") or ("lora" if adapter else "full")
-    head = "AutoModelForSequenceClassification" if summary.get("algorithm") == "reward" or \
-        adapter.get("task_type") == "SEQ_CLS" else "AutoModelForCausalLM"
+    head = (
+        "AutoModelForSequenceClassification"
+        if summary.get("algorithm") == "reward" or adapter.get("task_type") == "SEQ_CLS"
+        else "AutoModelForCausalLM"
+    )
 
-    front: dict[str, Any] = {"library_name": "transformers",
-                             "tags": ["align-recipes", "trl", algorithm, kind] + (["merged"] if merged else [])}
+    front: dict[str, Any] = {
+        "library_name": "transformers",
+        "tags": ["align-recipes", "trl", algorithm, kind] + (["merged"] if merged else []),
+    }
     if _hub_id(base):
         front["base_model"] = str(base)
     datasets = sorted({entry["path"] for _, entry in _data_sources(recipe) if _hub_id(entry["path"])})
@@ -69,33 +86,55 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
     front["pipeline_tag"] = "text-classification" if head.endswith("Classification") else "text-generation"
 
     how = f"`{algorithm}` from the recipe `{summary.get('recipe') or manifest.get('recipe', 'unknown')}`"
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-             f"# {algorithm} of {base}" + (" (adapter merged)" if merged else ""), "",
-             f"Trained with align-recipes on TRL: {how}."]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {algorithm} of {base}" + (" (adapter merged)" if merged else ""),
+        "",
+        f"Trained with align-recipes on TRL: {how}.",
+    ]
     if merged:
-        lines[-1] += (f" The {kind} adapter was then merged into the base model with PEFT's `merge_and_unload`: "
-                      "the weights are standalone, no PEFT needed to load them.")
-    lines += ["", "## Provenance", "", "| | |", "|---|---|", f"| base model | `{base}` |",
-              f"| algorithm | {algorithm} |"]
+        lines[-1] += (
+            f" The {kind} adapter was then merged into the base model with PEFT's `merge_and_unload`: "
+            "the weights are standalone, no PEFT needed to load them."
+        )
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{base}` |",
+        f"| algorithm | {algorithm} |",
+    ]
     if adapter:
         targets = adapter.get("target_modules")
         if isinstance(targets, list):  # PEFT expands all-linear to full module paths: show the layer kinds
             targets = ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets}))
-        lines += [f"| adapter | {kind}: r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, "
-                  f"dropout={adapter.get('lora_dropout')}, targets={targets} |",
-                  f"| modules trained in full | {adapter.get('modules_to_save') or 'none'} |"]
+        lines += [
+            f"| adapter | {kind}: r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, "
+            f"dropout={adapter.get('lora_dropout')}, targets={targets} |",
+            f"| modules trained in full | {adapter.get('modules_to_save') or 'none'} |",
+        ]
     else:
         lines.append(f"| adapter | {kind} |")
     if merged:
         lines.append(f"| merged dtype | {merged.get('dtype', '')} |")
-    lines += [f"| steps | {summary.get('steps', '')} |", f"| profile | {summary.get('profile', '')} |",
-              f"| seed | {summary.get('seed', '')} |"]
+    lines += [
+        f"| steps | {summary.get('steps', '')} |",
+        f"| profile | {summary.get('profile', '')} |",
+        f"| seed | {summary.get('seed', '')} |",
+    ]
     kept = _kept_rows(summary)
     for where, entry in _data_sources(recipe):
         line = f"| data ({where}) | `{entry['path']}` split `{entry.get('split', 'train')}`"
         if where in kept:
-            line += f", weight {kept[where]['weight']:g}: {kept[where]['rows_kept']} of " \
-                    f"{kept[where]['rows_converted']} converted rows"
+            line += (
+                f", weight {kept[where]['weight']:g}: {kept[where]['rows_kept']} of "
+                f"{kept[where]['rows_converted']} converted rows"
+            )
         lines.append(line + " |")
     lines.append("")
     lines += _metrics(summary)
@@ -105,15 +144,40 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
         lines += ["## Reproduce", "", "```bash", " ".join(str(w) for w in command), "```", ""]
     versions = {k: v for k, v in (manifest.get("versions") or {}).items() if v}
     if versions:
-        lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
-                  + (f"; git commit `{manifest['git_commit']}`" if manifest.get("git_commit") else "") + ".", ""]
-    lines += [f"Plots and every logged metric: [{REPORT}]({REPORT}) (`align-recipes report DIR` writes it).", ""]
+        lines += [
+            "Versions: "
+            + ", ".join(f"{k} {v}" for k, v in versions.items())
+            + (f"; git commit `{manifest['git_commit']}`" if manifest.get("git_commit") else "")
+            + ".",
+            "",
+        ]
+    lines += [
+        f"Plots and every logged metric: [{REPORT}]({REPORT}) (`align-recipes report DIR` writes it).",
+        "",
+    ]
     if recipe:
-        lines += ["## Resolved recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
+        lines += [
+            "## Resolved recipe",
+            "",
+            "```yaml",
+            yaml.safe_dump(recipe, sort_keys=False).strip(),
+            "```",
+            "",
+        ]
     if merged and adapter:
-        lines += ["## Adapter configuration", "", "```json",
-                  json.dumps({k: v for k, v in adapter.items() if v not in (None, {}, [], False)}, indent=2,
-                             sort_keys=True, default=str), "```", ""]
+        lines += [
+            "## Adapter configuration",
+            "",
+            "```json",
+            json.dumps(
+                {k: v for k, v in adapter.items() if v not in (None, {}, [], False)},
+                indent=2,
+                sort_keys=True,
+                default=str,
+            ),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -121,12 +185,21 @@ def _metrics(summary: dict) -> list[str]:
     lines = ["## Metrics", ""]
     tasks = task_metrics(summary)
     if tasks:
-        lines += ["| held-out metric | before | after | n |", "|---|---:|---:|---:|",
-                  *[f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
-                    for t in tasks], ""]
+        lines += [
+            "| held-out metric | before | after | n |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
+                for t in tasks
+            ],
+            "",
+        ]
     warning = summary.get("reward_hacking")
     if isinstance(warning, dict):
-        lines += [f"**Warning: {warning_line(warning)}.** Likely fixes: {'; '.join(warning.get('fixes') or [])}.", ""]
+        lines += [
+            f"**Warning: {warning_line(warning)}.** Likely fixes: {'; '.join(warning.get('fixes') or [])}.",
+            "",
+        ]
     last = summary.get("metrics_last") or {}
     if last:
         first = summary.get("metrics_first") or {}
@@ -141,11 +214,18 @@ def _metrics(summary: dict) -> list[str]:
 def _use(head: str, adapter: bool) -> list[str]:
     if adapter:
         peft_head = head.replace("AutoModel", "AutoPeftModel")
-        load = [f"from peft import {peft_head}", "from transformers import AutoTokenizer", "",
-                f'model = {peft_head}.from_pretrained("PATH/OR/REPO")  # loads the base model too']
+        load = [
+            f"from peft import {peft_head}",
+            "from transformers import AutoTokenizer",
+            "",
+            f'model = {peft_head}.from_pretrained("PATH/OR/REPO")  # loads the base model too',
+        ]
     else:
-        load = [f"from transformers import {head}, AutoTokenizer", "",
-                f'model = {head}.from_pretrained("PATH/OR/REPO")']
+        load = [
+            f"from transformers import {head}, AutoTokenizer",
+            "",
+            f'model = {head}.from_pretrained("PATH/OR/REPO")',
+        ]
     tokenizer = 'tokenizer = AutoTokenizer.from_pretrained("PATH/OR/REPO")'
     return ["## Use", "", "```python", *load, tokenizer, "```", "", "or `align-recipes chat PATH`.", ""]
 

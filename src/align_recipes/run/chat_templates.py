@@ -20,9 +20,13 @@ SHIPPED_TRAINING_TEMPLATES = ("qwen2_training",)
 
 PROBES = [
     [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-     {"role": "assistant", "content": "6"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6"},
+    ],
     [{"role": "user", "content": "Name a colour."}],
 ]
 
@@ -34,13 +38,18 @@ def has_generation_markers(template) -> bool:
 
 
 def shipped_template(name: str) -> str:
-    return resources.files("align_recipes").joinpath("assets", "chat_templates", f"{name}.jinja").read_text("utf-8")
+    return (
+        resources.files("align_recipes")
+        .joinpath("assets", "chat_templates", f"{name}.jinja")
+        .read_text("utf-8")
+    )
 
 
 def _render(tokenizer, template: str, messages: list[dict], prompt: bool) -> str | None:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
-                                             chat_template=template)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt, chat_template=template
+        )
     except Exception:  # a template that cannot render a probe is not a match
         return None
 
@@ -70,7 +79,9 @@ def training_template(tokenizer) -> tuple[str, str] | None:
             candidates.append((found, "TRL's training version of this template"))
     except (ValueError, TypeError):
         pass  # TRL does not know this template
-    candidates += [(shipped_template(name), f"align-recipes' {name}.jinja") for name in SHIPPED_TRAINING_TEMPLATES]
+    candidates += [
+        (shipped_template(name), f"align-recipes' {name}.jinja") for name in SHIPPED_TRAINING_TEMPLATES
+    ]
     for template, origin in candidates:
         if has_generation_markers(template) and renders_same(tokenizer, original, template):
             return template, origin
@@ -84,10 +95,13 @@ def use_training_template(tokenizer, file=None) -> str | None:
         return None
     found = training_template(tokenizer)
     if found is None:
-        raise RecipeError("train.assistant_only_loss needs a chat template with {% generation %} markers; this "
-                          "model's template has none and no known training version of it renders the same text",
-                          file=file, key="train.assistant_only_loss",
-                          fix="set model.chat_template to a copy of the template with {% generation %} … "
-                              "{% endgeneration %} around each assistant reply, or assistant_only_loss: false")
+        raise RecipeError(
+            "train.assistant_only_loss needs a chat template with {% generation %} markers; this "
+            "model's template has none and no known training version of it renders the same text",
+            file=file,
+            key="train.assistant_only_loss",
+            fix="set model.chat_template to a copy of the template with {% generation %} … "
+            "{% endgeneration %} around each assistant reply, or assistant_only_loss: false",
+        )
     tokenizer.chat_template, origin = found
     return f"assistant_only_loss: using {origin} (same text, with {{% generation %}} markers)"

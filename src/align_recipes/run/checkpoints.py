@@ -119,7 +119,10 @@ def checkpoint_problem(path: Path, require_optimizer: bool = True) -> str | None
     if problem:
         return problem
     if require_optimizer and not (path / "latest").is_file():
-        if not any((path / name).is_file() for name in OPTIMIZER_FILES) and not (path / "optimizer_0").is_dir():
+        if (
+            not any((path / name).is_file() for name in OPTIMIZER_FILES)
+            and not (path / "optimizer_0").is_dir()
+        ):
             return "no optimizer state (optimizer.pt)"
         if not any(p.name.startswith("rng_state") for p in path.iterdir()):
             return "no RNG state (rng_state.pth)"
@@ -132,7 +135,9 @@ def checkpoint_problem(path: Path, require_optimizer: bool = True) -> str | None
     return None
 
 
-def newest_complete(output_dir: Path, require_optimizer: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+def newest_complete(
+    output_dir: Path, require_optimizer: bool = True
+) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest complete checkpoint and the newer ones skipped (with why)."""
     skipped = []
     for path in reversed(list_checkpoints(output_dir)):
@@ -146,10 +151,17 @@ def newest_complete(output_dir: Path, require_optimizer: bool = True) -> tuple[P
 def write_marker(path: Path, status: str = "complete", reason: str = "") -> None:
     """Record that a checkpoint was fully written (every file and its size), atomically."""
     path = Path(path)
-    files = {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
-             if p.is_file() and p.name != MARKER and not p.name.startswith(f".{MARKER}")}
-    payload = {"status": status, "step": checkpoint_step(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "files": files}
+    files = {
+        str(p.relative_to(path)): p.stat().st_size
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MARKER and not p.name.startswith(f".{MARKER}")
+    }
+    payload = {
+        "status": status,
+        "step": checkpoint_step(path),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
+    }
     if reason:
         payload["reason"] = reason
     tmp = path / f".{MARKER}.tmp"
@@ -162,9 +174,11 @@ def write_marker(path: Path, status: str = "complete", reason: str = "") -> None
 
 # --------------------------------------------------------------------------------------- resuming
 
+
 def skipped_text(skipped: list[tuple[Path, str]]) -> str:
-    return "; ".join(f"{p.name} skipped: {why}" for p, why in skipped[:3]) + \
-        (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return "; ".join(f"{p.name} skipped: {why}" for p, why in skipped[:3]) + (
+        f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    )
 
 
 def command_words(command: list[str] | None) -> list[str]:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from align_recipes.run.checkpoints import write_marker
 from align_recipes.errors import RecipeError
 from align_recipes.registry import ALGORITHMS
+from align_recipes.run.checkpoints import write_marker
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -74,7 +74,7 @@ class RunGuard:
         self._previous: dict[int, Any] = {}
 
     # signals ------------------------------------------------------------------------------------
-    def install(self) -> "RunGuard":
+    def install(self) -> RunGuard:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -90,7 +90,7 @@ class RunGuard:
                 pass
         self._previous = {}
 
-    def __enter__(self) -> "RunGuard":
+    def __enter__(self) -> RunGuard:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -110,8 +110,10 @@ class RunGuard:
         self.signum, self.signal_phase = signum, self.phase
         self.restore()  # a second Ctrl-C / SIGTERM stops at once
         if self.phase == "training":
-            self._say(f"\n{name} received: saving a checkpoint at the end of this step, then stopping "
-                      "(send it again to stop at once, without saving)")
+            self._say(
+                f"\n{name} received: saving a checkpoint at the end of this step, then stopping "
+                "(send it again to stop at once, without saving)"
+            )
         else:
             self._say(f"\n{name} received: letting the final save finish (send it again to stop at once)")
 
@@ -152,8 +154,11 @@ class RunGuard:
                 checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 finite = params_finite(model)
                 if state.is_world_process_zero and checkpoint.is_dir():
-                    write_marker(checkpoint, "complete" if finite else "diverged",
-                                 "" if finite else "the weights were already non-finite when it was saved")
+                    write_marker(
+                        checkpoint,
+                        "complete" if finite else "diverged",
+                        "" if finite else "the weights were already non-finite when it was saved",
+                    )
                 if finite:
                     guard.last_good = checkpoint
                 elif guard.diverged is None:
@@ -193,7 +198,9 @@ def params_finite(model) -> bool:
         import torch
 
         with torch.no_grad():
-            return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad and p.numel())
+            return all(
+                bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad and p.numel()
+            )
     except Exception:  # noqa: BLE001 - sharded or exotic parameters: do not block saving
         return True
 
@@ -203,20 +210,26 @@ def likely_causes(config, tokenizer=None, algorithm: str = "") -> list[str]:
     causes = []
     lr = float(getattr(config, "learning_rate", 0) or 0)
     if getattr(config, "fp16", False):
-        causes.append("fp16 overflow: float16 cannot hold this model's activations or gradients (typical on a "
-                      "T4): lower train.learning_rate, keep train.max_grad_norm at 1.0, or use float32 "
-                      "(model.dtype: float32, train.fp16: false); bf16 needs an Ampere or newer GPU")
-    causes.append(f"learning rate too high: train.learning_rate is {lr:g}; lower it (e.g. {lr / 10:g}; typical "
-                  "values are 1e-6 to 1e-4 for full fine-tuning, 1e-5 to 1e-3 for LoRA)")
+        causes.append(
+            "fp16 overflow: float16 cannot hold this model's activations or gradients (typical on a "
+            "T4): lower train.learning_rate, keep train.max_grad_norm at 1.0, or use float32 "
+            "(model.dtype: float32, train.fp16: false); bf16 needs an Ampere or newer GPU"
+        )
+    causes.append(
+        f"learning rate too high: train.learning_rate is {lr:g}; lower it (e.g. {lr / 10:g}; typical "
+        "values are 1e-6 to 1e-4 for full fine-tuning, 1e-5 to 1e-3 for LoRA)"
+    )
     pad, eos = getattr(tokenizer, "pad_token", None), getattr(tokenizer, "eos_token", None)
     if tokenizer is not None and (pad is None or pad == eos):
-        causes.append(f"missing pad token: the tokenizer has none of its own and pads with eos {eos!r}; with "
-                      "fp16 (Qwen) this gives NaN losses: add a pad token or train in bf16/float32")
+        causes.append(
+            f"missing pad token: the tokenizer has none of its own and pads with eos {eos!r}; with "
+            "fp16 (Qwen) this gives NaN losses: add a pad token or train in bf16/float32"
+        )
     if not getattr(config, "max_grad_norm", 1.0):
         causes.append("gradient clipping is off (train.max_grad_norm: 0): set it to 1.0")
     if getattr(ALGORITHMS.get(algorithm), "truncates", False):
-        causes.append("batches with no trained tokens (every completion cut off by train.max_length) divide 0 by 0: "
-                      "raise max_length or drop very long rows")
+        causes.append(
+            "batches with no trained tokens (every completion cut off by train.max_length) divide 0 by 0: "
+            "raise max_length or drop very long rows"
+        )
     return causes
-
-

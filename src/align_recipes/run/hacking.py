@@ -33,8 +33,8 @@ generations, and for sharded runs (a check would generate on rank 0 alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 Z = 2.0  # standard errors a change must exceed
 CONSECUTIVE = 2  # suspicious checks in a row before warning (one noisy check does not flap)
@@ -72,7 +72,9 @@ class HackingDetector:
     metric: str  # the held-out metric watched
     before: float  # its value on the watched rows before training
     standard_error: float  # of `before`
-    ranking_before: list[float] | None = None  # 1.0 per wrong answer of the start policy that the proxy ranked right
+    ranking_before: list[float] | None = (
+        None  # 1.0 per wrong answer of the start policy that the proxy ranked right
+    )
     proxy_name: str = "reward"
     z: float = Z
     consecutive: int = CONSECUTIVE
@@ -110,9 +112,16 @@ class HackingDetector:
         rose = rising is not None and rising[0] > rising[1]
         fell = self.before - held_out > fall_margin
         ranking_fell = self.ranking_fell(ranking)
-        record = {"step": step, "held_out": held_out, "ranking": sum(ranking) / len(ranking) if ranking else None,
-                  "proxy_rise": rising and rising[0], "proxy_margin": rising and rising[1],
-                  "fall_margin": fall_margin, "ranking_fell": ranking_fell, "suspicious": rose and (fell or ranking_fell)}
+        record = {
+            "step": step,
+            "held_out": held_out,
+            "ranking": sum(ranking) / len(ranking) if ranking else None,
+            "proxy_rise": rising and rising[0],
+            "proxy_margin": rising and rising[1],
+            "fall_margin": fall_margin,
+            "ranking_fell": ranking_fell,
+            "suspicious": rose and (fell or ranking_fell),
+        }
         self.checks.append(record)
         self._streak = [*self._streak, record] if record["suspicious"] else []
         if self.warning is not None:
@@ -126,30 +135,50 @@ class HackingDetector:
         if len(self._streak) < self.consecutive:
             return False
         self.warning = {
-            "since_step": self._streak[0]["step"], "at_step": step, "ongoing": True,
-            "proxy": {"name": self.proxy_name, "first": self._proxy_mean(0), "last": self._proxy_mean(-WINDOW)},
-            "held_out": {"name": self.metric, "before": self.before, "last": held_out,
-                         "lowest": min(c["held_out"] for c in self._streak), "margin": fall_margin},
+            "since_step": self._streak[0]["step"],
+            "at_step": step,
+            "ongoing": True,
+            "proxy": {
+                "name": self.proxy_name,
+                "first": self._proxy_mean(0),
+                "last": self._proxy_mean(-WINDOW),
+            },
+            "held_out": {
+                "name": self.metric,
+                "before": self.before,
+                "last": held_out,
+                "lowest": min(c["held_out"] for c in self._streak),
+                "margin": fall_margin,
+            },
         }
         if self.ranking_before and record["ranking"] is not None:
-            self.warning["ranking"] = {"before": sum(self.ranking_before) / len(self.ranking_before),
-                                       "last": record["ranking"], "fell": any(c["ranking_fell"] for c in self._streak)}
+            self.warning["ranking"] = {
+                "before": sum(self.ranking_before) / len(self.ranking_before),
+                "last": record["ranking"],
+                "fell": any(c["ranking_fell"] for c in self._streak),
+            }
         return True
 
     def _proxy_mean(self, start: int) -> float:
         values = [v for _, v in self.proxy]
-        part = values[start:start + WINDOW] if start >= 0 else values[start:]
+        part = values[start : start + WINDOW] if start >= 0 else values[start:]
         return sum(part) / len(part)
 
 
 def likely_fixes(args, reward_model: bool) -> list[str]:
     """What usually stops it, most likely first, in the recipe's own keys."""
     kl = "train.kl_coef" if hasattr(args, "kl_coef") else "train.beta"
-    better = ("a better reward model: more or cleaner preference pairs, trained until its held-out preference "
-              "accuracy is high (check it on this policy's samples)" if reward_model else
-              "a reward that cannot be gamed: check what the reward functions pay for")
-    return [f"lower train.learning_rate (now {args.learning_rate:g})",
-            f"a stronger KL penalty to the reference ({kl}, now {getattr(args, kl.split('.')[1], 0):g})", better]
+    better = (
+        "a better reward model: more or cleaner preference pairs, trained until its held-out preference "
+        "accuracy is high (check it on this policy's samples)"
+        if reward_model
+        else "a reward that cannot be gamed: check what the reward functions pay for"
+    )
+    return [
+        f"lower train.learning_rate (now {args.learning_rate:g})",
+        f"a stronger KL penalty to the reference ({kl}, now {getattr(args, kl.split('.')[1], 0):g})",
+        better,
+    ]
 
 
 def warning_line(warning: dict) -> str:
@@ -167,13 +196,19 @@ def warning_line(warning: dict) -> str:
             signal += f" ({held['last']:.3f} at the last check)"
         signals.append(signal)
     if ranking and ranking.get("fell"):
-        signals.append(f"the {proxy['name']} ranked fewer of the policy's wrong held-out answers below the right one "
-                       f"({ranking['before']:.0%} → {ranking['last']:.0%})")
-    line = (f"reward hacking suspected since step {warning['since_step']}: sampled {proxy['name']} rose "
-            f"{proxy['first']:.3g} → {proxy['last']:.3g} while " + " and ".join(signals))
+        signals.append(
+            f"the {proxy['name']} ranked fewer of the policy's wrong held-out answers below the right one "
+            f"({ranking['before']:.0%} → {ranking['last']:.0%})"
+        )
+    line = (
+        f"reward hacking suspected since step {warning['since_step']}: sampled {proxy['name']} rose "
+        f"{proxy['first']:.3g} → {proxy['last']:.3g} while " + " and ".join(signals)
+    )
     if ranking and not ranking.get("fell"):
-        line += (f"; the {proxy['name']} still ranks {ranking['last']:.0%} of the policy's wrong held-out answers "
-                 f"below the right one (before training {ranking['before']:.0%})")
+        line += (
+            f"; the {proxy['name']} still ranks {ranking['last']:.0%} of the policy's wrong held-out answers "
+            f"below the right one (before training {ranking['before']:.0%})"
+        )
     return line
 
 
@@ -182,31 +217,52 @@ def report_lines(summary: dict) -> list[str]:
     watch, warning = summary.get("reward_watch"), summary.get("reward_hacking")
     if not isinstance(watch, dict):
         return []
-    lines = ["", "## Reward-hacking watch", "",
-             f"Held-out {watch.get('metric')} on {watch.get('rows')} rows of evaluate.data every {watch.get('every')} "
-             f"steps (before training {watch.get('before', float('nan')):.3f}; plotted as "
-             f"`watch/{watch.get('metric')}` beside the reward), {len(watch.get('checks') or [])} checks.", ""]
+    lines = [
+        "",
+        "## Reward-hacking watch",
+        "",
+        f"Held-out {watch.get('metric')} on {watch.get('rows')} rows of evaluate.data every {watch.get('every')} "
+        f"steps (before training {watch.get('before', float('nan')):.3f}; plotted as "
+        f"`watch/{watch.get('metric')}` beside the reward), {len(watch.get('checks') or [])} checks.",
+        "",
+    ]
     if watch.get("ranking_before") is not None:
-        lines += [f"At each check the reward also scored the policy's wrong answers against the right ones "
-                  f"(`watch/ranking`, the share it ranks right; before training {watch['ranking_before']:.0%}).", ""]
+        lines += [
+            f"At each check the reward also scored the policy's wrong answers against the right ones "
+            f"(`watch/ranking`, the share it ranks right; before training {watch['ranking_before']:.0%}).",
+            "",
+        ]
     if not isinstance(warning, dict):
-        return lines + ["No sign of reward hacking: the held-out metric never fell beyond its noise while the sampled "
-                        "reward rose."]
+        return lines + [
+            "No sign of reward hacking: the held-out metric never fell beyond its noise while the sampled "
+            "reward rose."
+        ]
     state = "still so at the last check" if warning.get("ongoing") else "no longer so at the last check"
-    lines += [f"**Warning: {warning_line(warning)}** (fall margin {warning['held_out']['margin']:.3f}, "
-              f"{Z:g} standard errors; {state}).", "", "Likely fixes:", ""]
+    lines += [
+        f"**Warning: {warning_line(warning)}** (fall margin {warning['held_out']['margin']:.3f}, "
+        f"{Z:g} standard errors; {state}).",
+        "",
+        "Likely fixes:",
+        "",
+    ]
     return lines + [f"- {fix}" for fix in warning.get("fixes") or []]
 
 
 def done_note(summary: dict) -> str:
     """The `done:` line's addition ("" when the watch saw nothing)."""
     warning = summary.get("reward_hacking")
-    return f" · ⚠ {warning_line(warning)} (fixes: summary.json reward_hacking)" if isinstance(warning, dict) else ""
+    return (
+        f" · ⚠ {warning_line(warning)} (fixes: summary.json reward_hacking)"
+        if isinstance(warning, dict)
+        else ""
+    )
 
 
 def watch_summary(trainer) -> dict:
     """The summary.json fields of this trainer's watch ({} without one)."""
-    watch = next((cb for cb in trainer.callback_handler.callbacks if getattr(cb, "is_reward_watch", False)), None)
+    watch = next(
+        (cb for cb in trainer.callback_handler.callbacks if getattr(cb, "is_reward_watch", False)), None
+    )
     return watch.summary() if watch is not None else {}
 
 
@@ -220,13 +276,19 @@ def reward_watch(plan, trainer, metrics_path, say: Callable[[str], None] = print
     if not plan.algorithm.generates or metric is None or section.watch_every == 0 or not is_main_process():
         return None
     if sharded.is_sharded(trainer):
-        say("note: the reward-hacking watch is off for sharded runs (a check would generate on one rank alone)")
+        say(
+            "note: the reward-hacking watch is off for sharded runs (a check would generate on one rank alone)"
+        )
         return None
     from align_recipes.plan.sections import METRIC_KINDS
     from align_recipes.run.measure import held_out_rows, run_reward
 
     rows = held_out_rows(plan, METRIC_KINDS[metric])[: section.watch_rows]
-    return _callback(plan, metric, rows, run_reward(plan, trainer), metrics_path, say) if len(rows) >= 2 else None
+    return (
+        _callback(plan, metric, rows, run_reward(plan, trainer), metrics_path, say)
+        if len(rows) >= 2
+        else None
+    )
 
 
 def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[float]], metrics_path, say):
@@ -237,8 +299,9 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
     from align_recipes.run import measure
 
     section = plan.evaluate
-    uses_reward_model = bool(plan.train.get("reward_model_path")) or \
-        any(isinstance(r, dict) and "model" in r for r in plan.rewards or [])
+    uses_reward_model = bool(plan.train.get("reward_model_path")) or any(
+        isinstance(r, dict) and "model" in r for r in plan.rewards or []
+    )
 
     def scores(model, tokenizer) -> tuple[list[float], list[float] | None]:
         """The watched rows' held-out scores, and (with answers) the proxy's ranking of the wrong ones: 1.0 where
@@ -252,9 +315,12 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
             return right, None
         wrong_rows = [rows[i] for i in wrong]
         # One call scores both sides (a reward model reads them in one forward): the policy's, then the right ones.
-        scored = measure.row_rewards(reward, wrong_rows + wrong_rows,
-                                     [completions[i] for i in wrong] + [str(r["answer"]) for r in wrong_rows])
-        theirs, truth = scored[:len(wrong)], scored[len(wrong):]
+        scored = measure.row_rewards(
+            reward,
+            wrong_rows + wrong_rows,
+            [completions[i] for i in wrong] + [str(r["answer"]) for r in wrong_rows],
+        )
+        theirs, truth = scored[: len(wrong)], scored[len(wrong) :]
         return right, [float(t > w) for t, w in zip(truth, theirs)]
 
     class RewardWatch(TrainerCallback):
@@ -267,8 +333,14 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
             start, ranking = scores(model, processing_class)
             self.detector = HackingDetector(metric, sum(start) / len(start), standard_error(start), ranking)
-            logging = args.logging_steps if args.logging_steps >= 1 else math.ceil(args.logging_steps * state.max_steps)
-            self.every = section.watch_every or int(logging) * max(1, round(state.max_steps / CHECKS_PER_RUN / logging))
+            logging = (
+                args.logging_steps
+                if args.logging_steps >= 1
+                else math.ceil(args.logging_steps * state.max_steps)
+            )
+            self.every = section.watch_every or int(logging) * max(
+                1, round(state.max_steps / CHECKS_PER_RUN / logging)
+            )
             self.last_check = state.global_step
             self.fixes = likely_fixes(args, uses_reward_model)
 
@@ -290,8 +362,10 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
             with open(metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if self.detector.check(state.global_step, value, ranking):
-                say(f"warning: {warning_line(self.detector.warning)} ({len(rows)} rows). Likely fixes: "
-                    + "; ".join(self.fixes))
+                say(
+                    f"warning: {warning_line(self.detector.warning)} ({len(rows)} rows). Likely fixes: "
+                    + "; ".join(self.fixes)
+                )
 
         def summary(self) -> dict:
             """summary.json's `reward_watch` and, when it warned, `reward_hacking`."""
@@ -299,9 +373,16 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
                 return {}
             d = self.detector
             checks = [{k: c[k] for k in ("step", "held_out", "ranking", "suspicious")} for c in d.checks]
-            out = {"reward_watch": {"metric": metric, "rows": len(rows), "every": self.every, "before": d.before,
-                                    "ranking_before": d.ranking_before and sum(d.ranking_before) / len(d.ranking_before),
-                                    "checks": checks}}
+            out = {
+                "reward_watch": {
+                    "metric": metric,
+                    "rows": len(rows),
+                    "every": self.every,
+                    "before": d.before,
+                    "ranking_before": d.ranking_before and sum(d.ranking_before) / len(d.ranking_before),
+                    "checks": checks,
+                }
+            }
             if d.warning is not None:
                 out["reward_hacking"] = {**d.warning, "fixes": self.fixes}
             return out

@@ -26,8 +26,18 @@ def manifest(plan, command: list[str], config=None) -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for package in ("align-recipes", "trl", "transformers", "torch", "peft", "accelerate", "datasets", "bitsandbytes",
-                    "vllm", "deepspeed"):
+    for package in (
+        "align-recipes",
+        "trl",
+        "transformers",
+        "torch",
+        "peft",
+        "accelerate",
+        "datasets",
+        "bitsandbytes",
+        "vllm",
+        "deepspeed",
+    ):
         try:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
@@ -60,21 +70,25 @@ def write_manifest(output_dir: Path, payload: dict) -> None:
     write_atomic(Path(output_dir) / MANIFEST, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
 
 
-def record_resume(output_dir: Path, plan, command: list[str], checkpoint: Path, recipe_changed: list[str]) -> None:
+def record_resume(
+    output_dir: Path, plan, command: list[str], checkpoint: Path, recipe_changed: list[str]
+) -> None:
     """Append this resumption to the manifest of the run it continues (or start one if it is missing)."""
     path = Path(output_dir) / MANIFEST
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         payload = manifest(plan, command)
-    payload.setdefault("resumes", []).append({
-        "from_checkpoint": str(checkpoint),
-        "command": redact_argv(command_words(command)),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git(plan.recipe_path.parent),
-        "hardware": hardware(),
-        "recipe_changed": recipe_changed,
-    })
+    payload.setdefault("resumes", []).append(
+        {
+            "from_checkpoint": str(checkpoint),
+            "command": redact_argv(command_words(command)),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "git": _git(plan.recipe_path.parent),
+            "hardware": hardware(),
+            "recipe_changed": recipe_changed,
+        }
+    )
     write_manifest(output_dir, payload)
 
 
@@ -96,8 +110,13 @@ def hardware() -> dict:
             if torch.cuda.is_available():
                 for index in range(torch.cuda.device_count()):
                     props = torch.cuda.get_device_properties(index)
-                    gpus.append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                                 "capability": f"{props.major}.{props.minor}"})
+                    gpus.append(
+                        {
+                            "name": props.name,
+                            "memory_gib": round(props.total_memory / 2**30, 1),
+                            "capability": f"{props.major}.{props.minor}",
+                        }
+                    )
                 info["cuda"] = torch.version.cuda
                 info["cudnn"] = torch.backends.cudnn.version()
             info["torch_threads"] = torch.get_num_threads()
@@ -106,8 +125,10 @@ def hardware() -> dict:
     else:
         from align_recipes.plan.hardware import detect_gpus
 
-        gpus = [{"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
-                for g in detect_gpus()]
+        gpus = [
+            {"name": g.name, "memory_gib": g.memory_gb, "capability": f"{g.compute_capability:.1f}"}
+            for g in detect_gpus()
+        ]
     info["gpus"] = gpus
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -130,9 +151,12 @@ def data_files(plan) -> dict:
         if path is not None and path.is_file():
             record.update(resolved=str(path.resolve()), bytes=path.stat().st_size, sha256=_sha256(path))
         elif path is not None and path.is_dir():
-            record.update(resolved=str(path.resolve()),
-                          files={str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*"))
-                                 if p.is_file()})
+            record.update(
+                resolved=str(path.resolve()),
+                files={
+                    str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()
+                },
+            )
         else:
             record["source"] = spec.source
         found[section] = record
@@ -155,6 +179,7 @@ def _sha256(path: Path) -> str | None:
 
 def _git(where: Path) -> dict:
     """The commit of the repository holding the recipe, and whether it had uncommitted changes."""
+
     def run(*args):
         try:
             out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5)

@@ -56,8 +56,9 @@ class StartScores(dict):
     measurement before training and the one after: the reference of implicit_reward_accuracy."""
 
 
-def measure(plan, model, tokenizer, start: StartScores | None = None,
-            reward: tuple[list, list[float]] | None = None) -> list[dict[str, Any]] | None:
+def measure(
+    plan, model, tokenizer, start: StartScores | None = None, reward: tuple[list, list[float]] | None = None
+) -> list[dict[str, Any]] | None:
     """The recipe's held-out metrics for `model` now: [{name, value, n}] (None without an evaluate: section).
     `start` keeps the first call's pair scores as the reference of implicit_reward_accuracy; `reward` is the
     run's reward (`run_reward`), built from the recipe when not given."""
@@ -80,12 +81,16 @@ def measure(plan, model, tokenizer, start: StartScores | None = None,
                 value = implicit_accuracy(chosen, rejected, *start["pairs"])
         else:  # exact_match and reward score the same greedy answers: generate them once
             if "completions" not in cache:
-                cache["completions"] = generate(model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens)
+                cache["completions"] = generate(
+                    model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens
+                )
             completions = cache["completions"]
             if name == EXACT_MATCH:
                 value = exact_match_of(completions, rows)
             else:
-                reward = reward or reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path"))
+                reward = reward or reward_functions(
+                    plan.rewards, plan.base_dir, plan.train.get("reward_model_path")
+                )
                 value = mean_reward(reward, rows, completions)
         results.append({"name": name, "value": value, "n": len(rows)})
     return results
@@ -99,8 +104,9 @@ def remember_start(plan, model, tokenizer, start: StartScores) -> None:
         start.setdefault("pairs", pair_scores(model, tokenizer, rows, plan.algorithm.model_head == "reward"))
 
 
-def implicit_accuracy(chosen: list[float], rejected: list[float], ref_chosen: list[float],
-                      ref_rejected: list[float]) -> float:
+def implicit_accuracy(
+    chosen: list[float], rejected: list[float], ref_chosen: list[float], ref_rejected: list[float]
+) -> float:
     """The share of pairs whose margin (chosen − ref_chosen) − (rejected − ref_rejected) is positive; a tie
     (an unchanged model) counts one half. β > 0 scales every margin alike, so it cannot change the share."""
     margins = [(c - rc) - (r - rr) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
@@ -109,7 +115,9 @@ def implicit_accuracy(chosen: list[float], rejected: list[float], ref_chosen: li
     return (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / len(margins)
 
 
-def reward_functions(specs: list[dict], base_dir, reward_model_path: str | None = None) -> tuple[list, list[float]]:
+def reward_functions(
+    specs: list[dict], base_dir, reward_model_path: str | None = None
+) -> tuple[list, list[float]]:
     """A recipe's reward functions and weights (plus `train.reward_model_path`), as its trainer gets them."""
     from align_recipes.rewards import as_reward_func, build_reward_funcs
 
@@ -126,8 +134,12 @@ def run_reward(plan, trainer) -> tuple[list, list[float]]:
     import torch
 
     funcs, weights = getattr(trainer, "reward_funcs", None), getattr(trainer, "reward_weights", None)
-    if funcs and weights is not None and len(weights) == len(funcs) and \
-            not any(isinstance(f, torch.nn.Module) for f in funcs):
+    if (
+        funcs
+        and weights is not None
+        and len(weights) == len(funcs)
+        and not any(isinstance(f, torch.nn.Module) for f in funcs)
+    ):
         return list(funcs), [float(w) for w in weights]
     return reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path"))
 
@@ -143,7 +155,10 @@ def row_rewards(reward: tuple[list, list[float]], rows: list[dict], completions:
     if not rows:
         return []
     prompts = [r["prompt"] for r in rows]
-    shaped = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c for p, c in zip(prompts, completions)]
+    shaped = [
+        [{"role": "assistant", "content": c}] if isinstance(p, list) else c
+        for p, c in zip(prompts, completions)
+    ]
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     totals = [0.0] * len(rows)
     for func, weight in zip(funcs, weights):
@@ -153,7 +168,9 @@ def row_rewards(reward: tuple[list, list[float]], rows: list[dict], completions:
     return totals
 
 
-def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32
+) -> list[str]:
     """Greedy completions, decoded without special tokens."""
     import torch
 
@@ -163,12 +180,20 @@ def generate(model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, bat
     try:
         with _eval_mode(model), torch.no_grad():
             for start in range(0, len(prompts), batch_size):
-                texts = [rendered_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                texts = [rendered_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                    model.device
+                )
                 # synced_gpus=False: one rank measures alone (under ZeRO-3 generate would wait for the others).
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                new_tokens = out[:, batch["input_ids"].shape[1]:]
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    synced_gpus=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+                new_tokens = out[:, batch["input_ids"].shape[1] :]
                 completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
@@ -199,11 +224,16 @@ def answer_matches(completions: list[str], rows: list[dict]) -> list[float]:
 
 def _require_answers(rows: list[dict]) -> None:
     if "answer" not in rows[0]:
-        raise RecipeError("exact_match needs an `answer` column in evaluate.data", key="evaluate.data",
-                          fix="add answers, map one with evaluate.data.columns, or use preference_accuracy")
+        raise RecipeError(
+            "exact_match needs an `answer` column in evaluate.data",
+            key="evaluate.data",
+            fix="add answers, map one with evaluate.data.columns, or use preference_accuracy",
+        )
 
 
-def sequence_scores(model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool) -> list[float]:
+def sequence_scores(
+    model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool
+) -> list[float]:
     """Reward-model score, or the policy's summed log-probability of each completion."""
     import torch
 
@@ -222,15 +252,17 @@ def sequence_scores(model, tokenizer, prompts: list[Any], completions: list[Any]
             n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
             logits = model(input_ids=ids).logits[0, :-1].float()
             logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-            scores.append(logps[n_prompt - 1:].sum().item())
+            scores.append(logps[n_prompt - 1 :].sum().item())
     return scores
 
 
 def pair_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> tuple[list[float], list[float]]:
     """(chosen scores, rejected scores) of held-out pairs: reward-model scores or policy log-probabilities."""
     prompts = [r["prompt"] for r in rows]
-    return (sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head),
-            sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head))
+    return (
+        sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head),
+        sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head),
+    )
 
 
 def preference_accuracy(model, tokenizer, rows: list[dict], reward_head: bool) -> float:

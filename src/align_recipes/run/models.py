@@ -11,8 +11,8 @@ from typing import Any
 
 from align_recipes.errors import RecipeError
 from align_recipes.paths import find_local, looks_like_hub_id
-from align_recipes.plan.sections import ModelSection
 from align_recipes.plan.hardware import sharding
+from align_recipes.plan.sections import ModelSection
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
     # transformers 5 renames gradient_checkpointing; TRL 1.16 still sets the old name itself.
-    warnings.filterwarnings("ignore", category=FutureWarning, message=".*deprecated and will be removed in v6.*")
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, message=".*deprecated and will be removed in v6.*"
+    )
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import datasets
     from transformers.utils import logging as hf_logging
@@ -50,8 +52,11 @@ def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
         from align_recipes import tiny
 
         if name not in tiny.BUILTIN_MODELS:
-            raise RecipeError(f"unknown builtin model '{name}'", key="model.name_or_path",
-                              fix=f"builtin models: {', '.join(tiny.BUILTIN_MODELS)}")
+            raise RecipeError(
+                f"unknown builtin model '{name}'",
+                key="model.name_or_path",
+                fix=f"builtin models: {', '.join(tiny.BUILTIN_MODELS)}",
+            )
         return str(tiny.ensure_builtin(name))
     local = find_local(name, base_dir, None)
     local = local if local is not None and local.is_dir() else None
@@ -59,14 +64,20 @@ def resolve_model_path(spec: ModelSection, base_dir: Path | None = None) -> str:
     # model while one stage names a folder an earlier stage wrote (qwen15b/ppo.yaml).
     if source == "local" or (source in ("auto", "modelscope") and local is not None):
         if local is None:
-            raise RecipeError(f"model directory '{name}' not found", key="model.name_or_path",
-                              fix="check the path, or set model.source: hf / modelscope for a hub id")
+            raise RecipeError(
+                f"model directory '{name}' not found",
+                key="model.name_or_path",
+                fix="check the path, or set model.source: hf / modelscope for a hub id",
+            )
         return str(local)
     if source == "modelscope":
         return modelscope_download(name, spec.revision)
     if not looks_like_hub_id(name):
-        raise RecipeError(f"'{name}' is neither an existing directory nor a hub id (org/name)",
-                          key="model.name_or_path", fix="check the path, or train the stage that writes it first")
+        raise RecipeError(
+            f"'{name}' is neither an existing directory nor a hub id (org/name)",
+            key="model.name_or_path",
+            fix="check the path, or train the stage that writes it first",
+        )
     return name
 
 
@@ -75,8 +86,11 @@ def modelscope_download(model_id: str, revision: str | None = None) -> str:
     try:
         from modelscope import snapshot_download
     except ImportError:
-        raise RecipeError("model.source is modelscope but the modelscope package is not installed",
-                          key="model.source", fix="pip install 'align-recipes[modelscope]'") from None
+        raise RecipeError(
+            "model.source is modelscope but the modelscope package is not installed",
+            key="model.source",
+            fix="pip install 'align-recipes[modelscope]'",
+        ) from None
     kwargs = {"revision": revision} if revision else {}
     return snapshot_download(model_id, **kwargs)
 
@@ -84,7 +98,9 @@ def modelscope_download(model_id: str, revision: str | None = None) -> str:
 def torch_dtype(name: str):
     import torch
 
-    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        name
+    ]
 
 
 def load_tokenizer(path: str, spec: ModelSection, base_dir: Path | None = None):
@@ -100,8 +116,11 @@ def load_tokenizer(path: str, spec: ModelSection, base_dir: Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
         log.info("tokenizer has no pad token: using eos token %r", tokenizer.eos_token)
     if getattr(tokenizer, "chat_template", None) is None:
-        raise RecipeError("the tokenizer has no chat template", key="model.chat_template",
-                          fix="set model.chat_template to a Jinja template (or a .jinja file)")
+        raise RecipeError(
+            "the tokenizer has no chat template",
+            key="model.chat_template",
+            fix="set model.chat_template to a Jinja template (or a .jinja file)",
+        )
     return tokenizer
 
 
@@ -119,8 +138,13 @@ def quantization_config(spec: ModelSection):
     # FSDP shards only floating-point tensors: under FSDP the packed 4-bit weights are stored in the compute
     # dtype (PEFT's and TRL's FSDP-QLoRA recipe), so they are split over the ranks like everything else.
     storage = {"bnb_4bit_quant_storage": compute_dtype} if sharding()[0] == "fsdp" else {}
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype, **storage)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        **storage,
+    )
 
 
 def load_model(path: str, spec: ModelSection, head: str = "causal_lm", use_cpu: bool = False):
@@ -196,26 +220,41 @@ def _refuse_custom_code(path: str, spec: ModelSection) -> None:
 
     if config.get("model_type") in CONFIG_MAPPING_NAMES:
         return  # transformers implements this model type itself and ignores the shipped code
-    files = sorted({(v[0] if isinstance(v, (list, tuple)) else str(v)).split(".")[0] + ".py"
-                    for v in auto_map.values() if v})
-    raise RecipeError(f"'{spec.name_or_path}' (model type '{config.get('model_type')}') runs its own model code "
-                      f"({', '.join(files)}), which is not executed unless you allow it", key="model.trust_remote_code",
-                      fix="read that code; if you trust it, set model.trust_remote_code: true")
+    files = sorted(
+        {
+            (v[0] if isinstance(v, (list, tuple)) else str(v)).split(".")[0] + ".py"
+            for v in auto_map.values()
+            if v
+        }
+    )
+    raise RecipeError(
+        f"'{spec.name_or_path}' (model type '{config.get('model_type')}') runs its own model code "
+        f"({', '.join(files)}), which is not executed unless you allow it",
+        key="model.trust_remote_code",
+        fix="read that code; if you trust it, set model.trust_remote_code: true",
+    )
 
 
 def _from_pretrained(cls, path: str, spec: ModelSection, **kwargs):
     _refuse_custom_code(path, spec)
     try:
-        return cls.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs)
+        return cls.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, **kwargs
+        )
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise RecipeError(f"'{spec.name_or_path}' ships its own model code", key="model.trust_remote_code",
-                              fix="set model.trust_remote_code: true if you trust that repository") from None
+            raise RecipeError(
+                f"'{spec.name_or_path}' ships its own model code",
+                key="model.trust_remote_code",
+                fix="set model.trust_remote_code: true if you trust that repository",
+            ) from None
         raise
     except OSError as exc:
-        raise RecipeError(f"cannot load '{spec.name_or_path}': {str(exc).splitlines()[0][:200]}",
-                          key="model.name_or_path",
-                          fix="check the id or path; offline machines need a local directory") from None
+        raise RecipeError(
+            f"cannot load '{spec.name_or_path}': {str(exc).splitlines()[0][:200]}",
+            key="model.name_or_path",
+            fix="check the id or path; offline machines need a local directory",
+        ) from None
 
 
 def peft_config(spec: ModelSection, head: str = "causal_lm"):
@@ -225,7 +264,10 @@ def peft_config(spec: ModelSection, head: str = "causal_lm"):
 
     lora = spec.lora
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         modules_to_save=lora.modules_to_save or (["score"] if head == "reward" else None),
         task_type="SEQ_CLS" if head == "reward" else "CAUSAL_LM",
     )

@@ -52,8 +52,11 @@ def format_seconds(seconds: float) -> str:
 
 
 def metrics_text(logs: dict, keys: tuple[str, ...]) -> str:
-    return " · ".join(f"{SHORT.get(k, k)} {f'{logs[k]:.1e}' if k == 'learning_rate' else format_value(logs[k])}"
-                      for k in keys if isinstance(logs.get(k), (int, float)))
+    return " · ".join(
+        f"{SHORT.get(k, k)} {f'{logs[k]:.1e}' if k == 'learning_rate' else format_value(logs[k])}"
+        for k in keys
+        if isinstance(logs.get(k), (int, float))
+    )
 
 
 def _terminal_has_size(stream) -> bool:
@@ -86,8 +89,15 @@ def progress_callback(keys: tuple[str, ...], stream: IO | None = None, interacti
                 # A terminal that reports no size (a pty under `script`, some CI runners) gets a fixed one: with
                 # 0 rows tqdm would draw nothing at all.
                 sized = _terminal_has_size(self.stream)
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", file=self.stream,
-                                dynamic_ncols=sized, **({} if sized else {"ncols": 100, "nrows": 20}), smoothing=0.1)
+                self.bar = tqdm(
+                    total=state.max_steps,
+                    initial=state.global_step,
+                    unit="step",
+                    file=self.stream,
+                    dynamic_ncols=sized,
+                    **({} if sized else {"ncols": 100, "nrows": 20}),
+                    smoothing=0.1,
+                )
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
@@ -100,8 +110,11 @@ def progress_callback(keys: tuple[str, ...], stream: IO | None = None, interacti
             if self.bar is not None:
                 self.bar.set_postfix_str(text, refresh=True)
             elif text:
-                print(f"step {state.global_step}/{state.max_steps} · {text}{self._pace(state)}",
-                      file=self.stream, flush=True)
+                print(
+                    f"step {state.global_step}/{state.max_steps} · {text}{self._pace(state)}",
+                    file=self.stream,
+                    flush=True,
+                )
 
         def note(self, text: str) -> None:
             """A line of its own: above the bar on a terminal (the bar is redrawn below it)."""

@@ -25,16 +25,20 @@ MEASURED_ROWS = 5000  # rows tokenized to find the shortest one (only when no ro
 
 def check_trainable_rows(plan, parts, trainer) -> None:
     """Raise DataError (exit 2) when a split has no row left that trains; print a note when some were lost."""
-    for split, converted, prepared in (("train", parts.train_dataset, getattr(trainer, "train_dataset", None)),
-                                       ("eval", parts.eval_dataset, getattr(trainer, "eval_dataset", None))):
+    for split, converted, prepared in (
+        ("train", parts.train_dataset, getattr(trainer, "train_dataset", None)),
+        ("eval", parts.eval_dataset, getattr(trainer, "eval_dataset", None)),
+    ):
         if converted is None or prepared is None or not hasattr(prepared, "__len__"):
             continue
         usable = trainable_count(prepared)
         lost = len(converted) - usable
         if usable > 0:
             if lost > 0 and not plan.train.get("packing") and is_main_process():  # packed rows are fewer
-                print(f"note: data.{split}: {plan.algorithm.trainer_name} leaves {lost} of {len(converted)} rows "
-                      f"out: {length_rule(plan)}")
+                print(
+                    f"note: data.{split}: {plan.algorithm.trainer_name} leaves {lost} of {len(converted)} rows "
+                    f"out: {length_rule(plan)}"
+                )
             continue
         raise no_rows_left(plan, parts, split, converted)
 
@@ -72,12 +76,20 @@ def no_rows_left(plan, parts, split: str, converted) -> DataError:
         parts_of.append(f"{report.rows_dropped} could not be converted ({report.reasons_text()})")
     if report is not None and getattr(report, "rows_left_out", 0):
         parts_of.append(f"the weights left {report.rows_left_out} out")
-    left = "the other" if report is not None and (report.rows_dropped or getattr(report, "rows_left_out", 0)) else "all"
+    left = (
+        "the other"
+        if report is not None and (report.rows_dropped or getattr(report, "rows_left_out", 0))
+        else "all"
+    )
     parts_of.append(f"{plan.algorithm.trainer_name} leaves out {left} {len(converted)}: {length_rule(plan)}")
     specs = getattr(plan.data, split)
     use = "train on" if split == "train" else "evaluate on"
-    return DataError(f"no row is left to {use}: " + "; ".join(parts_of), key=section,
-                     file=specs[0].path if len(specs) == 1 else None, fix=length_fix(plan, parts.tokenizer, converted))
+    return DataError(
+        f"no row is left to {use}: " + "; ".join(parts_of),
+        key=section,
+        file=specs[0].path if len(specs) == 1 else None,
+        fix=length_fix(plan, parts.tokenizer, converted),
+    )
 
 
 def length_fix(plan, tokenizer, converted) -> str:
@@ -95,16 +107,19 @@ def length_fix(plan, tokenizer, converted) -> str:
     which = "row" if whole else "prompt"
     of = f" of the first {len(measured)}" if len(measured) < len(converted) else ""
     need = shortest if whole else shortest + 1
-    return (f"raise train.max_length{where} from {max_length} to at least {need}: the shortest {which}{of} is "
-            f"{shortest} tokens; or shorten the {which}s")
+    return (
+        f"raise train.max_length{where} from {max_length} to at least {need}: the shortest {which}{of} is "
+        f"{shortest} tokens; or shorten the {which}s"
+    )
 
 
 def _tokens(tokenizer, value: Any, generation_prompt: bool = False) -> int:
     if isinstance(value, list):
         if not value:
             return 0
-        encoded = tokenizer.apply_chat_template(value, tokenize=True, return_dict=True,
-                                                add_generation_prompt=generation_prompt)
+        encoded = tokenizer.apply_chat_template(
+            value, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+        )
         return len(encoded["input_ids"])
     return len(tokenizer(text=str(value or ""))["input_ids"]) if value else 0
 
@@ -122,6 +137,8 @@ def row_tokens(tokenizer, row: dict) -> tuple[int, int]:
     replies = [row[c] for c in ("chosen", "rejected", "completion") if row.get(c) is not None]
     conversational = isinstance(prompt, list)
     prompt_len = _tokens(tokenizer, prompt, generation_prompt=conversational)
-    full = max((_tokens(tokenizer, prompt + reply if conversational else f"{prompt}{reply}") for reply in replies),
-               default=prompt_len)
+    full = max(
+        (_tokens(tokenizer, prompt + reply if conversational else f"{prompt}{reply}") for reply in replies),
+        default=prompt_len,
+    )
     return prompt_len, full

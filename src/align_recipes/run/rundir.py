@@ -33,7 +33,10 @@ RESOLVED_RECIPE = "recipe.resolved.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MANIFEST = manifest.MANIFEST
-OWN_FILES = (RESOLVED_RECIPE, MANIFEST)  # written before training: a directory holding only these holds no run
+OWN_FILES = (
+    RESOLVED_RECIPE,
+    MANIFEST,
+)  # written before training: a directory holding only these holds no run
 
 
 def is_main_process() -> bool:
@@ -94,8 +97,9 @@ class RunDir:
             return {}
 
     # --- deciding how a run starts (before anything heavy is imported) ------------------------------
-    def plan_start(self, mode: str | None, overwrite: bool, require_optimizer: bool = True,
-                   base_dir: Path | None = None) -> Start:
+    def plan_start(
+        self, mode: str | None, overwrite: bool, require_optimizer: bool = True, base_dir: Path | None = None
+    ) -> Start:
         """Whether a run starts fresh or from a checkpoint.
 
         mode: None (start fresh; a folder holding a run is refused unless overwrite), "auto" (the newest
@@ -107,9 +111,12 @@ class RunDir:
         if mode in ("", "none", "null", "no", "false"):
             mode = None
         if overwrite and mode:
-            raise RecipeError("--overwrite and resuming contradict each other", key=key,
-                              fix="drop --overwrite to continue the run, or drop --resume / resume_from_checkpoint "
-                                  "to replace it")
+            raise RecipeError(
+                "--overwrite and resuming contradict each other",
+                key=key,
+                fix="drop --overwrite to continue the run, or drop --resume / resume_from_checkpoint "
+                "to replace it",
+            )
         if overwrite or mode is None:
             return self._fresh(overwrite, mode)
         if mode not in (RESUME_AUTO, RESUME_LATEST):
@@ -120,15 +127,20 @@ class RunDir:
         why = f" ({checkpoints.skipped_text(skipped)})" if skipped else ""
         if mode == RESUME_LATEST:
             where = "does not exist" if not self.path.exists() else "holds no complete checkpoint" + why
-            raise RecipeError(f"nothing to resume: {self.path} {where}", key="--resume",
-                              fix="checkpoints are written every train.save_steps (with train.save_strategy: steps) "
-                                  "and when a run is stopped with Ctrl-C; run without --resume to start over "
-                                  "(add --overwrite if the directory holds a run)")
+            raise RecipeError(
+                f"nothing to resume: {self.path} {where}",
+                key="--resume",
+                fix="checkpoints are written every train.save_steps (with train.save_strategy: steps) "
+                "and when a run is stopped with Ctrl-C; run without --resume to start over "
+                "(add --overwrite if the directory holds a run)",
+            )
         # auto: nothing to resume. A finished run is never replaced silently; a crashed one is restarted.
         if self.status() == "complete":
-            raise RecipeError(f"output_dir '{self.path}' holds a finished run and no checkpoint to continue from",
-                              key="train.output_dir",
-                              fix="pass --overwrite to replace it, or train.output_dir=… to write elsewhere")
+            raise RecipeError(
+                f"output_dir '{self.path}' holds a finished run and no checkpoint to continue from",
+                key="train.output_dir",
+                fix="pass --overwrite to replace it, or train.output_dir=… to write elsewhere",
+            )
         return Start(mode=mode, skipped=skipped, fresh_over_leftovers=self.path.exists())
 
     def _fresh(self, overwrite: bool, mode: str | None) -> Start:
@@ -136,16 +148,22 @@ class RunDir:
         if not self.path.exists() or overwrite:
             return Start(mode=mode)
         if not self.path.is_dir():
-            raise RecipeError(f"output_dir '{self.path}' exists and is not a directory", key="train.output_dir",
-                              fix="choose another train.output_dir")
+            raise RecipeError(
+                f"output_dir '{self.path}' exists and is not a directory",
+                key="train.output_dir",
+                fix="choose another train.output_dir",
+            )
         if self.status() == "failed" and not checkpoints.list_checkpoints(self.path):
             return Start(mode=mode, fresh_over_leftovers=True)
         leftovers = [p.name for p in self.path.iterdir() if p.name not in OWN_FILES]
         if leftovers:
             shown = ", ".join(sorted(leftovers)[:4]) + (" …" if len(leftovers) > 4 else "")
-            raise RecipeError(f"output_dir '{self.path}' already holds a run ({shown})", key="train.output_dir",
-                              fix="pass --resume to continue it, --overwrite to replace it, "
-                                  "or train.output_dir=… to write elsewhere")
+            raise RecipeError(
+                f"output_dir '{self.path}' already holds a run ({shown})",
+                key="train.output_dir",
+                fix="pass --resume to continue it, --overwrite to replace it, "
+                "or train.output_dir=… to write elsewhere",
+            )
         return Start(mode=mode)
 
     def _named_checkpoint(self, mode: str, require_optimizer: bool, base_dir: Path | None, key: str) -> Start:
@@ -154,14 +172,22 @@ class RunDir:
             candidates += [self.path / mode, *([Path(base_dir) / mode] if base_dir else [])]
         path = next((c for c in candidates if c.is_dir()), None)
         newest, _ = checkpoints.newest_complete(self.path, require_optimizer)
-        other = f"the newest complete one is {newest}" if newest else f"{self.path} has no complete checkpoint"
+        other = (
+            f"the newest complete one is {newest}" if newest else f"{self.path} has no complete checkpoint"
+        )
         if path is None:
-            raise RecipeError(f"checkpoint '{mode}' not found", key=key,
-                              fix=f"give a checkpoint-<step> directory, or `auto` / --resume; {other}")
+            raise RecipeError(
+                f"checkpoint '{mode}' not found",
+                key=key,
+                fix=f"give a checkpoint-<step> directory, or `auto` / --resume; {other}",
+            )
         problem = checkpoints.checkpoint_problem(path, require_optimizer)
         if problem:
-            raise RecipeError(f"checkpoint {path} is incomplete: {problem}", key=key,
-                              fix=f"it was cut short and cannot be loaded; {other}")
+            raise RecipeError(
+                f"checkpoint {path} is incomplete: {problem}",
+                key=key,
+                fix=f"it was cut short and cannot be loaded; {other}",
+            )
         return Start(checkpoint=path, mode=mode)
 
     # --- writing (main process) ---------------------------------------------------------------------
@@ -172,9 +198,13 @@ class RunDir:
         except OSError:
             pass
 
-    def prepare(self, plan, start: Start, overwrite: bool, command: list[str], resolved_yaml: str, config) -> None:
+    def prepare(
+        self, plan, start: Start, overwrite: bool, command: list[str], resolved_yaml: str, config
+    ) -> None:
         """Clear, continue or create the folder, and record how to reproduce the run."""
-        resolved = yaml.safe_dump(redact_obj(yaml.safe_load(resolved_yaml)), sort_keys=False, allow_unicode=True)
+        resolved = yaml.safe_dump(
+            redact_obj(yaml.safe_load(resolved_yaml)), sort_keys=False, allow_unicode=True
+        )
         self.prepared = True
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
@@ -192,8 +222,10 @@ class RunDir:
             self.truncate_metrics(start.step)
             changed = recipe_changes(self.resolved_recipe(), yaml.safe_load(resolved))
             if changed:
-                print(f"note: resuming with a changed recipe ({', '.join(changed[:6])}"
-                      f"{' …' if len(changed) > 6 else ''}); the new values apply from step {start.step}")
+                print(
+                    f"note: resuming with a changed recipe ({', '.join(changed[:6])}"
+                    f"{' …' if len(changed) > 6 else ''}); the new values apply from step {start.step}"
+                )
             manifest.record_resume(self.path, plan, command, start.checkpoint, changed)
         else:
             manifest.write_manifest(self.path, manifest.manifest(plan, command, config))
@@ -219,7 +251,11 @@ class RunDir:
         if not path.exists():
             return 0
         records = self.metrics()
-        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step and "train_runtime" not in r]
+        kept = [
+            r
+            for r in records
+            if isinstance(r.get("step"), int) and r["step"] <= step and "train_runtime" not in r
+        ]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         return len(records) - len(kept)
 
@@ -233,7 +269,11 @@ class RunDir:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not state.is_world_process_zero or not logs:
                     return
-                record = {"step": state.global_step, "epoch": state.epoch, **{k: _clean(v) for k, v in logs.items()}}
+                record = {
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    **{k: _clean(v) for k, v in logs.items()},
+                }
                 with open(target, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
 
@@ -281,8 +321,11 @@ def task_metrics(summary: dict) -> list[dict]:
         return [t for t in summary["task_metrics"] if isinstance(t, dict)]
     if isinstance(summary.get("task_metric"), dict):
         return [summary["task_metric"]]
-    return [{"name": b.get("name"), "before": b.get("value"), "after": None, "n": b.get("n")}
-            for b in metrics_before(summary) or [] if isinstance(b, dict)]
+    return [
+        {"name": b.get("name"), "before": b.get("value"), "after": None, "n": b.get("n")}
+        for b in metrics_before(summary) or []
+        if isinstance(b, dict)
+    ]
 
 
 def first_and_last(records: list[dict]) -> tuple[dict, dict]:
@@ -300,8 +343,9 @@ def first_and_last(records: list[dict]) -> tuple[dict, dict]:
     return first, last
 
 
-def whole_run_loss(records: list[dict], resumed_from: int | None, final_step: int,
-                   trainer_loss: float | None) -> float | None:
+def whole_run_loss(
+    records: list[dict], resumed_from: int | None, final_step: int, trainer_loss: float | None
+) -> float | None:
     """The mean training loss over the whole run, also when it was resumed.
 
     The Trainer's `training_loss` averages the steps of its own `train()` call only; for a resumed

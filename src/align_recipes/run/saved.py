@@ -81,13 +81,20 @@ def inspect_run(run_dir: str | Path) -> RunInfo:
         raise RecipeError(f"model directory '{run_dir}' not found", fix="pass a run's train.output_dir")
     adapter = read_json(run_dir / ADAPTER_CONFIG) if (run_dir / ADAPTER_CONFIG).is_file() else None
     if adapter is None and not (run_dir / "config.json").is_file():
-        raise RecipeError(f"'{run_dir}' holds no model (no config.json, no {ADAPTER_CONFIG})",
-                          fix="pass the output directory of a finished run (summary.json says status: complete)")
+        raise RecipeError(
+            f"'{run_dir}' holds no model (no config.json, no {ADAPTER_CONFIG})",
+            fix="pass the output directory of a finished run (summary.json says status: complete)",
+        )
     folder = RunDir(run_dir)
-    info = RunInfo(run_dir=run_dir, recipe=folder.resolved_recipe(), summary=folder.summary(), adapter=adapter)
+    info = RunInfo(
+        run_dir=run_dir, recipe=folder.resolved_recipe(), summary=folder.summary(), adapter=adapter
+    )
     config = read_json(run_dir / "config.json")
-    if (info.algorithm == "reward" or (adapter or {}).get("task_type") == "SEQ_CLS"
-            or any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])):
+    if (
+        info.algorithm == "reward"
+        or (adapter or {}).get("task_type") == "SEQ_CLS"
+        or any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    ):
         info.head = "reward"
     return info
 
@@ -108,8 +115,10 @@ def base_model_path(info: RunInfo) -> str:
     builtin = tiny.builtin_of_cache_dir(base) if base else None
     if builtin:  # a builtin's cache directory from another machine or cache: build it here
         return str(tiny.ensure_builtin(builtin))
-    raise RecipeError(f"cannot find the base model of the adapter in '{info.run_dir}' (base: {base!r})",
-                      fix="make the base model available at that path (or as a hub id) and try again")
+    raise RecipeError(
+        f"cannot find the base model of the adapter in '{info.run_dir}' (base: {base!r})",
+        fix="make the base model available at that path (or as a hub id) and try again",
+    )
 
 
 def compute_dtype(info: RunInfo, device: str):

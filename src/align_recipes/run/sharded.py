@@ -41,13 +41,19 @@ def adopt_fsdp_on_cpu(config) -> bool:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 
     # The state as the Trainer's Accelerator would create it: gloo data parallel on CPU.
-    state = AcceleratorState(mixed_precision=config.mixed_precision, cpu=True, dynamo_plugin=TorchDynamoPlugin(),
-                             _from_accelerator=True)
+    state = AcceleratorState(
+        mixed_precision=config.mixed_precision,
+        cpu=True,
+        dynamo_plugin=TorchDynamoPlugin(),
+        _from_accelerator=True,
+    )
     if state.distributed_type == DistributedType.FSDP:
         return True
     if state.distributed_type != DistributedType.MULTI_CPU:
         raise RuntimeError(f"expected accelerate to set up CPU processes, found {state.distributed_type}")
-    state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables of the accelerate config
+    state.fsdp_plugin = (
+        FullyShardedDataParallelPlugin()
+    )  # reads the FSDP_* variables of the accelerate config
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     return True
@@ -82,7 +88,9 @@ def is_sharded(trainer) -> bool:
     if getattr(trainer, "is_fsdp_enabled", False):
         return True
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+    return bool(
+        getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3
+    )
 
 
 def describe(trainer) -> dict:

@@ -33,8 +33,17 @@ from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.measure import StartScores, measure, remember_start, run_reward
 from align_recipes.run.progress import key_metrics, progress_callback
-from align_recipes.run.rundir import (METRICS, SUMMARY, RunDir, Start, first_and_last, is_main_process,
-                                     metrics_before, task_metrics, whole_run_loss)
+from align_recipes.run.rundir import (
+    METRICS,
+    SUMMARY,
+    RunDir,
+    Start,
+    first_and_last,
+    is_main_process,
+    metrics_before,
+    task_metrics,
+    whole_run_loss,
+)
 
 TINY_MODEL_PARAMS = 5_000_000
 
@@ -49,12 +58,18 @@ class Parts:
     train_dataset: Any
     eval_dataset: Any
     extras: dict  # trainer keyword arguments only some algorithms take (reward functions)
-    reports: dict = field(default_factory=dict)  # "train"/"eval" -> data.mixture.MixtureReport (rows per source)
-    params: int = 0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
+    reports: dict = field(
+        default_factory=dict
+    )  # "train"/"eval" -> data.mixture.MixtureReport (rows per source)
+    params: int = (
+        0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
+    )
     start: StartScores = field(default_factory=StartScores)  # held-out scores of the start model (π_ref)
 
 
-def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None) -> dict:
+def train(
+    plan: Plan, overwrite: bool = False, resume: bool = False, command: list[str] | None = None
+) -> dict:
     """Run one recipe end to end and return its summary.
 
     resume=True (`--resume`) continues from the newest complete checkpoint in the output directory;
@@ -65,8 +80,12 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
     """
     run_dir = RunDir(plan.output_dir)
     mode = checkpoints.RESUME_LATEST if resume else plan.train.get("resume_from_checkpoint")
-    start = run_dir.plan_start(mode, overwrite, require_optimizer=not plan.train.get("save_only_model", False),
-                               base_dir=plan.base_dir)
+    start = run_dir.plan_start(
+        mode,
+        overwrite,
+        require_optimizer=not plan.train.get("save_only_model", False),
+        base_dir=plan.base_dir,
+    )
     command = list(command or [])
     existed = run_dir.path.exists()
     record = run_record(plan)
@@ -103,14 +122,23 @@ def train(plan: Plan, overwrite: bool = False, resume: bool = False, command: li
 def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> None:
     """summary.json at status `failed`, with the error. Not over another run's folder that was never ours
     (an existing folder this run had not prepared keeps its summary)."""
-    if not is_main_process() or (existed and not run_dir.prepared and run_dir.status() not in (None, "failed")):
+    if not is_main_process() or (
+        existed and not run_dir.prepared and run_dir.status() not in (None, "failed")
+    ):
         return
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    run_dir.write_summary({**record, "status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")[:2000],
-                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    run_dir.write_summary(
+        {
+            **record,
+            "status": "failed",
+            "error": redact(f"{type(exc).__name__}: {exc}")[:2000],
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
 
 
 # --- load -------------------------------------------------------------------------------------------
+
 
 def load(plan: Plan) -> Parts:
     """The TRL config, tokenizer, datasets, reward functions and model; user errors name their key."""
@@ -130,7 +158,9 @@ def load(plan: Plan) -> Parts:
                 print(f"note: {note}")
         train_dataset, eval_dataset, reports = load_data(plan, tokenizer, config.seed)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
-        model = models.load_model(model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu))
+        model = models.load_model(
+            model_path, plan.model, plan.algorithm.model_head, use_cpu=bool(config.use_cpu)
+        )
     except RecipeError as exc:
         exc.file = exc.file or plan.provenance.where(exc.key or "") or str(plan.recipe_path)
         raise
@@ -138,8 +168,16 @@ def load(plan: Plan) -> Parts:
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.use_cpu:
         _set_cpu_threads(model)
-    return Parts(config, tokenizer, model, train_dataset, eval_dataset, extras, reports,
-                 params=sharded.parameter_count(model))
+    return Parts(
+        config,
+        tokenizer,
+        model,
+        train_dataset,
+        eval_dataset,
+        extras,
+        reports,
+        params=sharded.parameter_count(model),
+    )
 
 
 def build_config(plan: Plan):
@@ -154,9 +192,12 @@ def build_config(plan: Plan):
     try:
         config = config_cls(**args)
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{plan.algorithm.config_name} rejected the train section: {redact(str(exc))}",
-                          file=plan.recipe_path, key="train",
-                          fix="see the message above; TRL's docs for this config apply as they are") from None
+        raise RecipeError(
+            f"{plan.algorithm.config_name} rejected the train section: {redact(str(exc))}",
+            file=plan.recipe_path,
+            key="train",
+            fix="see the message above; TRL's docs for this config apply as they are",
+        ) from None
     if getattr(config, "hub_token", None):
         # The Trainer pickles its arguments into training_args.bin in every checkpoint: keep the token out
         # of them. huggingface_hub reads HF_TOKEN when pushing.
@@ -175,8 +216,9 @@ def load_data(plan: Plan, tokenizer, seed: int):
         if not specs:
             continue
         try:
-            dataset, report = load_mixture(specs, plan.base_dir, plan.algorithm.data_kind, tokenizer, seed=seed,
-                                           section=f"data.{split}")
+            dataset, report = load_mixture(
+                specs, plan.base_dir, plan.algorithm.data_kind, tokenizer, seed=seed, section=f"data.{split}"
+            )
         except DataError as exc:
             if exc.file is None:  # a weight the data cannot meet, sources that do not mix: the recipe's line
                 exc.file, exc.line = plan.provenance.locate(exc.key or f"data.{split}")
@@ -207,15 +249,20 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
             problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
     if problems:
         where = plan.provenance.where("rewards") or str(plan.recipe_path)
-        raise RecipeErrors([RecipeError(message, fix=fix, key=key, file=where) for key, message, fix in problems])
+        raise RecipeErrors(
+            [RecipeError(message, fix=fix, key=key, file=where) for key, message, fix in problems]
+        )
     funcs, weights = build_reward_funcs(plan.rewards, plan.rewards_dir)
     reward_model = getattr(config, "reward_model_path", None)
     if reward_model:
         try:
             model_funcs, _ = build_reward_funcs([{"model": str(reward_model)}], plan.base_dir)
         except RewardSpecError as exc:
-            raise RecipeError(str(exc), key="train.reward_model_path",
-                              fix="point it at a saved reward model directory or a hub id") from None
+            raise RecipeError(
+                str(exc),
+                key="train.reward_model_path",
+                fix="point it at a saved reward model directory or a hub id",
+            ) from None
         funcs, weights = funcs + model_funcs, weights + [1.0]
     if hasattr(config, "reward_weights") and weights and config.reward_weights is None:
         config.reward_weights = weights
@@ -234,6 +281,7 @@ def _set_cpu_threads(model) -> None:
 
 # --- build ------------------------------------------------------------------------------------------
 
+
 def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     """The registry's trainer, with TRL's keyword arguments and our callbacks: metrics.jsonl, the guard,
     and the progress display in place of the Trainer's own."""
@@ -242,9 +290,14 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     trainer_cls = load_class(plan.algorithm.trainer)
     sharded.adopt_fsdp_on_cpu(parts.config)
     trainer = trainer_cls(
-        model=parts.model, args=parts.config, train_dataset=parts.train_dataset, eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer, peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
-        callbacks=[run_dir.metrics_callback(), guard.callback()], **parts.extras,
+        model=parts.model,
+        args=parts.config,
+        train_dataset=parts.train_dataset,
+        eval_dataset=parts.eval_dataset,
+        processing_class=parts.tokenizer,
+        peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
+        callbacks=[run_dir.metrics_callback(), guard.callback()],
+        **parts.extras,
     )
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
@@ -258,6 +311,7 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
 
 
 # --- begin ------------------------------------------------------------------------------------------
+
 
 def run_record(plan: Plan) -> dict:
     """The summary fields every status of this run repeats (the task metric before is added by `begin`)."""
@@ -273,8 +327,16 @@ def run_record(plan: Plan) -> dict:
     }
 
 
-def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, overwrite: bool,
-          command: list[str], record: dict) -> None:
+def begin(
+    plan: Plan,
+    parts: Parts,
+    trainer,
+    run_dir: RunDir,
+    start: Start,
+    overwrite: bool,
+    command: list[str],
+    record: dict,
+) -> None:
     """Prepare the folder, show what will run, measure the task metric before training, and write the
     summary at status `running`. Fills `record` with the fields every later status repeats."""
     main = is_main_process()
@@ -283,11 +345,20 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
         # After the trainer is built: SFT's packing has made its sequences.
         packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
-        start_screen(plan, parts.params, parts.config, len(parts.train_dataset), start, packed,
-                     parts.reports.get("train"))
+        start_screen(
+            plan,
+            parts.params,
+            parts.config,
+            len(parts.train_dataset),
+            start,
+            packed,
+            parts.reports.get("train"),
+        )
     with sharded.whole_on_every_rank(trainer.model):  # ZeRO-3 loads the weights already split over the ranks
         before = None
-        if main:  # the model as loaded is the start, also when resuming (the Trainer applies the checkpoint later)
+        if (
+            main
+        ):  # the model as loaded is the start, also when resuming (the Trainer applies the checkpoint later)
             before = metrics_before(previous)
             if before:
                 remember_start(plan, trainer.model, parts.tokenizer, parts.start)
@@ -297,24 +368,35 @@ def begin(plan: Plan, parts: Parts, trainer, run_dir: RunDir, start: Start, over
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
     if main:
-        run_dir.write_summary({**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        run_dir.write_summary(
+            {**record, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        )
 
 
-def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start, packed: int | None = None,
-                 mixture=None) -> None:
+def start_screen(
+    plan: Plan, params: int, config, train_rows: int, start: Start, packed: int | None = None, mixture=None
+) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
     print("─" * 72)
     print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
-    print(f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}")
+    print(
+        f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}"
+    )
     print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
-    packing = f" packed into {packed} sequences of ≤{getattr(config, 'max_length', None)} tokens" if packed else ""
+    packing = (
+        f" packed into {packed} sequences of ≤{getattr(config, 'max_length', None)} tokens" if packed else ""
+    )
     print(f"  data       {train_rows} training rows{packing} · effective batch {effective}")
     for source in mixture.sources if mixture is not None and len(mixture.sources) > 1 else []:
-        print(f"             {source.spec.section}: {source.taken} rows of {Path(source.spec.path).name} "
-              f"(weight {source.spec.weight:g}, {source.converted} converted)")
-    print(f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}")
+        print(
+            f"             {source.spec.section}: {source.taken} rows of {Path(source.spec.path).name} "
+            f"(weight {source.spec.weight:g}, {source.converted} converted)"
+        )
+    print(
+        f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}"
+    )
     print(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:
         print(f"  resuming   from {start.checkpoint.name} (step {start.step})")
@@ -324,6 +406,7 @@ def start_screen(plan: Plan, params: int, config, train_rows: int, start: Start,
 
 
 # --- fit --------------------------------------------------------------------------------------------
+
 
 def fit(trainer, start: Start, config) -> float | None:
     """trainer.train(), from the checkpoint `start` names; returns the Trainer's mean training loss."""
@@ -358,66 +441,127 @@ def _already_finished(start: Start, config) -> bool:
 
 # --- finish -----------------------------------------------------------------------------------------
 
-def finish(plan: Plan, parts: Parts, trainer, run_dir: RunDir, guard: guards.RunGuard, record: dict, start: Start,
-           command: list[str], training_loss: float | None) -> dict:
+
+def finish(
+    plan: Plan,
+    parts: Parts,
+    trainer,
+    run_dir: RunDir,
+    guard: guards.RunGuard,
+    record: dict,
+    start: Start,
+    command: list[str],
+    training_loss: float | None,
+) -> dict:
     """Stop cleanly after a signal or divergence; otherwise save the model, measure it and write the
     summary at status `complete`."""
     main = is_main_process()
     steps = trainer.state.global_step
     records = run_dir.metrics() if main else []
     first, last = first_and_last(records)
-    record = {**record, "distributed": sharded.describe(trainer), "steps": steps, "max_steps": trainer.state.max_steps,
-              "train_loss": whole_run_loss(records, start.step, steps, training_loss),
-              "metrics_first": first, "metrics_last": last}
+    record = {
+        **record,
+        "distributed": sharded.describe(trainer),
+        "steps": steps,
+        "max_steps": trainer.state.max_steps,
+        "train_loss": whole_run_loss(records, start.step, steps, training_loss),
+        "metrics_first": first,
+        "metrics_last": last,
+    }
     resume_cmd = checkpoints.resume_command(command)
     if guard.diverged is not None:
         _stop_diverged(plan, parts, run_dir, guard, record, resume_cmd, main)
     if guard.signum is not None and guard.signal_phase == "training":
         checkpoint = guard.last_good
         if main:
-            run_dir.write_summary({**record, "status": "interrupted", "signal": guards.signal_name(guard.signum),
-                                   "checkpoint": str(checkpoint) if checkpoint else None,
-                                   "resume_command": resume_cmd})
+            run_dir.write_summary(
+                {
+                    **record,
+                    "status": "interrupted",
+                    "signal": guards.signal_name(guard.signum),
+                    "checkpoint": str(checkpoint) if checkpoint else None,
+                    "resume_command": resume_cmd,
+                }
+            )
         saved = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint could be saved"
-        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: stopped at step {steps}"
-                                    f"/{trainer.state.max_steps}; {saved}; summary in {run_dir / SUMMARY}"
-                                    f"\n  resume with: {resume_cmd}")
+        raise guards.RunInterrupted(
+            guard.signum,
+            f"{guards.signal_name(guard.signum)}: stopped at step {steps}"
+            f"/{trainer.state.max_steps}; {saved}; summary in {run_dir / SUMMARY}"
+            f"\n  resume with: {resume_cmd}",
+        )
 
     sharded.save_consolidated(trainer, plan.output_dir)
     if not trainer.is_world_process_zero():
         return {}
-    after = measure(plan, sharded.measured_model(trainer, plan.output_dir), parts.tokenizer, parts.start,
-                    run_reward(plan, trainer)) \
-        if guard.signum is None else None
-    summary = {**record, "status": "complete", "task_metrics": _task_metrics(record["task_metrics_before"], after),
-               **hacking.watch_summary(trainer), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    after = (
+        measure(
+            plan,
+            sharded.measured_model(trainer, plan.output_dir),
+            parts.tokenizer,
+            parts.start,
+            run_reward(plan, trainer),
+        )
+        if guard.signum is None
+        else None
+    )
+    summary = {
+        **record,
+        "status": "complete",
+        "task_metrics": _task_metrics(record["task_metrics_before"], after),
+        **hacking.watch_summary(trainer),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     run_dir.write_summary(summary)
     write_card(plan.output_dir)
     if guard.signum is not None:
-        raise guards.RunInterrupted(guard.signum, f"{guards.signal_name(guard.signum)}: training had finished and the "
-                                    f"model is saved in {plan.output_dir}; the final evaluation was skipped")
+        raise guards.RunInterrupted(
+            guard.signum,
+            f"{guards.signal_name(guard.signum)}: training had finished and the "
+            f"model is saved in {plan.output_dir}; the final evaluation was skipped",
+        )
     print(f"done: {summary['steps']} steps in {summary['runtime_s']:.1f}s · {headline(summary)}")
     return summary
 
 
-def _stop_diverged(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard, record: dict, resume_cmd: str,
-                   main: bool) -> None:
+def _stop_diverged(
+    plan: Plan,
+    parts: Parts,
+    run_dir: RunDir,
+    guard: guards.RunGuard,
+    record: dict,
+    resume_cmd: str,
+    main: bool,
+) -> None:
     """Write the summary of a run whose loss or gradient stopped being finite, and raise."""
     where = guard.diverged
     values = ", ".join(f"{k}={v}" for k, v in where["values"].items())
-    good, _ = checkpoints.newest_complete(plan.output_dir,
-                                          require_optimizer=not plan.train.get("save_only_model", False))
+    good, _ = checkpoints.newest_complete(
+        plan.output_dir, require_optimizer=not plan.train.get("save_only_model", False)
+    )
     causes = guards.likely_causes(parts.config, parts.tokenizer, plan.algorithm.name)
     if main:
-        run_dir.write_summary({**record, "status": "diverged", "diverged_at": where["step"],
-                               "non_finite": where["values"], "likely_causes": causes,
-                               "checkpoint": str(good) if good else None})
-    kept = (f"kept the last good checkpoint, {good}; after the fix, continue it with: {resume_cmd}" if good else
-            "no good checkpoint was saved (set train.save_strategy: steps and train.save_steps to keep some)")
+        run_dir.write_summary(
+            {
+                **record,
+                "status": "diverged",
+                "diverged_at": where["step"],
+                "non_finite": where["values"],
+                "likely_causes": causes,
+                "checkpoint": str(good) if good else None,
+            }
+        )
+    kept = (
+        f"kept the last good checkpoint, {good}; after the fix, continue it with: {resume_cmd}"
+        if good
+        else "no good checkpoint was saved (set train.save_strategy: steps and train.save_steps to keep some)"
+    )
     raise guards.TrainingDiverged(
         f"training stopped at step {where['step']}: {values} (the loss or gradient is no longer finite)",
-        key="train", file=plan.recipe_path,
-        fix="likely causes, most likely first:\n" + "\n".join(f"    - {c}" for c in causes) + f"\n  {kept}")
+        key="train",
+        file=plan.recipe_path,
+        fix="likely causes, most likely first:\n" + "\n".join(f"    - {c}" for c in causes) + f"\n  {kept}",
+    )
 
 
 def _task_metrics(before: list[dict] | None, after: list[dict] | None) -> list[dict] | None:
@@ -425,13 +569,19 @@ def _task_metrics(before: list[dict] | None, after: list[dict] | None) -> list[d
     if not before or not after:
         return None
     earlier = {m["name"]: m["value"] for m in before}
-    return [{"name": m["name"], "before": earlier.get(m["name"]), "after": m["value"], "n": m.get("n")} for m in after]
+    return [
+        {"name": m["name"], "before": earlier.get(m["name"]), "after": m["value"], "n": m.get("n")}
+        for m in after
+    ]
 
 
 def headline(summary: dict) -> str:
     """The `done:` line's verdict: every held-out metric before → after, else the training loss."""
-    shown = [f"{t['name']} {t['before']:.3f} → {t['after']:.3f}" for t in task_metrics(summary)
-             if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))]
+    shown = [
+        f"{t['name']} {t['before']:.3f} → {t['after']:.3f}"
+        for t in task_metrics(summary)
+        if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))
+    ]
     if shown:
         return " · ".join(shown) + hacking.done_note(summary)
     loss = summary.get("train_loss")

@@ -29,9 +29,10 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 TINY_MODEL_ID = "builtin:tiny-qwen2"
 TINY_SFT_ID = "builtin:tiny-qwen2-sft"  # built by tiny/sft.py from this model
@@ -81,6 +82,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, cache_dir: Path | None =
 
 # --------------------------------------------------------------------------------------- assets
 
+
 def _asset_bytes(name: str) -> bytes:
     return resources.files("align_recipes").joinpath("assets", "tiny", name).read_bytes()
 
@@ -114,10 +116,14 @@ def tiny_model_dir(cache_dir: Path | None = None) -> Path:
 
 # ------------------------------------------------------------------------------------ tokenizer
 
+
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2 / Qwen byte-to-printable-character table (the alphabet of byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
         + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -157,6 +163,7 @@ def build_tokenizer():
 
 
 # -------------------------------------------------------------------------------------- model
+
 
 def build_config(tokenizer=None):
     from transformers import Qwen2Config
@@ -230,8 +237,9 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     if _is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-",
-                                dir=final.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-", dir=final.parent)
+    )
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
         _write_build(tmp)
@@ -251,6 +259,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------ describe
+
 
 def describe(model=None) -> dict[str, Any]:
     """Sizes of the tiny model, for docs and logs: parameters, vocabulary, layers, width."""

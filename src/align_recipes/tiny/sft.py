@@ -54,14 +54,32 @@ TRAIN: dict[str, Any] = {
 }
 # What the cpu profile and recipes/tiny/_base.yaml add; none of it changes the weights.
 RUNTIME: dict[str, Any] = {
-    "use_cpu": True, "bf16": False, "fp16": False, "activation_checkpointing": False, "dataloader_num_workers": 0,
-    "save_strategy": "no", "report_to": "none", "logging_strategy": "no", "disable_tqdm": True,
+    "use_cpu": True,
+    "bf16": False,
+    "fp16": False,
+    "activation_checkpointing": False,
+    "dataloader_num_workers": 0,
+    "save_strategy": "no",
+    "report_to": "none",
+    "logging_strategy": "no",
+    "disable_tqdm": True,
 }
 EVAL_NEW_TOKENS = 8
 # torchrun/accelerate variables a child process must not inherit, or it would join the process group.
-DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_DEEPSPEED",
-                   "ACCELERATE_USE_FSDP")
+DISTRIBUTED_ENV = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_USE_FSDP",
+)
 
 
 def _versions() -> dict[str, str]:
@@ -76,8 +94,14 @@ def _versions() -> dict[str, str]:
 
 def build_hash() -> str:
     """Short hash of everything the weights depend on: the tiny model, rows, settings, library versions."""
-    payload = {"builder": BUILDER_VERSION, "base": tiny.asset_hash(), "train": TRAIN, "runtime": RUNTIME,
-               "rows": toytask.generate_rows("sft"), "versions": _versions()}
+    payload = {
+        "builder": BUILDER_VERSION,
+        "base": tiny.asset_hash(),
+        "train": TRAIN,
+        "runtime": RUNTIME,
+        "rows": toytask.generate_rows("sft"),
+        "versions": _versions(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -102,8 +126,11 @@ def ensure_tiny_sft(cache_dir: Path | None = None) -> Path:
         if _is_complete(final):  # another process built it while this one waited
             return final
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"building {TINY_SFT_ID} (once): the tiny model fine-tuned on the toy task, "
-                  f"{_steps()} SFT steps on one CPU thread, about 30 s; cached in {final}", flush=True)
+            print(
+                f"building {TINY_SFT_ID} (once): the tiny model fine-tuned on the toy task, "
+                f"{_steps()} SFT steps on one CPU thread, about 30 s; cached in {final}",
+                flush=True,
+            )
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _build_in_child(final.parent)
         else:
@@ -122,12 +149,18 @@ def _build_in_child(cache_root: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     env[tiny.CACHE_ENV] = str(cache_root)
     # --unlocked: this process holds the lock the child would otherwise wait for.
-    subprocess.run([sys.executable, "-m", "align_recipes.tiny.sft", "--unlocked"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "align_recipes.tiny.sft", "--unlocked"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _build_into(final: Path, cache_dir: Path | None) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-", dir=final.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-", dir=final.parent)
+    )
     os.chmod(tmp, 0o755)
     try:
         info = train_into(tmp, tiny.ensure_tiny_model(cache_dir))
@@ -160,15 +193,22 @@ def train_into(target: Path, base_dir: Path) -> dict[str, Any]:
     scratch = target / "trainer"
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=torch.float32, attn_implementation="sdpa"
+        )
         config = SFTConfig(output_dir=str(scratch), **TRAIN, **RUNTIME)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(toytask.generate_rows("sft")),
-                             processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(toytask.generate_rows("sft")),
+            processing_class=tokenizer,
+        )
         trainer.train()
         with tiny.quiet_transformers():
             trainer.save_model(str(target))
-        scores = toytask.evaluate_task(trainer.model, tokenizer, toytask.generate_rows("eval"),
-                                       max_new_tokens=EVAL_NEW_TOKENS)
+        scores = toytask.evaluate_task(
+            trainer.model, tokenizer, toytask.generate_rows("eval"), max_new_tokens=EVAL_NEW_TOKENS
+        )
     finally:
         torch.set_num_threads(threads)
         hf_logging.set_verbosity(verbosity)
@@ -176,9 +216,16 @@ def train_into(target: Path, base_dir: Path) -> dict[str, Any]:
     (target / "training_args.bin").unlink(missing_ok=True)  # a pickle of SFTConfig: nothing a user needs
     for path in target.iterdir():
         path.chmod(0o644)
-    return {"model_id": TINY_SFT_ID, "hash": build_hash(), "base": str(base_dir), "train": TRAIN,
-            "versions": _versions(), "steps": trainer.state.global_step,
-            "held_out_exact_match": scores["exact_match"], "seconds": round(time.time() - started, 1)}
+    return {
+        "model_id": TINY_SFT_ID,
+        "hash": build_hash(),
+        "base": str(base_dir),
+        "train": TRAIN,
+        "versions": _versions(),
+        "steps": trainer.state.global_step,
+        "held_out_exact_match": scores["exact_match"],
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -34,7 +34,8 @@ Data files (``python -m align_recipes.tiny.toytask write recipes/tiny/data``), a
   (DPO/ORPO/reward models then log held-out ``eval_rewards/accuracies``)
 - ``reward_prefs.jsonl`` prefs format, for the reward model of the RLHF flow (`near_miss_pairs`): every
   training prompt's answer against each near miss of `NEAR_MISSES` (+- 1, +- 2, +- 10) and `NEAR_MISS_RANDOM`
-  (3) other plausible wrong answers. The tiny SFT policy's greedy mistakes are almost all the answer +- 1 (measured: 21 of
+  (3) other plausible wrong answers. The tiny SFT policy's greedy mistakes are almost all the answer +- 1
+  (measured: 21 of
   its 100 held-out answers, 25 of the 100 RL prompts' answers, are +- 1); a reward model that only ever
   saw one random wrong answer per prompt ranks answer + 1 above the answer on most prompts, and PPO
   then learns that mistake.
@@ -51,8 +52,9 @@ import json
 import random
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from align_recipes.data.messages import completion_text
 
@@ -73,8 +75,22 @@ KINDS: dict[str, tuple[str, str]] = {
     "reward_prefs": ("reward_prefs.jsonl", "train"),
     "reward_eval": ("reward_eval.jsonl", "eval"),
 }
-TRAINING_KINDS = ("sft", "prefs", "unpaired", "prompts", "rlhf_prompts", "reward_prefs")  # files that must never hold an eval prompt
-NEAR_MISSES = (1, -1, 2, -2, 10, -10)  # reward_prefs: answer + each offset is a rejected answer (the policy's mistakes)
+TRAINING_KINDS = (
+    "sft",
+    "prefs",
+    "unpaired",
+    "prompts",
+    "rlhf_prompts",
+    "reward_prefs",
+)  # files that must never hold an eval prompt
+NEAR_MISSES = (
+    1,
+    -1,
+    2,
+    -2,
+    10,
+    -10,
+)  # reward_prefs: answer + each offset is a rejected answer (the policy's mistakes)
 NEAR_MISS_RANDOM = 3  # reward_prefs: and this many other plausible wrong answers per prompt (`wrong_answer`)
 DATA_SEED = 0  # the seed the committed files are written with
 
@@ -83,6 +99,7 @@ Message = dict[str, str]
 
 
 # ------------------------------------------------------------------------------------- prompts
+
 
 def user_message(a: int, b: int) -> list[Message]:
     return [{"role": "user", "content": f"{a}+{b}="}]
@@ -101,7 +118,7 @@ def split_pairs(split: str) -> list[Pair]:
     parts: dict[str, list[Pair]] = {}
     start = 0
     for name, size in SPLIT_SIZES.items():
-        parts[name] = pairs[start:start + size]
+        parts[name] = pairs[start : start + size]
         start += size
     if start != len(pairs):
         raise AssertionError("SPLIT_SIZES must cover every pair")
@@ -121,7 +138,10 @@ def wrong_answer(a: int, b: int, rng: random.Random) -> str:
 
 # ---------------------------------------------------------------------------------- generators
 
-def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split: str | None = None) -> list[dict]:
+
+def generate_rows(
+    kind: str, n: int | None = None, seed: int = DATA_SEED, split: str | None = None
+) -> list[dict]:
     """Rows of one data file. Deterministic in (kind, n, seed, split).
 
     ``split`` defaults to the kind's own (see `KINDS`); ``n`` defaults to one row per prompt of
@@ -132,8 +152,10 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     split = split or KINDS[kind][1]
     if kind == "prefs_eval":  # eval rows, reshaped: same prompts, order and wrong answers as eval.jsonl
-        return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                for r in generate_rows("eval", n=n, seed=seed, split=split)]
+        return [
+            {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in generate_rows("eval", n=n, seed=seed, split=split)
+        ]
     if kind == "reward_prefs":
         rows = near_miss_pairs(seed, split, NEAR_MISSES, NEAR_MISS_RANDOM)
         return rows if n is None else [rows[i % len(rows)] for i in range(n)]
@@ -154,8 +176,13 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
         if kind == "sft":
             rows.append({"messages": prompt + assistant_message(answer)})
         elif kind == "prefs":
-            rows.append({"prompt": prompt, "chosen": assistant_message(answer),
-                         "rejected": assistant_message(wrong_answer(a, b, rng))})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": assistant_message(answer),
+                    "rejected": assistant_message(wrong_answer(a, b, rng)),
+                }
+            )
         elif kind == "unpaired":
             good = labels[i]
             text = answer if good else wrong_answer(a, b, rng)
@@ -164,16 +191,28 @@ def generate_rows(kind: str, n: int | None = None, seed: int = DATA_SEED, split:
             rows.append({"prompt": prompt, "answer": answer})
         elif kind == "reward_eval":
             near = a + b + 1 if a + b == 0 or rng.random() < 0.5 else a + b - 1
-            rows.append({"prompt": prompt, "chosen": assistant_message(answer),
-                         "rejected": assistant_message(str(near))})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": assistant_message(answer),
+                    "rejected": assistant_message(str(near)),
+                }
+            )
         else:  # eval
-            rows.append({"prompt": prompt, "answer": answer, "chosen": assistant_message(answer),
-                         "rejected": assistant_message(wrong_answer(a, b, rng))})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "answer": answer,
+                    "chosen": assistant_message(answer),
+                    "rejected": assistant_message(wrong_answer(a, b, rng)),
+                }
+            )
     return rows
 
 
-def near_miss_pairs(seed: int = DATA_SEED, split: str = "train", offsets: Sequence[int] = (1, -1),
-                    random_wrong: int = 1) -> list[dict]:
+def near_miss_pairs(
+    seed: int = DATA_SEED, split: str = "train", offsets: Sequence[int] = (1, -1), random_wrong: int = 1
+) -> list[dict]:
     """Preference pairs (prefs format) for a reward model that must not prefer near misses: for every prompt of
     ``split``, the right answer against answer + each of ``offsets`` (the mistakes RL policies drift to) and against
     ``random_wrong`` other plausible wrong answers (`wrong_answer`). Negative sums are skipped; rows are shuffled
@@ -184,8 +223,14 @@ def near_miss_pairs(seed: int = DATA_SEED, split: str = "train", offsets: Sequen
         right = a + b
         wrong = [right + d for d in offsets if right + d >= 0 and d != 0]
         wrong += [int(wrong_answer(a, b, rng)) for _ in range(random_wrong)]
-        rows += [{"prompt": user_message(a, b), "chosen": assistant_message(str(right)),
-                  "rejected": assistant_message(str(w))} for w in wrong]
+        rows += [
+            {
+                "prompt": user_message(a, b),
+                "chosen": assistant_message(str(right)),
+                "rejected": assistant_message(str(w)),
+            }
+            for w in wrong
+        ]
     rng.shuffle(rows)
     return rows
 
@@ -232,14 +277,18 @@ def answer_match(completion: Any, answer: str) -> float:
     return float(leading_number(completion) == str(answer).strip())
 
 
-REWARD_EXACT = 1.0       # exactly the answer
-REWARD_PREFIX = 0.5      # starts with the answer but goes on (did not stop cleanly)
+REWARD_EXACT = 1.0  # exactly the answer
+REWARD_PREFIX = 0.5  # starts with the answer but goes on (did not stop cleanly)
 REWARD_WELL_FORMED = 0.1  # a bare number of at most 3 digits, but the wrong one
 _WELL_FORMED = re.compile(r"\d{1,3}")
 
 
-def toy_reward(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
-               answer: Sequence[str] = (), **kwargs: Any) -> list[float]:
+def toy_reward(
+    prompts: Sequence[Any] | None = None,
+    completions: Sequence[Any] = (),
+    answer: Sequence[str] = (),
+    **kwargs: Any,
+) -> list[float]:
     """Rule reward for GRPO/RLOO-style trainers (TRL reward-function signature).
 
     Per completion: 1.0 if it is exactly the answer; 0.5 if it starts with the answer but carries on;
@@ -266,6 +315,7 @@ def toy_reward(prompts: Sequence[Any] | None = None, completions: Sequence[Any] 
 
 # ------------------------------------------------------------------------------- evaluation
 
+
 def _input_device(model):
     try:
         return model.get_input_embeddings().weight.device
@@ -273,16 +323,24 @@ def _input_device(model):
         return next(model.parameters()).device
 
 
-def generate_completions(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8,
-                         batch_size: int = 32) -> list[str]:
+def generate_completions(
+    model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8, batch_size: int = 32
+) -> list[str]:
     """Greedy completions (decoded, special tokens dropped) of the rows' prompts through the chat template."""
     import torch
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    gen_config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=eos, pad_token_id=pad, bos_token_id=None, use_cache=True)
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        bos_token_id=None,
+        use_cache=True,
+    )
     device = _input_device(model)
     was_training = model.training
     model.eval()
@@ -290,23 +348,32 @@ def generate_completions(model, tokenizer, rows: Sequence[dict], max_new_tokens:
     try:
         with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
-                prompts = [r["prompt"] if not isinstance(r["prompt"], str)
-                           else [{"role": "user", "content": r["prompt"]}] for r in batch]
+                batch = rows[start : start + batch_size]
+                prompts = [
+                    r["prompt"]
+                    if not isinstance(r["prompt"], str)
+                    else [{"role": "user", "content": r["prompt"]}]
+                    for r in batch
+                ]
                 texts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
-                enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                                add_special_tokens=False).to(device)
-                out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                     generation_config=gen_config)
-                new_tokens = out[:, enc["input_ids"].shape[1]:]
+                enc = tokenizer(
+                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+                ).to(device)
+                out = model.generate(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    generation_config=gen_config,
+                )
+                new_tokens = out[:, enc["input_ids"].shape[1] :]
                 completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         model.train(was_training)
     return completions
 
 
-def evaluate_task(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8,
-                  batch_size: int = 32) -> dict[str, float | int]:
+def evaluate_task(
+    model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8, batch_size: int = 32
+) -> dict[str, float | int]:
     """Greedy-decode every prompt and score it against its answer.
 
     Returns ``exact_match`` (the headline metric), ``answer_match`` (starts with the right number),
@@ -336,8 +403,9 @@ def _pair_texts(row: dict) -> tuple[list[Message], str, str]:
     return prompt, completion_text(chosen), completion_text(row["rejected"])
 
 
-def completion_logprobs(model, tokenizer, prompts: Sequence[list[Message]], completions: Sequence[str],
-                        batch_size: int = 32) -> list[float]:
+def completion_logprobs(
+    model, tokenizer, prompts: Sequence[list[Message]], completions: Sequence[str], batch_size: int = 32
+) -> list[float]:
     """Sum of the log-probabilities of each assistant completion (its tokens and end of turn) after its prompt."""
     import torch
 
@@ -349,9 +417,13 @@ def completion_logprobs(model, tokenizer, prompts: Sequence[list[Message]], comp
         with torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
                 ids, starts = [], []
-                for prompt, text in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
+                for prompt, text in zip(
+                    prompts[start : start + batch_size], completions[start : start + batch_size]
+                ):
                     p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-                    full = tokenizer.apply_chat_template(list(prompt) + assistant_message(text), tokenize=False)
+                    full = tokenizer.apply_chat_template(
+                        list(prompt) + assistant_message(text), tokenize=False
+                    )
                     p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
                     f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
                     ids.append(f_ids)
@@ -363,13 +435,15 @@ def completion_logprobs(model, tokenizer, prompts: Sequence[list[Message]], comp
                 logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
                 logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
                 for i, (x, s) in enumerate(zip(ids, starts)):
-                    scores.append(float(logp[i, s - 1:len(x) - 1].sum()))
+                    scores.append(float(logp[i, s - 1 : len(x) - 1].sum()))
     finally:
         model.train(was_training)
     return scores
 
 
-def preference_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> dict[str, float | int]:
+def preference_accuracy(
+    model, tokenizer, rows: Sequence[dict], batch_size: int = 32
+) -> dict[str, float | int]:
     """How often a causal LM gives the right answer a higher log-probability than the wrong one.
 
     ``rows`` are eval rows (``answer``/``rejected``) or prefs rows (``chosen``/``rejected``). This is
@@ -383,11 +457,16 @@ def preference_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int 
     good = completion_logprobs(model, tokenizer, prompts, [t[1] for t in triples], batch_size)
     bad = completion_logprobs(model, tokenizer, prompts, [t[2] for t in triples], batch_size)
     margins = [g - b for g, b in zip(good, bad)]
-    return {"preference_accuracy": sum(m > 0 for m in margins) / len(margins),
-            "mean_logp_margin": sum(margins) / len(margins), "n": len(margins)}
+    return {
+        "preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+        "mean_logp_margin": sum(margins) / len(margins),
+        "n": len(margins),
+    }
 
 
-def reward_accuracy(reward_model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> dict[str, float | int]:
+def reward_accuracy(
+    reward_model, tokenizer, rows: Sequence[dict], batch_size: int = 32
+) -> dict[str, float | int]:
     """How often a reward model (sequence classification, one label) scores the right answer above the wrong one.
 
     Conversations are rendered with the chat template as TRL's RewardTrainer does (prompt + answer,
@@ -405,25 +484,38 @@ def reward_accuracy(reward_model, tokenizer, rows: Sequence[dict], batch_size: i
     def score(texts: list[str]) -> list[float]:
         out: list[float] = []
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            enc = tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
             out.extend(reward_model(**enc).logits[:, 0].float().tolist())
         return out
 
     try:
         with torch.inference_mode():
-            chosen = score([tokenizer.apply_chat_template(p + assistant_message(c), tokenize=False)
-                            for p, c, _ in triples])
-            rejected = score([tokenizer.apply_chat_template(p + assistant_message(r), tokenize=False)
-                              for p, _, r in triples])
+            chosen = score(
+                [
+                    tokenizer.apply_chat_template(p + assistant_message(c), tokenize=False)
+                    for p, c, _ in triples
+                ]
+            )
+            rejected = score(
+                [
+                    tokenizer.apply_chat_template(p + assistant_message(r), tokenize=False)
+                    for p, _, r in triples
+                ]
+            )
     finally:
         reward_model.train(was_training)
     margins = [c - r for c, r in zip(chosen, rejected)]
-    return {"reward_accuracy": sum(m > 0 for m in margins) / len(margins),
-            "mean_reward_margin": sum(margins) / len(margins), "n": len(margins)}
+    return {
+        "reward_accuracy": sum(m > 0 for m in margins) / len(margins),
+        "mean_reward_margin": sum(margins) / len(margins),
+        "n": len(margins),
+    }
 
 
 # ------------------------------------------------------------------------------------- CLI
+
 
 def _check(data_dir: Path) -> list[str]:
     problems = []
@@ -440,8 +532,9 @@ def _check(data_dir: Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m align_recipes.tiny.toytask",
-                                     description="Write or check the toy task's data files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m align_recipes.tiny.toytask", description="Write or check the toy task's data files."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="write the data files")
     w.add_argument("out_dir", type=Path)

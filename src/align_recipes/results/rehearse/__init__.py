@@ -30,12 +30,28 @@ from align_recipes.errors import RecipeError, RecipeErrors
 STAGES = ("recipe", "model", "tokenizer", "data", "plan", "train", "evaluate", "save", "reload", "report")
 STEPS = 2
 # Train keys cut for the rehearsal (only those the algorithm's config has); lengths are upper bounds.
-REHEARSAL_CAPS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "max_length": 96,
-                  "max_prompt_length": 32, "max_completion_length": 8, "max_new_tokens": 8, "num_generations": 2,
-                  "num_generations_eval": 2, "num_ppo_epochs": 1}
-REHEARSAL_SETS = {"max_steps": STEPS, "gradient_accumulation_steps": 1, "logging_steps": 1, "eval_steps": 1,
-                  "save_strategy": "steps", "save_steps": STEPS, "dataloader_num_workers": 0,
-                  "steps_per_generation": None, "generation_batch_size": None}
+REHEARSAL_CAPS = {
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "max_length": 96,
+    "max_prompt_length": 32,
+    "max_completion_length": 8,
+    "max_new_tokens": 8,
+    "num_generations": 2,
+    "num_generations_eval": 2,
+    "num_ppo_epochs": 1,
+}
+REHEARSAL_SETS = {
+    "max_steps": STEPS,
+    "gradient_accumulation_steps": 1,
+    "logging_steps": 1,
+    "eval_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": STEPS,
+    "dataloader_num_workers": 0,
+    "steps_per_generation": None,
+    "generation_batch_size": None,
+}
 GPU_PROFILES = ("t4", "l4", "a100", "h100")
 
 
@@ -68,7 +84,9 @@ class Rehearsal:
     @property
     def estimate_refused(self) -> bool:
         """The target is a GPU profile and the full model will not fit there."""
-        return any(name == self.target_profile and (isinstance(e, str) or not e.fits) for name, e in self.estimates)
+        return any(
+            name == self.target_profile and (isinstance(e, str) or not e.fits) for name, e in self.estimates
+        )
 
     @property
     def exit_code(self) -> int:
@@ -89,8 +107,14 @@ def _online() -> bool:
     return not offline()
 
 
-def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None = None,
-             workdir: str | Path | None = None, caps: dict | None = None, steps: int = STEPS) -> Rehearsal:
+def rehearse(
+    recipe: str | Path,
+    overrides: list[str] = (),
+    profile: str | None = None,
+    workdir: str | Path | None = None,
+    caps: dict | None = None,
+    steps: int = STEPS,
+) -> Rehearsal:
     """Rehearse one recipe; never raises for what the run hits (each stage records it). `caps` replaces some of
     REHEARSAL_CAPS and `steps` the number of optimizer steps (the test suite uses shorter runs)."""
     from align_recipes.results.rehearse import plan as planning
@@ -104,7 +128,9 @@ def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None 
         begin = time.time()
         try:
             value = action()
-        except Exception as exc:  # a rehearsal reports what a run would hit, with the clean errors train gives
+        except (
+            Exception
+        ) as exc:  # a rehearsal reports what a run would hit, with the clean errors train gives
             stage[name].ok, stage[name].detail = False, _describe(exc, result.workdir)
             stage[name].seconds = time.time() - begin
             raise _StageFailed(name) from None
@@ -118,14 +144,20 @@ def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None 
         stage["recipe"].detail = draft.describe()
         result.algorithm, result.target_profile = draft.algorithm.name, draft.target_profile
         result.adapter = draft.adapter
-        result.workdir = Path(workdir) if workdir else Path("outputs") / "rehearse" / draft.family / draft.recipe.stem
+        result.workdir = (
+            Path(workdir) if workdir else Path("outputs") / "rehearse" / draft.family / draft.recipe.stem
+        )
         if result.workdir.exists():
             shutil.rmtree(result.workdir)
         result.workdir.mkdir(parents=True)
         arch = run_stage("model", lambda: draft.architecture(online))
         stage["model"].detail = planning.describe_architecture(arch)
-        tokenizer_dir, stage["tokenizer"].detail = run_stage("tokenizer", lambda: draft.tokenizer(arch, online))
-        model_dir = run_stage("model", lambda: draft.build_model(arch, tokenizer_dir, stage["tokenizer"].detail))
+        tokenizer_dir, stage["tokenizer"].detail = run_stage(
+            "tokenizer", lambda: draft.tokenizer(arch, online)
+        )
+        model_dir = run_stage(
+            "model", lambda: draft.build_model(arch, tokenizer_dir, stage["tokenizer"].detail)
+        )
         stage["model"].detail += draft.reward_note
         stage["data"].detail = run_stage("data", lambda: draft.write_data(result.workdir, online))
         run_plan = run_stage("plan", lambda: draft.run_plan(model_dir, result.workdir))
@@ -141,30 +173,38 @@ def rehearse(recipe: str | Path, overrides: list[str] = (), profile: str | None 
     return result
 
 
-def rehearse_pipeline(path: str | Path, overrides: list[str] = (), profile: str | None = None,
-                      workdir: str | Path | None = None) -> list[Rehearsal]:
+def rehearse_pipeline(
+    path: str | Path, overrides: list[str] = (), profile: str | None = None, workdir: str | Path | None = None
+) -> list[Rehearsal]:
     """Rehearse each stage of a pipeline file with its overrides; an override naming an earlier stage's output
     (`{sft}`) is left out, as that output is stood in for (the stage's recipe names what it is trained from)."""
     path = Path(path)
     root = Path(workdir) if workdir else Path("outputs") / "rehearse" / path.resolve().parent.name / path.stem
-    return [rehearse(recipe, stage_overrides, profile, root / name)
-            for name, recipe, stage_overrides in pipeline_stages(path, overrides)]
+    return [
+        rehearse(recipe, stage_overrides, profile, root / name)
+        for name, recipe, stage_overrides in pipeline_stages(path, overrides)
+    ]
 
 
 def pipeline_stages(path: Path, overrides: list[str] = ()) -> list[tuple[str, Path, list[str]]]:
     """(name, recipe, overrides) per stage: the stage's own overrides without those naming an earlier stage's
     output, then the command line's (`KEY=VALUE` for all, `STAGE:KEY=VALUE` for one)."""
-    from align_recipes.results.pipeline import override_text, split_overrides
     from align_recipes.plan.yamlio import load_yaml
+    from align_recipes.results.pipeline import override_text, split_overrides
 
     stages = [s for s in (load_yaml(path) or {}).get("stages") or [] if isinstance(s, dict)]
     common, per_stage = split_overrides(list(overrides), [str(s.get("name")) for s in stages])
     found = []
     for stage in stages:
         name = str(stage.get("name"))
-        own = [f"{key}={override_text(value)}" for key, value in (stage.get("overrides") or {}).items()
-               if "{" not in str(value)]
-        found.append((name, path.parent / str(stage.get("recipe")), [*own, *common, *per_stage.get(name, [])]))
+        own = [
+            f"{key}={override_text(value)}"
+            for key, value in (stage.get("overrides") or {}).items()
+            if "{" not in str(value)
+        ]
+        found.append(
+            (name, path.parent / str(stage.get("recipe")), [*own, *common, *per_stage.get(name, [])])
+        )
     return found
 
 
@@ -177,8 +217,11 @@ def _train(plan, result: Rehearsal) -> None:
     out = plan.output_dir
     log = result.workdir / "run.log"
     begin, error = time.time(), None
-    with open(log, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle), \
-            contextlib.redirect_stderr(handle):
+    with (
+        open(log, "w", encoding="utf-8") as handle,
+        contextlib.redirect_stdout(handle),
+        contextlib.redirect_stderr(handle),
+    ):
         try:
             train(plan, overwrite=True, command=["align-recipes", "rehearse", str(result.recipe)])
             try_write_report(out)
@@ -189,14 +232,19 @@ def _train(plan, result: Rehearsal) -> None:
     records = RunDir(out).metrics()
     done = max((r.get("step", 0) for r in records if "loss" in r or "reward" in r), default=0)
     steps = result.steps
-    evals = [r for r in records if any(k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
-                                       for k in r)]
+    evals = [
+        r
+        for r in records
+        if any(k.startswith("eval_") and not k.endswith(("runtime", "per_second")) for k in r)
+    ]
     saved = any((out / f).is_file() for f in ("adapter_config.json", "model.safetensors", "config.json"))
     checkpoint = (out / f"checkpoint-{steps}").is_dir()
-    evidence = {"train": (done >= steps, f"{done} of {steps} optimizer steps{_loss_text(records)}"),
-                "evaluate": (bool(evals), _eval_text(evals, steps)),
-                "save": (saved and checkpoint, f"checkpoint-{steps} and the final model in {out}"),
-                "report": ((out / "report.md").is_file(), f"{out / 'report.md'}")}
+    evidence = {
+        "train": (done >= steps, f"{done} of {steps} optimizer steps{_loss_text(records)}"),
+        "evaluate": (bool(evals), _eval_text(evals, steps)),
+        "save": (saved and checkpoint, f"checkpoint-{steps} and the final model in {out}"),
+        "report": ((out / "report.md").is_file(), f"{out / 'report.md'}"),
+    }
     failed = False
     for name, (ok, text) in evidence.items():
         if name == "report":
@@ -232,8 +280,9 @@ def _reload(plan, result: Rehearsal) -> None:
                 score = model(**batch).logits[0, 0].item()
             text = f"reward model scores a text: {score:+.3f}"
         else:
-            answer = reply(model, tokenizer, [{"role": "user", "content": "Say hello."}], max_new_tokens=4,
-                           temperature=0)
+            answer = reply(
+                model, tokenizer, [{"role": "user", "content": "Say hello."}], max_new_tokens=4, temperature=0
+            )
             text = f"generated a reply ({len(answer)} characters)"
         result.stages["reload"].ok = True
         result.stages["reload"].detail = f"{'adapter on its base' if info.adapter else 'full model'}; {text}"
@@ -279,9 +328,12 @@ def _describe(exc: BaseException | None, workdir: Path | None) -> str:
 def render(result: Rehearsal) -> str:
     """The one screen."""
     width = 76
-    lines = ["─" * width, f"align-recipes rehearse · {result.algorithm} · {result.recipe} · adapter {result.adapter}",
-             f"  run on {'CPU' if result.run_profile == 'cpu' else result.run_profile} (profile {result.run_profile}),"
-             f" 2 layers, random weights, {result.steps} steps; output in {result.workdir}"]
+    lines = [
+        "─" * width,
+        f"align-recipes rehearse · {result.algorithm} · {result.recipe} · adapter {result.adapter}",
+        f"  run on {'CPU' if result.run_profile == 'cpu' else result.run_profile} (profile {result.run_profile}),"
+        f" 2 layers, random weights, {result.steps} steps; output in {result.workdir}",
+    ]
     for stage in result.stages.values():
         mark = {True: "ok", False: "FAILED", None: "·"}[stage.ok]
         detail = stage.detail if stage.ok is not None else "not reached"
@@ -289,7 +341,9 @@ def render(result: Rehearsal) -> str:
         took = f" ({stage.seconds:.1f}s)" if stage.seconds is not None and stage.ok is not None else ""
         lines.append(f"  {stage.name:<10}{mark:<7}{first}{took}")
         lines += [f"  {'':<17}{line}" for line in rest]
-    lines.append(f"  measured   {result.seconds:.1f} s wall, peak RSS {result.peak_rss_gb:.2f} GB (this process)")
+    lines.append(
+        f"  measured   {result.seconds:.1f} s wall, peak RSS {result.peak_rss_gb:.2f} GB (this process)"
+    )
     if result.estimates:
         lines.append("  GPU memory of the full model, estimated peak per process (GB):")
         notes = []
@@ -300,12 +354,23 @@ def render(result: Rehearsal) -> str:
             lines.append(f"    {name:<6}{estimate.line()} ({estimate.breakdown()})")
             notes += [n for n in estimate.notes if n not in notes]
         lines.append(f"    {'':<6}{'; '.join(notes)}")
-    verdict = "ok: the recipe ran end to end at its real shape" if result.ok else \
-        "FAILED: fix the stage marked FAILED before renting a GPU"
+    verdict = (
+        "ok: the recipe ran end to end at its real shape"
+        if result.ok
+        else "FAILED: fix the stage marked FAILED before renting a GPU"
+    )
     if result.ok and result.estimate_refused:
         verdict = f"FAILED: the full model will not fit profile {result.target_profile} (see the estimate)"
     lines += [f"  {verdict}", "─" * width]
     return "\n".join(lines)
 
 
-__all__ = ["rehearse", "rehearse_pipeline", "render", "Rehearsal", "REHEARSAL_CAPS", "REHEARSAL_SETS", "STEPS"]
+__all__ = [
+    "rehearse",
+    "rehearse_pipeline",
+    "render",
+    "Rehearsal",
+    "REHEARSAL_CAPS",
+    "REHEARSAL_SETS",
+    "STEPS",
+]

@@ -32,9 +32,9 @@ TIGHT = 0.9  # above this share of the budget: "tight"
 
 @dataclass
 class Estimate:
-    parts: dict[str, float]          # GB per part
+    parts: dict[str, float]  # GB per part
     notes: list[str] = field(default_factory=list)
-    budget_gb: float | None = None   # the profile's GPU memory (None: CPU profile)
+    budget_gb: float | None = None  # the profile's GPU memory (None: CPU profile)
     profile: str = ""
 
     @property
@@ -66,18 +66,31 @@ def _shape(config: dict) -> dict:
     hidden = int(c["hidden_size"])
     heads = int(c.get("num_attention_heads") or max(1, hidden // 64))
     head_dim = int(c.get("head_dim") or hidden // heads)
-    return {"hidden": hidden, "layers": int(c["num_hidden_layers"]), "vocab": int(c["vocab_size"]),
-            "inter": int(c.get("intermediate_size") or 4 * hidden), "heads": heads, "head_dim": head_dim,
-            "kv": int(c.get("num_key_value_heads") or heads) * head_dim,
-            "tied": bool(c.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))}
+    return {
+        "hidden": hidden,
+        "layers": int(c["num_hidden_layers"]),
+        "vocab": int(c["vocab_size"]),
+        "inter": int(c.get("intermediate_size") or 4 * hidden),
+        "heads": heads,
+        "head_dim": head_dim,
+        "kv": int(c.get("num_key_value_heads") or heads) * head_dim,
+        "tied": bool(c.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+    }
 
 
 def lora_parameters(config: dict, lora: dict) -> int:
     """Trainable LoRA parameters: r x (in + out) for each targeted projection of every layer."""
     s = _shape(config)
     h, kv, i = s["hidden"], s["kv"], s["inter"]
-    sizes = {"q_proj": (h, s["heads"] * s["head_dim"]), "k_proj": (h, kv), "v_proj": (h, kv),
-             "o_proj": (s["heads"] * s["head_dim"], h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    sizes = {
+        "q_proj": (h, s["heads"] * s["head_dim"]),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (s["heads"] * s["head_dim"], h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
     targets = lora.get("target_modules", "all-linear")
     names = LORA_TARGETS_ALL if targets in ("all-linear", None) else [t for t in targets if t in sizes]
     r = int(lora.get("r", 16))
@@ -90,7 +103,11 @@ def _tokens(algorithm, train: dict) -> tuple[int, int, str]:
     if algorithm.generates:
         prompt = int(train.get("max_prompt_length") or 512)
         completion = int(train.get("max_completion_length") or train.get("max_new_tokens") or 256)
-        return micro, prompt + completion, f"micro-batch {micro} x (prompt {prompt} + completion {completion})"
+        return (
+            micro,
+            prompt + completion,
+            f"micro-batch {micro} x (prompt {prompt} + completion {completion})",
+        )
     length = int(train.get("max_length") or 1024)
     pairs = 2 if algorithm.data_kind == "preference" else 1
     how = f"micro-batch {micro}{' x 2 (chosen + rejected)' if pairs == 2 else ''} x {length} tokens"
@@ -100,8 +117,9 @@ def _tokens(algorithm, train: dict) -> tuple[int, int, str]:
     return micro * pairs, length, how
 
 
-def estimate(config: dict, params: int, linear_params: int, algorithm, model: dict, train: dict,
-             profile) -> Estimate:
+def estimate(
+    config: dict, params: int, linear_params: int, algorithm, model: dict, train: dict, profile
+) -> Estimate:
     """Peak GPU memory of one training process for the full model (`config`, `params` in all, of which
     `linear_params` in the decoder layers' projections) with the plan's resolved `model` and `train` values."""
     s = _shape(config)
@@ -166,9 +184,18 @@ def estimate(config: dict, params: int, linear_params: int, algorithm, model: di
         layers_act *= 2  # the critic's forward and backward too
     notes.append(how)
 
-    parts = {"weights": (weights + reference + critic) / GB, "gradients": gradients / GB,
-             "optimizer": optimizer / GB, "activations": layers_act / GB, "logits": logits / GB,
-             "overhead": OVERHEAD_GB}
+    parts = {
+        "weights": (weights + reference + critic) / GB,
+        "gradients": gradients / GB,
+        "optimizer": optimizer / GB,
+        "activations": layers_act / GB,
+        "logits": logits / GB,
+        "overhead": OVERHEAD_GB,
+    }
     gpu = getattr(profile, "gpu", None)
-    return Estimate(parts=parts, notes=notes, budget_gb=gpu.memory_gb if gpu else None,
-                    profile=getattr(profile, "name", ""))
+    return Estimate(
+        parts=parts,
+        notes=notes,
+        budget_gb=gpu.memory_gb if gpu else None,
+        profile=getattr(profile, "name", ""),
+    )

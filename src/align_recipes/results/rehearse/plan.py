@@ -23,8 +23,10 @@ from align_recipes.results.rehearse import tokenizer as tokenizers
 
 def offline() -> bool:
     """Offline unless told otherwise by the usual switches (HF_HUB_OFFLINE, ALIGN_RECIPES_OFFLINE)."""
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "ALIGN_RECIPES_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "ALIGN_RECIPES_OFFLINE")
+    )
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -46,29 +48,35 @@ class Draft:
     recipe: Path
     overrides: list[str]
     profile: str | None
-    raw: dict                      # the recipe's extends chain and overrides, merged, not validated
-    model_names: list[str]         # model.name_or_path along the chain, nearest first
+    raw: dict  # the recipe's extends chain and overrides, merged, not validated
+    model_names: list[str]  # model.name_or_path along the chain, nearest first
     algorithm: Any = None
-    stand_ins: list[str] = field(default_factory=list)   # overrides standing in for missing things
+    stand_ins: list[str] = field(default_factory=list)  # overrides standing in for missing things
     data_overrides: list[str] = field(default_factory=list)
     reward_note: str = ""
-    target: Any = None             # the target Plan (after run_plan)
+    target: Any = None  # the target Plan (after run_plan)
     caps: list[str] = field(default_factory=list)
     limits: dict = field(default_factory=dict)  # REHEARSAL_CAPS, or the caller's
     steps: int = 2
 
     @classmethod
-    def read(cls, recipe: Path, overrides: list[str], profile: str | None) -> "Draft":
+    def read(cls, recipe: Path, overrides: list[str], profile: str | None) -> Draft:
         from align_recipes.plan.layers import override_layer, parse_override, read_chain
         from align_recipes.registry import ALGORITHMS
 
         if not recipe.is_file():
-            raise RecipeError(f"recipe file '{recipe}' not found", file=recipe, fix="e.g. recipes/qwen05b/dpo.yaml")
+            raise RecipeError(
+                f"recipe file '{recipe}' not found", file=recipe, fix="e.g. recipes/qwen05b/dpo.yaml"
+            )
         raw: dict = {}
         names: list[str] = []
         for _, data in read_chain(recipe):
             layer = {k: v for k, v in data.items() if k != "extends"}
-            name = (layer.get("model") or {}).get("name_or_path") if isinstance(layer.get("model"), dict) else None
+            name = (
+                (layer.get("model") or {}).get("name_or_path")
+                if isinstance(layer.get("model"), dict)
+                else None
+            )
             if name:
                 names.insert(0, str(name))
             _deep_merge(raw, yaml.safe_load(yaml.safe_dump(_plain(layer), allow_unicode=True)))
@@ -82,8 +90,14 @@ class Draft:
             from align_recipes.plan.load import load_plan
 
             load_plan(recipe, overrides, profile=profile)  # raises the usual unknown-algorithm error
-        return cls(recipe=recipe, overrides=list(overrides), profile=profile, raw=raw, model_names=names,
-                   algorithm=algorithm)
+        return cls(
+            recipe=recipe,
+            overrides=list(overrides),
+            profile=profile,
+            raw=raw,
+            model_names=names,
+            algorithm=algorithm,
+        )
 
     # --- what the recipe says -----------------------------------------------------------------------
     @property
@@ -119,15 +133,23 @@ class Draft:
     def architecture(self, online: bool) -> shapes.Architecture:
         name = str(self.model.get("name_or_path") or "")
         if name.startswith("builtin:"):
-            raise RecipeError("the builtin tiny model already trains in seconds: rehearse is for real models",
-                              key="model.name_or_path", fix=f"run it: align-recipes train {self.recipe}")
+            raise RecipeError(
+                "the builtin tiny model already trains in seconds: rehearse is for real models",
+                key="model.name_or_path",
+                fix=f"run it: align-recipes train {self.recipe}",
+            )
         fallbacks = [n for n in self.model_names if n != name]
         try:
-            arch = shapes.resolve(name, str(self.model.get("source", "auto")), self.recipe.parent, online, fallbacks)
+            arch = shapes.resolve(
+                name, str(self.model.get("source", "auto")), self.recipe.parent, online, fallbacks
+            )
         except LookupError as exc:
-            raise RecipeError(f"cannot find the architecture of '{name}': {exc}", key="model.name_or_path",
-                              fix="point model.name_or_path at a local folder with config.json, or go online "
-                                  "(config.json alone is fetched, no weights)") from None
+            raise RecipeError(
+                f"cannot find the architecture of '{name}': {exc}",
+                key="model.name_or_path",
+                fix="point model.name_or_path at a local folder with config.json, or go online "
+                "(config.json alone is fetched, no weights)",
+            ) from None
         if arch.name != name:
             self.stand_ins.append(_override("model.name_or_path", arch.name))
             arch.origin += f"; '{name}' does not exist yet (an earlier stage writes it)"
@@ -138,11 +160,16 @@ class Draft:
         if real is not None:
             return real, f"the recipe's tokenizer ({real})"
         if not arch.tokenizer_facts:
-            raise RecipeError(f"no tokenizer for '{arch.name}' offline, and no stand-in for its family",
-                              key="model.name_or_path", fix="go online once, or point at a local model folder")
+            raise RecipeError(
+                f"no tokenizer for '{arch.name}' offline, and no stand-in for its family",
+                key="model.name_or_path",
+                fix="go online once, or point at a local model folder",
+            )
         folder = tokenizers.stand_in_dir(arch.tokenizer_facts, shapes.cache_root())
-        return folder, (f"STAND-IN byte-level BPE with {arch.name}'s special tokens and chat template, "
-                        f"vocab {arch.config.get('vocab_size')} (the real tokenizer is not available offline)")
+        return folder, (
+            f"STAND-IN byte-level BPE with {arch.name}'s special tokens and chat template, "
+            f"vocab {arch.config.get('vocab_size')} (the real tokenizer is not available offline)"
+        )
 
     def build_model(self, arch: shapes.Architecture, tokenizer_dir: Path, label: str) -> Path:
         model_dir = shapes.build(arch, tokenizer_dir, label)
@@ -150,8 +177,10 @@ class Draft:
         if path and self.algorithm.uses_rewards and not _exists(str(path), self.recipe.parent):
             stand_in = shapes.build_reward_stand_in(model_dir)
             self.stand_ins.append(_override("train.reward_model_path", str(stand_in)))
-            self.reward_note = (f"; reward model '{path}' does not exist yet: a STAND-IN reward model of the same "
-                                "architecture (random weights) scores instead")
+            self.reward_note = (
+                f"; reward model '{path}' does not exist yet: a STAND-IN reward model of the same "
+                "architecture (random weights) scores instead"
+            )
         return model_dir
 
     # --- data -----------------------------------------------------------------------------------------------
@@ -160,8 +189,12 @@ class Draft:
         data = self.raw.get("data") or {}
         train = _sources(data.get("train"))
         if not train:
-            raise RecipeError("the recipe has no data.train", key="data.train", file=self.recipe,
-                              fix="add data: {train: {path: …}}")
+            raise RecipeError(
+                "the recipe has no data.train",
+                key="data.train",
+                file=self.recipe,
+                fix="add data: {train: {path: …}}",
+            )
         texts = []
         splits = {"train": (train, sample_data.TRAIN_ROWS, 0)}
         if data.get("eval"):
@@ -169,16 +202,21 @@ class Draft:
         for split, (entries, rows, seed) in splits.items():
             written = []
             for index, entry in enumerate(entries):
-                sample = sample_data.sample(entry, self.recipe.parent, self.algorithm.data_kind, rows, online, seed)
+                sample = sample_data.sample(
+                    entry, self.recipe.parent, self.algorithm.data_kind, rows, online, seed
+                )
                 name = f"{split}.jsonl" if len(entries) == 1 else f"{split}-{index}.jsonl"
                 sample.path = sample_data.write_jsonl(sample.rows, workdir / "data" / name)
                 written.append({**sample.entry(entry), "name": None})
                 texts.append(f"{split}{'' if len(entries) == 1 else f'[{index}]'}: {sample.origin}")
-            self.data_overrides.append(_override(f"data.{split}", written[0] if len(written) == 1 else written))
+            self.data_overrides.append(
+                _override(f"data.{split}", written[0] if len(written) == 1 else written)
+            )
         if "eval" not in splits:
             entry = train[0]
-            sample = sample_data.sample(entry, self.recipe.parent, self.algorithm.data_kind,
-                                        sample_data.EVAL_ROWS, False, seed=7)
+            sample = sample_data.sample(
+                entry, self.recipe.parent, self.algorithm.data_kind, sample_data.EVAL_ROWS, False, seed=7
+            )
             sample.path = sample_data.write_jsonl(sample.rows, workdir / "data" / "eval.jsonl")
             self.data_overrides.append(_override("data.eval", {**sample.entry(entry), "name": None}))
             texts.append("eval: the recipe has none; rehearsal-only held-out rows like the train sample")
@@ -199,8 +237,11 @@ class Draft:
         target_model = self.target.recipe["model"]
         fields = trl_fields.config_fields(self.algorithm.config_name)
         effective = self.target.effective_config()
-        extra = [_override("model.name_or_path", str(model_dir)), "model.source=local",
-                 _override("model.adapter", target_model.get("adapter", "full"))]
+        extra = [
+            _override("model.name_or_path", str(model_dir)),
+            "model.source=local",
+            _override("model.adapter", target_model.get("adapter", "full")),
+        ]
         if target_model.get("quantization"):
             extra.append(_override("model.quantization", target_model["quantization"]))
         self.caps = []
@@ -217,13 +258,20 @@ class Draft:
             extra.append(_override(f"train.{key}", value))
             if key in ("max_steps", "gradient_accumulation_steps") and before != value:
                 self.caps.append(f"{key} {before}→{value}")
-        extra += [_override("train.eval_strategy", "steps"), _override("train.output_dir", str(workdir / "run"))]
+        extra += [
+            _override("train.eval_strategy", "steps"),
+            _override("train.output_dir", str(workdir / "run")),
+        ]
         profile = self.profile if _cuda() else "cpu"
-        return load_plan(self.recipe, [*self.overrides, *self.stand_ins, *self.data_overrides, *extra], profile=profile)
+        return load_plan(
+            self.recipe, [*self.overrides, *self.stand_ins, *self.data_overrides, *extra], profile=profile
+        )
 
     def plan_note(self, run_plan) -> str:
-        return (f"validated under profile {self.target.profile.name} (as train would) and {run_plan.profile.name} "
-                f"(the rehearsal); cut for speed: {', '.join(self.caps) or 'nothing'}")
+        return (
+            f"validated under profile {self.target.profile.name} (as train would) and {run_plan.profile.name} "
+            f"(the rehearsal); cut for speed: {', '.join(self.caps) or 'nothing'}"
+        )
 
     def estimates(self, arch: shapes.Architecture) -> list[tuple[str, Any]]:
         """(profile, Estimate | why it is refused) for the target profile, or every GPU profile from CPU."""
@@ -240,8 +288,14 @@ class Draft:
                 found.append((name, "refused by validate: " + " ".join(exc.render().split())[:160]))
                 continue
             train = {k: v for k, (v, _) in plan.effective_config().items()}
-            found.append((name, estimate(arch.config, params, linear, self.algorithm, plan.recipe["model"], train,
-                                         plan.profile)))
+            found.append(
+                (
+                    name,
+                    estimate(
+                        arch.config, params, linear, self.algorithm, plan.recipe["model"], train, plan.profile
+                    ),
+                )
+            )
         return found
 
 
@@ -266,12 +320,18 @@ def _plain(value: Any) -> Any:
 
 def describe_architecture(arch: shapes.Architecture) -> str:
     c = arch.config.get("text_config") or arch.config
-    return (f"{arch.name}: {c.get('model_type')} hidden {c.get('hidden_size')}, vocab {c.get('vocab_size')}, "
-            f"{shapes.REHEARSAL_LAYERS} of {c.get('num_hidden_layers')} layers, random weights "
-            f"({arch.origin})")
+    return (
+        f"{arch.name}: {c.get('model_type')} hidden {c.get('hidden_size')}, vocab {c.get('vocab_size')}, "
+        f"{shapes.REHEARSAL_LAYERS} of {c.get('num_hidden_layers')} layers, random weights "
+        f"({arch.origin})"
+    )
 
 
 def _sources(value) -> list[dict]:
     """A data split as a list of source mappings: a path, a mapping, or a mixture's list of them."""
     items = value if isinstance(value, list) else [value] if value else []
-    return [{"path": item} if isinstance(item, str) else dict(item) for item in items if isinstance(item, (str, dict))]
+    return [
+        {"path": item} if isinstance(item, str) else dict(item)
+        for item in items
+        if isinstance(item, (str, dict))
+    ]

@@ -30,20 +30,65 @@ KNOWN_LAYOUTS = {
     "bellegroup/train_0.5m_cn": "belle",
 }
 # Data kind -> the plainest layout that serves it (see align_recipes.data.formats).
-KIND_LAYOUTS = {"language_modeling": "messages", "preference": "preference", "unpaired": "unpaired",
-                "prompt_only": "prompt_only"}
+KIND_LAYOUTS = {
+    "language_modeling": "messages",
+    "preference": "preference",
+    "unpaired": "unpaired",
+    "prompt_only": "prompt_only",
+}
 
-_SUBJECTS = ["the garden", "a small bakery", "the river bridge", "an old library", "the train station",
-             "a mountain village", "the science museum", "a football club", "the night market", "a quiet harbour"]
-_ACTIONS = ["plan a visit to", "write a short story about", "explain the history of", "list three facts about",
-            "describe the morning at", "compare two seasons at", "give advice for working at", "summarise a day at"]
-_CLAUSES = ["Start with what people notice first", "keep the tone friendly and clear",
-            "mention one practical detail", "then add a surprising fact", "end with a short suggestion",
-            "use simple words where you can", "note what changes in the evening", "explain why it matters"]
-_ZH_SUBJECTS = ["春天的花园", "一家小面包店", "城市的地铁", "古老的图书馆", "山里的村庄", "周末的夜市", "海边的小镇", "学校的操场"]
+_SUBJECTS = [
+    "the garden",
+    "a small bakery",
+    "the river bridge",
+    "an old library",
+    "the train station",
+    "a mountain village",
+    "the science museum",
+    "a football club",
+    "the night market",
+    "a quiet harbour",
+]
+_ACTIONS = [
+    "plan a visit to",
+    "write a short story about",
+    "explain the history of",
+    "list three facts about",
+    "describe the morning at",
+    "compare two seasons at",
+    "give advice for working at",
+    "summarise a day at",
+]
+_CLAUSES = [
+    "Start with what people notice first",
+    "keep the tone friendly and clear",
+    "mention one practical detail",
+    "then add a surprising fact",
+    "end with a short suggestion",
+    "use simple words where you can",
+    "note what changes in the evening",
+    "explain why it matters",
+]
+_ZH_SUBJECTS = [
+    "春天的花园",
+    "一家小面包店",
+    "城市的地铁",
+    "古老的图书馆",
+    "山里的村庄",
+    "周末的夜市",
+    "海边的小镇",
+    "学校的操场",
+]
 _ZH_ACTIONS = ["写一段介绍", "解释它的历史", "列出三个特点", "给出一些建议", "描述一天的变化", "比较两个季节"]
-_ZH_CLAUSES = ["首先说明最重要的一点", "语言要简洁清楚", "再补充一个实际的例子", "最后给出一个小建议", "注意前后连贯",
-               "可以提到人们的感受", "说明为什么这样做"]
+_ZH_CLAUSES = [
+    "首先说明最重要的一点",
+    "语言要简洁清楚",
+    "再补充一个实际的例子",
+    "最后给出一个小建议",
+    "注意前后连贯",
+    "可以提到人们的感受",
+    "说明为什么这样做",
+]
 
 
 def _sentence(rng: random.Random) -> str:
@@ -78,22 +123,37 @@ def _row(layout: str, rng: random.Random, index: int) -> dict:
     if layout == "ultrafeedback_binarized":
         high = float(rng.randint(6, 10))
         chosen, rejected = _chat(prompt, good), _chat(prompt, bad)
-        return {"prompt": prompt, "prompt_id": prompt_id, "chosen": chosen, "rejected": rejected,
-                "messages": chosen, "score_chosen": high, "score_rejected": high - rng.randint(1, 5)}
+        return {
+            "prompt": prompt,
+            "prompt_id": prompt_id,
+            "chosen": chosen,
+            "rejected": rejected,
+            "messages": chosen,
+            "score_chosen": high,
+            "score_rejected": high - rng.randint(1, 5),
+        }
     if layout == "ultrachat":
         follow = f"Thanks. Now {rng.choice(_ACTIONS)} {rng.choice(_SUBJECTS)}."
-        return {"prompt": prompt, "prompt_id": prompt_id,
-                "messages": _chat(prompt, good) + _chat(follow, _english(rng, rng.randint(1, 3)))}
+        return {
+            "prompt": prompt,
+            "prompt_id": prompt_id,
+            "messages": _chat(prompt, good) + _chat(follow, _english(rng, rng.randint(1, 3))),
+        }
     if layout == "gsm8k":
         a, b = rng.randint(2, 60), rng.randint(2, 60)
-        return {"question": f"A shop sells {a} apples in the morning and {b} in the afternoon. "
-                            "How many apples does it sell in the day?",
-                "answer": f"In the morning {a}, in the afternoon {b}, so {a}+{b}=<<{a}+{b}={a + b}>>{a + b}.\n"
-                          f"#### {a + b}"}
+        return {
+            "question": f"A shop sells {a} apples in the morning and {b} in the afternoon. "
+            "How many apples does it sell in the day?",
+            "answer": f"In the morning {a}, in the afternoon {b}, so {a}+{b}=<<{a}+{b}={a + b}>>{a + b}.\n"
+            f"#### {a + b}",
+        }
     if layout == "belle":
         subject = rng.choice(_ZH_SUBJECTS)
-        return {"instruction": f"请为{subject}{rng.choice(_ZH_ACTIONS)}。", "input": "",
-                "output": _chinese(rng, _length(rng, index) * 2)}
+        return {
+            "instruction": f"请为{subject}{rng.choice(_ZH_ACTIONS)}。",
+            "input": "",
+            "output": _chinese(rng, _length(rng, index) * 2),
+        }
     if layout in ("messages", "language_modeling"):
         return {"messages": _chat(prompt, good)}
     if layout == "sharegpt":
@@ -112,8 +172,10 @@ def _row(layout: str, rng: random.Random, index: int) -> dict:
         if layout == "implicit_preference":
             return {"chosen": _chat(prompt, good), "rejected": _chat(prompt, bad)}
         if layout == "hh_rlhf":
-            return {"chosen": f"\n\nHuman: {prompt}\n\nAssistant: {good}",
-                    "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {bad}"}
+            return {
+                "chosen": f"\n\nHuman: {prompt}\n\nAssistant: {good}",
+                "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {bad}",
+            }
         return {"prompt": prompt, "chosen": good, "rejected": bad}
     if layout == "unpaired":
         return {"prompt": prompt, "completion": good if index % 2 == 0 else bad, "label": index % 2 == 0}
@@ -145,7 +207,9 @@ class Sample:
 
     def entry(self, original: dict) -> dict:
         """The recipe's data entry pointed at the written file; columns/format/drop_ties kept."""
-        kept = {k: v for k, v in original.items() if k in ("columns", "format", "drop_ties", "max_drop_fraction")}
+        kept = {
+            k: v for k, v in original.items() if k in ("columns", "format", "drop_ties", "max_drop_fraction")
+        }
         return {"path": str(self.path), "split": "train", "source": "local", **kept}
 
 
@@ -207,10 +271,15 @@ def sample(entry: dict, base_dir: Path, data_kind: str, n: int, online: bool, se
     if found is not None:
         return Sample(rows=found[0], origin=found[1], synthetic=False)
     layout, why = layout_for(entry, data_kind)
-    rows = _undo_columns(synthetic_rows(layout, n, seed), entry.get("columns")
-                         if layout in KIND_LAYOUTS.values() or entry.get("format") else None)
-    return Sample(rows=rows, origin=f"synthetic stand-in: {n} rows {why} (the real data is not reachable)",
-                  synthetic=True)
+    rows = _undo_columns(
+        synthetic_rows(layout, n, seed),
+        entry.get("columns") if layout in KIND_LAYOUTS.values() or entry.get("format") else None,
+    )
+    return Sample(
+        rows=rows,
+        origin=f"synthetic stand-in: {n} rows {why} (the real data is not reachable)",
+        synthetic=True,
+    )
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:

@@ -30,9 +30,9 @@ MARKER = "align_recipes_rehearsal.json"
 class Architecture:
     """A model's full config (as config.json has it) and where it came from."""
 
-    name: str                   # what the recipe names (or the stand-in base it is rehearsed with)
+    name: str  # what the recipe names (or the stand-in base it is rehearsed with)
     config: dict
-    origin: str                 # for the screen
+    origin: str  # for the screen
     local_dir: Path | None = None  # a local model folder (its tokenizer may be there too)
     tokenizer_facts: dict = field(default_factory=dict)  # from a shipped asset: for the stand-in tokenizer
 
@@ -56,8 +56,9 @@ def shipped() -> dict[str, dict]:
 def family_facts(config: dict) -> dict:
     """Tokenizer facts of the shipped model with the same vocabulary (for a stand-in tokenizer), or {}."""
     for asset in shipped().values():
-        if asset["config"].get("vocab_size") == config.get("vocab_size") and \
-                asset["config"].get("model_type") == config.get("model_type"):
+        if asset["config"].get("vocab_size") == config.get("vocab_size") and asset["config"].get(
+            "model_type"
+        ) == config.get("model_type"):
             if asset["config"].get("hidden_size") == config.get("hidden_size"):
                 return asset["tokenizer"]
     same_vocab = [a for a in shipped().values() if a["config"].get("vocab_size") == config.get("vocab_size")]
@@ -98,7 +99,9 @@ def _cached_config(name: str) -> tuple[dict, Path] | None:
         return None
 
 
-def resolve(name: str, source: str, base_dir: Path | None, online: bool, fallbacks: list[str] = ()) -> Architecture:
+def resolve(
+    name: str, source: str, base_dir: Path | None, online: bool, fallbacks: list[str] = ()
+) -> Architecture:
     """The architecture for `name`; for a missing local folder, the first of `fallbacks` (the recipe's
     extends chain) that resolves. Raises LookupError naming what was tried."""
     local = _local_dir(name, base_dir)
@@ -113,18 +116,31 @@ def resolve(name: str, source: str, base_dir: Path | None, online: bool, fallbac
             return resolve(candidate, source, base_dir, online)
         cached = _cached_config(candidate)
         if cached is not None:
-            return Architecture(candidate, cached[0], f"{candidate} config from the local Hugging Face cache",
-                                local_dir=cached[1], tokenizer_facts=family_facts(cached[0]))
+            return Architecture(
+                candidate,
+                cached[0],
+                f"{candidate} config from the local Hugging Face cache",
+                local_dir=cached[1],
+                tokenizer_facts=family_facts(cached[0]),
+            )
         if online:
             config = _online_config(candidate, source)
             if config is not None:
-                return Architecture(candidate, config, f"{candidate} config.json from "
-                                    f"{'ModelScope' if source == 'modelscope' else 'the hub'} (no weights)",
-                                    tokenizer_facts=family_facts(config))
+                return Architecture(
+                    candidate,
+                    config,
+                    f"{candidate} config.json from "
+                    f"{'ModelScope' if source == 'modelscope' else 'the hub'} (no weights)",
+                    tokenizer_facts=family_facts(config),
+                )
         asset = assets.get(candidate.lower())
         if asset is not None:
-            return Architecture(candidate, dict(asset["config"]), f"{candidate} architecture shipped with "
-                                "align-recipes (offline)", tokenizer_facts=asset["tokenizer"])
+            return Architecture(
+                candidate,
+                dict(asset["config"]),
+                f"{candidate} architecture shipped with align-recipes (offline)",
+                tokenizer_facts=asset["tokenizer"],
+            )
         tried.append(f"{candidate}: not cached{', not on the hub' if online else ' (offline)'}, not shipped")
     raise LookupError("; ".join(tried))
 
@@ -135,7 +151,7 @@ def cut_layers(config: dict, layers: int = REHEARSAL_LAYERS) -> dict:
     target = config.get("text_config") if "text_config" in config else config
     target["num_hidden_layers"] = min(layers, int(target.get("num_hidden_layers") or layers))
     if isinstance(target.get("layer_types"), list):
-        target["layer_types"] = target["layer_types"][:target["num_hidden_layers"]]
+        target["layer_types"] = target["layer_types"][: target["num_hidden_layers"]]
     if "max_window_layers" in target:
         target["max_window_layers"] = min(int(target["max_window_layers"]), target["num_hidden_layers"])
     return config
@@ -176,8 +192,12 @@ def build(arch: Architecture, tokenizer_dir: Path, tokenizer_label: str) -> Path
     """A cached model folder: `arch` cut to 2 layers, random weights (fixed seed), and the tokenizer from
     `tokenizer_dir`. Built in a temporary folder and renamed into place."""
     config = cut_layers(arch.config)
-    key = hashlib.sha256(json.dumps({"v": BUILDER_VERSION, "config": config, "seed": SEED,
-                                     "tokenizer": _dir_digest(tokenizer_dir)}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            {"v": BUILDER_VERSION, "config": config, "seed": SEED, "tokenizer": _dir_digest(tokenizer_dir)},
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
     final = cache_root() / f"model-{_slug(arch.name)}-{key}"
     if (final / MARKER).is_file():
         return final
@@ -192,9 +212,19 @@ def build(arch: Architecture, tokenizer_dir: Path, tokenizer_label: str) -> Path
         with _quiet():
             model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"rehearsal_of": arch.name, "layers": REHEARSAL_LAYERS,
-                                              "full_layers": arch.layers, "tokenizer": tokenizer_label,
-                                              "weights": "random"}, indent=1) + "\n")
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "rehearsal_of": arch.name,
+                    "layers": REHEARSAL_LAYERS,
+                    "full_layers": arch.layers,
+                    "tokenizer": tokenizer_label,
+                    "weights": "random",
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return final
 
 

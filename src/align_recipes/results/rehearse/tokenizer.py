@@ -35,7 +35,11 @@ def chat_template(name: str) -> str:
         from trl.chat_template_utils import qwen2_5_chat_template
 
         return qwen2_5_chat_template
-    return resources.files("align_recipes").joinpath("assets", "chat_templates", f"{name}.jinja").read_text("utf-8")
+    return (
+        resources.files("align_recipes")
+        .joinpath("assets", "chat_templates", f"{name}.jinja")
+        .read_text("utf-8")
+    )
 
 
 def _training_text() -> list[str]:
@@ -47,20 +51,25 @@ def _training_text() -> list[str]:
 def _learn_merges(texts: list[str], vocab_size: int) -> tuple[list[str], list[tuple[str, str]]]:
     """Byte-level BPE tokens and merges learned from `texts` with Qwen2's pre-tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     # Qwen2's normalizer and pre-tokenizer (its split pattern, then byte-level mapping), as Qwen2Tokenizer has them.
     pattern = PRETOKENIZE_REGEX
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     state = json.loads(tokenizer.to_str())["model"]
     tokens = sorted(state["vocab"], key=state["vocab"].get)
@@ -84,10 +93,17 @@ def build_stand_in(facts: dict):
     # Special tokens take the ids after the regular vocabulary, in the family's order (151643, 151644, …).
     vocab.update({token: regular + i for i, token in enumerate(specials)})
     extra = [t for t in specials if t not in (facts["eos_token"], facts["pad_token"])]
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[tuple(m) for m in merges], unk_token=None, bos_token=None,
-                               eos_token=facts["eos_token"], pad_token=facts["pad_token"],
-                               additional_special_tokens=extra, model_max_length=131072,
-                               clean_up_tokenization_spaces=False)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[tuple(m) for m in merges],
+        unk_token=None,
+        bos_token=None,
+        eos_token=facts["eos_token"],
+        pad_token=facts["pad_token"],
+        additional_special_tokens=extra,
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
     got = [tokenizer.convert_tokens_to_ids(t) for t in specials]
     if got != list(range(regular, regular + len(specials))):
         raise AssertionError(f"stand-in special token ids {got[:3]}… are not the family's ({regular}…)")
@@ -122,8 +138,12 @@ def real_tokenizer_dir(name: str, local: Path | None, online: bool) -> Path | No
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, allow_patterns=["tokenizer*", "vocab.json", "merges.txt",
-                                                            "special_tokens_map.json"],
-                                      local_files_only=not online))
+        return Path(
+            snapshot_download(
+                name,
+                allow_patterns=["tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json"],
+                local_files_only=not online,
+            )
+        )
     except Exception:  # not cached, offline, unknown id: the stand-in takes over
         return None
