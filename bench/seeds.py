@@ -1,5 +1,5 @@
 """How far each tiny recipe's held-out metrics move, seed by seed: the numbers behind the end-to-end
-tests' thresholds (tests/test_e2e_tiny.py, docs/benchmarks.md).
+tests' thresholds (tests/e2e/test_e2e_offline.py, docs/benchmarks.md).
 
 For each seed, the same chain the tests run: `recipes/tiny/sft.yaml` from the untrained tiny model,
 then every other tiny recipe from that SFT output (orpo from the untrained model, as its recipe says),

@@ -8,7 +8,7 @@ module at that moment (the same code, just later); a run that does not never pay
 
 Why not the standard library's `importlib.util.LazyLoader`: it runs the code on *any* attribute read, and
 ``inspect.getmodule`` reads ``__file__`` of every module in ``sys.modules``, which torch does whenever it registers
-a custom operator, early in every run. bench/ppo_vs_trl.py measures the difference; tests/test_deferred.py checks
+a custom operator, early in every run. bench/ppo_vs_trl.py measures the difference; tests/run/test_deferred.py checks
 that a plain run never loads the package and that a QLoRA run gets the real one.
 """
 

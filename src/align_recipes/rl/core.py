@@ -3,7 +3,7 @@
 Shapes: ``B`` sequences (completions) by ``T`` response positions. ``mask`` is 1.0 on the tokens the
 policy generated (the generator says how many: `mask_from_lengths`) and 0.0 on the padding after them. Every
 function ignores masked-out positions, so padding never leaks into a statistic, a loss or an
-advantage. Each function is unit-tested against hand-computed values in tests/test_rl_core.py.
+advantage. Each function is unit-tested against hand-computed values in tests/rl/test_rl_core.py.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     With r = log p_ref - log p_policy:  k1 = -r (unbiased, can be negative); k2 = r^2 / 2 (biased, >= 0);
     k3 = exp(r) - 1 - r (unbiased, >= 0, low variance; GRPO's and MiniMind's choice). These are statements
     about the *value*. Differentiated as a loss (`kl_penalty_loss`), k3's expected gradient is that of the
-    other direction, KL(reference || policy) (tests/test_rl_core.py checks this exactly).
+    other direction, KL(reference || policy) (tests/rl/test_rl_core.py checks this exactly).
     """
     log_ratio = ref_logprobs - logprobs
     if kind == "k1":

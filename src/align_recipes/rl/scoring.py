@@ -4,7 +4,7 @@ Reward functions follow TRL GRPO's contract (``f(prompts, completions, **columns
 A reward model that shares the policy's tokenizer is scored on token ids instead, in one forward pass:
 prompt ids + the answer's ids + the tokens the chat template puts after an answer. That skips decoding,
 re-rendering and re-tokenizing the text, and is what it would have read anyway whenever the decoded text
-re-tokenizes to the same ids (tests/test_rl_wiring.py compares both). It differs only where decoding is
+re-tokenizes to the same ids (tests/rl/test_rl_wiring.py compares both). It differs only where decoding is
 lossy (special tokens are dropped either way; byte fragments of broken UTF-8 decode to U+FFFD), and then the
 reward model scores what the policy actually generated. Rows whose template layout differs fall back to text.
 During training the reward model also keeps its key/value caches of the prompts (`PromptPrefixCache`), so from a

@@ -43,7 +43,7 @@ from align_recipes.tiny import toytask
 TINY_SFT_ID = "builtin:tiny-qwen2-sft"
 BUILDER_VERSION = "1"  # bump when the build changes what it writes
 
-# recipes/tiny/sft.yaml's training values (tests/test_tiny_sft.py keeps them equal).
+# recipes/tiny/sft.yaml's training values (tests/tiny/test_tiny_sft.py keeps them equal).
 TRAIN: dict[str, Any] = {
     "learning_rate": 1.5e-3,
     "num_train_epochs": 48,  # 336 steps of 32
