@@ -28,7 +28,7 @@ else
             $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES),) -m align_recipes
 endif
 
-.PHONY: help install test $(ALGORITHMS) validate list clean
+.PHONY: help install test lint format $(ALGORITHMS) validate list clean
 
 help:
 	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
@@ -36,6 +36,8 @@ help:
 	@echo "               PROFILE=t4 ACCELERATE=multi_gpu NUM_PROCESSES=2 ARGS='train.learning_rate=1e-5'"
 	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
 	@echo "make test                run the test suite"
+	@echo "make lint                ruff: lint, and check that the formatter leaves no diff"
+	@echo "make format              ruff: apply the formatter and the safe lint fixes"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
 
 $(STAMP): pyproject.toml
@@ -49,6 +51,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Every tiny stage after sft starts from builtin:tiny-qwen2-sft (recipes/tiny/_base.yaml), which the first
 # run that needs it builds and caches: no stage has to run first.
