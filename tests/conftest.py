@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from align_recipes import reproducible
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tests never touch the user's cache or the network.
@@ -14,6 +16,9 @@ os.environ.setdefault("ALIGN_RECIPES_CACHE", str(REPO / ".cache" / "test"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs in reproducible mode (align_recipes/reproducible.py), pinned here before any test imports torch:
+# its metric proofs must hold on any x86-64 CPU, not only the one that tuned them.
+reproducible.pin_environment()
 
 
 @pytest.fixture(scope="session")

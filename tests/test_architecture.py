@@ -17,7 +17,20 @@ LAYERS = [
     ("run", {"run"}),
     ("plan", {"plan"}),
     ("parts", {"data", "rl", "rewards", "tiny"}),
-    ("base", {"registry", "errors", "fields", "paths", "redaction", "deferred", "__init__"}),
+    (
+        "base",
+        {
+            "registry",
+            "errors",
+            "fields",
+            "paths",
+            "redaction",
+            "deferred",
+            "stats",
+            "reproducible",
+            "__init__",
+        },
+    ),
 ]
 
 

@@ -37,6 +37,33 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
         help="dotted overrides applied last, e.g. train.learning_rate=1e-5 data.train.path=my.jsonl",
     )
     parser.add_argument("--profile", help="force a hardware profile (cpu, t4, l4, a100, h100); default: auto")
+    _add_reproducible_arg(parser)
+
+
+def _add_reproducible_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reproducible",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pin CPU kernels, threads and deterministic algorithms: the same seed gives the same weights on "
+        "any x86-64 CPU (default: on for the builtin models; the recipe key `reproducible:`)",
+    )
+
+
+def _with_reproducible(args) -> list[str]:
+    """--reproducible / --no-reproducible become the top-level override the plan reads."""
+    overrides = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "reproducible", None) is not None:
+        overrides.append(f"reproducible={str(args.reproducible).lower()}")
+    return overrides
+
+
+def _apply_reproducible(wanted: bool) -> None:
+    """Pin the kernels before anything imports torch; say where the mode cannot hold."""
+    from align_recipes import reproducible
+
+    for problem in reproducible.apply(wanted):
+        print(f"note: reproducible mode does not hold here: {problem}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +182,7 @@ def _add_result_verbs(verbs) -> None:
         help="overrides for every stage, or for one with a STAGE: prefix",
     )
     pipe.add_argument("--profile", help="force a hardware profile for every stage")
+    _add_reproducible_arg(pipe)
     pipe.add_argument(
         "--output-dir", help="root directory of the stages' outputs (default: the file's output_dir)"
     )
@@ -216,6 +244,8 @@ def _run_result_verb(args) -> int:
         pipeline = load_pipeline(
             args.pipeline, args.overrides, profile=args.profile, output_dir=args.output_dir
         )
+        if not args.dry_run:
+            _apply_reproducible(any(stage.plan and stage.plan.reproducible for stage in pipeline.stages))
         run_pipeline(pipeline, force=args.force, dry_run=args.dry_run)
     return 0
 
@@ -248,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if hasattr(args, "overrides"):
+        args.overrides = _with_reproducible(args)
     try:
         if args.verb == "list":
             from align_recipes.plan.show import print_list
@@ -281,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(plan, show_all=args.all)
             return 0
         from align_recipes.plan.scaling import refuse_unlaunched
-        from align_recipes.run import train
 
         refuse_unlaunched(plan.launch, plan.recipe_path)
+        _apply_reproducible(plan.reproducible)  # before the import below loads torch
+        from align_recipes.run import train
+
         summary = train(
             plan,
             overwrite=args.overwrite,

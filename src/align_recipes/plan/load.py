@@ -56,6 +56,8 @@ class Plan:
     launch: scaling.Launch | None = (
         None  # how to spread it over this machine's GPUs (None: one process will do)
     )
+    reproducible: bool = False  # reproducible mode (align_recipes/reproducible.py): applied by the CLI
+    reproducible_why: str = ""  # what decided it, for `show` and the manifest
 
     @property
     def base_dir(self) -> Path:
@@ -171,7 +173,21 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         recipe=recipe,
         profile_changes=changes,
         launch=launch,
+        **_reproducible(recipe, provenance, model),
     )
+
+
+def _reproducible(recipe: dict, provenance: Provenance, model: ModelSection) -> dict[str, Any]:
+    """Reproducible mode: as the recipe or `--reproducible` says, else on for the builtin models (their
+    results are what README and the tests quote, so they must not depend on the CPU)."""
+    wanted = recipe.get("reproducible")
+    if wanted is not None:
+        return {"reproducible": bool(wanted), "reproducible_why": provenance.source("reproducible") or OURS}
+    builtin = str(model.name_or_path).startswith("builtin:")
+    why = (
+        "builtin model" if builtin else "off by default for hub and local models; --reproducible turns it on"
+    )
+    return {"reproducible": builtin, "reproducible_why": why}
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:

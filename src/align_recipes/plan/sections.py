@@ -168,6 +168,12 @@ class RecipeFile:
     profile: str | None = spec(
         "auto", "str null", "hardware profile: auto (detect) or a name from configs/profiles"
     )
+    reproducible: bool | None = spec(
+        None,
+        "bool null",
+        "pin CPU kernels, threads and deterministic algorithms so the same seed gives the same weights on "
+        "any x86-64 CPU (align_recipes/reproducible.py); default: on for the builtin models, off otherwise",
+    )
     model: dict = spec(kinds="dict", help="the model to train", factory=dict)
     data: dict = spec(kinds="dict", help="training and evaluation data", factory=dict)
     rewards: list | None = spec(None, "list null", "reward functions, for the algorithms that take them")

@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from align_recipes import reproducible
 from align_recipes.plan import profiles
 from align_recipes.plan.layers import DEFAULT
 from align_recipes.plan.load import Plan
@@ -74,6 +75,7 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
     )
     detected = f" (auto: {plan.profile.detected})" if plan.profile.detected else ""
     print(f"profile:   {plan.profile.name}{detected} - {plan.profile.description}")
+    print(f"reproducible: {reproducible_line(plan)}")
     print("\n# resolved recipe  (value  <- source)")
     rows = [
         r
@@ -99,6 +101,19 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
             final = plan.source(change.key)
             note = "" if final.startswith(("profile", "launch")) else f"  (overridden by {final})"
             print(f"  {change.key} = {change.value!r}: {change.why}{note}")
+
+
+def reproducible_line(plan: Plan) -> str:
+    """`show`'s line on reproducible mode: on or off, why, what it pins and costs, and where it cannot hold."""
+    if not plan.reproducible:
+        return f"off ({plan.reproducible_why})"
+    text = (
+        f"on ({plan.reproducible_why}): CPU kernels pinned at {reproducible.LEVEL.upper()} (ATen, MKL, oneDNN), "
+        f"one thread, deterministic algorithms; costs {reproducible.COST}"
+    )
+    if not reproducible.is_x86_64():
+        text += f"; on this {reproducible.platform.machine()} machine only threads and algorithms are pinned"
+    return text
 
 
 def _print_rows(rows: list[tuple[str, Any, str]]) -> None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from align_recipes import reproducible
 from align_recipes.paths import find_local, write_atomic
 from align_recipes.redaction import redact_argv, redact_obj
 from align_recipes.run.checkpoints import command_words
@@ -52,6 +53,7 @@ def manifest(plan, command: list[str], config=None) -> dict:
         "profile": plan.profile.name,
         "profile_detected": plan.profile.detected,
         "seed": seed,
+        "reproducible": reproducible.describe(plan.reproducible, plan.reproducible_why),
         "data_seed": getattr(config, "data_seed", None) if config is not None else None,
         "git": _git(plan.recipe_path.parent),
         "python": sys.version.split()[0],

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from align_recipes import reproducible
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
@@ -149,6 +150,8 @@ def load(plan: Plan) -> Parts:
 
         from transformers import set_seed
 
+        if plan.reproducible:
+            reproducible.apply_after_import()
         set_seed(config.seed)
         tokenizer = models.load_tokenizer(model_path, plan.model, plan.base_dir)
         if plan.train.get("assistant_only_loss"):
@@ -167,7 +170,7 @@ def load(plan: Plan) -> Parts:
     if plan.algorithm.model_head == "reward":
         model.config.pad_token_id = tokenizer.pad_token_id
     if config.use_cpu:
-        _set_cpu_threads(model)
+        _set_cpu_threads(model, one=plan.reproducible)
     return Parts(
         config,
         tokenizer,
@@ -269,14 +272,15 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
     return {"reward_funcs": funcs}
 
 
-def _set_cpu_threads(model) -> None:
+def _set_cpu_threads(model, one: bool = False) -> None:
     """Share the cores between processes; tiny models run fastest on one thread (thread start-up costs
-    more than their matrix products: 100 tiny SFT steps took 8 s on one thread, 91 s on two busy cores)."""
+    more than their matrix products: 100 tiny SFT steps took 8 s on one thread, 91 s on two busy cores).
+    Reproducible mode (`one`) always takes one: a sum split over threads depends on the core count."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tiny = sharded.parameter_count(model) < TINY_MODEL_PARAMS
-    torch.set_num_threads(1 if tiny else max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(1 if tiny or one else max(1, (os.cpu_count() or 1) // world))
 
 
 # --- build ------------------------------------------------------------------------------------------

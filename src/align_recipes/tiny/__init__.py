@@ -34,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from align_recipes import reproducible
+
 TINY_MODEL_ID = "builtin:tiny-qwen2"
 TINY_SFT_ID = "builtin:tiny-qwen2-sft"  # built by tiny/sft.py from this model
 # Every `builtin:` model a recipe may name, with one line each for error messages and docs.
@@ -41,7 +43,7 @@ BUILTIN_MODELS = {
     TINY_MODEL_ID: "the untrained tiny Qwen2 (random weights, built from assets/tiny)",
     TINY_SFT_ID: "the tiny Qwen2 after SFT on the toy task (recipes/tiny/sft.yaml, seed 42; built on first use)",
 }
-BUILDER_VERSION = "1"  # bump when the build code changes what it writes
+BUILDER_VERSION = "2"  # bump when the build code changes what it writes
 
 ASSET_FILES = ("model_config.json", "tokenizer_spec.json", "chat_template.jinja")
 MARKER_FILE = "align_recipes_tiny.json"  # written last inside the build; names the hash and sizes
@@ -237,6 +239,12 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     if _is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    if not reproducible.holds_here():  # the random init's kernels depend on the CPU: build in the mode
+        reproducible.run_pinned(
+            f"from align_recipes import tiny; tiny.ensure_tiny_model({str(final.parent)!r})"
+        )
+        if _is_complete(final):
+            return final
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-", dir=final.parent)
     )

@@ -37,7 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from align_recipes import tiny
+from align_recipes import reproducible, tiny
 from align_recipes.tiny import toytask
 
 TINY_SFT_ID = "builtin:tiny-qwen2-sft"
@@ -96,6 +96,7 @@ def build_hash() -> str:
     """Short hash of everything the weights depend on: the tiny model, rows, settings, library versions."""
     payload = {
         "builder": BUILDER_VERSION,
+        "pins": reproducible.PINS,
         "base": tiny.asset_hash(),
         "train": TRAIN,
         "runtime": RUNTIME,
@@ -131,7 +132,7 @@ def ensure_tiny_sft(cache_dir: Path | None = None) -> Path:
                 f"{_steps()} SFT steps on one CPU thread, about 30 s; cached in {final}",
                 flush=True,
             )
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not reproducible.holds_here():
             _build_in_child(final.parent)
         else:
             _build_into(final, cache_dir)
@@ -147,6 +148,7 @@ def _steps() -> int:
 
 def _build_in_child(cache_root: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    reproducible.pin_environment(env)
     env[tiny.CACHE_ENV] = str(cache_root)
     # --unlocked: this process holds the lock the child would otherwise wait for.
     subprocess.run(
