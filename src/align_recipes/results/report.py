@@ -158,9 +158,9 @@ def panels(keys: list[str], online: bool) -> dict[str, list[tuple[str, list[str]
         if key.startswith("eval_") and key[5:] in present:
             continue  # drawn in its train counterpart's subplot
         members = [key]
-        for _title, pair in PAIRS:
+        for pair_title, pair in PAIRS:
             if key in pair:
-                members = [m for m in pair if m in present]
+                members, title = [m for m in pair if m in present], pair_title
                 break
         else:
             title = key
