@@ -135,16 +135,16 @@ def test_the_model_card_shows_the_change_its_interval_and_the_verdict(tmp_path):
     summary = {"algorithm": "dpo", "status": "complete", "task_metrics": _rose_and_flat()}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     card = model_card(tmp_path)
-    assert "| held-out metric | before | after | change [95% interval] | n | verdict |" in card
-    assert "| exact_match | 0.7 | 0.9 | +0.200 [+0.120, +0.280] | 100 | rose |" in card
+    assert "| held-out metric | before | after | n | change [95% interval] | verdict |" in card
+    assert "| exact_match | 0.7 | 0.9 | 100 | +0.200 [+0.120, +0.280] | rose |" in card
     assert (
-        "| implicit_reward_accuracy | 0.88 | 0.9 | +0.020 [-0.073, +0.113] | 100 | no significant change |"
+        "| implicit_reward_accuracy | 0.88 | 0.9 | 100 | +0.020 [-0.073, +0.113] | no significant change |"
         in card
     )
     assert "95% interval" in card and "excludes zero" in card
     old = {"algorithm": "dpo", "task_metric": {"name": "exact_match", "before": 0.5, "after": 0.75, "n": 8}}
     (tmp_path / "summary.json").write_text(json.dumps(old))
-    assert "| exact_match | 0.5 | 0.75 | +0.250 | 8 |  |" in model_card(tmp_path)
+    assert "| exact_match | 0.5 | 0.75 | 8 | +0.250 |  |" in model_card(tmp_path)
 
 
 @pytest.mark.slow
@@ -183,3 +183,14 @@ def test_a_run_and_its_resumption_record_the_paired_comparison(tmp_path, capsys)
     assert resumed["before"] == entry["before"] and resumed["n"] == 8
     assert resumed["difference"] == pytest.approx((sum(again["after"]["exact_match"]) - sum(before)) / 8)
     assert "interval" in resumed and "verdict" in resumed
+
+
+def test_the_e2e_helper_reads_a_metrics_verdict():
+    from e2e_helpers import verdict
+
+    summary = {"task_metrics": _rose_and_flat()}
+    assert verdict(summary, "exact_match") == "rose"
+    assert verdict(summary, "implicit_reward_accuracy") == "no significant change"
+    assert verdict({"task_metrics": [{"name": "reward", "before": 0.1, "after": 0.2}]}, "reward") is None
+    with pytest.raises(AssertionError, match="not measured"):
+        verdict(summary, "reward")

@@ -249,12 +249,10 @@ def with_interval(scores: list[float]) -> dict:
 
 
 def result_line(name: str, result: dict) -> str:
-    """What `eval` prints per metric: 'exact_match   0.8200 [0.7440, 0.8960] (n=100, data …)'."""
+    """What `eval` prints per metric: 'exact_match   0.8000  95% interval [0.7202, 0.8798]  (n=100, data …)'."""
     interval = stats.interval_text(result.get("interval"), digits=4)
-    return (
-        f"{name:<26} {result['value']:.4f}{' ' + interval if interval else ''}  "
-        f"(n={result.get('n')}, 95% interval; data {result.get('data')})"
-    )
+    shown = f"  95% interval {interval}" if interval else ""
+    return f"{name:<26} {result['value']:.4f}{shown}  (n={result.get('n')}, data {result.get('data')})"
 
 
 def evaluate_run(

@@ -187,11 +187,11 @@ def _metrics(summary: dict) -> list[str]:
     tasks = task_metrics(summary)
     if tasks:
         lines += [
-            "| held-out metric | before | after | change [95% interval] | n | verdict |",
+            "| held-out metric | before | after | n | change [95% interval] | verdict |",
             "|---|---:|---:|---:|---:|---|",
             *[
-                f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {stats.change_text(t)} "
-                f"| {t.get('n')} | {t.get('verdict') or ''} |"
+                f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} "
+                f"| {stats.change_text(t)} | {t.get('verdict') or ''} |"
                 for t in tasks
             ],
             "",
