@@ -13,7 +13,8 @@ for the end of training, where a plotting problem must not fail the run):
     plots/optimizer.png    learning rate, gradient norm
     plots/other.png        any other logged number (token accuracy, clip ratios, …)
     plots/task_metric.png  the held-out metrics before and after training, as bars; the after bar carries
-                           the paired change's 95% interval (placed at before + change) and the verdict
+                           the paired change's 95% interval (placed at before + change), a dashed line at
+                           the before level, and the verdict
 
 A figure appears only when the run logged something for it. `compare_runs(dirs, out)` overlays
 several runs: one subplot per metric the runs share, in the same figures, plus a held-out-metric chart.
@@ -289,6 +290,10 @@ def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | N
             reach = _interval_reach(task) if which == "after" else None
             if reach is not None:
                 low, high = reach
+                # the before level across the after bar: the whisker crosses it when the change is not significant
+                ax.hlines(
+                    task["before"], i, i + width, colors="white", linestyles="--", linewidth=1.2, zorder=3
+                )
                 ax.errorbar(
                     i + offset,
                     value,
