@@ -33,10 +33,20 @@ def train(recipe: str, out: Path, *overrides: str) -> dict:
 
 
 def held_out(summary: dict) -> dict[str, dict]:
-    """name -> {before, after, n}; every metric is measured on the 100 held-out prompts."""
+    """name -> {before, after, n, difference, interval, verdict, …}; every metric is measured on the 100
+    held-out prompts."""
     metrics = {m["name"]: m for m in summary["task_metrics"]}
     assert all(m["n"] == 100 for m in metrics.values()), metrics
     return metrics
+
+
+def verdict(summary: dict, name: str) -> str | None:
+    """The held-out metric's paired verdict in a summary: "rose", "no significant change" or "fell" (None when
+    the run recorded no interval). Tests assert verdicts, not raw thresholds: the verdict reads the 95% interval
+    of the per-row difference (align_recipes.stats)."""
+    metrics = {m["name"]: m for m in summary.get("task_metrics") or []}
+    assert name in metrics, f"{name} not measured: {sorted(metrics)}"
+    return metrics[name].get("verdict")
 
 
 def logged(run_dir: Path, key: str) -> list[float]:

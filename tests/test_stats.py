@@ -60,3 +60,22 @@ def test_describe_is_one_short_text():
     text = stats.describe(stats.compare([0] * 10, [1, 1] + [0] * 8))
     # d = [1, 1, 0 x 8]: mean 0.2, sd sqrt(1.6 / 9) = 0.4216, se 0.1333, t_{0.975, 9} = 2.262: half 0.3016
     assert text == "+0.200 [-0.102, +0.502], n=10, no significant change"
+
+
+def test_before_after_line_with_and_without_the_paired_fields():
+    # d: 20 rows gained, 80 unchanged: mean 0.2, sd sqrt(16/99), se 0.4/sqrt(99) = 0.04020, t_{0.975,99} 1.984
+    before = [0] * 20 + [1] * 70 + [0] * 10
+    after = [1] * 20 + [1] * 70 + [0] * 10
+    entry = {"name": "exact_match", **stats.compare(before, after)}
+    assert stats.before_after(entry) == "exact_match 0.700 → 0.900 (+0.200 [+0.120, +0.280], n=100, rose)"
+    old = {"name": "exact_match", "before": 0.79, "after": 0.82, "n": 100}  # a summary written before them
+    assert stats.before_after(old) == "exact_match 0.790 → 0.820"
+
+
+def test_change_and_interval_cells():
+    assert stats.interval_text([0.7444, 0.8956]) == "[0.744, 0.896]"
+    assert stats.interval_text([-0.0123, 0.0721], signed=True) == "[-0.012, +0.072]"
+    assert stats.interval_text(None) == ""
+    assert stats.change_text({"difference": 0.03, "interval": [-0.012, 0.072]}) == "+0.030 [-0.012, +0.072]"
+    assert stats.change_text({"before": 0.5, "after": 0.75}) == "+0.250"  # older summaries: the bare change
+    assert stats.change_text({"before": 0.5, "after": None}) == ""

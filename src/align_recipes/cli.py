@@ -225,7 +225,7 @@ def _run_result_verb(args) -> int:
 
             print(f"pushed {out} to {push(out, args.push, private=args.private or None)}")
     elif args.verb == "eval":
-        from align_recipes.results.evaluate import EVAL_FILE, evaluate_run
+        from align_recipes.results.evaluate import EVAL_FILE, evaluate_run, result_line
 
         result = evaluate_run(
             args.run_dir,
@@ -236,7 +236,7 @@ def _run_result_verb(args) -> int:
             max_new_tokens=args.max_new_tokens,
         )
         for name, value in result["metrics"].items():
-            print(f"{name:<26} {value['value']:.4f}  (n={value.get('n')}, data {value.get('data')})")
+            print(result_line(name, value))
         print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
     else:
         from align_recipes.results.pipeline import load_pipeline, run_pipeline

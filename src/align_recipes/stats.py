@@ -99,3 +99,32 @@ def describe(comparison: dict, digits: int = 3) -> str:
     if comparison.get("verdict"):
         text += f", {comparison['verdict']}"
     return text
+
+
+def before_after(entry: dict, digits: int = 3) -> str:
+    """One held-out metric of a summary as a line of output:
+    'exact_match 0.790 → 0.820 (+0.030 [-0.012, +0.072], n=100, no significant change)'.
+    An entry without the paired fields (summaries written before them) shows the two values alone."""
+    text = f"{entry.get('name')} {entry['before']:.{digits}f} → {entry['after']:.{digits}f}"
+    if isinstance(entry.get("difference"), (int, float)):
+        text += f" ({describe(entry, digits)})"
+    return text
+
+
+def interval_text(interval: Sequence[float] | None, digits: int = 3, signed: bool = False) -> str:
+    """'[0.744, 0.896]' (signed: '[-0.012, +0.072]'); '' without an interval."""
+    if not interval:
+        return ""
+    form = f"{'+' if signed else ''}.{digits}f"
+    return f"[{interval[0]:{form}}, {interval[1]:{form}}]"
+
+
+def change_text(entry: dict, digits: int = 3) -> str:
+    """A table cell: '+0.030 [-0.012, +0.072]'; after − before alone for a summary written without the
+    interval; '' when the metric was not measured after."""
+    difference, before, after = entry.get("difference"), entry.get("before"), entry.get("after")
+    if not isinstance(difference, (int, float)):
+        if not (isinstance(before, (int, float)) and isinstance(after, (int, float))):
+            return ""
+        difference = after - before
+    return f"{difference:+.{digits}f} {interval_text(entry.get('interval'), digits, signed=True)}".strip()

@@ -4,6 +4,7 @@ directly (a random LoRA adapter, a reward head) instead of training; one slow te
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -358,3 +359,18 @@ def test_trained_lora_run_chat_merge_eval(tmp_path, capsys):
     assert capsys.readouterr().out == answer
     metrics = _eval(out, "--limit", "4")
     assert metrics["exact_match"]["n"] == 4
+
+
+def test_eval_prints_and_records_n_and_the_95_percent_interval(runs, capsys):
+    metrics = _eval(runs["full"], "--data", PREFS, "--metric", "implicit_reward_accuracy", "--limit", "5")
+    chance = metrics["implicit_reward_accuracy"]  # every pair a tie (0.5): no spread at all
+    assert chance["interval"] == [0.5, 0.5] and chance["n"] == 5 and chance["confidence"] == 0.95
+    assert f"implicit_reward_accuracy   0.5000  95% interval [0.5000, 0.5000]  (n=5, data {PREFS})" in (
+        capsys.readouterr().out
+    )
+    result = _eval(runs["lora"], "--metric", "preference_accuracy", "--limit", "6")["preference_accuracy"]
+    p, (low, high) = result["value"], result["interval"]
+    if abs(p * 6 - round(p * 6)) < 1e-9:  # no tie among the pairs: 0/1 scores, sd^2 = p(1-p) n / (n-1)
+        half = 2.571 * math.sqrt(p * (1 - p) / 5)  # t_{0.975,5}
+        assert [low, high] == pytest.approx([p - half, p + half], abs=2e-3)
+    assert low <= p <= high and result["n"] == 6

@@ -383,3 +383,47 @@ def test_tiny_pipeline_end_to_end(tmp_path, capsys):
     assert [s["status"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"]] == [
         "skipped"
     ] * 3
+
+
+class FakePairedRewardTrain(FakeRewardTrain):
+    """A reward stage whose summary carries the paired comparison and the after value's 95% interval."""
+
+    def __init__(self, accuracy: float, after_interval: list[float], interval: list[float], verdict: str):
+        super().__init__(accuracy)
+        self.extra = {
+            "difference": accuracy - 0.5,
+            "interval": interval,
+            "confidence": 0.95,
+            "verdict": verdict,
+            "after_interval": after_interval,
+        }
+
+    def __call__(self, plan, **kwargs):
+        super().__call__(plan, **kwargs)
+        if plan.algorithm.name == "reward":
+            path = plan.output_dir / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["task_metrics"][0].update(self.extra)
+            path.write_text(json.dumps(summary))
+        return {}
+
+
+def test_gate_lines_show_the_value_interval_and_decide_on_the_point_value(gated, monkeypatch, capsys):
+    passing = FakePairedRewardTrain(0.85, [0.78, 0.92], [0.25, 0.45], "rose")
+    monkeypatch.setattr("align_recipes.run.train", passing)
+    assert main(["pipeline", str(gated)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "gate: stage 'reward' preference_accuracy 0.850, n=100 >= 0.800 "
+        "(point value; 95% interval [0.780, 0.920]; it reaches below the minimum)" in out
+    )
+    # the pipeline's closing lines: every stage's held-out before → after with its verdict
+    assert "  reward: preference_accuracy 0.500 → 0.850 (+0.350 [+0.250, +0.450], n=100, rose)" in out
+
+    failing = FakePairedRewardTrain(0.62, [0.525, 0.715], [0.02, 0.22], "rose")
+    monkeypatch.setattr("align_recipes.run.train", failing)
+    assert main(["pipeline", str(gated), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "held-out preference_accuracy 0.620, n=100 (95% interval [0.525, 0.715])" in err
+    assert "under this gate's minimum 0.800 (the gate reads the point value)" in err
+    assert len(err.splitlines()) <= 6

@@ -10,6 +10,9 @@
 
 With no --metric, `eval DIR` measures the run's algorithm's metrics (its registry `metrics` trait, plus
 implicit_reward_accuracy for the DPO family) that its held-out data can serve.
+
+Each value is the mean of per-row scores (1/0 per answer, 1/0.5/0 per pair, a reward per answer); eval.json
+records it with n and its 95% interval (align_recipes.stats.mean_interval): one measurement, no before.
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from align_recipes import stats
 from align_recipes.data.messages import prompt_text
 from align_recipes.errors import RecipeError
 from align_recipes.plan.sections import METRIC_KINDS
 from align_recipes.registry import ALGORITHMS, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY, REWARD
 from align_recipes.run.measure import (
-    exact_match,
+    exact_match_scores,
     generate,
-    implicit_accuracy,
-    mean_reward,
-    preference_accuracy,
+    implicit_wins,
+    pair_wins,
+    preference_scores,
     reward_functions,
+    row_rewards,
     sequence_scores,
 )
 
@@ -185,8 +190,7 @@ def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[
         beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)
     ]
     return {
-        "value": implicit_accuracy(chosen, rejected, ref_chosen, ref_rejected),
-        "n": len(rows),
+        **with_interval(implicit_wins(chosen, rejected, ref_chosen, ref_rejected)),
         "beta": beta,
         "mean_margin": sum(margins) / max(len(margins), 1),
         "reference": reference.name(),
@@ -217,8 +221,7 @@ def win_rate(
     ties = sum(a == b for a, b in zip(ours_scores, theirs_scores))
     n = max(len(rows), 1)
     return {
-        "value": (wins + 0.5 * ties) / n,
-        "n": len(rows),
+        **with_interval(pair_wins(ours_scores, theirs_scores)),
         "wins": wins,
         "ties": ties,
         "reward_policy": sum(ours_scores) / n,
@@ -231,6 +234,25 @@ def win_rate(
             for p, o, t in list(zip(prompts, ours, theirs))[:3]
         ],
     }
+
+
+def with_interval(scores: list[float]) -> dict:
+    """{value, n, interval, confidence} of one measurement's per-row scores: the mean and its 95% interval
+    (None with fewer than two rows)."""
+    interval = stats.mean_interval(scores)
+    return {
+        "value": sum(scores) / len(scores) if scores else 0.0,
+        "n": len(scores),
+        "interval": list(interval) if interval else None,
+        "confidence": stats.CONFIDENCE,
+    }
+
+
+def result_line(name: str, result: dict) -> str:
+    """What `eval` prints per metric: 'exact_match   0.8000  95% interval [0.7202, 0.8798]  (n=100, data …)'."""
+    interval = stats.interval_text(result.get("interval"), digits=4)
+    shown = f"  95% interval {interval}" if interval else ""
+    return f"{name:<26} {result['value']:.4f}{shown}  (n={result.get('n')}, data {result.get('data')})"
 
 
 def evaluate_run(
@@ -289,12 +311,11 @@ def evaluate_run(
         rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name, seed)
         if name == "exact_match":
             tokens = max_new_tokens or section.get("max_new_tokens", 16)
-            result = {"value": exact_match(model, tokenizer, rows, tokens), "n": len(rows)}
+            result = with_interval(exact_match_scores(model, tokenizer, rows, tokens))
         elif name == "preference_accuracy":
-            result = {
-                "value": preference_accuracy(model, tokenizer, rows, reward_head=info.head == "reward"),
-                "n": len(rows),
-            }
+            result = with_interval(
+                preference_scores(model, tokenizer, rows, reward_head=info.head == "reward")
+            )
         elif name == IMPLICIT_REWARD_ACCURACY:
             result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
         elif name == REWARD:
@@ -308,7 +329,7 @@ def evaluate_run(
                 [r["prompt"] for r in rows],
                 max_new_tokens or section.get("max_new_tokens", 16),
             )
-            result = {"value": mean_reward(funcs, rows, completions), "n": len(rows)}
+            result = with_interval(row_rewards(funcs, rows, completions))
         else:
             result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
         results[name] = {**result, "data": data_label(entry)}

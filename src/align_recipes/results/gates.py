@@ -1,7 +1,11 @@
 """Pipeline gates: a stage starts only when the earlier stages it reads from reached a minimum held-out
 metric (e.g. PPO after a reward model that ranks held-out near misses right). `read_gate` checks a stage's
 `gate:` while the pipeline is validated, before anything loads; `check_gate` reads the earlier stages'
-summaries just before the gated stage would start."""
+summaries just before the gated stage would start.
+
+The gate decides on the point value (the metric's after-training mean against the minimum); the lines it
+prints and its refusal show the value's 95% interval beside it (`after_interval` in the summary), and say
+when that interval reaches below the minimum, so a pass that noise could undo is visible."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from align_recipes import registry
+from align_recipes import registry, stats
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.plan.layers import parse_override
 from align_recipes.plan.sections import METRICS
@@ -121,10 +125,13 @@ def check_gate(stage, by_name: dict, pipeline_path: Path) -> list[str]:
                 )
             value = float(found["after"])
             n = f", n={found['n']}" if found.get("n") else ""
+            interval = found.get("after_interval")
             if value < minimum:
+                spread = f" (95% interval {stats.interval_text(interval)})" if interval else ""
                 raise RecipeError(
-                    f"stage '{stage.name}' not started: stage '{name}' reached held-out {metric} {value:.3f}{n}, "
-                    f"under this gate's minimum {minimum:.3f}; {stage.name} would optimise what '{name}' gets wrong",
+                    f"stage '{stage.name}' not started: stage '{name}' reached held-out {metric} {value:.3f}{n}"
+                    f"{spread}, under this gate's minimum {minimum:.3f} (the gate reads the point value); "
+                    f"{stage.name} would optimise what '{name}' gets wrong",
                     file=pipeline_path,
                     key=key,
                     fix=f"improve stage '{name}' (for a reward model: preference pairs whose rejected answers "
@@ -133,5 +140,15 @@ def check_gate(stage, by_name: dict, pipeline_path: Path) -> list[str]:
                     f"on the command "
                     f"line: {stage.name}:gate.{metric}={value:.2f}",
                 )
-            passed.append(f"gate: stage '{name}' {metric} {value:.3f}{n} >= {minimum:.3f}")
+            passed.append(
+                f"gate: stage '{name}' {metric} {value:.3f}{n} >= {minimum:.3f}{_spread(interval, minimum)}"
+            )
     return passed
+
+
+def _spread(interval: list[float] | None, minimum: float) -> str:
+    """What a passed gate adds about noise: the value's 95% interval, and whether it reaches below the minimum."""
+    if not interval:
+        return ""
+    below = "; it reaches below the minimum" if interval[0] < minimum else ""
+    return f" (point value; 95% interval {stats.interval_text(interval)}{below})"

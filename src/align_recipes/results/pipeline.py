@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from align_recipes import stats
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan.yamlio import load_yaml, plain
 from align_recipes.results.gates import check_gate, read_gate
@@ -423,7 +424,20 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
         _write_state(pipeline, records)
         done = ", ".join(f"{r['stage']} {r['status']}" for r in records)
         print(f"pipeline done: {done}")
+        for line in held_out_lines(records):
+            print(line)
     return records
+
+
+def held_out_lines(records: list[dict]) -> list[str]:
+    """The pipeline's summary of what each stage measured: '  reward: preference_accuracy 0.500 → 0.850
+    (+0.350 [+0.252, +0.448], n=100, rose)' (stats.before_after), one line per held-out metric."""
+    return [
+        f"  {record['stage']}: {stats.before_after(task)}"
+        for record in records
+        for task in record.get("task_metrics") or []
+        if isinstance(task.get("before"), (int, float)) and isinstance(task.get("after"), (int, float))
+    ]
 
 
 def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:

@@ -12,7 +12,9 @@ for the end of training, where a plotting problem must not fail the run):
                            reward-hacking watch's held-out checks (`watch/<metric>`)
     plots/optimizer.png    learning rate, gradient norm
     plots/other.png        any other logged number (token accuracy, clip ratios, …)
-    plots/task_metric.png  the held-out metrics before and after training, as bars
+    plots/task_metric.png  the held-out metrics before and after training, as bars; the after bar carries
+                           the paired change's 95% interval (placed at before + change), a dashed line at
+                           the before level, and the verdict
 
 A figure appears only when the run logged something for it. `compare_runs(dirs, out)` overlays
 several runs: one subplot per metric the runs share, in the same figures, plus a held-out-metric chart.
@@ -25,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from align_recipes import stats
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
 from align_recipes.registry import ALGORITHMS
@@ -158,9 +161,9 @@ def panels(keys: list[str], online: bool) -> dict[str, list[tuple[str, list[str]
         if key.startswith("eval_") and key[5:] in present:
             continue  # drawn in its train counterpart's subplot
         members = [key]
-        for _title, pair in PAIRS:
+        for pair_title, pair in PAIRS:
             if key in pair:
-                members = [m for m in pair if m in present]
+                members, title = [m for m in pair if m in present], pair_title
                 break
         else:
             title = key
@@ -262,7 +265,9 @@ def plot_run(data: dict[str, tuple[list, list]], figures: dict, out_dir: Path) -
 
 
 def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | None:
-    """Bars: each held-out metric before and after training, per run."""
+    """Bars: each held-out metric before and after training, per run. Where the run recorded the paired
+    comparison, the after bar carries the 95% interval of the change, drawn at before + change (it reaches
+    below the before bar's top exactly when the change is not significant), and the verdict under its label."""
     bars = [
         (t["name"] if len(runs) == 1 else label if len(tasks) == 1 else f"{label}\n{t['name']}", t)
         for label, tasks in runs
@@ -272,23 +277,55 @@ def plot_task_metric(runs: list[tuple[str, list[dict]]], path: Path) -> Path | N
     if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(bars) + 2), 3.3))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(bars) + 2), 3.6))
     width = 0.38
+    top, whiskers = 0.0, False
     for i, (_, task) in enumerate(bars):
         for offset, which, color in ((-width / 2, "before", "#9aa5b1"), (width / 2, "after", "#2f7ed8")):
             value = task.get(which)
             if not isinstance(value, (int, float)):
                 continue
             ax.bar(i + offset, value, width, color=color, label=which if i == 0 else None)
-            ax.annotate(f"{value:.3f}", (i + offset, value), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
+            high = value
+            reach = _interval_reach(task) if which == "after" else None
+            if reach is not None:
+                low, high = reach
+                # the before level across the after bar: the whisker crosses it when the change is not significant
+                ax.hlines(
+                    task["before"], i, i + width, colors="white", linestyles="--", linewidth=1.2, zorder=3
+                )
+                ax.errorbar(
+                    i + offset,
+                    value,
+                    yerr=[[value - low], [high - value]],
+                    fmt="none",
+                    ecolor="#1b1b1b",
+                    capsize=4,
+                    label=None if whiskers else "95% interval of the change",
+                )
+                whiskers = True
+            ax.annotate(f"{value:.3f}", (i + offset, max(value, high)), ha="center", va="bottom", fontsize=8)
+            top = max(top, value, high)
+    labels = [f"{label}\n{t['verdict']}" if t.get("verdict") else label for label, t in bars]
+    ax.set_xticks(range(len(bars)), labels, fontsize=8)
     names = list(dict.fromkeys(t["name"] for _, t in bars))
     ax.set_title(f"held-out: {', '.join(names)} (n={bars[0][1].get('n')})", fontsize=10)
-    top = max(max(t.get("before") or 0, t.get("after") or 0) for _, t in bars)
     ax.set_ylim(0, max(1.0, top * 1.15) if top <= 1 else top * 1.15)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(plt, fig, path)
+
+
+def _interval_reach(task: dict) -> tuple[float, float] | None:
+    """(before + low, before + high): the paired change's interval where the after value stands."""
+    interval, before = task.get("interval"), task.get("before")
+    if (
+        not interval
+        or not isinstance(before, (int, float))
+        or not isinstance(task.get("after"), (int, float))
+    ):
+        return None
+    return before + interval[0], before + interval[1]
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -313,20 +350,36 @@ def _metric_table(data: dict[str, tuple[list, list]]) -> list[str]:
 def _task_lines(tasks: list[dict]) -> list[str]:
     if not tasks:
         return ["No held-out metric (the recipe has no `evaluate:` section, or the run did not finish)."]
-    lines = ["| metric | before | after | change | n |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| metric | before | after | change | n | 95% interval of the change | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for task in tasks:
         after, before = task.get("after"), task.get("before")
         both = isinstance(after, (int, float)) and isinstance(before, (int, float))
         change = f"{after - before:+.4g}" if both else ""
         lines.append(
-            f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} |"
+            f"| {task.get('name')} | {_fmt(before)} | {_fmt(after)} | {change} | {_fmt(task.get('n'))} | "
+            f"{stats.interval_text(task.get('interval'), signed=True)} | {task.get('verdict') or ''} |"
         )
+    if any(t.get("interval") for t in tasks):
+        lines += [
+            "",
+            "The change is measured row by row on the same held-out rows before and after training; the "
+            "verdict reads its 95% interval: rose or fell only when the interval excludes zero.",
+        ]
     return lines
 
 
 def _arrow(tasks: list[dict]) -> str:
-    """'preference_accuracy 0.81 → 0.97; exact_match 0.8 → 0.82' for a comparison table cell."""
-    return "; ".join(f"{t.get('name')} {_fmt(t.get('before'))} → {_fmt(t.get('after'))}" for t in tasks)
+    """'exact_match 0.790 → 0.820 (+0.030 [-0.012, +0.072], n=100, no significant change); …' for a comparison
+    table cell (the two values alone for a run that did not finish)."""
+    return "; ".join(
+        stats.before_after(t)
+        if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))
+        else f"{t.get('name')} {_fmt(t.get('before'))} → {_fmt(t.get('after'))}"
+        for t in tasks
+    )
 
 
 def _eval_lines(evaluation: dict) -> list[str]:
@@ -337,13 +390,13 @@ def _eval_lines(evaluation: dict) -> list[str]:
         "",
         "## Held-out evaluation (`eval.json`)",
         "",
-        "| metric | value | n | data |",
-        "|---|---:|---:|---|",
+        "| metric | value | 95% interval | n | data |",
+        "|---|---:|---:|---:|---|",
     ]
     for name, result in metrics.items():
         lines.append(
-            f"| {name} | {_fmt(result.get('value'))} | {_fmt(result.get('n'))} | "
-            f"`{result.get('data', evaluation.get('data', ''))}` |"
+            f"| {name} | {_fmt(result.get('value'))} | {stats.interval_text(result.get('interval'))} | "
+            f"{_fmt(result.get('n'))} | `{result.get('data', evaluation.get('data', ''))}` |"
         )
     return lines
 
@@ -444,7 +497,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     lines = [
         f"# Comparison of {len(runs)} runs",
         "",
-        "| run | algorithm | model | steps | runtime (s) | train loss | held-out: before → after |",
+        "| run | algorithm | model | steps | runtime (s) | train loss | "
+        "held-out: before → after (change [95% interval], n, verdict) |",
         "|---|---|---|---:|---:|---:|---|",
     ]
     for label, run in zip(labels, runs):

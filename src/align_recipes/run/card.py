@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from align_recipes import stats
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
 from align_recipes.run.hacking import warning_line
@@ -186,14 +187,21 @@ def _metrics(summary: dict) -> list[str]:
     tasks = task_metrics(summary)
     if tasks:
         lines += [
-            "| held-out metric | before | after | n |",
-            "|---|---:|---:|---:|",
+            "| held-out metric | before | after | n | change [95% interval] | verdict |",
+            "|---|---:|---:|---:|---:|---|",
             *[
-                f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} |"
+                f"| {t.get('name')} | {_fmt(t.get('before'))} | {_fmt(t.get('after'))} | {t.get('n')} "
+                f"| {stats.change_text(t)} | {t.get('verdict') or ''} |"
                 for t in tasks
             ],
             "",
         ]
+        if any(t.get("interval") for t in tasks):
+            lines += [
+                "Change: after − before, scored row by row on the same held-out rows; the verdict reads its "
+                "95% interval (rose or fell only when the interval excludes zero).",
+                "",
+            ]
     warning = summary.get("reward_hacking")
     if isinstance(warning, dict):
         lines += [

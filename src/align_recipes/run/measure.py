@@ -4,7 +4,8 @@ trait (registry.py), those its data can serve.
 
 - exact_match: greedy answers to held-out prompts compared with their `answer` column.
 - preference_accuracy: on held-out pairs, how often the model prefers `chosen` over `rejected`:
-  a reward model by its score, a policy by the log-probability it gives each completion.
+  a reward model by its score, a policy by the log-probability it gives each completion (a tie
+  counts one half).
 - implicit_reward_accuracy: on held-out pairs, how often the implicit reward β·log π/π_ref of the
   DPO family ranks `chosen` above `rejected` (a tie counts one half). π_ref is the model the run
   started from, as TRL's reference is: its log-probabilities are kept from the first measurement
@@ -13,6 +14,10 @@ trait (registry.py), those its data can serve.
   move.
 - reward: the mean reward of greedy answers to held-out prompts, scored by the recipe's reward
   functions (and `train.reward_model_path`) with their weights, as the trainer scores samples.
+
+Every metric is the mean of per-row scores (1/0 per answer, 1/0.5/0 per pair, a reward per answer),
+kept with the value (`scores`): before and after training score the same rows in the same order,
+so `compare_metrics` measures the change row by row, with its interval (align_recipes.stats).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import math
 from typing import Any
 
+from align_recipes import stats
 from align_recipes.data.messages import completion_text, rendered_prompt
 from align_recipes.errors import RecipeError
 from align_recipes.plan.sections import METRIC_KINDS
@@ -59,7 +65,8 @@ class StartScores(dict):
 def measure(
     plan, model, tokenizer, start: StartScores | None = None, reward: tuple[list, list[float]] | None = None
 ) -> list[dict[str, Any]] | None:
-    """The recipe's held-out metrics for `model` now: [{name, value, n}] (None without an evaluate: section).
+    """The recipe's held-out metrics for `model` now: [{name, value, n, scores}] (None without an evaluate:
+    section); `scores` are the per-row scores whose mean is `value`, in the rows' file order.
     `start` keeps the first call's pair scores as the reference of implicit_reward_accuracy; `reward` is the
     run's reward (`run_reward`), built from the recipe when not given."""
     section = plan.evaluate
@@ -75,10 +82,10 @@ def measure(
                 cache["pairs"] = pair_scores(model, tokenizer, rows, reward_head)
             chosen, rejected = cache["pairs"]
             if name == PREFERENCE_ACCURACY:
-                value = sum(c > r for c, r in zip(chosen, rejected)) / max(len(rows), 1)
+                scores = pair_wins(chosen, rejected)
             else:
                 start.setdefault("pairs", cache["pairs"])
-                value = implicit_accuracy(chosen, rejected, *start["pairs"])
+                scores = implicit_wins(chosen, rejected, *start["pairs"])
         else:  # exact_match and reward score the same greedy answers: generate them once
             if "completions" not in cache:
                 cache["completions"] = generate(
@@ -86,14 +93,64 @@ def measure(
                 )
             completions = cache["completions"]
             if name == EXACT_MATCH:
-                value = exact_match_of(completions, rows)
+                scores = answer_matches(completions, rows)
             else:
                 reward = reward or reward_functions(
                     plan.rewards, plan.base_dir, plan.train.get("reward_model_path")
                 )
-                value = mean_reward(reward, rows, completions)
-        results.append({"name": name, "value": value, "n": len(rows)})
+                scores = row_rewards(reward, rows, completions)
+        value = sum(scores) / len(scores) if scores else 0.0
+        results.append({"name": name, "value": value, "n": len(rows), SCORES: scores})
     return results
+
+
+SCORES = "scores"
+
+
+def without_scores(results: list[dict] | None) -> list[dict] | None:
+    """`measure`'s results as summary.json records them: [{name, value, n}], the per-row scores left out."""
+    if results is None:
+        return None
+    return [{k: v for k, v in r.items() if k != SCORES} for r in results]
+
+
+def scores_by_name(results: list[dict] | None) -> dict[str, list[float]]:
+    """{metric name: per-row scores} of `measure`'s results (what heldout_scores.json keeps)."""
+    return {r["name"]: list(r[SCORES]) for r in results or [] if isinstance(r.get(SCORES), list)}
+
+
+def compare_metrics(
+    before: list[dict] | None, after: list[dict] | None, before_scores: dict[str, list[float]] | None = None
+) -> list[dict] | None:
+    """summary.json's `task_metrics`: per metric {name, before, after, n, difference, interval, confidence,
+    verdict, after_interval}. The difference, its interval and the verdict are paired (stats.compare) when the
+    per-row scores of both measurements are at hand and score the same number of rows; otherwise (a run
+    resumed from a folder written before per-row scores were kept) the difference alone, with no interval and
+    no verdict. `after_interval` is the interval of the after value itself (what a pipeline gate reads)."""
+    if not before or not after:
+        return None
+    earlier = {m["name"]: m["value"] for m in before}
+    before_scores = before_scores or {}
+    entries = []
+    for m in after:
+        name, value, scores = m["name"], m["value"], m.get(SCORES)
+        entry = {"name": name, "before": earlier.get(name), "after": value, "n": m.get("n")}
+        paired = before_scores.get(name)
+        if scores is not None and paired is not None and len(paired) == len(scores):
+            comparison = stats.compare(paired, scores)
+            entry.update({k: comparison[k] for k in ("difference", "interval", "confidence", "verdict")})
+        else:
+            known = isinstance(entry["before"], (int, float))
+            entry.update(
+                difference=value - entry["before"] if known else None,
+                interval=None,
+                confidence=stats.CONFIDENCE,
+                verdict=None,
+            )
+        interval = stats.mean_interval(scores) if scores else None
+        entry["after_interval"] = list(interval) if interval else None
+        entries.append(entry)
+    return entries
 
 
 def remember_start(plan, model, tokenizer, start: StartScores) -> None:
@@ -109,10 +166,25 @@ def implicit_accuracy(
 ) -> float:
     """The share of pairs whose margin (chosen − ref_chosen) − (rejected − ref_rejected) is positive; a tie
     (an unchanged model) counts one half. β > 0 scales every margin alike, so it cannot change the share."""
+    wins = implicit_wins(chosen, rejected, ref_chosen, ref_rejected)
+    return sum(wins) / len(wins) if wins else 0.0
+
+
+def implicit_wins(
+    chosen: list[float], rejected: list[float], ref_chosen: list[float], ref_rejected: list[float]
+) -> list[float]:
+    """Per pair: 1 where the implicit-reward margin is positive, 0.5 where it is zero, 0 below."""
     margins = [(c - rc) - (r - rr) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
-    if not margins:
-        return 0.0
-    return (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / len(margins)
+    return [_win(m, 0.0) for m in margins]
+
+
+def pair_wins(chosen: list[float], rejected: list[float]) -> list[float]:
+    """Per pair: 1 where `chosen` scores above `rejected`, 0.5 on a tie, 0 below (preference accuracy's rows)."""
+    return [_win(c, r) for c, r in zip(chosen, rejected)]
+
+
+def _win(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 def reward_functions(
@@ -200,11 +272,12 @@ def generate(
     return completions
 
 
-def exact_match(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> float:
+def exact_match_scores(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> list[float]:
+    """Per row: 1.0 where the greedy answer equals the row's `answer`, else 0.0 (`align-recipes eval`)."""
     if not rows:
-        return 0.0
+        return []
     _require_answers(rows)
-    return exact_match_of(generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens), rows)
+    return answer_matches(generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens), rows)
 
 
 def exact_match_of(completions: list[str], rows: list[dict]) -> float:
@@ -265,8 +338,8 @@ def pair_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> tuple[
     )
 
 
-def preference_accuracy(model, tokenizer, rows: list[dict], reward_head: bool) -> float:
+def preference_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> list[float]:
+    """Per pair: 1/0.5/0 as the model ranks `chosen` above, level with or below `rejected` (`align-recipes eval`)."""
     if not rows:
-        return 0.0
-    chosen, rejected = pair_scores(model, tokenizer, rows, reward_head)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+        return []
+    return pair_wins(*pair_scores(model, tokenizer, rows, reward_head))

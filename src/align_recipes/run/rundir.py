@@ -3,6 +3,7 @@
     recipe.resolved.yaml   every value the run used (secrets hidden, paths absolute)
     metrics.jsonl          one JSON object per Trainer log (step, epoch, loss, …)
     summary.json           status (running | interrupted | diverged | failed | complete), steps, metrics
+    heldout_scores.json    the held-out metrics' per-row scores before and after training (paired statistics)
     manifest.json          how to reproduce it (run.manifest)
     checkpoint-<step>/     complete or cut short (run.checkpoints)
 
@@ -32,6 +33,7 @@ from align_recipes.run.checkpoints import RESUME_AUTO, RESUME_LATEST
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+HELDOUT_SCORES = "heldout_scores.json"
 MANIFEST = manifest.MANIFEST
 OWN_FILES = (
     RESOLVED_RECIPE,
@@ -75,6 +77,11 @@ class RunDir:
         """The `status` in summary.json (None when there is none)."""
         summary = self.summary()
         return summary.get("status", "complete") if (self.path / SUMMARY).is_file() and summary else None
+
+    def heldout_scores(self, which: str) -> dict[str, list[float]]:
+        """{metric: per-row scores} measured `which` ("before" or "after") training; {} when none were kept."""
+        kept = read_json(self.path / HELDOUT_SCORES).get(which)
+        return kept if isinstance(kept, dict) else {}
 
     def metrics(self) -> list[dict]:
         """The records of metrics.jsonl; a last line cut short by a killed process is ignored."""
@@ -213,7 +220,7 @@ class RunDir:
             for path, _why in start.skipped:
                 shutil.rmtree(path, ignore_errors=True)
         if start.fresh_over_leftovers:
-            for name in (METRICS, SUMMARY):
+            for name in (METRICS, SUMMARY, HELDOUT_SCORES):
                 (self.path / name).unlink(missing_ok=True)
             print(f"note: nothing to resume in {self.path} (no complete checkpoint): starting over")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -243,6 +250,14 @@ class RunDir:
     def write_summary(self, payload: dict) -> Path:
         path = self.path / SUMMARY
         write_atomic(path, json.dumps(redact_obj(payload), indent=2, default=str) + "\n")
+        return path
+
+    def write_heldout_scores(self, which: str, scores: dict[str, list[float]]) -> Path:
+        """Keep the per-row held-out scores measured `which` ("before"/"after") training, beside the other's.
+        Out of summary.json: a thousand numbers per metric would bury it."""
+        path = self.path / HELDOUT_SCORES
+        kept = {**read_json(path), which: scores}
+        write_atomic(path, json.dumps(kept, separators=(",", ":")) + "\n")
         return path
 
     def truncate_metrics(self, step: int) -> int:
@@ -314,9 +329,10 @@ def metrics_before(summary: dict) -> list[dict] | None:
 
 
 def task_metrics(summary: dict) -> list[dict]:
-    """A run's held-out metrics, [{name, before, after, n}] (after is None when the run did not finish).
-    Reads every summary.json align-recipes wrote: `task_metrics` (a list), or the single `task_metric`
-    of older run folders."""
+    """A run's held-out metrics, [{name, before, after, n}] (after is None when the run did not finish),
+    with the paired comparison where the run recorded it (difference, interval, confidence, verdict,
+    after_interval: run.measure.compare_metrics). Reads every summary.json align-recipes wrote:
+    `task_metrics` (a list), or the single `task_metric` of older run folders."""
     if isinstance(summary.get("task_metrics"), list):
         return [t for t in summary["task_metrics"] if isinstance(t, dict)]
     if isinstance(summary.get("task_metric"), dict):

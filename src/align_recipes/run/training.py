@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align_recipes import reproducible
+from align_recipes import reproducible, stats
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
@@ -32,7 +32,15 @@ from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, hacking, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
-from align_recipes.run.measure import StartScores, measure, remember_start, run_reward
+from align_recipes.run.measure import (
+    StartScores,
+    compare_metrics,
+    measure,
+    remember_start,
+    run_reward,
+    scores_by_name,
+    without_scores,
+)
 from align_recipes.run.progress import key_metrics, progress_callback
 from align_recipes.run.rundir import (
     METRICS,
@@ -342,7 +350,8 @@ def begin(
     record: dict,
 ) -> None:
     """Prepare the folder, show what will run, measure the task metric before training, and write the
-    summary at status `running`. Fills `record` with the fields every later status repeats."""
+    summary at status `running` (the per-row scores beside it, in heldout_scores.json). Fills `record`
+    with the fields every later status repeats."""
     main = is_main_process()
     previous = run_dir.summary() if start.checkpoint is not None else {}
     if main:
@@ -367,7 +376,12 @@ def begin(
             if before:
                 remember_start(plan, trainer.model, parts.tokenizer, parts.start)
             else:
-                before = measure(plan, trainer.model, parts.tokenizer, parts.start, run_reward(plan, trainer))
+                measured = measure(
+                    plan, trainer.model, parts.tokenizer, parts.start, run_reward(plan, trainer)
+                )
+                before = without_scores(measured)
+                if measured is not None:
+                    run_dir.write_heldout_scores("before", scores_by_name(measured))
     record["task_metrics_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
@@ -509,10 +523,14 @@ def finish(
         if guard.signum is None
         else None
     )
+    if after is not None:
+        run_dir.write_heldout_scores("after", scores_by_name(after))
     summary = {
         **record,
         "status": "complete",
-        "task_metrics": _task_metrics(record["task_metrics_before"], after),
+        "task_metrics": compare_metrics(
+            record["task_metrics_before"], after, run_dir.heldout_scores("before")
+        ),
         **hacking.watch_summary(trainer),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -568,21 +586,11 @@ def _stop_diverged(
     )
 
 
-def _task_metrics(before: list[dict] | None, after: list[dict] | None) -> list[dict] | None:
-    """[{name, before, after, n}] from the two measurements (matched by name)."""
-    if not before or not after:
-        return None
-    earlier = {m["name"]: m["value"] for m in before}
-    return [
-        {"name": m["name"], "before": earlier.get(m["name"]), "after": m["value"], "n": m.get("n")}
-        for m in after
-    ]
-
-
 def headline(summary: dict) -> str:
-    """The `done:` line's verdict: every held-out metric before → after, else the training loss."""
+    """The `done:` line's verdict: every held-out metric before → after with its paired difference, 95%
+    interval, n and verdict (stats.before_after), else the training loss."""
     shown = [
-        f"{t['name']} {t['before']:.3f} → {t['after']:.3f}"
+        stats.before_after(t)
         for t in task_metrics(summary)
         if isinstance(t.get("before"), (int, float)) and isinstance(t.get("after"), (int, float))
     ]
