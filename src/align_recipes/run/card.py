@@ -139,6 +139,7 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
         lines.append(line + " |")
     lines.append("")
     lines += _metrics(summary)
+    lines += _exports(manifest.get("exports") or [])
     lines += _use(head, merged is None and bool(adapter))
     command = manifest.get("command")
     if command:
@@ -217,6 +218,25 @@ def _metrics(summary: dict) -> list[str]:
     if not tasks and not last:
         lines += [f"No metrics: the folder has no {SUMMARY}.", ""]
     return lines
+
+
+def _exports(exports: list[dict]) -> list[str]:
+    """`align-recipes export` records: what was written and how well it agrees with the HF model."""
+    if not exports:
+        return []
+    lines = [
+        "## Exports",
+        "",
+        "| file | type | sha256 | agreement with HF (greedy, held-out) | engine |",
+        "|---|---|---|---:|---|",
+    ]
+    for e in exports:
+        agree = f"{e['agreement']:.1%} (n={e.get('n')})" if e.get("agreement") is not None else "not verified"
+        lines.append(
+            f"| `{Path(e.get('file', '')).name}` | {e.get('type')} | `{str(e.get('sha256', ''))[:16]}…` "
+            f"| {agree} | {e.get('engine') or ''} |"
+        )
+    return [*lines, ""]
 
 
 def _use(head: str, adapter: bool) -> list[str]:

@@ -94,6 +94,17 @@ def record_resume(
     write_manifest(output_dir, payload)
 
 
+def record_export(output_dir: Path, record: dict) -> None:
+    """Append an export (`align-recipes export`: file, type, sha256, agreement, engine) to the manifest."""
+    path = Path(output_dir) / MANIFEST
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        payload = {}
+    payload.setdefault("exports", []).append(record)
+    write_manifest(output_dir, payload)
+
+
 def hardware() -> dict:
     """CPU count, memory, GPUs (through torch when it is already imported, else nvidia-smi), world size."""
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}

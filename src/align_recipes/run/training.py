@@ -32,6 +32,7 @@ from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, hacking, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
+from align_recipes.run.inference_template import save_inference_template
 from align_recipes.run.measure import (
     StartScores,
     compare_metrics,
@@ -512,6 +513,7 @@ def finish(
     sharded.save_consolidated(trainer, plan.output_dir)
     if not trainer.is_world_process_zero():
         return {}
+    save_inference_template(plan.output_dir, parts.tokenizer)
     after = (
         measure(
             plan,
