@@ -10,6 +10,14 @@ CPU's kernels would.
     python bench/seeds.py --seeds 42 1 2 3 4 --json bench/results/seeds-2026-12-01.json
     python bench/seeds.py --seeds 7 --algos sft dpo            # a quick look at one seed
     python bench/seeds.py --table bench/results/seeds-2026-12-01.json   # the markdown table of a file
+    python bench/seeds.py --seeds 42 1 --mode off --cpu other --json off-other.json  # outside the mode,
+                                                                    # on an emulated other CPU
+    python bench/seeds.py --verdicts on.json off-other.json      # the per-seed verdict table of several files
+
+`--mode on` (the default for the builtin models) runs in reproducible mode; `--mode off` passes
+`--no-reproducible` and strips the pins from the environment. `--cpu other` emulates another CPU as
+tests/run/test_reproducible.py does (ATen's scalar kernels, MKL capped below AVX2): with the mode on it must
+give the same numbers as `--cpu here`; with it off, it shows how far another machine's numbers move.
 
 Per run it records the summary's held-out metrics (before → after), the first and last logged training
 metrics, and for the online algorithms the sampled reward of the first two and last two logged steps
@@ -41,7 +49,17 @@ VARIANTS = {"cpo-simpo": ("cpo", ["train.loss_type=simpo", "train.beta=2.0"])}
 SAMPLED = {"online_dpo": "objective/scores"}  # the logged score of the policy's samples, where not `reward`
 
 
-def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}
+
+
+def environment(mode: str, cpu: str) -> dict[str, str]:
+    from align_recipes import reproducible
+
+    env = dict(os.environ) if mode == "on" else reproducible.unpinned(os.environ)
+    return {**env, **(OTHER_CPU if cpu == "other" else {}), "PYTHONPATH": str(REPO / "src")}
+
+
+def run(name: str, out: Path, seed: int, *overrides: str, mode: str = "on", cpu: str = "here") -> dict:
     recipe, extra = VARIANTS.get(name, (name, []))
     overrides = (*extra, *overrides)
     command = [
@@ -56,12 +74,11 @@ def run(name: str, out: Path, seed: int, *overrides: str) -> dict:
         f"train.seed={seed}",
         "--overwrite",
         "--no-report",
+        "--reproducible" if mode == "on" else "--no-reproducible",
         *overrides,
     ]
     started = time.time()
-    proc = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")}
-    )
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment(mode, cpu))
     if proc.returncode != 0:
         raise SystemExit(f"{recipe} seed {seed} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
@@ -108,6 +125,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def verdicts(files: list[Path]) -> str:
+    """The per-seed verdict table: one row per algorithm and held-out metric, one column per file (a mode and
+    CPU), each cell the verdicts seed by seed (rose ↑, no significant change ·, fell ↓)."""
+    marks = {"rose": "↑", "no significant change": "·", "fell": "↓", None: "?"}
+    loaded = [json.loads(f.read_text()) for f in files]
+    labels = [r.get("label") or f.stem for r, f in zip(loaded, files)]
+    lines = [
+        "| algorithm | metric | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for algo in [*names(), *VARIANTS]:
+        metric_names = []
+        for results in loaded:
+            for run in results["runs"].get(algo, {}).values():
+                metric_names += [m["name"] for m in run["held_out"] or [] if m["name"] not in metric_names]
+        for metric in metric_names:
+            cells = []
+            for results in loaded:
+                seeds = results["runs"].get(algo, {})
+                cell = []
+                for seed, run in seeds.items():
+                    found = {m["name"]: m for m in run["held_out"] or []}.get(metric)
+                    if found:
+                        cell.append(
+                            f"{seed}{marks.get(found.get('verdict'), '?')} {found.get('difference', 0):+.2f}"
+                        )
+                cells.append(", ".join(cell))
+            lines.append(f"| {algo} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
@@ -122,15 +170,24 @@ def main() -> int:
     parser.add_argument(
         "--table", type=Path, metavar="JSON", help="print the markdown table of a results file"
     )
+    parser.add_argument("--mode", choices=("on", "off"), default="on", help="reproducible mode (default on)")
+    parser.add_argument(
+        "--cpu", choices=("here", "other"), default="here", help="'other': an emulated other CPU"
+    )
+    parser.add_argument("--verdicts", type=Path, nargs="+", metavar="JSON", help="print the verdict table")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.table.read_text())))
+        return 0
+    if args.verdicts:
+        print(verdicts(args.verdicts))
         return 0
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     results.setdefault(
         "machine",
         {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     )
+    results["label"] = f"mode {args.mode}, {args.cpu} CPU"
     runs = results.setdefault("runs", {})
     root = args.workdir or Path(tempfile.mkdtemp(prefix="seeds-"))
     for seed in args.seeds:
@@ -141,7 +198,7 @@ def main() -> int:
             start = (
                 [] if VARIANTS.get(algo, (algo,))[0] in FROM_SCRATCH else [f"model.name_or_path={sft_dir}"]
             )
-            result = run(algo, root / str(seed) / algo, seed, *start)
+            result = run(algo, root / str(seed) / algo, seed, *start, mode=args.mode, cpu=args.cpu)
             if algo in args.algos:
                 runs.setdefault(algo, {})[str(seed)] = result
             print(
