@@ -1,8 +1,9 @@
 """Fail fast, fail clearly: every case in tests/fixtures/bad_inputs/ is run through the real command line.
 
-Each case must exit with code 2 in well under two seconds, print one short message (no traceback)
-that names the file (or the command line), the key or row, and a fix, and create no output
-directory. docs/troubleshooting.md is written from these cases.
+Each case must exit with code 2, print one short message (no traceback) that names the file (or the
+command line), the key or row, and a fix, and create no output directory. That it fails before torch is
+imported is checked by `test_validation_happens_before_torch_is_imported` (module list, not a clock: a
+busy machine makes any time limit flaky). docs/troubleshooting.md is written from these cases.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = REPO / "tests" / "fixtures" / "bad_inputs"
-MAX_SECONDS = float(os.environ.get("ALIGN_RECIPES_BAD_INPUT_SECONDS", "2.0"))
 MAX_LINES = 15
 
 # case file, extra command-line words, key named in the message, fragments it must contain, where (file/line)
@@ -390,8 +389,7 @@ def _case_id(row) -> str:
     return name.removesuffix(".yaml") + ("[" + " ".join(extra) + "]" if extra else "")
 
 
-def run_cli(*words: str, env: dict | None = None, timeout: float = 60) -> tuple[int, str, str, float]:
-    started = time.perf_counter()
+def run_cli(*words: str, env: dict | None = None, timeout: float = 60) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "align_recipes", *words],
         cwd=REPO,
@@ -400,14 +398,33 @@ def run_cli(*words: str, env: dict | None = None, timeout: float = 60) -> tuple[
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-    return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+PROBE = """
+import sys
+from align_recipes.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "transformers", "trl", "datasets") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run_probed(*words: str) -> tuple[int, str, str, str]:
+    """The command line in a fresh interpreter, and which heavy modules it had imported when it returned."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *words], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    stderr, _, heavy = proc.stderr.rpartition("HEAVY=")
+    return proc.returncode, proc.stdout, stderr, heavy.strip()
 
 
 @pytest.mark.parametrize("row", TABLE, ids=[_case_id(r) for r in TABLE])
-def test_bad_input_fails_fast_and_clearly(row, tmp_path):
+def test_bad_input_fails_early_and_clearly(row, tmp_path):
     name, extra, key, fragments, where = row
     out = tmp_path / "out"
-    rc, stdout, stderr, seconds = run_cli(
+    rc, stdout, stderr, heavy = run_probed(
         "train", str(CASES.relative_to(REPO) / name), f"train.output_dir={out}", *extra
     )
     shown = stdout + stderr
@@ -423,7 +440,7 @@ def test_bad_input_fails_fast_and_clearly(row, tmp_path):
     if where:
         assert where in stderr, f"{where!r} (file/line) not named:\n{stderr}"
     assert not out.exists(), "an output directory was created for a run that failed validation"
-    assert seconds < MAX_SECONDS, f"took {seconds:.2f}s (validation must fail before torch is imported)"
+    assert heavy == "", f"{heavy} imported before the recipe was refused (validation must not need torch)"
 
 
 def test_every_case_file_is_in_the_table():
@@ -436,7 +453,7 @@ def test_every_case_file_is_in_the_table():
 @pytest.mark.parametrize("name", CONTROLS)
 def test_control_cases_are_valid(name):
     """The corpus's parents and data are sound: each bad case breaks exactly what it says."""
-    rc, stdout, stderr, _ = run_cli("validate", str(CASES.relative_to(REPO) / name))
+    rc, stdout, stderr = run_cli("validate", str(CASES.relative_to(REPO) / name))
     assert rc == 0, stderr
     assert stdout.startswith("ok: ")
 
@@ -473,7 +490,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
         f"train.output_dir={out}",
         "--no-report",
     ]
-    rc, stdout, stderr, _ = run_cli(*words, timeout=300)
+    rc, stdout, stderr = run_cli(*words, timeout=300)
     assert rc == 2, stdout + stderr
     assert "Traceback" not in stdout + stderr and "\nerror: " in "\n" + stderr  # (ORPO logs warnings first)
     assert "data.train: no row is left to train on: 12 rows read" in stderr and fragment in stderr, stderr
@@ -484,7 +501,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
     # The suggested max_length is the smallest that trains: the 10 rows with the shortest prompt (a one-digit
     # sum) fit, the 2 with a two-digit one are one token longer and are left out.
     suggested = int(stderr.split("to at least ")[1].split(":")[0])
-    rc, stdout, stderr, _ = run_cli(
+    rc, stdout, stderr = run_cli(
         *words[:-2], f"train.max_length={suggested}", f"train.output_dir={out}", "--no-report", timeout=300
     )
     assert rc == 0, stdout + stderr
@@ -544,16 +561,6 @@ def test_no_row_left_counts_each_cause(tmp_path):
     )
 
 
-PROBE = """
-import sys
-from align_recipes.cli import main
-rc = main(sys.argv[1:])
-heavy = sorted(m for m in ("torch", "transformers", "trl", "datasets") if m in sys.modules)
-print("HEAVY=" + ",".join(heavy), file=sys.stderr)
-sys.exit(rc)
-"""
-
-
 @pytest.mark.parametrize(
     "words",
     [
@@ -579,7 +586,7 @@ def test_validation_happens_before_torch_is_imported(words, tmp_path):
 
 def test_secret_values_never_reach_error_messages(tmp_path):
     """A token pasted into the wrong place is hidden in the error that points at it."""
-    rc, stdout, stderr, _ = run_cli(
+    rc, stdout, stderr = run_cli(
         "train",
         "tests/fixtures/bad_inputs/good_sft.yaml",
         f"train.output_dir={tmp_path / 'out'}",
