@@ -5,8 +5,8 @@ Speed is not asserted here (a busy machine makes any limit flaky); bench/overhea
 from __future__ import annotations
 
 import json
-import subprocess
 import os
+import subprocess
 import sys
 from pathlib import Path
 
