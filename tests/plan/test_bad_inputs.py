@@ -319,6 +319,28 @@ TABLE = [
         ["expected int", "'many'"],
         "command line",
     ),
+    # intervals their strategy makes the trainer ignore (no checkpoint, no eval, no log)
+    (
+        "good_sft.yaml",
+        ["train.save_steps=5"],
+        "train.save_steps",
+        [
+            "train.save_strategy is 'no' (tests/fixtures/bad_inputs/_base.yaml)",
+            "no checkpoint would be written every 5 steps",
+            "also set train.save_strategy=steps",
+        ],
+        "command line",
+    ),
+    (
+        "eval_steps_unread.yaml",
+        [],
+        "train.eval_steps",
+        [
+            "train.eval_strategy is 'no' (TRL's default)",
+            "also set train.eval_strategy: steps (with data.eval)",
+        ],
+        "eval_steps_unread.yaml:5",
+    ),
     # model references (checked before anything heavy is imported)
     (
         "model_unknown_builtin.yaml",

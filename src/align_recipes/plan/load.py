@@ -31,7 +31,7 @@ from align_recipes.plan.layers import (
 )
 from align_recipes.plan.model_size import estimate_params
 from align_recipes.plan.sections import DataSection, EvaluateSection, ModelSection
-from align_recipes.plan.validate import validate_recipe
+from align_recipes.plan.validate import unread_intervals, validate_recipe
 from align_recipes.plan.yamlio import plain
 from align_recipes.registry import ALGORITHMS, Algorithm
 
@@ -140,6 +140,10 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         base_dir=recipe_path.parent,
         rewards_dir=provenance.folder("rewards", recipe_path.parent),
     )
+    if isinstance(recipe.get("train"), dict):
+        errors += unread_intervals(
+            recipe["train"], algorithm.config_name, provenance.locate, _layer_rank(provenance)
+        )
     if errors:
         raise RecipeErrors(errors)
     if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
@@ -172,6 +176,20 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         profile_changes=changes,
         launch=launch,
     )
+
+
+def _layer_rank(provenance: Provenance):
+    """rank(key): how specific the layer that set `key` is: the command line highest, then the recipe files
+    from the recipe itself down to its furthest parent; -1 for a profile, our defaults or no layer."""
+    files = list(provenance.files)  # parents first
+
+    def rank(key: str) -> int:
+        label = provenance.source(key)
+        if label == OVERRIDE:
+            return len(files)
+        return files.index(label) if label in files else -1
+
+    return rank
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:

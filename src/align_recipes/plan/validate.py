@@ -419,6 +419,46 @@ def validate_recipe(
     return check.errors
 
 
+# An interval a Trainer reads only under the "steps" strategy: (interval, strategy, what is lost, fix's extra).
+STEP_INTERVALS = (
+    ("save_steps", "save_strategy", "no checkpoint would be written", ""),
+    ("eval_steps", "eval_strategy", "data.eval would not be evaluated", " (with data.eval)"),
+    ("logging_steps", "logging_strategy", "nothing would be logged", ""),
+)
+
+
+def unread_intervals(
+    train: dict, config_name: str, locate: Locate, rank: Callable[[str], int]
+) -> list[RecipeError]:
+    """Intervals the user set that their strategy makes the Trainer ignore, e.g. `train.save_steps=5` under the
+    tiny recipes' `save_strategy: "no"`: refused, not silently dropped (no checkpoint, and `--resume` later
+    finds nothing); the fix names the one setting that makes it count. `rank(key)` orders the layers that set
+    a key (command line highest, then the recipe, then its parents; below 0 for profiles and our defaults): an
+    interval set below the strategy's layer is one the user turned off on purpose, and is left alone."""
+    fields = trl_fields.config_fields(config_name)
+    check = _Checker(locate)
+    for interval, strategy, lost, needs in STEP_INTERVALS:
+        if train.get(interval) is None or strategy not in fields:
+            continue
+        mode = train.get(strategy, fields[strategy].default)
+        if mode == "steps" or rank(f"train.{interval}") < max(rank(f"train.{strategy}"), 0):
+            continue
+        where = locate(f"train.{strategy}")[0] if strategy in train else None
+        said = f"train.{strategy} is '{mode}'" + (f" ({where})" if where else " (TRL's default)")
+        also = (
+            f"train.{strategy}=steps"
+            if locate(f"train.{interval}")[0] == "command line"
+            else f"train.{strategy}: steps"
+        )
+        check.error(
+            f"train.{interval}",
+            f"train.{interval} is {train[interval]!r}, but {said}, so it would be ignored: "
+            f"{lost} every {train[interval]} steps",
+            f"also set {also}{needs}, or drop train.{interval}",
+        )
+    return check.errors
+
+
 def _check_outlets(check: _Checker, train: dict) -> None:
     """Where the run reports to and publishes: the tracker packages installed, the hub push possible."""
     for tracker, package in tracker_problems(train.get("report_to")):
