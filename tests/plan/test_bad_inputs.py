@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from align_recipes.registry import ALGORITHMS
+
 REPO = Path(__file__).resolve().parents[2]
 CASES = REPO / "tests" / "fixtures" / "bad_inputs"
 MAX_LINES = 15
@@ -294,6 +296,74 @@ TABLE = [
             "set `column:`",
         ],
         "reward_builtin_missing_column.yaml",
+    ),
+    # reward functions called on the first rows of the data they will score
+    *[
+        (
+            f"reward_toy_{layout}.yaml",
+            [],
+            "rewards[0].function",
+            [
+                f"reward 'align_recipes.tiny.toytask:toy_reward' cannot run on data.train ({data})",
+                "raised ValueError: toy_reward got 3 completions but 0 answers",
+                f"it reads the column answer, data.train passes {passes}",
+                "data.train.columns: {answer: your_column}",
+            ],
+            f"reward_toy_{layout}.yaml:6",
+        )
+        for layout, data, passes in [
+            ("prompts_csv", "prompts_no_answer.csv", "none"),
+            ("roleless", "roleless.jsonl", "none"),
+            (
+                "ultrafeedback",
+                "ultrafeedback_binarized.parquet",
+                "the columns prompt_id, score_chosen, score_rejected",
+            ),
+        ]
+    ],
+    (
+        "reward_toy_evaluate_no_answer.yaml",
+        [],
+        "rewards[0].function",
+        [
+            "cannot run on evaluate.data (prompts_no_answer.csv)",
+            "evaluate.data.columns: {answer: your_column}",
+        ],
+        "reward_toy_evaluate_no_answer.yaml:4",
+    ),
+    (
+        "reward_default_column.yaml",
+        [],
+        "rewards[0].function",
+        [
+            "'rewards_bad.py:by_reference_or_none' cannot run on data.train (prompts.jsonl)",
+            "with their `answer` values as completions",
+            "raised TypeError: 'NoneType' object is not iterable",
+            "it reads the column reference, data.train passes the column answer",
+            "data.train.columns: {reference: your_column}",
+        ],
+        "reward_default_column.yaml:4",
+    ),
+    (
+        "reward_raises.yaml",
+        [],
+        "rewards[0].function",
+        [
+            "'rewards_bad.py:crashes' cannot run",
+            "raised ZeroDivisionError: division by zero",
+            "one number (or None)",
+        ],
+        "reward_raises.yaml:4",
+    ),
+    (
+        "reward_not_a_list.yaml",
+        [],
+        "rewards[0].function",
+        [
+            "'rewards_bad.py:one_number' cannot run",
+            "returned float 1.0, not a list of one number per completion",
+        ],
+        "reward_not_a_list.yaml:4",
     ),
     ("grpo_no_rewards.yaml", [], "rewards", ["needs at least one reward"], "grpo_no_rewards.yaml"),
     ("dpo_with_rewards.yaml", [], "rewards", ["`dpo` takes no reward functions"], "dpo_with_rewards.yaml:6"),
@@ -604,6 +674,28 @@ def test_validation_happens_before_torch_is_imported(words, tmp_path):
     )
     assert proc.returncode in (0, 2), proc.stderr
     assert "HEAVY=\n" in proc.stderr or proc.stderr.rstrip().endswith("HEAVY="), proc.stderr
+
+
+REWARD_ALGORITHMS = [name for name, algorithm in ALGORITHMS.items() if algorithm.uses_rewards]
+
+
+@pytest.mark.parametrize("algorithm", REWARD_ALGORITHMS)
+def test_a_reward_that_cannot_run_on_the_data_stops_every_reward_algorithm_before_loading(
+    algorithm, tmp_path
+):
+    """The shipped recipe of each algorithm that takes rewards, its toy_reward on prompts without answers:
+    exit 2 with the reward named, no traceback, no model (nor torch) loaded, no output directory."""
+    out = tmp_path / "out"
+    rc, stdout, stderr, heavy = run_probed(
+        "train",
+        f"recipes/tiny/{algorithm}.yaml",
+        "data.train.path=tests/fixtures/bad_inputs/data/prompts_no_answer.csv",
+        f"train.output_dir={out}",
+    )
+    assert rc == 2 and "Traceback" not in stdout + stderr, stdout + stderr
+    assert stderr.startswith("error: recipes/tiny/") and "rewards[0].function: reward " in stderr, stderr
+    assert "toy_reward got 3 completions but 0 answers" in stderr, stderr
+    assert heavy == "" and not out.exists()
 
 
 def test_secret_values_never_reach_error_messages(tmp_path):

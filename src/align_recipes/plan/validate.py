@@ -225,6 +225,14 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
             check.error(key, message, fix)
 
 
+def _check_reward_calls(check: _Checker, rewards: list, sources: dict, base_dir: Path) -> None:
+    """Every reward function runs on the first rows of the data it will score (plan.reward_calls)."""
+    from align_recipes.plan.reward_calls import reward_call_problems
+
+    for key, message, fix in reward_call_problems(rewards, sources, base_dir):
+        check.error(key, message, fix)
+
+
 def metric_problem(
     metric: str, rows: list[dict], spec: Any, has_rewards: bool, head: str = "causal_lm"
 ) -> str | None:
@@ -252,10 +260,11 @@ def metric_problem(
 
 def _check_evaluate(
     check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool
-) -> None:
+) -> dict:
     """The evaluate section. Without `metric:` it gets the algorithm's metrics that its data can serve,
     written into the section in place (as numbers are coerced), so the plan and recipe.resolved.yaml
-    name what is measured."""
+    name what is measured. Returns {"evaluate.data": (rows, DataSpec)} when the held-out reward scores
+    those rows with the recipe's rewards (for _check_reward_calls), else {}."""
     evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
     check.ranges(evaluation, sections.EVALUATE_RANGES, "evaluate.")
     named = evaluation.get("metric")
@@ -271,10 +280,10 @@ def _check_evaluate(
     if wanted == []:
         check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
     if not isinstance(evaluation.get("data"), dict) or check.errors:
-        return
+        return {}
     found = _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
     if found is None:
-        return
+        return {}
     rows, spec = found
     if wanted is not None:
         for name in wanted:
@@ -286,7 +295,7 @@ def _check_evaluate(
                     "point evaluate.data at data that serves it, or measure "
                     "another metric (or leave `metric:` out: the algorithm's own, those the data serves)",
                 )
-        return
+        return {"evaluate.data": found} if REWARD in wanted else {}
     problems = {
         m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics
     }
@@ -299,8 +308,9 @@ def _check_evaluate(
             f"name one with evaluate.metric ({', '.join(sections.METRICS)}), or point evaluate.data "
             "at data that serves it",
         )
-        return
+        return {}
     evaluation["metric"] = served
+    return {"evaluate.data": found} if REWARD in served else {}
 
 
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
@@ -354,14 +364,14 @@ def validate_recipe(
         )
 
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
-    peeked = {}
+    peeked, held_out = {}, {}
     for split in ("train", "eval"):
         if data.get(split) is not None:
             peeked.update(_check_split(check, data[split], split, base_dir, algorithm.data_kind))
 
     rewards = recipe.get("rewards")
     if recipe.get("evaluate") is not None:
-        _check_evaluate(
+        held_out = _check_evaluate(
             check,
             recipe["evaluate"],
             algorithm,
@@ -399,7 +409,10 @@ def validate_recipe(
                     "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)",
                 )
             if not problems:
+                before = len(check.errors)
                 _check_reward_columns(check, rewards, peeked, rewards_dir)
+                if len(check.errors) == before:
+                    _check_reward_calls(check, rewards, {**peeked, **held_out}, rewards_dir)
 
     train_fields = trl_fields.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
