@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from align_recipes.data import DataSpec, peek
-from align_recipes.plan.reward_calls import PLACEHOLDER, call_problem, reward_call_problems
+from align_recipes.plan.reward_calls import PLACEHOLDER, call_problem, peeked_sources, reward_call_problems
 from align_recipes.rewards import load_function
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -27,7 +27,7 @@ def needs_state(prompts, completions, trainer_state, **kwargs):
 
 def source(path: Path, section: str = "data.train") -> dict:
     spec = DataSpec(path=str(path), section=section)
-    return {section: (peek(spec, path.parent, 20), spec)}
+    return peeked_sources({section: (peek(spec, path.parent, 20), spec)})
 
 
 def recorder(tmp_path: Path) -> tuple[dict, list]:
@@ -95,7 +95,7 @@ def test_what_the_probe_cannot_stand_in_for_is_not_called(tmp_path):
     # a trainer-only argument (trainer_state) without a default: not called, not refused
     assert reward_call_problems([{"function": "recorder.py:needs_state"}], data, tmp_path) == []
     # a hub dataset (no rows offline) is read when the run starts
-    hub = {"data.train": ([], DataSpec(path="org/dataset", section="data.train"))}
+    hub = peeked_sources({"data.train": ([], DataSpec(path="org/dataset", section="data.train"))})
     assert reward_call_problems([{"function": "align_recipes.tiny.toytask:toy_reward"}], hub, tmp_path) == []
 
 

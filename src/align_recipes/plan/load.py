@@ -56,6 +56,7 @@ class Plan:
     launch: scaling.Launch | None = (
         None  # how to spread it over this machine's GPUs (None: one process will do)
     )
+    pending: list = field(default_factory=list)  # plan.pending.Pending: inputs the family writes first
 
     @property
     def base_dir(self) -> Path:
@@ -91,8 +92,15 @@ class Plan:
         return result
 
 
-def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Plan:
-    """Read, merge and validate a recipe. Raises RecipeError(s); loads no model and no torch."""
+def load_plan(
+    recipe_path: str | Path,
+    overrides: list[str] = (),
+    profile: str | None = None,
+    allow_pending: bool = False,
+) -> Plan:
+    """Read, merge and validate a recipe. Raises RecipeError(s); loads no model and no torch. With
+    `allow_pending` (validate, show), a model folder an earlier step of the family writes is listed in
+    `plan.pending` instead of refused (plan/pending.py)."""
     recipe_path = Path(recipe_path)
     if not recipe_path.exists() and recipe_path.suffix == "" and (Path("recipes") / recipe_path).is_dir():
         raise RecipeError(
@@ -133,12 +141,15 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
     provenance.merge_under(recipe, layer, f"profile:{chosen.name}")
 
+    pending: list | None = [] if allow_pending else None
     errors = validate_recipe(
         recipe,
         algorithm,
         provenance.locate,
         base_dir=recipe_path.parent,
         rewards_dir=provenance.folder("rewards", recipe_path.parent),
+        recipe_path=recipe_path,
+        pending=pending,
     )
     if isinstance(recipe.get("train"), dict):
         errors += unread_intervals(
@@ -175,6 +186,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         recipe=recipe,
         profile_changes=changes,
         launch=launch,
+        pending=pending or [],
     )
 
 

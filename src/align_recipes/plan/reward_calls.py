@@ -28,10 +28,11 @@ ANSWER = "answer"  # the column whose values stand in for completions (as exact_
 
 
 def reward_call_problems(
-    specs: list[dict], sources: dict[str, tuple[list[dict], Any]], base_dir: Path
+    specs: list[dict], sources: dict[str, tuple[list[dict], list[str], str]], base_dir: Path
 ) -> list[tuple[str, str, str]]:
     """(key, message, fix) for each reward entry that fails when called on the first rows of `sources`
-    ({section: (peeked rows, DataSpec)}); at most one per entry, from the first source it fails on."""
+    ({section: (rows in the trainer's layout, the columns carried to rewards, the data's name)}); at most one
+    per entry, from the first source it fails on."""
     problems = []
     for index, spec in enumerate(specs):
         kind = "name" if "name" in spec else "function" if "function" in spec else None
@@ -41,14 +42,14 @@ def reward_call_problems(
         if _needs_trainer_argument(func):
             continue
         wanted = _wanted_columns(spec, func, base_dir)
-        for section, (rows, data_spec) in sources.items():
-            found = _call_on(func, rows, data_spec)
+        for section, (rows, carried, name) in sources.items():
+            found = _call_on(func, rows[:PROBE_ROWS], carried)
             if found is None:
                 continue
-            what, carried, problem = found
+            what, problem = found
             reads = f"it reads {_columns(wanted)}" if wanted else "it reads no column by name"
             message = (
-                f"reward '{_label(spec, kind)}' cannot run on {section} ({Path(data_spec.path).name}): called "
+                f"reward '{_label(spec, kind)}' cannot run on {section} ({name}): called "
                 f"on its first rows with {what} as completions, it {problem}; {reads}, {section} passes "
                 f"{_columns(carried) if carried else 'none'}"
             )
@@ -65,30 +66,38 @@ def reward_call_problems(
     return problems
 
 
-def _call_on(func, rows: list[dict], data_spec) -> tuple[str, list[str], str] | None:
-    """(what the completions were, the columns passed, the problem) when calling `func` on the first rows
-    fails; None when it works, or when the rows cannot be read as prompts (other checks report that)."""
+def peeked_sources(peeked: dict[str, tuple[list[dict], Any]]) -> dict[str, tuple[list[dict], list[str], str]]:
+    """Peeked rows ({section: (raw rows, DataSpec)}) in the trainer's layout, for reward_call_problems; hub
+    datasets (no rows offline) and rows that cannot be read as prompts (other checks report those) left out."""
+    sources = {}
+    for section, (rows, data_spec) in peeked.items():
+        if not rows:
+            continue
+        try:
+            converted, _ = preview(rows[: PROBE_ROWS * 4], data_spec, PROMPT_ONLY)
+            carried = reward_columns(rows, data_spec)
+        except DataError:
+            continue
+        if converted:
+            sources[section] = (converted[:PROBE_ROWS], carried, Path(data_spec.path).name)
+    return sources
+
+
+def _call_on(func, rows: list[dict], carried: list[str]) -> tuple[str, str] | None:
+    """(what the completions were, the problem) when calling `func` on `rows` fails; None when it works."""
     if not rows:
-        return None  # a hub dataset: read only when the run starts
-    try:
-        converted, _ = preview(rows, data_spec, PROMPT_ONLY)
-        carried = reward_columns(rows, data_spec)
-    except DataError:
         return None
-    converted = converted[:PROBE_ROWS]
-    if not converted:
-        return None
-    prompts = [row["prompt"] for row in converted]
+    prompts = [row["prompt"] for row in rows]
     has_answers = ANSWER in carried
-    texts = [str(row.get(ANSWER)) if has_answers else PLACEHOLDER for row in converted]
+    texts = [str(row.get(ANSWER)) if has_answers else PLACEHOLDER for row in rows]
     completions = [
         [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
         for prompt, text in zip(prompts, texts)
     ]
-    columns = {column: [row.get(column) for row in converted] for column in carried}
+    columns = {column: [row.get(column) for row in rows] for column in carried}
     problem = call_problem(func, prompts, completions, columns)
     what = f"their `{ANSWER}` values" if has_answers else f"'{PLACEHOLDER}'"
-    return None if problem is None else (what, carried, problem)
+    return None if problem is None else (what, problem)
 
 
 def call_problem(func, prompts: list, completions: list, columns: dict[str, list]) -> str | None:

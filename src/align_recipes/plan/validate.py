@@ -23,9 +23,25 @@ Locate = Callable[[str], "tuple[str | None, int | None]"]
 
 
 class _Checker:
-    def __init__(self, locate: Locate):
+    def __init__(self, locate: Locate, recipe_path: Path | None = None, pending: list | None = None):
         self.locate = locate
         self.errors: list[RecipeError] = []
+        self.recipe_path = recipe_path
+        self.pending = pending  # None: an input an earlier step writes is an error (train), else listed here
+
+    def missing_input(self, key: str, value: str) -> bool:
+        """An input the family writes before this recipe runs (plan.pending): listed as pending (validate) or
+        refused with the command that writes it (train). False when nothing in the family writes it."""
+        from align_recipes.plan.pending import family_writer
+
+        found = family_writer(key, value, self.recipe_path) if self.recipe_path is not None else None
+        if found is None:
+            return False
+        if self.pending is not None:
+            self.pending.append(found)
+        else:
+            self.error(key, f"'{value}' does not exist yet: {found.how}", f"run `{found.command}` first")
+        return True
 
     def error(self, key: str, message: str, fix: str = "") -> None:
         file, line = self.locate(key)
@@ -227,9 +243,9 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
 
 def _check_reward_calls(check: _Checker, rewards: list, sources: dict, base_dir: Path) -> None:
     """Every reward function runs on the first rows of the data it will score (plan.reward_calls)."""
-    from align_recipes.plan.reward_calls import reward_call_problems
+    from align_recipes.plan.reward_calls import peeked_sources, reward_call_problems
 
-    for key, message, fix in reward_call_problems(rewards, sources, base_dir):
+    for key, message, fix in reward_call_problems(rewards, peeked_sources(sources), base_dir):
         check.error(key, message, fix)
 
 
@@ -332,19 +348,28 @@ def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
 
 
 def validate_recipe(
-    recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path, rewards_dir: Path | None = None
+    recipe: dict,
+    algorithm: Algorithm,
+    locate: Locate,
+    base_dir: Path,
+    rewards_dir: Path | None = None,
+    recipe_path: Path | None = None,
+    pending: list | None = None,
 ) -> list[RecipeError]:
     """All problems in a fully merged recipe (model, data, rewards, evaluate, train). Relative references
     resolve against `base_dir` (the recipe's folder), reward modules against `rewards_dir` (the folder of
-    the file that wrote `rewards:`) when given."""
+    the file that wrote `rewards:`) when given. With `recipe_path`, a model folder another recipe of the
+    family writes is pending (plan.pending): appended to `pending` when a list is given, else an error."""
     rewards_dir = rewards_dir or base_dir
-    check = _Checker(locate)
+    check = _Checker(locate, recipe_path, pending)
     check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
     model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section")
     if "lora" in model:
         lora = check.mapping(model["lora"], sections.LORA, "model.lora.", "model.lora")
         check.ranges(lora, sections.LORA_RANGES, "model.lora.")
     name = model.get("name_or_path")
+    if isinstance(name, str) and not name.startswith("builtin:") and find_local(name, base_dir, None) is None:
+        check.missing_input("model.name_or_path", name)  # else a hub id, or refused when the run resolves it
     if isinstance(name, str) and name.startswith("builtin:") and name not in BUILTIN_MODELS:
         hint = did_you_mean(name, BUILTIN_MODELS)
         check.error(
@@ -509,6 +534,8 @@ def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
             "outputs/"
         )
         if looks_like_hub_id(value) and not first_is_folder:
+            continue
+        if check.missing_input(f"train.{key}", value):
             continue
         check.error(
             f"train.{key}",
