@@ -332,12 +332,16 @@ def main(argv: list[str] | None = None) -> int:
             return _rehearse(args)
         from align_recipes.plan import load_plan
 
-        plan = load_plan(args.recipe, args.overrides, profile=args.profile)
+        plan = load_plan(
+            args.recipe, args.overrides, profile=args.profile, allow_pending=args.verb == "validate"
+        )
         if args.verb == "validate":
             print(
                 f"ok: {args.recipe} ({plan.algorithm.name}, {plan.algorithm.config_name}, "
                 f"profile {plan.profile.name}) -> {plan.output_dir}"
             )
+            for pending in plan.pending:  # written by an earlier step of the family: not an error
+                print(f"  pending: {pending.line}")
             return 0
         if args.verb == "show":
             from align_recipes.plan.show import print_plan

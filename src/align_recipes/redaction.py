@@ -1,6 +1,10 @@
 """Secrets never reach a file or a screen: values of secret-named environment variables (HF_TOKEN,
 WANDB_API_KEY, ...) and secret-named recipe keys (hub_token, api_key) are replaced by *** in the
 resolved recipe, the manifest, error messages and printed commands.
+
+Local folders never reach what a run publishes: `share_paths` rewrites absolute paths in the model card,
+report.md, the manifest's shareable fields and what `--push` uploads, relative to the project or as a
+file name (/home/<user>/proj/recipes/tiny/dpo.yaml -> recipes/tiny/dpo.yaml).
 """
 
 from __future__ import annotations
@@ -87,3 +91,41 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
         key, sep, _ = str(word).partition("=")
         out.append(f"{key}={REDACTED}" if sep and is_secret_key(key) else redact(str(word)))
     return out
+
+
+# ------------------------------------------------------------------------------------ local paths
+
+# An absolute POSIX path inside text: a "/" that starts a word (not a URL's "//", not "a/b"), then name parts.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\-])/(?:[\w.+@%~\-]+/)*[\w.+@%~\-]+/?")
+
+
+def share_path(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -> str:
+    """An absolute local path as it may be published: relative to the first of `roots` (the project) that
+    holds it, else its file name. Relative paths, hub ids and builtin:… come back unchanged."""
+    text = str(path)
+    if not text.startswith("/"):
+        return text
+    for root in roots:
+        root_text = str(root).rstrip("/")
+        if root_text and (text == root_text or text.startswith(root_text + "/")):
+            return text[len(root_text) + 1 :] or "."
+    return text.rstrip("/").rsplit("/", 1)[-1] or text
+
+
+def share_paths(text: str, roots: Iterable[str | os.PathLike]) -> str:
+    """`text` (a card, a report, a command word) with every absolute local path made shareable (share_path):
+    what a run publishes names no /home/<user>/… or /tmp/… folder. Secrets: `redact`."""
+    roots = [str(r) for r in roots]
+    return _ABSOLUTE_PATH.sub(lambda match: share_path(match.group(0), roots), text)
+
+
+def share_paths_obj(value: Any, roots: Iterable[str | os.PathLike]) -> Any:
+    """A copy of a JSON/YAML-like value with share_paths applied to every string in it."""
+    roots = [str(r) for r in roots]
+    if isinstance(value, dict):
+        return {k: share_paths_obj(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [share_paths_obj(v, roots) for v in value]
+    if isinstance(value, str):
+        return share_paths(value, roots)
+    return value

@@ -291,7 +291,8 @@ def test_a_two_layout_mixture_trains_and_the_run_names_both_sources(tmp_path, ca
     ] == [("data.train[0]", "sft.jsonl", "messages", 100), ("data.train[1]", "sharegpt.json", "sharegpt", 2)]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["data.train[0]"]["weight"] == 0.5 and manifest["data"]["data.train[0]"]["sha256"]
-    assert manifest["data"]["data.train[1]"]["resolved"] == str(FIXTURES / "sharegpt.json")
+    # the recipe sits in tmp_path (no git repository): a file outside its folder is named by its file name
+    assert manifest["data"]["data.train[1]"]["resolved"] == "sharegpt.json"
     card = (out / "README.md").read_text()
     assert "| data (train[0]) |" in card and "weight 0.5: 100 of 200 converted rows" in card
     assert "| data (train[1]) |" in card and "weight 1: 2 of 2 converted rows" in card

@@ -298,7 +298,9 @@ def test_reward_files_and_models_in_a_base_resolve_in_the_base_folder(tmp_path, 
     monkeypatch.chdir("/")
     (shared / "my_pkg").mkdir()
     (shared / "my_pkg" / "__init__.py").write_text("")
-    (shared / "my_pkg" / "mod.py").write_text("def f(prompts, completions, **kwargs):\n    return [0.0]\n")
+    (shared / "my_pkg" / "mod.py").write_text(
+        "def f(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n"
+    )
     plan = load_plan(child, profile="cpu")  # my_pkg.mod imports from the base's folder too
     assert plan.rewards == [
         {"function": f"{shared / 'my_rewards.py'}:score", "weight": 2},

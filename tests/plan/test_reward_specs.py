@@ -219,6 +219,30 @@ def test_a_run_checks_reward_columns_on_the_data_it_loaded():
     assert len(trainer_extras(plan, None, {"train": right})["reward_funcs"]) == 1
 
 
+def test_a_run_calls_the_rewards_on_the_data_it_loaded():
+    """A hub dataset without answers, for the shipped toy_reward: refused once loaded, before the model."""
+    import datasets
+
+    from align_recipes.errors import RecipeErrors
+    from align_recipes.plan import load_plan
+    from align_recipes.run.training import trainer_extras
+
+    toy = "rewards=[{function: 'align_recipes.tiny.toytask:toy_reward'}]"
+    plan = load_plan("tests/fixtures/bad_inputs/good_grpo.yaml", [toy], profile="cpu")
+    prompts = datasets.Dataset.from_list([{"prompt": f"{i}+1=", "source": "hub"} for i in range(6)])
+    with pytest.raises(RecipeErrors) as info:
+        trainer_extras(plan, None, {"train": prompts, "eval": None})
+    text = str(info.value)
+    assert (
+        "rewards[0].function: reward 'align_recipes.tiny.toytask:toy_reward' cannot run on data.train" in text
+    )
+    assert (
+        "toy_reward got 4 completions but 0 answers" in text and "data.train passes the column source" in text
+    )
+    right = datasets.Dataset.from_list([{"prompt": "1+1=", "answer": "2"}])
+    assert len(trainer_extras(plan, None, {"train": right})["reward_funcs"]) == 1
+
+
 def test_reward_model_path_joins_the_reward_functions(tmp_path):
     """`train.reward_model_path` reaches every trainer as one more reward function, weight 1: TRL 1.16's
     OnlineDPOConfig declares the field but its trainer never reads it."""

@@ -60,7 +60,8 @@ def test_a_card_names_the_base_the_data_the_metrics_the_command_and_versions(tmp
     assert (
         "align-recipes train recipes/qwen05b/dpo.yaml" in card and "trl 1.16.0" in card and "abc123" in card
     )
-    assert "/x/recipes/qwen05b/dpo.yaml" in card and "[report.md](report.md)" in card
+    # /x/recipes is no folder on this machine: the recipe is named by its file name
+    assert "`dpo.yaml`" in card and "/x/" not in card and "[report.md](report.md)" in card
     assert "AutoPeftModelForCausalLM" in card and "r=16, alpha=32" in card
 
 
@@ -127,7 +128,10 @@ def test_a_run_writes_its_card_and_pushes_it_with_the_model(tmp_path, uploads, r
         == 0
     )
     card = (out / "README.md").read_text()
-    assert "align-recipes" in card and str(REPO / SFT) in card and "| exact_match |" in card
+    # the recipe by its path in the project, never the machine's folder
+    assert (
+        "align-recipes" in card and f"`{SFT}`" in card and str(REPO) not in card and "| exact_match |" in card
+    )
     (kind, repo, create), (_, _, upload) = uploads
     assert (kind, repo, create["exist_ok"]) == ("create", "me/tiny-sft", True)
     assert {"README.md", "report.md", "model.safetensors", "summary.json"} <= set(upload["files"])

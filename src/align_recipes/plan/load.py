@@ -31,7 +31,7 @@ from align_recipes.plan.layers import (
 )
 from align_recipes.plan.model_size import estimate_params
 from align_recipes.plan.sections import DataSection, EvaluateSection, ModelSection
-from align_recipes.plan.validate import validate_recipe
+from align_recipes.plan.validate import unread_intervals, validate_recipe
 from align_recipes.plan.yamlio import plain
 from align_recipes.registry import ALGORITHMS, Algorithm
 
@@ -58,6 +58,7 @@ class Plan:
     )
     reproducible: bool = False  # reproducible mode (align_recipes/reproducible.py): applied by the CLI
     reproducible_why: str = ""  # what decided it, for `show` and the manifest
+    pending: list = field(default_factory=list)  # plan.pending.Pending: inputs the family writes first
 
     @property
     def base_dir(self) -> Path:
@@ -93,8 +94,15 @@ class Plan:
         return result
 
 
-def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Plan:
-    """Read, merge and validate a recipe. Raises RecipeError(s); loads no model and no torch."""
+def load_plan(
+    recipe_path: str | Path,
+    overrides: list[str] = (),
+    profile: str | None = None,
+    allow_pending: bool = False,
+) -> Plan:
+    """Read, merge and validate a recipe. Raises RecipeError(s); loads no model and no torch. With
+    `allow_pending` (validate, show), a model folder an earlier step of the family writes is listed in
+    `plan.pending` instead of refused (plan/pending.py)."""
     recipe_path = Path(recipe_path)
     if not recipe_path.exists() and recipe_path.suffix == "" and (Path("recipes") / recipe_path).is_dir():
         raise RecipeError(
@@ -135,13 +143,20 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
     provenance.merge_under(recipe, layer, f"profile:{chosen.name}")
 
+    pending: list | None = [] if allow_pending else None
     errors = validate_recipe(
         recipe,
         algorithm,
         provenance.locate,
         base_dir=recipe_path.parent,
         rewards_dir=provenance.folder("rewards", recipe_path.parent),
+        recipe_path=recipe_path,
+        pending=pending,
     )
+    if isinstance(recipe.get("train"), dict):
+        errors += unread_intervals(
+            recipe["train"], algorithm.config_name, provenance.locate, _layer_rank(provenance)
+        )
     if errors:
         raise RecipeErrors(errors)
     if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
@@ -173,6 +188,7 @@ def load_plan(recipe_path: str | Path, overrides: list[str] = (), profile: str |
         recipe=recipe,
         profile_changes=changes,
         launch=launch,
+        pending=pending or [],
         **_reproducible(recipe, provenance, model),
     )
 
@@ -188,6 +204,20 @@ def _reproducible(recipe: dict, provenance: Provenance, model: ModelSection) -> 
         "builtin model" if builtin else "off by default for hub and local models; --reproducible turns it on"
     )
     return {"reproducible": builtin, "reproducible_why": why}
+
+
+def _layer_rank(provenance: Provenance):
+    """rank(key): how specific the layer that set `key` is: the command line highest, then the recipe files
+    from the recipe itself down to its furthest parent; -1 for a profile, our defaults or no layer."""
+    files = list(provenance.files)  # parents first
+
+    def rank(key: str) -> int:
+        label = provenance.source(key)
+        if label == OVERRIDE:
+            return len(files)
+        return files.index(label) if label in files else -1
+
+    return rank
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:

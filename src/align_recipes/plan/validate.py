@@ -23,9 +23,25 @@ Locate = Callable[[str], "tuple[str | None, int | None]"]
 
 
 class _Checker:
-    def __init__(self, locate: Locate):
+    def __init__(self, locate: Locate, recipe_path: Path | None = None, pending: list | None = None):
         self.locate = locate
         self.errors: list[RecipeError] = []
+        self.recipe_path = recipe_path
+        self.pending = pending  # None: an input an earlier step writes is an error (train), else listed here
+
+    def missing_input(self, key: str, value: str) -> bool:
+        """An input the family writes before this recipe runs (plan.pending): listed as pending (validate) or
+        refused with the command that writes it (train). False when nothing in the family writes it."""
+        from align_recipes.plan.pending import family_writer
+
+        found = family_writer(key, value, self.recipe_path) if self.recipe_path is not None else None
+        if found is None:
+            return False
+        if self.pending is not None:
+            self.pending.append(found)
+        else:
+            self.error(key, f"'{value}' does not exist yet: {found.how}", f"run `{found.command}` first")
+        return True
 
     def error(self, key: str, message: str, fix: str = "") -> None:
         file, line = self.locate(key)
@@ -225,6 +241,14 @@ def _check_reward_columns(check: _Checker, rewards: list, datasets: dict, base_d
             check.error(key, message, fix)
 
 
+def _check_reward_calls(check: _Checker, rewards: list, sources: dict, base_dir: Path) -> None:
+    """Every reward function runs on the first rows of the data it will score (plan.reward_calls)."""
+    from align_recipes.plan.reward_calls import peeked_sources, reward_call_problems
+
+    for key, message, fix in reward_call_problems(rewards, peeked_sources(sources), base_dir):
+        check.error(key, message, fix)
+
+
 def metric_problem(
     metric: str, rows: list[dict], spec: Any, has_rewards: bool, head: str = "causal_lm"
 ) -> str | None:
@@ -252,10 +276,11 @@ def metric_problem(
 
 def _check_evaluate(
     check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool
-) -> None:
+) -> dict:
     """The evaluate section. Without `metric:` it gets the algorithm's metrics that its data can serve,
     written into the section in place (as numbers are coerced), so the plan and recipe.resolved.yaml
-    name what is measured."""
+    name what is measured. Returns {"evaluate.data": (rows, DataSpec)} when the held-out reward scores
+    those rows with the recipe's rewards (for _check_reward_calls), else {}."""
     evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
     check.ranges(evaluation, sections.EVALUATE_RANGES, "evaluate.")
     named = evaluation.get("metric")
@@ -271,10 +296,10 @@ def _check_evaluate(
     if wanted == []:
         check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
     if not isinstance(evaluation.get("data"), dict) or check.errors:
-        return
+        return {}
     found = _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
     if found is None:
-        return
+        return {}
     rows, spec = found
     if wanted is not None:
         for name in wanted:
@@ -286,7 +311,7 @@ def _check_evaluate(
                     "point evaluate.data at data that serves it, or measure "
                     "another metric (or leave `metric:` out: the algorithm's own, those the data serves)",
                 )
-        return
+        return {"evaluate.data": found} if REWARD in wanted else {}
     problems = {
         m: metric_problem(m, rows, spec, has_rewards, algorithm.model_head) for m in algorithm.metrics
     }
@@ -299,8 +324,9 @@ def _check_evaluate(
             f"name one with evaluate.metric ({', '.join(sections.METRICS)}), or point evaluate.data "
             "at data that serves it",
         )
-        return
+        return {}
     evaluation["metric"] = served
+    return {"evaluate.data": found} if REWARD in served else {}
 
 
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
@@ -322,19 +348,28 @@ def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
 
 
 def validate_recipe(
-    recipe: dict, algorithm: Algorithm, locate: Locate, base_dir: Path, rewards_dir: Path | None = None
+    recipe: dict,
+    algorithm: Algorithm,
+    locate: Locate,
+    base_dir: Path,
+    rewards_dir: Path | None = None,
+    recipe_path: Path | None = None,
+    pending: list | None = None,
 ) -> list[RecipeError]:
     """All problems in a fully merged recipe (model, data, rewards, evaluate, train). Relative references
     resolve against `base_dir` (the recipe's folder), reward modules against `rewards_dir` (the folder of
-    the file that wrote `rewards:`) when given."""
+    the file that wrote `rewards:`) when given. With `recipe_path`, a model folder another recipe of the
+    family writes is pending (plan.pending): appended to `pending` when a list is given, else an error."""
     rewards_dir = rewards_dir or base_dir
-    check = _Checker(locate)
+    check = _Checker(locate, recipe_path, pending)
     check.mapping(recipe, sections.TOP_LEVEL, "", "a recipe")
     model = check.mapping(recipe.get("model"), sections.MODEL, "model.", "the model section")
     if "lora" in model:
         lora = check.mapping(model["lora"], sections.LORA, "model.lora.", "model.lora")
         check.ranges(lora, sections.LORA_RANGES, "model.lora.")
     name = model.get("name_or_path")
+    if isinstance(name, str) and not name.startswith("builtin:") and find_local(name, base_dir, None) is None:
+        check.missing_input("model.name_or_path", name)  # else a hub id, or refused when the run resolves it
     if isinstance(name, str) and name.startswith("builtin:") and name not in BUILTIN_MODELS:
         hint = did_you_mean(name, BUILTIN_MODELS)
         check.error(
@@ -354,14 +389,14 @@ def validate_recipe(
         )
 
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
-    peeked = {}
+    peeked, held_out = {}, {}
     for split in ("train", "eval"):
         if data.get(split) is not None:
             peeked.update(_check_split(check, data[split], split, base_dir, algorithm.data_kind))
 
     rewards = recipe.get("rewards")
     if recipe.get("evaluate") is not None:
-        _check_evaluate(
+        held_out = _check_evaluate(
             check,
             recipe["evaluate"],
             algorithm,
@@ -399,7 +434,10 @@ def validate_recipe(
                     "{model: <dir or hub id>}, plus an optional weight (docs/recipes.md)",
                 )
             if not problems:
+                before = len(check.errors)
                 _check_reward_columns(check, rewards, peeked, rewards_dir)
+                if len(check.errors) == before:
+                    _check_reward_calls(check, rewards, {**peeked, **held_out}, rewards_dir)
 
     train_fields = trl_fields.config_fields(algorithm.config_name)
     train = check.mapping(recipe.get("train", {}), train_fields, "train.", algorithm.config_name)
@@ -415,6 +453,46 @@ def validate_recipe(
             "train.eval_strategy",
             f"eval_strategy is '{train['eval_strategy']}' but the recipe has no data.eval",
             "add data.eval: {path: …} with held-out rows, or set train.eval_strategy: no",
+        )
+    return check.errors
+
+
+# An interval a Trainer reads only under the "steps" strategy: (interval, strategy, what is lost, fix's extra).
+STEP_INTERVALS = (
+    ("save_steps", "save_strategy", "no checkpoint would be written", ""),
+    ("eval_steps", "eval_strategy", "data.eval would not be evaluated", " (with data.eval)"),
+    ("logging_steps", "logging_strategy", "nothing would be logged", ""),
+)
+
+
+def unread_intervals(
+    train: dict, config_name: str, locate: Locate, rank: Callable[[str], int]
+) -> list[RecipeError]:
+    """Intervals the user set that their strategy makes the Trainer ignore, e.g. `train.save_steps=5` under the
+    tiny recipes' `save_strategy: "no"`: refused, not silently dropped (no checkpoint, and `--resume` later
+    finds nothing); the fix names the one setting that makes it count. `rank(key)` orders the layers that set
+    a key (command line highest, then the recipe, then its parents; below 0 for profiles and our defaults): an
+    interval set below the strategy's layer is one the user turned off on purpose, and is left alone."""
+    fields = trl_fields.config_fields(config_name)
+    check = _Checker(locate)
+    for interval, strategy, lost, needs in STEP_INTERVALS:
+        if train.get(interval) is None or strategy not in fields:
+            continue
+        mode = train.get(strategy, fields[strategy].default)
+        if mode == "steps" or rank(f"train.{interval}") < max(rank(f"train.{strategy}"), 0):
+            continue
+        where = locate(f"train.{strategy}")[0] if strategy in train else None
+        said = f"train.{strategy} is '{mode}'" + (f" ({where})" if where else " (TRL's default)")
+        also = (
+            f"train.{strategy}=steps"
+            if locate(f"train.{interval}")[0] == "command line"
+            else f"train.{strategy}: steps"
+        )
+        check.error(
+            f"train.{interval}",
+            f"train.{interval} is {train[interval]!r}, but {said}, so it would be ignored: "
+            f"{lost} every {train[interval]} steps",
+            f"also set {also}{needs}, or drop train.{interval}",
         )
     return check.errors
 
@@ -456,6 +534,8 @@ def _check_model_paths(check: _Checker, train: dict, base_dir: Path) -> None:
             "outputs/"
         )
         if looks_like_hub_id(value) and not first_is_folder:
+            continue
+        if check.missing_input(f"train.{key}", value):
             continue
         check.error(
             f"train.{key}",

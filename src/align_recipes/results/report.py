@@ -30,8 +30,10 @@ from typing import Any
 from align_recipes import stats
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
+from align_recipes.redaction import share_paths
 from align_recipes.registry import ALGORITHMS
 from align_recipes.run.hacking import report_lines as watch_lines
+from align_recipes.run.manifest import share_roots
 from align_recipes.run.rundir import METRICS, SUMMARY, RunDir, task_metrics
 
 REPORT = "report.md"
@@ -437,7 +439,7 @@ def write_report(run_dir: str | Path) -> Path:
     for image in images:
         lines += ["", f"![{image.stem}]({PLOTS}/{image.name})"]
     path = run_dir / REPORT
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(share_paths("\n".join(lines), share_roots(run_dir)) + "\n")  # published with the run
     return path
 
 

@@ -14,8 +14,9 @@ import yaml
 from align_recipes import stats
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
+from align_recipes.redaction import share_paths
 from align_recipes.run.hacking import warning_line
-from align_recipes.run.manifest import MANIFEST
+from align_recipes.run.manifest import MANIFEST, share_roots
 from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
 
 CARD = "README.md"
@@ -180,7 +181,7 @@ def model_card(folder: str | Path, merged: dict | None = None) -> str:
             "```",
             "",
         ]
-    return "\n".join(lines)
+    return share_paths("\n".join(lines), share_roots(folder))  # no /home/<user>/… in what --push publishes
 
 
 def _metrics(summary: dict) -> list[str]:

@@ -1,5 +1,10 @@
 """How to reproduce a run: `manifest.json` records the command, recipe, versions, git commit,
-hardware, profile, seed and data files, and every later resumption of the run."""
+hardware, profile, seed and data files, and every later resumption of the run.
+
+Every field is shareable: paths name files relative to the project (the git repository holding the recipe,
+else the recipe's folder) or by file name (redaction.share_paths), never /home/<user>/… or /tmp/….
+summary.json and recipe.resolved.yaml keep absolute paths: `eval`, `chat` and `merge` re-open the run
+from them on this machine."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 
 from align_recipes import reproducible
 from align_recipes.paths import find_local, write_atomic
-from align_recipes.redaction import redact_argv, redact_obj
+from align_recipes.redaction import redact_argv, redact_obj, share_path, share_paths
 from align_recipes.run.checkpoints import command_words
 
 MANIFEST = "manifest.json"
@@ -44,10 +49,10 @@ def manifest(plan, command: list[str], config=None) -> dict:
         except md.PackageNotFoundError:
             versions[package] = None
     seed = getattr(config, "seed", None) if config is not None else plan.train.get("seed", 42)
+    roots = [project_root(plan.recipe_path)]
     payload = {
-        "command": redact_argv(command_words(command)),
-        "cwd": os.getcwd(),
-        "recipe": str(plan.recipe_path),
+        "command": [share_paths(word, roots) for word in redact_argv(command_words(command))],
+        "recipe": share_path(plan.recipe_path, roots),
         "recipe_sha256": _sha256(plan.recipe_path),
         "algorithm": plan.algorithm.name,
         "profile": plan.profile.name,
@@ -60,7 +65,7 @@ def manifest(plan, command: list[str], config=None) -> dict:
         "platform": platform.platform(),
         "versions": versions,
         "hardware": hardware(),
-        "data": data_files(plan),
+        "data": data_files(plan, roots),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumes": [],
     }
@@ -81,10 +86,11 @@ def record_resume(
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         payload = manifest(plan, command)
+    roots = share_roots(output_dir)
     payload.setdefault("resumes", []).append(
         {
-            "from_checkpoint": str(checkpoint),
-            "command": redact_argv(command_words(command)),
+            "from_checkpoint": share_path(checkpoint, roots),
+            "command": [share_paths(word, roots) for word in redact_argv(command_words(command))],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "git": _git(plan.recipe_path.parent),
             "hardware": hardware(),
@@ -150,22 +156,25 @@ def hardware() -> dict:
     return info
 
 
-def data_files(plan) -> dict:
+def data_files(plan, roots: list[Path] = ()) -> dict:
     """Each local dataset the recipe names, by its key (data.train, or data.train[1] in a mixture): resolved
-    path, size and sha256 (hub ids: id, split, source), and its mixture weight."""
+    path (relative to `roots`, the project, or the file's name), size and sha256 (hub ids: id, split,
+    source), and its mixture weight."""
     specs = [*plan.data.train, *plan.data.eval, *([plan.evaluate.data] if plan.evaluate else [])]
     found = {}
     for spec in specs:
         section = spec.section
-        record: dict[str, Any] = {"path": spec.path, "split": spec.split}
+        record: dict[str, Any] = {"path": share_path(spec.path, roots), "split": spec.split}
         if section.startswith("data."):
             record["weight"] = spec.weight
         path = find_local(spec.path, plan.base_dir, None) if spec.source in ("auto", "local") else None
         if path is not None and path.is_file():
-            record.update(resolved=str(path.resolve()), bytes=path.stat().st_size, sha256=_sha256(path))
+            record.update(
+                resolved=share_path(path.resolve(), roots), bytes=path.stat().st_size, sha256=_sha256(path)
+            )
         elif path is not None and path.is_dir():
             record.update(
-                resolved=str(path.resolve()),
+                resolved=share_path(path.resolve(), roots),
                 files={
                     str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()
                 },
@@ -174,6 +183,30 @@ def data_files(plan) -> dict:
             record["source"] = spec.source
         found[section] = record
     return found
+
+
+def project_root(recipe_path: Path) -> Path:
+    """What a run's published paths are relative to: the git repository holding the recipe, else its folder."""
+    folder = Path(recipe_path).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return folder
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else folder
+
+
+def share_roots(run_dir: str | Path) -> list[Path]:
+    """The project a saved run's paths are shown relative to: that of the recipe its summary.json names
+    (absolute), when the recipe is still there; [] (file names only) otherwise."""
+    try:
+        recipe = json.loads((Path(run_dir) / "summary.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(recipe, str) or not Path(recipe).is_absolute() or not Path(recipe).parent.is_dir():
+        return []
+    return [project_root(Path(recipe))]
 
 
 def _sha256(path: Path) -> str | None:

@@ -245,10 +245,11 @@ def load_data(plan: Plan, tokenizer, seed: int):
 def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
     """Keyword arguments only some trainers take (reward functions for online RL).
 
-    A reward that reads a column the loaded data lacks (a hub dataset `validate` could not read) stops
-    here, before the model loads. A reward model named by `train.reward_model_path` (where the config has
-    that field) joins the recipe's `rewards:` as one more reward function, weight 1: some trainers declare
-    the field but never read it (TRL 1.16's OnlineDPOConfig), and every trainer takes reward functions."""
+    A reward that reads a column the loaded data lacks, or fails when called on its first rows (a hub
+    dataset `validate` could not read), stops here, before the model loads. A reward model named by
+    `train.reward_model_path` (where the config has that field) joins the recipe's `rewards:` as one more
+    reward function, weight 1: some trainers declare the field but never read it (TRL 1.16's
+    OnlineDPOConfig), and every trainer takes reward functions."""
     if not plan.algorithm.uses_rewards:
         return {}
     from align_recipes.rewards import RewardSpecError, build_reward_funcs, missing_columns
@@ -259,6 +260,19 @@ def trainer_extras(plan: Plan, config, datasets: dict | None = None) -> dict:
             carried = [c for c in dataset.column_names if c != "prompt"]
             name = ", ".join(Path(spec.path).name for spec in getattr(plan.data, split))
             problems += missing_columns(plan.rewards, carried, f"data.{split}", name, plan.rewards_dir)
+    if not problems:  # and each reward runs on the first rows it will score (plan/reward_calls.py)
+        from align_recipes.plan.reward_calls import PROBE_ROWS, reward_call_problems
+
+        sources = {
+            f"data.{split}": (
+                [dataset[i] for i in range(min(PROBE_ROWS, len(dataset)))],
+                [c for c in dataset.column_names if c != "prompt"],
+                ", ".join(Path(spec.path).name for spec in getattr(plan.data, split)),
+            )
+            for split, dataset in (datasets or {}).items()
+            if dataset is not None and "prompt" in dataset.column_names
+        }
+        problems = reward_call_problems(plan.rewards, sources, plan.rewards_dir)
     if problems:
         where = plan.provenance.where("rewards") or str(plan.recipe_path)
         raise RecipeErrors(
