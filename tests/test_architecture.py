@@ -17,7 +17,7 @@ LAYERS = [
     ("run", {"run"}),
     ("plan", {"plan"}),
     ("parts", {"data", "rl", "rewards", "tiny"}),
-    ("base", {"registry", "errors", "fields", "paths", "redaction", "deferred", "__init__"}),
+    ("base", {"registry", "errors", "fields", "paths", "redaction", "deferred", "stats", "__init__"}),
 ]
 
 

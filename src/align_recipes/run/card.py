@@ -13,6 +13,7 @@ import yaml
 
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
+from align_recipes.run import harness
 from align_recipes.run.hacking import warning_line
 from align_recipes.run.manifest import MANIFEST
 from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
@@ -194,6 +195,7 @@ def _metrics(summary: dict) -> list[str]:
             ],
             "",
         ]
+    lines += harness.table_lines(summary.get("harness"))
     warning = summary.get("reward_hacking")
     if isinstance(warning, dict):
         lines += [
