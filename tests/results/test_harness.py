@@ -340,6 +340,40 @@ def test_the_table_shows_before_after_change_interval_n_and_verdict():
     assert harness.table_lines([]) == [] and harness.table_lines(None) == []
 
 
+def fake_plan(limit: int = 4):
+    from types import SimpleNamespace
+
+    from align_recipes.plan.sections import HarnessSection
+
+    section = HarnessSection.from_dict({"tasks": ["t.yaml"], "limit": limit})
+    return SimpleNamespace(evaluate=SimpleNamespace(harness=section))
+
+
+def test_a_resumed_run_reuses_the_start_scores_unless_the_section_changed(tmp_path, monkeypatch):
+    measured = []
+    row = {"task": "t", "metric": "acc", "value": 0.5, "n": 2, "doc_ids": [0, 1], "scores": [1.0, 0.0]}
+    monkeypatch.setattr(harness, "evaluate", lambda plan, model, tokenizer: measured.append(plan) or [row])
+    brief = [{"task": "t", "metric": "acc", "value": 0.5, "n": 2}]
+    assert harness.measure_before(fake_plan(), tmp_path, None, None, resuming=False) == brief
+    assert len(measured) == 1 and (tmp_path / harness.BEFORE_FILE).is_file()
+    assert harness.measure_before(fake_plan(), tmp_path, None, None, resuming=True) == brief
+    assert len(measured) == 1  # reused
+    harness.measure_before(fake_plan(limit=8), tmp_path, None, None, resuming=True)
+    assert len(measured) == 2  # a changed limit is measured again
+    harness.measure_before(fake_plan(limit=8), tmp_path, None, None, resuming=False)
+    assert len(measured) == 3  # a fresh run always measures
+
+
+def test_after_training_without_a_start_measurement_there_is_nothing_to_compare(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        harness, "evaluate", lambda *a: pytest.fail("nothing to compare with: no measurement")
+    )
+    assert harness.measure_after(fake_plan(), tmp_path, None, None) is None
+    from types import SimpleNamespace
+
+    assert harness.measure_before(SimpleNamespace(evaluate=None), tmp_path, None, None, False) is None
+
+
 # --- lm-eval on the tiny model ---------------------------------------------------------------------------
 
 

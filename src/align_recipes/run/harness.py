@@ -134,6 +134,14 @@ def evaluate(plan, model, tokenizer) -> list[dict]:
                 numpy_random_seed=None,
                 torch_random_seed=None,
             )
+    except ConnectionError as exc:  # a catalogue task's data, offline (datasets' OfflineModeIsEnabled)
+        raise RecipeError(
+            f"a harness task could not fetch its data: {str(exc).splitlines()[0][:200]}",
+            key="evaluate.harness.tasks",
+            file=plan.provenance.where("evaluate.harness.tasks") or plan.recipe_path,
+            fix="catalogue tasks download their data from the hub: run once online (datasets caches it), "
+            "or use a local task file with `dataset_path: json`",
+        ) from None
     finally:
         model.train(was_training)
     return results_rows(results)
