@@ -4,7 +4,8 @@
 PYTHON        ?= python3
 VENV          ?= .venv
 BIN           := $(VENV)/bin
-# `make` installs the modelscope extra too: the qwen15b recipes load their model and data from ModelScope.
+# `make` installs the modelscope extra too: the qwen15b recipes load their model and data from ModelScope;
+# and the harness extra (lm-evaluation-harness): the suite runs recipes/tiny/dpo_harness.yaml offline.
 # torch==2.13.0 is a CPU build where a local CPU wheel is provided (our CI) and PyPI's CUDA build
 # elsewhere; pinning it first keeps pip from pulling a newer multi-GB build through accelerate.
 TORCH         ?= torch==2.13.0
@@ -50,7 +51,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,modelscope,gguf]"
+	$(BIN)/python -m pip install -q -e ".[dev,modelscope,gguf,harness]"
 	touch $(STAMP)
 
 $(GGUF_STAMP): | $(STAMP)

@@ -172,9 +172,9 @@ def test_an_existing_local_folder_wins_over_modelscope(tmp_path, monkeypatch):
     assert models.resolve_model_path(spec, tmp_path) == str(tmp_path / "sft-merged")
 
 
-def test_make_installs_the_modelscope_extra():
+def test_make_installs_the_modelscope_and_harness_extras():
     makefile = (REPO / "Makefile").read_text()
-    assert 'pip install -q -e ".[dev,modelscope]"' in makefile
+    assert 'pip install -q -e ".[dev,modelscope,harness]"' in makefile
 
 
 # --- failed runs and the start screen ------------------------------------------------------------------

@@ -21,6 +21,7 @@ import yaml
 from align_recipes.errors import RecipeError
 from align_recipes.fields import kind_of
 from align_recipes.paths import find_local
+from align_recipes.plan.harness import is_task_file
 from align_recipes.plan.yamlio import LineDict, load_yaml
 from align_recipes.rewards import is_file_ref
 
@@ -41,6 +42,7 @@ PATH_KEYS = (
     "train.value_model_path",
 )
 SOURCE_LISTS = ("data.train", "data.eval")
+HARNESS_TASKS = "evaluate.harness.tasks"  # entries ending in .yaml/.yml are task files (plan/harness.py)
 _INDEX = re.compile(r"\[\d+\]")
 
 
@@ -220,9 +222,9 @@ def _put(tree: dict, dotted: str, value: Any) -> None:
 
 
 def resolve_paths(tree: dict, folder_of: Callable[[str], Path]) -> None:
-    """Make every relative path in PATH_KEYS and in the `rewards:` entries (file:function references and
-    reward model folders) absolute where it exists: first against `folder_of(dotted key)` (the folder of the
-    file that wrote it), then against the current directory. What exists nowhere stays as written."""
+    """Make every relative path in PATH_KEYS, the harness task files and the `rewards:` entries (file:function
+    references and reward model folders) absolute where it exists: first against `folder_of(dotted key)` (the
+    folder of the file that wrote it), then against the current directory. What exists nowhere stays as written."""
     for dotted in PATH_KEYS:
         value = _get(tree, dotted)
         found = resolve_path(value, folder_of(dotted))
@@ -233,6 +235,10 @@ def resolve_paths(tree: dict, folder_of: Callable[[str], Path]) -> None:
         for index, entry in enumerate(sources if isinstance(sources, list) else []):
             if isinstance(entry, dict) and "path" in entry:
                 entry["path"] = resolve_path(entry["path"], folder_of(f"{dotted}[{index}].path"))
+    tasks = _get(tree, HARNESS_TASKS)
+    if isinstance(tasks, list):
+        folder = folder_of(HARNESS_TASKS)
+        _put(tree, HARNESS_TASKS, [resolve_path(t, folder) if is_task_file(t) else t for t in tasks])
     if isinstance(tree.get("rewards"), list):
         folder = folder_of("rewards")
         tree["rewards"] = [resolve_reward_entry(entry, folder) for entry in tree["rewards"]]

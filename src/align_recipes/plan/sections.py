@@ -117,6 +117,28 @@ METRICS = tuple(METRIC_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
+class HarnessSection:
+    """lm-evaluation-harness tasks measured on the start model and on the result (run/harness.py): the
+    general ability next to the task metric."""
+
+    tasks: list = spec(
+        kinds="list",
+        help="lm-eval tasks: local task files (.yaml, relative to the recipe file; offline with "
+        "`dataset_path: json`) or, online, task/group names from lm-eval's catalogue (e.g. hellaswag)",
+    )
+    limit: int | None = spec(None, "int null", "evaluate at most this many documents per task; null: all")
+    num_fewshot: int | None = spec(None, "int null", "few-shot examples per prompt; null: each task's own")
+    batch_size: int = spec(16, "int", "documents per forward pass")
+    apply_chat_template: bool = spec(
+        False, "bool", "render prompts through the model's chat template (chat-tuned models; lm-eval's flag)"
+    )
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> HarnessSection | None:
+        return None if values is None else _build(cls, values)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvaluateSection:
     metric: str | list | None = spec(
         None,
@@ -140,6 +162,9 @@ class EvaluateSection:
     watch_rows: int = spec(
         100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures"
     )
+    harness: HarnessSection | None = spec(
+        None, "dict null", "lm-evaluation-harness tasks run before and after training: tasks, limit, …"
+    )
 
     @property
     def metrics(self) -> list[str]:
@@ -153,7 +178,7 @@ class EvaluateSection:
             return None
         values = dict(values)
         values["data"] = DataSpec.from_dict(values["data"], section="evaluate.data")
-        return _build(cls, values)
+        return _build(cls, values, {"harness": HarnessSection.from_dict})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +214,7 @@ LORA = fields_of(LoraSection)
 DATA = fields_of(DataSection)
 DATASET = fields_of(DataSpec)
 EVALUATE = fields_of(EvaluateSection)
+HARNESS = fields_of(HarnessSection)
 
 # (low, high, low_inclusive) bounds for values TRL would only reject late, or never.
 TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
@@ -216,5 +242,6 @@ EVALUATE_RANGES = {
     "limit": (1, None, True),
     "max_new_tokens": (1, None, True),
 }
+HARNESS_RANGES = {"limit": (1, None, True), "num_fewshot": (0, None, True), "batch_size": (1, None, True)}
 LORA_RANGES = {"r": (1, None, True), "alpha": (0, None, False), "dropout": (0, 1, True)}
 DATASET_RANGES = {"max_drop_fraction": (0, 1, True)}

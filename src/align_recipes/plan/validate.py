@@ -295,6 +295,8 @@ def _check_evaluate(
             )
     if wanted == []:
         check.error("evaluate.metric", "an empty list measures nothing", "name a metric, or remove `metric:`")
+    if evaluation.get("harness") is not None:
+        _check_harness(check, evaluation["harness"])
     if not isinstance(evaluation.get("data"), dict) or check.errors:
         return {}
     found = _check_dataset(check, evaluation["data"], "evaluate.data.", base_dir, None)
@@ -327,6 +329,40 @@ def _check_evaluate(
         return {}
     evaluation["metric"] = served
     return {"evaluate.data": found} if REWARD in served else {}
+
+
+def _check_harness(check: _Checker, harness: Any) -> None:
+    """evaluate.harness: its keys, every task entry (a task file must exist and read; plan/harness.py),
+    and lm-eval installed."""
+    from align_recipes.plan import harness as lm_harness
+
+    harness = check.mapping(harness, sections.HARNESS, "evaluate.harness.", "evaluate.harness")
+    check.ranges(harness, sections.HARNESS_RANGES, "evaluate.harness.")
+    tasks = harness.get("tasks")
+    if tasks == []:
+        check.error(
+            "evaluate.harness.tasks", "an empty list runs nothing", "name a task, or remove evaluate.harness"
+        )
+    for index, task in enumerate(tasks if isinstance(tasks, list) else []):
+        key = f"evaluate.harness.tasks[{index}]"
+        if not isinstance(task, str) or not task.strip():
+            check.error(
+                key,
+                f"expected a task file or a task name, got {kind_of(task)} {task!r}"[:160],
+                "e.g. `- harness/toy_arith.yaml` (a task file beside the recipe) or `- hellaswag` (online)",
+            )
+        elif lm_harness.is_task_file(task):
+            problem = lm_harness.task_file_problem(Path(task))
+            if problem:
+                check.error(
+                    key,
+                    problem,
+                    "task files are relative to the recipe file that names them; data_files inside one "
+                    "are relative to the task file (docs/recipes.md)",
+                )
+    problem = lm_harness.lm_eval_problem()
+    if problem:
+        check.error("evaluate.harness", problem, lm_harness.INSTALL_FIX)
 
 
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:

@@ -32,6 +32,7 @@ from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
 from align_recipes.redaction import share_paths
 from align_recipes.registry import ALGORITHMS
+from align_recipes.run import harness
 from align_recipes.run.hacking import report_lines as watch_lines
 from align_recipes.run.manifest import share_roots
 from align_recipes.run.rundir import METRICS, SUMMARY, RunDir, task_metrics
@@ -432,6 +433,8 @@ def write_report(run_dir: str | Path) -> Path:
     lines += ["", "## Held-out metrics", "", *_task_lines(tasks)]
     if bar:
         lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]
+    if summary.get("harness"):  # general ability beside the task metric (run/harness.py)
+        lines += ["", *harness.table_lines(summary["harness"])[:-1]]
     lines += watch_lines(summary)
     lines += _eval_lines(run["eval"])
     lines += ["", "## Training metrics", ""]

@@ -15,6 +15,7 @@ from align_recipes import stats
 from align_recipes.data.spec import source_entries
 from align_recipes.paths import looks_like_hub_id, read_json
 from align_recipes.redaction import share_paths
+from align_recipes.run import harness
 from align_recipes.run.hacking import warning_line
 from align_recipes.run.manifest import MANIFEST, share_roots
 from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
@@ -204,6 +205,7 @@ def _metrics(summary: dict) -> list[str]:
                 "95% interval (rose or fell only when the interval excludes zero).",
                 "",
             ]
+    lines += harness.table_lines(summary.get("harness"))
     warning = summary.get("reward_hacking")
     if isinstance(warning, dict):
         lines += [

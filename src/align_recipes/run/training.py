@@ -29,7 +29,7 @@ from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, hacking, models, rowcheck, sharded
+from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.inference_template import save_inference_template
@@ -397,6 +397,11 @@ def begin(
                 before = without_scores(measured)
                 if measured is not None:
                     run_dir.write_heldout_scores("before", scores_by_name(measured))
+            harness_before = harness.measure_before(
+                plan, run_dir.path, trainer.model, parts.tokenizer, resuming=start.checkpoint is not None
+            )
+            if harness_before is not None:
+                record["harness_before"] = harness_before
     record["task_metrics_before"] = before
     if start.checkpoint is not None:
         record["resumed_from"] = [*previous.get("resumed_from", []), str(start.checkpoint)]
@@ -528,25 +533,24 @@ def finish(
     if not trainer.is_world_process_zero():
         return {}
     save_inference_template(plan.output_dir, parts.tokenizer)
+    measured = sharded.measured_model(trainer, plan.output_dir) if guard.signum is None else None
     after = (
-        measure(
-            plan,
-            sharded.measured_model(trainer, plan.output_dir),
-            parts.tokenizer,
-            parts.start,
-            run_reward(plan, trainer),
-        )
-        if guard.signum is None
+        measure(plan, measured, parts.tokenizer, parts.start, run_reward(plan, trainer))
+        if measured is not None
         else None
     )
     if after is not None:
         run_dir.write_heldout_scores("after", scores_by_name(after))
+    general = (
+        harness.measure_after(plan, run_dir.path, measured, parts.tokenizer) if measured is not None else None
+    )
     summary = {
         **record,
         "status": "complete",
         "task_metrics": compare_metrics(
             record["task_metrics_before"], after, run_dir.heldout_scores("before")
         ),
+        **({"harness": general} if general is not None else {}),
         **hacking.watch_summary(trainer),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
