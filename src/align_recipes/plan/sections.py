@@ -116,6 +116,9 @@ METRIC_KINDS = {
 METRICS = tuple(METRIC_KINDS)
 
 
+ON_HACKING = ("warn", "stop", "rollback")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluateSection:
     metric: str | list | None = spec(
@@ -139,6 +142,13 @@ class EvaluateSection:
     )
     watch_rows: int = spec(
         100, "int", "how many evaluate.data rows (the first ones) the reward-hacking watch measures"
+    )
+    on_hacking: str = spec(
+        "warn",
+        "str",
+        "what the reward-hacking watch does when it warns: warn (and go on), stop (save and end the run, status "
+        "stopped_hacking), rollback (restore the policy at the watch's best check before the fall, then stop)",
+        ON_HACKING,
     )
 
     @property

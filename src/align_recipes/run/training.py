@@ -505,11 +505,12 @@ def finish(
         if guard.signum is None
         else None
     )
+    watched = hacking.watch_summary(trainer)
     summary = {
         **record,
-        "status": "complete",
+        "status": hacking.run_status(watched),  # `stopped_hacking` when evaluate.on_hacking ended it
         "task_metrics": _task_metrics(record["task_metrics_before"], after),
-        **hacking.watch_summary(trainer),
+        **watched,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     run_dir.write_summary(summary)
