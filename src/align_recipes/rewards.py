@@ -74,6 +74,7 @@ def _exact_match(column: str = "answer") -> Callable:
         answers = _column(kwargs, column, "exact_match", len(completions))
         return [float(completion_text(c).strip() == str(a).strip()) for c, a in zip(completions, answers)]
 
+    exact_match.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
     return exact_match
 
 
@@ -86,6 +87,7 @@ def _numeric_match(column: str = "answer", tolerance: float = 1e-6) -> Callable:
             scores.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
         return scores
 
+    numeric_match.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
     return numeric_match
 
 
@@ -95,6 +97,7 @@ def _regex(pattern: str) -> Callable:
     def regex(prompts, completions, **kwargs):
         return [float(compiled.search(completion_text(c)) is not None) for c in completions]
 
+    regex.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
     return regex
 
 
@@ -103,6 +106,7 @@ def _length_penalty(max_length: int) -> Callable:
         lengths = [len(completion_text(c)) for c in completions]
         return [0.0 if n <= max_length else -min(1.0, (n - max_length) / max_length) for n in lengths]
 
+    length_penalty.reward_range = (-1.0, 0.0)
     return length_penalty
 
 
@@ -113,6 +117,7 @@ def _think_format() -> Callable:
     def think_format(prompts, completions, **kwargs):
         return [float(_THINK.match(completion_text(c)) is not None) for c in completions]
 
+    think_format.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
     return think_format
 
 

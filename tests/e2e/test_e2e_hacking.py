@@ -26,6 +26,58 @@ STEPS = (
 )
 
 
+@pytest.fixture(scope="module")
+def weak_reward_model(tmp_path_factory):
+    """`recipes/tiny/reward.yaml` trained for one step: the reward model PPO learns to climb."""
+    rm = tmp_path_factory.mktemp("weak") / "rm"
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        args = ["train", "recipes/tiny/reward.yaml", f"train.output_dir={rm}", "train.max_steps=1"]
+        assert main([*args, f"train.seed={SEED}", "--profile", "cpu", "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    return rm
+
+
+def hacked_ppo(out, rm, *overrides):
+    args = ["train", "recipes/tiny/ppo.yaml", f"train.output_dir={out}", f"train.reward_model_path={rm}"]
+    return main([*args, "rewards=[]", f"train.seed={SEED}", "--profile", "cpu", "--no-report", *overrides])
+
+
+def test_on_hacking_stop_ends_the_weak_reward_model_run_early(tmp_path, repo_cwd, weak_reward_model, capsys):
+    out = tmp_path / "ppo"
+    assert hacked_ppo(out, weak_reward_model, "evaluate.on_hacking=stop") == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    warning = summary["reward_hacking"]
+    assert summary["status"] == "stopped_hacking"
+    assert summary["steps"] == warning["at_step"] == warning["acted"]["stopped_at_step"] < STEPS
+    assert (out / f"checkpoint-{summary['steps']}").is_dir()  # saved at the step it stopped
+    assert (out / "model.safetensors").is_file()  # and the run finished: final model, metric after
+    assert f"stopping: stopped at step {summary['steps']} (evaluate.on_hacking: stop)" in printed
+    [done] = [line for line in printed.splitlines() if line.startswith("done:")]
+    assert "(evaluate.on_hacking: stop)" in done
+
+
+def test_on_hacking_rollback_leaves_a_model_no_worse_than_at_the_warning(
+    tmp_path, repo_cwd, weak_reward_model, capsys
+):
+    out = tmp_path / "ppo"
+    assert hacked_ppo(out, weak_reward_model, "evaluate.on_hacking=rollback") == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    warning, checks = summary["reward_hacking"], summary["reward_watch"]["checks"]
+    acted = warning["acted"]
+    assert summary["status"] == "stopped_hacking" and summary["steps"] == acted["stopped_at_step"] < STEPS
+    at_warning = next(c["held_out"] for c in checks if c["step"] == warning["at_step"])
+    [after] = [t["after"] for t in summary["task_metrics"] if t["name"] == "exact_match"]
+    # the same 100 rows, greedy: the final model scores what the restored policy scored at its check
+    assert after == pytest.approx(acted["held_out_restored"]) and after >= at_warning
+    assert acted["rolled_back_to_step"] < warning["since_step"]
+    assert "rolling back: rolled back to the policy of step" in printed
+
+
 def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(tmp_path, repo_cwd, capsys):
     rm, out = tmp_path / "rm", tmp_path / "ppo"
     common = [f"train.seed={SEED}", "--profile", "cpu", "--no-report"]

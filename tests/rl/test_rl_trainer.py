@@ -142,8 +142,9 @@ def test_spo_global_baseline_with_lora_plain_prompts_resumes_like_an_uninterrupt
 
 def test_spo_per_prompt_tracker_with_a_frozen_policy_matches_hand_values(tiny, tmp_path):
     """4 prompts, 4 per step, learning rate 0: every prompt is seen at steps 1 and 2 (sampler epochs), the policy
-    never moves, so D = 0 and the second visit forgets as slowly as allowed (rho = clip_upper = 0.96). MiniMind's
-    global rho compared different prompts' mean log-probs and hit clip_lower 42% of the time with a frozen policy."""
+    never moves, so D = 0 and the second visit forgets as slowly as allowed (rho = clip_upper = 0.96); first visits
+    take 0.96 too (the authors measure D on the new sample itself). MiniMind's global rho compared different
+    prompts' mean log-probs and hit clip_lower 42% of the time with a frozen policy."""
     t = make_trainer(
         SPOTrainer,
         SPOConfig,
@@ -158,19 +159,118 @@ def test_spo_per_prompt_tracker_with_a_frozen_policy_matches_hand_values(tiny, t
     )
     t.train()
     first, second = step_logs(t, 1), step_logs(t, 2)
-    assert first["rho"] == pytest.approx(0.9) and first["divergence"] == 0.0  # first visits: rho_const, no D
+    assert first["rho"] == pytest.approx(0.96) and first["divergence"] == 0.0  # first visits: no D
     assert second["rho"] == pytest.approx(0.96)
     assert second["divergence"] < 1e-5  # the stored sample re-scored under the same weights
     answers = [0, 1, 2, 3]  # prompts i = 0..3 are "i+0=": rewards .0, .1, .2, .3 map to (r + 1) / 2
     for key, a in enumerate(answers):
         r = (a / 10 + 1) / 2
-        alpha1, beta1 = 0.9 * 0.5 + r, 0.9 * 0.5 + (1 - r)
-        assert t.tracker.alpha[key] == pytest.approx(0.96 * alpha1 + r)
-        assert t.tracker.beta[key] == pytest.approx(0.96 * beta1 + (1 - r))
-    # step 1's baselines are the prior (reward 0); step 2's the beliefs after one visit, in reward units
+        alpha1, beta1 = 0.96 * 0.5 + r, 0.96 * 0.5 + (1 - r)
+        assert t.tracker.belief(key) == pytest.approx((0.96 * alpha1 + r, 0.96 * beta1 + (1 - r)))
+    # step 1's baselines are the prior (reward 0 on [-1, 1]); step 2's the beliefs after one visit, in reward units
     assert first["baseline"] == 0.0
-    expected = [(0.9 * 0.5 + (a / 10 + 1) / 2) / 1.9 * 2 - 1 for a in answers]
+    expected = [(0.96 * 0.5 + (a / 10 + 1) / 2) / 1.96 * 2 - 1 for a in answers]
     assert second["baseline"] == pytest.approx(sum(expected) / 4, abs=1e-6)
+
+
+def binary_answer(prompts, completions, answer, **kwargs):
+    """1 when the completion starts with the answer, else 0; declared 0/1 so SPO's tracker maps [0, 1]."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(t.strip().startswith(a)) for t, a in zip(texts, answer)]
+
+
+binary_answer.reward_range = (0.0, 1.0)
+
+
+def test_spo_paper_preset_resumes_like_an_uninterrupted_run(tiny, tmp_path):
+    """`preset: paper`: offline start (2 samples per prompt here), prioritised sampling, clip 0.2 / 0.28, no KL.
+    A run stopped after step 1 and resumed from its checkpoint (tracker in safetensors) draws the same prompts and
+    ends with the same weights; the checkpoint holds no JSON copy of the tracker."""
+
+    def make(out, **kw):
+        values = dict(
+            output_dir=str(out),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            max_new_tokens=4,
+            temperature=1.0,
+            logging_steps=1,
+            save_steps=1,
+            report_to="none",
+            disable_tqdm=True,
+            seed=7,
+            use_cpu=True,
+            offline_init_samples=2,
+        )
+        return SPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny),
+            args=SPOConfig.from_preset("paper", **{**values, **kw}),
+            train_dataset=dataset(n=6),
+            processing_class=AutoTokenizer.from_pretrained(tiny),
+            reward_funcs=[binary_answer],
+        )
+
+    reference = make(tmp_path / "reference", save_strategy="no")
+    reference.train()
+    assert reference.ref_model is None  # beta 0: no reference model
+    assert (reference.tracker.reward_low, reference.tracker.reward_high) == (0.0, 1.0)  # declared 0/1
+    stopped = make(tmp_path / "run")
+    stopped.add_callback(StopAfter(1))
+    stopped.train()
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    assert (ckpt / "spo_tracker-00000-of-00001.safetensors").is_file()
+    state = json.loads((ckpt / "rl_state.json").read_text())
+    assert state["baseline"] == "per_prompt" and "tracker" not in state
+    resumed = make(tmp_path / "run")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert step_logs(resumed, 2) == step_logs(reference, 2)
+    a, b = dict(reference.model.named_parameters()), dict(resumed.model.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(reference.tracker.alpha, resumed.tracker.alpha)
+    # the offline start moved the beliefs off the prior before step 1 (6 prompts x 2 samples, 0/1 rewards: every
+    # alpha is N (s + .5) / 3 with s in {0, 1, 2}, then decayed by the prompts sampled since)
+    fresh = make(tmp_path / "fresh")
+    fresh._offline_init()
+    n_init = 1 / (1 - 0.875)
+    for key in range(6):
+        alpha, beta = fresh.tracker.belief(key)
+        s = round(alpha * 3 / n_init - 0.5)
+        assert s in (0, 1, 2) and (alpha, beta) == pytest.approx(
+            (n_init * (s + 0.5) / 3, n_init * (2 - s + 0.5) / 3)
+        )
+
+
+def test_spo_resumes_a_checkpoint_with_the_tracker_in_json(tiny, tmp_path):
+    """A checkpoint written before the tracker moved to safetensors (rl_state.json held it as JSON lists) still
+    resumes exactly: rewrite checkpoint-1 into the old layout and compare with an uninterrupted run."""
+
+    def make(out, **kw):
+        return make_trainer(SPOTrainer, SPOConfig, tiny, out, reward_funcs=[answer_over_ten], **kw)
+
+    reference = make(tmp_path / "reference", save_strategy="no")
+    reference.train()
+    stopped = make(tmp_path / "run", callbacks=[StopAfter(1)])
+    stopped.train()
+    ckpt = tmp_path / "run" / "checkpoint-1"
+    tracker = stopped.tracker
+    keys = tracker.owned_keys().tolist()
+    old = {
+        "alpha": {str(k): float(tracker.alpha[k]) for k in keys},
+        "beta": {str(k): float(tracker.beta[k]) for k in keys},
+        "samples": {str(k): list(tracker.stored_sample(k)) for k in tracker.samples},
+    }
+    (ckpt / "spo_tracker-00000-of-00001.safetensors").unlink()
+    (ckpt / "rl_state.json").write_text(
+        json.dumps({"algorithm": "spo", "baseline": "per_prompt", "tracker": old}, indent=2)
+    )
+    resumed = make(tmp_path / "run")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert step_logs(resumed, 2) == step_logs(reference, 2)
+    # and a checkpoint with neither is refused by name
+    (ckpt / "rl_state.json").write_text(json.dumps({"algorithm": "spo", "baseline": "per_prompt"}))
+    with pytest.raises(ValueError, match="has no SPO tracker"):
+        make(tmp_path / "run").train(resume_from_checkpoint=str(ckpt))
 
 
 def test_ppo_with_reward_model_critic_and_lora(tiny, tmp_path):

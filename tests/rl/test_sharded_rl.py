@@ -210,23 +210,47 @@ def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tm
 
 
 @pytest.mark.slow
-def test_spo_on_fsdp2_trains_and_saves_a_plain_model(tiny_sft, tmp_path):
+def test_spo_per_prompt_on_fsdp2_shards_its_tracker_and_resumes_exactly(tiny_sft, tmp_path):
+    """SPO's default baseline with the paper's prioritised sampling on 2 processes: each rank keeps and saves the
+    tracker of its own prompts (one safetensors file each), the divergence forward runs on gathered weights, and a
+    copy resumed from step 3 matches the uninterrupted run's later steps and final weights."""
     run = tmp_path / "spo"
-    # SPO's default baseline (the tiny recipe uses MiniMind's global one): its divergence forward is the part
-    # that runs on gathered weights.
+    extra = ["train.baseline=per_prompt", "train.prioritized_sampling=true"]
     result = launch(
-        "cpu_fsdp2",
-        "recipes/tiny/spo.yaml",
-        run,
-        f"model.name_or_path={tiny_sft}",
-        "train.baseline=per_prompt",
-        "train.max_steps=3",
-        "train.logging_steps=1",
-        "evaluate.limit=8",
+        "cpu_fsdp2", "recipes/tiny/spo.yaml", run, f"model.name_or_path={tiny_sft}", *SHORT, *extra
     )
-    assert assert_sharded_once(result, run)["steps"] == 3
+    summary = assert_sharded_once(result, run)
+    assert summary["steps"] == 6
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # From the second step on, prompts sampled before get a divergence: the policy forward the ranks run on
     # gathered weights, each for its own prompts.
     assert any(r.get("divergence", 0) > 0 for r in rows if r.get("step", 0) >= 2), rows
     assert_plain_model_folder(run)
+    checkpoint = run / "checkpoint-3"
+    assert sorted(p.name for p in checkpoint.glob("spo_tracker-*")) == [
+        "spo_tracker-00000-of-00002.safetensors",
+        "spo_tracker-00001-of-00002.safetensors",
+    ]
+    assert "tracker" not in json.loads((checkpoint / "rl_state.json").read_text())
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("checkpoint-6"))
+    for name in ("model.safetensors", "summary.json"):
+        (resumed / name).unlink()
+    (resumed / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    result = launch(
+        "cpu_fsdp2",
+        "recipes/tiny/spo.yaml",
+        resumed,
+        f"model.name_or_path={tiny_sft}",
+        *SHORT,
+        *extra,
+        start="--resume",
+    )
+    assert "resuming   from checkpoint-3" in result.stdout
+    before, after = losses(run), losses(resumed)
+    assert [after[s] for s in (4, 5, 6)] == pytest.approx([before[s] for s in (4, 5, 6)], rel=RTOL)
+    from safetensors.torch import load_file
+
+    expected, got = load_file(str(run / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.allclose(expected[k], got[k], rtol=RTOL, atol=1e-7) for k in expected)

@@ -1,7 +1,7 @@
 """Recipe YAML → a validated Plan, with the source of every value. Never imports torch.
 
-Merge order, lowest first: TRL config defaults < our defaults < hardware profile < the recipe's
-`extends` chain (parents first) < the recipe < command-line overrides (`train.learning_rate=1e-5`).
+Merge order, lowest first: TRL config defaults < our defaults < hardware profile < an SPO `train.preset`
+< the recipe's `extends` chain (parents first) < the recipe < command-line overrides (`train.learning_rate=1e-5`).
 `load_plan` reads top to bottom: read the layers, pick the algorithm, resolve paths, lay the
 profile under the recipe, validate, fit the batch to the profile, check feasibility, build the
 typed sections.
@@ -122,6 +122,7 @@ def load_plan(
 
     algorithm = _algorithm(recipe, provenance, recipe_path)
     _rename_aliases(recipe, provenance)
+    _lay_preset_under(recipe, provenance, algorithm)
     resolve_paths(recipe, provenance.folder)
     ours = {
         "train": {
@@ -218,6 +219,17 @@ def _layer_rank(provenance: Provenance):
         return files.index(label) if label in files else -1
 
     return rank
+
+
+def _lay_preset_under(recipe: dict, provenance: Provenance, algorithm: Algorithm) -> None:
+    """`train.preset` (SPO): its values go under the recipe's own `train:` values, which win; `show` and
+    recipe.resolved.yaml name the source `preset:<name>`. An unknown name is left for validation to report."""
+    from align_recipes.rl.presets import SPO_PRESETS
+
+    train = recipe.get("train")
+    name = train.get("preset") if isinstance(train, dict) else None
+    if algorithm.name == "spo" and isinstance(name, str) and name in SPO_PRESETS:
+        provenance.merge_under(recipe, {"train": dict(SPO_PRESETS[name])}, f"preset:{name}")
 
 
 def _algorithm(recipe: dict, provenance: Provenance, recipe_path: Path) -> Algorithm:

@@ -116,6 +116,9 @@ METRIC_KINDS = {
 METRICS = tuple(METRIC_KINDS)
 
 
+ON_HACKING = ("warn", "stop", "rollback")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HarnessSection:
     """lm-evaluation-harness tasks measured on the start model and on the result (run/harness.py): the
@@ -164,6 +167,13 @@ class EvaluateSection:
     )
     harness: HarnessSection | None = spec(
         None, "dict null", "lm-evaluation-harness tasks run before and after training: tasks, limit, …"
+    )
+    on_hacking: str = spec(
+        "warn",
+        "str",
+        "what the reward-hacking watch does when it warns: warn (and go on), stop (save and end the run, status "
+        "stopped_hacking), rollback (restore the policy at the watch's best check before the fall, then stop)",
+        ON_HACKING,
     )
 
     @property

@@ -274,6 +274,25 @@ def metric_problem(
     return None
 
 
+def _check_on_hacking(check: _Checker, evaluation: dict, algorithm: Algorithm) -> None:
+    """`on_hacking: stop | rollback` acts on the watch's warning: refused where the watch cannot run."""
+    action = evaluation.get("on_hacking", "warn")
+    if action in (None, "warn"):
+        return
+    if not algorithm.generates:
+        check.error(
+            "evaluate.on_hacking",
+            f"{algorithm.name} does not sample while it trains, so there is no reward-hacking watch to act",
+            "remove on_hacking (the watch runs for the algorithms that generate: `align-recipes list`)",
+        )
+    elif evaluation.get("watch_every") == 0:
+        check.error(
+            "evaluate.on_hacking",
+            f"on_hacking: {action} needs the watch, and evaluate.watch_every: 0 turns it off",
+            "remove watch_every (about 10 checks per run) or set it to the steps between checks",
+        )
+
+
 def _check_evaluate(
     check: _Checker, evaluation: Any, algorithm: Algorithm, base_dir: Path, has_rewards: bool
 ) -> dict:
@@ -283,6 +302,7 @@ def _check_evaluate(
     those rows with the recipe's rewards (for _check_reward_calls), else {}."""
     evaluation = check.mapping(evaluation, sections.EVALUATE, "evaluate.", "the evaluate section")
     check.ranges(evaluation, sections.EVALUATE_RANGES, "evaluate.")
+    _check_on_hacking(check, evaluation, algorithm)
     named = evaluation.get("metric")
     wanted = [named] if isinstance(named, str) else named if isinstance(named, list) else None
     for name in wanted or []:

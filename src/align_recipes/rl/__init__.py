@@ -2,7 +2,10 @@
 
 - `core`: the math (GAE, whitening, clipped losses, KL estimators, entropy), pure torch functions.
 - `control`: KL controllers (fixed, adaptive) and SPO's Beta baseline tracker.
-- `config`: `PPOConfig`, `SPOConfig` (TrainingArguments subclasses, TRL style).
+- `baselines`, `spo_tracking`, `tracker_io`: SPO's per-prompt tracker (tensors, sharded by prompt), how a step
+  uses it (advantages, D, prioritised sampling, offline start), and its safetensors checkpoint files.
+- `config`, `presets`: `PPOConfig`, `SPOConfig` (TrainingArguments subclasses, TRL style); SPO's presets as
+  plain data (the plan layer reads them without torch).
 - `rollout`, `generation`, `value`: prompt sampling and scoring, the generation seam, the critic.
 - `base`, `trainer`: `OnlineRLTrainer` and its two algorithms, `PPOTrainer` and `SPOTrainer`.
 

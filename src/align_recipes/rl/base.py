@@ -211,8 +211,18 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     def _algorithm_state(self) -> dict:
         return {}
 
-    def _load_algorithm_state(self, state: dict) -> None:
+    def _load_algorithm_state(self, state: dict, checkpoint: str | None = None) -> None:
         pass
+
+    def _save_algorithm_files(self, output_dir: str) -> None:
+        """Algorithm state each process writes itself into a checkpoint (SPO's tracker shards)."""
+
+    def _step_indices(self, sampler: PromptSampler, step: int) -> list[int]:
+        """The dataset rows this process takes at `step` (SPO's prioritised sampling overrides it)."""
+        return sampler.indices(step)
+
+    def _before_first_step(self) -> None:
+        """Work before the first step of a fresh run, not of a resumed one (SPO's offline tracker start)."""
 
     def _check_fsdp(self, args) -> None:
         """What runs under FSDP2 (rl.sharding): refused before any training step otherwise."""
@@ -294,7 +304,8 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
 
         module = self._prepare(max_steps, checkpoint)
         if checkpoint is not None:
-            self._load_algorithm_state(json.loads(open(os.path.join(checkpoint, RL_STATE_NAME)).read()))
+            state = json.loads(open(os.path.join(checkpoint, RL_STATE_NAME)).read())
+            self._load_algorithm_state(state, checkpoint)
             self.generator.mark_stale()
         for attr in ("model", "optimizer", "lr_scheduler"):
             setattr(self.callback_handler, attr, getattr(self, attr))
@@ -310,11 +321,13 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
             from accelerate.utils import set_seed as set_process_seed
 
             set_process_seed(args.seed, device_specific=True)
+        if checkpoint is None:
+            self._before_first_step()
         epoch = int(self.state.global_step / sampler.steps_per_epoch)
         self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         while self.state.global_step < max_steps and not self.control.should_training_stop:
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            step_logs = self._step(module, sampler.indices(self.state.global_step))
+            step_logs = self._step(module, self._step_indices(sampler, self.state.global_step))
             losses.append(step_logs.get("loss", 0.0))
             for k, v in step_logs.items():
                 self._metrics[k].append(v)
@@ -425,6 +438,8 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
                 self.accelerator.unwrap_model(self.value_model).save(output_dir)
             with open(os.path.join(output_dir, RL_STATE_NAME), "w") as handle:
                 json.dump(self._algorithm_state(), handle, indent=2)
+        if _internal_call:  # every process: each writes the algorithm state it holds
+            self._save_algorithm_files(output_dir or self.args.output_dir)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         """Trainer's (the policy's weights and optimizer, one shard per rank under FSDP, and the schedule); under

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from align_recipes.rl.presets import SPO_PRESETS
+
 KL_ESTIMATOR_CHOICES = ("k1", "k2", "k3")
 VLLM_MODES = ("colocate", "server")
 RHO_MODES = ("kl", "constant")
 SPO_BASELINES = ("per_prompt", "global")
+SPO_PRESET_NAMES = tuple(SPO_PRESETS)
 
 
 def _bf16_default(fp16: bool, use_cpu: bool) -> bool:
@@ -63,6 +66,9 @@ class OnlineRLConfig(TrainingArguments):
             Optimizer steps per pass over a rollout batch.
         cliprange (`float`, *optional*, defaults to `0.2`):
             Policy ratio clipping: ratios outside [1 - cliprange, 1 + cliprange] get no gradient.
+        cliprange_high (`float` or `None`, *optional*, defaults to `None`):
+            Upper clip of the ratio when it differs from the lower one (DAPO's "clip higher"; the SPO authors use
+            0.28 with `cliprange` 0.2): ratios outside [1 - cliprange, 1 + cliprange_high]. `None`: `cliprange`.
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Turn dropout off in the policy (and critic). With `False`, dropout stays on during updates and pi_old
             is computed with the very dropout masks each micro batch gets in the updates, so the first ratio is 1
@@ -156,6 +162,12 @@ class OnlineRLConfig(TrainingArguments):
         default=1, metadata={"help": "Optimizer steps per pass over a rollout batch."}
     )
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clipping range (PPO epsilon)."})
+    cliprange_high: float | None = field(
+        default=None,
+        metadata={
+            "help": "Upper ratio clip (clip higher): [1 - cliprange, 1 + cliprange_high]; None: cliprange."
+        },
+    )
     disable_dropout: bool = field(
         default=True,
         metadata={"help": "Turn dropout off. False: pi_old uses the update's dropout masks (ratio 1)."},
@@ -247,6 +259,10 @@ class OnlineRLConfig(TrainingArguments):
             p.append(f"num_mini_batches must be >= 1 (got {self.num_mini_batches})")
         if self.cliprange <= 0:
             p.append(f"cliprange must be > 0 (got {self.cliprange}); 0.2 is the usual value")
+        if self.cliprange_high is not None and self.cliprange_high <= 0:
+            p.append(
+                f"cliprange_high must be > 0 or null (got {self.cliprange_high}); the SPO authors use 0.28"
+            )
         if self.vllm_mode not in VLLM_MODES:
             p.append(f"vllm_mode must be one of {', '.join(VLLM_MODES)} (got {self.vllm_mode!r})")
         if self.prefix_cache_mb < 0:
@@ -373,10 +389,15 @@ class SPOConfig(OnlineRLConfig):
       Beta(alpha, beta) belief about its normalised reward; the baseline is its mean. When a prompt comes back, its
       belief first decays by rho = clip(2 ** (-D / half_life), clip_lower, clip_upper), where D is the mean
       |log-ratio| between the policy now and the one that last sampled the prompt, measured on that earlier
-      sample. Advantages are normalised over the whole batch (all processes) to mean 0, std 1.
+      sample (a first visit: clip_upper, as the authors' code gives). Advantages are normalised over the whole
+      batch (all processes) to mean 0, std 1.
     - `global`: MiniMind's simplified variant: one Beta belief for all prompts, updated with the batch's mean
       reward; rho follows the change of the batch's mean token log-probability between steps (different prompts
       each step, so it mostly follows noise). Advantages are not normalised.
+
+    `preset: paper` (`rl/presets.py`; the plan layer and `SPOConfig.from_preset` lay it under explicit values)
+    adds the rest of the paper's method: prioritised prompt sampling, the tracker started from offline samples,
+    the authors' clip 0.2 / 0.28 and no KL term.
 
     Parameters:
         learning_rate (`float`, *optional*, defaults to `1e-6`):
@@ -386,21 +407,35 @@ class SPOConfig(OnlineRLConfig):
         beta (`float`, *optional*, defaults to `0.02`):
             Weight of the k3 KL loss term (its value estimates KL(policy || reference); its gradient is that of
             KL(reference || policy)). 0 skips the reference model.
+        preset (`str` or `None`, *optional*, defaults to `None`):
+            `paper`: the SPO paper's full method (see above). Recorded here; its values are applied by the plan
+            layer (or `SPOConfig.from_preset`) under the values you set.
         baseline (`str`, *optional*, defaults to `"per_prompt"`):
             `per_prompt`: the SPO paper's per-prompt value tracker; `global`: MiniMind's single Beta baseline.
+        prioritized_sampling (`bool`, *optional*, defaults to `False`):
+            `per_prompt` only: draw each step's prompts (without replacement) with probability proportional to
+            sqrt(p (1 - p)) + 0.05, p a prompt's tracked success rate (the SPO authors' weight).
+        offline_init_samples (`int`, *optional*, defaults to `0`):
+            `per_prompt` only: before the first step, sample this many completions of every training prompt with the
+            start policy and start each prompt's belief from their rewards (the authors' offline estimate). 0: the
+            prior Beta(0.5, 0.5).
         rho_mode (`str`, *optional*, defaults to `"kl"`):
             `kl`: the forgetting factor follows how far the policy moved; `constant`: always `rho_const`.
         rho_const (`float`, *optional*, defaults to `0.9`):
-            Forgetting factor of a tracker's first update (and of every update with `rho_mode="constant"`).
+            Forgetting factor with `rho_mode="constant"`, and of the `global` baseline's first update.
         half_life (`float`, *optional*, defaults to `0.06`):
             Divergence D at which the forgetting factor halves (the paper's D_half).
         clip_lower (`float`, *optional*, defaults to `0.875`):
-            Lowest forgetting factor (the paper's value; MiniMind used 0.5). `global` also sets its prior's strength
-            N = 1 / (1 - clip_lower) from it.
+            Lowest forgetting factor (the paper's value; MiniMind used 0.5). `global` and the offline start also set
+            their prior's strength N = 1 / (1 - clip_lower) from it.
         clip_upper (`float`, *optional*, defaults to `0.96`):
             Highest forgetting factor.
-        reward_scale (`float`, *optional*, defaults to `3.0`):
-            Rewards in [-reward_scale, reward_scale] map onto [0, 1] for the Beta beliefs (values beyond are clipped).
+        reward_range (`list[float]` or `None`, *optional*, defaults to `None`):
+            [low, high]: rewards in this range map onto [0, 1] for the Beta beliefs (values beyond are clipped), so
+            the prior's mean is the middle of the range. `None`: [-reward_scale, reward_scale] when `reward_scale` is
+            set, else the range the reward functions declare (0/1 rule rewards: [0, 1]), else [-3, 3].
+        reward_scale (`float` or `None`, *optional*, defaults to `None`):
+            Shorthand for `reward_range: [-reward_scale, reward_scale]`.
         advantage_clip (`float`, *optional*, defaults to `5.0`):
             Advantages are clipped to [-advantage_clip, advantage_clip].
     """
@@ -412,11 +447,25 @@ class SPOConfig(OnlineRLConfig):
     beta: float = field(
         default=0.02, metadata={"help": "Weight of the k3 KL-to-reference loss term; 0: no reference."}
     )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "paper: the SPO paper's full method (rl/presets.py).", "choices": SPO_PRESET_NAMES},
+    )
     baseline: str = field(
         default="per_prompt",
         metadata={
             "help": "per_prompt: the SPO paper's per-prompt value tracker; global: MiniMind's single baseline.",
             "choices": SPO_BASELINES,
+        },
+    )
+    prioritized_sampling: bool = field(
+        default=False,
+        metadata={"help": "per_prompt: draw prompts by sqrt(p(1-p)) + 0.05 of their tracked success rate p."},
+    )
+    offline_init_samples: int = field(
+        default=0,
+        metadata={
+            "help": "per_prompt: start each prompt's belief from this many samples before training; 0: prior."
         },
     )
     rho_mode: str = field(
@@ -427,7 +476,8 @@ class SPOConfig(OnlineRLConfig):
         },
     )
     rho_const: float = field(
-        default=0.9, metadata={"help": "Forgetting factor of the first (or every constant) update."}
+        default=0.9,
+        metadata={"help": "Forgetting factor with rho_mode constant (and global's first update)."},
     )
     half_life: float = field(
         default=0.06, metadata={"help": "Policy divergence at which the forgetting factor halves (D_half)."}
@@ -436,8 +486,14 @@ class SPOConfig(OnlineRLConfig):
         default=0.875, metadata={"help": "Lowest forgetting factor (global: prior 1/(1-clip_lower))."}
     )
     clip_upper: float = field(default=0.96, metadata={"help": "Highest forgetting factor."})
-    reward_scale: float = field(
-        default=3.0, metadata={"help": "Rewards in [-scale, scale] map onto [0, 1] for the baseline tracker."}
+    reward_range: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "[low, high] mapped onto [0, 1] for the tracker; None: from reward_scale or the rewards."
+        },
+    )
+    reward_scale: float | None = field(
+        default=None, metadata={"help": "Shorthand for reward_range [-scale, scale]."}
     )
     advantage_clip: float = field(default=5.0, metadata={"help": "Advantages are clipped to +- this value."})
 
@@ -458,8 +514,37 @@ class SPOConfig(OnlineRLConfig):
                 f"need 0 < clip_lower <= clip_upper < 1 (got clip_lower={self.clip_lower}, "
                 f"clip_upper={self.clip_upper})"
             )
-        if self.reward_scale <= 0:
+        if self.reward_scale is not None and self.reward_scale <= 0:
             p.append(f"reward_scale must be > 0 (got {self.reward_scale})")
+        if self.reward_range is not None and not (
+            len(self.reward_range) == 2 and float(self.reward_range[1]) > float(self.reward_range[0])
+        ):
+            p.append(f"reward_range must be [low, high] with high > low (got {self.reward_range})")
+        if self.preset is not None and self.preset not in SPO_PRESETS:
+            p.append(f"preset must be one of {', '.join(SPO_PRESETS)} or null (got {self.preset!r})")
+        if self.offline_init_samples < 0:
+            p.append(f"offline_init_samples must be >= 0 (got {self.offline_init_samples})")
+        if self.baseline != "per_prompt" and (self.prioritized_sampling or self.offline_init_samples):
+            p.append(
+                "prioritized_sampling and offline_init_samples need baseline: per_prompt (they read each prompt's "
+                f"belief; got baseline {self.baseline!r})"
+            )
         if self.advantage_clip <= 0:
             p.append(f"advantage_clip must be > 0 (got {self.advantage_clip})")
         return p
+
+    def tracker_range(self, declared: tuple[float, float] | None) -> tuple[float, float]:
+        """The reward range the tracker maps onto [0, 1]: `reward_range`, else +-`reward_scale`, else the range
+        the reward functions declare (`baselines.rewards_range`), else [-3, 3]."""
+        if self.reward_range is not None:
+            return (float(self.reward_range[0]), float(self.reward_range[1]))
+        if self.reward_scale is not None:
+            return (-float(self.reward_scale), float(self.reward_scale))
+        return declared if declared is not None else (-3.0, 3.0)
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs) -> "SPOConfig":
+        """An SPOConfig with a preset's values (`rl/presets.py`) under the keyword arguments given."""
+        if preset not in SPO_PRESETS:
+            raise ValueError(f"unknown SPO preset {preset!r}; known: {', '.join(SPO_PRESETS)}")
+        return cls(**{**SPO_PRESETS[preset], **kwargs, "preset": preset})

@@ -194,17 +194,20 @@ def policy_loss(
     mask: torch.Tensor,
     cliprange: float,
     weights: torch.Tensor | None = None,
+    cliprange_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, token-averaged: mean(w * max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))).
 
     ``weights`` (default 1) are per-token importance weights for a sampler other than pi_old
-    (`truncated_importance_weights`). Returns (loss, clipfrac, approx_kl): clipfrac is the share of tokens
+    (`truncated_importance_weights`). ``cliprange_high`` (default: ``cliprange``) is the upper clip, 1 + its value
+    (DAPO's clip higher, the SPO authors' 0.28). Returns (loss, clipfrac, approx_kl): clipfrac is the share of tokens
     where the clipped term won; approx_kl = mean(0.5 * (log ratio)^2), how far this update moved the policy.
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    high = cliprange if cliprange_high is None else cliprange_high
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
     per_token = torch.maximum(unclipped, clipped)
     if weights is not None:
         per_token = per_token * weights

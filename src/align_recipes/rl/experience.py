@@ -281,6 +281,7 @@ class ExperienceMixin:
             batch["response_mask"][idx],
             self.args.cliprange,
             weights,
+            getattr(self.args, "cliprange_high", None),
         )
         return loss, {"policy_loss": loss.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl.item()}
 

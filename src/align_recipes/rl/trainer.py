@@ -7,7 +7,8 @@ PPO  per-token reward = -kl_coef * KL(policy || reference) on each token + the s
 SPO  advantage = score - baseline on every token of the completion; no critic. The baseline (`baselines`) is,
      by default, the SPO paper's per-prompt value tracker (a Beta belief per prompt, forgetting by how far
      the policy moved since it last sampled that prompt, measured on that sample; advantages normalised over
-     the batch), or with ``baseline="global"`` MiniMind's single Beta belief. Clipped to +-advantage_clip.
+     the batch; `spo_tracking`), or with ``baseline="global"`` MiniMind's single Beta belief. Clipped to
+     +-advantage_clip.
      The KL to the reference is a loss term: loss = clipped policy loss + beta * k3 (whose value estimates
      KL(policy || reference) and whose gradient is that of KL(reference || policy)).
 
@@ -17,17 +18,14 @@ them like TRL's trainers.
 
 from __future__ import annotations
 
-import torch
-from accelerate.utils import gather_object
-
 from align_recipes.rewards import RewardModelFunc
-from align_recipes.rl import core, sharding
+from align_recipes.rl import core, sharding, tracker_io
 from align_recipes.rl.base import OnlineRLTrainer
-from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker
+from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker, rewards_range
 from align_recipes.rl.config import PPOConfig, SPOConfig
 from align_recipes.rl.control import AdaptiveKLController, FixedKLController
 from align_recipes.rl.modeling import init_kwargs
-from align_recipes.rl.rollout import left_pad, position_ids_from, response_logits
+from align_recipes.rl.spo_tracking import PerPromptTracking
 from align_recipes.rl.value import value_model_from
 
 __all__ = ["PPOTrainer", "SPOTrainer"]
@@ -139,11 +137,11 @@ class PPOTrainer(OnlineRLTrainer):
     def _algorithm_state(self) -> dict:
         return {"algorithm": "ppo", "kl_controller": self.kl_controller.state_dict()}
 
-    def _load_algorithm_state(self, state: dict) -> None:
+    def _load_algorithm_state(self, state: dict, checkpoint: str | None = None) -> None:
         self.kl_controller.load_state_dict(state["kl_controller"])
 
 
-class SPOTrainer(OnlineRLTrainer):
+class SPOTrainer(PerPromptTracking, OnlineRLTrainer):
     """Single-sample RL with a baseline kept across steps (no critic, one completion per prompt).
 
     Same arguments as `PPOTrainer` with an `SPOConfig`, minus ``value_model``. ``ref_model`` is only used when
@@ -170,10 +168,6 @@ class SPOTrainer(OnlineRLTrainer):
             raise TypeError(f"SPOTrainer needs an SPOConfig, got {type(args).__name__}")
         if value_model is not None:
             raise ValueError("SPO has no critic: remove value_model (it is for PPO)")
-        tracker = PromptValueTracker if args.baseline == "per_prompt" else GlobalBetaBaseline
-        self.tracker = tracker(
-            args.clip_lower, args.clip_upper, args.half_life, args.rho_const, args.reward_scale, args.rho_mode
-        )
         super().__init__(
             model,
             args,
@@ -187,9 +181,26 @@ class SPOTrainer(OnlineRLTrainer):
             callbacks,
             eval_dataset,
         )
+        # After the base: the tracker reads the reward functions' declared range and the process layout.
+        if args.baseline == "per_prompt":
+            self.tracker = self._make_prompt_tracker()
+        else:
+            declared = rewards_range(self.reward_funcs, self.reward_weights, args.missing_eos_penalty)
+            self.tracker = GlobalBetaBaseline(
+                args.clip_lower,
+                args.clip_upper,
+                args.half_life,
+                args.rho_const,
+                rho_mode=args.rho_mode,
+                reward_range=args.tracker_range(declared),
+            )
 
     def _kl_weight(self, args) -> float:
         return args.beta
+
+    def _before_first_step(self) -> None:
+        if self.args.baseline == "per_prompt" and self.args.offline_init_samples > 0:
+            self._offline_init()
 
     def _advantages(self, batch: dict) -> dict[str, float]:
         if isinstance(self.tracker, GlobalBetaBaseline):
@@ -212,73 +223,6 @@ class SPOTrainer(OnlineRLTrainer):
             "kl_coef": self.args.beta,
         }
 
-    @torch.no_grad()
-    def _divergences(self, keys: list[int]) -> list[float | None]:
-        """D for each prompt that has an earlier sample: mean |log-ratio| between the policy now and the one that
-        sampled it, on that sample (one no-grad forward over the stored samples)."""
-        out: list[float | None] = [None] * len(keys)
-        if self.args.rho_mode == "constant":
-            return out
-        policy = self.accelerator.unwrap_model(self.model)
-        # Under FSDP a forward of sharded weights is a collective, but only some ranks may have stored samples:
-        # every rank gathers the weights (a collective all of them make) and runs only its own forward.
-        with sharding.whole_weights(policy):
-            return self._divergences_of(keys, policy, out)
-
-    def _divergences_of(self, keys: list[int], policy, out: list[float | None]) -> list[float | None]:
-        stored = [self.tracker.stored_sample(k) for k in keys]
-        rows = [i for i, s in enumerate(stored) if s is not None and s[0]]
-        if not rows:
-            return out
-        device, pad = self.accelerator.device, self.processing_class.pad_token_id
-        prompt_ids, prompt_mask = left_pad([self._train_prompts.ids(keys[i]) for i in rows], pad, device)
-        width = max(len(stored[i][0]) for i in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-        then = torch.zeros((len(rows), width), dtype=torch.float32, device=device)
-        lengths = torch.tensor([len(stored[i][0]) for i in rows], device=device)
-        for j, i in enumerate(rows):
-            tokens[j, : lengths[j]] = torch.tensor(stored[i][0], device=device)
-            then[j, : lengths[j]] = torch.tensor(stored[i][1], device=device)
-        mask = core.mask_from_lengths(lengths, width)
-        attention = torch.cat([prompt_mask, mask.long()], 1)
-        with self.accelerator.autocast():
-            logits = response_logits(
-                policy, torch.cat([prompt_ids, tokens], 1), attention, position_ids_from(attention), width
-            )
-        now = core.logprobs_from_logits(logits, tokens, self.args.temperature)
-        for j, d in zip(rows, core.mean_abs_log_ratio(now, then, mask).tolist()):
-            out[j] = d
-        return out
-
-    def _per_prompt_advantages(self, batch: dict) -> dict[str, float]:
-        acc, mask, keys = self.accelerator, batch["response_mask"], batch["prompt_keys"]
-        scores = batch["scores"].float()
-        baselines = torch.tensor(self.tracker.baselines(keys), dtype=torch.float32, device=scores.device)
-        # Normalised over the whole batch (every process), as the paper does; each process keeps its own rows.
-        raw = acc.gather(scores - baselines)
-        normalized = core.spo_advantages(raw, 0.0, self.args.advantage_clip, normalize=True)
-        rank, n = acc.process_index, len(keys)
-        advantages = normalized[rank * n : (rank + 1) * n]
-        batch["advantages"] = advantages.unsqueeze(1) * mask
-        lengths = mask.sum(1).long().tolist()
-        samples = [
-            (ids[:k], lps[:k])
-            for ids, lps, k in zip(batch["response_ids"].tolist(), batch["logprobs"].tolist(), lengths)
-        ]
-        local = list(zip(keys, scores.tolist(), self._divergences(keys), samples))
-        everyone = (
-            gather_object(local) if acc.num_processes > 1 else local
-        )  # the tracker is the same everywhere
-        rhos = self.tracker.update(*map(list, zip(*everyone)))
-        known = [d for _, _, d, _ in everyone if d is not None]
-        return {
-            "baseline": baselines.mean().item(),
-            "rho": sum(rhos) / len(rhos),
-            "divergence": sum(known) / len(known) if known else 0.0,
-            "advantage": advantages.mean().item(),
-            "kl_coef": self.args.beta,
-        }
-
     def _loss(self, batch, idx, logprobs):
         args, mask = self.args, batch["response_mask"][idx]
         loss, logs = self._policy_loss(batch, idx, logprobs)
@@ -289,12 +233,27 @@ class SPOTrainer(OnlineRLTrainer):
         return loss, logs
 
     def _algorithm_state(self) -> dict:
-        return {"algorithm": "spo", "baseline": self.args.baseline, "tracker": self.tracker.state_dict()}
+        """rl_state.json's part: the global belief itself; for the per-prompt tracker only where it is (its
+        tensors are in spo_tracker-*.safetensors, one file per process, `tracker_io`)."""
+        if isinstance(self.tracker, GlobalBetaBaseline):
+            return {"algorithm": "spo", "baseline": "global", "tracker": self.tracker.state_dict()}
+        return {
+            "algorithm": "spo",
+            "baseline": "per_prompt",
+            "tracker_files": tracker_io.shard_name(0, self.tracker.num_shards).replace("00000-of", "*-of"),
+        }
 
-    def _load_algorithm_state(self, state: dict) -> None:
+    def _save_algorithm_files(self, output_dir: str) -> None:
+        if isinstance(self.tracker, PromptValueTracker):
+            self._save_tracker(output_dir)
+
+    def _load_algorithm_state(self, state: dict, checkpoint: str | None = None) -> None:
         if state.get("baseline", "global") != self.args.baseline:
             raise ValueError(
                 f"the checkpoint's SPO baseline is {state.get('baseline', 'global')!r} but this run uses "
                 f"{self.args.baseline!r}; resume with the same `baseline`"
             )
-        self.tracker.load_state_dict(state["tracker"])
+        if isinstance(self.tracker, GlobalBetaBaseline):
+            self.tracker.load_state_dict(state["tracker"])
+        else:
+            self._load_tracker(checkpoint, state)

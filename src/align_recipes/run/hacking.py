@@ -26,8 +26,23 @@ held-out metric (exact_match when the data has answers, else reward), logs that 
   line says when the metric has recovered since (it can: the tiny RLHF flow dips for a few checks, then
   ends above its start).
 
+What it does then is `evaluate.on_hacking`:
+
+- `warn` (default): the warning line, live and in the summary; training goes on.
+- `stop`: also saves a checkpoint of the step it warned at and ends training there; the run finishes as
+  usual (final model, measurement after) with summary.json `status: stopped_hacking`.
+- `rollback`: restores the policy of the watch's best check before the warning (the highest held-out
+  metric so far, the start model included) and ends training; the run's final model is that one, so its
+  held-out metric on the watched rows is no lower than at the step the watch warned. The watch keeps that
+  policy itself, in `<output_dir>/watch-best/` (`trainer.save_model`, overwritten at each new best),
+  because the run's checkpoints need not fall on the watch's check steps and `save_total_limit` may have
+  rotated the good one out. It stops rather than continuing with a stronger KL: the optimizer state and
+  schedule belong to the fallen policy, and a changed recipe is a new run (the warning lists the fixes).
+
 It is off for algorithms that do not generate, without an evaluate: section or a metric read from
-generations, and for sharded runs (a check would generate on rank 0 alone).
+generations, and for sharded runs (a check would generate on rank 0 alone). `stop` and `rollback` act
+in one-process runs only (the watch lives on rank 0; stopping one rank of several would hang the others):
+elsewhere they warn.
 """
 
 from __future__ import annotations
@@ -40,6 +55,8 @@ Z = 2.0  # standard errors a change must exceed
 CONSECUTIVE = 2  # suspicious checks in a row before warning (one noisy check does not flap)
 WINDOW = 2  # logged proxy values averaged at each end
 CHECKS_PER_RUN = 10  # evaluate.watch_every: null
+BEST_DIR = "watch-best"  # on_hacking: rollback keeps the best-checked policy here
+STOPPED = "stopped_hacking"  # summary.json status of a run the watch ended
 PROXY_KEYS = ("reward", "objective/scores")  # the sampled reward, as the trainers log it
 WATCHED = ("exact_match", "reward")  # held-out metrics read from greedy answers, the independent one first
 MIN_RANKED = 5  # wrong answers needed before the proxy's ranking of them counts as a signal
@@ -242,20 +259,40 @@ def report_lines(summary: dict) -> list[str]:
         f"**Warning: {warning_line(warning)}** (fall margin {warning['held_out']['margin']:.3f}, "
         f"{Z:g} standard errors; {state}).",
         "",
+    ]
+    if warning.get("acted"):
+        lines += [f"The watch {action_line(warning['acted'])}.", ""]
+    lines += [
         "Likely fixes:",
         "",
     ]
     return lines + [f"- {fix}" for fix in warning.get("fixes") or []]
 
 
+def action_line(acted: dict) -> str:
+    """What `on_hacking` did, in one sentence."""
+    if acted["on_hacking"] == "rollback":
+        return (
+            f"rolled back to the policy of step {acted['rolled_back_to_step']} (held-out {acted['metric']} "
+            f"{acted['held_out_restored']:.3f}, the watch's best check before the fall) and stopped at step "
+            f"{acted['stopped_at_step']} (evaluate.on_hacking: rollback)"
+        )
+    return f"stopped at step {acted['stopped_at_step']} (evaluate.on_hacking: stop)"
+
+
+def run_status(summary_fields: dict) -> str:
+    """summary.json's status: `stopped_hacking` when the watch ended the run, else `complete`."""
+    warning = summary_fields.get("reward_hacking")
+    return STOPPED if isinstance(warning, dict) and warning.get("acted") else "complete"
+
+
 def done_note(summary: dict) -> str:
     """The `done:` line's addition ("" when the watch saw nothing)."""
     warning = summary.get("reward_hacking")
-    return (
-        f" · ⚠ {warning_line(warning)} (fixes: summary.json reward_hacking)"
-        if isinstance(warning, dict)
-        else ""
-    )
+    if not isinstance(warning, dict):
+        return ""
+    acted = f"; {action_line(warning['acted'])}" if warning.get("acted") else ""
+    return f" · ⚠ {warning_line(warning)}{acted} (fixes: summary.json reward_hacking)"
 
 
 def watch_summary(trainer) -> dict:
@@ -284,14 +321,30 @@ def reward_watch(plan, trainer, metrics_path, say: Callable[[str], None] = print
     from align_recipes.run.measure import held_out_rows, run_reward
 
     rows = held_out_rows(plan, METRIC_KINDS[metric])[: section.watch_rows]
+    action = section.on_hacking
+    if action != "warn" and trainer.args.world_size > 1:
+        say(
+            f"note: evaluate.on_hacking: {action} acts in one-process runs only (the watch runs on rank 0, and "
+            "stopping one rank of several would hang the others); this run warns"
+        )
+        action = "warn"
     return (
-        _callback(plan, metric, rows, run_reward(plan, trainer), metrics_path, say)
+        _callback(plan, metric, rows, run_reward(plan, trainer), metrics_path, say, trainer, action)
         if len(rows) >= 2
         else None
     )
 
 
-def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[float]], metrics_path, say):
+def _callback(
+    plan,
+    metric: str,
+    rows: list[dict],
+    reward: tuple[list, list[float]],
+    metrics_path,
+    say,
+    trainer=None,
+    action: str = "warn",
+):
     import json
 
     from transformers import TrainerCallback
@@ -329,10 +382,45 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
         def __init__(self):
             self.detector: HackingDetector | None = None
             self.every, self.last_check, self.fixes = 0, 0, []
+            self.best: tuple[int, float] | None = None  # rollback: (step, held-out value) of the kept policy
+            self.acted: dict | None = None
+
+        def keep_best(self, step: int, value: float) -> None:
+            """rollback: keep this policy as the one to return to (overwrites the previous best)."""
+            import shutil
+            from pathlib import Path
+
+            folder = Path(trainer.args.output_dir) / BEST_DIR
+            partial = folder.with_name(BEST_DIR + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            trainer.save_model(str(partial))
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+            self.best = (step, value)
+
+        def act(self, state, control) -> None:
+            """on_hacking stop / rollback, once the warning is raised."""
+            step = state.global_step
+            self.acted = {"on_hacking": action, "stopped_at_step": step, "metric": metric}
+            control.should_training_stop = True
+            if action == "stop":
+                control.should_save = True  # the checkpoint of the step it stopped at
+                say(f"stopping: {action_line(self.acted)}; a checkpoint of step {step} is saved")
+                return
+            from pathlib import Path
+
+            trainer._load_from_checkpoint(str(Path(trainer.args.output_dir) / BEST_DIR))
+            control.should_save = (
+                False  # a checkpoint now would pair the restored weights with a later optimizer
+            )
+            self.acted.update(rolled_back_to_step=self.best[0], held_out_restored=self.best[1])
+            say(f"rolling back: {action_line(self.acted)}")
 
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
             start, ranking = scores(model, processing_class)
             self.detector = HackingDetector(metric, sum(start) / len(start), standard_error(start), ranking)
+            if action == "rollback" and self.best is None:
+                self.keep_best(state.global_step, self.detector.before)
             logging = (
                 args.logging_steps
                 if args.logging_steps >= 1
@@ -361,11 +449,21 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
                 record["watch/ranking"] = sum(ranking) / len(ranking)
             with open(metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if self.detector.check(state.global_step, value, ranking):
+            warned = self.detector.check(state.global_step, value, ranking)
+            if (
+                action == "rollback"
+                and self.detector.warning is None
+                and not self.detector.checks[-1]["suspicious"]
+            ):
+                if value >= self.best[1]:
+                    self.keep_best(state.global_step, value)
+            if warned:
                 say(
                     f"warning: {warning_line(self.detector.warning)} ({len(rows)} rows). Likely fixes: "
                     + "; ".join(self.fixes)
                 )
+                if action != "warn":
+                    self.act(state, control)
 
         def summary(self) -> dict:
             """summary.json's `reward_watch` and, when it warned, `reward_hacking`."""
@@ -383,8 +481,9 @@ def _callback(plan, metric: str, rows: list[dict], reward: tuple[list, list[floa
                     "checks": checks,
                 }
             }
+            out["reward_watch"]["on_hacking"] = action
             if d.warning is not None:
-                out["reward_hacking"] = {**d.warning, "fixes": self.fixes}
+                out["reward_hacking"] = {**d.warning, "fixes": self.fixes, "acted": self.acted}
             return out
 
     return RewardWatch()

@@ -2,7 +2,7 @@
 
     recipe.resolved.yaml   every value the run used (secrets hidden, paths absolute)
     metrics.jsonl          one JSON object per Trainer log (step, epoch, loss, …)
-    summary.json           status (running | interrupted | diverged | failed | complete), steps, metrics
+    summary.json           status (running | interrupted | diverged | failed | stopped_hacking | complete), steps…
     heldout_scores.json    the held-out metrics' per-row scores before and after training (paired statistics)
     manifest.json          how to reproduce it (run.manifest)
     checkpoint-<step>/     complete or cut short (run.checkpoints)

@@ -544,14 +544,15 @@ def finish(
     general = (
         harness.measure_after(plan, run_dir.path, measured, parts.tokenizer) if measured is not None else None
     )
+    watched = hacking.watch_summary(trainer)
     summary = {
         **record,
-        "status": "complete",
+        "status": hacking.run_status(watched),  # `stopped_hacking` when evaluate.on_hacking ended it
         "task_metrics": compare_metrics(
             record["task_metrics_before"], after, run_dir.heldout_scores("before")
         ),
         **({"harness": general} if general is not None else {}),
-        **hacking.watch_summary(trainer),
+        **watched,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     run_dir.write_summary(summary)

@@ -313,6 +313,9 @@ def toy_reward(
     return rewards
 
 
+toy_reward.reward_range = (0.0, 1.0)  # declared for SPO's tracker (rl/baselines.rewards_range)
+
+
 # ------------------------------------------------------------------------------- evaluation
 
 
