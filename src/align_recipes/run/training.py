@@ -563,7 +563,10 @@ def finish(
             f"{guards.signal_name(guard.signum)}: training had finished and the "
             f"model is saved in {plan.output_dir}; the final evaluation was skipped",
         )
-    print(f"done: {summary['steps']} steps in {summary['runtime_s']:.1f}s · {headline(summary)}")
+    # The wall time has its own line: the `done:` line is the run's result, the same on every x86-64 CPU in
+    # reproducible mode (README quotes it exactly), and time is not.
+    print(f"trained in {summary['runtime_s']:.1f}s · {plan.output_dir}")
+    print(f"done: {summary['steps']} steps · {headline(summary)}")
     return summary
 
 
