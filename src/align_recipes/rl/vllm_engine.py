@@ -64,3 +64,41 @@ def llm_arguments(**extra: Any) -> Iterator[None]:
     finally:
         for module, original in patched:
             module.LLM = original
+
+
+def dtype_name(model) -> str | None:
+    """'float32' / 'bfloat16' / … of a loaded model's weights, None for a path or an empty model."""
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (AttributeError, StopIteration):
+        return None
+
+
+def for_policy(model, enabled: bool = True):
+    """`llm_arguments` for an engine that samples from ``model`` (a no-op when vLLM is off)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return llm_arguments(**engine_arguments(dtype_name(model), cpu=on_cpu_build()))
+
+
+def stop_token_ids(trainer) -> list[int]:
+    """The EOS set the trainer's transformers path stops on: the tokenizer's EOS and the generation config's."""
+    ids = getattr(trainer, "eos_token_ids", None)
+    if ids:
+        return list(ids)
+    found = getattr(getattr(trainer.model, "generation_config", None), "eos_token_id", None)
+    found = [found] if isinstance(found, int) else list(found or [])
+    eos = getattr(trainer.processing_class, "eos_token_id", None)
+    return ([eos] if eos is not None and eos not in found else []) + found
+
+
+def adopt(trainer) -> None:
+    """A TRL trainer's vLLM engine syncs through vLLM's layerwise reload (rl/vllm_sync.py) and stops on the
+    trainer's EOS set (vLLM would otherwise stop on the checkpoint's generation config only)."""
+    from align_recipes.rl import vllm_sync
+
+    engine = getattr(trainer, "vllm_generation", None)
+    if engine is None:
+        return
+    vllm_sync.install(engine)
+    engine.generation_kwargs.setdefault("stop_token_ids", stop_token_ids(trainer))
