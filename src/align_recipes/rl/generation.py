@@ -229,6 +229,15 @@ class VLLMGenerator(Generator):
         )
 
 
+def _max_model_length(model, args) -> int | None:
+    """Prompt plus completion, capped at the model's positions (vLLM refuses a longer max_model_len)."""
+    if not args.max_prompt_length:
+        return None
+    total = args.max_prompt_length + args.max_new_tokens
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(total, int(positions)) if positions else total
+
+
 def make_generator(
     args,
     get_model: Callable[[], nn.Module],
@@ -262,9 +271,7 @@ def make_generator(
             server_port=args.vllm_server_port,
             server_timeout=args.vllm_server_timeout,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-            max_model_length=(args.max_prompt_length + args.max_new_tokens)
-            if args.max_prompt_length
-            else None,
+            max_model_length=_max_model_length(model, args),
             temperature=args.temperature,
             top_p=1.0,
             top_k=0,
