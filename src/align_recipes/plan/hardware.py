@@ -163,18 +163,39 @@ def package_version(name: str) -> str | None:
         return None
 
 
+# The distributions that provide the `vllm` module: vLLM's CUDA/ROCm build, and its x86-64 CPU build.
+VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+def vllm_distribution() -> tuple[str, str] | None:
+    """(distribution, version) of whichever distribution provides the `vllm` module, or None. The CPU build
+    installs the module under the name `vllm-cpu`, so reading the `vllm` distribution alone finds nothing."""
+    for name in VLLM_DISTRIBUTIONS:
+        version = package_version(name)
+        if version:
+            return name, version
+    return None
+
+
+def vllm_cpu_build() -> bool:
+    """The installed vLLM is its CPU build: the `vllm-cpu` distribution, or a version tagged `+cpu` (what
+    vLLM's own platform detection reads)."""
+    found = vllm_distribution() if has_module("vllm") else None
+    return found is not None and (found[0] == "vllm-cpu" or found[1].endswith("+cpu"))
+
+
 def vllm_status() -> tuple[bool, str]:
     """(usable, reason): installed and within TRL 1.16's supported 0.22-0.31."""
     if not has_module("vllm"):
         return False, "vllm is not installed (pip install 'align-recipes[vllm]')"
-    version = package_version("vllm") or "?"
+    name, version = vllm_distribution() or ("vllm", "?")
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if len(numbers) < 2 or not (VLLM_MIN <= numbers <= VLLM_MAX):
         return False, (
-            f"vllm {version} is outside TRL 1.16's supported range 0.22-0.31 "
+            f"{name} {version} is outside TRL 1.16's supported range 0.22-0.31 "
             f"(pip install 'vllm>=0.22,<=0.31')"
         )
-    return True, f"vllm {version} installed"
+    return True, f"{name} {version} installed" + (" (vLLM's CPU build)" if vllm_cpu_build() else "")
 
 
 def flash_attention_status(implementation: str, gpu: GPU | None) -> tuple[bool, str]:

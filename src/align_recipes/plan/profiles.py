@@ -28,7 +28,14 @@ from typing import Any
 
 from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.plan import trl_fields
-from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
+from align_recipes.plan.hardware import (
+    GPU,
+    detect_gpus,
+    flash_attention_status,
+    package_version,
+    vllm_cpu_build,
+    vllm_status,
+)
 from align_recipes.plan.model_size import human
 from align_recipes.plan.yamlio import load_yaml
 
@@ -460,6 +467,9 @@ def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> li
     mode = str(policy.get("mode", "off"))
     off = lambda why: [("train.use_vllm", False, why)]  # noqa: E731
     if profile.gpu is None or mode == "off":
+        if profile.gpu is None and vllm_cpu_build():
+            # vLLM's CPU build runs here, but loading it costs more than it saves on the models CPUs train.
+            return off("vLLM's CPU build is installed but off on CPU unless asked (train.use_vllm=true)")
         return off(_fmt(policy.get("why") or "vLLM needs a CUDA GPU: generation uses transformers", context))
     usable, status = vllm_status()
     if not usable:

@@ -229,6 +229,15 @@ class VLLMGenerator(Generator):
         )
 
 
+def _max_model_length(model, args) -> int | None:
+    """Prompt plus completion, capped at the model's positions (vLLM refuses a longer max_model_len)."""
+    if not args.max_prompt_length:
+        return None
+    total = args.max_prompt_length + args.max_new_tokens
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(total, int(positions)) if positions else total
+
+
 def make_generator(
     args,
     get_model: Callable[[], nn.Module],
@@ -248,21 +257,28 @@ def make_generator(
         )
     from trl.generation.vllm_generation import VLLMGeneration
 
-    engine = VLLMGeneration(
-        model=get_model(),
-        accelerator=accelerator,
-        processing_class=processing_class,
-        mode=args.vllm_mode,
-        server_base_url=args.vllm_server_base_url,
-        server_host=args.vllm_server_host,
-        server_port=args.vllm_server_port,
-        server_timeout=args.vllm_server_timeout,
-        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-        max_model_length=(args.max_prompt_length + args.max_new_tokens) if args.max_prompt_length else None,
-        temperature=args.temperature,
-        top_p=1.0,
-        top_k=0,
-        max_completion_length=args.max_new_tokens,
-        logprobs=0,
-    )
+    from align_recipes.rl import vllm_engine, vllm_sync
+
+    model = get_model()
+    with vllm_engine.for_policy(model):
+        engine = VLLMGeneration(
+            model=model,
+            accelerator=accelerator,
+            processing_class=processing_class,
+            mode=args.vllm_mode,
+            server_base_url=args.vllm_server_base_url,
+            server_host=args.vllm_server_host,
+            server_port=args.vllm_server_port,
+            server_timeout=args.vllm_server_timeout,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+            max_model_length=_max_model_length(model, args),
+            temperature=args.temperature,
+            top_p=1.0,
+            top_k=0,
+            max_completion_length=args.max_new_tokens,
+            logprobs=0,
+            # vLLM stops on the checkpoint's generation config unless told: stop on the same EOS set as HFGenerator.
+            generation_kwargs={"stop_token_ids": list(eos_token_ids)},
+        )
+    vllm_sync.install(engine)  # layerwise reload: TRL's load_weights sync fails on vLLM's CPU build
     return VLLMGenerator(engine, pad_token_id, eos_token_ids, args.max_new_tokens)

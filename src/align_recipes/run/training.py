@@ -314,18 +314,24 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
     and the progress display in place of the Trainer's own."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from align_recipes.rl import vllm_engine
+
     trainer_cls = load_class(plan.algorithm.trainer)
     sharded.adopt_fsdp_on_cpu(parts.config)
-    trainer = trainer_cls(
-        model=parts.model,
-        args=parts.config,
-        train_dataset=parts.train_dataset,
-        eval_dataset=parts.eval_dataset,
-        processing_class=parts.tokenizer,
-        peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
-        callbacks=[run_dir.metrics_callback(), guard.callback()],
-        **parts.extras,
-    )
+    use_vllm = bool(getattr(parts.config, "use_vllm", False))
+    with vllm_engine.for_policy(parts.model, enabled=use_vllm):
+        trainer = trainer_cls(
+            model=parts.model,
+            args=parts.config,
+            train_dataset=parts.train_dataset,
+            eval_dataset=parts.eval_dataset,
+            processing_class=parts.tokenizer,
+            peft_config=models.peft_config(plan.model, plan.algorithm.model_head),
+            callbacks=[run_dir.metrics_callback(), guard.callback()],
+            **parts.extras,
+        )
+    if use_vllm:
+        vllm_engine.adopt(trainer)  # layerwise-reload weight sync, the trainer's stop tokens
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     progress = progress_callback(key_metrics(plan.algorithm))

@@ -1,0 +1,104 @@
+"""The arguments our runs add to the vLLM engine that TRL builds.
+
+TRL constructs vLLM's ``LLM`` itself (`VLLMGeneration`, online DPO) with a fixed argument list. On vLLM's CPU
+build three of its defaults do not fit: ``dtype="auto"`` downcasts a float32 checkpoint to bfloat16 (the
+sampler would then not be the float32 policy that trains), the KV cache is a share of the machine's whole
+memory (``gpu_memory_utilization`` means host memory there), and the first batch is compiled with
+torch.compile (a minute of start-up for the tiny model). `llm_arguments` adds ours while TRL builds the
+engine; an argument both give takes our value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+# Modules of TRL 1.16 that call vLLM's LLM(...) for the trainers we run.
+LLM_CALLERS = ("trl.generation.vllm_generation", "trl.experimental.online_dpo.online_dpo_trainer")
+# KV cache on CPU: enough for the tiny recipes' batches and a 0.5B model's rollouts, small beside training.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def on_cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build (its platform check reads the same thing)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_arguments(dtype: str | None, cpu: bool, max_num_seqs: int | None = None) -> dict[str, Any]:
+    """Extra ``LLM`` arguments: the policy's dtype (vLLM must sample from the weights that train), and on
+    CPU eager mode and a fixed KV cache (module docstring)."""
+    extra: dict[str, Any] = {}
+    if dtype:
+        extra["dtype"] = dtype
+    if cpu:
+        extra.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
+    if max_num_seqs:
+        extra["max_num_seqs"] = max_num_seqs
+    return extra
+
+
+@contextlib.contextmanager
+def llm_arguments(**extra: Any) -> Iterator[None]:
+    """While the block runs, every ``LLM(...)`` that TRL's modules make gets ``extra`` on top of TRL's own."""
+    patched = []
+    for name in LLM_CALLERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        original = getattr(module, "LLM", None)
+        if original is None:
+            continue
+
+        def build(*args, _original=original, **kwargs):
+            return _original(*args, **{**kwargs, **extra})
+
+        module.LLM = build
+        patched.append((module, original))
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.LLM = original
+
+
+def dtype_name(model) -> str | None:
+    """'float32' / 'bfloat16' / … of a loaded model's weights, None for a path or an empty model."""
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (AttributeError, StopIteration):
+        return None
+
+
+def for_policy(model, enabled: bool = True):
+    """`llm_arguments` for an engine that samples from ``model`` (a no-op when vLLM is off)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return llm_arguments(**engine_arguments(dtype_name(model), cpu=on_cpu_build()))
+
+
+def stop_token_ids(trainer) -> list[int]:
+    """The EOS set the trainer's transformers path stops on: the tokenizer's EOS and the generation config's."""
+    ids = getattr(trainer, "eos_token_ids", None)
+    if ids:
+        return list(ids)
+    found = getattr(getattr(trainer.model, "generation_config", None), "eos_token_id", None)
+    found = [found] if isinstance(found, int) else list(found or [])
+    eos = getattr(trainer.processing_class, "eos_token_id", None)
+    return ([eos] if eos is not None and eos not in found else []) + found
+
+
+def adopt(trainer) -> None:
+    """A TRL trainer's vLLM engine syncs through vLLM's layerwise reload (rl/vllm_sync.py) and stops on the
+    trainer's EOS set (vLLM would otherwise stop on the checkpoint's generation config only)."""
+    from align_recipes.rl import vllm_sync
+
+    engine = getattr(trainer, "vllm_generation", None)
+    if engine is None:
+        return
+    vllm_sync.install(engine)
+    engine.generation_kwargs.setdefault("stop_token_ids", stop_token_ids(trainer))
