@@ -8,6 +8,7 @@ from typing import Any
 
 from align_recipes import reproducible
 from align_recipes.plan import profiles
+from align_recipes.plan.generator import describe, generator_record
 from align_recipes.plan.layers import DEFAULT
 from align_recipes.plan.load import Plan
 from align_recipes.registry import ALGORITHMS, names
@@ -76,6 +77,9 @@ def print_plan(plan: Plan, show_all: bool = False) -> None:
     detected = f" (auto: {plan.profile.detected})" if plan.profile.detected else ""
     print(f"profile:   {plan.profile.name}{detected} - {plan.profile.description}")
     print(f"reproducible: {reproducible_line(plan)}")
+    generator = describe(generator_record(plan))
+    if generator:
+        print(f"generator: {generator}")
     print("\n# resolved recipe  (value  <- source)")
     rows = [
         r

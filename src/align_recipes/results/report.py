@@ -30,6 +30,7 @@ from typing import Any
 from align_recipes import stats
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
+from align_recipes.plan.generator import describe
 from align_recipes.redaction import share_paths
 from align_recipes.registry import ALGORITHMS
 from align_recipes.run import harness
@@ -430,6 +431,8 @@ def write_report(run_dir: str | Path) -> Path:
     ):
         if summary.get(key) is not None:
             lines.append(f"| {label} | {_fmt(summary[key])} |")
+    if summary.get("generator"):  # which engine sampled the completions (plan/generator.py)
+        lines.append(f"| generator | {describe(summary['generator'])} |")
     lines += ["", "## Held-out metrics", "", *_task_lines(tasks)]
     if bar:
         lines += ["", f"![held-out metrics]({PLOTS}/{bar.name})"]

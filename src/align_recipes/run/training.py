@@ -27,6 +27,7 @@ from typing import Any
 from align_recipes import reproducible, stats
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
+from align_recipes.plan.generator import generator_record
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
@@ -357,6 +358,7 @@ def run_record(plan: Plan) -> dict:
         "seed": plan.train.get("seed", 42),
         "output_dir": str(plan.output_dir),
         "task_metrics_before": None,
+        **({"generator": generator} if (generator := generator_record(plan)) else {}),
     }
 
 

@@ -1,0 +1,52 @@
+"""Which engine samples an online algorithm's completions: vLLM (colocated or a server) or transformers'
+``generate``. summary.json records it, and `show` and the run report print it. The numbers of a run that
+sampled through vLLM's CPU build and one that sampled with transformers are not the same run, so the record
+must say which it was. Reads the plan and the installed distributions only (no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align_recipes.plan.hardware import package_version, vllm_distribution
+
+LOCAL_SERVER = "local (started by the run)"
+
+
+def given_server(train: dict[str, Any]) -> str | None:
+    """The vLLM server the recipe names (``vllm_server_base_url``, or ``vllm_server_host`` and
+    ``vllm_server_port``), or None: then the run starts its own (rl/vllm_server.py). TRL's defaults
+    (0.0.0.0:8000) do not count as naming one."""
+    if train.get("vllm_server_base_url"):
+        return str(train["vllm_server_base_url"])
+    if "vllm_server_host" in train or "vllm_server_port" in train:
+        return f"http://{train.get('vllm_server_host', '0.0.0.0')}:{train.get('vllm_server_port', 8000)}"
+    return None
+
+
+def generator_record(plan) -> dict[str, Any] | None:
+    """``{"engine": "vllm"|"transformers", "mode": "colocate"|"server"|None, "version": …}`` for an algorithm
+    that generates while it trains (registry trait `generates`); None for the others."""
+    if not getattr(plan.algorithm, "generates", False):
+        return None
+    effective = plan.effective_config()
+    use_vllm = bool(effective.get("use_vllm", (False, ""))[0])
+    if not use_vllm:
+        return {"engine": "transformers", "mode": None, "version": package_version("transformers")}
+    mode = effective.get("vllm_mode", ("colocate", ""))[0] or "colocate"
+    found = vllm_distribution()
+    record: dict[str, Any] = {"engine": "vllm", "mode": mode, "version": found[1] if found else None}
+    if mode == "server":
+        record["server"] = given_server(plan.train) or LOCAL_SERVER
+    return record
+
+
+def describe(record: dict[str, Any] | None) -> str | None:
+    """One line for `show` and the report: 'vLLM 0.30.0+cpu, colocated' / 'transformers 5.23.0 generate'."""
+    if not record:
+        return None
+    version = f" {record['version']}" if record.get("version") else ""
+    if record.get("engine") != "vllm":
+        return f"transformers{version} generate (train.use_vllm=false)"
+    if record.get("mode") == "server":
+        return f"vLLM{version}, server: {record.get('server', '?')}"
+    return f"vLLM{version}, colocated with training"
