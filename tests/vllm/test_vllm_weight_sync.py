@@ -79,3 +79,32 @@ def test_lora_sync_after_k_steps(colocated):
     assert max_gap(engine, tokenizer, model) < TOLERANCE
     train_steps(model, k=3, seed=1)
     assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+
+
+def test_online_dpo_trainer_syncs_through_the_reload(colocated):
+    """TRL's online DPO holds its own ``LLM`` and ``SamplingParams``: `adopt` routes its
+    ``_move_model_to_vllm`` through the layerwise reload and gives vLLM the trainer's stop tokens."""
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+
+    from align_recipes.rl import vllm_engine
+
+    engine, tokenizer = colocated
+    model = copy.deepcopy(engine.model)
+    trainer = SimpleNamespace(
+        vllm_mode="colocate",
+        llm=engine.llm,
+        model=model,
+        eos_token_ids=[7, 11],
+        generation_config=SamplingParams(n=2, max_tokens=6),
+        _move_model_to_vllm=None,  # TRL's own: load_weights, which fails on vLLM's CPU build
+    )
+    vllm_engine.adopt(trainer)
+    assert trainer.generation_config.stop_token_ids == [7, 11]
+    assert {7, 11} <= trainer.generation_config.all_stop_token_ids
+    engine.model = model  # `sample` reads vLLM through the same LLM the trainer holds
+    train_steps(model, k=3, seed=2)
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+    trainer._move_model_to_vllm()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE

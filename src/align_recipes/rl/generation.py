@@ -257,7 +257,7 @@ def make_generator(
         )
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from align_recipes.rl import vllm_engine, vllm_sync
+    from align_recipes.rl import vllm_engine
 
     model = get_model()
     with vllm_engine.for_policy(model):
@@ -280,5 +280,5 @@ def make_generator(
             # vLLM stops on the checkpoint's generation config unless told: stop on the same EOS set as HFGenerator.
             generation_kwargs={"stop_token_ids": list(eos_token_ids)},
         )
-    vllm_sync.install(engine)  # layerwise reload: TRL's load_weights sync fails on vLLM's CPU build
+    vllm_engine.install_sync(engine)  # TRL's load_weights and NCCL syncs fail on vLLM's CPU build
     return VLLMGenerator(engine, pad_token_id, eos_token_ids, args.max_new_tokens)

@@ -67,8 +67,15 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield _vllm_name(name), (param.float() + delta.reshape(param.shape)).to(param.dtype)
 
 
-def _model_runner(engine):
-    return engine.llm.llm_engine.model_executor.driver_worker.model_runner
+def _model_runner(llm):
+    return llm.llm_engine.model_executor.driver_worker.model_runner
+
+
+def reload_into(llm, model: nn.Module) -> None:
+    """Load ``model``'s current weights into the colocated vLLM ``llm`` through the layerwise reload (module
+    docstring) and drop cached prefixes computed with the old weights."""
+    _model_runner(llm).reload_weights(weights_iterator=policy_weights(model), is_checkpoint_format=True)
+    llm.reset_prefix_cache()
 
 
 def sync_colocated(engine) -> None:
@@ -77,10 +84,13 @@ def sync_colocated(engine) -> None:
     if engine.enable_sleep_mode:
         engine.llm.wake_up(tags=["weights"])
         engine._llm_weights_sleeping = False
-    _model_runner(engine).reload_weights(
-        weights_iterator=policy_weights(engine.model), is_checkpoint_format=True
-    )
-    engine.llm.reset_prefix_cache()
+    reload_into(engine.llm, engine.model)
+
+
+def move_model_colocated(trainer) -> None:
+    """TRL online DPO's ``_move_model_to_vllm`` in colocate mode: it builds its own ``LLM`` (``trainer.llm``)
+    and loads weights with the same direct ``load_weights`` that fails on the CPU build."""
+    reload_into(trainer.llm, trainer.model)
 
 
 def install(engine) -> None:
@@ -88,3 +98,9 @@ def install(engine) -> None:
     as TRL has it)."""
     if engine.mode == "colocate":
         engine.sync_weights = types.MethodType(sync_colocated, engine)
+
+
+def install_online_dpo(trainer) -> None:
+    """Replace a colocated TRL online DPO trainer's ``_move_model_to_vllm`` with `move_model_colocated`."""
+    if getattr(trainer, "vllm_mode", None) == "colocate" and getattr(trainer, "llm", None) is not None:
+        trainer._move_model_to_vllm = types.MethodType(move_model_colocated, trainer)

@@ -17,6 +17,7 @@ checkpoint. Any other failure after `begin` leaves summary.json at status `faile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,7 +28,7 @@ from typing import Any
 from align_recipes import reproducible, stats
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
-from align_recipes.plan.generator import generator_record
+from align_recipes.plan.generator import generator_record, given_server
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
 from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
@@ -100,10 +101,14 @@ def train(
     command = list(command or [])
     existed = run_dir.path.exists()
     record = run_record(plan)
-    with guards.RunGuard(plan.output_dir) as guard:
+    # The run's own vLLM server (server mode with none named) lives in `servers`: stopped however the run ends.
+    with guards.RunGuard(plan.output_dir) as guard, contextlib.ExitStack() as servers:
         try:
             parts = load(plan)
             guard.fp16 = bool(parts.config.fp16)
+            served = servers.enter_context(serve_policy(plan, parts, run_dir))
+            if served and "generator" in record:
+                record["generator"]["server"] = served
             trainer = build(plan, parts, run_dir, guard)
             rowcheck.check_trainable_rows(plan, parts, trainer)
         except (RecipeError, KeyboardInterrupt):
@@ -308,6 +313,17 @@ def _set_cpu_threads(model, one: bool = False) -> None:
 
 
 # --- build ------------------------------------------------------------------------------------------
+
+
+def serve_policy(plan: Plan, parts: Parts, run_dir: RunDir):
+    """vLLM server mode with no server named: the run's own local server (rl/vllm_server.py), its log in the
+    output folder; yields its URL, or None when the run needs none."""
+    if not getattr(parts.config, "use_vllm", False):
+        return contextlib.nullcontext(None)
+    from align_recipes.rl import vllm_server
+
+    log = run_dir.path / "vllm_server.log"
+    return vllm_server.serve_policy(parts.config, parts.model, given_server(plan.train), log)
 
 
 def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):

@@ -1,0 +1,273 @@
+"""vLLM server mode: the run's own local server, and weight sync into a server on vLLM's CPU build.
+
+With ``train.vllm_mode: server`` and no server named (plan/generator.py `given_server`), the run starts
+`vllm serve` for the policy itself, the command line `trl vllm-serve` builds (TRL's `build_command`), on
+127.0.0.1 and a free port, waits for its ``/health`` (bounded by ``vllm_server_timeout``), and stops it when
+the run ends, whatever ended it: the server is in its own process group, which `LocalServer.stop` terminates,
+and the kernel sends it SIGTERM if the training process dies without running that (``PR_SET_PDEATHSIG``).
+A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`).
+
+TRL syncs server weights over NCCL, which needs CUDA. On the CPU build the policy's weights are written as
+one safetensors file into a folder on shared memory, and the server reloads them through vLLM's layerwise
+reload (``reload_weights(weights_path=…)``, the call the colocated sync makes), reached through the dev-mode
+endpoint ``/collective_rpc``: the server must run with ``VLLM_SERVER_DEV_MODE=1``, as `trl vllm-serve` sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+WEIGHTS_FILE = "model.safetensors"
+# What vLLM's checkpoint loader reads besides the weights when it reloads from a folder.
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+class ServerFailed(RuntimeError):
+    """The local vLLM server exited or did not answer in time."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the server's process, before exec: its own process group, and SIGTERM when the trainer dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def serve_command(model_path: str, port: int, dtype: str, max_model_len: int | None, cpu: bool) -> list[str]:
+    """`trl vllm-serve`'s `vllm serve` command line on 127.0.0.1:port, with the colocated engine's CPU
+    settings (rl/vllm_engine.py: the policy's dtype, eager mode, a fixed KV cache)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    from align_recipes.rl.vllm_engine import CPU_KV_CACHE_BYTES
+
+    script = ScriptArguments(
+        model=model_path,
+        host=LOOPBACK,
+        port=port,
+        dtype=dtype or "auto",
+        max_model_len=max_model_len,
+        enforce_eager=cpu,
+        log_level="warning",
+    )
+    extra = ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)] if cpu else []
+    return build_command(script, extra)
+
+
+class LocalServer:
+    """One `vllm serve` process for the run; `start` returns its base URL once it answers."""
+
+    def __init__(self, command: list[str], port: int, log_path: Path, timeout: float):
+        self.command, self.port, self.log_path, self.timeout = command, port, Path(log_path), timeout
+        self.url = f"http://{LOOPBACK}:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        self.wait_ready()
+        return self.url
+
+    def wait_ready(self, interval: float = 1.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self.process.poll() is not None:
+                raise ServerFailed(
+                    f"the local vLLM server exited with code {self.process.returncode} before it answered; "
+                    f"its log: {self.log_path}\n{self.log_tail()}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=interval).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerFailed(
+                    f"the local vLLM server did not answer on {self.url} within {self.timeout:g} s "
+                    f"(train.vllm_server_timeout); its log: {self.log_path}\n{self.log_tail()}"
+                )
+            time.sleep(interval)
+
+    def log_tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds; waits for it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def local_server(
+    model_path: str,
+    dtype: str | None,
+    max_model_len: int | None,
+    log_path: Path,
+    timeout: float,
+    cpu: bool,
+) -> Iterator[str]:
+    """A `LocalServer` for the block: yields its URL, and stops it however the block ends."""
+    port = free_port()
+    server = LocalServer(serve_command(model_path, port, dtype, max_model_len, cpu), port, log_path, timeout)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+# --- weight sync on CPU -------------------------------------------------------------------------------
+
+
+def _weights_folder(config_source: str | None) -> str:
+    """A folder on shared memory (tmpfs: the file never reaches a disk) with the model's config beside the
+    weights; removed when the process exits."""
+    import atexit
+    import shutil
+
+    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(prefix="align-recipes-vllm-", dir=root)
+    atexit.register(shutil.rmtree, folder, True)
+    for name in CONFIG_FILES:
+        source = Path(config_source or "") / name
+        if source.is_file():
+            shutil.copy(source, Path(folder) / name)
+    return folder
+
+
+def push_weights(session, base_url: str, model, folder: str, timeout: float = 600.0) -> None:
+    """Write ``model``'s weights (vLLM's names, LoRA merged out of place) to ``folder`` and have the server
+    reload them in place, then drop its cached prefixes."""
+    from safetensors.torch import save_file
+
+    from align_recipes.rl.vllm_sync import policy_weights
+
+    tensors = {name: tensor.contiguous() for name, tensor in policy_weights(model)}
+    save_file(tensors, str(Path(folder) / WEIGHTS_FILE))
+    body = {
+        "method": "reload_weights",
+        "kwargs": {"weights_path": folder, "is_checkpoint_format": True},
+        "timeout": timeout,
+    }
+    response = session.post(f"{base_url}/collective_rpc", json=body, timeout=timeout)
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"the vLLM server at {base_url} refused the weight reload ({response.status_code}: "
+            f"{response.text[:300]}); it must run with VLLM_SERVER_DEV_MODE=1 (as `trl vllm-serve` sets)"
+        )
+    session.post(f"{base_url}/reset_prefix_cache", timeout=timeout).raise_for_status()
+
+
+def _model_source(model) -> str | None:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return getattr(base, "name_or_path", None) or getattr(
+        getattr(base, "config", None), "_name_or_path", None
+    )
+
+
+def sync_server_by_file(engine) -> None:
+    """TRL `VLLMGeneration.sync_weights` for server mode on vLLM's CPU build (module docstring)."""
+    if not engine.accelerator.is_main_process:
+        return
+    client = engine.vllm_client
+    if getattr(engine, "_weights_folder", None) is None:
+        engine._weights_folder = _weights_folder(_model_source(engine.model))
+    push_weights(client.session, client.base_url, engine.model, engine._weights_folder)
+
+
+def move_model_by_file(trainer) -> None:
+    """TRL online DPO's ``_move_model_to_vllm`` in server mode on vLLM's CPU build."""
+    if not trainer.accelerator.is_main_process:
+        return
+    client = trainer.vllm_client
+    if getattr(trainer, "_weights_folder", None) is None:
+        trainer._weights_folder = _weights_folder(_model_source(trainer.model))
+    push_weights(client.session, client.base_url, trainer.model, trainer._weights_folder)
+
+
+@contextlib.contextmanager
+def without_nccl_communicator() -> Iterator[None]:
+    """While TRL builds its server client: no NCCL weight-transfer group (CUDA only); weights go by file."""
+    from trl.generation.vllm_client import VLLMClient
+
+    original = VLLMClient.init_communicator
+    VLLMClient.init_communicator = lambda self, device=0: None
+    try:
+        yield
+    finally:
+        VLLMClient.init_communicator = original
+
+
+def install(engine) -> None:
+    """A TRL `VLLMGeneration` in server mode syncs by file (`sync_server_by_file`)."""
+    if engine.mode == "server":
+        engine.sync_weights = types.MethodType(sync_server_by_file, engine)
+
+
+def install_online_dpo(trainer) -> None:
+    if getattr(trainer, "vllm_mode", None) == "server":
+        trainer._move_model_to_vllm = types.MethodType(move_model_by_file, trainer)
+
+
+def max_model_len(config, model) -> int | None:
+    """The longest prompt plus completion the trainer asks for, capped at the model's positions (vLLM refuses
+    a longer max_model_len); None leaves it to vLLM (the model's positions)."""
+    total = getattr(config, "vllm_max_model_length", None)
+    completion = getattr(config, "max_new_tokens", None) or getattr(config, "max_completion_length", None)
+    if total is None and completion:
+        prompt = getattr(config, "max_prompt_length", None) or getattr(config, "max_length", None)
+        total = prompt + completion if prompt else None
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(total, int(positions)) if total and positions else total or positions
+
+
+def serve_policy(config, model, given: str | None, log_path: Path):
+    """The run's local server when ``config`` asks for server mode and names none (``given``): starts it,
+    points ``config.vllm_server_base_url`` at it, and stops it when the block ends. Else a no-op."""
+    if not getattr(config, "use_vllm", False) or getattr(config, "vllm_mode", None) != "server" or given:
+        return contextlib.nullcontext(None)
+    return _serving(config, model, log_path)
+
+
+@contextlib.contextmanager
+def _serving(config, model, log_path: Path) -> Iterator[str]:
+    from align_recipes.rl.vllm_engine import dtype_name, on_cpu_build
+
+    source = _model_source(model)
+    timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
+    cpu = on_cpu_build()
+    with local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu) as url:
+        config.vllm_server_base_url = url
+        yield url

@@ -1,0 +1,92 @@
+"""Server mode on vLLM's CPU build: the run's local `vllm serve` (as `trl vllm-serve` starts it), TRL's client
+for generation, and weight sync by file through the server's layerwise reload (rl/vllm_server.py), proved as
+the colocated sync is: vLLM's log-probs of its samples equal the policy's forward log-probs after k steps, and
+a skipped sync fails. Then a run in server mode starts its own server and leaves none behind."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import subprocess
+
+import pytest
+import torch
+from test_vllm_online_runs import assert_trained_through_vllm, train
+from test_vllm_weight_sync import TOLERANCE, max_gap, train_steps
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dir, tmp_path_factory):
+    """(TRL VLLMGeneration in server mode on a local tiny-model server with our sync, tokenizer, model)."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from align_recipes.rl import vllm_engine, vllm_server
+
+    # `vllm serve` reads this; `make test-vllm` writes a `vllm` dist-info for the CPU build (Makefile).
+    assert importlib.metadata.version("vllm").endswith("+cpu"), "run through make test-vllm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    log = tmp_path_factory.mktemp("server") / "vllm_server.log"
+    with vllm_server.local_server(tiny_dir, "float32", 128, log, 600, cpu=True) as url:
+        with vllm_engine.for_policy(model):
+            engine = VLLMGeneration(
+                model=model,
+                accelerator=Accelerator(cpu=True),
+                processing_class=tokenizer,
+                mode="server",
+                server_base_url=url,
+                server_timeout=60,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_completion_length=12,
+                logprobs=0,
+            )
+        vllm_engine.install_sync(engine)
+        yield engine, tokenizer
+
+
+def test_server_sync_after_k_steps(served):
+    engine, tokenizer = served
+    model = copy.deepcopy(engine.model)
+    engine.model = model
+    train_steps(model, k=3)
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE  # the server still holds the checkpoint
+    engine.sync_weights()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE
+    train_steps(model, k=3, seed=1)
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+    engine.sync_weights()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE
+
+
+def serve_processes() -> list[str]:
+    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if "vllm.entrypoints.cli.main serve" in line]
+
+
+@pytest.mark.slow
+def test_server_mode_run_starts_and_stops_its_server(tmp_path):
+    before = serve_processes()
+    summary = train(
+        tmp_path, "ppo.yaml", "train.vllm_mode=server", "train.max_steps=10", "train.learning_rate=3e-5"
+    )
+    assert_trained_through_vllm(summary, mode="server")
+    assert summary["generator"]["server"].startswith("http://127.0.0.1:")
+    assert (tmp_path / "run" / "vllm_server.log").is_file()
+    assert serve_processes() == before
+
+
+@pytest.mark.slow
+def test_a_server_that_does_not_answer_fails_the_run(tmp_path):
+    """vllm_server_timeout bounds the wait (vLLM alone takes longer than 1 s to import): a `failed` summary
+    that says why, and no server left behind."""
+    before = serve_processes()
+    summary = train(
+        tmp_path, "grpo.yaml", "train.vllm_mode=server", "train.vllm_server_timeout=1", succeeds=False
+    )
+    assert summary["status"] == "failed"
+    assert "did not answer on http://127.0.0.1:" in summary["error"]
+    assert serve_processes() == before
