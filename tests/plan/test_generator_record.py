@@ -83,3 +83,11 @@ def test_report_names_the_generator(tmp_path):
     (run / "summary.json").write_text(json.dumps(summary))
     text = report.write_report(run).read_text()
     assert "| generator | vLLM 0.30.0+cpu, colocated with training |" in text
+
+
+def test_a_profiles_server_is_the_one_show_tells_the_user_to_start(monkeypatch):
+    """A GPU profile that chose server mode prints the `trl vllm-serve` command (TRL's default address):
+    the run uses that server and does not start its own."""
+    plan = vllm_plan(monkeypatch, "recipes/tiny/grpo.yaml", vllm_mode="server")
+    monkeypatch.setattr(type(plan), "source", lambda self, key: "profile:h100" if "vllm_mode" in key else "x")
+    assert generator.given_server(plan) == "http://0.0.0.0:8000"

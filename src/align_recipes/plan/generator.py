@@ -12,13 +12,15 @@ from align_recipes.plan.hardware import package_version, vllm_distribution
 LOCAL_SERVER = "local (started by the run)"
 
 
-def given_server(train: dict[str, Any]) -> str | None:
+def given_server(plan) -> str | None:
     """The vLLM server the recipe names (``vllm_server_base_url``, or ``vllm_server_host`` and
-    ``vllm_server_port``), or None: then the run starts its own (rl/vllm_server.py). TRL's defaults
-    (0.0.0.0:8000) do not count as naming one."""
+    ``vllm_server_port``), or the one a GPU profile that chose server mode tells the user to start (`show`
+    prints its command; TRL's default address), or None: then the run starts its own (rl/vllm_server.py)."""
+    train = plan.train
     if train.get("vllm_server_base_url"):
         return str(train["vllm_server_base_url"])
-    if "vllm_server_host" in train or "vllm_server_port" in train:
+    by_profile = plan.source("train.vllm_mode").startswith("profile")
+    if "vllm_server_host" in train or "vllm_server_port" in train or by_profile:
         return f"http://{train.get('vllm_server_host', '0.0.0.0')}:{train.get('vllm_server_port', 8000)}"
     return None
 
@@ -36,7 +38,7 @@ def generator_record(plan) -> dict[str, Any] | None:
     found = vllm_distribution()
     record: dict[str, Any] = {"engine": "vllm", "mode": mode, "version": found[1] if found else None}
     if mode == "server":
-        record["server"] = given_server(plan.train) or LOCAL_SERVER
+        record["server"] = given_server(plan) or LOCAL_SERVER
     return record
 
 

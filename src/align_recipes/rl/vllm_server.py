@@ -265,6 +265,12 @@ def serve_policy(config, model, given: str | None, log_path: Path):
 def _serving(config, model, log_path: Path) -> Iterator[str]:
     from align_recipes.rl.vllm_engine import dtype_name, on_cpu_build
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one server for all ranks: not one per rank
+        raise ServerFailed(
+            "a launch of several processes does not start its own vLLM server: start one first "
+            "(trl vllm-serve --model …) and name it with train.vllm_server_base_url"
+        )
+
     source = _model_source(model)
     timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
     cpu = on_cpu_build()

@@ -323,7 +323,7 @@ def serve_policy(plan: Plan, parts: Parts, run_dir: RunDir):
     from align_recipes.rl import vllm_server
 
     log = run_dir.path / "vllm_server.log"
-    return vllm_server.serve_policy(parts.config, parts.model, given_server(plan.train), log)
+    return vllm_server.serve_policy(parts.config, parts.model, given_server(plan), log)
 
 
 def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
