@@ -50,7 +50,7 @@ def assert_trained_through_vllm(summary: dict, mode: str = "colocate") -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "steps", "learning_rate"),
-    [("ppo.yaml", 20, 3e-5), ("rloo.yaml", 10, 1e-5), ("online_dpo.yaml", 20, 3e-5)],
+    [("ppo.yaml", 10, 3e-5), ("rloo.yaml", 10, 1e-5), ("online_dpo.yaml", 10, 3e-5)],
 )
 def test_colocated_full(tmp_path, recipe, steps, learning_rate):
     summary = train(tmp_path, recipe, f"train.max_steps={steps}", f"train.learning_rate={learning_rate}")
@@ -59,6 +59,6 @@ def test_colocated_full(tmp_path, recipe, steps, learning_rate):
 
 @pytest.mark.slow
 def test_colocated_lora(tmp_path):
-    summary = train(tmp_path, "grpo.yaml", "model.adapter=lora", "train.max_steps=20")
+    summary = train(tmp_path, "grpo.yaml", "model.adapter=lora", "train.max_steps=10")
     assert summary["adapter"] == "lora"
     assert_trained_through_vllm(summary)
