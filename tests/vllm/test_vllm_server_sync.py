@@ -62,6 +62,33 @@ def test_server_sync_after_k_steps(served):
     assert max_gap(engine, tokenizer, model) < TOLERANCE
 
 
+def test_online_dpo_trainer_syncs_a_server_by_file(served):
+    """TRL's online DPO holds its own client: `adopt` routes its ``_move_model_to_vllm`` through the file
+    sync (TRL's would need NCCL)."""
+    from types import SimpleNamespace
+
+    from align_recipes.rl import vllm_engine
+
+    engine, tokenizer = served
+    model = copy.deepcopy(engine.model)
+    engine.model = model
+    trainer = SimpleNamespace(
+        vllm_mode="server",
+        llm=None,
+        vllm_client=engine.vllm_client,
+        accelerator=engine.accelerator,
+        model=model,
+        eos_token_ids=[7],
+        generation_config=None,
+        _move_model_to_vllm=None,
+    )
+    vllm_engine.adopt(trainer)
+    train_steps(model, k=3, seed=3)
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+    trainer._move_model_to_vllm()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE
+
+
 def serve_processes() -> list[str]:
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     return [line for line in found if "vllm.entrypoints.cli.main serve" in line]

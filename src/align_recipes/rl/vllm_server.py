@@ -219,15 +219,24 @@ def move_model_by_file(trainer) -> None:
 
 @contextlib.contextmanager
 def without_nccl_communicator() -> Iterator[None]:
-    """While TRL builds its server client: no NCCL weight-transfer group (CUDA only); weights go by file."""
+    """While TRL builds its server client: no NCCL weight-transfer group (CUDA only); weights go by file.
+    Online DPO first asks ``torch.accelerator.current_accelerator().type`` for the group's device, which is
+    None on a CPU-only machine: it reads "cpu" meanwhile (the group it is for is skipped)."""
+    import torch
     from trl.generation.vllm_client import VLLMClient
 
     original = VLLMClient.init_communicator
     VLLMClient.init_communicator = lambda self, device=0: None
+    accelerator = getattr(torch, "accelerator", None)
+    current = getattr(accelerator, "current_accelerator", None)
+    if current is not None and current() is None:
+        accelerator.current_accelerator = lambda *args, **kwargs: torch.device("cpu")
     try:
         yield
     finally:
         VLLMClient.init_communicator = original
+        if current is not None:
+            accelerator.current_accelerator = current
 
 
 def install(engine) -> None:
