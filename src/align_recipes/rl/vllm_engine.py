@@ -78,29 +78,29 @@ def dtype_name(model) -> str | None:
 def for_policy(model, enabled: bool = True) -> Iterator[None]:
     """`llm_arguments` for an engine that samples from ``model`` (a no-op when vLLM is off). On the CPU build
     a server client also skips TRL's NCCL weight-transfer group (CUDA only): weights go by file there
-    (rl/vllm_server.py)."""
+    (rl/vllm_sync.py)."""
     if not enabled:
         yield
         return
-    from align_recipes.rl import vllm_server
+    from align_recipes.rl import vllm_sync
 
     cpu = on_cpu_build()
     with contextlib.ExitStack() as stack:
         stack.enter_context(llm_arguments(**engine_arguments(dtype_name(model), cpu=cpu)))
         if cpu:
-            stack.enter_context(vllm_server.without_nccl_communicator())
+            stack.enter_context(vllm_sync.without_nccl_communicator())
         yield
 
 
 def install_sync(engine) -> None:
     """A TRL `VLLMGeneration`'s weight sync that works on this backend: the layerwise reload when colocated
-    (rl/vllm_sync.py), by file through the server's reload on the CPU build (rl/vllm_server.py), and TRL's
-    own NCCL sync to a server elsewhere."""
-    from align_recipes.rl import vllm_server, vllm_sync
+    (rl/vllm_sync.py), by file through the server's reload on the CPU build, and TRL's own NCCL sync to a
+    server elsewhere."""
+    from align_recipes.rl import vllm_sync
 
     vllm_sync.install(engine)
     if on_cpu_build():
-        vllm_server.install(engine)
+        vllm_sync.install_server(engine)
 
 
 def stop_token_ids(trainer) -> list[int]:
@@ -118,7 +118,7 @@ def adopt(trainer) -> None:
     """A TRL trainer's vLLM engine syncs through vLLM's layerwise reload (rl/vllm_sync.py) and stops on the
     trainer's EOS set (vLLM would otherwise stop on the checkpoint's generation config only). GRPO and RLOO
     hold a `VLLMGeneration`; online DPO holds its own ``LLM`` and ``SamplingParams``."""
-    from align_recipes.rl import vllm_server, vllm_sync
+    from align_recipes.rl import vllm_sync
 
     engine = getattr(trainer, "vllm_generation", None)
     if engine is not None:
@@ -128,7 +128,7 @@ def adopt(trainer) -> None:
     if getattr(trainer, "llm", None) is not None or getattr(trainer, "vllm_client", None) is not None:
         vllm_sync.install_online_dpo(trainer)
         if on_cpu_build():
-            vllm_server.install_online_dpo(trainer)
+            vllm_sync.install_online_dpo_server(trainer)
         params = getattr(trainer, "generation_config", None)
         if params is not None and hasattr(params, "_all_stop_token_ids") and not params.stop_token_ids:
             ids = stop_token_ids(trainer)

@@ -1,4 +1,4 @@
-"""vLLM server mode: the run's own local server, and weight sync into a server on vLLM's CPU build.
+"""vLLM server mode: the run's own local `vllm serve` (weights reach it through rl/vllm_sync.py).
 
 With ``train.vllm_mode: server`` and no server named (plan/generator.py `given_server`), the run starts
 `vllm serve` for the policy itself, the command line `trl vllm-serve` builds (TRL's `build_command`), on
@@ -7,10 +7,8 @@ the run ends, whatever ended it: the server is in its own process group, which `
 and the kernel sends it SIGTERM if the training process dies without running that (``PR_SET_PDEATHSIG``).
 A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`).
 
-TRL syncs server weights over NCCL, which needs CUDA. On the CPU build the policy's weights are written as
-one safetensors file into a folder on shared memory, and the server reloads them through vLLM's layerwise
-reload (``reload_weights(weights_path=…)``, the call the colocated sync makes), reached through the dev-mode
-endpoint ``/collective_rpc``: the server must run with ``VLLM_SERVER_DEV_MODE=1``, as `trl vllm-serve` sets.
+The server runs with ``VLLM_SERVER_DEV_MODE=1`` (as `trl vllm-serve` sets): on vLLM's CPU build the
+weights are pushed through its dev-mode ``/collective_rpc`` (rl/vllm_sync.py `push_weights`).
 """
 
 from __future__ import annotations
@@ -20,16 +18,11 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
-WEIGHTS_FILE = "model.safetensors"
-# What vLLM's checkpoint loader reads besides the weights when it reloads from a folder.
-CONFIG_FILES = ("config.json", "generation_config.json")
 
 
 class ServerFailed(RuntimeError):
@@ -148,108 +141,6 @@ def local_server(
         server.stop()
 
 
-# --- weight sync on CPU -------------------------------------------------------------------------------
-
-
-def _weights_folder(config_source: str | None) -> str:
-    """A folder on shared memory (tmpfs: the file never reaches a disk) with the model's config beside the
-    weights; removed when the process exits."""
-    import atexit
-    import shutil
-
-    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    folder = tempfile.mkdtemp(prefix="align-recipes-vllm-", dir=root)
-    atexit.register(shutil.rmtree, folder, True)
-    for name in CONFIG_FILES:
-        source = Path(config_source or "") / name
-        if source.is_file():
-            shutil.copy(source, Path(folder) / name)
-    return folder
-
-
-def push_weights(session, base_url: str, model, folder: str, timeout: float = 600.0) -> None:
-    """Write ``model``'s weights (vLLM's names, LoRA merged out of place) to ``folder`` and have the server
-    reload them in place, then drop its cached prefixes."""
-    from safetensors.torch import save_file
-
-    from align_recipes.rl.vllm_sync import policy_weights
-
-    tensors = {name: tensor.contiguous() for name, tensor in policy_weights(model)}
-    save_file(tensors, str(Path(folder) / WEIGHTS_FILE))
-    body = {
-        "method": "reload_weights",
-        "kwargs": {"weights_path": folder, "is_checkpoint_format": True},
-        "timeout": timeout,
-    }
-    response = session.post(f"{base_url}/collective_rpc", json=body, timeout=timeout)
-    if response.status_code != 200:
-        raise RuntimeError(
-            f"the vLLM server at {base_url} refused the weight reload ({response.status_code}: "
-            f"{response.text[:300]}); it must run with VLLM_SERVER_DEV_MODE=1 (as `trl vllm-serve` sets)"
-        )
-    session.post(f"{base_url}/reset_prefix_cache", timeout=timeout).raise_for_status()
-
-
-def _model_source(model) -> str | None:
-    base = getattr(model, "get_base_model", lambda: model)()
-    return getattr(base, "name_or_path", None) or getattr(
-        getattr(base, "config", None), "_name_or_path", None
-    )
-
-
-def sync_server_by_file(engine) -> None:
-    """TRL `VLLMGeneration.sync_weights` for server mode on vLLM's CPU build (module docstring)."""
-    if not engine.accelerator.is_main_process:
-        return
-    client = engine.vllm_client
-    if getattr(engine, "_weights_folder", None) is None:
-        engine._weights_folder = _weights_folder(_model_source(engine.model))
-    push_weights(client.session, client.base_url, engine.model, engine._weights_folder)
-
-
-def move_model_by_file(trainer) -> None:
-    """TRL online DPO's ``_move_model_to_vllm`` in server mode on vLLM's CPU build."""
-    if not trainer.accelerator.is_main_process:
-        return
-    client = trainer.vllm_client
-    if getattr(trainer, "_weights_folder", None) is None:
-        trainer._weights_folder = _weights_folder(_model_source(trainer.model))
-    push_weights(client.session, client.base_url, trainer.model, trainer._weights_folder)
-
-
-@contextlib.contextmanager
-def without_nccl_communicator() -> Iterator[None]:
-    """While TRL builds its server client: no NCCL weight-transfer group (CUDA only); weights go by file.
-    Online DPO first asks ``torch.accelerator.current_accelerator().type`` for the group's device, which is
-    None on a CPU-only machine: it reads "cpu" meanwhile (the group it is for is skipped)."""
-    import torch
-    from trl.generation.vllm_client import VLLMClient
-
-    original = VLLMClient.init_communicator
-    VLLMClient.init_communicator = lambda self, device=0: None
-    accelerator = getattr(torch, "accelerator", None)
-    current = getattr(accelerator, "current_accelerator", None)
-    if current is not None and current() is None:
-        accelerator.current_accelerator = lambda *args, **kwargs: torch.device("cpu")
-    try:
-        yield
-    finally:
-        VLLMClient.init_communicator = original
-        if current is not None:
-            accelerator.current_accelerator = current
-
-
-def install(engine) -> None:
-    """A TRL `VLLMGeneration` in server mode syncs by file (`sync_server_by_file`)."""
-    if engine.mode == "server":
-        engine.sync_weights = types.MethodType(sync_server_by_file, engine)
-
-
-def install_online_dpo(trainer) -> None:
-    if getattr(trainer, "vllm_mode", None) == "server":
-        trainer._move_model_to_vllm = types.MethodType(move_model_by_file, trainer)
-
-
 def max_model_len(config, model) -> int | None:
     """The longest prompt plus completion the trainer asks for, capped at the model's positions (vLLM refuses
     a longer max_model_len); None leaves it to vLLM (the model's positions)."""
@@ -273,6 +164,7 @@ def serve_policy(config, model, given: str | None, log_path: Path):
 @contextlib.contextmanager
 def _serving(config, model, log_path: Path) -> Iterator[str]:
     from align_recipes.rl.vllm_engine import dtype_name, on_cpu_build
+    from align_recipes.rl.vllm_sync import model_source
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one server for all ranks: not one per rank
         raise ServerFailed(
@@ -280,7 +172,7 @@ def _serving(config, model, log_path: Path) -> Iterator[str]:
             "(trl vllm-serve --model …) and name it with train.vllm_server_base_url"
         )
 
-    source = _model_source(model)
+    source = model_source(model)
     timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
     cpu = on_cpu_build()
     with local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu) as url:

@@ -11,17 +11,28 @@ Under LoRA, TRL merges the adapter into the base weights, reads them and unmerge
 trip is lossy, and it runs at every sync: the frozen base (which is also the KL reference under LoRA) drifts.
 `policy_weights` computes each merged weight out of place instead (base + delta, in float32, cast once), so
 the trainer's base weights are never written.
+
+A vLLM server is synced by TRL over NCCL, which needs CUDA. On vLLM's CPU build the weights are written as
+one safetensors file into a folder on shared memory instead, and the server reloads them with the same
+layerwise reload (``reload_weights(weights_path=…)``), reached through its dev-mode ``/collective_rpc``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 
 LORA_BASE = ".base_layer"
+WEIGHTS_FILE = "model.safetensors"
+# What vLLM's checkpoint loader reads besides the weights when it reloads from a folder.
+CONFIG_FILES = ("config.json", "generation_config.json")
 
 
 def _vllm_name(name: str) -> str:
@@ -104,3 +115,104 @@ def install_online_dpo(trainer) -> None:
     """Replace a colocated TRL online DPO trainer's ``_move_model_to_vllm`` with `move_model_colocated`."""
     if getattr(trainer, "vllm_mode", None) == "colocate" and getattr(trainer, "llm", None) is not None:
         trainer._move_model_to_vllm = types.MethodType(move_model_colocated, trainer)
+
+
+# --- server mode on vLLM's CPU build ------------------------------------------------------------------
+
+
+def _weights_folder(config_source: str | None) -> str:
+    """A folder on shared memory (tmpfs: the file never reaches a disk) with the model's config beside the
+    weights; removed when the process exits."""
+    import atexit
+    import shutil
+
+    root = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(prefix="align-recipes-vllm-", dir=root)
+    atexit.register(shutil.rmtree, folder, True)
+    for name in CONFIG_FILES:
+        source = Path(config_source or "") / name
+        if source.is_file():
+            shutil.copy(source, Path(folder) / name)
+    return folder
+
+
+def push_weights(session, base_url: str, model, folder: str, timeout: float = 600.0) -> None:
+    """Write ``model``'s weights (vLLM's names, LoRA merged out of place) to ``folder`` and have the server
+    reload them in place, then drop its cached prefixes."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.contiguous() for name, tensor in policy_weights(model)}
+    save_file(tensors, str(Path(folder) / WEIGHTS_FILE))
+    body = {
+        "method": "reload_weights",
+        "kwargs": {"weights_path": folder, "is_checkpoint_format": True},
+        "timeout": timeout,
+    }
+    response = session.post(f"{base_url}/collective_rpc", json=body, timeout=timeout)
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"the vLLM server at {base_url} refused the weight reload ({response.status_code}: "
+            f"{response.text[:300]}); it must run with VLLM_SERVER_DEV_MODE=1 (as `trl vllm-serve` sets)"
+        )
+    session.post(f"{base_url}/reset_prefix_cache", timeout=timeout).raise_for_status()
+
+
+def model_source(model) -> str | None:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return getattr(base, "name_or_path", None) or getattr(
+        getattr(base, "config", None), "_name_or_path", None
+    )
+
+
+def sync_server_by_file(engine) -> None:
+    """TRL `VLLMGeneration.sync_weights` for server mode on vLLM's CPU build (module docstring)."""
+    if not engine.accelerator.is_main_process:
+        return
+    client = engine.vllm_client
+    if getattr(engine, "_weights_folder", None) is None:
+        engine._weights_folder = _weights_folder(model_source(engine.model))
+    push_weights(client.session, client.base_url, engine.model, engine._weights_folder)
+
+
+def move_model_by_file(trainer) -> None:
+    """TRL online DPO's ``_move_model_to_vllm`` in server mode on vLLM's CPU build."""
+    if not trainer.accelerator.is_main_process:
+        return
+    client = trainer.vllm_client
+    if getattr(trainer, "_weights_folder", None) is None:
+        trainer._weights_folder = _weights_folder(model_source(trainer.model))
+    push_weights(client.session, client.base_url, trainer.model, trainer._weights_folder)
+
+
+@contextlib.contextmanager
+def without_nccl_communicator() -> Iterator[None]:
+    """While TRL builds its server client: no NCCL weight-transfer group (CUDA only); weights go by file.
+    Online DPO first asks ``torch.accelerator.current_accelerator().type`` for the group's device, which is
+    None on a CPU-only machine: it reads "cpu" meanwhile (the group it is for is skipped)."""
+    import torch
+    from trl.generation.vllm_client import VLLMClient
+
+    original = VLLMClient.init_communicator
+    VLLMClient.init_communicator = lambda self, device=0: None
+    accelerator = getattr(torch, "accelerator", None)
+    current = getattr(accelerator, "current_accelerator", None)
+    if current is not None and current() is None:
+        accelerator.current_accelerator = lambda *args, **kwargs: torch.device("cpu")
+    try:
+        yield
+    finally:
+        VLLMClient.init_communicator = original
+        if current is not None:
+            accelerator.current_accelerator = current
+
+
+def install_server(engine) -> None:
+    """A TRL `VLLMGeneration` in server mode syncs by file (`sync_server_by_file`)."""
+    if engine.mode == "server":
+        engine.sync_weights = types.MethodType(sync_server_by_file, engine)
+
+
+def install_online_dpo_server(trainer) -> None:
+    """A TRL online DPO trainer in server mode syncs by file (`move_model_by_file`)."""
+    if getattr(trainer, "vllm_mode", None) == "server":
+        trainer._move_model_to_vllm = types.MethodType(move_model_by_file, trainer)
