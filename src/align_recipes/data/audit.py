@@ -440,5 +440,5 @@ def one_line(report: dict, section: str = "data.train") -> str:
     listed = ", ".join(
         f"{name} {count} ({rows_text(report['findings'][name]['rows'], 2)})" for name, count in counts.items()
     )
-    what = f"{sum(counts.values())} rows flagged: {listed}" if counts else "no problem found"
+    what = f"{sum(counts.values())} findings: {listed}" if counts else "no problem found"
     return f"audit {section}: {report['rows_audited']}/{report['rows']} rows, {what}; {bias_text(report)}"
