@@ -17,62 +17,23 @@ pyarrow nor datasets; reading does.
 
 from __future__ import annotations
 
-import re
-import string
+import multiprocessing
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from .convert import unit
-from .formats import FORMATS, binding_for
-from .messages import RowProblem, is_blank
-from .spec import PREFERENCE, UNPAIRED, DataError, DataSpec, locate, rows_text, slice_start, split_parts
-
-# The finding classes, in the order reports list them (recipes name them in data.audit.fail_on).
-IDENTICAL = "identical"
-EMPTY_ANSWER = "empty_answer"
-DUPLICATE = "duplicate"
-NEAR_DUPLICATE = "near_duplicate"
-CONTRADICTORY = "contradictory"
-TRUNCATED_ONE_SIDE = "truncated_one_side"
-UNCONVERTIBLE = "unconvertible"
-FINDINGS = (
-    IDENTICAL,
-    EMPTY_ANSWER,
-    DUPLICATE,
-    NEAR_DUPLICATE,
-    CONTRADICTORY,
+from .audit_rows import (  # noqa: F401 - the finding names and the fold are the module's API too
+    AUDITED_KINDS,
+    FINDINGS,
+    NEAR_RULE,
     TRUNCATED_ONE_SIDE,
-    UNCONVERTIBLE,
+    AuditRows,
+    fold,
 )
-NEAR_RULE = "same text once case is folded and everything but letters and digits is removed"
-AUDITED_KINDS = (PREFERENCE, UNPAIRED)
+from .formats import FORMATS, binding_for
+from .spec import PREFERENCE, DataError, DataSpec, locate, rows_text, slice_start, split_parts
+
 SAMPLE_ROWS = 50  # rows the format is detected from, as the loader does
-BATCH_ROWS = 8192
-
-_LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
-_NOT_ALNUM = bytes(c for c in range(128) if not chr(c).isalnum())
-_NOT_WORD = re.compile(r"[\W_]+")
-_EMPTY_ANSWER = re.compile(
-    r"(?:empty (?:assistant turn in )?|nothing left of )'(.*)'(?: after the shared prompt)?"
-)
-
-
-def fold(text: str) -> bytes:
-    """`text` case folded with everything but letters and digits removed: what near duplicates compare.
-    ASCII text (the common case) takes one bytes.translate; other text a regular expression, same result."""
-    if text.isascii():
-        return text.encode().translate(_LOWER, _NOT_ALNUM)
-    return _NOT_WORD.sub("", text.casefold()).encode()
-
-
-def _text(value: Any) -> tuple[str, int]:
-    """(exact text of a prompt or answer with its roles, characters of its content): messages or a string."""
-    if isinstance(value, str):
-        return value, len(value)
-    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in value), sum(len(m["content"]) for m in value)
-
+PARALLEL_ROWS = 50_000  # from this many rows on, `workers` processes convert a share each
 
 # ------------------------------------------------------------------------------------------ reading
 
@@ -169,11 +130,13 @@ def audit(
     tokenizer=None,
     tokenizer_name: str | None = None,
     cache_dir=None,
+    workers: int = 1,
 ) -> dict:
     """Audit one dataset; returns the full report (JSON-ready). `kind` is the algorithm's data kind when a
     recipe gives one (preference or unpaired; None: what the data holds). With `max_length`, rows are
     measured in tokens of `tokenizer` when one is given (the chat template's rendering of prompt + answer),
-    else in characters. Raises DataError when the data cannot be read or holds no pairs or labelled rows."""
+    else in characters. From PARALLEL_ROWS rows on, `workers` processes (forked) convert a share each
+    (without a tokenizer). Raises DataError when the data cannot be read or holds no pairs or labelled rows."""
     started = time.perf_counter()
     table, binding, origin = read_bound(spec, base_dir, kind, cache_dir)
     native = FORMATS[binding.format].kind
@@ -185,21 +148,12 @@ def audit(
             key=spec.section,
             fix="point it at preference or KTO data (docs/data.md lists their layouts)",
         )
-    offset = slice_start(split_parts(spec.split, spec.section)[1])
-    rows = _Rows(native, tokenizer if max_length else None, max_length)
-    number = offset
-    for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-        for row in batch.to_pylist():
-            number += 1
-            if all(is_blank(value) for value in row.values()):
-                rows.drop(number, "empty row", binding)
-                continue
-            try:
-                rows.add(number, unit(row, binding, native))
-            except RowProblem as problem:
-                rows.drop(number, str(problem), binding)
-            except (TypeError, ValueError, AttributeError) as problem:
-                rows.drop(number, f"unreadable value ({type(problem).__name__})", binding)
+    rows = AuditRows(native, tokenizer if max_length else None, max_length)
+    first = slice_start(split_parts(spec.split, spec.section)[1]) + 1
+    if rows.tokenizer is None and workers > 1 and table.num_rows >= PARALLEL_ROWS:
+        _read_in_workers(rows, table, binding, first, workers)
+    else:
+        rows.read(table, binding, first)
     report = {
         "data": origin,
         "split": spec.split,
@@ -217,175 +171,33 @@ def audit(
     return report
 
 
-class _Rows:
-    """What the audit keeps of each converted row: hashes of its exact and folded texts and its lengths
-    (never the texts themselves), plus the rows conversion dropped, by finding."""
-
-    def __init__(self, native: str, tokenizer, max_length: int | None):
-        self.pairs = native == PREFERENCE
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.numbers: list[int] = []
-        self.exact: list[int] = []
-        self.folded: list[tuple] = []  # (prompt, first answer, second answer or label)
-        self.lengths: list[
-            tuple[int, int]
-        ] = []  # answer characters: (chosen, rejected) or (completion, label)
-        self.over: list[tuple[bool, bool]] = []  # (prompt + chosen, prompt + rejected) longer than max_length
-        self.dropped: dict[str, dict[str, list[int]]] = {IDENTICAL: {}, EMPTY_ANSWER: {}, UNCONVERTIBLE: {}}
-
-    def add(self, number: int, parts: dict) -> None:
-        prompt, prompt_chars = _text(parts["prompt"])
-        if self.pairs:
-            (first, first_chars), (second, second_chars) = _text(parts["chosen"]), _text(parts["rejected"])
-            other: Any = hash(fold(second))
-            if self.max_length:
-                self.over.append(
-                    (
-                        self._length(parts["prompt"], parts["chosen"], prompt_chars + first_chars)
-                        > self.max_length,
-                        self._length(parts["prompt"], parts["rejected"], prompt_chars + second_chars)
-                        > self.max_length,
-                    )
-                )
-        else:
-            (first, first_chars), second = _text(parts["completion"]), parts["label"]
-            other, second_chars = second, second  # the label, kept as it is
-        self.numbers.append(number)
-        self.exact.append(hash((prompt, first, second)))
-        self.folded.append((hash(fold(prompt)), hash(fold(first)), other))
-        self.lengths.append((first_chars, second_chars))
-
-    def _length(self, prompt: Any, answer: Any, characters: int) -> int:
-        """Characters, or tokens of the sequence as the chat template renders it (plain text: as it is)."""
-        if self.tokenizer is None:
-            return characters
-        if isinstance(prompt, list) and getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(prompt + answer, tokenize=False)
-        elif isinstance(prompt, list):
-            text = "\n".join(m["content"] for m in prompt + answer)
-        else:
-            text = f"{prompt}{answer}"
-        if len(text.encode()) <= self.max_length:  # a token holds at least one byte: it fits
-            return len(text.encode())
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def drop(self, number: int, reason: str, binding) -> None:
-        """A row conversion drops: identical answers, an empty answer, or something else (its reason)."""
-        answers = {binding.fields[f] for f in ("chosen", "rejected", "completion") if f in binding.fields}
-        empty = _EMPTY_ANSWER.fullmatch(reason)
-        if reason == "identical chosen and rejected":
-            finding = IDENTICAL
-        elif empty and (empty.group(1) in answers or "assistant turn" in reason):
-            finding = EMPTY_ANSWER
-        else:
-            finding = UNCONVERTIBLE
-        self.dropped[finding].setdefault(reason, []).append(number)
-
-    # -------------------------------------------------------------------------------- the findings
-
-    def findings(self) -> dict:
-        found = {name: _dropped(self.dropped[name]) for name in (IDENTICAL, EMPTY_ANSWER)}
-        found[DUPLICATE], found[NEAR_DUPLICATE] = self._repeats()
-        found[CONTRADICTORY] = self._contradictions()
-        skipped = {}
-        if not self.pairs:
-            del found[IDENTICAL]
-            skipped[IDENTICAL] = skipped[TRUNCATED_ONE_SIDE] = "applies to pairs only"
-        elif not self.max_length:
-            skipped[TRUNCATED_ONE_SIDE] = "no max length (give --max-length N, or --recipe R)"
-        else:
-            found[TRUNCATED_ONE_SIDE] = self._one_side_truncated()
-        found[UNCONVERTIBLE] = _dropped(self.dropped[UNCONVERTIBLE])
-        ordered = {name: found[name] for name in FINDINGS if name in found}
-        return {"findings": ordered, "skipped": skipped, "length_bias": self._length_bias()}
-
-    def _repeats(self) -> tuple[dict, dict]:
-        """Rows that repeat an earlier one exactly (duplicate) or once folded (near_duplicate); groups list
-        the first row and its repeats."""
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, key in enumerate(self.folded):
-            groups[key].append(index)
-        exact, near = _finding([], groups=[]), _finding([], groups=[])
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            seen: dict[int, list[int]] = {}
-            for index in members:
-                if self.exact[index] in seen:
-                    exact["rows"].append(self.numbers[index])
-                elif seen:
-                    near["rows"].append(self.numbers[index])
-                seen.setdefault(self.exact[index], []).append(self.numbers[index])
-            exact["groups"] += [rows for rows in seen.values() if len(rows) > 1]
-            if len(seen) > 1:
-                near["groups"].append([self.numbers[index] for index in members])
-        for finding in (exact, near):
-            finding["rows"].sort()
-            finding["groups"].sort()
-            finding["count"] = len(finding["rows"])
-        return exact, near
-
-    def _contradictions(self) -> dict:
-        """Pairs: the same prompt with the answers in the other order. KTO rows: the same prompt and answer
-        labelled both ways. Compared folded; groups list the rows of each side."""
-        sides: dict[tuple, list[int]] = defaultdict(list)
-        for index, key in enumerate(self.folded):
-            sides[key].append(self.numbers[index])
-        groups = []
-        for (prompt, first, second), rows in sides.items():
-            if self.pairs:
-                other = sides.get((prompt, second, first)) if first < second else None
-            else:
-                other = sides.get((prompt, first, not second)) if second else None
-            if other:
-                groups.append([rows, other])
-        groups.sort()
-        return _finding(sorted(n for group in groups for side in group for n in side), groups=groups)
-
-    def _one_side_truncated(self) -> dict:
-        """Pairs where prompt + one answer fits max_length and prompt + the other does not."""
-        chosen_cut = [n for n, (c, r) in zip(self.numbers, self.over) if c and not r]
-        rejected_cut = [n for n, (c, r) in zip(self.numbers, self.over) if r and not c]
-        both = sum(1 for c, r in self.over if c and r)
-        return _finding(
-            sorted(chosen_cut + rejected_cut), chosen_cut=chosen_cut, rejected_cut=rejected_cut, both_cut=both
-        )
-
-    def _length_bias(self) -> dict:
-        """Pairs: how often the chosen answer is the longer one, and the mean length ratio chosen/rejected.
-        KTO rows: the mean answer length of desirable and undesirable rows (characters)."""
-        if not self.pairs:
-            good = [n for n, label in self.lengths if label]
-            bad = [n for n, label in self.lengths if not label]
-            mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
-            ratio = mean(good) / mean(bad) if good and bad and mean(bad) else None
-            return {
-                "unit": "characters",
-                "desirable_mean": mean(good),
-                "undesirable_mean": mean(bad),
-                "ratio": ratio,
-            }
-        pairs = len(self.lengths)
-        longer = sum(1 for c, r in self.lengths if c > r)
-        shorter = sum(1 for c, r in self.lengths if c < r)
-        ratios = [c / r for c, r in self.lengths if r]
-        return {
-            "unit": "characters",
-            "pairs": pairs,
-            "chosen_longer": longer,
-            "rejected_longer": shorter,
-            "same_length": pairs - longer - shorter,
-            "chosen_longer_share": longer / pairs if pairs else None,
-            "mean_ratio": sum(ratios) / len(ratios) if ratios else None,
-        }
+_SHARED: tuple | None = None  # (table, binding, rows) for the forked workers, set around the pool only
 
 
-def _finding(rows: list[int], **extra) -> dict:
-    return {"count": len(rows), "rows": rows, **extra}
+def _read_in_workers(rows: AuditRows, table, binding, first: int, workers: int) -> None:
+    """Each of `workers` forked processes converts one contiguous share of the table (they inherit it, and the
+    parent's string hashing) and sends back what AuditRows keeps; the shares are merged in order."""
+    global _SHARED
+    if "fork" not in multiprocessing.get_all_start_methods():
+        rows.read(table, binding, first)
+        return
+    size = -(-table.num_rows // workers)
+    shares = [(start, min(size, table.num_rows - start)) for start in range(0, table.num_rows, size)]
+    _SHARED = (table, binding, rows)
+    try:
+        with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
+            for part in pool.map(_read_share, [(start, length, first + start) for start, length in shares]):
+                rows.merge(part)
+    finally:
+        _SHARED = None
 
 
-def _dropped(reasons: dict[str, list[int]]) -> dict:
-    return _finding(sorted(n for rows in reasons.values() for n in rows), reasons=reasons)
+def _read_share(share: tuple[int, int, int]) -> AuditRows:
+    start, length, first = share
+    table, binding, template = _SHARED
+    part = AuditRows(template.native, None, template.max_length)
+    part.read(table.slice(start, length), binding, first)
+    return part
 
 
 # ------------------------------------------------------------------------------------------ reading a report
