@@ -163,19 +163,6 @@ def test_hash_grouping_equals_the_naive_pairwise_comparison(tmp_path):
     assert found["duplicate"] and found["near_duplicate"] and found["contradictory"]  # the draw holds each
 
 
-def test_worker_processes_find_the_same_rows(monkeypatch, tmp_path):
-    """Large datasets are converted by forked workers, a share each: the merged report is the same."""
-    from align_recipes.data import audit as audit_module
-
-    spec = DataSpec(path=str(PLANTED))
-    alone = audit(spec, max_length=32)
-    monkeypatch.setattr(audit_module, "PARALLEL_ROWS", 1)
-    shared = audit(spec, max_length=32, workers=3)
-    assert {k: v for k, v in shared.items() if k != "seconds"} == {
-        k: v for k, v in alone.items() if k != "seconds"
-    }
-
-
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv", ".json"])
 def test_every_file_layout_gives_the_same_findings(suffix, tmp_path):
     """JSON Lines, Parquet and CSV are read by pyarrow; a JSON array goes through the loader (datasets)."""

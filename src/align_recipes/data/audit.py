@@ -17,7 +17,6 @@ pyarrow nor datasets; reading does.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from .formats import FORMATS, binding_for
 from .spec import PREFERENCE, DataError, DataSpec, locate, rows_text, slice_start, split_parts
 
 SAMPLE_ROWS = 50  # rows the format is detected from, as the loader does
-PARALLEL_ROWS = 50_000  # from this many rows on, `workers` processes convert a share each
 
 # ------------------------------------------------------------------------------------------ reading
 
@@ -130,13 +128,11 @@ def audit(
     tokenizer=None,
     tokenizer_name: str | None = None,
     cache_dir=None,
-    workers: int = 1,
 ) -> dict:
     """Audit one dataset; returns the full report (JSON-ready). `kind` is the algorithm's data kind when a
     recipe gives one (preference or unpaired; None: what the data holds). With `max_length`, rows are
     measured in tokens of `tokenizer` when one is given (the chat template's rendering of prompt + answer),
-    else in characters. From PARALLEL_ROWS rows on, `workers` processes (forked) convert a share each
-    (without a tokenizer). Raises DataError when the data cannot be read or holds no pairs or labelled rows."""
+    else in characters. Raises DataError when the data cannot be read or holds no pairs or labelled rows."""
     started = time.perf_counter()
     table, binding, origin = read_bound(spec, base_dir, kind, cache_dir)
     native = FORMATS[binding.format].kind
@@ -150,10 +146,7 @@ def audit(
         )
     rows = AuditRows(native, tokenizer if max_length else None, max_length)
     first = slice_start(split_parts(spec.split, spec.section)[1]) + 1
-    if rows.tokenizer is None and workers > 1 and table.num_rows >= PARALLEL_ROWS:
-        _read_in_workers(rows, table, binding, first, workers)
-    else:
-        rows.read(table, binding, first)
+    rows.read(table, binding, first)
     report = {
         "data": origin,
         "split": spec.split,
@@ -169,35 +162,6 @@ def audit(
     }
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
-
-
-_SHARED: tuple | None = None  # (table, binding, rows) for the forked workers, set around the pool only
-
-
-def _read_in_workers(rows: AuditRows, table, binding, first: int, workers: int) -> None:
-    """Each of `workers` forked processes converts one contiguous share of the table (they inherit it, and the
-    parent's string hashing) and sends back what AuditRows keeps; the shares are merged in order."""
-    global _SHARED
-    if "fork" not in multiprocessing.get_all_start_methods():
-        rows.read(table, binding, first)
-        return
-    size = -(-table.num_rows // workers)
-    shares = [(start, min(size, table.num_rows - start)) for start in range(0, table.num_rows, size)]
-    _SHARED = (table, binding, rows)
-    try:
-        with multiprocessing.get_context("fork").Pool(len(shares)) as pool:
-            for part in pool.map(_read_share, [(start, length, first + start) for start, length in shares]):
-                rows.merge(part)
-    finally:
-        _SHARED = None
-
-
-def _read_share(share: tuple[int, int, int]) -> AuditRows:
-    start, length, first = share
-    table, binding, template = _SHARED
-    part = AuditRows(template.native, None, template.max_length)
-    part.read(table.slice(start, length), binding, first)
-    return part
 
 
 # ------------------------------------------------------------------------------------------ reading a report

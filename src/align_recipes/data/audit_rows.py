@@ -57,6 +57,9 @@ def _text(value: Any) -> tuple[str, int]:
     """(exact text of a prompt or answer with its roles, characters of its content): messages or a string."""
     if isinstance(value, str):
         return value, len(value)
+    if len(value) == 1:  # the common case, without a join
+        content = value[0]["content"]
+        return f"{value[0]['role']}\x1f{content}", len(content)
     return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in value), sum(len(m["content"]) for m in value)
 
 
@@ -83,23 +86,13 @@ class AuditRows:
         for batch in table.to_batches(max_chunksize=BATCH_ROWS):
             for row in batch.to_pylist():
                 number += 1
-                if all(is_blank(value) for value in row.values()):
-                    self.drop(number, "empty row", binding)
-                    continue
                 try:
                     self.add(number, unit(row, binding, self.native))
                 except RowProblem as problem:
-                    self.drop(number, str(problem), binding)
+                    empty = all(is_blank(value) for value in row.values())
+                    self.drop(number, "empty row" if empty else str(problem), binding)
                 except (TypeError, ValueError, AttributeError) as problem:
                     self.drop(number, f"unreadable value ({type(problem).__name__})", binding)
-
-    def merge(self, later: AuditRows) -> None:
-        """Append what another AuditRows kept of the rows after these (a worker's share)."""
-        for name in ("numbers", "exact", "folded", "lengths", "over"):
-            getattr(self, name).extend(getattr(later, name))
-        for finding, reasons in later.dropped.items():
-            for reason, numbers in reasons.items():
-                self.dropped[finding].setdefault(reason, []).extend(numbers)
 
     def add(self, number: int, parts: dict) -> None:
         prompt, prompt_chars = _text(parts["prompt"])

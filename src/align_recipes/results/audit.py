@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 from align_recipes.data import DataSpec
 from align_recipes.data.audit import AUDITED_KINDS, audit, found, summary_lines
@@ -17,7 +16,6 @@ from align_recipes.errors import RecipeError
 from align_recipes.registry import names_text
 
 EXIT_CLEAN, EXIT_FOUND = 0, 1
-WORKERS = min(4, os.cpu_count() or 1)  # processes converting a share of a large dataset each
 
 
 def audit_command(
