@@ -199,7 +199,7 @@ class AuditRows:
             else:
                 other = sides.get((prompt, first, not second)) if second else None
             if other:
-                groups.append([rows, other])
+                groups.append(sorted([rows, other]))  # the side with the first row first
         groups.sort()
         return _finding(sorted(n for group in groups for side in group for n in side), groups=groups)
 
