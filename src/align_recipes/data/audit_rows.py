@@ -146,8 +146,11 @@ class AuditRows:
 
     def findings(self) -> dict:
         found = {name: _dropped(self.dropped[name]) for name in (IDENTICAL, EMPTY_ANSWER)}
-        found[DUPLICATE], found[NEAR_DUPLICATE] = self._repeats()
-        found[CONTRADICTORY] = self._contradictions()
+        groups: dict[tuple, list[int]] = defaultdict(list)  # folded key -> indices of its rows, in order
+        for index, key in enumerate(self.folded):
+            groups[key].append(index)
+        found[DUPLICATE], found[NEAR_DUPLICATE] = self._repeats(groups)
+        found[CONTRADICTORY] = self._contradictions(groups)
         skipped = {}
         if not self.pairs:
             del found[IDENTICAL]
@@ -160,12 +163,9 @@ class AuditRows:
         ordered = {name: found[name] for name in FINDINGS if name in found}
         return {"findings": ordered, "skipped": skipped, "length_bias": self._length_bias()}
 
-    def _repeats(self) -> tuple[dict, dict]:
+    def _repeats(self, groups: dict[tuple, list[int]]) -> tuple[dict, dict]:
         """Rows that repeat an earlier one exactly (duplicate) or once folded (near_duplicate); groups list
         the first row and its repeats."""
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, key in enumerate(self.folded):
-            groups[key].append(index)
         exact, near = _finding([], groups=[]), _finding([], groups=[])
         for members in groups.values():
             if len(members) < 2:
@@ -186,20 +186,18 @@ class AuditRows:
             finding["count"] = len(finding["rows"])
         return exact, near
 
-    def _contradictions(self) -> dict:
+    def _contradictions(self, sides: dict[tuple, list[int]]) -> dict:
         """Pairs: the same prompt with the answers in the other order. KTO rows: the same prompt and answer
-        labelled both ways. Compared folded; groups list the rows of each side."""
-        sides: dict[tuple, list[int]] = defaultdict(list)
-        for index, key in enumerate(self.folded):
-            sides[key].append(self.numbers[index])
+        labelled both ways. Compared folded; groups list the rows of each side, the side with the first row
+        first."""
         groups = []
-        for (prompt, first, second), rows in sides.items():
+        for (prompt, first, second), indices in sides.items():
             if self.pairs:
                 other = sides.get((prompt, second, first)) if first < second else None
             else:
                 other = sides.get((prompt, first, not second)) if second else None
             if other:
-                groups.append(sorted([rows, other]))  # the side with the first row first
+                groups.append(sorted([[self.numbers[i] for i in indices], [self.numbers[i] for i in other]]))
         groups.sort()
         return _finding(sorted(n for group in groups for side in group for n in side), groups=groups)
 
