@@ -281,6 +281,18 @@ def test_cli_json_is_the_full_report(capsys):
     assert report["near_duplicate_rule"].startswith("same text once case is folded")
 
 
+def test_cli_with_a_recipe_counts_tokens_of_its_tokenizer_at_its_max_length(capsys):
+    assert main(["audit", str(PLANTED), "--recipe", "recipes/tiny/dpo.yaml", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["length_unit"], report["max_length"]) == (
+        "tokens",
+        64,
+    )  # recipes/tiny/dpo.yaml's max_length
+    assert report["tokenizer"] == "builtin:tiny-qwen2-sft"
+    assert main(["audit", "--recipe", "recipes/tiny/sft.yaml"]) == 2
+    assert "sft trains on language modeling data, which the audit does not read" in capsys.readouterr().err
+
+
 # --- the recipe key and the run ------------------------------------------------------------------------
 
 
