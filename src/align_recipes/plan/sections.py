@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from align_recipes.data.audit import FINDINGS
 from align_recipes.data.spec import DataSpec, source_entries
 from align_recipes.fields import fields_of, spec
 from align_recipes.registry import (
@@ -84,12 +85,34 @@ class ModelSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditSection:
+    """The data audit every preference, KTO and reward run starts with (data/audit.py, docs/data.md)."""
+
+    fail_on: list = spec(
+        kinds="list",
+        help="audit findings that stop the run before training: "
+        + ", ".join(FINDINGS)
+        + "; [] (default): none",
+        factory=list,
+    )
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> AuditSection:
+        return _build(cls, values)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataSection:
     """Each split is a list of sources (a mapping in the recipe is a list of one), mixed by their weights."""
 
     train: list[DataSpec] = spec(kinds="dict list", help="the training dataset, or a list of sources to mix")
     eval: list[DataSpec] = spec(
         None, "dict list null", "an evaluation dataset (TRL's eval_dataset), or a list of sources to mix"
+    )
+    audit: AuditSection = spec(
+        kinds="dict null",
+        help="preference, KTO and reward runs: which findings of the data audit stop the run (fail_on)",
+        factory=AuditSection,
     )
 
     @classmethod
@@ -102,7 +125,8 @@ class DataSection:
                     for name, entry in source_entries(values.get(split), f"data.{split}")
                 ]
                 for split in ("train", "eval")
-            }
+            },
+            audit=AuditSection.from_dict(values.get("audit")),
         )
 
 
@@ -222,6 +246,7 @@ TOP_LEVEL = fields_of(RecipeFile)
 MODEL = fields_of(ModelSection)
 LORA = fields_of(LoraSection)
 DATA = fields_of(DataSection)
+AUDIT = fields_of(AuditSection)
 DATASET = fields_of(DataSpec)
 EVALUATE = fields_of(EvaluateSection)
 HARNESS = fields_of(HarnessSection)

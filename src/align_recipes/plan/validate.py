@@ -385,6 +385,27 @@ def _check_harness(check: _Checker, harness: Any) -> None:
         check.error("evaluate.harness", problem, lm_harness.INSTALL_FIX)
 
 
+def _check_audit(check: _Checker, audit: Any, algorithm: Algorithm) -> None:
+    """data.audit: the run's data must be what the audit reads, and fail_on must name its findings."""
+    from align_recipes.data.audit import AUDITED_KINDS, FINDINGS
+
+    audit = check.mapping(audit, sections.AUDIT, "data.audit.", "data.audit")
+    if algorithm.data_kind not in AUDITED_KINDS:
+        check.error(
+            "data.audit",
+            f"{algorithm.name} trains on {algorithm.data_kind.replace('_', ' ')} data, which the audit does not read",
+            f"remove data.audit (it applies to {names_text(lambda a: a.data_kind in AUDITED_KINDS)})",
+        )
+    for name in audit.get("fail_on") if isinstance(audit.get("fail_on"), list) else []:
+        if name not in FINDINGS:
+            hint = did_you_mean(str(name), FINDINGS)
+            check.error(
+                "data.audit.fail_on",
+                f"unknown finding '{name}'",
+                hint if hint.startswith("did you mean") else f"findings: {', '.join(FINDINGS)}",
+            )
+
+
 def _check_drops(rows: list[dict], spec: Any, kind: str) -> None:
     """The load-time rule (too many rows that cannot be converted), applied before any model loads."""
     from align_recipes.data import DataError, preview
@@ -445,6 +466,8 @@ def validate_recipe(
         )
 
     data = check.mapping(recipe.get("data"), sections.DATA, "data.", "the data section")
+    if data.get("audit") is not None:
+        _check_audit(check, data["audit"], algorithm)
     peeked, held_out = {}, {}
     for split in ("train", "eval"):
         if data.get(split) is not None:

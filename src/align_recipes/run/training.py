@@ -29,7 +29,7 @@ from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
+from align_recipes.run import checkpoints, data_audit, guards, hacking, harness, models, rowcheck, sharded
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.inference_template import save_inference_template
@@ -75,6 +75,7 @@ class Parts:
         0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
     )
     start: StartScores = field(default_factory=StartScores)  # held-out scores of the start model (π_ref)
+    audit: dict | None = None  # the data audit's report (audit.json), for preference, KTO and reward runs
 
 
 def train(
@@ -105,8 +106,11 @@ def train(
             guard.fp16 = bool(parts.config.fp16)
             trainer = build(plan, parts, run_dir, guard)
             rowcheck.check_trainable_rows(plan, parts, trainer)
-        except (RecipeError, KeyboardInterrupt):
-            if not existed:
+        except (RecipeError, KeyboardInterrupt) as exc:
+            if isinstance(exc, data_audit.AuditStop):  # the folder says why: summary `failed`, audit.json
+                if _write_failed(run_dir, record, exc, existed):
+                    data_audit.write_report(run_dir.path, exc.record)
+            elif not existed:
                 run_dir.remove_if_empty()  # the Trainer creates output_dir early: a refused run leaves no trace
             raise
         except BaseException as exc:  # a crash while loading or building: the folder says what happened
@@ -129,13 +133,13 @@ def train(
             raise
 
 
-def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> None:
+def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> bool:
     """summary.json at status `failed`, with the error. Not over another run's folder that was never ours
-    (an existing folder this run had not prepared keeps its summary)."""
+    (an existing folder this run had not prepared keeps its summary). Returns whether it wrote."""
     if not is_main_process() or (
         existed and not run_dir.prepared and run_dir.status() not in (None, "failed")
     ):
-        return
+        return False
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.write_summary(
         {
@@ -145,6 +149,7 @@ def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bo
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
+    return True
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -168,6 +173,8 @@ def load(plan: Plan) -> Parts:
             note = use_training_template(tokenizer, file=plan.provenance.where("train.assistant_only_loss"))
             if note and is_main_process():
                 print(f"note: {note}")
+        # Preference, KTO and reward data: one line, and a stop on what data.audit.fail_on names.
+        audit = data_audit.audit_training_data(plan, tokenizer, config)
         train_dataset, eval_dataset, reports = load_data(plan, tokenizer, config.seed)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(
@@ -189,6 +196,7 @@ def load(plan: Plan) -> Parts:
         extras,
         reports,
         params=sharded.parameter_count(model),
+        audit=audit,
     )
 
 
@@ -377,6 +385,7 @@ def begin(
     previous = run_dir.summary() if start.checkpoint is not None else {}
     if main:
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
+        data_audit.write_report(run_dir.path, parts.audit)
         # After the trainer is built: SFT's packing has made its sequences.
         packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
         start_screen(
