@@ -30,6 +30,7 @@ from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.plan import trl_fields
 from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
 from align_recipes.plan.model_size import human
+from align_recipes.plan.sections import ADAPTER_WORDS
 from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
@@ -333,9 +334,6 @@ def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
         size = f"{human(params)} params"
     extra = f" ({_fmt(rule.why, _context(profile))})" if rule.why else ""
     return f"{size} on {memory}: {what}{extra}"
-
-
-ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}
 
 
 def layer_for(
