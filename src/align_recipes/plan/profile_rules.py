@@ -63,7 +63,7 @@ def _rules(ctx: FileContext) -> Iterator[tuple[str, dict]]:
 
 
 def profile_not_a_mapping(ctx: FileContext) -> Iterator[Problem]:
-    """The file, or one of its sections, written as something other than `key: value` lines."""
+    """The file, or one of its sections, written as something other than `key: value` lines (rules: a list)."""
     for key, where, value, _ in _sections(ctx):
         if not isinstance(value, dict) and not (key == "" and value is None):
             if key == "":
