@@ -96,7 +96,11 @@ class FileContext:
     path: Path
     name: str = ""
     errors: list[RecipeError] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)  # what a file's rules share (a pipeline's stages so far)
+    extra: dict = field(default_factory=dict)  # what a file's rules read besides it (command-line overrides)
+
+    def has_errors(self, key: str) -> bool:
+        """Whether a rule already refused `key` or a key inside it."""
+        return any(e.key == key or str(e.key or "").startswith(key + ".") for e in self.errors)
 
 
 def line_of(data: Any, key: Any) -> int | None:

@@ -68,7 +68,11 @@ def stage_not_a_mapping(ctx: FileContext) -> Iterator[Problem]:
     """A stage written as something other than {name, recipe, overrides}."""
     for index, entry in enumerate(_stages(ctx)):
         if not isinstance(entry, dict):
-            yield Problem(f"stages[{index}]", "each stage is a mapping {name, recipe, overrides}")
+            yield Problem(
+                f"stages[{index}]",
+                "each stage is a mapping {name, recipe, overrides}",
+                "write `- {name: sft, recipe: sft.yaml}`",
+            )
 
 
 def stage_name_invalid(ctx: FileContext) -> Iterator[Problem]:
@@ -155,13 +159,17 @@ def placeholder_not_earlier(ctx: FileContext) -> Iterator[Problem]:
         earlier.append(name)
 
 
+def stage_of(text: str) -> str | None:
+    """The stage a command-line override names (`dpo:train.beta=0.2` -> dpo), None for one meant for all."""
+    return text.split(":", 1)[0] if ":" in text.split("=", 1)[0] else None
+
+
 def override_stage_unknown(ctx: FileContext) -> Iterator[Problem]:
     """A command-line `STAGE:KEY=VALUE` naming a stage the pipeline does not have."""
     names = [name for _, _, name in named_stages(ctx)]
     for text in ctx.extra.get("overrides", ()):
-        head = text.split("=", 1)[0]
-        stage = text.split(":", 1)[0]
-        if ":" in head and stage not in names:
+        stage = stage_of(text)
+        if stage is not None and stage not in names:
             yield Problem(
                 "command line",
                 f"override '{text}' names stage '{stage}', which the pipeline does not have",
