@@ -10,7 +10,7 @@ the pipeline leaves those for when that stage has run (results/pipeline.py), by 
 
 Adding a check: write the function beside its kind (schema_rules, recipe_rules, data_rules, feasibility,
 profile_rules, pipeline_rules), add its row here, and a bad input for it in tests/plan/test_rules.py.
-`python -m align_recipes.plan.rules` prints the table.
+`rules.describe()` prints the table (docs/architecture.md shows it).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class Rule:
 
     @property
     def summary(self) -> str:
-        return " ".join((self.check.__doc__ or "").split("\n\n")[0].split())
+        """The first sentence of the rule's docstring: what it refuses."""
+        text = " ".join((self.check.__doc__ or "").split())
+        return text.split(". ")[0].rstrip(".") + "."
 
 
 def _table(*rows: Rule) -> dict[str, Rule]:
@@ -172,7 +174,3 @@ def describe() -> str:
     """The table as text: one line per rule (its kind, name and what it refuses)."""
     width = max(map(len, RULES))
     return "\n".join(f"{rule.reads:<12} {name:<{width}}  {rule.summary}" for name, rule in RULES.items())
-
-
-if __name__ == "__main__":
-    print(describe())
