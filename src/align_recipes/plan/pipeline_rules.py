@@ -255,7 +255,3 @@ def gate_not_measured(ctx: FileContext) -> Iterator[Problem]:
                 f"gate the stage that reads the model to check, e.g. train.reward_model_path: '{{reward}}' "
                 f"({metric} is measured by {registry.names_text(lambda a, m=metric: m in a.metrics)})",
             )
-
-
-def stage_recipe(ctx: FileContext, entry: dict) -> Path:
-    return ctx.path.parent / str(entry.get("recipe") or "")
