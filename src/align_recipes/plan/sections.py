@@ -35,6 +35,7 @@ def _build(cls, values: dict | None, nested: dict | None = None):
 
 
 ADAPTERS = ("full", "lora", "qlora")
+ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}  # as messages name them
 
 
 @dataclass(frozen=True, kw_only=True)
