@@ -54,7 +54,8 @@ def masked_whiten(
     Masked-out positions come back as 0. A batch with no spread (`MIN_RELATIVE_SPREAD`) carries no signal: it
     comes back as 0 everywhere (or unchanged with ``shift_mean=False``) instead of as rescaled rounding noise.
     With ``sum_over_ranks`` (a function summing a tensor over the processes) the mean and the unbiased variance
-    are those of every process's positions together: each process contributes its (count, sum, sum of squares), and one all-reduce adds them up."""
+    are those of every process's positions together: each process contributes its (count, sum, sum of squares),
+    and one all-reduce adds them up."""
     if sum_over_ranks is None:
         mean, var = masked_mean(values, mask), masked_var(values, mask)
     else:
