@@ -157,7 +157,8 @@ def assert_same_gradient(got: dict, expected: dict, what: str) -> None:
     g = torch.cat([got[n].flatten() for n in expected])
     e = torch.cat([expected[n].flatten() for n in expected])
     assert e.norm() > 1e-6, f"{what}: the hand gradient is zero, the check would be vacuous"
-    assert (g - e).norm() <= 2e-3 * e.norm(), (
+    # Padded batches against unpadded sequences agree to about 1e-7 of the norm here.
+    assert (g - e).norm() <= 1e-4 * e.norm(), (
         f"{what}: |trainer - hand| = {(g - e).norm():.3g}, |hand| = {e.norm():.3g}"
     )
 
@@ -245,7 +246,7 @@ def test_ppo_gradients_match_the_losses_by_hand_over_two_steps_of_two_passes(tin
         reward_funcs=[plus_or_minus_one],
         learning_rate=1e-2,
         max_new_tokens=MAX_NEW,
-        kl_coef=0.1,
+        kl_coef=0.2,
         cliprange=0.1,
         cliprange_value=0.05,
         vllm_importance_sampling_cap=1.02,
