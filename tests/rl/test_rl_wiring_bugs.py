@@ -351,6 +351,7 @@ def test_spo_gradients_match_the_loss_with_beta_k3_by_hand(tiny, tmp_path):
         learning_rate=1e-2,
         beta=beta,
         cliprange=0.1,
+        reward_scale=1.0,  # the tracker's map from rewards to [0, 1]: (r + 1) / 2
     )
     args, tok, temp = t.args, t.processing_class, t.args.temperature
     scripts = scripts_for(tok)
@@ -373,7 +374,8 @@ def test_spo_gradients_match_the_loss_with_beta_k3_by_hand(tiny, tmp_path):
     scale = args.reward_scale
     unit = ((scores + scale) / (2 * scale)).clamp(0, 1)  # the tracker's [0, 1] rewards
     prior = torch.full((4,), 0.5)
-    alpha, beta_ = args.rho_const * prior + unit, args.rho_const * prior + (1 - unit)  # step 1, first visits
+    # step 1 visits every prompt first: the tracker forgets its prior at rho = clip_upper (the SPO paper's 0.96)
+    alpha, beta_ = args.clip_upper * prior + unit, args.clip_upper * prior + (1 - unit)
     baselines = {0: torch.zeros(4), 1: alpha / (alpha + beta_) * 2 * scale - scale}
     advantages = {step: normalised(scores - baselines[step]) for step in (0, 1)}
     old = {
@@ -436,6 +438,7 @@ def test_spo_tracker_forgets_by_the_divergence_of_a_moving_policy(tiny, tmp_path
         clip_lower=0.05,
         clip_upper=0.99,
         half_life=0.5,
+        reward_scale=1.0,
         callbacks=[callback],
     )
     callback.trainer = t
@@ -456,10 +459,9 @@ def test_spo_tracker_forgets_by_the_divergence_of_a_moving_policy(tiny, tmp_path
         rhos.append(rho)
         reward = int(PROMPTS[key]["answer"]) / 10
         unit = min(max((reward + args.reward_scale) / (2 * args.reward_scale), 0.0), 1.0)
-        assert float(t.tracker.alpha[key]) == pytest.approx(rho * float(tracker.alpha[key]) + unit, abs=1e-6)
-        assert float(t.tracker.beta[key]) == pytest.approx(
-            rho * float(tracker.beta[key]) + 1 - unit, abs=1e-6
-        )
+        (alpha, beta), (alpha_before, beta_before) = t.tracker.belief(key), tracker.belief(key)
+        assert alpha == pytest.approx(rho * alpha_before + unit, abs=1e-6)
+        assert beta == pytest.approx(rho * beta_before + 1 - unit, abs=1e-6)
     # Not vacuous: every rho is inside its clip range and away from rho_const.
     assert all(args.clip_lower < r < args.clip_upper and abs(r - args.rho_const) > 1e-3 for r in rhos), rhos
 
