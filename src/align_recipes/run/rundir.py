@@ -275,24 +275,27 @@ class RunDir:
         return len(records) - len(kept)
 
     def metrics_callback(self):
-        """A TrainerCallback that appends every logged dict to metrics.jsonl, one JSON object per line."""
-        from transformers import TrainerCallback
+        """The Trainer callback that appends every logged dict to metrics.jsonl (this imports torch)."""
+        from align_recipes.run.callbacks import MetricsHooks
 
-        target = self.path / METRICS
+        return MetricsHooks(MetricsJsonl(self.path / METRICS))
 
-        class MetricsJsonl(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if not state.is_world_process_zero or not logs:
-                    return
-                record = {
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    **{k: _clean(v) for k, v in logs.items()},
-                }
-                with open(target, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
 
-        return MetricsJsonl()
+def append_metrics(path: Path, record: dict) -> None:
+    """One record at the end of metrics.jsonl: the one way anything writes there (non-finite values as text)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+
+class MetricsJsonl:
+    """Every dict the Trainer logs, with its step and epoch, as one line of metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            append_metrics(self.path, {"step": state.global_step, "epoch": state.epoch, **logs})
 
 
 def _clean(value: Any) -> Any:

@@ -29,7 +29,7 @@ from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
+from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded, watch
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.inference_template import save_inference_template
@@ -330,9 +330,9 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
         trainer.remove_callback(callback)
     progress = progress_callback(key_metrics(plan.algorithm))
     trainer.add_callback(progress)
-    watch = hacking.reward_watch(plan, trainer, run_dir / METRICS, say=progress.note)
-    if watch is not None:
-        trainer.add_callback(watch)
+    reward_watch = watch.reward_watch(plan, trainer, run_dir / METRICS, say=progress.note)
+    if reward_watch is not None:
+        trainer.add_callback(reward_watch)
     models.match_trainable_dtypes(trainer.model, bf16=bool(parts.config.bf16))
     return trainer
 
@@ -544,7 +544,7 @@ def finish(
     general = (
         harness.measure_after(plan, run_dir.path, measured, parts.tokenizer) if measured is not None else None
     )
-    watched = hacking.watch_summary(trainer)
+    watched = watch.watch_summary(trainer)
     summary = {
         **record,
         "status": hacking.run_status(watched),  # `stopped_hacking` when evaluate.on_hacking ended it
