@@ -30,6 +30,7 @@ from align_recipes.errors import RecipeError, did_you_mean
 from align_recipes.plan import trl_fields
 from align_recipes.plan.hardware import GPU, detect_gpus, flash_attention_status, package_version, vllm_status
 from align_recipes.plan.model_size import human
+from align_recipes.plan.sections import quantization_for
 from align_recipes.plan.yamlio import load_yaml
 
 PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
@@ -372,7 +373,7 @@ def layer_for(
                 rule.adapter,
                 _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]),
             )
-        quantization = rule.quantization or ("4bit" if rule.adapter == "qlora" else None)
+        quantization = rule.quantization or quantization_for(rule.adapter)
         # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
         if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
             put(
