@@ -16,7 +16,7 @@ LAYERS = [
     ("results", {"results"}),
     ("run", {"run"}),
     ("plan", {"plan"}),
-    ("parts", {"data", "rl", "rewards", "tiny"}),
+    ("parts", {"data", "rl", "rewards", "tiny", "model_scores"}),
     (
         "base",
         {
