@@ -28,6 +28,7 @@ LAYERS = [
             "deferred",
             "stats",
             "reproducible",
+            "console",
             "__init__",
         },
     ),
