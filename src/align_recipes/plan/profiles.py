@@ -38,7 +38,7 @@ from align_recipes.plan.hardware import (
     vllm_status,
 )
 from align_recipes.plan.model_size import human
-from align_recipes.plan.sections import ADAPTER_WORDS
+from align_recipes.plan.sections import ADAPTER_WORDS, quantization_for
 from align_recipes.plan.yamlio import load_yaml
 
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
@@ -320,7 +320,7 @@ def layer_for(
                 rule.adapter,
                 _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]),
             )
-        quantization = rule.quantization or ("4bit" if rule.adapter == "qlora" else None)
+        quantization = rule.quantization or quantization_for(rule.adapter)
         # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
         if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
             put(

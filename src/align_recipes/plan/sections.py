@@ -38,6 +38,11 @@ ADAPTERS = ("full", "lora", "qlora")
 ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}  # as messages name them
 
 
+def quantization_for(adapter: str | None, quantization: str | None = None) -> str | None:
+    """The base weights' quantization: QLoRA is 4-bit by definition (the one place that says so)."""
+    return "4bit" if adapter == "qlora" else quantization
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoraSection:
     r: int = spec(16, "int", "LoRA rank")
@@ -78,7 +83,7 @@ class ModelSection:
     @property
     def quantized(self) -> str:
         """The base weights' quantization: QLoRA is 4-bit by definition."""
-        return "4bit" if self.adapter == "qlora" else self.quantization
+        return quantization_for(self.adapter, self.quantization)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> ModelSection:

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from align_recipes import stats
+from align_recipes import console, stats
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan import pipeline_rules, rules
 from align_recipes.plan.checking import FileContext, locate_in
@@ -326,13 +326,13 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
     ran: set[str] = set()
     records: list[dict] = []
     total = len(pipeline.stages)
-    print(f"pipeline {pipeline.path}: {total} stages validated -> {pipeline.output_dir}")
+    console.info(f"pipeline {pipeline.path}: {total} stages validated -> {pipeline.output_dir}")
     for index, stage in enumerate(pipeline.stages, 1):
         state = "forced" if force else stage_state(stage, by_name, ran)
         merged_ok = not stage.adapter or (stage.model_dir / "config.json").is_file()
         label = f"[{index}/{total}] {stage.name} ({stage.recipe.name})"
         if state == "complete":
-            print(f"{label}: skipped, complete and unchanged in {stage.output_dir}")
+            console.info(f"{label}: skipped, complete and unchanged in {stage.output_dir}")
             if not merged_ok and not dry_run:
                 _merge(stage)
             records.append(_record(stage, "skipped", 0.0))
@@ -345,8 +345,8 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
                 _write_state(pipeline, records)
                 raise
             for text in passed:
-                print(f"{label}: {text}")
-        print(f"{label}: {'would run' if dry_run else 'running'} ({state})")
+                console.info(f"{label}: {text}")
+        console.info(f"{label}: {'would run' if dry_run else 'running'} ({state})")
         if dry_run:
             ran.add(stage.name)
             records.append(_record(stage, f"would run ({state})", 0.0))
@@ -357,9 +357,9 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
     if not dry_run:
         _write_state(pipeline, records)
         done = ", ".join(f"{r['stage']} {r['status']}" for r in records)
-        print(f"pipeline done: {done}")
+        console.info(f"pipeline done: {done}")
         for line in held_out_lines(records):
-            print(line)
+            console.info(line)
     return records
 
 
@@ -417,7 +417,7 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
 def _merge(stage: Stage) -> None:
     from align_recipes.results.merge import merge
 
-    print(f"  merging the {stage.name} adapter -> {stage.model_dir}")
+    console.info(f"  merging the {stage.name} adapter -> {stage.model_dir}")
     merge(stage.output_dir, stage.model_dir, overwrite=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from align_recipes import console
 from align_recipes.data import DataError
 from align_recipes.data.audit import AUDITED_KINDS, audit, one_line
 from align_recipes.data.spec import rows_text
@@ -46,7 +47,7 @@ def audit_training_data(plan, tokenizer, config) -> dict | None:
         )
         report["section"] = spec.section
         if is_main_process():
-            print(one_line(report, spec.section), flush=True)
+            console.info(one_line(report, spec.section))
         reports.append(report)
     fail_on = list(plan.data.audit.fail_on)
     record = {"fail_on": fail_on, "sources": reports}
