@@ -49,6 +49,24 @@ def verdict(summary: dict, name: str) -> str | None:
     return metrics[name].get("verdict")
 
 
+ROSE, FLAT, FELL = "rose", "no significant change", "fell"
+
+
+def assert_rose(summary: dict, name: str) -> None:
+    """The held-out metric's 95% interval lies above zero: claimed only where it did at every seed measured,
+    with reproducible mode on and on an emulated other CPU (docs/benchmarks.md, "Verdicts per seed")."""
+    assert verdict(summary, name) == ROSE, _metric(summary, name)
+
+
+def assert_not_fell(summary: dict, name: str) -> None:
+    """The held-out metric's 95% interval does not lie below zero."""
+    assert verdict(summary, name) in (ROSE, FLAT), _metric(summary, name)
+
+
+def _metric(summary: dict, name: str) -> dict:
+    return {m["name"]: m for m in summary.get("task_metrics") or []}.get(name, {})
+
+
 def logged(run_dir: Path, key: str) -> list[float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r[key] for r in records if key in r]

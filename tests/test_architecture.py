@@ -16,7 +16,7 @@ LAYERS = [
     ("results", {"results"}),
     ("run", {"run"}),
     ("plan", {"plan"}),
-    ("parts", {"data", "rl", "rewards", "tiny"}),
+    ("parts", {"data", "rl", "rewards", "tiny", "model_scores"}),
     (
         "base",
         {
@@ -28,6 +28,7 @@ LAYERS = [
             "deferred",
             "stats",
             "reproducible",
+            "console",
             "__init__",
         },
     ),
@@ -123,3 +124,43 @@ def test_only_the_registry_lists_algorithms():
                 if len(keys & names) >= 2:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {sorted(keys & names)}")
     assert not offenders, "\n".join(offenders)
+
+
+def callbacks_defined_in_functions(source: str, where: str = "<source>") -> list[str]:
+    """Classes defined inside a function body that subclass TrainerCallback, directly or through one of
+    this source's own top-level subclasses (built per call, they hide from imports, types and tests)."""
+    tree = ast.parse(source)
+
+    def base_names(node: ast.ClassDef) -> set[str]:
+        return {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases}
+
+    callback_names = {"TrainerCallback"}
+    top = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    while grown := {n.name for n in top if base_names(n) & callback_names} - callback_names:
+        callback_names |= grown
+    found = []
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(func):
+                if isinstance(node, ast.ClassDef) and base_names(node) & callback_names:
+                    found.append(f"{where}:{node.lineno}: {node.name} inside {func.name}()")
+    return found
+
+
+def test_trainer_callbacks_are_top_level_classes():
+    found = [
+        hit
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for hit in callbacks_defined_in_functions(path.read_text(), str(path.relative_to(PACKAGE)))
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_callback_check_finds_a_nested_callback():
+    nested = (
+        "from transformers import TrainerCallback\n"
+        "class Hooks(TrainerCallback):\n    pass\n"
+        "def build():\n    class Watch(Hooks):\n        pass\n    return Watch()\n"
+        "def other():\n    class Plain:\n        pass\n"
+    )
+    assert callbacks_defined_in_functions(nested) == ["<source>:5: Watch inside build()"]

@@ -25,6 +25,7 @@ EPILOG = """examples:
   align-recipes merge outputs/qwen05b/sft --out outputs/qwen05b/sft-merged
   align-recipes export outputs/tiny/dpo --gguf q8_0 --ollama   # verified GGUF + Ollama Modelfile
   align-recipes eval outputs/tiny/dpo --metric implicit_reward_accuracy
+  align-recipes audit recipes/tiny/data/prefs.jsonl --max-length 64   # 0 clean, 1 findings; --json: the report
   align-recipes pipeline recipes/qwen05b/pipeline.yaml
 """
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-RESULT_VERBS = ("report", "chat", "merge", "export", "eval", "pipeline")
+RESULT_VERBS = ("report", "chat", "merge", "export", "eval", "pipeline", "audit")
 
 
 def _add_result_verbs(verbs) -> None:
@@ -190,6 +191,26 @@ def _add_result_verbs(verbs) -> None:
     )
     evaluate.add_argument("--limit", type=int, help="evaluate at most this many rows")
     evaluate.add_argument("--max-new-tokens", type=int, help="generation budget (exact_match, win_rate)")
+
+    audit = verbs.add_parser(
+        "audit",
+        help="audit preference, KTO or reward data: identical and duplicate pairs, contradictions, empty "
+        "answers, length bias, one-sided truncation (exit 1 when something is found)",
+    )
+    audit.add_argument(
+        "data", nargs="?", metavar="DATA", help="data file, folder or hub id (default: --recipe's data.train)"
+    )
+    audit.add_argument(
+        "--recipe", metavar="R", help="a recipe: its algorithm's data kind, tokenizer and max_length"
+    )
+    audit.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="check one-sided truncation at N (tokens with --recipe, else characters)",
+    )
+    audit.add_argument("--split", default="train", help="split, with optional slicing (default: train)")
+    audit.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     pipe = verbs.add_parser(
         "pipeline", help="validate every stage of a pipeline file, then run them in order"
@@ -270,6 +291,10 @@ def _run_result_verb(args) -> int:
         for name, value in result["metrics"].items():
             print(result_line(name, value))
         print(f"wrote {Path(args.run_dir) / EVAL_FILE}")
+    elif args.verb == "audit":
+        from align_recipes.results.audit import audit_command
+
+        return audit_command(args.data, args.recipe, args.max_length, args.split, args.json)
     else:
         from align_recipes.results.pipeline import load_pipeline, run_pipeline
 

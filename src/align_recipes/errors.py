@@ -24,6 +24,8 @@ class RecipeError(Exception):
         file: str | Path | None = None,
         key: str | None = None,
         line: int | None = None,
+        rule: str | None = None,
+        subject: str | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -31,6 +33,10 @@ class RecipeError(Exception):
         self.file = file
         self.key = key
         self.line = line
+        self.rule = rule  # the named check that found it (plan/rules.py), when one did
+        self.subject = (
+            subject  # the input it found missing, for rules that wait for an earlier stage's output
+        )
 
     def render(self) -> str:
         where = ""

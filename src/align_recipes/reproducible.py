@@ -43,7 +43,10 @@ PINS = {
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # deterministic cuBLAS (ignored on CPU)
 }
 # Measured on the builtin tiny SFT build (docs/benchmarks.md, "Reproducible mode"); `show` prints it.
-COST = "about 1.1x the CPU time of the unpinned tiny build, one thread"
+COST = (
+    "1.01x the CPU time of an unpinned run on an AVX2 CPU (the builtin SFT build, docs/benchmarks.md); "
+    "an AVX-512 CPU gives up its wider kernels; one thread"
+)
 ENV_FLAG = "ALIGN_RECIPES_REPRODUCIBLE"  # set by pin_environment: subprocesses and launchers inherit the mode
 
 

@@ -9,7 +9,7 @@ import pytest
 from align_recipes.data import FORMATS, KINDS, DataError, DataSpec, check_serves, detect_format, peek, preview
 from align_recipes.data.messages import as_label, parse_transcript, to_messages
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 LM, PREF, UNP, PO = "language_modeling", "preference", "unpaired", "prompt_only"
 
 

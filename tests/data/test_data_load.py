@@ -11,7 +11,7 @@ import pytest
 from align_recipes.data import DataError, DataSpec, load, peek, preview
 from align_recipes.data import loader as data_load
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "data"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 LM, PREF, UNP, PO = "language_modeling", "preference", "unpaired", "prompt_only"
 
 datasets.disable_progress_bars()

@@ -5,10 +5,10 @@ SFT runs once per session from the untrained tiny model (the `sft_run` fixture, 
 other algorithm starts from its output (ORPO from the untrained model, as its recipe says), as the
 classic flow does. Every run takes its
 seed from ALIGN_RECIPES_TEST_SEED (default 42), passed as `train.seed`; CI runs both files with a
-second seed. Each threshold sits below the worst of six seeds measured on a 2-core CPU machine
-(seeds 42, 1, 2, 3, 4, 7; docs/benchmarks.md, "Held-out metrics over six seeds"), with margin, and
-still proves that the metric moved: a seed, like another CPU's kernels, changes the SFT start and
-every stage's data order and samples.
+second seed. Held-out metrics are asserted by their verdict (align_recipes.stats: the 95% interval of the
+per-row paired difference on the 100 held-out rows), never by a raw threshold: "rose" only where the interval
+lay above zero at every seed measured, in reproducible mode and on an emulated other CPU; elsewhere "did not
+fall", next to the training metric the algorithm optimises (docs/benchmarks.md, "Verdicts per seed").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e_helpers import SEED, from_sft, held_out, train
+from e2e_helpers import SEED, assert_not_fell, assert_rose, from_sft, held_out, train
 
 from align_recipes.cli import main
 
@@ -27,7 +27,7 @@ def test_sft_raises_held_out_exact_match(sft_run):
     _, summary = sft_run
     task = held_out(summary)["exact_match"]
     assert task["before"] <= 0.05
-    assert task["after"] >= 0.55, task
+    assert_rose(summary, "exact_match")
     assert summary["metrics_last"]["loss"] < summary["metrics_first"]["loss"]
 
 
@@ -74,8 +74,7 @@ def test_existing_run_is_not_overwritten(sft_run, capsys):
 
 def test_reward_model_learns_to_rank_held_out_pairs(sft_run, tmp_path):
     summary = from_sft("reward", sft_run, tmp_path)
-    pairs = held_out(summary)["preference_accuracy"]
-    assert pairs["after"] >= pairs["before"] + 0.10, pairs
+    assert_not_fell(summary, "preference_accuracy")
     first, last = summary["metrics_first"], summary["metrics_last"]
     assert last["margin"] > first["margin"] and last["accuracy"] > first["accuracy"]
 
@@ -83,10 +82,9 @@ def test_reward_model_learns_to_rank_held_out_pairs(sft_run, tmp_path):
 def test_dpo_raises_held_out_implicit_reward_accuracy_and_keeps_exact_match(sft_run, tmp_path):
     summary = from_sft("dpo", sft_run, tmp_path)
     metrics = held_out(summary)
-    pairs, task = metrics["implicit_reward_accuracy"], metrics["exact_match"]
-    assert pairs["before"] == 0.5  # the policy is its own reference: every margin is 0
-    assert pairs["after"] >= 0.70, pairs
-    assert task["after"] >= task["before"] - 0.03, task  # the SFT term keeps the task
+    assert metrics["implicit_reward_accuracy"]["before"] == 0.5  # the policy is its own reference: margins 0
+    assert_rose(summary, "implicit_reward_accuracy")
+    assert_not_fell(summary, "exact_match")  # the SFT term keeps the task
     first, last = summary["metrics_first"], summary["metrics_last"]
     assert last["rewards/margins"] > first["rewards/margins"] + 0.05
 
@@ -94,9 +92,9 @@ def test_dpo_raises_held_out_implicit_reward_accuracy_and_keeps_exact_match(sft_
 def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd):
     summary = train("orpo", tmp_path / "orpo")  # ORPO replaces SFT: it starts from the untrained model
     metrics = held_out(summary)
-    pairs, task = metrics["preference_accuracy"], metrics["exact_match"]
-    assert pairs["after"] >= pairs["before"] + 0.2 and pairs["after"] >= 0.85, pairs
-    assert task["after"] >= task["before"] + 0.25, task
+    assert metrics["exact_match"]["before"] <= 0.05
+    assert_rose(summary, "preference_accuracy")
+    assert_rose(summary, "exact_match")
     first, last = summary["metrics_first"], summary["metrics_last"]
     assert (
         last["logps/chosen"] - last["logps/rejected"] > first["logps/chosen"] - first["logps/rejected"] + 0.5
@@ -109,8 +107,8 @@ def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd
 def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, overrides):
     """CPO (no reference model) and SimPO's loss in the same trainer, both with the behaviour-cloning
     term (cpo_alpha 1.0). Over seeds 42, 1-4 (docs/benchmarks.md) held-out exact match rose by 0.04 to 0.20
-    (CPO) and 0.01 to 0.12 (CPO-SimPO) from each seed's SFT start (0.71-0.85): SimPO's worst seed started
-    at 0.85, so for it the test asks only that exact match and preference accuracy do not fall."""
+    (CPO) and 0.01 to 0.12 (CPO-SimPO) from each seed's SFT start (0.71-0.85); at the small end that is
+    within the noise of 100 rows, so the held-out metrics must not fall, and the training margins must rise."""
     summary = from_sft("cpo", sft_run, tmp_path, *overrides)
     first, last = summary["metrics_first"], summary["metrics_last"]
     assert last["rewards/margins"] > first["rewards/margins"] and last["rewards/accuracies"] >= 0.95, (
@@ -118,19 +116,17 @@ def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, ov
         last,
     )
     assert last["nll_loss"] < first["nll_loss"]
-    metrics = held_out(summary)
-    task, pairs = metrics["exact_match"], metrics["preference_accuracy"]
-    rise = 0.0 if overrides else 0.02
-    assert task["after"] >= task["before"] + rise, task
-    assert pairs["after"] >= pairs["before"], pairs
+    held_out(summary)
+    assert_not_fell(summary, "exact_match")
+    assert_not_fell(summary, "preference_accuracy")
 
 
 def test_kto_raises_held_out_implicit_reward_accuracy(sft_run, tmp_path):
     summary = from_sft("kto", sft_run, tmp_path)
     metrics = held_out(summary)
-    pairs = metrics["implicit_reward_accuracy"]
-    assert pairs["before"] == 0.5 and pairs["after"] >= 0.57, pairs  # 0.62-0.75 over six seeds
+    assert metrics["implicit_reward_accuracy"]["before"] == 0.5
+    assert_rose(summary, "implicit_reward_accuracy")  # 0.62-0.75 over six seeds: rose at each
     first, last = summary["metrics_first"], summary["metrics_last"]
     # lr 1e-5 keeps exact match, so the margin moves little: about 0.00 -> 0.014-0.019 over six seeds
     assert last["rewards/margins"] > first["rewards/margins"] + 0.007, (first, last)
-    assert metrics["exact_match"]["after"] >= 0.5, metrics["exact_match"]
+    assert_not_fell(summary, "exact_match")

@@ -597,7 +597,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
         *words[:-2], f"train.max_length={suggested}", f"train.output_dir={out}", "--no-report", timeout=300
     )
     assert rc == 0, stdout + stderr
-    assert "DPOTrainer leaves 2 of 12 rows out" in stdout and "done: 1 steps" in stdout
+    assert "note: data.train: DPOTrainer leaves 2 of 12 rows out" in stderr and "done: 1 steps" in stdout
 
 
 def test_no_row_left_counts_each_cause(tmp_path):

@@ -119,19 +119,18 @@ def test_synthetic_samples_are_detected_as_the_real_layouts():
 
 def test_lora_parameters_and_memory_estimate_by_hand():
     from align_recipes.plan.load import load_plan
+    from align_recipes.plan.sections import LoraSection
     from align_recipes.registry import ALGORITHMS
     from align_recipes.results.rehearse import memory, shapes
 
     config = shapes.shipped()["qwen/qwen2-0.5b-instruct"]["config"]
     # r x (in + out) per projection: q 896+896, k 896+128, v 896+128, o 896+896, gate/up 896+4864, down 4864+896
     per_layer = 16 * (1792 + 1024 + 1024 + 1792 + 3 * 5760)
-    assert memory.lora_parameters(config, {"r": 16}) == 24 * per_layer == 8_798_208
+    assert memory.lora_parameters(config, LoraSection(r=16)) == 24 * per_layer == 8_798_208
     params, linear = shapes.full_parameter_count(config)
     plan = load_plan(QWEN05 / "dpo.yaml", profile="t4")
     train = {k: v for k, (v, _) in plan.effective_config().items()}
-    est = memory.estimate(
-        config, params, linear, ALGORITHMS["dpo"], plan.recipe["model"], train, plan.profile
-    )
+    est = memory.estimate(config, params, linear, ALGORITHMS["dpo"], plan.model, train, plan.profile)
     # LoRA on fp16 weights: 2 B/param; the adapter fp32 with grads (4 B) and AdamW (8 B).
     assert est.parts["weights"] == pytest.approx((params * 2 + 8_798_208 * 4) / 1e9)
     assert est.parts["optimizer"] == pytest.approx(8_798_208 * 8 / 1e9)
@@ -143,9 +142,7 @@ def test_lora_parameters_and_memory_estimate_by_hand():
         QWEN05 / "dpo.yaml", ["model.adapter=full", "train.per_device_train_batch_size=16"], profile="t4"
     )
     train = {k: v for k, (v, _) in full.effective_config().items()}
-    big = memory.estimate(
-        config, params, linear, ALGORITHMS["dpo"], full.recipe["model"], train, full.profile
-    )
+    big = memory.estimate(config, params, linear, ALGORITHMS["dpo"], full.model, train, full.profile)
     assert big.verdict == "WILL NOT FIT" and not big.fits
 
 

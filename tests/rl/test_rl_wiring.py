@@ -227,6 +227,7 @@ def test_reference_with_the_adapter_disabled_is_the_base_model(tiny, tmp_path):
         max_steps=1,
         learning_rate=5e-2,
         peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+        reward_funcs=[answer_over_ten],  # scores that differ (no digits yet: `digits` scored every answer 0)
     )
     t.train()
     base, tok, temp = AutoModelForCausalLM.from_pretrained(tiny), t.processing_class, t.args.temperature

@@ -11,6 +11,7 @@ import pytest
 from transformers import TrainerControl
 
 from align_recipes.run import hacking, measure
+from align_recipes.run.watch import _callback as watch_callback
 
 ROWS = [{"prompt": f"{i}+0=", "answer": str(i)} for i in range(10)]
 # Held-out exact match at each check, every 5 steps (the first is before training): 0.8 at the start (standard
@@ -48,7 +49,7 @@ def run_watch(tmp_path, monkeypatch, action: str, until: int = 30):
         evaluate=SimpleNamespace(max_new_tokens=4, watch_every=5, on_hacking=action), train={}, rewards=[]
     )
     trainer, said = ScriptedTrainer(tmp_path), []
-    watch = hacking._callback(
+    watch = watch_callback(
         plan, "exact_match", ROWS, ([], []), tmp_path / "metrics.jsonl", said.append, trainer, action
     )
     args = SimpleNamespace(logging_steps=5, learning_rate=1e-4, kl_coef=0.05)

@@ -311,7 +311,7 @@ def test_bad_watch_settings_are_named_before_anything_loads(override, message, r
 
 def test_the_watch_is_off_where_it_cannot_apply(repo_cwd):
     from align_recipes.plan import load_plan
-    from align_recipes.run.hacking import reward_watch
+    from align_recipes.run.watch import reward_watch
 
     said = []
     dpo = load_plan("recipes/tiny/dpo.yaml", profile="cpu")  # does not generate

@@ -343,7 +343,7 @@ def test_resume_auto_starts_fresh_then_continues(runs_root, capsys):
     assert run_in_process(auto) == 0  # checkpoint-2 is the last step: nothing left to train, finishes again
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["status"] == "complete"
-    assert "nothing left to train" in capsys.readouterr().out
+    assert "nothing left to train" in capsys.readouterr().err  # a note: stderr
 
     assert run_in_process([*base, f"train.resume_from_checkpoint={out / 'checkpoint-1'}"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 2

@@ -179,20 +179,21 @@ class _Oracle(torch.nn.Module):
         self.tokenizer = tokenizer
         self.embed = torch.nn.Embedding(len(tokenizer), 2)
 
-    def get_input_embeddings(self):
-        return self.embed
+    @property
+    def device(self):
+        return self.embed.weight.device
 
-    def generate(self, input_ids, attention_mask, generation_config):
+    def generate(self, input_ids, attention_mask, eos_token_id, pad_token_id, do_sample, **kwargs):
         assert (attention_mask[:, -1] == 1).all(), "prompts must be left padded"
+        assert not do_sample, "greedy"
         rows = []
         for ids in input_ids.tolist():
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             question = text.split("user\n")[-1].split("\n")[0]
             answer = self.tokenizer(_solve(question), add_special_tokens=False)["input_ids"]
-            rows.append(ids + answer + [generation_config.eos_token_id])
+            rows.append(ids + answer + [eos_token_id])
         width = max(map(len, rows))
-        pad = generation_config.pad_token_id
-        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        return torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
 
 
 def test_evaluate_task_scores_a_perfect_model(tiny_pair):

@@ -109,9 +109,9 @@ def _pair(row: dict, binding: Binding, prompt_only: bool = False) -> dict:
     if any(m["role"] != "assistant" for m in chosen + rejected):
         # whole conversations: the shared prefix is the prompt (TRL's implicit prompt)
         prompt, chosen, rejected = common_prefix(chosen, rejected)
+        if chosen == rejected:  # nothing follows the shared part: the two conversations are the same
+            raise RowProblem("identical chosen and rejected")
         if not any(m["role"] == "user" for m in prompt):
-            if chosen == rejected:
-                raise RowProblem("identical chosen and rejected")
             raise RowProblem(f"'{c_col}' and '{r_col}' share no prompt")
         prompt = clean_messages(prompt, c_col)
     elif "prompt" in binding.fields:

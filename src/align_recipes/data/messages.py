@@ -33,6 +33,7 @@ ROLE_ALIASES = {
     "ipython": "tool",
 }
 CONVERSATION_ROLES = ("user", "assistant")
+PLAIN_ROLES = ("user", "assistant", "system")  # roles that normalize_role leaves as they are
 
 
 class RowProblem(Exception):
@@ -111,6 +112,11 @@ def to_messages(
     other = {"user": "assistant", "assistant": "user"}
     messages = []
     for position, item in enumerate(value):
+        if not tools and isinstance(item, dict):  # the common case, already clean: no work to do
+            role, content = item.get("role"), item.get("content")
+            if role in PLAIN_ROLES and type(content) is str:
+                messages.append({"role": role, "content": content})
+                continue
         default = first_role if position % 2 == 0 else other.get(first_role, "assistant")
         if isinstance(item, str):
             role, content = default, item

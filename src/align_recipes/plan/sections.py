@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from align_recipes.data.audit import FINDINGS
 from align_recipes.data.spec import DataSpec, source_entries
 from align_recipes.fields import fields_of, spec
 from align_recipes.registry import (
@@ -34,6 +35,12 @@ def _build(cls, values: dict | None, nested: dict | None = None):
 
 
 ADAPTERS = ("full", "lora", "qlora")
+ADAPTER_WORDS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA 4-bit"}  # as messages name them
+
+
+def quantization_for(adapter: str | None, quantization: str | None = None) -> str | None:
+    """The base weights' quantization: QLoRA is 4-bit by definition (the one place that says so)."""
+    return "4bit" if adapter == "qlora" else quantization
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,11 +83,28 @@ class ModelSection:
     @property
     def quantized(self) -> str:
         """The base weights' quantization: QLoRA is 4-bit by definition."""
-        return "4bit" if self.adapter == "qlora" else self.quantization
+        return quantization_for(self.adapter, self.quantization)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> ModelSection:
         return _build(cls, values, {"lora": LoraSection.from_dict})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSection:
+    """The data audit every preference, KTO and reward run starts with (data/audit.py, docs/data.md)."""
+
+    fail_on: list = spec(
+        kinds="list",
+        help="audit findings that stop the run before training: "
+        + ", ".join(FINDINGS)
+        + "; [] (default): none",
+        factory=list,
+    )
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> AuditSection:
+        return _build(cls, values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +114,11 @@ class DataSection:
     train: list[DataSpec] = spec(kinds="dict list", help="the training dataset, or a list of sources to mix")
     eval: list[DataSpec] = spec(
         None, "dict list null", "an evaluation dataset (TRL's eval_dataset), or a list of sources to mix"
+    )
+    audit: AuditSection = spec(
+        kinds="dict null",
+        help="preference, KTO and reward runs: which findings of the data audit stop the run (fail_on)",
+        factory=AuditSection,
     )
 
     @classmethod
@@ -102,7 +131,8 @@ class DataSection:
                     for name, entry in source_entries(values.get(split), f"data.{split}")
                 ]
                 for split in ("train", "eval")
-            }
+            },
+            audit=AuditSection.from_dict(values.get("audit")),
         )
 
 
@@ -222,6 +252,7 @@ TOP_LEVEL = fields_of(RecipeFile)
 MODEL = fields_of(ModelSection)
 LORA = fields_of(LoraSection)
 DATA = fields_of(DataSection)
+AUDIT = fields_of(AuditSection)
 DATASET = fields_of(DataSpec)
 EVALUATE = fields_of(EvaluateSection)
 HARNESS = fields_of(HarnessSection)

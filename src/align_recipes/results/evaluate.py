@@ -24,16 +24,14 @@ from typing import Any
 from align_recipes import stats
 from align_recipes.data.messages import prompt_text
 from align_recipes.errors import RecipeError
-from align_recipes.plan.sections import METRIC_KINDS
-from align_recipes.registry import ALGORITHMS, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY, REWARD
+from align_recipes.plan.sections import EVALUATE, METRIC_KINDS
+from align_recipes.registry import ALGORITHMS, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY
 from align_recipes.run.measure import (
-    exact_match_scores,
     generate,
-    implicit_wins,
+    pair_scores,
     pair_wins,
-    preference_scores,
     reward_functions,
-    row_rewards,
+    row_scores,
     sequence_scores,
 )
 
@@ -49,8 +47,7 @@ def default_metrics(info, reward_model: str | None = None, serves=lambda metric:
     implicit_reward_accuracy for the DPO family (`implicit_reward` trait), then the metrics its recipe
     named, those `serves(metric)` says the data can serve; plus win_rate with --reward-model."""
     algorithm = ALGORITHMS.get(info.algorithm)
-    recipe_metric = (info.recipe.get("evaluate") or {}).get("metric")
-    named = [recipe_metric] if isinstance(recipe_metric, str) else list(recipe_metric or [])
+    named = info.evaluate.metrics if info.evaluate is not None else []
     if info.head == "reward":
         wanted = [PREFERENCE_ACCURACY]
     elif algorithm is not None:
@@ -172,6 +169,11 @@ class Reference:
     def name(self) -> str:
         return "adapter disabled" if self.is_adapter else str(self.info.model.name_or_path)
 
+    def pair_scores(self, tokenizer, rows: list[dict]) -> tuple[list[float], list[float]]:
+        """The reference's (chosen, rejected) log-probabilities of the pairs."""
+        with self.use() as ref:
+            return pair_scores(ref, tokenizer, rows, False)
+
 
 def final_beta(beta) -> float:
     """The β a run ended with: a list (one per epoch, the last kept for the rest, as TRL's online DPO
@@ -179,22 +181,14 @@ def final_beta(beta) -> float:
     return float(beta[-1] if isinstance(beta, (list, tuple)) else beta)
 
 
-def implicit_reward_accuracy(model, reference: Reference, tokenizer, rows: list[dict], beta: float) -> dict:
-    prompts = [r["prompt"] for r in rows]
-    chosen = sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], False)
-    rejected = sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], False)
-    with reference.use() as ref:
-        ref_chosen = sequence_scores(ref, tokenizer, prompts, [r["chosen"] for r in rows], False)
-        ref_rejected = sequence_scores(ref, tokenizer, prompts, [r["rejected"] for r in rows], False)
+def implicit_details(pairs: tuple[list, list], reference_pairs: tuple[list, list], beta: float) -> dict:
+    """eval.json's extras of implicit_reward_accuracy: β and the mean implicit-reward margin
+    β·((c − rc) − (r − rr)) over the pairs."""
+    (chosen, rejected), (ref_chosen, ref_rejected) = pairs, reference_pairs
     margins = [
         beta * ((c - rc) - (r - rr)) for c, rc, r, rr in zip(chosen, ref_chosen, rejected, ref_rejected)
     ]
-    return {
-        **with_interval(implicit_wins(chosen, rejected, ref_chosen, ref_rejected)),
-        "beta": beta,
-        "mean_margin": sum(margins) / max(len(margins), 1),
-        "reference": reference.name(),
-    }
+    return {"beta": beta, "mean_margin": sum(margins) / max(len(margins), 1)}
 
 
 def _as_completion(prompt: Any, text: str) -> Any:
@@ -298,40 +292,41 @@ def evaluate_run(
                 key="--reward-model",
                 fix="pass the output directory of a `reward` recipe",
             )
-    section = info.recipe.get("evaluate") or {}
-    limit = limit or section.get("limit")
+    section = info.evaluate
+    limit = limit or (section.limit if section else None)
+    tokens = max_new_tokens or (section.max_new_tokens if section else EVALUATE["max_new_tokens"].default)
     model, tokenizer, info = load_run(info.run_dir)
     reference = Reference(model, info)
-    beta = final_beta((info.recipe.get("train") or {}).get("beta", 0.1))
-    seed = int(
-        (info.recipe.get("train") or {}).get("seed", 42)
-    )  # a mixed data.eval is sampled as in training
-    results = {}
+    train = info.recipe.get("train") or {}
+    beta = final_beta(train.get("beta", 0.1))
+    seed = int(train.get("seed", 42))  # a mixed data.eval is sampled as in training
+    results, caches = {}, {}
     for name in metrics:
         rows = load_rows(entry, base_dirs, KIND_OF[name], limit, name, seed)
-        if name == "exact_match":
-            tokens = max_new_tokens or section.get("max_new_tokens", 16)
-            result = with_interval(exact_match_scores(model, tokenizer, rows, tokens))
-        elif name == "preference_accuracy":
-            result = with_interval(
-                preference_scores(model, tokenizer, rows, reward_head=info.head == "reward")
-            )
-        elif name == IMPLICIT_REWARD_ACCURACY:
-            result = implicit_reward_accuracy(model, reference, tokenizer, rows, beta)
-        elif name == REWARD:
-            train = info.recipe.get("train") or {}
-            funcs = reward_functions(
-                info.recipe.get("rewards") or [], info.base_dir, train.get("reward_model_path")
-            )
-            completions = generate(
+        if name == "win_rate":
+            result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
+        else:
+            cache, kept = caches.setdefault(KIND_OF[name], {}), {}
+            scores = row_scores(
+                name,
                 model,
                 tokenizer,
-                [r["prompt"] for r in rows],
-                max_new_tokens or section.get("max_new_tokens", 16),
+                rows,
+                max_new_tokens=tokens,
+                reward_head=info.head == "reward",
+                reward=lambda: reward_functions(
+                    info.recipe.get("rewards") or [], info.base_dir, train.get("reward_model_path")
+                ),
+                reference=lambda pairs, rows=rows, kept=kept: kept.setdefault(
+                    "pairs", reference.pair_scores(tokenizer, rows)
+                ),
+                cache=cache,
             )
-            result = with_interval(row_rewards(funcs, rows, completions))
-        else:
-            result = win_rate(model, reference, tokenizer, rows, reward_model, max_new_tokens or 64)
+            result = with_interval(scores)
+            if name == IMPLICIT_REWARD_ACCURACY:
+                result.update(
+                    implicit_details(cache["pairs"], kept["pairs"], beta), reference=reference.name()
+                )
         results[name] = {**result, "data": data_label(entry)}
     path = Path(run_dir) / EVAL_FILE
     try:

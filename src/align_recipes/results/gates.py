@@ -1,7 +1,7 @@
 """Pipeline gates: a stage starts only when the earlier stages it reads from reached a minimum held-out
-metric (e.g. PPO after a reward model that ranks held-out near misses right). `read_gate` checks a stage's
-`gate:` while the pipeline is validated, before anything loads; `check_gate` reads the earlier stages'
-summaries just before the gated stage would start.
+metric (e.g. PPO after a reward model that ranks held-out near misses right). The pipeline rules check a stage's
+`gate:` while the pipeline is validated, before anything loads, and `read_gates` fills the stages' gates;
+`check_gate` reads the earlier stages' summaries just before the gated stage would start.
 
 The gate decides on the point value (the metric's after-training mean against the minimum); the lines it
 prints and its refusal show the value's 95% interval beside it (`after_interval` in the summary), and say
@@ -9,98 +9,30 @@ when that interval reaches below the minimum, so a pass that noise could undo is
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from align_recipes import registry, stats
-from align_recipes.errors import RecipeError, did_you_mean
-from align_recipes.plan.layers import parse_override
-from align_recipes.plan.sections import METRICS
+from align_recipes import stats
+from align_recipes.errors import RecipeError
+from align_recipes.plan.pipeline_rules import gate_entries, measured_by
 from align_recipes.run.rundir import SUMMARY, RunDir, task_metrics
 
 
-def read_gate(
-    stage,
-    raw: Any,
-    overrides: list[str],
-    earlier: list,
-    path: Path,
-    where: str,
-    line: int | None,
-    algorithm_of: Callable[[Any], str | None],
-) -> list[RecipeError]:
-    """Fill stage.gate / stage.gated from the stage's `gate:` mapping (`raw`) and `STAGE:gate.METRIC=VALUE`
-    overrides. `algorithm_of(stage)` names an earlier stage's algorithm (from its plan or its run folder)."""
-    example = "gate: {preference_accuracy: 0.8}"
-    if raw is None and not overrides:
-        return []
-    if raw is not None and not isinstance(raw, dict):
-        return [
-            RecipeError(
-                f"stage '{stage.name}': gate must map held-out metrics to minimums",
-                file=path,
-                line=line,
-                key=f"{where}.gate",
-                fix=example,
-            )
-        ]
-    written = [(str(k), v, f"{where}.gate.{k}", path) for k, v in (raw or {}).items()]
-    for text in overrides:
-        parts, value = parse_override(text)
-        written.append((".".join(parts[1:]), value, f"{stage.name}:{text.split('=', 1)[0]}", "command line"))
-    errors: list[RecipeError] = []
-    for metric, minimum, key, source in written:
-        file = path if source == path else None
-        if metric not in METRICS:
-            errors.append(
-                RecipeError(
-                    f"stage '{stage.name}': unknown gate metric '{metric}'",
-                    file=file,
-                    line=line,
-                    key=key,
-                    fix=did_you_mean(metric, METRICS),
-                )
-            )
+def read_gates(stages: list, context) -> None:
+    """Fill each stage's `gate` / `gated` from its `gate:` mapping and `STAGE:gate.METRIC=VALUE` overrides, once
+    the pipeline rules found them valid (plan/pipeline_rules.py: known metrics, minimums from 0 to 1, measured by
+    an earlier stage it reads from). A minimum of 0 turns that gate off."""
+    by_name = {s.name: s for s in stages}
+    algorithm_of = context.extra["algorithm_of"]
+    for name, deps, metric, minimum, _ in gate_entries(context):
+        stage = by_name.get(name)
+        if stage is None:
             continue
-        if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0 <= minimum <= 1:
-            errors.append(
-                RecipeError(
-                    f"stage '{stage.name}': gate minimum {minimum!r} must be a number from 0 to 1",
-                    file=file,
-                    line=line,
-                    key=key,
-                    fix=f"e.g. {metric}: 0.8",
-                )
-            )
-            continue
-        by_name = {s.name: s for s in earlier}
-        measured = [
-            d
-            for d in stage.deps
-            if metric in getattr(registry.ALGORITHMS.get(algorithm_of(by_name[d]) or ""), "metrics", ())
-        ]
-        if not measured:
-            reads = ", ".join(stage.deps) or "no earlier stage"
-            errors.append(
-                RecipeError(
-                    f"stage '{stage.name}': gate on {metric}, but none of the stages it reads from "
-                    f"({reads}) measures it",
-                    file=file,
-                    line=line,
-                    key=key,
-                    fix=f"gate the stage that reads the model to check, e.g. train.reward_model_path: '{{reward}}' "
-                    f"({metric} is measured by {registry.names_text(lambda a, m=metric: m in a.metrics)})",
-                )
-            )
-            continue
-        if minimum > 0:  # 0: off
+        if minimum > 0:
             stage.gate[metric] = float(minimum)
-            stage.gated[metric] = measured
+            stage.gated[metric] = measured_by(metric, deps, algorithm_of)
         else:
             stage.gate.pop(metric, None)
             stage.gated.pop(metric, None)
-    return errors
 
 
 def check_gate(stage, by_name: dict, pipeline_path: Path) -> list[str]:

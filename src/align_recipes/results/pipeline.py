@@ -45,17 +45,16 @@ from typing import Any
 
 import yaml
 
-from align_recipes import stats
+from align_recipes import console, stats
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
+from align_recipes.plan import pipeline_rules, rules
+from align_recipes.plan.checking import FileContext, locate_in
+from align_recipes.plan.pipeline_rules import PLACEHOLDER, stage_of
 from align_recipes.plan.yamlio import load_yaml, plain
-from align_recipes.results.gates import check_gate, read_gate
+from align_recipes.results.gates import check_gate, read_gates
 from align_recipes.run.rundir import RESOLVED_RECIPE, SUMMARY, RunDir, recipe_changes, task_metrics
 
 STATE_FILE = "pipeline.json"
-TOP_KEYS = ("description", "output_dir", "profile", "stages")
-STAGE_KEYS = ("name", "recipe", "overrides", "output_dir", "gate")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_-]*)(\.output_dir|\.model)?\}")
 
 
 @dataclass
@@ -85,10 +84,6 @@ class Pipeline:
     profile: str | None = None
 
 
-def _line(data: Any, key: str) -> int | None:
-    return getattr(data, "lines", {}).get(key)
-
-
 def override_text(value: Any) -> str:
     """An override value as text that load_plan reads back (as YAML) to the same value."""
     if isinstance(value, str):
@@ -105,18 +100,17 @@ def split_overrides(overrides: list[str], names: list[str]) -> tuple[list[str], 
     common: list[str] = []
     per_stage: dict[str, list[str]] = {}
     for text in overrides:
-        head = text.split("=", 1)[0]
-        if ":" in head:
-            stage, rest = text.split(":", 1)
-            if stage not in names:
-                raise RecipeError(
-                    f"override '{text}' names stage '{stage}', which the pipeline does not have",
-                    key="command line",
-                    fix=did_you_mean(stage, names),
-                )
-            per_stage.setdefault(stage, []).append(rest)
-        else:
+        stage = stage_of(text)
+        if stage is None:
             common.append(text)
+            continue
+        if stage not in names:
+            raise RecipeError(
+                f"override '{text}' names stage '{stage}', which the pipeline does not have",
+                key="command line",
+                fix=did_you_mean(stage, names),
+            )
+        per_stage.setdefault(stage, []).append(text.split(":", 1)[1])
     return common, per_stage
 
 
@@ -126,154 +120,42 @@ def load_pipeline(
     profile: str | None = None,
     output_dir: str | Path | None = None,
 ) -> Pipeline:
-    """Read the pipeline file and validate every stage's recipe (before anything trains)."""
-    from align_recipes.plan.load import load_plan
-
+    """Read the pipeline file and validate it and every stage's recipe (before anything trains): every mistake
+    at once, the file's by the pipeline rules (plan/pipeline_rules.py), each stage's by the recipe rules. A
+    stage's recipe that reads an earlier stage's output is checked again when that stage has run."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"pipeline file '{path}' not found", fix="e.g. recipes/tiny/pipeline.yaml")
     data = load_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
-        raise RecipeError(
-            "a pipeline needs a non-empty `stages:` list",
-            file=path,
-            key="stages",
-            fix="stages: [{name: sft, recipe: sft.yaml}, {name: dpo, recipe: dpo.yaml, "
-            "overrides: {model.name_or_path: '{sft}'}}]",
-        )
-    errors = [
-        RecipeError(
-            f"unknown key '{k}'", file=path, line=_line(data, k), key=k, fix=did_you_mean(k, TOP_KEYS)
-        )
-        for k in data
-        if k not in TOP_KEYS
-    ]
+    context = FileContext(data, path, extra={"overrides": list(overrides)})
+
+    def place(key: str) -> tuple:
+        return (None, None) if ":" in key or key == "command line" else (path, locate_in(data, key))
+
+    errors = rules.run(rules.PIPELINE, context, place, only=FILE_RULES)
+    if any(e.rule == "pipeline-without-stages" for e in errors):
+        raise RecipeErrors(errors)
     root = Path(
         output_dir or data.get("output_dir") or Path("outputs") / path.resolve().parent.name / path.stem
     )
     profile = profile or data.get("profile")
-    raw = data["stages"]
-    names = [s.get("name") for s in raw if isinstance(s, dict)]
-    common, per_stage = split_overrides(list(overrides), [n for n in names if isinstance(n, str)])
-    gate_overrides = {n: [t for t in texts if t.startswith("gate.")] for n, texts in per_stage.items()}
+    names = [name for _, _, name in pipeline_rules.named_stages(context)]
+    known = [t for t in overrides if stage_of(t) in (None, *names)]
+    common, per_stage = split_overrides(known, names)
     per_stage = {n: [t for t in texts if not t.startswith("gate.")] for n, texts in per_stage.items()}
     stages: list[Stage] = []
-    for index, entry in enumerate(raw):
-        where = f"stages[{index}]"
-        line = raw.lines.get(index) if hasattr(raw, "lines") else None
-        if not isinstance(entry, dict):
-            errors.append(
-                RecipeError("each stage is a mapping {name, recipe, overrides}", file=path, key=where)
-            )
+    for index, entry, name in pipeline_rules.named_stages(context):
+        if context.has_errors(f"stages[{index}]"):
             continue
-        line = _line(entry, "name") or line
-        errors += [
-            RecipeError(
-                f"unknown key '{k}'",
-                file=path,
-                line=_line(entry, k),
-                key=f"{where}.{k}",
-                fix=did_you_mean(k, STAGE_KEYS),
-            )
-            for k in entry
-            if k not in STAGE_KEYS
-        ]
-        name, recipe = entry.get("name"), entry.get("recipe")
-        if not isinstance(name, str) or not NAME.match(name):
-            errors.append(
-                RecipeError(
-                    f"stage name {name!r} must be a word (letters, digits, _ or -)",
-                    file=path,
-                    line=line,
-                    key=f"{where}.name",
-                    fix="e.g. name: sft",
-                )
-            )
-            continue
-        if any(s.name == name for s in stages):
-            errors.append(
-                RecipeError(
-                    f"stage name '{name}' is used twice",
-                    file=path,
-                    line=line,
-                    key=f"{where}.name",
-                    fix="give each stage its own name",
-                )
-            )
-            continue
-        recipe_path = path.parent / str(recipe or "")
-        if not recipe or not recipe_path.is_file():
-            errors.append(
-                RecipeError(
-                    f"stage '{name}': recipe file '{recipe}' not found ({recipe_path})",
-                    file=path,
-                    line=_line(entry, "recipe") or line,
-                    key=f"{where}.recipe",
-                    fix="recipe paths are relative to the pipeline file",
-                )
-            )
-            continue
-        stage_overrides = entry.get("overrides") or {}
-        if not isinstance(stage_overrides, dict):
-            errors.append(
-                RecipeError(
-                    "overrides must map dotted keys to values",
-                    file=path,
-                    key=f"{where}.overrides",
-                    fix="overrides: {model.name_or_path: '{sft}', train.learning_rate: 1.0e-5}",
-                )
-            )
-            continue
-        texts, deps = [], []
-        for key, value in stage_overrides.items():
-            value = _resolve_written_here(str(key), value, path.parent.resolve())
-            text, used, problem = _expand(override_text(value), stages)
-            if problem:
-                errors.append(
-                    RecipeError(
-                        f"stage '{name}': {problem}",
-                        file=path,
-                        key=f"{where}.overrides.{key}",
-                        line=_line(stage_overrides, key) or line,
-                        fix=f"earlier stages: {', '.join(s.name for s in stages) or 'none'}",
-                    )
-                )
-            texts.append(f"{key}={text}")
-            deps += used
-        out = Path(entry.get("output_dir") or root / name)
-        stage = Stage(
-            name=name,
-            recipe=recipe_path,
-            output_dir=out,
-            deps=list(dict.fromkeys(deps)),
-            overrides=[*texts, *common, *per_stage.get(name, []), f"train.output_dir={out}"],
-        )
-        try:
-            stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
-            stage.adapter = stage.plan.model.adapter != "full"
-        except (RecipeError, RecipeErrors) as exc:
-            pending = [str(s.model_dir.resolve()) for s in stages] + [
-                str(s.output_dir.resolve()) for s in stages
-            ]
-            for error in getattr(exc, "errors", [exc]):
-                if any(p in error.message for p in pending):
-                    continue  # an earlier stage's output, checked again when that stage has run
-                error.message = f"stage '{name}': {error.message}"
-                errors.append(error)
-            stage.adapter = _adapter_from_files(stage)
-        errors += read_gate(
-            stage,
-            entry.get("gate"),
-            gate_overrides.get(name, []),
-            stages,
-            path,
-            where,
-            _line(entry, "gate") or _line(entry, "name"),
-            _algorithm_of,
-        )
+        stage = _stage(path, entry, name, stages, root, [*common, *per_stage.get(name, [])])
+        errors += _load_stage(stage, stages, profile)
         stages.append(stage)
+    by_name = {s.name: s for s in stages}
+    context.extra["algorithm_of"] = lambda name: _algorithm_of(by_name[name]) if name in by_name else None
+    errors += rules.run(rules.PIPELINE, context, place, only=GATE_RULES)
     if errors:
         raise RecipeErrors(errors)
+    read_gates(stages, context)
     return Pipeline(
         path=path,
         output_dir=root,
@@ -281,6 +163,59 @@ def load_pipeline(
         description=str(data.get("description") or ""),
         profile=profile,
     )
+
+
+GATE_RULES = frozenset(name for name in rules.RULES if name.startswith("gate-"))
+FILE_RULES = (
+    frozenset(name for name, rule in rules.RULES.items() if rule.reads == rules.PIPELINE) - GATE_RULES
+)
+
+
+def _stage(path: Path, entry: dict, name: str, earlier: list[Stage], root: Path, extra: list[str]) -> Stage:
+    """A stage of the file (its entry checked by the pipeline rules), its overrides' placeholders expanded."""
+    texts, deps = [], []
+    for key, value in (entry.get("overrides") or {}).items():
+        value = _resolve_written_here(str(key), value, path.parent.resolve())
+        text, used = _expand(override_text(value), earlier)
+        texts.append(f"{key}={text}")
+        deps += used
+    out = Path(entry.get("output_dir") or root / name)
+    return Stage(
+        name=name,
+        recipe=path.parent / str(entry["recipe"]),
+        output_dir=out,
+        deps=list(dict.fromkeys(deps)),
+        overrides=[*texts, *extra, f"train.output_dir={out}"],
+    )
+
+
+def _load_stage(stage: Stage, earlier: list[Stage], profile: str | None) -> list[RecipeError]:
+    """Validate a stage's recipe (the recipe rules); a problem of a waiting rule about an earlier stage's output
+    is left for when that stage has run."""
+    from align_recipes.plan.load import load_plan
+
+    try:
+        stage.plan = load_plan(stage.recipe, stage.overrides, profile=profile)
+        stage.adapter = stage.plan.model.adapter != "full"
+        return []
+    except (RecipeError, RecipeErrors) as exc:
+        stage.adapter = _adapter_from_files(stage)
+        found = []
+        for error in getattr(exc, "errors", [exc]):
+            if error.rule in rules.WAITING and _written_by(error.subject, earlier):
+                continue  # an earlier stage's output, checked again when that stage has run
+            error.message = f"stage '{stage.name}': {error.message}"
+            found.append(error)
+        return found
+
+
+def _written_by(subject: str | None, earlier: list[Stage]) -> bool:
+    """Whether `subject` (a path a waiting rule found missing) is an earlier stage's output or lies inside one."""
+    if not subject:
+        return False
+    path = Path(subject).resolve()
+    outputs = {s.output_dir.resolve() for s in earlier} | {s.model_dir.resolve() for s in earlier}
+    return any(path == out or out in path.parents for out in outputs)
 
 
 def _resolve_written_here(key: str, value: Any, folder: Path) -> Any:
@@ -331,22 +266,21 @@ def _algorithm_of(stage: Stage) -> str | None:
         return None
 
 
-def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str], str | None]:
+def _expand(text: str, earlier: list[Stage]) -> tuple[str, list[str]]:
+    """Placeholders of earlier stages replaced by their folders (one naming no earlier stage is a pipeline
+    rule's problem, reported before this runs); and the stages used."""
     by_name = {s.name: s for s in earlier}
     used: list[str] = []
-    problem = None
 
     def replace(match: re.Match) -> str:
-        nonlocal problem
         stage = by_name.get(match.group(1))
         if stage is None:
-            problem = f"'{match.group(0)}' does not name an earlier stage"
             return match.group(0)
         used.append(stage.name)
         target = stage.output_dir if match.group(2) == ".output_dir" else stage.model_dir
         return str(target.resolve())
 
-    return PLACEHOLDER.sub(replace, text), used, problem
+    return PLACEHOLDER.sub(replace, text), used
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -392,13 +326,13 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
     ran: set[str] = set()
     records: list[dict] = []
     total = len(pipeline.stages)
-    print(f"pipeline {pipeline.path}: {total} stages validated -> {pipeline.output_dir}")
+    console.info(f"pipeline {pipeline.path}: {total} stages validated -> {pipeline.output_dir}")
     for index, stage in enumerate(pipeline.stages, 1):
         state = "forced" if force else stage_state(stage, by_name, ran)
         merged_ok = not stage.adapter or (stage.model_dir / "config.json").is_file()
         label = f"[{index}/{total}] {stage.name} ({stage.recipe.name})"
         if state == "complete":
-            print(f"{label}: skipped, complete and unchanged in {stage.output_dir}")
+            console.info(f"{label}: skipped, complete and unchanged in {stage.output_dir}")
             if not merged_ok and not dry_run:
                 _merge(stage)
             records.append(_record(stage, "skipped", 0.0))
@@ -411,8 +345,8 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
                 _write_state(pipeline, records)
                 raise
             for text in passed:
-                print(f"{label}: {text}")
-        print(f"{label}: {'would run' if dry_run else 'running'} ({state})")
+                console.info(f"{label}: {text}")
+        console.info(f"{label}: {'would run' if dry_run else 'running'} ({state})")
         if dry_run:
             ran.add(stage.name)
             records.append(_record(stage, f"would run ({state})", 0.0))
@@ -423,9 +357,9 @@ def run_pipeline(pipeline: Pipeline, force: bool = False, dry_run: bool = False)
     if not dry_run:
         _write_state(pipeline, records)
         done = ", ".join(f"{r['stage']} {r['status']}" for r in records)
-        print(f"pipeline done: {done}")
+        console.info(f"pipeline done: {done}")
         for line in held_out_lines(records):
-            print(line)
+            console.info(line)
     return records
 
 
@@ -483,7 +417,7 @@ def _run_stage(stage: Stage, state: str, profile: str | None) -> dict:
 def _merge(stage: Stage) -> None:
     from align_recipes.results.merge import merge
 
-    print(f"  merging the {stage.name} adapter -> {stage.model_dir}")
+    console.info(f"  merging the {stage.name} adapter -> {stage.model_dir}")
     merge(stage.output_dir, stage.model_dir, overwrite=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from align_recipes import console
 from align_recipes.errors import RecipeError
 from align_recipes.plan.hardware import hub_token_problem
 
@@ -61,9 +62,9 @@ def wrap_up(plan, report: bool = True) -> None:
         from align_recipes.results.report import try_write_report
 
         path = try_write_report(folder)
-        print(f"wrote {folder}/ ({written}" + (f", {path.name} with plots)" if path else ")"))
+        console.info(f"wrote {folder}/ ({written}" + (f", {path.name} with plots)" if path else ")"))
     else:
-        print(f"wrote {folder}/ ({written}); plots: align-recipes report {folder}")
+        console.info(f"wrote {folder}/ ({written}); plots: align-recipes report {folder}")
     if plan.train.get("push_to_hub"):
         url = push(folder, plan.train["hub_model_id"], private=plan.train.get("hub_private_repo"))
-        print(f"pushed {folder} to {url}")
+        console.info(f"pushed {folder} to {url}")

@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from align_recipes import stats
+from align_recipes import console, stats
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json
 from align_recipes.plan.generator import describe
@@ -454,7 +454,7 @@ def try_write_report(run_dir: str | Path) -> Path | None:
     try:
         return write_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - the model and summary are already saved
-        print(f"note: no report.md for {run_dir}: {type(exc).__name__}: {exc}")
+        console.note(f"no report.md for {run_dir}: {type(exc).__name__}: {exc}")
         return None
 
 

@@ -65,6 +65,16 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     """Base of `PPOTrainer` and `SPOTrainer`; see the module docstring."""
 
     uses_critic = False
+    config_class: type | None = None  # the subclass's config (PPOConfig, SPOConfig): args must be one
+
+    def _check_arguments(self, args, value_model) -> None:
+        """Refuse arguments this trainer cannot use, and set up what the base's loading reads (a subclass
+        extends it); runs first, before any model loads."""
+        if self.config_class is not None and not isinstance(args, self.config_class):
+            article = "an" if self.config_class.__name__[0] in "AEIOSU" else "a"
+            raise TypeError(
+                f"{type(self).__name__} needs {article} {self.config_class.__name__}, got {type(args).__name__}"
+            )
 
     def __init__(
         self,
@@ -82,6 +92,7 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     ):
         from transformers import AutoTokenizer, set_seed
 
+        self._check_arguments(args, value_model)
         if args is None:
             raise ValueError(
                 f"{type(self).__name__} needs args (a {type(self).__name__.replace('Trainer', 'Config')})"

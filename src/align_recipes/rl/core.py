@@ -12,6 +12,16 @@ import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
+#: Whitening and SPO's batch normalisation leave a batch alone when its standard deviation is below this share of
+#: (1 + |mean|): a batch of equal rewards has a spread of float rounding only, and dividing by it (plus eps) would
+#: turn the rounding into unit-variance noise, a random full-size update (binary rewards often start all equal).
+MIN_RELATIVE_SPREAD = 1e-6
+
+
+def _no_spread(var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Whether a variance is float rounding only (see `MIN_RELATIVE_SPREAD`); a tensor, so no device sync."""
+    return var <= (MIN_RELATIVE_SPREAD * (1.0 + mean.abs())) ** 2
+
 
 # ------------------------------------------------------------------------------ masked statistics
 
@@ -41,9 +51,11 @@ def masked_whiten(
     values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, sum_over_ranks=None
 ) -> torch.Tensor:
     """(x - mean) / std over the masked-in positions; ``shift_mean=False`` keeps the mean (only rescales).
-    Masked-out positions come back as 0. With ``sum_over_ranks`` (a function summing a tensor over the
-    processes) the mean and the unbiased variance are those of every process's positions together: each
-    process contributes its (count, sum, sum of squares), and one all-reduce adds them up."""
+    Masked-out positions come back as 0. A batch with no spread (`MIN_RELATIVE_SPREAD`) carries no signal: it
+    comes back as 0 everywhere (or unchanged with ``shift_mean=False``) instead of as rescaled rounding noise.
+    With ``sum_over_ranks`` (a function summing a tensor over the processes) the mean and the unbiased variance
+    are those of every process's positions together: each process contributes its (count, sum, sum of squares),
+    and one all-reduce adds them up."""
     if sum_over_ranks is None:
         mean, var = masked_mean(values, mask), masked_var(values, mask)
     else:
@@ -51,7 +63,8 @@ def masked_whiten(
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    unchanged = values if not shift_mean else torch.zeros_like(values)
+    return torch.where(_no_spread(var, mean), unchanged, whitened) * mask
 
 
 def global_masked_moments(
@@ -161,10 +174,13 @@ def spo_advantages(
 ) -> torch.Tensor:
     """SPO: score minus the tracked baseline (both in reward units; one number, or one per prompt), then
     optionally normalised over the batch to mean 0, std 1 (the SPO paper's global advantage normalisation;
-    population std), then clipped to [-clip, clip]. [B] -> [B]."""
+    population std), then clipped to [-clip, clip]; a batch with no spread (`MIN_RELATIVE_SPREAD`) normalises to
+    0. [B] -> [B]."""
     advantages = scores - baseline
     if normalize and advantages.numel() > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + eps)
+        mean, std = advantages.mean(), advantages.std(unbiased=False)
+        normalized = (advantages - mean) / (std + eps)
+        advantages = torch.where(_no_spread(std**2, mean), torch.zeros_like(advantages), normalized)
     return advantages.clamp(-clip, clip)
 
 

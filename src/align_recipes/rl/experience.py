@@ -1,11 +1,14 @@
 """One RL step of `OnlineRLTrainer`: sample and score a rollout, take its no-grad passes, run the updates.
 
 Which passes a rollout needs:
-- pi_old (the log-probs the ratio divides by) comes from the sampler when it is the policy itself
-  (`Generator.logprobs_match_policy`, transformers' generate) and dropout is off: no extra policy forward.
-  Otherwise (vLLM: other kernels, possibly stale weights; or dropout on) it is a policy forward, in the
-  update's mode; with dropout, micro batch k uses the same dropout masks in that forward and in every update
-  pass (`same_dropout_masks`), so the first ratio is exactly 1.
+- pi_old (the log-probs the ratio divides by, and SPO's stored log-probs) comes from the sampler when it is the
+  policy itself (`Generator.logprobs_match_policy`, transformers' generate), dropout is off and everything runs
+  in float32: no extra policy forward. Otherwise it is a policy forward, in the update's mode: with vLLM (other
+  kernels, possibly stale weights); with dropout on, where micro batch k uses the same dropout masks in that
+  forward and in every update pass (`same_dropout_masks`), so the first ratio is exactly 1; and with autocast or
+  non-float32 weights (`_reduced_precision`), where generate's incremental key/value-cache log-probs differ
+  from the training forward's (bf16 on CPU: 0.01 per token, first ratios 0.62-1.35, SPO's rho at clip_lower
+  for a policy that had not moved).
 - the critic's values (PPO), the reference's log-probs (when the KL weight is > 0). When one micro batch
   holds the whole rollout (no accumulation, one mini batch), the first update pass runs at the rollout's
   weights on the same rows, so the critic's rollout values are taken from that pass (detached) instead of
@@ -47,6 +50,14 @@ class ExperienceMixin:
             self.value_model is not None
             and self.args.rollout_batch_size <= self.args.per_device_train_batch_size
         )
+
+    @property
+    def _reduced_precision(self) -> bool:
+        """bf16/fp16 autocast, or policy weights in another float dtype than float32 (see the module docstring)."""
+        if self.args.bf16 or self.args.fp16:
+            return True
+        policy = self.accelerator.unwrap_model(self.model)
+        return any(p.is_floating_point() and p.dtype != torch.float32 for p in policy.parameters())
 
     def _micro_seed(self, k: int) -> int | None:
         """The dropout seed of micro batch k at this step (None with dropout off)."""
@@ -118,6 +129,7 @@ class ExperienceMixin:
             self._dropout_active
             or not self.generator.logprobs_match_policy
             or batch["sampler_logprobs"] is None
+            or self._reduced_precision
         )
         module = self._actor_critic
         module.train(self._dropout_active)

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from align_recipes import console
 from align_recipes.rl import core, sharding, tracker_io
 from align_recipes.rl.baselines import PromptValueTracker, rewards_range
 from align_recipes.rl.rollout import eval_shards, left_pad, position_ids_from, response_logits
@@ -90,11 +91,10 @@ class PerPromptTracking:
         count = torch.tensor([float(len(keys))], device=acc.device)
         total = self._sum_over_processes(torch.cat([mean.sum().reshape(1) * 1.0, count]))
         if acc.is_main_process:
-            print(
+            console.info(
                 f"spo: tracker started from {k} samples of each of {tracker.num_prompts} prompts "
                 f"(mean normalised reward {total[0].item() / max(total[1].item(), 1):.3f}) in "
-                f"{time.time() - started:.1f}s",
-                flush=True,
+                f"{time.time() - started:.1f}s"
             )
 
     # ---------------------------------------------------------------------------------- advantages

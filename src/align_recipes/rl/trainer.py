@@ -54,39 +54,14 @@ class PPOTrainer(OnlineRLTrainer):
     uses_critic = True
     _tag_names = ["align-recipes", "ppo"]
 
-    def __init__(
-        self,
-        model,
-        args: PPOConfig,
-        train_dataset,
-        processing_class=None,
-        reward_funcs=None,
-        reward_weights=None,
-        ref_model=None,
-        value_model=None,
-        peft_config=None,
-        callbacks=None,
-        eval_dataset=None,
-    ):
-        if not isinstance(args, PPOConfig):
-            raise TypeError(f"PPOTrainer needs a PPOConfig, got {type(args).__name__}")
+    config_class = PPOConfig
+
+    def _check_arguments(self, args, value_model) -> None:
+        super()._check_arguments(args, value_model)
         self.kl_controller = (
             AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
             if args.adaptive_kl
             else FixedKLController(args.kl_coef)
-        )
-        super().__init__(
-            model,
-            args,
-            train_dataset,
-            processing_class,
-            reward_funcs,
-            reward_weights,
-            ref_model,
-            value_model,
-            peft_config,
-            callbacks,
-            eval_dataset,
         )
 
     def _kl_weight(self, args) -> float:
@@ -150,38 +125,17 @@ class SPOTrainer(PerPromptTracking, OnlineRLTrainer):
 
     _tag_names = ["align-recipes", "spo"]
 
-    def __init__(
-        self,
-        model,
-        args: SPOConfig,
-        train_dataset,
-        processing_class=None,
-        reward_funcs=None,
-        reward_weights=None,
-        ref_model=None,
-        value_model=None,
-        peft_config=None,
-        callbacks=None,
-        eval_dataset=None,
-    ):
-        if not isinstance(args, SPOConfig):
-            raise TypeError(f"SPOTrainer needs an SPOConfig, got {type(args).__name__}")
+    config_class = SPOConfig
+
+    def _check_arguments(self, args, value_model) -> None:
+        super()._check_arguments(args, value_model)
         if value_model is not None:
             raise ValueError("SPO has no critic: remove value_model (it is for PPO)")
-        super().__init__(
-            model,
-            args,
-            train_dataset,
-            processing_class,
-            reward_funcs,
-            reward_weights,
-            ref_model,
-            None,
-            peft_config,
-            callbacks,
-            eval_dataset,
-        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         # After the base: the tracker reads the reward functions' declared range and the process layout.
+        args = self.args
         if args.baseline == "per_prompt":
             self.tracker = self._make_prompt_tracker()
         else:

@@ -62,8 +62,12 @@ class ValueHead(nn.Module):
             **kwargs,
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        # The head runs in float32 even under autocast (which would run the Linear in bf16/fp16): values are
+        # regressed onto returns and compared with the rollout's values by the value clip, and bf16's 8 bits of
+        # mantissa are coarser than the differences that clip measures.
         # A new tensor, not a view of the head's output: FSDP2 hooks its backward on the module's output tensor.
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).clone()
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).clone()
 
     def activation_checkpointing_enable(self, **kwargs) -> None:
         base = _unwrap_peft(self.backbone)

@@ -132,43 +132,41 @@ class RunGuard:
         return True
 
     def callback(self):
-        from transformers import TrainerCallback
+        """The Trainer callback for this guard (importing this module imports no torch; this does)."""
+        from align_recipes.run.callbacks import GuardHooks
 
-        guard = self
+        return GuardHooks(self)
 
-        class RunGuardCallback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                guard.phase = "training"
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.phase = "training"
 
-            def on_step_end(self, args, state, control, **kwargs):
-                if guard.world_signal(args) and guard.diverged is None:
-                    control.should_save = True
-                    control.should_training_stop = True
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.world_signal(args) and self.diverged is None:
+            control.should_save = True
+            control.should_training_stop = True
 
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and guard.check_logs(logs, state.global_step):
-                    control.should_save = False  # never checkpoint a broken model
-                    control.should_training_stop = True
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and self.check_logs(logs, state.global_step):
+            control.should_save = False  # never checkpoint a broken model
+            control.should_training_stop = True
 
-            def on_save(self, args, state, control, model=None, **kwargs):
-                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                finite = params_finite(model)
-                if state.is_world_process_zero and checkpoint.is_dir():
-                    write_marker(
-                        checkpoint,
-                        "complete" if finite else "diverged",
-                        "" if finite else "the weights were already non-finite when it was saved",
-                    )
-                if finite:
-                    guard.last_good = checkpoint
-                elif guard.diverged is None:
-                    guard.diverged = {"step": state.global_step, "values": {"weights": "non-finite"}}
-                    control.should_training_stop = True
+    def on_save(self, args, state, control, model=None, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        finite = params_finite(model)
+        if state.is_world_process_zero and checkpoint.is_dir():
+            write_marker(
+                checkpoint,
+                "complete" if finite else "diverged",
+                "" if finite else "the weights were already non-finite when it was saved",
+            )
+        if finite:
+            self.last_good = checkpoint
+        elif self.diverged is None:
+            self.diverged = {"step": state.global_step, "values": {"weights": "non-finite"}}
+            control.should_training_stop = True
 
-            def on_train_end(self, args, state, control, **kwargs):
-                guard.phase = "finishing"
-
-        return RunGuardCallback()
+    def on_train_end(self, args, state, control, **kwargs):
+        self.phase = "finishing"
 
     def world_signal(self, args) -> bool:
         """Whether any process received a stop signal (all processes must stop at the same step)."""

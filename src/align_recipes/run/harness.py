@@ -32,6 +32,7 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+from align_recipes import console
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
 from align_recipes.plan.harness import INSTALL_FIX, absolute_data_files, is_task_file, lm_eval_problem
 from align_recipes.stats import compare
@@ -64,7 +65,7 @@ def measure_before(plan, run_dir: Path, model, tokenizer, resuming: bool) -> lis
         stored = {"settings": settings(section), "results": evaluate(plan, model, tokenizer)}
         (Path(run_dir) / BEFORE_FILE).write_text(json.dumps(stored) + "\n")
     for row in stored["results"]:
-        print(f"harness before: {row['task']} {row['metric']} {_number(row['value'])} (n={row['n']})")
+        console.info(f"harness before: {row['task']} {row['metric']} {_number(row['value'])} (n={row['n']})")
     return [_brief(r) for r in stored["results"]]
 
 
@@ -78,7 +79,7 @@ def measure_after(plan, run_dir: Path, model, tokenizer) -> list[dict] | None:
         return None  # no start measurement survived (the folder was cleared): nothing to compare with
     rows = compare_results(stored["results"], evaluate(plan, model, tokenizer))
     for row in rows:
-        print(
+        console.info(
             f"harness: {row['task']} {row['metric']} {_number(row['before'])} → {_number(row['after'])}"
             f" ({change_text(row) or 'no start value'}, n={row['n']}{', ' + row['verdict'] if row['verdict'] else ''})"
         )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from align_recipes import console
+
 INFERENCE_TEMPLATE = "chat_template.inference.jinja"
 
 _MARKER = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
@@ -107,12 +109,11 @@ def write_inference_template(folder: str | Path, tokenizer) -> Path | None:
 def save_inference_template(folder: str | Path, tokenizer) -> Path | None:
     """`write_inference_template` at the end of a run: a template plain Jinja2 cannot parse (a tag of an
     extension transformers loads, like `{% break %}`) is reported, never fatal to the finished run."""
-    import sys
 
     try:
         return write_inference_template(folder, tokenizer)
     except TemplateError as exc:
-        print(f"note: no {INFERENCE_TEMPLATE} written: {exc}", file=sys.stderr)
+        console.note(f"no {INFERENCE_TEMPLATE} written: {exc}")
         return None
 
 

@@ -22,25 +22,15 @@ so `compare_metrics` measures the change row by row, with its interval (align_re
 
 from __future__ import annotations
 
-import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from align_recipes import stats
-from align_recipes.data.messages import completion_text, rendered_prompt
 from align_recipes.errors import RecipeError
+from align_recipes.model_scores import generate, sequence_scores
 from align_recipes.plan.sections import METRIC_KINDS
-from align_recipes.registry import EXACT_MATCH, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+from align_recipes.registry import EXACT_MATCH, IMPLICIT_REWARD_ACCURACY, PREFERENCE_ACCURACY, REWARD
 
 
 def held_out_rows(plan, kind: str) -> list[dict]:
@@ -74,34 +64,61 @@ def measure(
         return None
     start = StartScores() if start is None else start
     reward_head = plan.algorithm.model_head == "reward"
-    results, cache = [], {}
+    results, caches = [], {}
     for name in section.metrics:
-        rows = held_out_rows(plan, METRIC_KINDS[name])
-        if name in (PREFERENCE_ACCURACY, IMPLICIT_REWARD_ACCURACY):
-            if "pairs" not in cache:  # both metrics compare the same two scores per pair
-                cache["pairs"] = pair_scores(model, tokenizer, rows, reward_head)
-            chosen, rejected = cache["pairs"]
-            if name == PREFERENCE_ACCURACY:
-                scores = pair_wins(chosen, rejected)
-            else:
-                start.setdefault("pairs", cache["pairs"])
-                scores = implicit_wins(chosen, rejected, *start["pairs"])
-        else:  # exact_match and reward score the same greedy answers: generate them once
-            if "completions" not in cache:
-                cache["completions"] = generate(
-                    model, tokenizer, [r["prompt"] for r in rows], section.max_new_tokens
-                )
-            completions = cache["completions"]
-            if name == EXACT_MATCH:
-                scores = answer_matches(completions, rows)
-            else:
-                reward = reward or reward_functions(
-                    plan.rewards, plan.base_dir, plan.train.get("reward_model_path")
-                )
-                scores = row_rewards(reward, rows, completions)
+        kind = METRIC_KINDS[name]
+        rows = held_out_rows(plan, kind)
+        scores = row_scores(
+            name,
+            model,
+            tokenizer,
+            rows,
+            max_new_tokens=section.max_new_tokens,
+            reward_head=reward_head,
+            reward=lambda: (
+                reward or reward_functions(plan.rewards, plan.base_dir, plan.train.get("reward_model_path"))
+            ),
+            reference=lambda pairs: start.setdefault("pairs", pairs),
+            cache=caches.setdefault(kind, {}),
+        )
         value = sum(scores) / len(scores) if scores else 0.0
         results.append({"name": name, "value": value, "n": len(rows), SCORES: scores})
     return results
+
+
+def row_scores(
+    name: str,
+    model,
+    tokenizer,
+    rows: list[dict],
+    *,
+    max_new_tokens: int,
+    reward_head: bool = False,
+    reward: Callable[[], tuple[list, list[float]]] | None = None,
+    reference: Callable[[tuple[list, list]], tuple[list, list]] | None = None,
+    cache: dict | None = None,
+) -> list[float]:
+    """The per-row scores of one held-out metric: the one dispatch that measurement before and after training
+    and `align-recipes eval` share. `reward()` gives the reward functions and weights (built on first need);
+    `reference(pairs)` the reference model's (chosen, rejected) scores for implicit_reward_accuracy, given the
+    model's own; `cache` lets metrics over the same rows share their greedy answers and pair scores."""
+    cache = {} if cache is None else cache
+    if name in (PREFERENCE_ACCURACY, IMPLICIT_REWARD_ACCURACY):
+        if "pairs" not in cache:  # both metrics compare the same two scores per pair
+            cache["pairs"] = pair_scores(model, tokenizer, rows, reward_head)
+        chosen, rejected = cache["pairs"]
+        if name == PREFERENCE_ACCURACY:
+            return pair_wins(chosen, rejected)
+        return implicit_wins(chosen, rejected, *reference(cache["pairs"]))
+    if name not in (EXACT_MATCH, REWARD):
+        raise ValueError(f"unknown held-out metric {name!r}")
+    if name == EXACT_MATCH:
+        _require_answers(rows)  # before generating
+    if "completions" not in cache:  # exact_match and reward score the same greedy answers: generate them once
+        cache["completions"] = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    if name == EXACT_MATCH:
+        return answer_matches(cache["completions"], rows)
+    return row_rewards(reward(), rows, cache["completions"])
 
 
 SCORES = "scores"
@@ -240,46 +257,6 @@ def row_rewards(reward: tuple[list, list[float]], rows: list[dict], completions:
     return totals
 
 
-def generate(
-    model, tokenizer, prompts: list[Any], max_new_tokens: int = 16, batch_size: int = 32
-) -> list[str]:
-    """Greedy completions, decoded without special tokens."""
-    import torch
-
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    completions: list[str] = []
-    try:
-        with _eval_mode(model), torch.no_grad():
-            for start in range(0, len(prompts), batch_size):
-                texts = [rendered_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                    model.device
-                )
-                # synced_gpus=False: one rank measures alone (under ZeRO-3 generate would wait for the others).
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    synced_gpus=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-                new_tokens = out[:, batch["input_ids"].shape[1] :]
-                completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-    return completions
-
-
-def exact_match_scores(model, tokenizer, rows: list[dict], max_new_tokens: int = 16) -> list[float]:
-    """Per row: 1.0 where the greedy answer equals the row's `answer`, else 0.0 (`align-recipes eval`)."""
-    if not rows:
-        return []
-    _require_answers(rows)
-    return answer_matches(generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens), rows)
-
-
 def exact_match_of(completions: list[str], rows: list[dict]) -> float:
     """The share of completions that equal their row's `answer` (whitespace around either ignored)."""
     if not rows:
@@ -304,31 +281,6 @@ def _require_answers(rows: list[dict]) -> None:
         )
 
 
-def sequence_scores(
-    model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool
-) -> list[float]:
-    """Reward-model score, or the policy's summed log-probability of each completion."""
-    import torch
-
-    scores = []
-    with _eval_mode(model), torch.no_grad():
-        for prompt, completion in zip(prompts, completions):
-            prompt_text = rendered_prompt(tokenizer, prompt)
-            if isinstance(prompt, list) and isinstance(completion, list):
-                full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            else:
-                full = prompt_text + completion_text(completion)
-            ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
-            if reward_head:
-                scores.append(model(input_ids=ids).logits[0, 0].item())
-                continue
-            n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-            scores.append(logps[n_prompt - 1 :].sum().item())
-    return scores
-
-
 def pair_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> tuple[list[float], list[float]]:
     """(chosen scores, rejected scores) of held-out pairs: reward-model scores or policy log-probabilities."""
     prompts = [r["prompt"] for r in rows]
@@ -336,10 +288,3 @@ def pair_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> tuple[
         sequence_scores(model, tokenizer, prompts, [r["chosen"] for r in rows], reward_head),
         sequence_scores(model, tokenizer, prompts, [r["rejected"] for r in rows], reward_head),
     )
-
-
-def preference_scores(model, tokenizer, rows: list[dict], reward_head: bool) -> list[float]:
-    """Per pair: 1/0.5/0 as the model ranks `chosen` above, level with or below `rejected` (`align-recipes eval`)."""
-    if not rows:
-        return []
-    return pair_wins(*pair_scores(model, tokenizer, rows, reward_head))

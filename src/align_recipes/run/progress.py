@@ -67,73 +67,77 @@ def _terminal_has_size(stream) -> bool:
     return size.columns > 0 and size.lines > 0
 
 
-def progress_callback(keys: tuple[str, ...], stream: IO | None = None, interactive: bool | None = None):
-    """A TrainerCallback for the main process (built on demand: importing this module imports no torch)."""
-    from transformers import TrainerCallback
+class Progress:
+    """The bar or the log lines, for the main process; the Trainer reaches it through `callbacks.ProgressHooks`."""
 
-    class Progress(TrainerCallback):
-        def __init__(self):
-            self.stream = stream or sys.stdout
-            self.interactive = self.stream.isatty() if interactive is None else interactive
+    def __init__(self, keys: tuple[str, ...], stream: IO | None = None, interactive: bool | None = None):
+        self.keys = keys
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.bar = None
+        self.started = None
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.started, self.first_step = time.time(), state.global_step
+        if self.interactive:
+            from tqdm.auto import tqdm
+
+            # A terminal that reports no size (a pty under `script`, some CI runners) gets a fixed one: with
+            # 0 rows tqdm would draw nothing at all.
+            sized = _terminal_has_size(self.stream)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=sized,
+                **({} if sized else {"ncols": 100, "nrows": 20}),
+                smoothing=0.1,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        text = metrics_text(logs, self.keys)
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+        elif text:
+            print(
+                f"step {state.global_step}/{state.max_steps} · {text}{self._pace(state)}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def note(self, text: str) -> None:
+        """A line of its own: above the bar on a terminal (the bar is redrawn below it)."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _pace(self, state) -> str:
+        done = state.global_step - self.first_step
+        if not self.started or done <= 0:
+            return ""
+        per_step = (time.time() - self.started) / done
+        left = max(0, state.max_steps - state.global_step) * per_step
+        return f" · {per_step:.2f} s/step · eta {format_seconds(left)}"
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
             self.bar = None
-            self.started = None
-            self.first_step = 0
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            self.started, self.first_step = time.time(), state.global_step
-            if self.interactive:
-                from tqdm.auto import tqdm
 
-                # A terminal that reports no size (a pty under `script`, some CI runners) gets a fixed one: with
-                # 0 rows tqdm would draw nothing at all.
-                sized = _terminal_has_size(self.stream)
-                self.bar = tqdm(
-                    total=state.max_steps,
-                    initial=state.global_step,
-                    unit="step",
-                    file=self.stream,
-                    dynamic_ncols=sized,
-                    **({} if sized else {"ncols": 100, "nrows": 20}),
-                    smoothing=0.1,
-                )
+def progress_callback(keys: tuple[str, ...], stream: IO | None = None, interactive: bool | None = None):
+    """The Trainer callback showing progress (importing this module imports no torch; this does)."""
+    from align_recipes.run.callbacks import ProgressHooks
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
-                return
-            text = metrics_text(logs, keys)
-            if self.bar is not None:
-                self.bar.set_postfix_str(text, refresh=True)
-            elif text:
-                print(
-                    f"step {state.global_step}/{state.max_steps} · {text}{self._pace(state)}",
-                    file=self.stream,
-                    flush=True,
-                )
-
-        def note(self, text: str) -> None:
-            """A line of its own: above the bar on a terminal (the bar is redrawn below it)."""
-            if self.bar is not None:
-                self.bar.write(text, file=self.stream)
-            else:
-                print(text, file=self.stream, flush=True)
-
-        def _pace(self, state) -> str:
-            done = state.global_step - self.first_step
-            if not self.started or done <= 0:
-                return ""
-            per_step = (time.time() - self.started) / done
-            left = max(0, state.max_steps - state.global_step) * per_step
-            return f" · {per_step:.2f} s/step · eta {format_seconds(left)}"
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return Progress()
+    return ProgressHooks(Progress(keys, stream, interactive))

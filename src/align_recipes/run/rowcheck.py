@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from align_recipes import console
 from align_recipes.data import DataError
 from align_recipes.run.rundir import is_main_process
 
@@ -35,8 +36,8 @@ def check_trainable_rows(plan, parts, trainer) -> None:
         lost = len(converted) - usable
         if usable > 0:
             if lost > 0 and not plan.train.get("packing") and is_main_process():  # packed rows are fewer
-                print(
-                    f"note: data.{split}: {plan.algorithm.trainer_name} leaves {lost} of {len(converted)} rows "
+                console.note(
+                    f"data.{split}: {plan.algorithm.trainer_name} leaves {lost} of {len(converted)} rows "
                     f"out: {length_rule(plan)}"
                 )
             continue

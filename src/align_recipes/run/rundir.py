@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from align_recipes import console
 from align_recipes.errors import RecipeError
 from align_recipes.paths import read_json, write_atomic
 from align_recipes.redaction import redact_obj
@@ -222,15 +223,15 @@ class RunDir:
         if start.fresh_over_leftovers:
             for name in (METRICS, SUMMARY, HELDOUT_SCORES):
                 (self.path / name).unlink(missing_ok=True)
-            print(f"note: nothing to resume in {self.path} (no complete checkpoint): starting over")
+            console.note(f"nothing to resume in {self.path} (no complete checkpoint): starting over")
         self.path.mkdir(parents=True, exist_ok=True)
         if start.checkpoint is not None:
             self._set_aside_newer_than(start)
             self.truncate_metrics(start.step)
             changed = recipe_changes(self.resolved_recipe(), yaml.safe_load(resolved))
             if changed:
-                print(
-                    f"note: resuming with a changed recipe ({', '.join(changed[:6])}"
+                console.note(
+                    f"resuming with a changed recipe ({', '.join(changed[:6])}"
                     f"{' …' if len(changed) > 6 else ''}); the new values apply from step {start.step}"
                 )
             manifest.record_resume(self.path, plan, command, start.checkpoint, changed)
@@ -245,7 +246,7 @@ class RunDir:
             if checkpoints.checkpoint_step(path) > start.step:
                 aside = self.path / f"superseded-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
                 path.rename(aside)
-                print(f"note: {path.name} is newer than {start.checkpoint.name}: moved to {aside.name}")
+                console.note(f"{path.name} is newer than {start.checkpoint.name}: moved to {aside.name}")
 
     def write_summary(self, payload: dict) -> Path:
         path = self.path / SUMMARY
@@ -275,24 +276,27 @@ class RunDir:
         return len(records) - len(kept)
 
     def metrics_callback(self):
-        """A TrainerCallback that appends every logged dict to metrics.jsonl, one JSON object per line."""
-        from transformers import TrainerCallback
+        """The Trainer callback that appends every logged dict to metrics.jsonl (this imports torch)."""
+        from align_recipes.run.callbacks import MetricsHooks
 
-        target = self.path / METRICS
+        return MetricsHooks(MetricsJsonl(self.path / METRICS))
 
-        class MetricsJsonl(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if not state.is_world_process_zero or not logs:
-                    return
-                record = {
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    **{k: _clean(v) for k, v in logs.items()},
-                }
-                with open(target, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
 
-        return MetricsJsonl()
+def append_metrics(path: Path, record: dict) -> None:
+    """One record at the end of metrics.jsonl: the one way anything writes there (non-finite values as text)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+
+class MetricsJsonl:
+    """Every dict the Trainer logs, with its step and epoch, as one line of metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            append_metrics(self.path, {"step": state.global_step, "epoch": state.epoch, **logs})
 
 
 def _clean(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 from align_recipes.errors import RecipeError
 from align_recipes.paths import find_local, looks_like_hub_id, read_json
-from align_recipes.plan.sections import ModelSection
+from align_recipes.plan.sections import EvaluateSection, ModelSection
 from align_recipes.run import models
 from align_recipes.run.rundir import MANIFEST, RunDir
 
@@ -43,6 +43,11 @@ class RunInfo:
         section = {"name_or_path": "", **(self.recipe.get("model") or {})}
         section["name_or_path"] = self.locate(section["name_or_path"])
         return ModelSection.from_dict(section)
+
+    @property
+    def evaluate(self) -> EvaluateSection | None:
+        """The run's evaluate: section with its defaults (None when the recipe had none)."""
+        return EvaluateSection.from_dict(self.recipe.get("evaluate"))
 
     @property
     def search_dirs(self) -> list[Path]:

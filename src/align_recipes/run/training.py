@@ -25,13 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align_recipes import reproducible, stats
+from align_recipes import console, reproducible, stats
 from align_recipes.errors import RecipeError, RecipeErrors
 from align_recipes.plan import Plan, resolved_yaml
 from align_recipes.plan.generator import generator_record, given_server
 from align_recipes.redaction import redact
 from align_recipes.registry import load_class
-from align_recipes.run import checkpoints, guards, hacking, harness, models, rowcheck, sharded
+from align_recipes.run import (
+    checkpoints,
+    data_audit,
+    guards,
+    hacking,
+    harness,
+    models,
+    rowcheck,
+    sharded,
+    watch,
+)
 from align_recipes.run.card import write_card
 from align_recipes.run.chat_templates import use_training_template
 from align_recipes.run.inference_template import save_inference_template
@@ -77,6 +87,7 @@ class Parts:
         0  # as loaded, before adapters; a 4-bit weight counts the parameters it holds, not its bytes
     )
     start: StartScores = field(default_factory=StartScores)  # held-out scores of the start model (π_ref)
+    audit: dict | None = None  # the data audit's report (audit.json), for preference, KTO and reward runs
 
 
 def train(
@@ -111,8 +122,11 @@ def train(
                 record["generator"]["server"] = served
             trainer = build(plan, parts, run_dir, guard)
             rowcheck.check_trainable_rows(plan, parts, trainer)
-        except (RecipeError, KeyboardInterrupt):
-            if not existed:
+        except (RecipeError, KeyboardInterrupt) as exc:
+            if isinstance(exc, data_audit.AuditStop):  # the folder says why: summary `failed`, audit.json
+                if _write_failed(run_dir, record, exc, existed):
+                    data_audit.write_report(run_dir.path, exc.record)
+            elif not existed:
                 run_dir.remove_if_empty()  # the Trainer creates output_dir early: a refused run leaves no trace
             raise
         except BaseException as exc:  # a crash while loading or building: the folder says what happened
@@ -135,13 +149,13 @@ def train(
             raise
 
 
-def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> None:
+def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> bool:
     """summary.json at status `failed`, with the error. Not over another run's folder that was never ours
-    (an existing folder this run had not prepared keeps its summary)."""
+    (an existing folder this run had not prepared keeps its summary). Returns whether it wrote."""
     if not is_main_process() or (
         existed and not run_dir.prepared and run_dir.status() not in (None, "failed")
     ):
-        return
+        return False
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.write_summary(
         {
@@ -151,6 +165,7 @@ def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bo
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
+    return True
 
 
 # --- load -------------------------------------------------------------------------------------------
@@ -173,7 +188,9 @@ def load(plan: Plan) -> Parts:
             # TRL masks non-assistant tokens only with a template that marks them: swap one in before loading weights.
             note = use_training_template(tokenizer, file=plan.provenance.where("train.assistant_only_loss"))
             if note and is_main_process():
-                print(f"note: {note}")
+                console.note(note)
+        # Preference, KTO and reward data: one line, and a stop on what data.audit.fail_on names.
+        audit = data_audit.audit_training_data(plan, tokenizer, config)
         train_dataset, eval_dataset, reports = load_data(plan, tokenizer, config.seed)
         extras = trainer_extras(plan, config, {"train": train_dataset, "eval": eval_dataset})
         model = models.load_model(
@@ -195,6 +212,7 @@ def load(plan: Plan) -> Parts:
         extras,
         reports,
         params=sharded.parameter_count(model),
+        audit=audit,
     )
 
 
@@ -243,7 +261,7 @@ def load_data(plan: Plan, tokenizer, seed: int):
                 exc.file = exc.file or plan.recipe_path
             raise
         if is_main_process():
-            print("\n".join(report.lines()))
+            console.info("\n".join(report.lines()))
         loaded[split], reports[split] = dataset, report
     return loaded.get("train"), loaded.get("eval"), reports
 
@@ -353,9 +371,9 @@ def build(plan: Plan, parts: Parts, run_dir: RunDir, guard: guards.RunGuard):
         trainer.remove_callback(callback)
     progress = progress_callback(key_metrics(plan.algorithm))
     trainer.add_callback(progress)
-    watch = hacking.reward_watch(plan, trainer, run_dir / METRICS, say=progress.note)
-    if watch is not None:
-        trainer.add_callback(watch)
+    reward_watch = watch.reward_watch(plan, trainer, run_dir / METRICS, say=progress.note)
+    if reward_watch is not None:
+        trainer.add_callback(reward_watch)
     models.match_trainable_dtypes(trainer.model, bf16=bool(parts.config.bf16))
     return trainer
 
@@ -395,6 +413,7 @@ def begin(
     previous = run_dir.summary() if start.checkpoint is not None else {}
     if main:
         run_dir.prepare(plan, start, overwrite, command, resolved_yaml(plan), parts.config)
+        data_audit.write_report(run_dir.path, parts.audit)
         # After the trainer is built: SFT's packing has made its sequences.
         packed = len(trainer.train_dataset) if getattr(parts.config, "packing", False) else None
         start_screen(
@@ -441,30 +460,32 @@ def start_screen(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps * world
     precision = "bf16" if config.bf16 else "fp16" if config.fp16 else plan.model.dtype
-    print("─" * 72)
-    print(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
-    print(
+    console.info(console.RULE)
+    console.info(f"align-recipes · {plan.algorithm.name} · {plan.recipe_path}")
+    console.info(
         f"  model      {plan.model.name_or_path} ({params / 1e6:.2f}M params), adapter {plan.model.adapter}"
     )
-    print(f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}")
+    console.info(
+        f"  precision  {precision} · profile {plan.profile.name} · world size {world} · seed {config.seed}"
+    )
     packing = (
         f" packed into {packed} sequences of ≤{getattr(config, 'max_length', None)} tokens" if packed else ""
     )
-    print(f"  data       {train_rows} training rows{packing} · effective batch {effective}")
+    console.info(f"  data       {train_rows} training rows{packing} · effective batch {effective}")
     for source in mixture.sources if mixture is not None and len(mixture.sources) > 1 else []:
-        print(
+        console.info(
             f"             {source.spec.section}: {source.taken} rows of {Path(source.spec.path).name} "
             f"(weight {source.spec.weight:g}, {source.converted} converted)"
         )
-    print(
+    console.info(
         f"  steps      {config.max_steps if config.max_steps > 0 else f'{config.num_train_epochs:g} epoch(s)'}"
     )
-    print(f"  output     {plan.output_dir}")
+    console.info(f"  output     {plan.output_dir}")
     if start.checkpoint is not None:
-        print(f"  resuming   from {start.checkpoint.name} (step {start.step})")
+        console.info(f"  resuming   from {start.checkpoint.name} (step {start.step})")
     for path, why in start.skipped:
-        print(f"  skipped    {path.name}: {why}")
-    print("─" * 72, flush=True)
+        console.info(f"  skipped    {path.name}: {why}")
+    console.info(console.RULE)
 
 
 # --- fit --------------------------------------------------------------------------------------------
@@ -476,7 +497,7 @@ def fit(trainer, start: Start, config) -> float | None:
         # The Trainer would train one step past the end when resumed from the final checkpoint: load it instead.
         from transformers import TrainerState
 
-        print(f"note: {start.checkpoint.name} is the last step: nothing left to train")
+        console.note(f"{start.checkpoint.name} is the last step: nothing left to train")
         trainer._load_from_checkpoint(str(start.checkpoint))
         trainer.state = TrainerState.load_from_json(str(start.checkpoint / "trainer_state.json"))
         return None
@@ -568,7 +589,7 @@ def finish(
     general = (
         harness.measure_after(plan, run_dir.path, measured, parts.tokenizer) if measured is not None else None
     )
-    watched = hacking.watch_summary(trainer)
+    watched = watch.watch_summary(trainer)
     summary = {
         **record,
         "status": hacking.run_status(watched),  # `stopped_hacking` when evaluate.on_hacking ended it
@@ -589,8 +610,8 @@ def finish(
         )
     # The wall time has its own line: the `done:` line is the run's result, the same on every x86-64 CPU in
     # reproducible mode (README quotes it exactly), and time is not.
-    print(f"trained in {summary['runtime_s']:.1f}s · {plan.output_dir}")
-    print(f"done: {summary['steps']} steps · {headline(summary)}")
+    console.info(f"trained in {summary['runtime_s']:.1f}s · {plan.output_dir}")
+    console.done(f"{summary['steps']} steps · {headline(summary)}")
     return summary
 
 

@@ -56,6 +56,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from align_recipes import model_scores
 from align_recipes.data.messages import completion_text
 
 OPERAND_MAX = 19  # operands are 0..OPERAND_MAX
@@ -319,59 +320,18 @@ toy_reward.reward_range = (0.0, 1.0)  # declared for SPO's tracker (rl/baselines
 # ------------------------------------------------------------------------------- evaluation
 
 
-def _input_device(model):
-    try:
-        return model.get_input_embeddings().weight.device
-    except Exception:  # noqa: BLE001 - any model without embeddings: fall back to its first parameter
-        return next(model.parameters()).device
+def _as_messages(prompt: Any) -> list[Message]:
+    """A row's prompt as a conversation: a plain string becomes one user message (the toy task is chat)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def generate_completions(
     model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 8, batch_size: int = 32
 ) -> list[str]:
-    """Greedy completions (decoded, special tokens dropped) of the rows' prompts through the chat template."""
-    import torch
-    from transformers import GenerationConfig
-
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        bos_token_id=None,
-        use_cache=True,
-    )
-    device = _input_device(model)
-    was_training = model.training
-    model.eval()
-    completions: list[str] = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                prompts = [
-                    r["prompt"]
-                    if not isinstance(r["prompt"], str)
-                    else [{"role": "user", "content": r["prompt"]}]
-                    for r in batch
-                ]
-                texts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
-                enc = tokenizer(
-                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-                ).to(device)
-                out = model.generate(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    generation_config=gen_config,
-                )
-                new_tokens = out[:, enc["input_ids"].shape[1] :]
-                completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return completions
+    """Greedy completions (decoded, special tokens dropped) of the rows' prompts through the chat template:
+    `model_scores.generate`, the generation every held-out metric uses."""
+    prompts = [_as_messages(r["prompt"]) for r in rows]
+    return model_scores.generate(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
 def evaluate_task(
@@ -399,54 +359,20 @@ def evaluate_task(
 
 def _pair_texts(row: dict) -> tuple[list[Message], str, str]:
     """(prompt, chosen text, rejected text) of an eval or prefs row (chosen/rejected; or answer/rejected)."""
-    prompt = row["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
     chosen = row["chosen"] if "chosen" in row else row["answer"]
-    return prompt, completion_text(chosen), completion_text(row["rejected"])
+    return _as_messages(row["prompt"]), completion_text(chosen), completion_text(row["rejected"])
 
 
 def completion_logprobs(
-    model, tokenizer, prompts: Sequence[list[Message]], completions: Sequence[str], batch_size: int = 32
+    model, tokenizer, prompts: Sequence[list[Message]], completions: Sequence[str]
 ) -> list[float]:
-    """Sum of the log-probabilities of each assistant completion (its tokens and end of turn) after its prompt."""
-    import torch
-
-    device = _input_device(model)
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(prompts), batch_size):
-                ids, starts = [], []
-                for prompt, text in zip(
-                    prompts[start : start + batch_size], completions[start : start + batch_size]
-                ):
-                    p = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-                    full = tokenizer.apply_chat_template(
-                        list(prompt) + assistant_message(text), tokenize=False
-                    )
-                    p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-                    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-                    ids.append(f_ids)
-                    starts.append(len(p_ids))
-                width = max(len(x) for x in ids)
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
-                mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
-                logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-                for i, (x, s) in enumerate(zip(ids, starts)):
-                    scores.append(float(logp[i, s - 1 : len(x) - 1].sum()))
-    finally:
-        model.train(was_training)
-    return scores
+    """Sum of the log-probabilities of each assistant completion (its tokens and end of turn) after its prompt
+    (`model_scores.sequence_scores`, as preference accuracy measures it in a run)."""
+    answers = [assistant_message(text) for text in completions]
+    return model_scores.sequence_scores(model, tokenizer, list(prompts), answers, reward_head=False)
 
 
-def preference_accuracy(
-    model, tokenizer, rows: Sequence[dict], batch_size: int = 32
-) -> dict[str, float | int]:
+def preference_accuracy(model, tokenizer, rows: Sequence[dict]) -> dict[str, float | int]:
     """How often a causal LM gives the right answer a higher log-probability than the wrong one.
 
     ``rows`` are eval rows (``answer``/``rejected``) or prefs rows (``chosen``/``rejected``). This is
@@ -457,8 +383,8 @@ def preference_accuracy(
     if not triples:
         return {"preference_accuracy": 0.0, "mean_logp_margin": 0.0, "n": 0}
     prompts = [t[0] for t in triples]
-    good = completion_logprobs(model, tokenizer, prompts, [t[1] for t in triples], batch_size)
-    bad = completion_logprobs(model, tokenizer, prompts, [t[2] for t in triples], batch_size)
+    good = completion_logprobs(model, tokenizer, prompts, [t[1] for t in triples])
+    bad = completion_logprobs(model, tokenizer, prompts, [t[2] for t in triples])
     margins = [g - b for g, b in zip(good, bad)]
     return {
         "preference_accuracy": sum(m > 0 for m in margins) / len(margins),
@@ -467,48 +393,22 @@ def preference_accuracy(
     }
 
 
-def reward_accuracy(
-    reward_model, tokenizer, rows: Sequence[dict], batch_size: int = 32
-) -> dict[str, float | int]:
+def reward_accuracy(reward_model, tokenizer, rows: Sequence[dict]) -> dict[str, float | int]:
     """How often a reward model (sequence classification, one label) scores the right answer above the wrong one.
 
     Conversations are rendered with the chat template as TRL's RewardTrainer does (prompt + answer,
     no generation prompt). Returns ``reward_accuracy``, ``mean_reward_margin`` and ``n``.
     """
-    import torch
-
     triples = [_pair_texts(r) for r in rows]
     if not triples:
         return {"reward_accuracy": 0.0, "mean_reward_margin": 0.0, "n": 0}
-    device = _input_device(reward_model)
-    was_training = reward_model.training
-    reward_model.eval()
-
-    def score(texts: list[str]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            out.extend(reward_model(**enc).logits[:, 0].float().tolist())
-        return out
-
-    try:
-        with torch.inference_mode():
-            chosen = score(
-                [
-                    tokenizer.apply_chat_template(p + assistant_message(c), tokenize=False)
-                    for p, c, _ in triples
-                ]
-            )
-            rejected = score(
-                [
-                    tokenizer.apply_chat_template(p + assistant_message(r), tokenize=False)
-                    for p, _, r in triples
-                ]
-            )
-    finally:
-        reward_model.train(was_training)
+    prompts = [t[0] for t in triples]
+    chosen, rejected = (
+        model_scores.sequence_scores(
+            reward_model, tokenizer, prompts, [assistant_message(t[i]) for t in triples], reward_head=True
+        )
+        for i in (1, 2)
+    )
     margins = [c - r for c, r in zip(chosen, rejected)]
     return {
         "reward_accuracy": sum(m > 0 for m in margins) / len(margins),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from align_recipes.plan.sections import LoraSection, ModelSection
 from align_recipes.registry import UNPAIRED
 
 GB = 1e9
@@ -78,7 +79,7 @@ def _shape(config: dict) -> dict:
     }
 
 
-def lora_parameters(config: dict, lora: dict) -> int:
+def lora_parameters(config: dict, lora: LoraSection) -> int:
     """Trainable LoRA parameters: r x (in + out) for each targeted projection of every layer."""
     s = _shape(config)
     h, kv, i = s["hidden"], s["kv"], s["inter"]
@@ -91,9 +92,9 @@ def lora_parameters(config: dict, lora: dict) -> int:
         "up_proj": (h, i),
         "down_proj": (i, h),
     }
-    targets = lora.get("target_modules", "all-linear")
+    targets = lora.target_modules
     names = LORA_TARGETS_ALL if targets in ("all-linear", None) else [t for t in targets if t in sizes]
-    r = int(lora.get("r", 16))
+    r = int(lora.r)
     return s["layers"] * sum(r * sum(sizes[n]) for n in names)
 
 
@@ -118,14 +119,12 @@ def _tokens(algorithm, train: dict) -> tuple[int, int, str]:
 
 
 def estimate(
-    config: dict, params: int, linear_params: int, algorithm, model: dict, train: dict, profile
+    config: dict, params: int, linear_params: int, algorithm, model: ModelSection, train: dict, profile
 ) -> Estimate:
     """Peak GPU memory of one training process for the full model (`config`, `params` in all, of which
     `linear_params` in the decoder layers' projections) with the plan's resolved `model` and `train` values."""
     s = _shape(config)
-    adapter = model.get("adapter", "full")
-    quant = "4bit" if adapter == "qlora" else model.get("quantization", "none")
-    dtype = model.get("dtype", "auto")
+    adapter, quant, dtype = model.adapter, model.quantized, model.dtype
     compute = 2.0 if (train.get("fp16") or train.get("bf16")) else DTYPE_BYTES.get(dtype, 2.0)
     weight_bytes = DTYPE_BYTES.get(dtype, 2.0)
     notes: list[str] = []
@@ -143,7 +142,7 @@ def estimate(
     if adapter == "full":
         trainable = params
     else:
-        trainable = lora_parameters(config, model.get("lora") or {})
+        trainable = lora_parameters(config, model.lora)
         if algorithm.model_head == "reward":
             trainable += s["hidden"]  # the score head (modules_to_save)
     optim = str(train.get("optim") or "adamw_torch")

@@ -115,7 +115,7 @@ class Draft:
     @property
     def adapter(self) -> str:
         if self.target is not None:
-            return self.target.recipe["model"].get("adapter", "full")
+            return self.target.model.adapter
         return self.model.get("adapter") or "profile's choice"
 
     @property
@@ -234,16 +234,15 @@ class Draft:
         from align_recipes.results.rehearse import REHEARSAL_CAPS, REHEARSAL_SETS
 
         self.target = self.target_plan()
-        target_model = self.target.recipe["model"]
+        target_model = self.target.model
         fields = trl_fields.config_fields(self.algorithm.config_name)
         effective = self.target.effective_config()
         extra = [
             _override("model.name_or_path", str(model_dir)),
             "model.source=local",
-            _override("model.adapter", target_model.get("adapter", "full")),
+            _override("model.adapter", target_model.adapter),
+            _override("model.quantization", target_model.quantization),
         ]
-        if target_model.get("quantization"):
-            extra.append(_override("model.quantization", target_model["quantization"]))
         self.caps = []
         for key, cap in (self.limits or REHEARSAL_CAPS).items():
             value = effective.get(key, (None,))[0]
@@ -291,9 +290,7 @@ class Draft:
             found.append(
                 (
                     name,
-                    estimate(
-                        arch.config, params, linear, self.algorithm, plan.recipe["model"], train, plan.profile
-                    ),
+                    estimate(arch.config, params, linear, self.algorithm, plan.model, train, plan.profile),
                 )
             )
         return found
