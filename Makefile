@@ -43,7 +43,7 @@ help:
 	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
 	@echo "make test                run the test suite"
 	@echo "make gguf-tool           install llama.cpp's GGUF converter (for align-recipes export) in .gguf-tool"
-	@echo "make test-vllm           run the vLLM tests (tests/vllm) in .venv-vllm, on vLLM's CPU build"
+	@echo "make test-vllm           run the vLLM tests (tests/lane_vllm) in .venv-vllm, on vLLM's CPU build"
 	@echo "make lint                ruff: lint, and check that the formatter leaves no diff"
 	@echo "make format              ruff: apply the formatter and the safe lint fixes"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
@@ -100,7 +100,7 @@ $(VLLM_DIST_STAMP): $(VLLM_STAMP)
 	touch $(VLLM_DIST_STAMP)
 
 test-vllm: $(VLLM_STAMP) $(VLLM_DIST_STAMP)
-	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm tests/rl/test_vllm_lora_weights.py tests/rl/test_vllm_server_lifecycle.py
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/lane_vllm tests/rl/test_vllm_lora_weights.py tests/rl/test_vllm_server_lifecycle.py
 
 # ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.
 lint: $(STAMP)

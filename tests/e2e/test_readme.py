@@ -104,6 +104,8 @@ def fresh_copy(tmp_path_factory) -> Path:
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, copy / name, follow_symlinks=False)
     (copy / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    if (REPO / ".gguf-tool").is_dir():  # what `make install` put beside the checkout for `export`
+        (copy / ".gguf-tool").symlink_to(REPO / ".gguf-tool", target_is_directory=True)
     return copy
 
 

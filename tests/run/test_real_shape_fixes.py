@@ -174,7 +174,7 @@ def test_an_existing_local_folder_wins_over_modelscope(tmp_path, monkeypatch):
 
 def test_make_installs_the_modelscope_and_harness_extras():
     makefile = (REPO / "Makefile").read_text()
-    assert 'pip install -q -e ".[dev,modelscope,harness]"' in makefile
+    assert 'pip install -q -e ".[dev,modelscope,gguf,harness]"' in makefile
 
 
 # --- failed runs and the start screen ------------------------------------------------------------------
