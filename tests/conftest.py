@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from align_recipes import reproducible
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The vLLM lane (`make test-vllm`) runs tests/lane_vllm in its own environment, with vLLM's CPU build.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["lane_vllm"]
 
 # Tests never touch the user's cache or the network.
 os.environ.setdefault("ALIGN_RECIPES_CACHE", str(REPO / ".cache" / "test"))

