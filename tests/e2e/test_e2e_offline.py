@@ -121,11 +121,13 @@ def test_cpo_and_its_simpo_loss_raise_held_out_exact_match(sft_run, tmp_path, ov
     assert_not_fell(summary, "preference_accuracy")
 
 
-def test_kto_raises_held_out_implicit_reward_accuracy(sft_run, tmp_path):
+def test_kto_raises_its_reward_margin_and_keeps_the_held_out_metrics(sft_run, tmp_path):
     summary = from_sft("kto", sft_run, tmp_path)
     metrics = held_out(summary)
     assert metrics["implicit_reward_accuracy"]["before"] == 0.5
-    assert_rose(summary, "implicit_reward_accuracy")  # 0.62-0.75 over six seeds: rose at each
+    # 0.62-0.75 over six seeds here, but 0.59 (+0.09 [-0.01, +0.19]) outside the mode on an emulated other CPU
+    # (docs/benchmarks.md, "Verdicts per seed"): within the noise of 100 rows, so only "did not fall" is claimed.
+    assert_not_fell(summary, "implicit_reward_accuracy")
     first, last = summary["metrics_first"], summary["metrics_last"]
     # lr 1e-5 keeps exact match, so the margin moves little: about 0.00 -> 0.014-0.019 over six seeds
     assert last["rewards/margins"] > first["rewards/margins"] + 0.007, (first, last)
