@@ -310,6 +310,8 @@ def sequence_scores(
     """Reward-model score, or the policy's summed log-probability of each completion."""
     import torch
 
+    from align_recipes.rl.logprobs import token_logprobs  # chunked: no [length, vocab] float32 copy
+
     scores = []
     with _eval_mode(model), torch.no_grad():
         for prompt, completion in zip(prompts, completions):
@@ -323,8 +325,7 @@ def sequence_scores(
                 scores.append(model(input_ids=ids).logits[0, 0].item())
                 continue
             n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+            logps = token_logprobs(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
             scores.append(logps[n_prompt - 1 :].sum().item())
     return scores
 
