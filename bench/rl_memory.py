@@ -9,7 +9,8 @@ reference, critic) and its update, which is where the logits live.
 
 - ppo: LoRA r=16 on every linear, float32, kl_coef 0.05, a rule reward (no reward model): the reference is the
   policy without its adapter, the critic starts from the policy's body.
-- spo: full fine-tuning, float32 weights under bf16 autocast, beta 0.02 (a frozen reference copy).
+- spo: full fine-tuning, float32, beta 0.02 (a frozen reference copy); RL_MEMORY_SPO_BF16=1 runs it under bf16
+  autocast (the reference then kept in bf16), which took over 20 CPU-minutes a step on a 2-vCPU machine.
 
 Each configuration runs in its own process (``--worker``) with the given ``src`` first on PYTHONPATH; the peak
 is the process's VmHWM (peak resident set) from /proc/self/status. ``--before-src`` is an export of the sources
@@ -69,7 +70,8 @@ def settings(algorithm: str, micro: int, answer: int, layers: int) -> dict:
     }
     if algorithm == "ppo":
         return {"adapter": "lora", "dtype": "float32", "train": {**common, "kl_coef": 0.05}}
-    return {"adapter": "full", "dtype": "float32", "train": {**common, "beta": 0.02, "bf16": True}}
+    bf16 = os.environ.get("RL_MEMORY_SPO_BF16") == "1"  # CPU bf16 matmuls are slow here: off by default
+    return {"adapter": "full", "dtype": "float32", "train": {**common, "beta": 0.02, "bf16": bf16}}
 
 
 def worker(algorithm: str, micro: int, answer: int, layers: int) -> dict:
