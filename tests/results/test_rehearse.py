@@ -146,6 +146,45 @@ def test_lora_parameters_and_memory_estimate_by_hand():
     assert big.verdict == "WILL NOT FIT" and not big.fits
 
 
+def test_memory_estimate_counts_the_rl_terms_by_hand():
+    """PPO/SPO (ours): logits and their gradient in the compute dtype over the response only, the float32 log-prob
+    chunks, the rollout buffers; the reference in the compute dtype; under LoRA the critic is an adapter, not a
+    body (rl/shared_critic.py), unless it starts from the reward model."""
+    from align_recipes.registry import ALGORITHMS
+    from align_recipes.results.rehearse import memory, shapes
+
+    config = shapes.shipped()["qwen/qwen2-0.5b-instruct"]["config"]
+    params, linear = shapes.full_parameter_count(config)
+    lora_params = 8_798_208  # r=16 on every projection (the test above)
+    train = {
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "num_mini_batches": 1,
+        "max_prompt_length": 512,
+        "max_new_tokens": 128,
+        "bf16": True,
+        "kl_coef": 0.05,
+        "beta": 0.02,
+    }
+    lora = {"adapter": "lora", "dtype": "bfloat16", "lora": {"r": 16}}
+    ppo = memory.estimate(config, params, linear, ALGORITHMS["ppo"], lora, train, None)
+    assert ppo.parts["logits"] == pytest.approx(4 * 128 * 151936 * 2 * 2 / 1e9)  # bf16 logits + bf16 gradient
+    assert ppo.parts["log-prob chunks"] == pytest.approx(3 * 220 * 151936 * 4 / 1e9)  # 2**25 // 151936 = 220
+    assert ppo.parts["rollout buffers"] == pytest.approx(8 * ((512 + 128) * 24 + 128 * 44) / 1e9)
+    # policy (bf16) + its adapter (fp32) + the critic's adapter (fp32); no second body, no reward model
+    assert ppo.parts["weights"] == pytest.approx((params * 2 + 2 * lora_params * 4) / 1e9)
+    with_rm = memory.estimate(
+        config, params, linear, ALGORITHMS["ppo"], lora, {**train, "reward_model_path": "rm"}, None
+    )
+    # + the critic's own body (the reward model's) and the reward model itself
+    assert with_rm.parts["weights"] == pytest.approx((params * 2 * 3 + 2 * lora_params * 4) / 1e9)
+    full = {"adapter": "full", "dtype": "float32"}
+    spo = memory.estimate(config, params, linear, ALGORITHMS["spo"], full, train, None)
+    assert spo.parts["weights"] == pytest.approx(
+        (params * 4 + params * 2) / 1e9
+    )  # fp32 policy, bf16 reference
+
+
 # --- whole rehearsals (QLoRA, one per algorithm) ----------------------------------------------------------
 
 

@@ -102,6 +102,27 @@ def test_ppo_trains_checkpoints_and_resumes_like_an_uninterrupted_run(tiny, tmp_
     assert torch.equal(reloaded.model.norm.weight, reference.model.model.norm.weight)
 
 
+def test_ppo_with_lora_and_its_critic_adapter_resumes_like_an_uninterrupted_run(tiny, tmp_path):
+    """Under LoRA the critic is a second adapter on the policy's base (rl/shared_critic.py): its tensors come back
+    from value_model.safetensors and both adapters keep training after the resume."""
+    from peft import LoraConfig
+
+    def make(out, **kw):
+        return make_trainer(
+            PPOTrainer,
+            PPOConfig,
+            tiny,
+            out,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+            **kw,
+        )
+
+    reference, resumed = assert_resume_matches_uninterrupted(make, tmp_path)
+    a, b = reference.value_model.own_parameters(), resumed.value_model.own_parameters()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(p.requires_grad for p in b.values())
+
+
 def test_spo_global_baseline_with_lora_plain_prompts_resumes_like_an_uninterrupted_run(tiny, tmp_path):
     from peft import LoraConfig
 

@@ -34,10 +34,17 @@ from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_n
 from align_recipes.rl import sharding
 from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator
-from align_recipes.rl.modeling import disable_dropout, enable_checkpointing, is_peft, load_causal_lm
+from align_recipes.rl.modeling import (
+    disable_dropout,
+    enable_checkpointing,
+    frozen_in_compute_dtype,
+    is_peft,
+    load_causal_lm,
+)
 from align_recipes.rl.prefix_cache import PromptPrefixCache
 from align_recipes.rl.rollout import PolicyAndValue, PromptCache, PromptSampler, eval_shards
 from align_recipes.rl.scoring import RewardScorer
+from align_recipes.rl.shared_critic import critic_on_policy_base, policy_adapter_only
 
 RL_STATE_NAME = "rl_state.json"
 CRITIC_INDEX = 1  # under FSDP the critic's shards are pytorch_model_fsdp_1/ and optimizer_1/ in a checkpoint
@@ -133,9 +140,15 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
             )
         self.reward_weights = weights
 
-        # The critic and the reference copy are taken before the adapter is added to the policy.
+        # The critic and the reference copy are taken before the adapter is added to the policy; a critic that
+        # is a second adapter on the policy's base (`shared_critic`) after it.
+        shared_critic = self.uses_critic and self._critic_shares_policy_base(
+            value_model, model, args, peft_config
+        )
         self.value_model = (
-            self._build_value_model(value_model, model, args, peft_config) if self.uses_critic else None
+            self._build_value_model(value_model, model, args, peft_config)
+            if self.uses_critic and not shared_critic
+            else None
         )
         self.ref_model = None
         if self._kl_weight(args) > 0:
@@ -145,10 +158,13 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
                 self.ref_model = copy.deepcopy(model)
             if self.ref_model is not None:
                 self.ref_model.eval().requires_grad_(False)
+                frozen_in_compute_dtype(self.ref_model, args)
         if peft_config is not None and not is_peft(model):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+        if shared_critic:
+            self.value_model = critic_on_policy_base(model, peft_config)
         self._dropout_active = not args.disable_dropout
         for m in (model, self.value_model):
             if m is not None and args.disable_dropout:
@@ -208,6 +224,11 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
     def _build_value_model(self, value_model, policy, args, peft_config):
         return None
 
+    def _critic_shares_policy_base(self, value_model, policy, args, peft_config) -> bool:
+        """Whether the critic is a second adapter on the policy's base (`shared_critic`) rather than a model of
+        its own."""
+        return False
+
     def _advantages(self, batch: dict) -> dict[str, float]:
         raise NotImplementedError
 
@@ -247,6 +268,12 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
             raise ValueError(
                 f"{type(self).__name__} does not generate with vLLM under FSDP (the sharded weights are "
                 "not synced to it): set use_vllm: false, or launch with DDP"
+            )
+        if getattr(self.value_model, "shares_policy_base", False):
+            raise ValueError(
+                f"{type(self).__name__}: under FSDP the critic cannot share the policy's base model (they are "
+                "sharded as two roots); this launch was not recognised as FSDP before the models were built: set "
+                "`fsdp` in the training arguments or launch with `accelerate launch` and an FSDP config"
             )
         sharding.check_frozen_models(
             {
@@ -451,6 +478,11 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
                 json.dump(self._algorithm_state(), handle, indent=2)
         if _internal_call:  # every process: each writes the algorithm state it holds
             self._save_algorithm_files(output_dir or self.args.output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's, writing only the policy's adapter when the critic's adapter shares its base model."""
+        with policy_adapter_only(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         """Trainer's (the policy's weights and optimizer, one shard per rank under FSDP, and the schedule); under

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from align_recipes.rl.logprobs import token_entropy, token_logprobs
+
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 #: Whitening and SPO's batch normalisation leave a batch alone when its standard deviation is below this share of
@@ -94,16 +96,14 @@ def mask_from_lengths(lengths: torch.Tensor, width: int) -> torch.Tensor:
 def logprobs_from_logits(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """log p(token) under softmax(logits / temperature); [B, T, V], [B, T] -> [B, T] (float32)."""
-    logits = logits.float() / temperature
-    return torch.gather(logits.log_softmax(-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+    """log p(token) under softmax(logits / temperature); [B, T, V], [B, T] -> [B, T] (float32). Chunked over
+    positions: no full-vocabulary float32 copy is made (`rl.logprobs`)."""
+    return token_logprobs(logits, tokens, temperature)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) at each position: [B, T, V] -> [B, T] (nats)."""
-    logits = logits.float() / temperature
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+    """Entropy of softmax(logits / temperature) at each position: [B, T, V] -> [B, T] (nats), chunked."""
+    return token_entropy(logits, temperature)
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:

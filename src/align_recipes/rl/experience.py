@@ -37,6 +37,7 @@ from align_recipes.rl.rollout import (
     position_ids_from,
     response_logits,
 )
+from align_recipes.rl.shared_critic import adapters_disabled
 
 
 class ExperienceMixin:
@@ -70,7 +71,7 @@ class ExperienceMixin:
         if self.ref_model is not None:
             return response_logits(self.ref_model, input_ids, attention_mask, position_ids, n_response)
         policy = self.accelerator.unwrap_model(self.model)
-        with policy.disable_adapter():
+        with adapters_disabled(policy):  # requires_grad kept (rl.shared_critic)
             return response_logits(policy, input_ids, attention_mask, position_ids, n_response)
 
     @torch.no_grad()

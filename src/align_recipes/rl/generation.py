@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from align_recipes.rl.logprobs import token_entropy, token_logprobs
+
 
 @dataclass
 class Generation:
@@ -86,8 +88,8 @@ def lengths_at_first_stop(
 
 
 class _RecordSamplingLogprobs:
-    """A transformers logits processor that records, at each step, log softmax(logits / T) (the distribution
-    `generate` samples from: every other processor is neutral, see `HFGenerator`) and, one step later, the
+    """A transformers logits processor that records, at each step, the scores (softmax(scores / T) is the
+    distribution `generate` samples from: every other processor is neutral, see `HFGenerator`) and, one step later, the
     log-probability and entropy at the token that was drawn. It leaves the scores untouched."""
 
     def __init__(self, temperature: float):
@@ -100,14 +102,14 @@ class _RecordSamplingLogprobs:
         self.entropy: list[torch.Tensor] = []
 
     def record(self, drawn: torch.Tensor) -> None:
-        logp = self.previous
-        self.logprobs.append(logp.gather(-1, drawn.unsqueeze(-1)).squeeze(-1))
-        self.entropy.append(-(logp.exp() * logp).sum(-1))
+        scores = self.previous.unsqueeze(1)  # [B, 1, V]: one position, through the trainer's own function
+        self.logprobs.append(token_logprobs(scores, drawn.unsqueeze(1), self.temperature)[:, 0])
+        self.entropy.append(token_entropy(scores, self.temperature)[:, 0])
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.previous is not None:
             self.record(input_ids[:, -1])
-        self.previous = (scores.float() / self.temperature).log_softmax(-1)
+        self.previous = scores.detach().clone()
         return scores
 
 

@@ -24,7 +24,8 @@ from align_recipes.rl.base import OnlineRLTrainer
 from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker, rewards_range
 from align_recipes.rl.config import PPOConfig, SPOConfig
 from align_recipes.rl.control import AdaptiveKLController, FixedKLController
-from align_recipes.rl.modeling import init_kwargs
+from align_recipes.rl.modeling import init_kwargs, is_peft
+from align_recipes.rl.shared_critic import fsdp_requested
 from align_recipes.rl.spo_tracking import PerPromptTracking
 from align_recipes.rl.value import value_model_from
 
@@ -67,13 +68,30 @@ class PPOTrainer(OnlineRLTrainer):
     def _kl_weight(self, args) -> float:
         return args.kl_coef
 
-    def _build_value_model(self, value_model, policy, args, peft_config):
+    def _critic_source(self, value_model, args):
+        """What the critic starts from: the given model, value_model_path, the reward model, else None (the
+        policy's own body)."""
         source = value_model if value_model is not None else args.value_model_path
         if source is None:
             source = args.reward_model_path or next(
                 (f.path for f in self.reward_funcs if isinstance(f, RewardModelFunc)), None
             )
-        return value_model_from(source, policy, peft_config, **init_kwargs(args))
+        return source
+
+    def _build_value_model(self, value_model, policy, args, peft_config):
+        return value_model_from(
+            self._critic_source(value_model, args), policy, peft_config, **init_kwargs(args)
+        )
+
+    def _critic_shares_policy_base(self, value_model, policy, args, peft_config) -> bool:
+        """Under LoRA a critic started from the policy is a second adapter on its base, not a copy of its body
+        (`shared_critic`); not under FSDP, and not for a policy that arrives with an adapter already."""
+        return (
+            peft_config is not None
+            and self._critic_source(value_model, args) is None
+            and not is_peft(policy)
+            and not fsdp_requested(args)
+        )
 
     def _advantages(self, batch: dict) -> dict[str, float]:
         args, mask = self.args, batch["response_mask"]

@@ -4,14 +4,19 @@
 the real architecture, so this estimate adds what a training step holds at its peak:
   weights       quantized linears at ~0.52 B/param (NF4 + double-quantized absmax), the rest (embeddings,
                 norms, an untied head) in the model dtype; a frozen reference copy for full fine-tuning
-                with a KL term; PPO's critic (a copy of the backbone) and reward model
+                with a KL term (ours, PPO/SPO: in the compute dtype); PPO's critic (a body of its own under
+                full fine-tuning or from a reward/value model; under LoRA from the policy, a second adapter
+                on the policy's base) and the reward model when there is one
   gradients     the trainable parameters in fp32 (adapters), or at the master-weight dtype (full)
   optimizer     AdamW: two fp32 moments per trainable parameter (8 B); 8-bit/paged optimizers 2 B
   activations   per decoder layer and token: saved inputs of norms, projections, attention and the MLP,
                 ((10 hidden + 2 kv + 4 intermediate) values, more with LoRA dropout); only the layer
                 inputs with gradient checkpointing, plus one layer recomputed. The logits: micro-batch x
                 length x vocabulary, in the compute dtype and upcast to fp32 for the loss with its gradient
-                (10 B per value). Preference pairs double the sequences.
+                (10 B per value). Preference pairs double the sequences. Ours (PPO/SPO) takes log-probs of
+                the sampled tokens only, chunked: the response logits and their gradient in the compute
+                dtype, a few float32 chunks ("log-prob chunks") and the rollout's per-token tensors
+                ("rollout buffers"); `rl_terms`.
   overhead      CUDA context, kernels and allocator slack (~1 GB)
 It is an estimate (±30 %): no GPU has checked it yet (docs/benchmarks.md records measured peaks when one has).
 """
@@ -153,19 +158,19 @@ def estimate(
     if adapter != "full":
         weights += trainable * 4.0  # the fp32 adapter weights themselves
 
+    ours = algorithm.trainer.startswith("align_recipes.rl.")  # PPO/SPO: rl_terms below
     reference = 0.0
     needs_reference = algorithm.has_reference(train)
     if needs_reference and adapter == "full":
-        reference = base_weights
-        notes.append("a frozen reference copy")
+        # Ours keeps the frozen copy in the compute dtype (rl.modeling.frozen_in_compute_dtype).
+        reference = params * compute if ours else base_weights
+        notes.append("a frozen reference copy" + (" in the compute dtype" if ours else ""))
     elif needs_reference:
         notes.append("reference = the policy with its adapter off (no copy)")
     critic = 0.0
     if algorithm.critic:
-        # The critic (a copy of the backbone, with its own adapter) and the frozen reward model.
-        critic = base_weights + params * weight_bytes
+        critic = _critic_weights(params, base_weights, weight_bytes, adapter, trainable, train, notes)
         gradients, optimizer = gradients * 2, optimizer * 2
-        notes.append("a critic and a reward model")
 
     sequences, length, how = _tokens(algorithm, train)
     tokens = sequences * length
@@ -179,6 +184,9 @@ def estimate(
         layers_act = tokens * s["layers"] * per_token_layer * compute
     head = 1 if algorithm.model_head == "reward" else s["vocab"]
     logits = tokens * head * (compute + 8.0)
+    rl = {}
+    if ours:
+        logits, rl = rl_terms(s["vocab"], compute, train)
     if algorithm.critic:
         layers_act *= 2  # the critic's forward and backward too
     notes.append(how)
@@ -189,6 +197,7 @@ def estimate(
         "optimizer": optimizer / GB,
         "activations": layers_act / GB,
         "logits": logits / GB,
+        **{k: v / GB for k, v in rl.items()},
         "overhead": OVERHEAD_GB,
     }
     gpu = getattr(profile, "gpu", None)
@@ -198,3 +207,40 @@ def estimate(
         budget_gb=gpu.memory_gb if gpu else None,
         profile=getattr(profile, "name", ""),
     )
+
+
+def _critic_weights(
+    params: int, base_weights: float, weight_bytes: float, adapter: str, trainable: int, train: dict, notes
+) -> float:
+    """PPO's critic and reward model, in bytes. The critic has a body of its own when it starts from the reward
+    model or value_model_path, or under full fine-tuning; under LoRA, started from the policy, it is a second
+    adapter on the policy's base (rl.shared_critic): only the adapter's float32 weights."""
+    reward_model = params * weight_bytes if train.get("reward_model_path") else 0.0
+    own_body = adapter == "full" or bool(train.get("reward_model_path") or train.get("value_model_path"))
+    critic = base_weights if own_body else 0.0
+    if adapter != "full":
+        critic += trainable * 4.0
+    notes.append(
+        ("a critic" if own_body else "a critic adapter on the policy's base")
+        + (" and a reward model" if reward_model else "")
+    )
+    return critic + reward_model
+
+
+def rl_terms(vocab: int, compute: float, train: dict) -> tuple[float, dict[str, float]]:
+    """Our PPO/SPO (bytes): (logits, other terms). The losses take log-probs of the sampled tokens only, chunked
+    (rl.logprobs): the response logits of one micro-batch and their gradient, both in the compute dtype, plus a
+    few float32 chunks; the rollout buffers hold ids and masks (int64) and about eleven float32 values per
+    response token (log-probs, reference log-probs, entropy, values, returns, advantages, rewards, ...)."""
+    from align_recipes.rl.logprobs import WORKING_CHUNKS, chunk_positions
+
+    micro = int(train.get("per_device_train_batch_size") or 8)
+    rollout = (
+        micro * int(train.get("gradient_accumulation_steps") or 1) * int(train.get("num_mini_batches") or 1)
+    )
+    prompt = int(train.get("max_prompt_length") or 512)
+    completion = int(train.get("max_completion_length") or train.get("max_new_tokens") or 256)
+    logits = micro * completion * vocab * 2 * compute
+    chunks = WORKING_CHUNKS * min(chunk_positions(vocab), micro * completion) * vocab * 4.0
+    buffers = rollout * ((prompt + completion) * 3 * 8.0 + completion * 11 * 4.0)
+    return logits, {"log-prob chunks": chunks, "rollout buffers": buffers}
