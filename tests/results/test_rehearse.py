@@ -166,7 +166,11 @@ def test_memory_estimate_counts_the_rl_terms_by_hand():
         "kl_coef": 0.05,
         "beta": 0.02,
     }
-    lora = {"adapter": "lora", "dtype": "bfloat16", "lora": {"r": 16}}
+    from align_recipes.plan.sections import ModelSection
+
+    lora = ModelSection.from_dict(
+        {"name_or_path": "q", "adapter": "lora", "dtype": "bfloat16", "lora": {"r": 16}}
+    )
     ppo = memory.estimate(config, params, linear, ALGORITHMS["ppo"], lora, train, None)
     assert ppo.parts["logits"] == pytest.approx(4 * 128 * 151936 * 2 * 2 / 1e9)  # bf16 logits + bf16 gradient
     assert ppo.parts["log-prob chunks"] == pytest.approx(3 * 220 * 151936 * 4 / 1e9)  # 2**25 // 151936 = 220
@@ -178,7 +182,7 @@ def test_memory_estimate_counts_the_rl_terms_by_hand():
     )
     # + the critic's own body (the reward model's) and the reward model itself
     assert with_rm.parts["weights"] == pytest.approx((params * 2 * 3 + 2 * lora_params * 4) / 1e9)
-    full = {"adapter": "full", "dtype": "float32"}
+    full = ModelSection.from_dict({"name_or_path": "q", "adapter": "full", "dtype": "float32"})
     spo = memory.estimate(config, params, linear, ALGORITHMS["spo"], full, train, None)
     assert spo.parts["weights"] == pytest.approx(
         (params * 4 + params * 2) / 1e9
