@@ -21,6 +21,7 @@ import yaml
 from align_recipes.errors import RecipeError
 from align_recipes.fields import kind_of
 from align_recipes.paths import find_local
+from align_recipes.plan.checking import locate_in
 from align_recipes.plan.harness import is_task_file
 from align_recipes.plan.yamlio import LineDict, load_yaml
 from align_recipes.rewards import is_file_ref
@@ -121,20 +122,7 @@ class Provenance:
             return "command line", None
         if label not in self.files:
             return None, None
-        node, line = self.files[label][1], None
-        for part in dotted.split("."):
-            key, *indexes = part.replace("]", "").split("[")
-            if not isinstance(node, dict) or key not in node:
-                break
-            line = line_of(node, key) or line
-            node = node[key]
-            for index in indexes:
-                if not isinstance(node, list) or not index.isdigit() or int(index) >= len(node):
-                    return label.split(":", 1)[1], line
-                node = node[int(index)]
-                if isinstance(node, dict) and node:
-                    line = min(line_of(node, k) or line for k in node)
-        return label.split(":", 1)[1], line
+        return label.split(":", 1)[1], locate_in(self.files[label][1], dotted)
 
     def where(self, dotted: str) -> str | None:
         """The file (or 'command line') that set `dotted`, for errors found after validation."""
