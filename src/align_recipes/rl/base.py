@@ -264,10 +264,11 @@ class OnlineRLTrainer(ExperienceMixin, Trainer):
                 f"{type(self).__name__} runs under FSDP2 only (this launch asks for FSDP{version}): set "
                 "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp2.yaml)"
             )
-        if args.use_vllm:
+        if args.use_vllm and args.vllm_mode != "server":
             raise ValueError(
-                f"{type(self).__name__} does not generate with vLLM under FSDP (the sharded weights are "
-                "not synced to it): set use_vllm: false, or launch with DDP"
+                f"{type(self).__name__} does not generate with colocated vLLM under FSDP (every rank would hold "
+                "a whole engine beside its shard): set vllm_mode: server (one vLLM server for every rank; "
+                "the sharded weights are gathered into it at each sync), or use_vllm: false"
             )
         if getattr(self.value_model, "shares_policy_base", False):
             raise ValueError(

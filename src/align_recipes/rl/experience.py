@@ -82,9 +82,9 @@ class ExperienceMixin:
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "completion")}
         prompt_rows = [cache.ids(i) for i in indices]
         prompt_ids, prompt_mask = left_pad(prompt_rows, tok.pad_token_id, device)
-        with sharding.whole_weights(
-            self.accelerator.unwrap_model(self.model)
-        ):  # FSDP: gathered once, not per token
+        policy = self.accelerator.unwrap_model(self.model)
+        # FSDP: gathered once, not per token, when this process samples (a vLLM server's sync gathers itself).
+        with sharding.whole_weights(policy) if self.generator.runs_policy_here else contextlib.nullcontext():
             gen = self.generator.generate(prompt_ids, prompt_mask)
         completions = decode_completions(tok, gen.completion_ids, gen.lengths, is_conversational(prompts[0]))
         keys = list(indices) if cache is self._train_prompts else None  # frozen models cache training prompts

@@ -53,6 +53,9 @@ class Generator:
     #: The reported log-probabilities are the trained policy's own (same weights, same kernels, same mode), so
     #: they can serve as pi_old without another forward pass.
     logprobs_match_policy = False
+    #: Sampling runs the policy in this process, so under FSDP its weights must be gathered around `generate`
+    #: (rl/sharding.py `whole_weights`). A vLLM server samples elsewhere: its sync gathers what it needs.
+    runs_policy_here = False
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Generation:
         raise NotImplementedError
@@ -117,6 +120,7 @@ class HFGenerator(Generator):
     """Sampling with transformers' ``generate`` on the live policy, which reports its own log-probabilities."""
 
     logprobs_match_policy = True
+    runs_policy_here = True
 
     def __init__(
         self,

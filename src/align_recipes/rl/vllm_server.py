@@ -9,6 +9,10 @@ A server that exits or never answers raises `ServerFailed` (the run's summary th
 
 The server runs with ``VLLM_SERVER_DEV_MODE=1`` (as `trl vllm-serve` sets): on vLLM's CPU build the
 weights are pushed through its dev-mode ``/collective_rpc`` (rl/vllm_sync.py `push_weights`).
+
+A launch of several processes (FSDP2, DDP) gets one server for all its ranks, the layout OpenRLHF and verl use:
+rank 0 starts and stops it, the other ranks are told its URL (`on_rank_zero`), and a server that fails on rank 0
+fails every rank.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -166,15 +170,42 @@ def _serving(config, model, log_path: Path) -> Iterator[str]:
     from align_recipes.rl.vllm_engine import dtype_name, on_cpu_build
     from align_recipes.rl.vllm_sync import model_source
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one server for all ranks: not one per rank
-        raise ServerFailed(
-            "a launch of several processes does not start its own vLLM server: start one first "
-            "(trl vllm-serve --model …) and name it with train.vllm_server_base_url"
-        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        getattr(config, "device", None)  # TrainingArguments start the process group (gloo on CPU) here
 
     source = model_source(model)
     timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
     cpu = on_cpu_build()
-    with local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu) as url:
+
+    def start():
+        return local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu)
+
+    with on_rank_zero(start) as url:
         config.vllm_server_base_url = url
         yield url
+
+
+@contextlib.contextmanager
+def on_rank_zero(start: Callable[[], contextlib.AbstractContextManager[str]]) -> Iterator[str]:
+    """One server for every process of a launch (one per rank would be wrong): rank 0 enters ``start()`` (a
+    context yielding the server's URL, which stops it on exit) and sends the URL to the others. When rank 0
+    cannot start it, every rank raises `ServerFailed` instead of waiting for a URL that never comes."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        with start() as url:
+            yield url
+        return
+    message: list[str | None] = [None, None]  # the URL, or why there is none
+    with contextlib.ExitStack() as stack:
+        if dist.get_rank() == 0:
+            try:
+                message[0] = stack.enter_context(start())
+            except Exception as exc:
+                message[1] = f"{type(exc).__name__}: {exc}"
+                dist.broadcast_object_list(message, src=0)
+                raise
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is None:
+            raise ServerFailed(f"rank 0 could not start the vLLM server: {message[1]}")
+        yield message[0]

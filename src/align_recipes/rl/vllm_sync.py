@@ -15,6 +15,10 @@ the trainer's base weights are never written.
 A vLLM server is synced by TRL over NCCL, which needs CUDA. On vLLM's CPU build the weights are written as
 one safetensors file into a folder on shared memory instead, and the server reloads them with the same
 layerwise reload (``reload_weights(weights_path=…)``), reached through its dev-mode ``/collective_rpc``.
+
+Under FSDP2 every rank holds a shard, so a sync to a server is a collective: every rank takes part in gathering
+the whole weights (`gathered_weights`), rank 0 alone writes them and asks the server to reload, and every rank
+waits for that before it samples again.
 """
 
 from __future__ import annotations
@@ -139,9 +143,45 @@ def _weights_folder(config_source: str | None) -> str:
 def push_weights(session, base_url: str, model, folder: str, timeout: float = 600.0) -> None:
     """Write ``model``'s weights (vLLM's names, LoRA merged out of place) to ``folder`` and have the server
     reload them in place, then drop its cached prefixes."""
+    tensors = {name: tensor.contiguous() for name, tensor in policy_weights(model)}
+    reload_from_file(session, base_url, tensors, folder, timeout)
+
+
+def gathered_weights(model: nn.Module, main: bool) -> dict[str, torch.Tensor] | None:
+    """The whole policy under vLLM's names (LoRA merged out of place) in the main process, None in the others.
+
+    Under FSDP2 a collective that every rank must enter. Full weights: torch's full state dict with CPU offload
+    (one parameter gathered at a time, kept by rank 0 on the CPU, so no rank holds the whole model on its
+    device). With an adapter the merge needs a layer's base and adapter weights together: the policy is
+    gathered whole for the moment of the copy (rl/sharding.py `whole_weights`, as generation on whole weights
+    does), and rank 0 copies the merged weights to the CPU."""
+    from align_recipes.rl import sharding
+
+    if not sharding.is_fsdp2(model):
+        return {name: tensor.contiguous() for name, tensor in policy_weights(model)} if main else None
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        with sharding.whole_weights(model):
+            if not main:
+                return None
+            return {name: tensor.to("cpu", copy=True).contiguous() for name, tensor in policy_weights(model)}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not main:
+        return None
+    # Parameters only, each once: a tied head is one parameter (vLLM ties it itself; safetensors refuses
+    # two names for one tensor), and buffers are not weights vLLM loads.
+    names = {_vllm_name(name) for name, _ in model.named_parameters()}
+    return {_vllm_name(name): t.contiguous() for name, t in state.items() if _vllm_name(name) in names}
+
+
+def reload_from_file(session, base_url: str, tensors: dict, folder: str, timeout: float = 600.0) -> None:
+    """Write ``tensors`` as the folder's one safetensors file and have the server at ``base_url`` reload its
+    weights from it in place, then drop its cached prefixes."""
     from safetensors.torch import save_file
 
-    tensors = {name: tensor.contiguous() for name, tensor in policy_weights(model)}
     save_file(tensors, str(Path(folder) / WEIGHTS_FILE))
     body = {
         "method": "reload_weights",
@@ -164,24 +204,28 @@ def model_source(model) -> str | None:
     )
 
 
+def _sync_by_file(holder, model) -> None:
+    """Every rank: gather (a collective under FSDP2); the main process writes and has the server reload; all
+    wait for it, so that no rank samples from the old weights. ``holder`` has the accelerator and, in the main
+    process, TRL's ``vllm_client``."""
+    accelerator = holder.accelerator
+    weights = gathered_weights(model, accelerator.is_main_process)
+    if weights is not None:
+        client = holder.vllm_client
+        if getattr(holder, "_weights_folder", None) is None:
+            holder._weights_folder = _weights_folder(model_source(model))
+        reload_from_file(client.session, client.base_url, weights, holder._weights_folder)
+    accelerator.wait_for_everyone()
+
+
 def sync_server_by_file(engine) -> None:
     """TRL `VLLMGeneration.sync_weights` for server mode on vLLM's CPU build (module docstring)."""
-    if not engine.accelerator.is_main_process:
-        return
-    client = engine.vllm_client
-    if getattr(engine, "_weights_folder", None) is None:
-        engine._weights_folder = _weights_folder(model_source(engine.model))
-    push_weights(client.session, client.base_url, engine.model, engine._weights_folder)
+    _sync_by_file(engine, engine.model)
 
 
 def move_model_by_file(trainer) -> None:
     """TRL online DPO's ``_move_model_to_vllm`` in server mode on vLLM's CPU build."""
-    if not trainer.accelerator.is_main_process:
-        return
-    client = trainer.vllm_client
-    if getattr(trainer, "_weights_folder", None) is None:
-        trainer._weights_folder = _weights_folder(model_source(trainer.model))
-    push_weights(client.session, client.base_url, trainer.model, trainer._weights_folder)
+    _sync_by_file(trainer, trainer.model)
 
 
 @contextlib.contextmanager
