@@ -98,6 +98,55 @@ def sync_by_file(rank: int, out_dir: Path, lora: bool) -> None:
     (out_dir / f"{'lora' if lora else 'full'}_{rank}.json").write_text(json.dumps(report))
 
 
+HEALTHY = (  # a stand-in for `vllm serve`: answers /health
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers()\n"
+    "    def log_message(self, *a): pass\n"
+    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+)
+
+
+def one_server(rank: int, out_dir: Path) -> None:
+    """`vllm_server.on_rank_zero` with stand-in servers: rank 0 starts one, both ranks reach it, it is stopped
+    when the block ends; then a server that exits at once fails both ranks (none waits for a URL)."""
+    import contextlib
+    import sys
+
+    import requests
+    import torch.distributed as dist
+
+    from align_recipes.rl import vllm_server
+
+    started = []
+
+    @contextlib.contextmanager
+    def start(code=HEALTHY):
+        started.append(rank)
+        port = vllm_server.free_port()
+        server = vllm_server.LocalServer([sys.executable, "-c", code, str(port)], port, out_dir / "log", 30)
+        try:
+            yield server.start()
+            started.append(server.process)
+        finally:
+            server.stop()
+
+    report = {}
+    with vllm_server.on_rank_zero(start) as url:
+        report["url"] = url
+        report["answers"] = requests.get(f"{url}/health", timeout=10).status_code
+        dist.barrier()  # in a run, the training's collectives keep rank 0 from leaving first
+    report["started_here"] = rank in started
+    report["stopped"] = all(process.poll() is not None for process in started[1:])
+    try:
+        with vllm_server.on_rank_zero(lambda: start("import sys; sys.exit(3)")):
+            report["failed"] = None
+    except vllm_server.ServerFailed as exc:
+        report["failed"] = str(exc).splitlines()[0]
+    (out_dir / f"server_{rank}.json").write_text(json.dumps(report))
+
+
 def run_rank(rank: int, world: int, init: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -107,5 +156,6 @@ def run_rank(rank: int, world: int, init: str, out_dir: str) -> None:
     try:
         for lora in (False, True):
             sync_by_file(rank, Path(out_dir), lora)
+        one_server(rank, Path(out_dir))
     finally:
         dist.destroy_process_group()
