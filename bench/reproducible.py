@@ -6,6 +6,11 @@ policy's held-out exact match, and the CPU time of the build (user + sys of the 
 machine wall time measures the neighbours). Configurations run round-robin, so load drifts hit each alike.
 
     python bench/reproducible.py --rounds 2 --json bench/results/reproducible-2026-12-06.json
+    python bench/reproducible.py --train --rounds 3 --json bench/results/reproducible-train-2026-12-07.json
+
+`--train` measures the mode where users meet it: `align-recipes train recipes/tiny/dpo.yaml` (the README's
+headline) with `--reproducible` and `--no-reproducible`, alternating, recording CPU time and minor page faults
+of the whole process. The builds above never switch on deterministic algorithms; a training run does.
 
 Emulated CPUs, as tests/run/test_reproducible.py does: `aten-default` (ATen's scalar kernels, what a CPU
 without AVX2 or a differently dispatched build runs) and `mkl-sse42` (MKL capped below AVX2). An AVX-512 CPU
@@ -70,11 +75,52 @@ def build(mode: str, cpu: str) -> dict:
     return result
 
 
+def train(mode: str) -> dict:
+    """The headline DPO recipe trained in a fresh process, with the mode or without it."""
+    env = {**reproducible.unpinned(os.environ), "PYTHONPATH": str(REPO / "src")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory(prefix="repro-train-") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/dpo.yaml", "--profile", "cpu",
+             f"train.output_dir={out}", "--no-report", f"--{'' if mode == 'on' else 'no-'}reproducible"],
+            cwd=REPO, env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = [line for line in proc.stdout.splitlines() if line.startswith("done: ")]
+    return {
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "sys_s": round(after.ru_stime - before.ru_stime, 1),
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+        "done": done[-1] if done else None,
+    }
+
+
+def main_train(rounds: int, json_path: Path | None) -> int:
+    runs: dict[str, list[dict]] = {"on": [], "off": []}
+    for round_ in range(rounds):
+        for mode in ("on", "off"):
+            runs[mode].append(train(mode))
+            print(f"round {round_} mode {mode:<3} {json.dumps(runs[mode][-1])}", flush=True)
+    median = {mode: sorted(r["cpu_s"] for r in found)[len(found) // 2] for mode, found in runs.items()}
+    summary = {
+        "cpu_s_median": median,
+        "cost_ratio": round(median["on"] / median["off"], 2),
+        "same_done_line": len({r["done"] for found in runs.values() for r in found}) == 1,
+    }
+    print(json.dumps(summary))
+    if json_path:
+        write_json(json_path, {"runs": runs, "summary": summary, "machine": os.uname().machine}, indent=1)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--train", action="store_true", help="time `train recipes/tiny/dpo.yaml` on and off")
     args = parser.parse_args()
+    if args.train:
+        return main_train(args.rounds, args.json)
     configs = [("on", cpu) for cpu in CPUS] + [("off", cpu) for cpu in CPUS]
     runs: dict[str, list[dict]] = {f"{mode}/{cpu}": [] for mode, cpu in configs}
     for round_ in range(args.rounds):

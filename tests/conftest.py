@@ -48,10 +48,25 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sft_run(tmp_path_factory, repo_cwd):
-    """The tiny SFT recipe trained once per session (per test worker) with the test seed: the start of
-    every end-to-end stage after it. (output folder, summary)"""
-    from e2e_helpers import train
+def sft_run(request, tmp_path_factory, repo_cwd):
+    """The tiny SFT recipe trained once per session with the test seed: the start of every end-to-end stage
+    after it. (output folder, summary)
 
-    out = tmp_path_factory.mktemp("runs") / "sft"
-    return out, train("sft", out)
+    Under pytest-xdist the workers of one session share it: the first to ask trains it in the session's
+    common folder while the others wait on a file lock, then read what it wrote."""
+    import json
+    import shutil
+
+    from e2e_helpers import SEED, train
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = hasattr(request.config, "workerinput")  # an xdist worker: .../pytest-N/popen-gwK
+    root = base.parent if shared else base  # .../pytest-N: this session's, shared by its workers
+    out = root / f"sft-run-seed{SEED}"
+    with FileLock(str(out) + ".lock"):
+        summary = out / "summary.json"
+        if summary.is_file() and json.loads(summary.read_text()).get("status") == "complete":
+            return out, json.loads(summary.read_text())
+        shutil.rmtree(out, ignore_errors=True)  # a worker that failed while training it left a partial run
+        return out, train("sft", out)
