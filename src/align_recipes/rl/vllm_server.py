@@ -44,9 +44,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def serve_command(model_path: str, port: int, dtype: str, max_model_len: int | None, cpu: bool) -> list[str]:
+def serve_command(
+    model_path: str,
+    port: int,
+    dtype: str,
+    max_model_len: int | None,
+    cpu: bool,
+    tensor_parallel_size: int = 1,
+    max_num_seqs: int | None = None,
+) -> list[str]:
     """`trl vllm-serve`'s `vllm serve` command line on 127.0.0.1:port, with the colocated engine's CPU
-    settings (rl/vllm_engine.py: the policy's dtype, eager mode, a fixed KV cache)."""
+    settings (rl/vllm_engine.py: the policy's dtype, eager mode, a fixed KV cache) and the recipe's
+    ``vllm_tensor_parallel_size`` and ``vllm_max_num_seqs``."""
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
     from align_recipes.rl.vllm_engine import CPU_KV_CACHE_BYTES
@@ -59,8 +68,10 @@ def serve_command(model_path: str, port: int, dtype: str, max_model_len: int | N
         max_model_len=max_model_len,
         enforce_eager=cpu,
         log_level="warning",
+        tensor_parallel_size=tensor_parallel_size,
     )
     extra = ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)] if cpu else []
+    extra += ["--max-num-seqs", str(max_num_seqs)] if max_num_seqs else []
     return build_command(script, extra)
 
 
@@ -131,10 +142,13 @@ def local_server(
     log_path: Path,
     timeout: float,
     cpu: bool,
+    **engine: int | None,
 ) -> Iterator[str]:
-    """A `LocalServer` for the block: yields its URL, and stops it however the block ends."""
+    """A `LocalServer` for the block: yields its URL, and stops it however the block ends. ``engine``: the
+    `serve_command` knobs (tensor_parallel_size, max_num_seqs)."""
     port = free_port()
-    server = LocalServer(serve_command(model_path, port, dtype, max_model_len, cpu), port, log_path, timeout)
+    command = serve_command(model_path, port, dtype, max_model_len, cpu, **engine)
+    server = LocalServer(command, port, log_path, timeout)
     try:
         yield server.start()
     finally:
@@ -175,6 +189,11 @@ def _serving(config, model, log_path: Path) -> Iterator[str]:
     source = model_source(model)
     timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
     cpu = on_cpu_build()
-    with local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu) as url:
+    engine = {
+        "tensor_parallel_size": int(getattr(config, "vllm_tensor_parallel_size", 1) or 1),
+        "max_num_seqs": getattr(config, "vllm_max_num_seqs", None),
+    }
+    length = max_model_len(config, model)
+    with local_server(source, dtype_name(model), length, log_path, timeout, cpu, **engine) as url:
         config.vllm_server_base_url = url
         yield url
