@@ -89,6 +89,26 @@ def test_online_dpo_trainer_syncs_a_server_by_file(served):
     assert max_gap(engine, tokenizer, model) < TOLERANCE
 
 
+def test_online_dpo_server_generation_stops_on_the_trainers_eos_set(served, tiny_dir):
+    """What `adopt` gives online DPO's client reaches the server: stop on every token of the tiny vocabulary,
+    and each completion is one token long; without it the server samples on (tests/rl/
+    test_online_dpo_server_stop_tokens.py shows TRL sends nothing otherwise)."""
+    from transformers import AutoConfig
+    from trl.generation.vllm_client import VLLMClient
+
+    from align_recipes.rl import vllm_engine
+
+    engine, _ = served
+    client = VLLMClient(base_url=engine.vllm_client.base_url, connection_timeout=30)
+    ask = {"prompts": ["1+2=", "hello"], "n": 4, "max_tokens": 8, "temperature": 1.0}
+    plain = client.generate(**ask)["completion_ids"]
+    assert max(len(c) for c in plain) > 1
+    vocabulary = list(range(AutoConfig.from_pretrained(tiny_dir).vocab_size))
+    vllm_engine.stop_server_on(client, vocabulary)
+    stopped = client.generate(**ask)["completion_ids"]
+    assert [len(c) for c in stopped] == [1] * 8
+
+
 def serve_processes() -> list[str]:
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     return [line for line in found if "vllm.entrypoints.cli.main serve" in line]

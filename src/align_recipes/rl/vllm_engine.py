@@ -154,3 +154,21 @@ def adopt(trainer) -> None:
             ids = stop_token_ids(trainer)
             params.stop_token_ids = ids
             params._all_stop_token_ids.update(ids)  # what vLLM's scheduler reads; set once in __post_init__
+        if getattr(trainer, "vllm_client", None) is not None:
+            stop_server_on(trainer.vllm_client, stop_token_ids(trainer))
+
+
+def stop_server_on(client, ids: list[int]) -> None:
+    """A TRL `VLLMClient` whose ``generate`` and ``chat`` ask the server to stop on ``ids`` too. Online DPO in
+    server mode sends only ``args.generation_kwargs`` (not its `SamplingParams`), so the server would stop on
+    the checkpoint's generation config alone; stop ids the recipe's generation_kwargs give win."""
+    for name in ("generate", "chat"):
+        original = getattr(client, name, None)
+        if original is None:
+            continue
+
+        def call(*args, _original=original, generation_kwargs=None, **kwargs):
+            merged = {"stop_token_ids": list(ids), **(generation_kwargs or {})}
+            return _original(*args, generation_kwargs=merged, **kwargs)
+
+        setattr(client, name, call)
