@@ -137,3 +137,46 @@ def test_a_server_that_does_not_answer_fails_the_run(tmp_path):
     assert summary["status"] == "failed"
     assert "did not answer on http://127.0.0.1:" in summary["error"]
     assert serve_processes() == before
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_fails_the_run(tmp_path):
+    """The run's own server is killed once training has begun (summary.json says `running`): the run ends
+    (no hang) with a `failed` summary whose error names the server's death, its exit code and log."""
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    from test_vllm_online_runs import ROOT
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/ppo.yaml", "train.use_vllm=true"]
+    command += ["train.vllm_mode=server", f"train.output_dir={out}", "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    log = tmp_path / "train.log"  # a file, not a pipe: nobody reads it while the run goes on
+    with open(log, "w") as sink:
+        run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        summary = out / "summary.json"
+        deadline = time.monotonic() + 600
+        while not (summary.is_file() and json.loads(summary.read_text())["status"] == "running"):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before it trained"
+            time.sleep(1)
+        found = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+        rows = [line.split(None, 2) for line in found.splitlines()[1:]]
+        server = [int(pid) for pid, ppid, args in rows if int(ppid) == run.pid and " serve " in args]
+        assert len(server) == 1, "the run's own server (its child) was not found"
+        os.killpg(server[0], signal.SIGKILL)  # the server leads its own process group
+        run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0, log.read_text()[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["status"] == "failed"
+    assert "ServerFailed: the local vLLM server on http://127.0.0.1:" in result["error"]
+    assert "exited with code -9 while the run was using it" in result["error"]
+    with pytest.raises(ProcessLookupError):  # nothing of it left behind
+        os.killpg(server[0], 0)

@@ -5,7 +5,9 @@ With ``train.vllm_mode: server`` and no server named (plan/generator.py `given_s
 127.0.0.1 and a free port, waits for its ``/health`` (bounded by ``vllm_server_timeout``), and stops it when
 the run ends, whatever ended it: the server is in its own process group, which `LocalServer.stop` terminates,
 and the kernel sends it SIGTERM if the training process dies without running that (``PR_SET_PDEATHSIG``).
-A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`).
+A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`). One that dies
+while the run trains shows up in the trainer as a refused connection (after TRL's client has retried for about a
+minute); `died` names the real cause, which the run then reports (run/training.py).
 
 The server runs with ``VLLM_SERVER_DEV_MODE=1`` (as `trl vllm-serve` sets): on vLLM's CPU build the
 weights are pushed through its dev-mode ``/collective_rpc`` (rl/vllm_sync.py `push_weights`).
@@ -27,6 +29,22 @@ LOOPBACK = "127.0.0.1"
 
 class ServerFailed(RuntimeError):
     """The local vLLM server exited or did not answer in time."""
+
+
+# The local servers started and not yet stopped by this process (`died` looks at them).
+_STARTED: list[LocalServer] = []
+
+
+def died() -> ServerFailed | None:
+    """A `ServerFailed` naming the local server that exited on its own while the run went on, or None."""
+    for server in _STARTED:
+        code = server.process.poll() if server.process is not None else None
+        if code is not None:
+            return ServerFailed(
+                f"the local vLLM server on {server.url} exited with code {code} while the run was using it; "
+                f"its log: {server.log_path}\n{server.log_tail()}"
+            )
+    return None
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -90,7 +108,12 @@ class LocalServer:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
             )
-        self.wait_ready()
+        _STARTED.append(self)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # not left behind, and no longer watched by `died`
+            raise
         return self.url
 
     def wait_ready(self, interval: float = 1.0) -> None:
@@ -121,6 +144,8 @@ class LocalServer:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds; waits for it."""
+        if self in _STARTED:
+            _STARTED.remove(self)
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
