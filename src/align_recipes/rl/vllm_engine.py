@@ -8,10 +8,10 @@ torch.compile (a minute of start-up for the tiny model). `llm_arguments` adds ou
 engine; an argument both give takes our value.
 
 Under QLoRA TRL asks vLLM for ``quantization="bitsandbytes"``, which vLLM 0.30 no longer lists ("Unknown
-quantization method"). We ask for none: every sync pushes the
-dequantized base plus the LoRA delta (rl/vllm_sync.py `policy_weights`), so vLLM must hold plain weights in the
-policy's floating dtype, and it samples from exactly what the trainer computes with. vLLM then loads the base
-checkpoint unquantized (its weights take the full-precision size in vLLM's memory).
+quantization method"). We ask for none: every sync pushes the dequantized base plus the LoRA delta
+(rl/vllm_sync.py `policy_weights`), so vLLM must hold plain weights in the policy's floating dtype, and it
+samples from exactly what the trainer computes with. vLLM then loads the base checkpoint unquantized (its
+weights take the full-precision size in vLLM's memory).
 """
 
 from __future__ import annotations

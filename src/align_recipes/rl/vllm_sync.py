@@ -80,10 +80,10 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     (vLLM has no such parameters)."""
     from peft import PeftModel
 
-    dtype = _float_dtype(model)
-    layers = _lora_layers(model) if isinstance(model, PeftModel) else {}
+    dtype, peft = _float_dtype(model), isinstance(model, PeftModel)
+    layers = _lora_layers(model) if peft else {}
     for name, param in model.named_parameters():
-        if layers and ("lora_" in name or "original_module" in name):
+        if peft and ("lora_" in name or "original_module" in name):
             continue
         owner, _, leaf = name.rpartition(".")
         layer = layers.get(owner.removesuffix(LORA_BASE)) if owner.endswith(LORA_BASE) else None
