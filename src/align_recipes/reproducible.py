@@ -44,7 +44,7 @@ PINS = {
 }
 # Measured on the builtin tiny SFT build (docs/benchmarks.md, "Reproducible mode"); `show` prints it.
 COST = (
-    "1.01x the CPU time of an unpinned run on an AVX2 CPU (the builtin SFT build, docs/benchmarks.md); "
+    "0.96x the CPU time of an unpinned run on an AVX2 CPU (recipes/tiny/dpo.yaml, docs/benchmarks.md); "
     "an AVX-512 CPU gives up its wider kernels; one thread"
 )
 ENV_FLAG = "ALIGN_RECIPES_REPRODUCIBLE"  # set by pin_environment: subprocesses and launchers inherit the mode

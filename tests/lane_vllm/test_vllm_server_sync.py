@@ -89,6 +89,26 @@ def test_online_dpo_trainer_syncs_a_server_by_file(served):
     assert max_gap(engine, tokenizer, model) < TOLERANCE
 
 
+def test_online_dpo_server_generation_stops_on_the_trainers_eos_set(served, tiny_dir):
+    """What `adopt` gives online DPO's client reaches the server: stop on every token of the tiny vocabulary,
+    and each completion is one token long; without it the server samples on (tests/rl/
+    test_online_dpo_server_stop_tokens.py shows TRL sends nothing otherwise)."""
+    from transformers import AutoConfig
+    from trl.generation.vllm_client import VLLMClient
+
+    from align_recipes.rl import vllm_engine
+
+    engine, _ = served
+    client = VLLMClient(base_url=engine.vllm_client.base_url, connection_timeout=30)
+    ask = {"prompts": ["1+2=", "hello"], "n": 4, "max_tokens": 8, "temperature": 1.0}
+    plain = client.generate(**ask)["completion_ids"]
+    assert max(len(c) for c in plain) > 1
+    vocabulary = list(range(AutoConfig.from_pretrained(tiny_dir).vocab_size))
+    vllm_engine.stop_server_on(client, vocabulary)
+    stopped = client.generate(**ask)["completion_ids"]
+    assert [len(c) for c in stopped] == [1] * 8
+
+
 def serve_processes() -> list[str]:
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
     return [line for line in found if "vllm.entrypoints.cli.main serve" in line]
@@ -117,3 +137,87 @@ def test_a_server_that_does_not_answer_fails_the_run(tmp_path):
     assert summary["status"] == "failed"
     assert "did not answer on http://127.0.0.1:" in summary["error"]
     assert serve_processes() == before
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_fails_the_run(tmp_path):
+    """The run's own server is killed once training has begun (summary.json says `running`): the run ends
+    (no hang) with a `failed` summary whose error names the server's death, its exit code and log."""
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    from test_vllm_online_runs import ROOT
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/ppo.yaml", "train.use_vllm=true"]
+    command += ["train.vllm_mode=server", f"train.output_dir={out}", "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    log = tmp_path / "train.log"  # a file, not a pipe: nobody reads it while the run goes on
+    with open(log, "w") as sink:
+        run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        summary = out / "summary.json"
+        deadline = time.monotonic() + 600
+        while not (summary.is_file() and json.loads(summary.read_text())["status"] == "running"):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before it trained"
+            time.sleep(1)
+        found = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+        rows = [line.split(None, 2) for line in found.splitlines()[1:]]
+        server = [int(pid) for pid, ppid, args in rows if int(ppid) == run.pid and " serve " in args]
+        assert len(server) == 1, "the run's own server (its child) was not found"
+        os.killpg(server[0], signal.SIGKILL)  # the server leads its own process group
+        run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0, log.read_text()[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["status"] == "failed"
+    assert "ServerFailed: the local vLLM server on http://127.0.0.1:" in result["error"]
+    assert "exited with code -9 while the run was using it" in result["error"]
+    with pytest.raises(ProcessLookupError):  # nothing of it left behind
+        os.killpg(server[0], 0)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_server_sync(tiny_dir, tmp_path, monkeypatch):
+    """A 2-way tensor-parallel local server on CPU (each worker's cores listed: vLLM would otherwise want a NUMA
+    node per worker, plan/feasibility.py) takes the file sync in both workers: the gap after a sync is as small
+    as with one worker (1.4e-6 measured), and a skipped sync fails."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    from align_recipes.rl import vllm_engine, vllm_server
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    log = tmp_path / "vllm_server.log"
+    with vllm_server.local_server(
+        tiny_dir, "float32", 128, log, 600, cpu=True, tensor_parallel_size=2
+    ) as url:
+        with vllm_engine.for_policy(model):
+            engine = VLLMGeneration(
+                model=model,
+                accelerator=Accelerator(cpu=True),
+                processing_class=tokenizer,
+                mode="server",
+                server_base_url=url,
+                server_timeout=60,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_completion_length=12,
+                logprobs=0,
+            )
+        vllm_engine.install_sync(engine)
+        train_steps(model, k=3)
+        assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+        engine.sync_weights()
+        assert max_gap(engine, tokenizer, model) < TOLERANCE
+        train_steps(model, k=3, seed=1)
+        assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE

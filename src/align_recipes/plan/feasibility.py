@@ -17,6 +17,7 @@ from align_recipes.plan.checking import FeasibilityContext, Problem
 from align_recipes.plan.hardware import (
     bitsandbytes_status,
     flash_attention_status,
+    numa_nodes,
     sharding,
     vllm_cpu_build,
     vllm_status,
@@ -244,6 +245,70 @@ def vllm_with_8bit_weights(ctx: FeasibilityContext) -> Iterator[Problem]:
             "vLLM cannot take 8-bit bitsandbytes weights from the trainer",
             "use adapter: qlora (4-bit) or lora without quantization, or train.use_vllm: false",
         )
+
+
+def vllm_sleep_mode_on_cpu(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """Colocated vLLM sleep mode without a GPU: vLLM's model config refuses it on any platform but CUDA, ROCm
+    and XPU (vllm/config/model.py: "Sleep mode is not supported on current platform")."""
+    if (
+        ctx.value("use_vllm")
+        and ctx.value("vllm_enable_sleep_mode")
+        and ctx.gpu is None
+        and (ctx.value("vllm_mode") or "colocate") == "colocate"
+    ):
+        yield Problem(
+            "train.vllm_enable_sleep_mode",
+            "vLLM's sleep mode needs a CUDA or ROCm GPU; its CPU build refuses it "
+            "('Sleep mode is not supported on current platform')",
+            "set train.vllm_enable_sleep_mode: false on CPU (the CPU build holds weights and a fixed KV cache "
+            "in host memory; there is no device memory to free)",
+        )
+
+
+def vllm_tensor_parallel_impossible(ctx: FeasibilityContext) -> Iterator[Problem]:
+    """vLLM tensor parallelism the machine or the launch cannot give: colocated, TRL splits each engine over
+    ``vllm_tensor_parallel_size`` training processes, so the process count must be a multiple of it; a GPU
+    profile must have that many GPUs; on CPU (colocated, or the run's own server) vLLM binds each worker's
+    threads to a NUMA node of its own ("Not enough allowed NUMA nodes to bind threads", vllm/utils/
+    ompmultiprocessing.py) unless VLLM_CPU_OMP_THREADS_BIND lists cores per worker."""
+    tp = ctx.value("vllm_tensor_parallel_size") or 1
+    if not ctx.value("use_vllm") or not isinstance(tp, int) or tp <= 1:
+        return
+    colocated = (ctx.value("vllm_mode") or "colocate") == "colocate"
+    world = sharding()[1]
+    if colocated and world % tp:
+        yield Problem(
+            "train.vllm_tensor_parallel_size",
+            f"colocated vLLM splits one engine over {tp} training processes (vllm_tensor_parallel_size), "
+            f"but this run has {world}",
+            f"launch a multiple of {tp} processes (accelerate launch --num_processes {tp} …), or use "
+            "train.vllm_mode: server (the run's own server gets --tensor-parallel-size), or set it to 1",
+        )
+    elif ctx.gpu is not None and tp > ctx.gpu.count:
+        yield Problem(
+            "train.vllm_tensor_parallel_size",
+            f"vllm_tensor_parallel_size {tp} needs {tp} GPUs; {ctx.where} has {ctx.gpu.count}",
+            f"set train.vllm_tensor_parallel_size to at most {ctx.gpu.count}",
+        )
+    elif ctx.gpu is None and _cpu_binding_short(ctx, tp, colocated):
+        cores = "|".join(f"{2 * i}-{2 * i + 1}" for i in range(tp))
+        yield Problem(
+            "train.vllm_tensor_parallel_size",
+            f"vLLM's CPU build binds each of the {tp} tensor-parallel workers to a NUMA node of its own; this "
+            f"machine has {numa_nodes()}",
+            f"list each worker's cores: VLLM_CPU_OMP_THREADS_BIND='{cores}' (one group per worker, '|' between), "
+            "or set train.vllm_tensor_parallel_size: 1",
+        )
+
+
+def _cpu_binding_short(ctx: FeasibilityContext, tp: int, colocated: bool) -> bool:
+    """On CPU: more workers than NUMA nodes, no cores listed, and the engine is ours to start (colocated, or
+    the run's own server: a server the recipe names is started, and bound, by its owner)."""
+    named = any(
+        ctx.train.get(key) for key in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port")
+    )
+    bound = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") not in ("", "auto")
+    return (colocated or not named) and not bound and tp > numa_nodes()
 
 
 # --- memory --------------------------------------------------------------------------------------------------------

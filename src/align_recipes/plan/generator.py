@@ -39,7 +39,33 @@ def generator_record(plan) -> dict[str, Any] | None:
     record: dict[str, Any] = {"engine": "vllm", "mode": mode, "version": found[1] if found else None}
     if mode == "server":
         record["server"] = given_server(plan) or LOCAL_SERVER
+    record.update(engine_knobs(effective))
     return record
+
+
+def engine_knobs(effective: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """The vLLM engine settings a recipe changed from the default (tensor parallelism, sleep mode, the cap on
+    sequences at once), keyed as the record keeps them; TRL's defaults are left out."""
+    value = lambda key: (effective.get(key) or (None, ""))[0]  # noqa: E731
+    knobs: dict[str, Any] = {}
+    if (value("vllm_tensor_parallel_size") or 1) > 1:
+        knobs["tensor_parallel_size"] = value("vllm_tensor_parallel_size")
+    if value("vllm_enable_sleep_mode"):
+        knobs["sleep_mode"] = True
+    if value("vllm_max_num_seqs"):
+        knobs["max_num_seqs"] = value("vllm_max_num_seqs")
+    return knobs
+
+
+def _knob_words(record: dict[str, Any]) -> str:
+    words = []
+    if record.get("tensor_parallel_size"):
+        words.append(f"tensor parallel over {record['tensor_parallel_size']}")
+    if record.get("sleep_mode"):
+        words.append("sleeps between generations")
+    if record.get("max_num_seqs"):
+        words.append(f"at most {record['max_num_seqs']} sequences at once")
+    return f" ({', '.join(words)})" if words else ""
 
 
 def describe(record: dict[str, Any] | None) -> str | None:
@@ -50,5 +76,5 @@ def describe(record: dict[str, Any] | None) -> str | None:
     if record.get("engine") != "vllm":
         return f"transformers{version} generate (train.use_vllm=false)"
     if record.get("mode") == "server":
-        return f"vLLM{version}, server: {record.get('server', '?')}"
-    return f"vLLM{version}, colocated with training"
+        return f"vLLM{version}, server: {record.get('server', '?')}{_knob_words(record)}"
+    return f"vLLM{version}, colocated with training{_knob_words(record)}"

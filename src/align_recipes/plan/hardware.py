@@ -217,6 +217,18 @@ def bitsandbytes_status() -> tuple[bool, str]:
     return False, "bitsandbytes is not installed (pip install 'bitsandbytes>=0.50,<0.51')"
 
 
+def numa_nodes() -> int:
+    """NUMA nodes of this machine (1 where the kernel does not say): vLLM's CPU build binds each tensor-parallel
+    worker's threads to a node of its own unless ``VLLM_CPU_OMP_THREADS_BIND`` lists the cores."""
+    import re
+
+    try:
+        found = [n for n in os.listdir("/sys/devices/system/node") if re.fullmatch(r"node\d+", n)]
+    except OSError:
+        return 1
+    return max(1, len(found))
+
+
 # --- launcher ----------------------------------------------------------------------------------------------
 
 

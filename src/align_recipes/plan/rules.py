@@ -137,6 +137,8 @@ RULES = _table(
     Rule("vllm-unavailable", FEASIBILITY, feasibility.vllm_unavailable),
     Rule("vllm-without-gpu", FEASIBILITY, feasibility.vllm_without_gpu),
     Rule("vllm-with-8bit-weights", FEASIBILITY, feasibility.vllm_with_8bit_weights),
+    Rule("vllm-sleep-mode-on-cpu", FEASIBILITY, feasibility.vllm_sleep_mode_on_cpu),
+    Rule("vllm-tensor-parallel-impossible", FEASIBILITY, feasibility.vllm_tensor_parallel_impossible),
     Rule("model-does-not-fit", FEASIBILITY, feasibility.model_does_not_fit),
 )
 WAITING = frozenset(name for name, rule in RULES.items() if rule.waits)

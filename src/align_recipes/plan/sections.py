@@ -274,6 +274,8 @@ TRAIN_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "temperature": (0, None, False),
     "top_p": (0, 1, False),
     "vllm_gpu_memory_utilization": (0, 1, False),
+    "vllm_tensor_parallel_size": (1, None, True),
+    "vllm_max_num_seqs": (1, None, True),
     "logging_steps": (0, None, False),
     "save_steps": (0, None, False),
 }

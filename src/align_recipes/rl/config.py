@@ -95,6 +95,13 @@ class OnlineRLConfig(TrainingArguments):
             Server mode: port of the vLLM server.
         vllm_server_timeout (`float`, *optional*, defaults to `240.0`):
             Server mode: seconds to wait for the server to answer before failing.
+        vllm_tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            Devices one vLLM engine is split over (TRL's name). Colocated: that many training processes share
+            one engine; server mode: passed to the run's own `vllm serve`.
+        vllm_enable_sleep_mode (`bool`, *optional*, defaults to `False`):
+            Colocate mode: vLLM frees its weights and KV cache between generations (TRL's name; CUDA/ROCm only).
+        vllm_max_num_seqs (`int` or `None`, *optional*, defaults to `None`):
+            Most sequences vLLM runs at once (its `max_num_seqs`); None leaves vLLM's default.
         vllm_importance_sampling_correction (`bool`, *optional*, defaults to `True`):
             With vLLM, weight each token's policy loss by min(pi_old / pi_vllm, cap) (truncated importance
             sampling), correcting for vLLM's kernels, precision and weight sync sampling a slightly different
@@ -207,6 +214,15 @@ class OnlineRLConfig(TrainingArguments):
     vllm_server_timeout: float = field(
         default=240.0, metadata={"help": "Server mode: seconds to wait for the server."}
     )
+    vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "Devices one vLLM engine is split over (colocated: training processes)."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "Colocate mode: vLLM sleeps between generations (CUDA/ROCm only)."}
+    )
+    vllm_max_num_seqs: int | None = field(
+        default=None, metadata={"help": "Most sequences vLLM runs at once; None: vLLM's default."}
+    )
     vllm_importance_sampling_correction: bool = field(
         default=True, metadata={"help": "vLLM: weight token losses by min(pi_old / pi_vllm, cap)."}
     )
@@ -267,6 +283,10 @@ class OnlineRLConfig(TrainingArguments):
             p.append(f"vllm_mode must be one of {', '.join(VLLM_MODES)} (got {self.vllm_mode!r})")
         if self.prefix_cache_mb < 0:
             p.append(f"prefix_cache_mb must be >= 0 (got {self.prefix_cache_mb}); 0 turns the cache off")
+        if self.vllm_tensor_parallel_size < 1:
+            p.append(f"vllm_tensor_parallel_size must be >= 1 (got {self.vllm_tensor_parallel_size})")
+        if self.vllm_max_num_seqs is not None and self.vllm_max_num_seqs < 1:
+            p.append(f"vllm_max_num_seqs must be >= 1 or null (got {self.vllm_max_num_seqs})")
         if self.vllm_importance_sampling_cap < 1:
             p.append(f"vllm_importance_sampling_cap must be >= 1 (got {self.vllm_importance_sampling_cap})")
         if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):

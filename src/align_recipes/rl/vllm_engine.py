@@ -6,6 +6,12 @@ sampler would then not be the float32 policy that trains), the KV cache is a sha
 memory (``gpu_memory_utilization`` means host memory there), and the first batch is compiled with
 torch.compile (a minute of start-up for the tiny model). `llm_arguments` adds ours while TRL builds the
 engine; an argument both give takes our value.
+
+Under QLoRA TRL asks vLLM for ``quantization="bitsandbytes"``, which vLLM 0.30 no longer lists ("Unknown
+quantization method"). We ask for none: every sync pushes the dequantized base plus the LoRA delta
+(rl/vllm_sync.py `policy_weights`), so vLLM must hold plain weights in the policy's floating dtype, and it
+samples from exactly what the trainer computes with. vLLM then loads the base checkpoint unquantized (its
+weights take the full-precision size in vLLM's memory).
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ def on_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
-def engine_arguments(dtype: str | None, cpu: bool, max_num_seqs: int | None = None) -> dict[str, Any]:
+def engine_arguments(
+    dtype: str | None, cpu: bool, max_num_seqs: int | None = None, quantized: bool = False
+) -> dict[str, Any]:
     """Extra ``LLM`` arguments: the policy's dtype (vLLM must sample from the weights that train), and on
-    CPU eager mode and a fixed KV cache (module docstring)."""
+    CPU eager mode and a fixed KV cache; no quantization for a 4-bit policy (module docstring)."""
     extra: dict[str, Any] = {}
     if dtype:
         extra["dtype"] = dtype
+    if quantized:
+        extra["quantization"] = None
     if cpu:
         extra.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
     if max_num_seqs:
@@ -67,11 +77,21 @@ def llm_arguments(**extra: Any) -> Iterator[None]:
 
 
 def dtype_name(model) -> str | None:
-    """'float32' / 'bfloat16' / … of a loaded model's weights, None for a path or an empty model."""
+    """'float32' / 'bfloat16' / … of a loaded model's floating-point weights (a QLoRA policy's packed 4-bit
+    weights are uint8), None for a path or an empty model."""
     try:
-        return str(next(model.parameters()).dtype).removeprefix("torch.")
+        found = (p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+        return str(next(found)).removeprefix("torch.")
     except (AttributeError, StopIteration):
         return None
+
+
+def holds_4bit(model) -> bool:
+    """The policy holds bitsandbytes 4-bit weights (QLoRA)."""
+    try:
+        return any(getattr(p, "quant_state", None) is not None for p in model.parameters())
+    except AttributeError:
+        return False
 
 
 @contextlib.contextmanager
@@ -86,7 +106,8 @@ def for_policy(model, enabled: bool = True) -> Iterator[None]:
 
     cpu = on_cpu_build()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(llm_arguments(**engine_arguments(dtype_name(model), cpu=cpu)))
+        arguments = engine_arguments(dtype_name(model), cpu=cpu, quantized=holds_4bit(model))
+        stack.enter_context(llm_arguments(**arguments))
         if cpu:
             stack.enter_context(vllm_sync.without_nccl_communicator())
         yield
@@ -134,3 +155,21 @@ def adopt(trainer) -> None:
             ids = stop_token_ids(trainer)
             params.stop_token_ids = ids
             params._all_stop_token_ids.update(ids)  # what vLLM's scheduler reads; set once in __post_init__
+        if getattr(trainer, "vllm_client", None) is not None:
+            stop_server_on(trainer.vllm_client, stop_token_ids(trainer))
+
+
+def stop_server_on(client, ids: list[int]) -> None:
+    """A TRL `VLLMClient` whose ``generate`` and ``chat`` ask the server to stop on ``ids`` too. Online DPO in
+    server mode sends only ``args.generation_kwargs`` (not its `SamplingParams`), so the server would stop on
+    the checkpoint's generation config alone; stop ids the recipe's generation_kwargs give win."""
+    for name in ("generate", "chat"):
+        original = getattr(client, name, None)
+        if original is None:
+            continue
+
+        def call(*args, _original=original, generation_kwargs=None, **kwargs):
+            merged = {"stop_token_ids": list(ids), **(generation_kwargs or {})}
+            return _original(*args, generation_kwargs=merged, **kwargs)
+
+        setattr(client, name, call)

@@ -5,7 +5,9 @@ With ``train.vllm_mode: server`` and no server named (plan/generator.py `given_s
 127.0.0.1 and a free port, waits for its ``/health`` (bounded by ``vllm_server_timeout``), and stops it when
 the run ends, whatever ended it: the server is in its own process group, which `LocalServer.stop` terminates,
 and the kernel sends it SIGTERM if the training process dies without running that (``PR_SET_PDEATHSIG``).
-A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`).
+A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`). One that dies
+while the run trains shows up in the trainer as a refused connection (after TRL's client has retried for about a
+minute); `died` names the real cause, which the run then reports (run/training.py).
 
 The server runs with ``VLLM_SERVER_DEV_MODE=1`` (as `trl vllm-serve` sets): on vLLM's CPU build the
 weights are pushed through its dev-mode ``/collective_rpc`` (rl/vllm_sync.py `push_weights`).
@@ -33,6 +35,22 @@ class ServerFailed(RuntimeError):
     """The local vLLM server exited or did not answer in time."""
 
 
+# The local servers started and not yet stopped by this process (`died` looks at them).
+_STARTED: list[LocalServer] = []
+
+
+def died() -> ServerFailed | None:
+    """A `ServerFailed` naming the local server that exited on its own while the run went on, or None."""
+    for server in _STARTED:
+        code = server.process.poll() if server.process is not None else None
+        if code is not None:
+            return ServerFailed(
+                f"the local vLLM server on {server.url} exited with code {code} while the run was using it; "
+                f"its log: {server.log_path}\n{server.log_tail()}"
+            )
+    return None
+
+
 def free_port(host: str = LOOPBACK) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -48,9 +66,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def serve_command(model_path: str, port: int, dtype: str, max_model_len: int | None, cpu: bool) -> list[str]:
+def serve_command(
+    model_path: str,
+    port: int,
+    dtype: str,
+    max_model_len: int | None,
+    cpu: bool,
+    tensor_parallel_size: int = 1,
+    max_num_seqs: int | None = None,
+) -> list[str]:
     """`trl vllm-serve`'s `vllm serve` command line on 127.0.0.1:port, with the colocated engine's CPU
-    settings (rl/vllm_engine.py: the policy's dtype, eager mode, a fixed KV cache)."""
+    settings (rl/vllm_engine.py: the policy's dtype, eager mode, a fixed KV cache) and the recipe's
+    ``vllm_tensor_parallel_size`` and ``vllm_max_num_seqs``."""
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
     from align_recipes.rl.vllm_engine import CPU_KV_CACHE_BYTES
@@ -63,8 +90,10 @@ def serve_command(model_path: str, port: int, dtype: str, max_model_len: int | N
         max_model_len=max_model_len,
         enforce_eager=cpu,
         log_level="warning",
+        tensor_parallel_size=tensor_parallel_size,
     )
     extra = ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)] if cpu else []
+    extra += ["--max-num-seqs", str(max_num_seqs)] if max_num_seqs else []
     return build_command(script, extra)
 
 
@@ -83,7 +112,12 @@ class LocalServer:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
             )
-        self.wait_ready()
+        _STARTED.append(self)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # not left behind, and no longer watched by `died`
+            raise
         return self.url
 
     def wait_ready(self, interval: float = 1.0) -> None:
@@ -114,6 +148,8 @@ class LocalServer:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds; waits for it."""
+        if self in _STARTED:
+            _STARTED.remove(self)
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -135,10 +171,13 @@ def local_server(
     log_path: Path,
     timeout: float,
     cpu: bool,
+    **engine: int | None,
 ) -> Iterator[str]:
-    """A `LocalServer` for the block: yields its URL, and stops it however the block ends."""
+    """A `LocalServer` for the block: yields its URL, and stops it however the block ends. ``engine``: the
+    `serve_command` knobs (tensor_parallel_size, max_num_seqs)."""
     port = free_port()
-    server = LocalServer(serve_command(model_path, port, dtype, max_model_len, cpu), port, log_path, timeout)
+    command = serve_command(model_path, port, dtype, max_model_len, cpu, **engine)
+    server = LocalServer(command, port, log_path, timeout)
     try:
         yield server.start()
     finally:
@@ -176,9 +215,14 @@ def _serving(config, model, log_path: Path) -> Iterator[str]:
     source = model_source(model)
     timeout = float(getattr(config, "vllm_server_timeout", 240) or 240)
     cpu = on_cpu_build()
+    engine = {
+        "tensor_parallel_size": int(getattr(config, "vllm_tensor_parallel_size", 1) or 1),
+        "max_num_seqs": getattr(config, "vllm_max_num_seqs", None),
+    }
+    length = max_model_len(config, model)
 
     def start():
-        return local_server(source, dtype_name(model), max_model_len(config, model), log_path, timeout, cpu)
+        return local_server(source, dtype_name(model), length, log_path, timeout, cpu, **engine)
 
     with on_rank_zero(start) as url:
         config.vllm_server_base_url = url

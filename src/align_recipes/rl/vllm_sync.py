@@ -59,27 +59,46 @@ def _delta(layer) -> torch.Tensor | None:
     return sum(deltas) if deltas else None
 
 
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating-point weights: what vLLM holds (rl/vllm_engine.dtype_name)."""
+    found = (p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    return next(found, torch.float32)
+
+
+def _dequantized(param: torch.Tensor) -> torch.Tensor | None:
+    """A bitsandbytes 4-bit weight (QLoRA's packed ``Params4bit``) as the float32 matrix its layer computes
+    with (bitsandbytes' ``matmul_4bit`` dequantizes the same way), or None for a plain tensor."""
+    state = getattr(param, "quant_state", None)
+    if state is None:
+        return None
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(param.data, state).float()
+
+
 @torch.no_grad()
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(vLLM name, tensor) for every weight vLLM holds: plain parameters as they are, LoRA-wrapped base
-    weights merged out of place. Adapter tensors themselves are skipped (vLLM has no such parameters)."""
+    weights merged out of place. Under QLoRA the 4-bit base weights are dequantized first (vLLM holds them
+    unquantized, in the policy's floating dtype: rl/vllm_engine.py). Adapter tensors themselves are skipped
+    (vLLM has no such parameters)."""
     from peft import PeftModel
 
-    if not isinstance(model, PeftModel):
-        for name, param in model.named_parameters():
-            yield _vllm_name(name), param.detach()
-        return
-    layers = _lora_layers(model)
+    dtype, peft = _float_dtype(model), isinstance(model, PeftModel)
+    layers = _lora_layers(model) if peft else {}
     for name, param in model.named_parameters():
-        if "lora_" in name or "original_module" in name:
+        if peft and ("lora_" in name or "original_module" in name):
             continue
         owner, _, leaf = name.rpartition(".")
         layer = layers.get(owner.removesuffix(LORA_BASE)) if owner.endswith(LORA_BASE) else None
         delta = _delta(layer) if layer is not None and leaf == "weight" else None
-        if delta is None:
+        full = _dequantized(param)
+        if delta is None and full is None:
             yield _vllm_name(name), param.detach()
-        else:
+        elif full is None:
             yield _vllm_name(name), (param.float() + delta.reshape(param.shape)).to(param.dtype)
+        else:
+            yield _vllm_name(name), (full if delta is None else full + delta.reshape(full.shape)).to(dtype)
 
 
 def _model_runner(llm):

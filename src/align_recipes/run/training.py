@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,10 @@ def train(
                 run_dir.remove_if_empty()  # the Trainer creates output_dir early: a refused run leaves no trace
             raise
         except BaseException as exc:  # a crash while loading or building: the folder says what happened
-            _write_failed(run_dir, record, exc, existed)
+            cause = _server_death(exc)
+            _write_failed(run_dir, record, cause, existed)
+            if cause is not exc:
+                raise cause from exc
             raise
         record["seed"] = parts.config.seed
         record["data"] = {split: report.records() for split, report in parts.reports.items()}
@@ -144,9 +148,21 @@ def train(
             raise  # their summary is written
         except BaseException as exc:
             # From `prepare` on the folder is this run's: whatever broke, its summary says so (never `running`).
+            cause = _server_death(exc)
             if run_dir.prepared:
-                _write_failed(run_dir, record, exc, existed=True)
+                _write_failed(run_dir, record, cause, existed=True)
+            if cause is not exc:
+                raise cause from exc
             raise
+
+
+def _server_death(exc: BaseException) -> BaseException:
+    """The run's own vLLM server exited while the run used it (rl/vllm_server.died): that is the error to report,
+    not the refused connection the trainer saw. Any other error, and Ctrl-C, stay as they are."""
+    module = sys.modules.get("align_recipes.rl.vllm_server")  # imported only when the run started a server
+    if module is None or not isinstance(exc, Exception):
+        return exc
+    return module.died() or exc
 
 
 def _write_failed(run_dir: RunDir, record: dict, exc: BaseException, existed: bool) -> bool:
