@@ -10,7 +10,7 @@ at 16 GiB (a T4's memory, not its speed: on a faster card the times are that car
 
 Variants:
   sft, dpo    align-recipes  recipe (LoRA r16) + `--profile t4`: fp16 weights and AMP, sdpa, gradient
-                             checkpointing, micro-batch cap; run through align_recipes.run.training.training.train
+                             checkpointing, micro-batch cap; run through align_recipes.run.training.train
               tutorial-fp32  plain TRL: fp32 weights, fp16=True AMP, same LoRA and batch, TRL defaults otherwise
               tutorial-fp16  plain TRL: fp16 weights, fp16=True, same LoRA and batch
               (plain scripts set bf16=False: TRL 1.16 defaults to bf16=True, which a T4 rejects)
@@ -275,8 +275,9 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
     import yaml
 
     from align_recipes.plan import load_plan
-    from align_recipes.run.training import training
-    from align_recipes.run.training.rundir import RunDir
+    from align_recipes.run import training
+    from align_recipes.run.load import build_config
+    from align_recipes.run.rundir import RunDir
 
     recipe = {
         "algorithm": task,
@@ -301,7 +302,7 @@ def _run_recipe(task, model_dir, data_file, fields, out, smoke):
         training.train(plan, overwrite=True, command=["bench/gpu_t4.py"])
     finally:
         RunDir.metrics_callback = original
-    config = training.build_config(plan)
+    config = build_config(plan)
     settings = {
         **_settings(config),
         "dtype": plan.model.dtype,

@@ -66,7 +66,7 @@ def overrides(out: Path, steps: int) -> list[str]:
 def child_recipe(algo: str, out: Path, steps: int) -> dict:
     started = time.perf_counter()
     from align_recipes.plan.load import load_plan
-    from align_recipes.run.training.training import train
+    from align_recipes.run.training import train
 
     plan = load_plan(REPO / "recipes" / "tiny" / f"{algo}.yaml", overrides(out, steps), profile="cpu")
     summary = train(plan, overwrite=True, command=["bench"])

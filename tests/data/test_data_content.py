@@ -269,6 +269,7 @@ def test_the_sft_trainer_renders_the_tool_calls(tmp_path):
     template: the tiny model's ignores tools, as many do) puts them in the tokens, and trains the call."""
     from align_recipes.plan import load_plan
     from align_recipes.run import guards, training
+    from align_recipes.run.load import load
     from align_recipes.run.rundir import RunDir
 
     plan = load_plan(
@@ -283,7 +284,7 @@ def test_the_sft_trainer_renders_the_tool_calls(tmp_path):
         ],
         profile="cpu",
     )
-    parts = training.load(plan)
+    parts = load(plan)
     with guards.RunGuard(plan.output_dir) as guard:
         trainer = training.build(plan, parts, RunDir(plan.output_dir), guard)
     prepared = trainer.train_dataset

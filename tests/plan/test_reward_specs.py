@@ -206,7 +206,7 @@ def test_a_run_checks_reward_columns_on_the_data_it_loaded():
 
     from align_recipes.errors import RecipeErrors
     from align_recipes.plan import load_plan
-    from align_recipes.run.training import trainer_extras
+    from align_recipes.run.load import trainer_extras
 
     plan = load_plan("tests/fixtures/bad_inputs/good_grpo.yaml", profile="cpu")  # exact_match on `answer`
     other = datasets.Dataset.from_list([{"prompt": "1+1=", "solution": "2"}])
@@ -225,7 +225,7 @@ def test_a_run_calls_the_rewards_on_the_data_it_loaded():
 
     from align_recipes.errors import RecipeErrors
     from align_recipes.plan import load_plan
-    from align_recipes.run.training import trainer_extras
+    from align_recipes.run.load import trainer_extras
 
     toy = "rewards=[{function: 'align_recipes.tiny.toytask:toy_reward'}]"
     plan = load_plan("tests/fixtures/bad_inputs/good_grpo.yaml", [toy], profile="cpu")
@@ -248,7 +248,7 @@ def test_reward_model_path_joins_the_reward_functions(tmp_path):
     OnlineDPOConfig declares the field but its trainer never reads it."""
     from align_recipes.errors import RecipeError, RecipeErrors
     from align_recipes.plan import load_plan
-    from align_recipes.run.training import build_config, trainer_extras
+    from align_recipes.run.load import build_config, trainer_extras
 
     rm = tmp_path / "rm"
     rm.mkdir()

@@ -105,26 +105,26 @@ def test_max_model_len(config, expected):
 
 def test_a_server_that_dies_during_the_run_is_named_as_the_cause(tmp_path):
     """The trainer only sees a refused connection; the run reports the server's death, exit code and log tail
-    instead (run/training.py `_server_death`), and the summary says `failed` with that error."""
+    instead (run/finish.py `server_death`), and the summary says `failed` with that error."""
     import os
     import signal
 
-    from align_recipes.run import training
+    from align_recipes.run import finish
     from align_recipes.run.rundir import RunDir
 
     local = server(tmp_path, "print('serving the tiny model')\n" + HEALTHY)
     local.start()
     refused = ConnectionError("HTTPConnectionPool(host='127.0.0.1'): Max retries exceeded")
-    assert vllm_server.died() is None and training._server_death(refused) is refused
+    assert vllm_server.died() is None and finish.server_death(refused) is refused
     os.killpg(local.process.pid, signal.SIGKILL)
     local.process.wait()
-    cause = training._server_death(refused)
+    cause = finish.server_death(refused)
     assert isinstance(cause, vllm_server.ServerFailed)
     assert f"server on {local.url} exited with code -9 while the run was using it" in str(cause)
     assert "serving the tiny model" in str(cause)  # the log's tail
-    assert training._server_death(KeyboardInterrupt()) is not cause  # Ctrl-C stays Ctrl-C
+    assert finish.server_death(KeyboardInterrupt()) is not cause  # Ctrl-C stays Ctrl-C
     run_dir = RunDir(tmp_path / "run")
-    training._write_failed(run_dir, {"algorithm": "ppo"}, cause, existed=False)
+    finish.write_failed(run_dir, {"algorithm": "ppo"}, cause, existed=False)
     summary = run_dir.summary()
     assert summary["status"] == "failed" and "ServerFailed: the local vLLM server" in summary["error"]
     local.stop()  # the run's ExitStack: nothing left to stop, and no longer watched

@@ -108,7 +108,7 @@ def test_rollback_restores_the_best_checked_policy_before_the_fall_and_stops(tmp
     )
     assert (tmp_path / hacking.BEST_DIR / "weights.txt").read_text() == "step 5"
     summary = {"task_metrics": [{"name": "exact_match", "before": 0.8, "after": 0.9}], **watch.summary()}
-    from align_recipes.run.training import headline
+    from align_recipes.run.finish import headline
 
     assert headline(summary).endswith(
         "; rolled back to the policy of step 5 (held-out exact_match 0.900, the watch's best check before the "

@@ -227,7 +227,7 @@ def watched_run(folder, warning: dict | None):
 def test_a_warning_reaches_the_done_line_report_and_card(tmp_path):
     from align_recipes.results.report import write_report
     from align_recipes.run.card import model_card
-    from align_recipes.run.training import headline
+    from align_recipes.run.finish import headline
 
     folder, summary = watched_run(tmp_path / "hacked", WARNING)
     assert headline(summary) == (
@@ -250,7 +250,7 @@ def test_a_warning_reaches_the_done_line_report_and_card(tmp_path):
 def test_a_watched_run_without_a_warning_says_so_and_the_done_line_stays_plain(tmp_path):
     from align_recipes.results.report import write_report
     from align_recipes.run.card import model_card
-    from align_recipes.run.training import headline
+    from align_recipes.run.finish import headline
 
     folder, summary = watched_run(tmp_path / "healthy", None)
     assert headline(summary) == "exact_match 0.790 → 0.600"

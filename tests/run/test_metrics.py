@@ -12,8 +12,8 @@ from align_recipes.plan.load import load_plan
 from align_recipes.plan.sections import METRICS
 from align_recipes.registry import ALGORITHMS
 from align_recipes.run import measure
+from align_recipes.run.finish import headline
 from align_recipes.run.rundir import task_metrics
-from align_recipes.run.training import headline
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny"

@@ -14,8 +14,8 @@ import pytest
 from align_recipes.plan.load import load_plan
 from align_recipes.run import measure
 from align_recipes.run.card import model_card
+from align_recipes.run.finish import headline
 from align_recipes.run.rundir import HELDOUT_SCORES, RunDir, task_metrics
-from align_recipes.run.training import headline
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny"

@@ -7,7 +7,7 @@ the run ends, whatever ended it: the server is in its own process group, which `
 and the kernel sends it SIGTERM if the training process dies without running that (``PR_SET_PDEATHSIG``).
 A server that exits or never answers raises `ServerFailed` (the run's summary then says `failed`). One that dies
 while the run trains shows up in the trainer as a refused connection (after TRL's client has retried for about a
-minute); `died` names the real cause, which the run then reports (run/training.py).
+minute); `died` names the real cause, which the run then reports (run/finish.py).
 
 The server runs with ``VLLM_SERVER_DEV_MODE=1`` (as `trl vllm-serve` sets): on vLLM's CPU build the
 weights are pushed through its dev-mode ``/collective_rpc`` (rl/vllm_sync.py `push_weights`).

@@ -190,7 +190,7 @@ def train_into(target: Path, base_dir: Path) -> dict[str, Any]:
 
     started = time.time()
     threads, verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
-    torch.set_num_threads(1)  # the tiny model trains fastest on one thread (run/training.py)
+    torch.set_num_threads(1)  # the tiny model trains fastest on one thread (run/load.py)
     hf_logging.set_verbosity_error()
     scratch = target / "trainer"
     try:
