@@ -13,7 +13,7 @@ import pytest
 
 from align_recipes.cli import main
 from align_recipes.errors import RecipeError, RecipeErrors
-from align_recipes.plan import hardware, model_size, profiles
+from align_recipes.plan import hardware, model_size, profile_layer, profiles
 from align_recipes.plan.load import load_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,7 +266,7 @@ def test_24gb_card_with_1_5b_gets_lora_and_a100_80_trains_3b_in_full(tmp_path):
     recipe = write_recipe(tmp_path, model="Qwen/Qwen2.5-3B-Instruct")
     assert load_plan(recipe, profile="a100").recipe["model"]["adapter"] == "lora"  # nominal 40 GB
     profile_80 = profiles.resolve("auto", smi_output=SMI["a100_80"])
-    layer, _ = profiles.layer_for(
+    layer, _ = profile_layer.layer_for(
         profile_80,
         None,
         {"name_or_path": "Qwen/Qwen2.5-3B-Instruct"},
@@ -542,11 +542,13 @@ def test_impossible_combination_exits_2_with_the_fix(tmp_path, capsys):
 
 def test_gpu_profiles_switch_liger_on_when_installed_and_say_so_when_not(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path, "dpo")
-    monkeypatch.setattr(profiles, "package_version", lambda name: None)
+    monkeypatch.setattr(profile_layer, "package_version", lambda name: None)
     plan = load_plan(recipe, profile="a100")
     assert plan.train["use_liger_kernel"] is False
     assert "pip install 'align-recipes[liger]'" in change(plan, "train.use_liger_kernel").why
-    monkeypatch.setattr(profiles, "package_version", lambda name: "0.8.5" if name == "liger-kernel" else None)
+    monkeypatch.setattr(
+        profile_layer, "package_version", lambda name: "0.8.5" if name == "liger-kernel" else None
+    )
     plan = load_plan(recipe, profile="a100")
     assert (
         plan.train["use_liger_kernel"] is True

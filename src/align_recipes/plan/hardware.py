@@ -1,7 +1,7 @@
 """What this machine offers for training, found without importing torch: the GPUs (from nvidia-smi's
 CSV, or a fake of it in $ALIGN_RECIPES_NVIDIA_SMI), the optional packages that switch kernels and
 backends on (vllm, flash_attn, bitsandbytes: looked up with `importlib.util.find_spec` and package
-metadata), and the sharding that `accelerate launch` asked for. Profiles (`profiles.py`) and the
+metadata), and the sharding that `accelerate launch` asked for. Profiles (`profiles.py`, `profile_layer.py`) and the
 compatibility checks (`compat.py`) decide from these facts; `validate` stays fast because nothing here
 loads a CUDA library.
 """

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.plan import profiles, rules, scaling, trl_fields
+from align_recipes.plan import micro_batch, profile_layer, profiles, rules, scaling, trl_fields
 from align_recipes.plan.checking import FeasibilityContext
 from align_recipes.plan.hardware import sharding
 from align_recipes.plan.layers import (
@@ -139,7 +139,7 @@ def load_plan(
         recipe["model"] if isinstance(recipe["model"], dict) else {}
     )  # the recipe's model, before the profile
     params, _ = estimate_params(wish.get("name_or_path"))
-    layer, changes = profiles.layer_for(chosen, algorithm, wish, params)
+    layer, changes = profile_layer.layer_for(chosen, algorithm, wish, params)
     fields = trl_fields.config_fields(algorithm.config_name)
     layer["train"] = {k: v for k, v in layer.get("train", {}).items() if k in fields}
     changes = [c for c in changes if not c.key.startswith("train.") or c.key[6:] in fields]
@@ -161,7 +161,7 @@ def load_plan(
     if isinstance(recipe.get("evaluate"), dict) and "evaluate.metric" not in provenance.sources:
         provenance.sources["evaluate.metric"] = OURS  # validation chose the algorithm's metrics
     model = ModelSection.from_dict(recipe["model"])
-    changes += profiles.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
+    changes += micro_batch.adjust_batch(chosen, recipe, provenance.sources, algorithm, params)
     changes += scaling.keep_effective_batch(recipe, provenance.sources, fields, sharding()[1])
     errors = check_feasible(chosen, model, recipe["train"], algorithm, recipe_path, params)
     if errors:

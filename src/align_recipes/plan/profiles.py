@@ -9,10 +9,11 @@ without importing torch; `--profile NAME` forces one. docs/scaling.md describes 
 Everything here is decided from text: the facts about the machine come from `hardware` and the
 model's size from `model_size`, neither of which imports torch, so `validate` and `show` stay fast.
 
-The public functions, in the order `plan.load_plan` calls them:
-  resolve(name)                                    the Profile (auto: detected)
-  layer_for(profile, algorithm, wish, params)      the profile's layer under the recipe, a reason per value
-  adjust_batch(profile, recipe, …, params)         after the merge: cap the micro-batch, keep the effective batch
+This module reads profiles and picks one; what a profile then does to a recipe lives beside it. The
+public functions, in the order `plan.load_plan` calls them:
+  profiles.resolve(name)                           the Profile (auto: detected)
+  profile_layer.layer_for(profile, algorithm, …)   the profile's layer under the recipe, a reason per value
+  micro_batch.adjust_batch(profile, recipe, …)     after the merge: cap the micro-batch, keep the effective batch
   feasibility.check_compatible(profile, recipe, …) impossible combinations, each a RecipeError with its fix
 """
 
@@ -27,23 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from align_recipes.errors import RecipeError, RecipeErrors, did_you_mean
-from align_recipes.plan import rules, trl_fields
+from align_recipes.plan import rules
 from align_recipes.plan.checking import FileContext, locate_in
-from align_recipes.plan.hardware import (
-    GPU,
-    detect_gpus,
-    flash_attention_status,
-    package_version,
-    vllm_cpu_build,
-    vllm_status,
-)
-from align_recipes.plan.model_size import human
-from align_recipes.plan.sections import ADAPTER_WORDS, quantization_for
+from align_recipes.plan.hardware import GPU, detect_gpus
 from align_recipes.plan.yamlio import load_yaml
-
-# The micro-batch caps in `rules:` are for sequences up to this length; longer ones scale them down.
-MICRO_BATCH_REFERENCE_LENGTH = 1024
-
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -239,21 +227,15 @@ def resolve(name: str, smi_output: str | None = None) -> Profile:
     return replace(profile, detected=why, gpu=gpu)
 
 
-# --- the profile as a layer ------------------------------------------------------------------------------
+# --- what a profile says for one model ---------------------------------------------------------------
 
 
-def _context(profile: Profile) -> dict[str, str]:
+def reason_context(profile: Profile) -> dict[str, str]:
+    """The words a profile's reasons are written with: {gpu} {arch} {memory} {count}."""
     gpu = profile.gpu
     if gpu is None:
         return {"gpu": "CPU", "arch": "CPU", "memory": "host memory", "count": "0"}
     return {"gpu": gpu.name, "arch": gpu.arch, "memory": f"{gpu.memory_gb:.0f} GB", "count": str(gpu.count)}
-
-
-def _fmt(text: str, context: dict[str, str]) -> str:
-    try:
-        return text.format(**context)
-    except (KeyError, IndexError, ValueError):
-        return text
 
 
 def select_rule(profile: Profile, params: float | None) -> Rule | None:
@@ -270,319 +252,3 @@ def select_rule(profile: Profile, params: float | None) -> Rule | None:
         if rule.max_params is None or params <= rule.max_params:
             return rule
     return None
-
-
-def _rule_reason(profile: Profile, rule: Rule, params: float, what: str) -> str:
-    memory = f"{profile.gpu.memory_gb:.0f} GB" if profile.gpu else "CPU"
-    if rule.min_gpus and profile.gpu:
-        memory = f"{profile.gpu.count}x {memory}"
-    if rule.lower is not None and params > rule.lower:
-        size = f"{human(params)} params > {human(rule.lower)}"
-    elif rule.max_params is not None:
-        size = f"{human(params)} params ≤ {human(rule.max_params)}"
-    else:
-        size = f"{human(params)} params"
-    extra = f" ({_fmt(rule.why, _context(profile))})" if rule.why else ""
-    return f"{size} on {memory}: {what}{extra}"
-
-
-def layer_for(
-    profile: Profile, algorithm, model_wish: dict, params: float | None
-) -> tuple[dict, list[Change]]:
-    """The profile's values as a recipe layer (below the recipe), and every value it sets with a reason.
-
-    `params` is the model's estimated size (None: unknown, size rules skipped). `model_wish` is the
-    recipe's own model section (after overrides): the profile keeps its choices consistent with what
-    the recipe already decided (an explicit `adapter: lora` gets no 4-bit quantization from a QLoRA
-    rule; `adapter: full` gets fp32 master weights under fp16 autocast)."""
-    context = _context(profile)
-    model: dict[str, Any] = {}
-    train: dict[str, Any] = {}
-    reasons: dict[str, str] = {}
-
-    def put(key: str, value: Any, why: str) -> None:
-        section, _, name = key.partition(".")
-        (model if section == "model" else train)[name] = value
-        reasons[key] = why
-
-    default_why = f"profile {profile.name}" + (f" (auto: {profile.detected})" if profile.detected else "")
-    for section, values in (("model", profile.model), ("train", profile.train)):
-        for key, value in values.items():
-            put(f"{section}.{key}", value, _fmt(profile.why.get(f"{section}.{key}", default_why), context))
-
-    # Size rules: adapter, quantization and the rule's own keys.
-    rule = select_rule(profile, params)
-    wished_adapter = model_wish.get("adapter")
-    if rule is not None:
-        if rule.adapter:
-            put(
-                "model.adapter",
-                rule.adapter,
-                _rule_reason(profile, rule, params, ADAPTER_WORDS[rule.adapter]),
-            )
-        quantization = rule.quantization or quantization_for(rule.adapter)
-        # An adapter the recipe chose itself gets no quantization from a rule meant for another adapter.
-        if quantization and wished_adapter in (None, rule.adapter) and "quantization" not in model_wish:
-            put(
-                "model.quantization",
-                quantization,
-                _rule_reason(
-                    profile,
-                    rule,
-                    params,
-                    f"{quantization} base weights for {ADAPTER_WORDS[rule.adapter]}"
-                    if rule.adapter
-                    else f"{quantization} base weights",
-                ),
-            )
-        for section, values in (("model", rule.model), ("train", rule.train)):
-            for key, value in values.items():
-                put(f"{section}.{key}", value, _rule_reason(profile, rule, params, f"{key} {value}"))
-    final_adapter = wished_adapter or model.get("adapter") or "full"
-
-    # Full fine-tuning keeps fp32 master weights; half-precision weights are for frozen bases.
-    dtype = model.get("dtype")
-    if final_adapter == "full" and dtype in ("float16", "bfloat16") and "dtype" not in model_wish:
-        mixed = "fp16" if dtype == "float16" else "bf16"
-        put(
-            "model.dtype",
-            "float32",
-            f"full fine-tuning keeps fp32 master weights under {mixed} autocast"
-            + (
-                " (fp16 gradients cannot be unscaled)"
-                if mixed == "fp16"
-                else " (bf16 weights would round away small AdamW updates)"
-            ),
-        )
-
-    # Attention kernel: FlashAttention only where it runs and is installed.
-    attention = model.get("attn_implementation")
-    if attention and attention.startswith("flash_attention"):
-        ok, status = flash_attention_status(attention, profile.gpu)
-        if ok:
-            reasons["model.attn_implementation"] += f"; {status}"
-        else:
-            put("model.attn_implementation", "sdpa", f"{status}: PyTorch sdpa instead")
-
-    # Liger kernels on GPUs, for the trainers that support them.
-    if profile.gpu is not None and getattr(algorithm, "liger", False):
-        put("train.use_liger_kernel", *_liger_choice())
-
-    # Generation with vLLM for online algorithms.
-    if getattr(algorithm, "generates", False):
-        for key, value, why in _vllm_choice(profile, model_wish, params):
-            put(key, value, why)
-
-    changes = [
-        Change(key, (model if key.startswith("model.") else train)[key.partition(".")[2]], why)
-        for key, why in reasons.items()
-    ]
-    return {"model": model, "train": train}, changes
-
-
-def _liger_choice() -> tuple[bool, str]:
-    version = package_version("liger-kernel")
-    if version:
-        return True, (
-            f"liger-kernel {version}: Triton kernels for RMSNorm, RoPE and SwiGLU cut activation memory "
-            "and time (TRL already computes the LM head's loss in chunks)"
-        )
-    return False, (
-        "liger-kernel is not installed: `pip install 'align-recipes[liger]'` for Triton kernels that cut "
-        "activation memory (off without it)"
-    )
-
-
-def server_gpus(profile: Profile, params: float | None) -> int:
-    """GPUs a dedicated vLLM server takes (its tensor-parallel size): enough for the bf16 weights, at most half."""
-    gpu, tp = profile.gpu, 1
-    if params is not None:
-        while tp * 2 <= max(1, gpu.count // 2) and params * 2 / 1e9 > 0.6 * gpu.memory_gb * tp:
-            tp *= 2
-    return tp
-
-
-def _vllm_choice(profile: Profile, model_wish: dict, params: float | None) -> list[tuple[str, Any, str]]:
-    policy = profile.vllm or {}
-    context = _context(profile)
-    mode = str(policy.get("mode", "off"))
-    off = lambda why: [("train.use_vllm", False, why)]  # noqa: E731
-    if profile.gpu is None or mode == "off":
-        if profile.gpu is None and vllm_cpu_build():
-            # vLLM's CPU build runs here, but loading it costs more than it saves on the models CPUs train.
-            return off("vLLM's CPU build is installed but off on CPU unless asked (train.use_vllm=true)")
-        return off(_fmt(policy.get("why") or "vLLM needs a CUDA GPU: generation uses transformers", context))
-    usable, status = vllm_status()
-    if not usable:
-        return off(f"{status}: generation uses transformers' generate")
-    min_params = float(policy.get("min_params") or 0)
-    if params is not None and params < min_params:
-        return off(
-            f"{human(params)} params < {human(min_params)}: transformers' generate is fast enough, "
-            "vLLM start-up would dominate"
-        )
-    if model_wish.get("quantization") == "8bit":
-        return off("8-bit bitsandbytes weights cannot be synced into vLLM: generation uses transformers")
-    gpu = profile.gpu
-    if gpu.count >= 2:
-        tp = server_gpus(profile, params)
-        name = model_wish.get("name_or_path", "MODEL")
-        serve = ",".join(str(i) for i in range(tp))
-        rest = ",".join(str(i) for i in range(tp, gpu.count))
-        command = (
-            f"CUDA_VISIBLE_DEVICES={serve} trl vllm-serve --model {name} --tensor-parallel-size {tp}; "
-            f"then CUDA_VISIBLE_DEVICES={rest} accelerate launch --config_file configs/accelerate/multi_gpu.yaml "
-            f"--num_processes {gpu.count - tp} -m align_recipes train RECIPE"
-        )
-        why = (
-            f"{gpu.count} GPUs: vLLM server on {tp} GPU(s), training on {gpu.count - tp}; "
-            f"start the server first: {command}"
-        )
-        return [
-            ("train.use_vllm", True, f"{status}; {why}"),
-            (
-                "train.vllm_mode",
-                "server",
-                f"{gpu.count} GPUs: a dedicated generation server "
-                "(colocate instead: train.vllm_mode=colocate)",
-            ),
-        ]
-    utilization = float(policy.get("gpu_memory_utilization", 0.3))
-    return [
-        ("train.use_vllm", True, f"{status}; generation is most of RL time, vLLM speeds it up"),
-        ("train.vllm_mode", "colocate", f"one {gpu.name}: vLLM shares the GPU with training"),
-        (
-            "train.vllm_gpu_memory_utilization",
-            utilization,
-            f"vLLM takes {utilization:.0%} of {gpu.memory_gb:.0f} GB, training keeps the rest",
-        ),
-    ]
-
-
-# --- after the merge: micro-batch ------------------------------------------------------------------------
-
-
-def adjust_batch(
-    profile: Profile, recipe: dict, sources: dict[str, str], algorithm, params: float | None
-) -> list[Change]:
-    """Cap the micro-batch at the profile's limit for this model size while KEEPING the recipe's effective
-    batch (per_device_train_batch_size x gradient_accumulation_steps). Runs after the merge, because the
-    recipe usually sets the micro-batch for another GPU; a micro-batch given on the command line is kept."""
-    fields = trl_fields.config_fields(algorithm.config_name)
-    if "per_device_train_batch_size" not in fields or "gradient_accumulation_steps" not in fields:
-        return []
-    rule = select_rule(profile, params)
-    train = recipe.setdefault("train", {})
-
-    def current(key: str) -> Any:
-        return train.get(key, fields[key].default)
-
-    label = f"profile:{profile.name}"
-    if rule is None or not rule.micro_batch:
-        return _keep_batch_beside_vllm_server(profile, train, sources, current, params, label)
-    cap, cap_note = rule.micro_batch, f"{human(params)} params on {_context(profile)['memory']}"
-    length = current("max_length") if "max_length" in fields else None
-    if isinstance(length, int) and length > MICRO_BATCH_REFERENCE_LENGTH:
-        cap = max(1, cap * MICRO_BATCH_REFERENCE_LENGTH // length)
-        cap_note += f", max_length {length}"
-    changes: list[Change] = []
-    micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
-    if not (isinstance(micro, int) and isinstance(accumulation, int)) or micro <= cap:
-        pass
-    elif sources.get("train.per_device_train_batch_size") == "override":
-        changes.append(
-            Change(
-                "train.per_device_train_batch_size",
-                micro,
-                f"kept {micro}: set on the command line (the profile would cap it at {cap} for {cap_note})",
-            )
-        )
-    elif train.get("steps_per_generation"):
-        changes.append(
-            Change(
-                "train.per_device_train_batch_size",
-                micro,
-                f"kept {micro}: steps_per_generation is set, so the split is the recipe's "
-                f"(the profile would cap it at {cap} for {cap_note})",
-            )
-        )
-    else:
-        effective = micro * accumulation
-        # GRPO: an explicit generation_batch_size must stay a multiple of the micro-batch.
-        generation = (
-            train.get("generation_batch_size") if isinstance(train.get("generation_batch_size"), int) else 0
-        )
-        new_micro = max(d for d in range(1, cap + 1) if effective % d == 0 and generation % d == 0)
-        new_accumulation = effective // new_micro
-        train["per_device_train_batch_size"], train["gradient_accumulation_steps"] = (
-            new_micro,
-            new_accumulation,
-        )
-        sources["train.per_device_train_batch_size"] = sources["train.gradient_accumulation_steps"] = label
-        why = (
-            f"micro-batch {micro}→{new_micro}, grad accumulation {accumulation}→{new_accumulation} "
-            f"keeps effective batch {effective} ({cap_note}: at most {cap} per step)"
-        )
-        changes += [
-            Change("train.per_device_train_batch_size", new_micro, why),
-            Change("train.gradient_accumulation_steps", new_accumulation, why),
-        ]
-    changes += _keep_batch_beside_vllm_server(profile, train, sources, current, params, label)
-    # Online algorithms evaluate whole groups of num_generations completions: their eval batch is left alone.
-    evaluation = (
-        current("per_device_eval_batch_size")
-        if "per_device_eval_batch_size" in fields and not getattr(algorithm, "generates", False)
-        else None
-    )
-    if (
-        isinstance(evaluation, int)
-        and evaluation > cap
-        and sources.get("train.per_device_eval_batch_size") != "override"
-    ):
-        train["per_device_eval_batch_size"] = cap
-        sources["train.per_device_eval_batch_size"] = label
-        changes.append(
-            Change(
-                "train.per_device_eval_batch_size",
-                cap,
-                f"eval micro-batch {evaluation}→{cap} ({cap_note}: at most {cap} per step)",
-            )
-        )
-    return changes
-
-
-def _keep_batch_beside_vllm_server(
-    profile: Profile, train: dict, sources: dict[str, str], current, params, label: str
-) -> list[Change]:
-    """When this profile put generation on a vLLM server, training runs on the other GPUs, one process each. The
-    recipe's effective batch (written for one process) is then split over the processes at launch (plan.scaling
-    divides it by the launcher's world size) instead of growing N-fold: say how many processes to launch so that
-    it divides (GRPO's 32 on 7 training GPUs: 4 processes)."""
-    gpu = profile.gpu
-    if not (
-        train.get("use_vllm")
-        and train.get("vllm_mode") == "server"
-        and gpu is not None
-        and gpu.count >= 2
-        and sources.get("train.vllm_mode", "").startswith("profile:")
-    ):
-        return []
-    micro, accumulation = current("per_device_train_batch_size"), current("gradient_accumulation_steps")
-    if not (isinstance(micro, int) and isinstance(accumulation, int)) or train.get("steps_per_generation"):
-        return []
-    effective, training = micro * accumulation, gpu.count - server_gpus(profile, params)
-    processes = max(d for d in range(1, training + 1) if effective % d == 0)
-    launch = (
-        f"launch {processes} training processes (--num_processes {processes})"
-        if processes == training
-        else f"launch {processes} training processes, not {training} (--num_processes {processes}: "
-        f"{effective} is not divisible by {training})"
-    )
-    return [
-        Change(
-            "train.vllm_mode",
-            "server",
-            f"vLLM server mode: {launch}; each process then trains "
-            f"{effective // processes} of the effective batch {effective}, which stays the recipe's",
-        )
-    ]
