@@ -16,7 +16,7 @@ LAYERS = [
     ("results", {"results"}),
     ("run", {"run"}),
     ("plan", {"plan"}),
-    ("parts", {"data", "rl", "rewards", "tiny", "model_scores"}),
+    ("parts", {"data", "rl", "rewards", "reward_builtins", "reward_model", "tiny", "model_scores"}),
     (
         "base",
         {

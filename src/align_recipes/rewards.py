@@ -2,7 +2,7 @@
 
 Each entry is exactly one of:
 
-    - {name: exact_match, column: answer}           a builtin rule (see BUILTINS), with its parameters
+    - {name: exact_match, column: answer}           a builtin rule (reward_builtins.py), with its parameters
     - {function: "my_pkg.rewards:brevity"}           module:function
     - {function: "rewards/custom.py:score"}          file:function (relative to the recipe's folder, else cwd)
     - {model: outputs/tiny/reward}                   a reward model directory or hub id
@@ -32,131 +32,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from align_recipes.data.messages import completion_text
 from align_recipes.paths import candidates as path_candidates
 from align_recipes.paths import looks_like_hub_id
+from align_recipes.reward_builtins import BUILTINS, is_str
+from align_recipes.reward_model import RewardModelFunc
 
 SPEC_KINDS = ("name", "function", "model")
 COMMON_KEYS = ("weight",)
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
 class RewardSpecError(ValueError):
     """One or more reward entries cannot be used; the message lists each with its key and fix."""
-
-
-# ----------------------------------------------------------------------------------- text helpers
-
-
-def last_number(text: Any) -> float | None:
-    """The last number written in ``text`` ("#### 1,234" -> 1234.0); None when there is none."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    found = _NUMBER.findall(str(text))
-    return float(found[-1].replace(",", "")) if found else None
-
-
-def _column(kwargs: dict, column: str, reward: str, n: int) -> list:
-    if column not in kwargs:
-        available = sorted(k for k, v in kwargs.items() if isinstance(v, list) and len(v) == n)
-        raise KeyError(
-            f"reward '{reward}' needs the dataset column '{column}', which the batch does not have "
-            f"(columns: {', '.join(available) or 'none'}); set `column:` in its rewards entry"
-        )
-    return kwargs[column]
-
-
-# ---------------------------------------------------------------------------------------- builtins
-
-
-def _exact_match(column: str = "answer") -> Callable:
-    def exact_match(prompts, completions, **kwargs):
-        answers = _column(kwargs, column, "exact_match", len(completions))
-        return [float(completion_text(c).strip() == str(a).strip()) for c, a in zip(completions, answers)]
-
-    exact_match.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
-    return exact_match
-
-
-def _numeric_match(column: str = "answer", tolerance: float = 1e-6) -> Callable:
-    def numeric_match(prompts, completions, **kwargs):
-        answers = _column(kwargs, column, "numeric_match", len(completions))
-        scores = []
-        for c, a in zip(completions, answers):
-            got, want = last_number(completion_text(c)), last_number(a)
-            scores.append(float(got is not None and want is not None and abs(got - want) <= tolerance))
-        return scores
-
-    numeric_match.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
-    return numeric_match
-
-
-def _regex(pattern: str) -> Callable:
-    compiled = re.compile(pattern)
-
-    def regex(prompts, completions, **kwargs):
-        return [float(compiled.search(completion_text(c)) is not None) for c in completions]
-
-    regex.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
-    return regex
-
-
-def _length_penalty(max_length: int) -> Callable:
-    def length_penalty(prompts, completions, **kwargs):
-        lengths = [len(completion_text(c)) for c in completions]
-        return [0.0 if n <= max_length else -min(1.0, (n - max_length) / max_length) for n in lengths]
-
-    length_penalty.reward_range = (-1.0, 0.0)
-    return length_penalty
-
-
-_THINK = re.compile(r"\s*<think>.*?</think>\s*\S", re.DOTALL)
-
-
-def _think_format() -> Callable:
-    def think_format(prompts, completions, **kwargs):
-        return [float(_THINK.match(completion_text(c)) is not None) for c in completions]
-
-    think_format.reward_range = (0.0, 1.0)  # SPO's tracker maps this range onto [0, 1]
-    return think_format
-
-
-def _is_str(v):
-    return isinstance(v, str) and v != ""
-
-
-def _is_pos_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _is_nonneg_num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-
-
-# name -> (factory, {param: (required, check, "what it must be")}, one-line description)
-BUILTINS: dict[str, tuple[Callable, dict[str, tuple[bool, Callable, str]], str]] = {
-    "exact_match": (
-        _exact_match,
-        {"column": (False, _is_str, "a column name")},
-        "1.0 when the completion equals the answer column (whitespace-trimmed), else 0.0",
-    ),
-    "numeric_match": (
-        _numeric_match,
-        {"column": (False, _is_str, "a column name"), "tolerance": (False, _is_nonneg_num, "a number >= 0")},
-        "1.0 when the last number in the completion equals the answer's last number",
-    ),
-    "regex": (
-        _regex,
-        {"pattern": (True, _is_str, "a regular expression")},
-        "1.0 when the pattern is found in the completion (use ^...$ to match all of it)",
-    ),
-    "length_penalty": (
-        _length_penalty,
-        {"max_length": (True, _is_pos_int, "an integer > 0 (characters)")},
-        "0 up to max_length characters, then down to -1.0 at twice that length",
-    ),
-    "think_format": (_think_format, {}, "1.0 for '<think>...</think>' followed by a non-empty answer"),
-}
 
 
 # ------------------------------------------------------------------------------- function references
@@ -390,7 +276,7 @@ def _spec_problems(spec: Any, base_dir: Path | None) -> list[tuple[str, str]]:
         for key, (required, _, what) in params.items():
             if required and key not in spec:
                 problems.append((f".{key}", f"'{name}' needs `{key}:` ({what})"))
-        if name == "regex" and _is_str(spec.get("pattern")):
+        if name == "regex" and is_str(spec.get("pattern")):
             try:
                 re.compile(spec["pattern"])
             except re.error as exc:
@@ -449,160 +335,6 @@ def build_reward_funcs(
 
 def reward_func_name(func: Any) -> str:
     return getattr(func, "__name__", None) or type(func).__name__
-
-
-class RewardModelFunc:
-    """A reward model as a reward function: scores chat-templated prompt + completion with a sequence
-    classifier (num_labels=1). The model loads on first use, on ``device`` (default: the current CUDA
-    device, else CPU); ``.to(device)`` moves it. ``batch_size=None`` scores a whole call in one forward pass.
-
-    Online trainers whose policy shares this model's tokenizer skip the text round trip: `shares_tokenizer`
-    tells them so, `completion_suffix` gives the tokens the chat template puts after an answer, and `score_ids`
-    scores ready-made token sequences (prompt ids + answer ids + suffix) in one forward pass."""
-
-    _PROBE = "\u2063probe\u2063"  # a completion no template changes, to find what comes after an answer
-
-    def __init__(
-        self,
-        path: str,
-        device: Any = None,
-        batch_size: int | None = None,
-        model: Any = None,
-        tokenizer: Any = None,
-        max_length: int | None = None,
-    ):
-        self.path, self.device, self.batch_size, self.max_length = str(path), device, batch_size, max_length
-        self._model, self._tokenizer = model, tokenizer
-        self._suffixes: dict[str, list[int] | None] = {}
-        self.__name__ = "reward_model_" + (Path(self.path.rstrip("/")).name or "model")
-
-    def _resolve_device(self):
-        import torch
-
-        if self.device is not None:
-            return torch.device(self.device)
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if self._tokenizer.pad_token is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        return self._tokenizer
-
-    @property
-    def model(self):
-        if self._model is None:
-            from transformers import AutoModelForSequenceClassification
-
-            self._model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, num_labels=1, dtype="auto"
-            )
-        if not getattr(self, "_prepared", False):
-            if self._model.config.pad_token_id is None:
-                self._model.config.pad_token_id = self.tokenizer.pad_token_id
-            self._model.eval().requires_grad_(False)
-            self._model.to(self._resolve_device())
-            self._prepared = True
-        return self._model
-
-    def to(self, device: Any) -> RewardModelFunc:
-        self.device = device
-        if self._model is not None:
-            self._model.to(device)
-        return self
-
-    def texts(self, prompts: list, completions: list) -> list[str]:
-        out = []
-        for prompt, completion in zip(prompts, completions):
-            if isinstance(prompt, list):
-                messages = list(prompt) + (
-                    completion
-                    if isinstance(completion, list)
-                    else [{"role": "assistant", "content": completion_text(completion)}]
-                )
-                if getattr(self.tokenizer, "chat_template", None):
-                    out.append(self.tokenizer.apply_chat_template(messages, tokenize=False))
-                else:
-                    out.append("\n".join(completion_text([m]) for m in messages))
-            else:
-                out.append(str(prompt) + completion_text(completion))
-        return out
-
-    # --- scoring token ids directly (online RL with a shared tokenizer)
-    def shares_tokenizer(self, tokenizer) -> bool:
-        """Whether ``tokenizer`` (the policy's) is this model's: same class, vocabulary, special tokens and chat
-        template, so the policy's token ids mean the same here."""
-        mine = self.tokenizer
-        return (
-            type(mine).__name__ == type(tokenizer).__name__
-            and getattr(mine, "chat_template", None) == getattr(tokenizer, "chat_template", None)
-            and mine.all_special_tokens == tokenizer.all_special_tokens
-            and mine.get_vocab() == tokenizer.get_vocab()
-        )
-
-    def completion_suffix(self, prompt: Any, prompt_text: str) -> list[int] | None:
-        """Token ids this model's text layout puts after an answer to ``prompt`` (e.g. the end-of-turn tokens),
-        given ``prompt_text``, the prompt as the policy saw it (chat template with the generation prompt). None
-        when the layout is not ``prompt_text + answer + suffix`` (then only the text path is right)."""
-        if prompt_text not in self._suffixes:
-            full = self.texts([prompt], [self._PROBE])[0]
-            head = prompt_text + self._PROBE
-            suffix = full[len(head) :] if full.startswith(head) else None
-            self._suffixes[prompt_text] = (
-                None if suffix is None else self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
-            )
-        return self._suffixes[prompt_text]
-
-    def score_ids(self, sequences: list[list[int]]) -> list[float]:
-        """Scores of ready-made token sequences, padded on the tokenizer's side, in one forward pass (or chunks
-        of ``batch_size``)."""
-        import torch
-
-        model, tokenizer = self.model, self.tokenizer
-        pad, left = tokenizer.pad_token_id, getattr(tokenizer, "padding_side", "right") == "left"
-        size = self.batch_size or max(len(sequences), 1)
-        scores: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(sequences), size):
-                chunk = sequences[start : start + size]
-                width = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, seq in enumerate(chunk):
-                    cols = slice(width - len(seq), width) if left else slice(0, len(seq))
-                    ids[i, cols] = torch.tensor(seq, dtype=torch.long)
-                    mask[i, cols] = 1
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-                scores.extend(logits[:, 0].float().tolist())
-        return scores
-
-    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
-        import torch
-
-        model, tokenizer, texts, scores = self.model, self.tokenizer, self.texts(prompts, completions), []
-        max_length = self.max_length or min(getattr(tokenizer, "model_max_length", 4096) or 4096, 32768)
-        size = self.batch_size or max(len(texts), 1)
-        with torch.no_grad():
-            for start in range(0, len(texts), size):
-                batch = tokenizer(
-                    texts[start : start + size],
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    add_special_tokens=False,
-                )
-                logits = model(**batch.to(model.device)).logits
-                scores.extend(logits[:, 0].float().tolist())
-        return scores
 
 
 def as_reward_func(obj: Any, device: Any = None) -> Callable:

@@ -9,15 +9,10 @@ import textwrap
 
 import pytest
 
-from align_recipes.rewards import (
-    BUILTINS,
-    RewardModelFunc,
-    RewardSpecError,
-    build_reward_funcs,
-    check_reward_specs,
-    completion_text,
-    last_number,
-)
+from align_recipes.data.messages import completion_text
+from align_recipes.reward_builtins import BUILTINS, last_number
+from align_recipes.reward_model import RewardModelFunc
+from align_recipes.rewards import RewardSpecError, build_reward_funcs, check_reward_specs
 
 CHAT = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
 

@@ -30,7 +30,8 @@ from transformers import Trainer, TrainerState, get_scheduler
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_metrics
 
-from align_recipes.rewards import RewardModelFunc, as_reward_func, reward_func_name
+from align_recipes.reward_model import RewardModelFunc
+from align_recipes.rewards import as_reward_func, reward_func_name
 from align_recipes.rl import sharding
 from align_recipes.rl.experience import ExperienceMixin
 from align_recipes.rl.generation import make_generator

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from align_recipes.rewards import RewardModelFunc, reward_func_name
+from align_recipes.reward_model import RewardModelFunc
+from align_recipes.rewards import reward_func_name
 from align_recipes.rl.prefix_cache import PromptPrefixCache
 
 

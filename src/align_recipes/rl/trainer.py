@@ -18,7 +18,7 @@ them like TRL's trainers.
 
 from __future__ import annotations
 
-from align_recipes.rewards import RewardModelFunc
+from align_recipes.reward_model import RewardModelFunc
 from align_recipes.rl import core, sharding, tracker_io
 from align_recipes.rl.base import OnlineRLTrainer
 from align_recipes.rl.baselines import GlobalBetaBaseline, PromptValueTracker, rewards_range
