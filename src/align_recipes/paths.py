@@ -53,16 +53,23 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def built_in_place(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final` to build a cached folder in; renamed to `final` (replacing an
-    incomplete one) when the block ends without an error, removed otherwise. Readers never see half a build."""
+def built_in_place(final: Path, marker: str) -> Iterator[Path]:
+    """A temporary folder beside `final` to build a cached folder in; renamed to `final` when the block ends
+    without an error, removed otherwise. Readers never see half a build. `marker` is the file a complete build
+    holds: when another process completed `final` meanwhile (two test workers, two ranks), that build is kept
+    and this one dropped, so a folder someone may be reading is never replaced; an incomplete one is."""
+    from filelock import FileLock  # torch's own dependency: present wherever a build can run
+
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with FileLock(str(final.parent / f".{final.name}.lock")):
+            if (final / marker).is_file():
+                return
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

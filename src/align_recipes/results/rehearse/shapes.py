@@ -204,7 +204,7 @@ def build(arch: Architecture, tokenizer_dir: Path, tokenizer_label: str) -> Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with built_in_place(final) as tmp:
+    with built_in_place(final, MARKER) as tmp:
         model_config = to_config(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
@@ -237,7 +237,7 @@ def build_reward_stand_in(policy_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    with built_in_place(final) as tmp:
+    with built_in_place(final, MARKER) as tmp:
         config = AutoConfig.from_pretrained(str(policy_dir), num_labels=1)
         tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
         config.pad_token_id = tokenizer.pad_token_id

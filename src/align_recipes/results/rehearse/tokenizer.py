@@ -123,7 +123,7 @@ def stand_in_dir(facts: dict, cache_root: Path) -> Path:
     final = cache_root / f"tokenizer-{facts['chat_template']}-{stand_in_key(facts)}"
     if (final / STAND_IN_MARKER).is_file():
         return final
-    with built_in_place(final) as tmp:
+    with built_in_place(final, STAND_IN_MARKER) as tmp:
         build_stand_in(facts).save_pretrained(tmp)
         (tmp / STAND_IN_MARKER).write_text(json.dumps({"stand_in_for": facts}, indent=1) + "\n")
     return final
