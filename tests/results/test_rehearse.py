@@ -2,37 +2,19 @@
 architecture cut to 2 layers, vocabulary 151936, random weights) with QLoRA on CPU, offline; and the pieces
 (stand-in tokenizer, architecture counts, sample layouts, memory estimate) checked against hand-computed values.
 
-The runs use shorter lengths than the CLI (TEST_CAPS) to keep the suite's time modest; they share the cached
-rehearsal model and tokenizer (built once per cache)."""
+The runs (tests/rehearse_helpers.py) use shorter lengths than the CLI to keep the suite's time modest; the
+recipes that sample while training are rehearsed in test_rehearse_rl.py, a file of its own so that the test
+workers share the rehearsals."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-QWEN05 = REPO / "recipes" / "qwen05b"
-# 64 tokens hold the short sample rows whole (system prompt, question, a one-sentence answer): shorter, TRL's DPO and
-# KTO drop every pair (an empty dataset) and ORPO's completions are cut to nothing (NaN loss).
-TEST_CAPS = {
-    "max_length": 64,
-    "max_prompt_length": 24,
-    "max_completion_length": 6,
-    "max_new_tokens": 6,
-    "per_device_train_batch_size": 1,
-    "per_device_eval_batch_size": 1,
-}
-WHOLE_PAIRS = {"max_length": 64}  # reward models drop pairs longer than max_length: the short sample rows fit
-PAIRS = {"per_device_train_batch_size": 2, "per_device_eval_batch_size": 2}  # KTO and GRPO need 2 per batch
+from rehearse_helpers import PAIRS, QWEN05, TEST_CAPS, WHOLE_PAIRS, offline, rehearse_recipe
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ALIGN_RECIPES_OFFLINE", "1")  # restored afterwards (the CLI's --offline sets it)
-    monkeypatch.setenv("ALIGN_RECIPES_NVIDIA_SMI", "")  # no GPU, whatever the host
+    offline(monkeypatch)
 
 
 # --- pieces -------------------------------------------------------------------------------------------
@@ -192,37 +174,6 @@ def test_memory_estimate_counts_the_rl_terms_by_hand():
 # --- whole rehearsals (QLoRA, one per algorithm) ----------------------------------------------------------
 
 
-def _rehearse(tmp_path, recipe, *overrides, steps=1, caps=None):
-    """One step (evaluated, saved, reloaded) keeps the suite short; two where evaluating and then training again
-    matters (reward model, PPO critic copy)."""
-    from align_recipes.results.rehearse import STAGES, rehearse, render
-
-    result = rehearse(
-        recipe,
-        ["model.adapter=qlora", *overrides],
-        profile="cpu",
-        workdir=tmp_path / "r",
-        caps={**TEST_CAPS, **(caps or {})},
-        steps=steps,
-    )
-    screen = render(result)
-    failed = {n: s.detail for n, s in result.stages.items() if not s.ok}
-    assert result.exit_code == 0 and not failed, screen
-    assert list(result.stages) == list(STAGES) and "Traceback" not in screen
-    run = tmp_path / "r" / "run"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["steps"] == steps and summary["adapter"] == "qlora"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(k.startswith("eval_") for r in records if r["step"] == 1 for k in r), "evaluated after step 1"
-    assert (
-        (run / f"checkpoint-{steps}").is_dir()
-        and (run / "adapter_config.json").is_file()
-        and (run / "report.md").is_file()
-    )
-    assert "STAND-IN" in screen and "t4" in screen and result.peak_rss_gb > 0.3
-    return result, screen, records
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "algorithm, steps, caps",
@@ -232,39 +183,15 @@ def _rehearse(tmp_path, recipe, *overrides, steps=1, caps=None):
         ("dpo", 1, None),
         ("orpo", 1, None),
         ("kto", 1, PAIRS),
-        ("grpo", 1, PAIRS),
     ],
 )
 def test_qwen05b_recipe_rehearses_with_qlora(tmp_path, algorithm, steps, caps):
-    result, screen, records = _rehearse(tmp_path, QWEN05 / f"{algorithm}.yaml", steps=steps, caps=caps)
+    result, screen, records = rehearse_recipe(tmp_path, QWEN05 / f"{algorithm}.yaml", steps=steps, caps=caps)
     assert result.algorithm == algorithm and result.adapter == "qlora"
     if algorithm == "sft":  # assistant-only loss with packing, on the stand-in's stock Qwen2 template
         log = (tmp_path / "r" / "run.log").read_text()
         assert "assistant_only_loss: using align-recipes' qwen2_training.jinja" in log
         assert "packed into" in log
-
-
-@pytest.mark.slow
-def test_ppo_rehearses_with_qlora_and_a_stand_in_reward_model(tmp_path):
-    """qwen05b/ppo.yaml starts from the SFT stage and scores with the reward stage, neither written yet: both are
-    stood in for; the critic starts from the reward model."""
-    result, screen, records = _rehearse(tmp_path, QWEN05 / "ppo.yaml")
-    assert "STAND-IN reward model" in screen and "does not exist yet" in screen
-    assert any("value_loss" in r for r in records)
-
-
-@pytest.mark.slow
-def test_ppo_rehearses_with_qlora_and_rule_rewards(tmp_path):
-    """Rule rewards: the critic is a copy of the 4-bit policy backbone with its own adapter."""
-    result, screen, records = _rehearse(
-        tmp_path,
-        QWEN05 / "ppo.yaml",
-        "train.reward_model_path=null",
-        "rewards=[{name: length_penalty, max_length: 40}]",
-        steps=2,
-    )
-    assert "STAND-IN reward model" not in screen
-    assert any("rewards/length_penalty" in r and "value_loss" in r for r in records)
 
 
 def test_a_failing_stage_is_named_with_trains_clean_error(tmp_path):

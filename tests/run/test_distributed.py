@@ -147,27 +147,14 @@ def assert_ran_on_two_ranks_and_saved_once(result: subprocess.CompletedProcess, 
 
 
 @pytest.fixture(scope="session")
-def tiny_sft(tmp_path_factory) -> Path:
-    """The tiny SFT policy that the grpo and ppo recipes start from (one process, a few seconds)."""
-    output_dir = tmp_path_factory.mktemp("ddp") / "sft"
-    # Two epochs are plenty: these tests check the distributed plumbing, not how well the policy learned.
-    command = [
-        sys.executable,
-        "-m",
-        "align_recipes",
-        "train",
-        "recipes/tiny/sft.yaml",
-        "--profile",
-        "cpu",
-        f"train.output_dir={output_dir}",
-        "train.num_train_epochs=2",
-        *eval_limit("recipes/tiny/sft.yaml", 8),
-        "--overwrite",
-    ]
-    env = {**os.environ, hardware.FAKE_SMI_ENV: "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return output_dir
+def tiny_sft() -> str:
+    """The tiny SFT policy the grpo and ppo recipes start from: the builtin (`recipes/tiny/sft.yaml` trained in
+    one process), built here once rather than by both ranks of the first launch. These tests check the
+    distributed plumbing, not how well the policy learned."""
+    from align_recipes import tiny
+
+    tiny.ensure_builtin(tiny.TINY_SFT_ID)
+    return tiny.TINY_SFT_ID
 
 
 def eval_limit(recipe: str, rows: int) -> list[str]:
