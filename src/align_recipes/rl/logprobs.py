@@ -48,18 +48,42 @@ def _scaled(chunk: torch.Tensor, temperature: float, writable: bool = False) -> 
     return x.clone() if writable and x is chunk else x
 
 
+def _chunked_forward(logits, temperature, positions, writable, per_chunk):
+    """(per-position values, logsumexp) over [B, T] in float32, one chunk at a time: ``per_chunk(x, lse, rows,
+    cols)`` gets the chunk's scaled logits x (its own copy when ``writable``) and their logsumexp."""
+    out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)
+    lse = torch.empty_like(out)
+    with torch.autocast(logits.device.type, enabled=False):
+        for rows, cols in _chunks(logits.shape, positions):
+            x = _scaled(logits[rows, cols], temperature, writable)
+            lse[rows, cols] = torch.logsumexp(x, -1)
+            out[rows, cols] = per_chunk(x, lse[rows, cols].unsqueeze(-1), rows, cols)
+    return out, lse
+
+
+def _chunked_backward(logits, lse, temperature, positions, per_chunk):
+    """The gradient in the logits' dtype, one chunk at a time: ``per_chunk(logp, rows, cols)`` turns the chunk's
+    log-softmax (float32, its own copy) into d/dz in place, z = logits / T; the 1/T is applied here."""
+    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    with torch.autocast(logits.device.type, enabled=False):
+        for rows, cols in _chunks(logits.shape, positions):
+            logp = _scaled(logits[rows, cols], temperature, writable=True).sub_(lse[rows, cols].unsqueeze(-1))
+            g = per_chunk(logp, rows, cols)
+            if temperature != 1.0:
+                g.div_(temperature)
+            grad[rows, cols] = g.to(grad.dtype)
+    return grad
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log softmax(logits / T)[token] per position, chunked in the forward and in the backward."""
 
     @staticmethod
     def forward(ctx, logits, tokens, temperature, positions):
-        out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)
-        lse = torch.empty_like(out)
-        with torch.autocast(logits.device.type, enabled=False):
-            for rows, cols in _chunks(logits.shape, positions):
-                x = _scaled(logits[rows, cols], temperature)
-                lse[rows, cols] = torch.logsumexp(x, -1)
-                out[rows, cols] = x.gather(-1, tokens[rows, cols].unsqueeze(-1)).squeeze(-1) - lse[rows, cols]
+        def picked(x, lse, rows, cols):
+            return x.gather(-1, tokens[rows, cols].unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1)
+
+        out, lse = _chunked_forward(logits, temperature, positions, False, picked)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature, ctx.positions = temperature, positions
         return out
@@ -67,23 +91,14 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         logits, tokens, lse = ctx.saved_tensors
-        temperature = ctx.temperature
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        with torch.autocast(logits.device.type, enabled=False):
-            for rows, cols in _chunks(logits.shape, ctx.positions):
-                g_row = grad_out[rows, cols].float().unsqueeze(-1)
-                # d/dz [z_k - logsumexp(z)] = onehot(k) - softmax(z), z = logits / T
-                probs = (
-                    _scaled(logits[rows, cols], temperature, writable=True)
-                    .sub_(lse[rows, cols].unsqueeze(-1))
-                    .exp_()
-                )
-                g = probs.mul_(-g_row)
-                g.scatter_add_(-1, tokens[rows, cols].unsqueeze(-1), g_row)
-                if temperature != 1.0:
-                    g.div_(temperature)
-                grad[rows, cols] = g.to(grad.dtype)
-        return grad, None, None, None
+
+        def chunk_grad(logp, rows, cols):
+            # d/dz [z_k - logsumexp(z)] = onehot(k) - softmax(z)
+            g_row = grad_out[rows, cols].float().unsqueeze(-1)
+            g = logp.exp_().mul_(-g_row)
+            return g.scatter_add_(-1, tokens[rows, cols].unsqueeze(-1), g_row)
+
+        return _chunked_backward(logits, lse, ctx.temperature, ctx.positions, chunk_grad), None, None, None
 
 
 class _Entropy(torch.autograd.Function):
@@ -91,14 +106,11 @@ class _Entropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, temperature, positions):
-        out = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)
-        lse = torch.empty_like(out)
-        with torch.autocast(logits.device.type, enabled=False):
-            for rows, cols in _chunks(logits.shape, positions):
-                logp = _scaled(logits[rows, cols], temperature, writable=True)
-                lse[rows, cols] = torch.logsumexp(logp, -1)
-                logp.sub_(lse[rows, cols].unsqueeze(-1))
-                out[rows, cols] = -(logp.exp() * logp).sum(-1)
+        def entropy(x, lse, rows, cols):
+            logp = x.sub_(lse)
+            return -(logp.exp() * logp).sum(-1)
+
+        out, lse = _chunked_forward(logits, temperature, positions, True, entropy)
         ctx.save_for_backward(logits, lse, out)
         ctx.temperature, ctx.positions = temperature, positions
         return out
@@ -106,21 +118,14 @@ class _Entropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         logits, lse, entropy = ctx.saved_tensors
-        temperature = ctx.temperature
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        with torch.autocast(logits.device.type, enabled=False):
-            for rows, cols in _chunks(logits.shape, ctx.positions):
-                # dH/dz_j = -p_j (log p_j + H), z = logits / T
-                logp = _scaled(logits[rows, cols], temperature, writable=True).sub_(
-                    lse[rows, cols].unsqueeze(-1)
-                )
-                probs = logp.exp()
-                g = logp.add_(entropy[rows, cols].unsqueeze(-1)).mul_(probs)
-                g.mul_(-grad_out[rows, cols].float().unsqueeze(-1))
-                if temperature != 1.0:
-                    g.div_(temperature)
-                grad[rows, cols] = g.to(grad.dtype)
-        return grad, None, None
+
+        def chunk_grad(logp, rows, cols):
+            # dH/dz_j = -p_j (log p_j + H)
+            probs = logp.exp()
+            g = logp.add_(entropy[rows, cols].unsqueeze(-1)).mul_(probs)
+            return g.mul_(-grad_out[rows, cols].float().unsqueeze(-1))
+
+        return _chunked_backward(logits, lse, ctx.temperature, ctx.positions, chunk_grad), None, None
 
 
 def token_logprobs(
