@@ -129,3 +129,24 @@ def test_a_server_that_dies_during_the_run_is_named_as_the_cause(tmp_path):
     assert summary["status"] == "failed" and "ServerFailed: the local vLLM server" in summary["error"]
     local.stop()  # the run's ExitStack: nothing left to stop, and no longer watched
     assert vllm_server.died() is None
+
+
+def test_overwrite_keeps_the_log_of_the_server_this_run_already_started(tmp_path):
+    """The run's own server starts (and writes its log in the output folder) before the folder is prepared;
+    --overwrite clears the old run around it instead of deleting the live log."""
+    from types import SimpleNamespace
+
+    from align_recipes.run import training
+    from align_recipes.run.rundir import RunDir, clear_folder
+
+    run_dir = RunDir(tmp_path / "run")
+    (run_dir.path / "checkpoint-5").mkdir(parents=True)
+    for name in ("summary.json", "model.safetensors", "vllm_server.log"):
+        (run_dir.path / name).write_text("old run" if name != "vllm_server.log" else "this run's server")
+    plan = SimpleNamespace(train={"vllm_server_base_url": None}, source=lambda key: "recipe")
+    parts = SimpleNamespace(config=SimpleNamespace(use_vllm=True), model=None)
+    training.serve_policy(plan, parts, run_dir)  # not entered: nothing starts, the log is registered
+    assert run_dir.live == {"vllm_server.log"}
+    clear_folder(run_dir.path, keep=run_dir.live)
+    assert [p.name for p in run_dir.path.iterdir()] == ["vllm_server.log"]
+    assert (run_dir.path / "vllm_server.log").read_text() == "this run's server"

@@ -60,12 +60,26 @@ class Start:
         return checkpoints.checkpoint_step(self.checkpoint) if self.checkpoint else None
 
 
+def clear_folder(path: Path, keep: set[str] = frozenset()) -> None:
+    """Remove everything in `path` but the top-level names in `keep` (--overwrite, while this run's own files
+    are already being written)."""
+    for child in path.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 class RunDir:
     """A run's output folder. Reading works anywhere (report, eval, pipeline); writing is the run's."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.prepared = False  # set by `prepare`: from then on the folder holds this run, whatever happens
+        # Files this run writes before `prepare` (its own vLLM server's log): --overwrite clears around them.
+        self.live: set[str] = set()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -215,7 +229,7 @@ class RunDir:
         )
         self.prepared = True
         if overwrite and self.path.exists():
-            shutil.rmtree(self.path)
+            clear_folder(self.path, keep=self.live)
         if start.checkpoint is not None or start.fresh_over_leftovers:
             # Checkpoints cut short after the one we continue from would be overwritten half-way: remove them.
             for path, _why in start.skipped:

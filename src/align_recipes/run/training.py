@@ -134,6 +134,7 @@ def serve_policy(plan: Plan, parts: Parts, run_dir: RunDir):
     from align_recipes.rl import vllm_server
 
     log = run_dir.path / "vllm_server.log"
+    run_dir.live.add(log.name)  # written from the server's start, before --overwrite clears the folder
     return vllm_server.serve_policy(parts.config, parts.model, given_server(plan), log)
 
 
