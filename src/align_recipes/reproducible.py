@@ -42,7 +42,8 @@ PINS = {
     "MKL_NUM_THREADS": "1",
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # deterministic cuBLAS (ignored on CPU)
 }
-# Measured on the builtin tiny SFT build (docs/benchmarks.md, "Reproducible mode"); `show` prints it.
+# Measured on the headline training run (bench/reproducible.py --train; docs/benchmarks.md, "Reproducible
+# mode"); `show` prints it.
 COST = (
     "0.96x the CPU time of an unpinned run on an AVX2 CPU (recipes/tiny/dpo.yaml, docs/benchmarks.md); "
     "an AVX-512 CPU gives up its wider kernels; one thread"
