@@ -100,7 +100,7 @@ $(VLLM_DIST_STAMP): $(VLLM_STAMP)
 	touch $(VLLM_DIST_STAMP)
 
 test-vllm: $(VLLM_STAMP) $(VLLM_DIST_STAMP)
-	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/lane_vllm tests/rl/test_vllm_lora_weights.py tests/rl/test_vllm_qlora_weights.py tests/rl/test_vllm_server_lifecycle.py
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/lane_vllm tests/rl/test_vllm_lora_weights.py tests/rl/test_vllm_qlora_weights.py tests/rl/test_vllm_server_lifecycle.py
 
 # ruff's version is pinned in the dev extra: `make lint` must give the same verdict on every machine.
 lint: $(STAMP)
