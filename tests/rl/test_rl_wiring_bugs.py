@@ -41,6 +41,18 @@ PROMPTS = dataset(n=4)
 # ------------------------------------------------------------------------------------------- helpers
 
 
+# The layout the hand-computed gradient tests replay: two optimizer steps, each two passes (PPO epochs) over two
+# micro-batches of two rollouts.
+TWO_STEPS_TWO_PASSES = dict(
+    save_strategy="no",
+    max_steps=2,
+    num_ppo_epochs=2,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    train_dataset=PROMPTS,
+)
+
+
 def scripts_for(tok) -> list[list[int]]:
     """Prompt i's completion: rows 0 and 2 are digits (preferred), rows 1 and 3 letters; rows 0 and 2 end with EOS,
     rows 1 and 3 run to the 4-token cap (the two ways a transformers row stops)."""
@@ -241,12 +253,7 @@ def test_ppo_gradients_match_the_losses_by_hand_over_two_steps_of_two_passes(tin
         PPOConfig,
         tiny,
         tmp_path,
-        save_strategy="no",
-        max_steps=2,
-        num_ppo_epochs=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        train_dataset=PROMPTS,
+        **TWO_STEPS_TWO_PASSES,
         reward_funcs=[plus_or_minus_one],
         learning_rate=1e-2,
         max_new_tokens=MAX_NEW,
@@ -340,12 +347,7 @@ def test_spo_gradients_match_the_loss_with_beta_k3_by_hand(tiny, tmp_path):
         SPOConfig,
         tiny,
         tmp_path,
-        save_strategy="no",
-        max_steps=2,
-        num_ppo_epochs=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        train_dataset=PROMPTS,
+        **TWO_STEPS_TWO_PASSES,
         reward_funcs=[digit_share],
         ref_model=perturbed(policy, 0.05, seed=2),
         learning_rate=1e-2,
