@@ -56,6 +56,19 @@ print(json.dumps({"base": digest(root / "base"), "sft": digest(root / "sft"),
 """
 
 
+def run_child(command: list[str], env: dict[str, str], **kwargs) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``command`` to its end; (the process, its CPU seconds, kernel seconds and minor page faults)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=True, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = {
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+        "sys_s": round(after.ru_stime - before.ru_stime, 1),
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+    }
+    return proc, usage
+
+
 def build(mode: str, cpu: str) -> dict:
     """One build in a fresh process: pinned as the mode does it (`on`, the emulated CPU's variables
     overridden by the pins) or as it would run without the mode (`off`)."""
@@ -64,35 +77,22 @@ def build(mode: str, cpu: str) -> dict:
         reproducible.pin_environment(env)
     else:
         env["OMP_NUM_THREADS"] = "1"  # the builder's own thread count; the tiny runs use one thread anyway
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="repro-") as cache:
-        proc = subprocess.run(
-            [sys.executable, "-c", BUILD, cache], env=env, capture_output=True, text=True, check=True
-        )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
-    return result
+        proc, usage = run_child([sys.executable, "-c", BUILD, cache], env)
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "cpu_s": usage["cpu_s"]}
 
 
 def train(mode: str) -> dict:
     """The headline DPO recipe trained in a fresh process, with the mode or without it."""
     env = {**reproducible.unpinned(os.environ), "PYTHONPATH": str(REPO / "src")}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="repro-train-") as out:
-        proc = subprocess.run(
+        proc, usage = run_child(
             [sys.executable, "-m", "align_recipes", "train", "recipes/tiny/dpo.yaml", "--profile", "cpu",
              f"train.output_dir={out}", "--no-report", f"--{'' if mode == 'on' else 'no-'}reproducible"],
-            cwd=REPO, env=env, capture_output=True, text=True, check=True,
+            env, cwd=REPO,
         )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = [line for line in proc.stdout.splitlines() if line.startswith("done: ")]
-    return {
-        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-        "sys_s": round(after.ru_stime - before.ru_stime, 1),
-        "minor_faults": after.ru_minflt - before.ru_minflt,
-        "done": done[-1] if done else None,
-    }
+    return {**usage, "done": done[-1] if done else None}
 
 
 def main_train(rounds: int, json_path: Path | None) -> int:
