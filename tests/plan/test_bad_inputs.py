@@ -572,7 +572,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
     interpreter per case only added its imports (the early refusals above keep theirs: they prove no import)."""
     from align_recipes.cli import main
 
-    def run_cli(*words: str) -> tuple[int, str, str]:
+    def run_here(*words: str) -> tuple[int, str, str]:
         rc = main(list(words))
         captured = capsys.readouterr()
         return rc, captured.out, captured.err
@@ -591,7 +591,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
         f"train.output_dir={out}",
         "--no-report",
     ]
-    rc, stdout, stderr = run_cli(*words)
+    rc, stdout, stderr = run_here(*words)
     assert rc == 2, stdout + stderr
     assert "Traceback" not in stdout + stderr and "\nerror: " in "\n" + stderr  # (ORPO logs warnings first)
     assert "data.train: no row is left to train on: 12 rows read" in stderr and fragment in stderr, stderr
@@ -602,7 +602,7 @@ def test_rows_longer_than_max_length_stop_before_training(algorithm, data, fragm
     # The suggested max_length is the smallest that trains: the 10 rows with the shortest prompt (a one-digit
     # sum) fit, the 2 with a two-digit one are one token longer and are left out.
     suggested = int(stderr.split("to at least ")[1].split(":")[0])
-    rc, stdout, stderr = run_cli(
+    rc, stdout, stderr = run_here(
         *words[:-2], f"train.max_length={suggested}", f"train.output_dir={out}", "--no-report"
     )
     assert rc == 0, stdout + stderr
