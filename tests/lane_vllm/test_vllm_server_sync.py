@@ -5,6 +5,7 @@ a skipped sync fails. Then a run in server mode starts its own server and leaves
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import subprocess
@@ -15,21 +16,19 @@ from test_vllm_online_runs import assert_trained_through_vllm, train
 from test_vllm_weight_sync import TOLERANCE, max_gap, train_steps
 
 
-@pytest.fixture(scope="module")
-def served(tiny_dir, tmp_path_factory):
-    """(TRL VLLMGeneration in server mode on a local tiny-model server with our sync, tokenizer, model)."""
+@contextlib.contextmanager
+def server_engine(tiny_dir: str, log, **server):
+    """TRL VLLMGeneration in server mode on a local tiny-model server (``server``: local_server's engine
+    settings) with our sync installed; yields (engine, tokenizer)."""
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.generation.vllm_generation import VLLMGeneration
 
     from align_recipes.rl import vllm_engine, vllm_server
 
-    # `vllm serve` reads this; `make test-vllm` writes a `vllm` dist-info for the CPU build (Makefile).
-    assert importlib.metadata.version("vllm").endswith("+cpu"), "run through make test-vllm"
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-    log = tmp_path_factory.mktemp("server") / "vllm_server.log"
-    with vllm_server.local_server(tiny_dir, "float32", 128, log, 600, cpu=True) as url:
+    with vllm_server.local_server(tiny_dir, "float32", 128, log, 600, cpu=True, **server) as url:
         with vllm_engine.for_policy(model):
             engine = VLLMGeneration(
                 model=model,
@@ -48,16 +47,30 @@ def served(tiny_dir, tmp_path_factory):
         yield engine, tokenizer
 
 
-def test_server_sync_after_k_steps(served):
-    engine, tokenizer = served
-    model = copy.deepcopy(engine.model)
-    engine.model = model
+def assert_sync_tracks_training(engine, tokenizer, model) -> None:
+    """Trained away from what the server holds, one sync closes the gap, and training on reopens it."""
     train_steps(model, k=3)
-    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE  # the server still holds the checkpoint
+    assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE  # the server still holds the old weights
     engine.sync_weights()
     assert max_gap(engine, tokenizer, model) < TOLERANCE
     train_steps(model, k=3, seed=1)
     assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dir, tmp_path_factory):
+    """(TRL VLLMGeneration in server mode on a local tiny-model server with our sync, tokenizer)."""
+    # `vllm serve` reads this; `make test-vllm` writes a `vllm` dist-info for the CPU build (Makefile).
+    assert importlib.metadata.version("vllm").endswith("+cpu"), "run through make test-vllm"
+    with server_engine(tiny_dir, tmp_path_factory.mktemp("server") / "vllm_server.log") as served:
+        yield served
+
+
+def test_server_sync_after_k_steps(served):
+    engine, tokenizer = served
+    model = copy.deepcopy(engine.model)
+    engine.model = model
+    assert_sync_tracks_training(engine, tokenizer, model)
     engine.sync_weights()
     assert max_gap(engine, tokenizer, model) < TOLERANCE
 
@@ -193,37 +206,6 @@ def test_tensor_parallel_server_sync(tiny_dir, tmp_path, monkeypatch):
     """A 2-way tensor-parallel local server on CPU (each worker's cores listed: vLLM would otherwise want a NUMA
     node per worker, plan/feasibility.py) takes the file sync in both workers: the gap after a sync is as small
     as with one worker (1.4e-6 measured), and a skipped sync fails."""
-    from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.generation.vllm_generation import VLLMGeneration
-
-    from align_recipes.rl import vllm_engine, vllm_server
-
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
-    log = tmp_path / "vllm_server.log"
-    with vllm_server.local_server(
-        tiny_dir, "float32", 128, log, 600, cpu=True, tensor_parallel_size=2
-    ) as url:
-        with vllm_engine.for_policy(model):
-            engine = VLLMGeneration(
-                model=model,
-                accelerator=Accelerator(cpu=True),
-                processing_class=tokenizer,
-                mode="server",
-                server_base_url=url,
-                server_timeout=60,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=0,
-                max_completion_length=12,
-                logprobs=0,
-            )
-        vllm_engine.install_sync(engine)
-        train_steps(model, k=3)
-        assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
-        engine.sync_weights()
-        assert max_gap(engine, tokenizer, model) < TOLERANCE
-        train_steps(model, k=3, seed=1)
-        assert max_gap(engine, tokenizer, model) > 100 * TOLERANCE
+    with server_engine(tiny_dir, tmp_path / "vllm_server.log", tensor_parallel_size=2) as (engine, tokenizer):
+        assert_sync_tracks_training(engine, tokenizer, engine.model)
