@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from launch_helpers import accelerate_bin, clean_env
 
 from align_recipes.plan import hardware
 
@@ -82,23 +81,8 @@ def test_zero3_environment_is_seen_by_the_profile_checks(monkeypatch):
 # --- two-process CPU runs (slow) ---------------------------------------------------------------------------
 
 
-def accelerate_bin() -> str:
-    found = Path(sys.executable).with_name("accelerate")
-    return str(found) if found.exists() else shutil.which("accelerate") or "accelerate"
-
-
 def launch(recipe: str, output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        hardware.FAKE_SMI_ENV: "",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
-        env.pop(name, None)
+    env = clean_env()
     command = [
         accelerate_bin(),
         "launch",
