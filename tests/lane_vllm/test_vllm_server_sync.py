@@ -122,9 +122,18 @@ def test_online_dpo_server_generation_stops_on_the_trainers_eos_set(served, tiny
     assert [len(c) for c in stopped] == [1] * 8
 
 
-def serve_processes() -> list[str]:
-    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in found if "vllm.entrypoints.cli.main serve" in line]
+def serve_processes(parent: int | None = None) -> list[str]:
+    """The command lines of the `vllm serve` processes running now (only ``parent``'s children when given).
+    Read whole from /proc by psutil: `ps` cuts its lines to the terminal's width ($COLUMNS), which hid the
+    server from this check on CI."""
+    import psutil
+
+    found = psutil.Process(parent).children() if parent else psutil.process_iter()
+    lines = []
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            lines.append(" ".join(process.cmdline()) + f" pid={process.pid}")
+    return [line for line in lines if "vllm.entrypoints.cli.main serve" in line]
 
 
 def serves_on(url: str) -> list[str]:
@@ -183,9 +192,7 @@ def test_a_server_that_dies_mid_run_fails_the_run(tmp_path):
         while not (summary.is_file() and json.loads(summary.read_text())["status"] == "running"):
             assert run.poll() is None and time.monotonic() < deadline, "the run ended before it trained"
             time.sleep(1)
-        found = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-        rows = [line.split(None, 2) for line in found.splitlines()[1:]]
-        server = [int(pid) for pid, ppid, args in rows if int(ppid) == run.pid and " serve " in args]
+        server = [int(line.rsplit("pid=", 1)[1]) for line in serve_processes(parent=run.pid)]
         assert len(server) == 1, "the run's own server (its child) was not found"
         os.killpg(server[0], signal.SIGKILL)  # the server leads its own process group
         run.wait(timeout=600)
