@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from align_recipes import reproducible
 
 REPO = Path(__file__).resolve().parents[1]
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
 
 # The vLLM lane (`make test-vllm`) runs tests/lane_vllm in its own environment, with vLLM's CPU build.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["lane_vllm"]
@@ -70,3 +73,39 @@ def sft_run(request, tmp_path_factory, repo_cwd):
             return out, json.loads(summary.read_text())
         shutil.rmtree(out, ignore_errors=True)  # a worker that failed while training it left a partial run
         return out, train("sft", out)
+
+
+# --- the order files start in -------------------------------------------------------------------------
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-file-seconds",
+        action="store_true",
+        help="write each test file's seconds (setup, call, teardown) to tests/file_seconds.json",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, as tests/file_seconds.json last measured them (unknown files last). Under
+    `--dist loadfile` a worker takes a whole file at a time: a two-minute file started at the end keeps one
+    worker busy while the other idles. A file's tests keep their order (the sort is stable)."""
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+
+
+_measured: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if not config.getoption("record_file_seconds") or hasattr(config, "workerinput"):
+        return  # only the controller has every file's reports
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+    seconds.update({path: round(total, 1) for path, total in _measured.items()})
+    ordered = dict(sorted(seconds.items(), key=lambda pair: -pair[1]))
+    FILE_SECONDS.write_text(json.dumps(ordered, indent=1) + "\n")

@@ -84,6 +84,7 @@ def test_whitening_over_ranks_equals_whitening_the_concatenated_batch(shift_mean
     assert not torch.allclose(local, got[1], atol=1e-2)
 
 
+@pytest.mark.distributed
 def test_on_a_real_2_process_gloo_group(tmp_path):
     """One spawn (process start-up is most of the cost) for two checks, each rank writing what it saw
     (tests/rl/sharded_rl_workers.py): whitening with an all-reduce equals the naive whitening of the concatenated
@@ -162,6 +163,7 @@ SHORT = [
 ]
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tmp_path):
     run = tmp_path / "ppo"
@@ -209,6 +211,7 @@ def test_ppo_on_fsdp2_saves_sharded_checkpoints_and_resumes_exactly(tiny_sft, tm
     assert summary_of(resumed)["task_metrics"] == summary["task_metrics"]
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_spo_per_prompt_on_fsdp2_shards_its_tracker_and_resumes_exactly(tiny_sft, tmp_path):
     """SPO's default baseline with the paper's prioritised sampling on 2 processes: each rank keeps and saves the

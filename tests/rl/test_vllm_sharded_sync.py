@@ -17,6 +17,7 @@ pytest.importorskip("peft")
 import vllm_sync_workers  # noqa: E402
 
 
+@pytest.mark.distributed
 def test_on_a_real_2_process_gloo_group(tmp_path):
     import torch.multiprocessing as mp
 

@@ -160,6 +160,7 @@ def needs_recipe(name: str) -> str:
     return str(path.relative_to(REPO))
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_dpo_on_two_cpu_processes(tmp_path):
     recipe = needs_recipe("dpo")
@@ -192,6 +193,7 @@ def test_dpo_on_two_cpu_processes(tmp_path):
     )
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_grpo_on_two_cpu_processes(tmp_path, request):
     recipe = needs_recipe("grpo")
@@ -204,6 +206,7 @@ def test_grpo_on_two_cpu_processes(tmp_path, request):
     assert summary["steps"] == 2
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_ppo_on_two_cpu_processes(tmp_path, request):
     recipe = needs_recipe("ppo")

@@ -260,6 +260,7 @@ def dpo_pair(tiny_sft, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return root / "single", root / "fsdp2", logs
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_dpo_on_fsdp2_matches_one_process(dpo_pair):
     single, sharded, logs = dpo_pair
@@ -279,6 +280,7 @@ def test_dpo_on_fsdp2_matches_one_process(dpo_pair):
     assert_plain_model_folder(sharded)
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_sharded_checkpoint_resumes_exactly(dpo_pair, tmp_path):
     _, sharded, _ = dpo_pair  # saved by two "machines"; resumed by one machine with two processes
@@ -328,6 +330,7 @@ BACK_TO_BACK = [
 ]
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_algorithms_train_on_fsdp2_and_save_plain_models(tiny_sft, tmp_path):
     for algorithm, overrides in BACK_TO_BACK:
@@ -355,6 +358,7 @@ def test_algorithms_train_on_fsdp2_and_save_plain_models(tiny_sft, tmp_path):
             assert_plain_model_folder(output_dir, reward=algorithm == "reward")
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_two_machines_over_loopback_write_one_summary_and_share_the_checkpoint(dpo_pair):
     """Only global rank 0 (machine 0) prints, writes the summary and saves the model; each machine's rank
@@ -370,6 +374,7 @@ def test_two_machines_over_loopback_write_one_summary_and_share_the_checkpoint(d
     assert len(list((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))) == 2
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_on_cpu_processes(stage, tmp_path):

@@ -67,6 +67,7 @@ def test_the_cache_key_follows_settings_and_data(monkeypatch):
     assert len({before, changed_settings, sft.build_hash()}) == 3
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_under_accelerate_one_child_builds_it_and_it_equals_the_in_process_build(
     tmp_path, monkeypatch, capfd
