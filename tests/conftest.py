@@ -13,7 +13,8 @@ import pytest
 from align_recipes import reproducible
 
 REPO = Path(__file__).resolve().parents[1]
-FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
+TEST_SECONDS = Path(__file__).with_name("test_seconds.json")
+RECORDED_FROM = 0.5  # seconds: shorter tests do not change the order
 
 # The vLLM lane (`make test-vllm`) runs tests/lane_vllm in its own environment, with vLLM's CPU build.
 collect_ignore = [] if importlib.util.find_spec("vllm") else ["lane_vllm"]
@@ -80,32 +81,49 @@ def sft_run(request, tmp_path_factory, repo_cwd):
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--record-file-seconds",
+        "--record-test-seconds",
         action="store_true",
-        help="write each test file's seconds (setup, call, teardown) to tests/file_seconds.json",
+        help=f"write the seconds of every test that takes {RECORDED_FROM} s or more to tests/test_seconds.json",
     )
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` deselected what will not run
 def pytest_collection_modifyitems(config, items):
-    """The longest files first, as tests/file_seconds.json last measured them (unknown files last). Under
-    `--dist loadfile` a worker takes a whole file at a time: a two-minute file started at the end keeps one
-    worker busy while the other idles. A file's tests keep their order (the sort is stable)."""
-    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+    """The longest files first, by the seconds tests/test_seconds.json last measured for the tests that will run
+    (unknown tests count 0). Under `--dist loadfile` a worker takes a whole file at a time: a two-minute file
+    started at the end keeps one worker busy while the other idles. One exception: the second file is the
+    longest that does not wait for the session's SFT run (`sft_run`), so the two workers do not both start by
+    waiting for it. A file's tests keep their order."""
+    seconds = json.loads(TEST_SECONDS.read_text()) if TEST_SECONDS.is_file() else {}
+    files: dict[str, list] = defaultdict(list)
+    for item in items:
+        files[item.nodeid.split("::")[0]].append(item)
+    cost = {path: sum(seconds.get(item.nodeid, 0.0) for item in its) for path, its in files.items()}
+    order = sorted(files, key=lambda path: -cost[path])
+    waits = {path for path, its in files.items() if any("sft_run" in item.fixturenames for item in its)}
+    if order and order[0] in waits:
+        free = next((path for path in order[1:] if path not in waits), None)
+        if free is not None:
+            order.remove(free)
+            order.insert(1, free)
+    items[:] = [item for path in order for item in files[path]]
 
 
 _measured: dict[str, float] = defaultdict(float)
 
 
 def pytest_runtest_logreport(report):
-    _measured[report.nodeid.split("::")[0]] += report.duration
+    _measured[report.nodeid] += report.duration  # setup, call and teardown
 
 
 def pytest_sessionfinish(session):
     config = session.config
-    if not config.getoption("record_file_seconds") or hasattr(config, "workerinput"):
-        return  # only the controller has every file's reports
-    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
-    seconds.update({path: round(total, 1) for path, total in _measured.items()})
+    if not config.getoption("record_test_seconds") or hasattr(config, "workerinput"):
+        return  # only the controller has every test's reports
+    seconds = json.loads(TEST_SECONDS.read_text()) if TEST_SECONDS.is_file() else {}
+    for nodeid, total in _measured.items():
+        seconds.pop(nodeid, None)
+        if total >= RECORDED_FROM:
+            seconds[nodeid] = round(total, 1)
     ordered = dict(sorted(seconds.items(), key=lambda pair: -pair[1]))
-    FILE_SECONDS.write_text(json.dumps(ordered, indent=1) + "\n")
+    TEST_SECONDS.write_text(json.dumps(ordered, indent=1) + "\n")
