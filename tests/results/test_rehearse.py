@@ -175,6 +175,7 @@ def test_memory_estimate_counts_the_rl_terms_by_hand():
 
 
 @pytest.mark.slow
+@pytest.mark.real_shape
 @pytest.mark.parametrize(
     "algorithm, steps, caps",
     [

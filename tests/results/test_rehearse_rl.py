@@ -14,12 +14,14 @@ def _offline(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.real_shape
 def test_grpo_rehearses_with_qlora(tmp_path):
     result, screen, records = rehearse_recipe(tmp_path, QWEN05 / "grpo.yaml", caps=PAIRS)
     assert result.algorithm == "grpo" and result.adapter == "qlora"
 
 
 @pytest.mark.slow
+@pytest.mark.real_shape
 def test_ppo_rehearses_with_qlora_and_a_stand_in_reward_model(tmp_path):
     """qwen05b/ppo.yaml starts from the SFT stage and scores with the reward stage, neither written yet: both are
     stood in for; the critic starts from the reward model."""
@@ -29,6 +31,7 @@ def test_ppo_rehearses_with_qlora_and_a_stand_in_reward_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_shape
 def test_ppo_rehearses_with_qlora_and_rule_rewards(tmp_path):
     """Rule rewards: the critic is a copy of the 4-bit policy backbone with its own adapter."""
     result, screen, records = rehearse_recipe(
