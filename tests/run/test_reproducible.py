@@ -80,33 +80,40 @@ def _weights_hash(run_dir: Path) -> str:
     return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
-def _train(out: Path, cpu: dict[str, str], *flags: str) -> tuple[str, dict, dict]:
-    """A short tiny DPO run in a fresh process on an 'other CPU' (`cpu` variables, outside the mode)."""
-    env = {**reproducible.unpinned(os.environ), **cpu}
-    command = [
-        sys.executable,
-        "-m",
-        "align_recipes",
-        "train",
-        "recipes/tiny/dpo.yaml",
-        "--profile",
-        "cpu",
-        "--no-report",
-        *flags,
-        f"train.output_dir={out}",
-        "train.max_steps=12",
-        "evaluate.limit=40",
-    ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+SHORT_RUN = [
+    "recipes/tiny/dpo.yaml",
+    "--profile",
+    "cpu",
+    "--no-report",
+    "train.max_steps=4",
+    "evaluate.limit=8",
+]
+
+
+def _outputs(out: Path) -> tuple[str, dict, dict]:
     summary = json.loads((out / "summary.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     return _weights_hash(out), summary, manifest
 
 
+def _train(out: Path, cpu: dict[str, str], *flags: str) -> tuple[str, dict, dict]:
+    """A short tiny DPO run in a fresh process on an 'other CPU' (`cpu` variables, outside the mode)."""
+    env = {**reproducible.unpinned(os.environ), **cpu}
+    command = [sys.executable, "-m", "align_recipes", "train", *SHORT_RUN, *flags, f"train.output_dir={out}"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _outputs(out)
+
+
+def _train_here(out: Path) -> tuple[str, dict, dict]:
+    """The same run in this process, which the suite keeps in the mode on this CPU (tests/conftest.py)."""
+    assert main(["train", *SHORT_RUN, f"train.output_dir={out}"]) == 0
+    return _outputs(out)
+
+
 @pytest.mark.slow
 def test_another_cpu_gives_identical_weights_with_the_mode_and_different_ones_without(tmp_path):
-    here, summary_here, manifest = _train(tmp_path / "here", {})
+    here, summary_here, manifest = _train_here(tmp_path / "here")
     there, summary_there, _ = _train(tmp_path / "there", OTHER_CPU)
     assert here == there, "reproducible mode: the emulated CPU trained different weights"
     assert summary_here["task_metrics"] == summary_there["task_metrics"]
