@@ -90,9 +90,10 @@ def test_dpo_raises_held_out_implicit_reward_accuracy_and_keeps_exact_match(sft_
 
 
 def test_orpo_learns_the_task_and_the_preference_from_scratch(tmp_path, repo_cwd):
-    """ORPO replaces SFT: it starts from the untrained model. The test runs 200 of the recipe's 300 steps (a
-    third of this file's time): both verdicts rose there at seeds 42, 7 and 1 and with the mode off on an
-    emulated other CPU, every interval's lower end at +0.10 or more (docs/benchmarks.md, "Verdicts per seed")."""
+    """ORPO replaces SFT: it starts from the untrained model. The test runs 200 of the recipe's 300 steps (the
+    whole recipe was a third of this file's time): both verdicts rose there at seeds 42, 7 and 1 and with the
+    mode off on an emulated other CPU, every interval's lower end at +0.10 or more (docs/benchmarks.md,
+    "Verdicts per seed")."""
     summary = train("orpo", tmp_path / "orpo", "train.max_steps=200")
     metrics = held_out(summary)
     assert metrics["exact_match"]["before"] <= 0.05
