@@ -122,25 +122,25 @@ def test_online_dpo_server_generation_stops_on_the_trainers_eos_set(served, tiny
     assert [len(c) for c in stopped] == [1] * 8
 
 
-def serve_processes(parent: int | None = None) -> list[str]:
-    """The command lines of the `vllm serve` processes running now (only ``parent``'s children when given).
+def serve_processes(parent: int | None = None) -> dict[int, str]:
+    """pid -> command line of the `vllm serve` processes running now (only ``parent``'s children when given).
     Read whole from /proc by psutil: `ps` cuts its lines to the terminal's width ($COLUMNS), which hid the
     server from this check on CI."""
     import psutil
 
     found = psutil.Process(parent).children() if parent else psutil.process_iter()
-    lines = []
+    lines = {}
     for process in found:
         with contextlib.suppress(psutil.Error):
-            lines.append(" ".join(process.cmdline()) + f" pid={process.pid}")
-    return [line for line in lines if "vllm.entrypoints.cli.main serve" in line]
+            lines[process.pid] = " ".join(process.cmdline())
+    return {pid: line for pid, line in lines.items() if "vllm.entrypoints.cli.main serve" in line}
 
 
 def serves_on(url: str) -> list[str]:
     """The `vllm serve` processes on the port of ``url`` (other tests' servers may run meanwhile: the lane runs
     on two workers)."""
     port = url.rstrip("/").rsplit(":", 1)[1].split("/")[0]
-    return [line for line in serve_processes() if f"--port {port} " in line + " "]
+    return [line for line in serve_processes().values() if f"--port {port} " in line + " "]
 
 
 @pytest.mark.slow
@@ -192,7 +192,7 @@ def test_a_server_that_dies_mid_run_fails_the_run(tmp_path):
         while not (summary.is_file() and json.loads(summary.read_text())["status"] == "running"):
             assert run.poll() is None and time.monotonic() < deadline, "the run ended before it trained"
             time.sleep(1)
-        server = [int(line.rsplit("pid=", 1)[1]) for line in serve_processes(parent=run.pid)]
+        server = list(serve_processes(parent=run.pid))
         assert len(server) == 1, "the run's own server (its child) was not found"
         os.killpg(server[0], signal.SIGKILL)  # the server leads its own process group
         run.wait(timeout=600)

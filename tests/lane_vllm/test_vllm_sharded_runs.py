@@ -154,7 +154,7 @@ def test_sharded_run_through_one_server(server, tmp_path, algorithm):
 @pytest.mark.slow
 def test_a_launch_without_a_server_starts_one_on_rank_0_and_leaves_none(tmp_path):
     """No server named: rank 0 starts one local `vllm serve` for both ranks and stops it when the run ends."""
-    from test_vllm_server_sync import serve_processes
+    from test_vllm_server_sync import serves_on
 
     summary, took = launch_through(None, "spo", tmp_path / "run")
     print(f"spo, own server: {took}")
@@ -162,5 +162,4 @@ def test_a_launch_without_a_server_starts_one_on_rank_0_and_leaves_none(tmp_path
     url = summary["generator"]["server"]
     assert url.startswith("http://127.0.0.1:")
     assert summary["distributed"]["processes"] == 2
-    port = url.rsplit(":", 1)[1]  # by its port: other `vllm serve`s may run on a shared machine
-    assert not [line for line in serve_processes() if f"--port {port} " in line]
+    assert serves_on(url) == []  # by its port: other `vllm serve`s may run on a shared machine
