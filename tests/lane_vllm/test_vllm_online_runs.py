@@ -1,14 +1,15 @@
 """Every online algorithm trains the tiny task through vLLM on CPU, colocated, as a user runs it:
-`align-recipes train recipes/tiny/<algo>.yaml train.use_vllm=true` exits 0, its summary names vLLM as the
-generator, and no held-out metric fell. One run per algorithm, in its own process (each builds its own vLLM
-engine), with fewer steps than the recipe to keep the lane to a few minutes; a LoRA run covers adapters.
+`align-recipes train recipes/tiny/<algo>.yaml train.use_vllm=true` exits 0 and its summary names vLLM as the
+generator. Each run in its own process (each builds its own vLLM engine).
 
-The short runs take a smaller learning rate: at the recipe's rate the online recipes dip before they climb
-(rloo, 30 steps, through transformers: exact match 0.79 -> 0.73, "fell"; online DPO, 20 steps: 0.79 -> 0.65;
-both 0.82-0.87 through vLLM after the recipe's 100-120 steps, docs/vllm-cpu.md). rloo fell after 20 steps at
-3e-5 and online DPO after 10, so those two run 10 steps at 1e-5. The proof here is that training through
-vLLM runs and does not break the policy. That vLLM samples from the weights that train is proved by
-log-probabilities in test_vllm_weight_sync.py."""
+SPO runs its whole recipe, the issue's command as written, and no held-out metric may fall: exact match 0.79
+-> 0.85-0.89 at seeds 42, 1, 2 and 7 here, every interval's lower end at -0.04 or above (docs/vllm-cpu.md).
+The others run fewer steps at a smaller learning rate, to keep the lane to minutes: at the recipe's rate the
+online recipes dip before they climb (rloo, 30 steps, through transformers: exact match 0.79 -> 0.73, "fell";
+online DPO, 20 steps: 0.79 -> 0.65; both 0.82-0.87 through vLLM after the recipe's 100-120 steps). A short run
+claims no direction: 10 steps of rloo ended 0.79 -> 0.78 here, one row from "fell". It proves that training
+through vLLM runs and does not break the policy (`MAX_DIP`). That vLLM samples from the weights that train is
+proved by log-probabilities in test_vllm_weight_sync.py."""
 
 from __future__ import annotations
 
@@ -40,12 +41,31 @@ def train(tmp_path: Path, recipe: str, *overrides: str, succeeds: bool = True) -
     return json.loads((out / "summary.json").read_text())
 
 
+# What a short run may lose on a held-out metric: the short runs here and in test_vllm_sharded_runs.py lost up
+# to 0.04 of exact match (0.79 -> 0.75), a policy that training broke loses most of its 0.79.
+MAX_DIP = 0.10
+
+
+def held_out_moves(summary: dict) -> dict[str, tuple[float, float, str]]:
+    """Each held-out metric's (before, after, verdict)."""
+    return {t["name"]: (t["before"], t["after"], t["verdict"]) for t in summary["task_metrics"]}
+
+
 def assert_trained_through_vllm(summary: dict, mode: str = "colocate") -> None:
+    """Complete, sampled by vLLM in ``mode``, and no held-out metric lost more than `MAX_DIP`."""
     assert summary["status"] == "complete"
     assert summary["generator"]["engine"] == "vllm"
     assert summary["generator"]["mode"] == mode
-    verdicts = {task["name"]: task["verdict"] for task in summary["task_metrics"]}
-    assert verdicts and "fell" not in verdicts.values(), verdicts
+    moves = held_out_moves(summary)
+    assert moves and all(after >= before - MAX_DIP for before, after, _ in moves.values()), moves
+
+
+@pytest.mark.slow
+def test_the_whole_spo_recipe_through_vllm_does_not_lower_the_held_out_metrics(tmp_path):
+    summary = train(tmp_path, "spo.yaml")
+    assert_trained_through_vllm(summary)
+    moves = held_out_moves(summary)
+    assert "fell" not in [verdict for _, _, verdict in moves.values()], moves
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ the previous run's policy), and the check also asserts that those are far from t
 
 Short runs (few steps, a lower learning rate): the proof is that sharded training through the server runs, does
 not break the policy, and that the server holds what trained. Five steps claim no direction for the held-out
-metric (see `MAX_DIP`); the single-process runs through vLLM carry that proof (test_vllm_online_runs.py).
+metric (below); the whole SPO recipe through vLLM carries that proof (test_vllm_online_runs.py).
 
 A run starting its own server in a launch of several processes (rank 0 starts it for all ranks) runs last, and
 leaves no server behind; stand-in servers check the same in tests/rl/test_vllm_sharded_sync.py without vLLM.
@@ -28,6 +28,7 @@ import pytest
 import requests
 import torch
 from launch_helpers import REPO, clean_env, launch_command
+from test_vllm_online_runs import assert_trained_through_vllm, held_out_moves
 
 # float32 on both sides; the server sums in another order than transformers' eager forward (1e-6 to 4e-6 on
 # this model in test_vllm_weight_sync.py).
@@ -43,8 +44,7 @@ ALGORITHMS = ("ppo", "spo", "grpo")
 # Five steps are too few to raise the held-out metric, and SPO dips first: through the server at 1e-5, exact
 # match went 0.79 -> 0.75-0.77 at each of seeds 42, 1, 2, 3 and 7 here, "fell" at seed 7 (interval
 # [-0.079, -0.001]) and at seed 42 on CI's CPU. So these runs assert no verdict, only that no metric lost more
-# than this: a policy that training broke (a bad shard gathered, a step on garbage) loses most of its 0.79.
-MAX_DIP = 0.10
+# than MAX_DIP (assert_trained_through_vllm): a policy that training broke loses most of its 0.79.
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +141,16 @@ def test_sharded_run_through_one_server(server, tmp_path, algorithm):
 
     summary, took = launch_through(url, algorithm, tmp_path / "run")
 
-    assert summary["status"] == "complete"
-    assert summary["generator"] == {**summary["generator"], "engine": "vllm", "mode": "server", "server": url}
-    moves = {t["name"]: (t["before"], t["after"], t["verdict"]) for t in summary["task_metrics"]}
-    assert moves and all(after >= before - MAX_DIP for before, after, _ in moves.values()), moves
+    assert_trained_through_vllm(summary, mode="server")
+    assert summary["generator"]["server"] == url
     assert summary["distributed"]["engine"] == "fsdp2" and summary["distributed"]["processes"] == 2
     saved = policy_logprobs(tmp_path / "run", prompt, completion)
     after = completion_logprobs(url, served, prompt, completion)
     gaps = [(after - saved).abs().max().item(), (before - saved).abs().max().item()]
     # The figures docs/scaling.md quotes
-    print(f"{algorithm}: {took}, training {summary.get('runtime_s')} s, gaps {gaps}, {moves}")
+    print(
+        f"{algorithm}: {took}, training {summary.get('runtime_s')} s, gaps {gaps}, {held_out_moves(summary)}"
+    )
     assert (after - saved).abs().max().item() < TOLERANCE, (after, saved)
     # What the server held before this run is measurably another policy: had the sync been skipped, the
     # check above would have failed.

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+import os
+import socket
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 # Modules of TRL 1.16 that call vLLM's LLM(...) for the trainers we run.
@@ -94,16 +96,30 @@ def holds_4bit(model) -> bool:
         return False
 
 
+def own_rendezvous_port(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Give a run that no launcher started a rendezvous port of its own. A colocated engine makes a
+    one-process torch.distributed group at ``MASTER_PORT``; TRL picks 29500 when that port looks free, so two
+    runs starting together on one machine both take it and the second fails (EADDRINUSE: seen with two
+    colocated runs started at once). The OS hands out an unused port instead. A launcher's ``MASTER_PORT``
+    (accelerate, torchrun) is left alone; ``0`` and ``auto`` mean "pick one", as TRL reads them."""
+    if environ.get("MASTER_PORT", "").strip().lower() not in {"", "0", "auto"}:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        environ["MASTER_PORT"] = str(probe.getsockname()[1])
+
+
 @contextlib.contextmanager
 def for_policy(model, enabled: bool = True) -> Iterator[None]:
-    """`llm_arguments` for an engine that samples from ``model`` (a no-op when vLLM is off). On the CPU build
-    a server client also skips TRL's NCCL weight-transfer group (CUDA only): weights go by file there
-    (rl/vllm_sync.py)."""
+    """`llm_arguments` for an engine that samples from ``model`` (a no-op when vLLM is off), with a
+    rendezvous port of its own (`own_rendezvous_port`). On the CPU build a server client also skips TRL's
+    NCCL weight-transfer group (CUDA only): weights go by file there (rl/vllm_sync.py)."""
     if not enabled:
         yield
         return
     from align_recipes.rl import vllm_sync
 
+    own_rendezvous_port()
     cpu = on_cpu_build()
     with contextlib.ExitStack() as stack:
         arguments = engine_arguments(dtype_name(model), cpu=cpu, quantized=holds_4bit(model))
