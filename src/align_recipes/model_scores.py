@@ -58,26 +58,71 @@ def generate(
     return completions
 
 
+# Tokens per scoring forward, padding included (a row longer than this is scored alone). Scoring row by row paid
+# a forward's fixed cost per sequence, most of a tiny model's held-out preference metrics; the budget keeps a real
+# vocabulary's logits (151936 per token) near what the longest single row needs.
+SCORE_TOKENS = 2048
+
+
 def sequence_scores(
-    model, tokenizer, prompts: list[Any], completions: list[Any], reward_head: bool
+    model,
+    tokenizer,
+    prompts: list[Any],
+    completions: list[Any],
+    reward_head: bool,
+    max_tokens: int = SCORE_TOKENS,
 ) -> list[float]:
-    """Reward-model score, or the policy's summed log-probability of each completion."""
+    """Reward-model score, or the policy's summed log-probability of each completion. Rows go through the
+    model in right-padded batches of similar length, at most ``max_tokens`` tokens each."""
     import torch
 
-    scores = []
+    rows = [_tokens(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
+    # A sequence classifier finds each row's last token by its pad id: without one, a row at a time. The policy's
+    # padding is masked and never scored, so any id does.
+    config = getattr(model, "config", None)
+    pad_id = getattr(config, "pad_token_id", None) if reward_head else tokenizer.pad_token_id or 0
+    budget = max_tokens if pad_id is not None else 0
+    scores = [0.0] * len(rows)
     with eval_mode(model), torch.no_grad():
-        for prompt, completion in zip(prompts, completions):
-            prompt_text = rendered_prompt(tokenizer, prompt)
-            if isinstance(prompt, list) and isinstance(completion, list):
-                full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-            else:
-                full = prompt_text + completion_text(completion)
-            ids = tokenizer(full, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)
+        for batch in _length_batches([len(ids) for ids, _ in rows], budget):
+            width = max(len(rows[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, i in enumerate(batch):
+                ids[r, : len(rows[i][0])] = torch.tensor(rows[i][0])
+                mask[r, : len(rows[i][0])] = 1
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
             if reward_head:
-                scores.append(model(input_ids=ids).logits[0, 0].item())
+                for r, i in enumerate(batch):
+                    scores[i] = logits[r, 0].item()
                 continue
-            n_prompt = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
-            scores.append(logps[n_prompt - 1 :].sum().item())
+            logps = logits[:, :-1].float().log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]
+            for r, i in enumerate(batch):
+                n_prompt, n = rows[i][1], len(rows[i][0])
+                scores[i] = logps[r, n_prompt - 1 : n - 1].sum().item()
     return scores
+
+
+def _tokens(tokenizer, prompt: Any, completion: Any) -> tuple[list[int], int]:
+    """(the prompt and completion's token ids, how many of them are the prompt's)."""
+    prompt_text = rendered_prompt(tokenizer, prompt)
+    if isinstance(prompt, list) and isinstance(completion, list):
+        full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    else:
+        full = prompt_text + completion_text(completion)
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    return ids, len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+
+
+def _length_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Row indices in batches of similar length whose padded size (rows x longest) stays within
+    ``max_tokens``; a row longer than that, or every row when ``max_tokens`` is 0, makes a batch alone."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        # sorted ascending: row i is the longest of the batch it joins
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
