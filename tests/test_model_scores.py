@@ -80,3 +80,15 @@ def test_reward_head_scores_equal_one_row_at_a_time(tiny_path, pad_id):
     )
     assert batched == pytest.approx(naive_scores(reward_model, tokenizer, True), abs=1e-4)
     assert len(set(batched)) == len(batched)  # distinct rows, distinct scores: no row took another's
+
+
+def test_the_budget_keeps_a_real_vocabularys_logits_to_a_few_rows():
+    from types import SimpleNamespace
+
+    def model(vocab):
+        return SimpleNamespace(config=SimpleNamespace(vocab_size=vocab))
+
+    assert model_scores.token_budget(model(151936), reward_head=False) == 441  # 2**26 // 151936
+    assert model_scores.token_budget(model(151936), reward_head=True) == 8192  # one value a row
+    assert model_scores.token_budget(model(400), reward_head=False) == 8192  # the tiny model: the token cap
+    assert model_scores.token_budget(SimpleNamespace(), reward_head=False) == 8192  # no config: the token cap

@@ -58,10 +58,19 @@ def generate(
     return completions
 
 
-# Tokens per scoring forward, padding included (a row longer than this is scored alone). Scoring row by row paid
-# a forward's fixed cost per sequence, most of a tiny model's held-out preference metrics; the budget keeps a real
-# vocabulary's logits (151936 per token) near what the longest single row needs.
-SCORE_TOKENS = 2048
+# What one scoring forward may hold: at most SCORE_TOKENS tokens (padding included) and SCORE_LOGITS logit values
+# (256 MB in float32). Scoring row by row paid a forward's fixed cost per sequence, most of a tiny model's held-out
+# preference metrics; a real vocabulary (151936) still batches a few short rows a forward while its logits stay
+# near one long row's, so the evaluation after training adds no memory peak. A longer row is scored alone.
+SCORE_TOKENS = 8192
+SCORE_LOGITS = 1 << 26
+
+
+def token_budget(model, reward_head: bool) -> int:
+    """Tokens per scoring forward for ``model``: a reward head's logits are one value per row, a policy's are a
+    vocabulary's worth per token."""
+    vocab = 1 if reward_head else getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    return max(1, min(SCORE_TOKENS, SCORE_LOGITS // vocab))
 
 
 def sequence_scores(
@@ -70,10 +79,10 @@ def sequence_scores(
     prompts: list[Any],
     completions: list[Any],
     reward_head: bool,
-    max_tokens: int = SCORE_TOKENS,
+    max_tokens: int | None = None,
 ) -> list[float]:
     """Reward-model score, or the policy's summed log-probability of each completion. Rows go through the
-    model in right-padded batches of similar length, at most ``max_tokens`` tokens each."""
+    model in right-padded batches of similar length, at most ``max_tokens`` tokens each (`token_budget`)."""
     import torch
 
     rows = [_tokens(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
@@ -81,7 +90,7 @@ def sequence_scores(
     # padding is masked and never scored, so any id does.
     config = getattr(model, "config", None)
     pad_id = getattr(config, "pad_token_id", None) if reward_head else tokenizer.pad_token_id or 0
-    budget = max_tokens if pad_id is not None else 0
+    budget = 0 if pad_id is None else max_tokens or token_budget(model, reward_head)
     scores = [0.0] * len(rows)
     with eval_mode(model), torch.no_grad():
         for batch in _length_batches([len(ids) for ids, _ in rows], budget):
