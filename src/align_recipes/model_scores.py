@@ -84,6 +84,7 @@ def sequence_scores(
     """Reward-model score, or the policy's summed log-probability of each completion. Rows go through the
     model in right-padded batches of similar length, at most ``max_tokens`` tokens each (`token_budget`)."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
     rows = [_tokens(tokenizer, prompt, completion) for prompt, completion in zip(prompts, completions)]
     # A sequence classifier finds each row's last token by its pad id: without one, a row at a time. The policy's
@@ -94,13 +95,9 @@ def sequence_scores(
     scores = [0.0] * len(rows)
     with eval_mode(model), torch.no_grad():
         for batch in _length_batches([len(ids) for ids, _ in rows], budget):
-            width = max(len(rows[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id or 0, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(batch):
-                ids[r, : len(rows[i][0])] = torch.tensor(rows[i][0])
-                mask[r, : len(rows[i][0])] = 1
-            ids, mask = ids.to(model.device), mask.to(model.device)
+            tokens = [torch.tensor(rows[i][0]) for i in batch]
+            ids = pad_sequence(tokens, batch_first=True, padding_value=pad_id or 0).to(model.device)
+            mask = pad_sequence([torch.ones_like(t) for t in tokens], batch_first=True).to(model.device)
             logits = model(input_ids=ids, attention_mask=mask).logits
             if reward_head:
                 for r, i in enumerate(batch):
