@@ -22,9 +22,9 @@ def make_recipe(target: str) -> str:
 
 
 def marker_expression(target: str) -> str:
-    """pytest's `-m` (not python's `-m pytest`, the first)."""
+    """pytest's `-m`: the word after the last `-m` (the first is python's `-m pytest`)."""
     words = shlex.split(make_recipe(target))
-    return words[len(words) - 1 - words[::-1].index("-m") + 1]
+    return words[len(words) - words[::-1].index("-m")]
 
 
 def lane_markers() -> set[str]:
