@@ -3,7 +3,7 @@ the held-out metrics are ones the evaluate data can serve, the harness tasks can
 peeked (the first PEEK_ROWS of each local file) with the data layer's light readers.
 
 Each function is one rule of the table in plan/rules.py. `dataset_unusable` leaves the rows it peeked in
-`ctx.peeked` (and `evaluate_metric_unserved` the held-out rows in `ctx.held_out`) for the reward rules."""
+`ctx.peeked` (and `metric_unserved` the held-out rows in `ctx.held_out`) for the reward rules."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def metric_list_empty(ctx: RecipeContext) -> Iterator[Problem]:
         )
 
 
-def evaluate_metric_unserved(ctx: RecipeContext) -> Iterator[Problem | RecipeError]:
+def metric_unserved(ctx: RecipeContext) -> Iterator[Problem | RecipeError]:
     """evaluate.data cannot serve the metrics named (or, with no `metric:`, none of the algorithm's own). Without
     `metric:` the section gets the algorithm's metrics the data can serve, written in place (as numbers are
     coerced), so the plan and recipe.resolved.yaml name what is measured."""

@@ -9,7 +9,8 @@ order they run in. `waits` marks the rules whose problem may be an input an earl
 the pipeline leaves those for when that stage has run (results/pipeline.py), by rule, not by message.
 
 Adding a check: write the function beside its kind (schema_rules, recipe_rules, data_rules, feasibility,
-profile_rules, pipeline_rules), add its row here, and a bad input for it in tests/plan/test_rules.py.
+profile_rules, pipeline_rules), add it to its kind's list here (the rule's name is the function's, in kebab
+case), and a bad input for it in tests/plan/test_rules.py.
 `rules.describe()` prints the table (docs/architecture.md shows it).
 """
 
@@ -41,10 +42,14 @@ READS = {
 
 @dataclass(frozen=True)
 class Rule:
-    name: str
-    reads: str  # one of READS
     check: Callable[..., Iterable[Problem | RecipeError]]
+    reads: str  # one of READS
     waits: bool = False  # its problem may be an input an earlier pipeline stage writes
+
+    @property
+    def name(self) -> str:
+        """The function's name in kebab case: what errors, docs and the pipeline call the rule."""
+        return self.check.__name__.replace("_", "-")
 
     @property
     def summary(self) -> str:
@@ -53,93 +58,113 @@ class Rule:
         return text.split(". ")[0].rstrip(".") + "."
 
 
-def _table(*rows: Rule) -> dict[str, Rule]:
+@dataclass(frozen=True)
+class _Waiting:
+    check: Callable[..., Iterable[Problem | RecipeError]]
+
+
+def waits(check: Callable[..., Iterable[Problem | RecipeError]]) -> _Waiting:
+    """Marks a rule in the table whose problem may be an input an earlier pipeline stage writes."""
+    return _Waiting(check)
+
+
+def _table(**checks_by_kind: list) -> dict[str, Rule]:
     table: dict[str, Rule] = {}
-    for row in rows:
-        assert row.name not in table and row.reads in READS, row
-        table[row.name] = row
+    for reads, checks in checks_by_kind.items():
+        assert reads in READS, reads
+        for entry in checks:
+            rule = Rule(entry.check, reads, waits=True) if isinstance(entry, _Waiting) else Rule(entry, reads)
+            assert rule.name not in table, rule.name
+            table[rule.name] = rule
     return table
 
 
+# A rule's name is its function's; the order below is the order the rules run in.
 RULES = _table(
-    # each section of a recipe
-    Rule("not-a-mapping", SECTION, schema_rules.not_a_mapping),
-    Rule("unknown-key", SECTION, schema_rules.unknown_key),
-    Rule("required-key", SECTION, schema_rules.required_key),
-    Rule("wrong-type", SECTION, schema_rules.wrong_type),
-    Rule("not-a-choice", SECTION, schema_rules.not_a_choice),
-    Rule("out-of-range", SECTION, schema_rules.out_of_range),
-    # the model
-    Rule("input-not-written-yet", RECIPE, recipe_rules.input_not_written_yet, waits=True),
-    Rule("builtin-model-unknown", RECIPE, recipe_rules.builtin_model_unknown),
-    Rule("qlora-not-4bit", RECIPE, recipe_rules.qlora_not_4bit),
-    Rule("quantized-full-fine-tuning", RECIPE, recipe_rules.quantized_full_fine_tuning),
-    # data
-    Rule("sources-empty", RECIPE, data_rules.sources_empty),
-    Rule("dataset-unusable", RECIPE, data_rules.dataset_unusable),
-    Rule("sources-differ-in-layout", RECIPE, data_rules.sources_differ_in_layout),
-    Rule("audit-data-not-read", RECIPE, data_rules.audit_data_not_read),
-    Rule("audit-finding-unknown", RECIPE, data_rules.audit_finding_unknown),
-    # evaluate
-    Rule("on-hacking-without-watch", RECIPE, data_rules.on_hacking_without_watch),
-    Rule("on-hacking-watch-off", RECIPE, data_rules.on_hacking_watch_off),
-    Rule("metric-unknown", RECIPE, data_rules.metric_unknown),
-    Rule("metric-list-empty", RECIPE, data_rules.metric_list_empty),
-    Rule("harness-tasks-empty", RECIPE, data_rules.harness_tasks_empty),
-    Rule("harness-task-unusable", RECIPE, data_rules.harness_task_unusable),
-    Rule("lm-eval-missing", RECIPE, data_rules.lm_eval_missing),
-    Rule("metric-unserved", RECIPE, data_rules.evaluate_metric_unserved),
-    # rewards
-    Rule("rewards-not-taken", RECIPE, recipe_rules.rewards_not_taken),
-    Rule("rewards-needed", RECIPE, recipe_rules.rewards_needed),
-    Rule("rewards-not-a-list", RECIPE, recipe_rules.rewards_not_a_list),
-    Rule("reward-entry-invalid", RECIPE, recipe_rules.reward_entry_invalid),
-    Rule("reward-model-missing", RECIPE, recipe_rules.reward_model_missing, waits=True),
-    Rule("reward-column-missing", RECIPE, recipe_rules.reward_column_missing),
-    Rule("reward-call-fails", RECIPE, recipe_rules.reward_call_fails),
-    # train
-    Rule("bf16-and-fp16", RECIPE, recipe_rules.bf16_and_fp16),
-    Rule("tracker-not-installed", RECIPE, recipe_rules.tracker_not_installed),
-    Rule("hub-model-id-missing", RECIPE, recipe_rules.hub_model_id_missing),
-    Rule("hub-token-missing", RECIPE, recipe_rules.hub_token_missing),
-    Rule("model-folder-missing", RECIPE, recipe_rules.model_folder_missing, waits=True),
-    Rule("eval-strategy-without-eval-data", RECIPE, recipe_rules.eval_strategy_without_eval_data),
-    Rule("interval-unread", RECIPE, recipe_rules.interval_unread),
-    # a hardware profile file
-    Rule("profile-not-a-mapping", PROFILE, profile_rules.profile_not_a_mapping),
-    Rule("profile-unknown-key", PROFILE, profile_rules.profile_unknown_key),
-    Rule("profile-not-a-number", PROFILE, profile_rules.profile_not_a_number),
-    Rule("profile-rule-adapter", PROFILE, profile_rules.profile_rule_adapter),
-    Rule("profile-rule-sharding", PROFILE, profile_rules.profile_rule_sharding),
-    # a pipeline file
-    Rule("pipeline-without-stages", PIPELINE, pipeline_rules.pipeline_without_stages),
-    Rule("pipeline-unknown-key", PIPELINE, pipeline_rules.pipeline_unknown_key),
-    Rule("stage-not-a-mapping", PIPELINE, pipeline_rules.stage_not_a_mapping),
-    Rule("stage-name-invalid", PIPELINE, pipeline_rules.stage_name_invalid),
-    Rule("stage-name-twice", PIPELINE, pipeline_rules.stage_name_twice),
-    Rule("stage-recipe-missing", PIPELINE, pipeline_rules.stage_recipe_missing),
-    Rule("stage-overrides-not-a-mapping", PIPELINE, pipeline_rules.stage_overrides_not_a_mapping),
-    Rule("placeholder-not-earlier", PIPELINE, pipeline_rules.placeholder_not_earlier),
-    Rule("override-stage-unknown", PIPELINE, pipeline_rules.override_stage_unknown),
-    Rule("gate-not-a-mapping", PIPELINE, pipeline_rules.gate_not_a_mapping),
-    Rule("gate-metric-unknown", PIPELINE, pipeline_rules.gate_metric_unknown),
-    Rule("gate-minimum-invalid", PIPELINE, pipeline_rules.gate_minimum_invalid),
-    Rule("gate-not-measured", PIPELINE, pipeline_rules.gate_not_measured),
-    # a recipe on a hardware profile
-    Rule("bf16-unsupported", FEASIBILITY, feasibility.bf16_unsupported),
-    Rule("fp16-on-cpu", FEASIBILITY, feasibility.fp16_on_cpu),
-    Rule("float16-training-on-cpu", FEASIBILITY, feasibility.float16_training_on_cpu),
-    Rule("fp16-without-master-weights", FEASIBILITY, feasibility.fp16_without_master_weights),
-    Rule("flash-attention-unavailable", FEASIBILITY, feasibility.flash_attention_unavailable),
-    Rule("bitsandbytes-missing", FEASIBILITY, feasibility.bitsandbytes_missing),
-    Rule("trainer-not-sharded", FEASIBILITY, feasibility.trainer_not_sharded),
-    Rule("quantized-weights-not-sharded", FEASIBILITY, feasibility.quantized_weights_not_sharded),
-    Rule("vllm-unavailable", FEASIBILITY, feasibility.vllm_unavailable),
-    Rule("vllm-without-gpu", FEASIBILITY, feasibility.vllm_without_gpu),
-    Rule("vllm-with-8bit-weights", FEASIBILITY, feasibility.vllm_with_8bit_weights),
-    Rule("vllm-sleep-mode-on-cpu", FEASIBILITY, feasibility.vllm_sleep_mode_on_cpu),
-    Rule("vllm-tensor-parallel-impossible", FEASIBILITY, feasibility.vllm_tensor_parallel_impossible),
-    Rule("model-does-not-fit", FEASIBILITY, feasibility.model_does_not_fit),
+    section=[
+        schema_rules.not_a_mapping,
+        schema_rules.unknown_key,
+        schema_rules.required_key,
+        schema_rules.wrong_type,
+        schema_rules.not_a_choice,
+        schema_rules.out_of_range,
+    ],
+    recipe=[
+        # the model
+        waits(recipe_rules.input_not_written_yet),
+        recipe_rules.builtin_model_unknown,
+        recipe_rules.qlora_not_4bit,
+        recipe_rules.quantized_full_fine_tuning,
+        # data
+        data_rules.sources_empty,
+        data_rules.dataset_unusable,
+        data_rules.sources_differ_in_layout,
+        data_rules.audit_data_not_read,
+        data_rules.audit_finding_unknown,
+        # evaluate
+        data_rules.on_hacking_without_watch,
+        data_rules.on_hacking_watch_off,
+        data_rules.metric_unknown,
+        data_rules.metric_list_empty,
+        data_rules.harness_tasks_empty,
+        data_rules.harness_task_unusable,
+        data_rules.lm_eval_missing,
+        data_rules.metric_unserved,
+        # rewards
+        recipe_rules.rewards_not_taken,
+        recipe_rules.rewards_needed,
+        recipe_rules.rewards_not_a_list,
+        recipe_rules.reward_entry_invalid,
+        waits(recipe_rules.reward_model_missing),
+        recipe_rules.reward_column_missing,
+        recipe_rules.reward_call_fails,
+        # train
+        recipe_rules.bf16_and_fp16,
+        recipe_rules.tracker_not_installed,
+        recipe_rules.hub_model_id_missing,
+        recipe_rules.hub_token_missing,
+        waits(recipe_rules.model_folder_missing),
+        recipe_rules.eval_strategy_without_eval_data,
+        recipe_rules.interval_unread,
+    ],
+    profile=[
+        profile_rules.profile_not_a_mapping,
+        profile_rules.profile_unknown_key,
+        profile_rules.profile_not_a_number,
+        profile_rules.profile_rule_adapter,
+        profile_rules.profile_rule_sharding,
+    ],
+    pipeline=[
+        pipeline_rules.pipeline_without_stages,
+        pipeline_rules.pipeline_unknown_key,
+        pipeline_rules.stage_not_a_mapping,
+        pipeline_rules.stage_name_invalid,
+        pipeline_rules.stage_name_twice,
+        pipeline_rules.stage_recipe_missing,
+        pipeline_rules.stage_overrides_not_a_mapping,
+        pipeline_rules.placeholder_not_earlier,
+        pipeline_rules.override_stage_unknown,
+        pipeline_rules.gate_not_a_mapping,
+        pipeline_rules.gate_metric_unknown,
+        pipeline_rules.gate_minimum_invalid,
+        pipeline_rules.gate_not_measured,
+    ],
+    feasibility=[
+        feasibility.bf16_unsupported,
+        feasibility.fp16_on_cpu,
+        feasibility.float16_training_on_cpu,
+        feasibility.fp16_without_master_weights,
+        feasibility.flash_attention_unavailable,
+        feasibility.bitsandbytes_missing,
+        feasibility.trainer_not_sharded,
+        feasibility.quantized_weights_not_sharded,
+        feasibility.vllm_unavailable,
+        feasibility.vllm_without_gpu,
+        feasibility.vllm_with_8bit_weights,
+        feasibility.vllm_sleep_mode_on_cpu,
+        feasibility.vllm_tensor_parallel_impossible,
+        feasibility.model_does_not_fit,
+    ],
 )
 WAITING = frozenset(name for name, rule in RULES.items() if rule.waits)
 
