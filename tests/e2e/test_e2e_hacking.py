@@ -78,27 +78,11 @@ def test_on_hacking_rollback_leaves_a_model_no_worse_than_at_the_warning(
     assert "rolling back: rolled back to the policy of step" in printed
 
 
-def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(tmp_path, repo_cwd, capsys):
-    rm, out = tmp_path / "rm", tmp_path / "ppo"
-    common = [f"train.seed={SEED}", "--profile", "cpu", "--no-report"]
-    assert (
-        main(["train", "recipes/tiny/reward.yaml", f"train.output_dir={rm}", "train.max_steps=1", *common])
-        == 0
-    )
-    capsys.readouterr()
-    assert (
-        main(
-            [
-                "train",
-                "recipes/tiny/ppo.yaml",
-                f"train.output_dir={out}",
-                f"train.reward_model_path={rm}",
-                "rewards=[]",
-                *common,
-            ]
-        )
-        == 0
-    )
+def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(
+    tmp_path, repo_cwd, weak_reward_model, capsys
+):
+    out = tmp_path / "ppo"
+    assert hacked_ppo(out, weak_reward_model) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
 
