@@ -79,7 +79,12 @@ ALGORITHMS = {
     ),
     "ppo": (
         "recipes/tiny/ppo.yaml",
-        ["train.max_steps=6", "model.name_or_path=builtin:tiny-qwen2", VARIED_REWARD],
+        [
+            "train.max_steps=6",
+            "train.per_device_train_batch_size=8",
+            "model.name_or_path=builtin:tiny-qwen2",
+            VARIED_REWARD,
+        ],
     ),
 }
 
