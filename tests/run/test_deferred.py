@@ -5,21 +5,10 @@ Each check runs in a fresh interpreter: this test process has long since importe
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from interpreter_helpers import run_python
 
 pytest.importorskip("bitsandbytes")
-
-
-def run_python(code: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip()
 
 
 def test_a_run_that_does_not_quantize_never_runs_bitsandbytes():

@@ -5,44 +5,40 @@ CPU s of start-up each). Each check runs in a fresh interpreter, without the var
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
+
+from interpreter_helpers import run_python
 
 VARIABLE = "HF_DATASETS_DISABLE_PROGRESS_BARS"
 
 
-def run_python(code: str) -> str:
-    env = {key: value for key, value in os.environ.items() if key != VARIABLE}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip()
+def without_variable() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != VARIABLE}
 
 
 def test_quieting_does_not_import_datasets_and_mutes_it_when_it_is_imported_later():
-    out = run_python("""
+    out = run_python(
+        """
         import sys
         from align_recipes.run import models
         models.quiet_libraries()
         print("datasets" in sys.modules, end=" ")
         import datasets
         print(datasets.utils.are_progress_bars_disabled())
-    """)
+    """,
+        env=without_variable(),
+    )
     assert out == "False True"
 
 
 def test_datasets_imported_before_is_muted_too():
-    out = run_python("""
+    out = run_python(
+        """
         import datasets
         from align_recipes.run import models
         print(datasets.utils.are_progress_bars_disabled(), end=" ")
         models.quiet_libraries()
         print(datasets.utils.are_progress_bars_disabled())
-    """)
+    """,
+        env=without_variable(),
+    )
     assert out == "False True"
