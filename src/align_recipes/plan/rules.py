@@ -30,6 +30,7 @@ from align_recipes.plan import (
 )
 from align_recipes.plan.checking import Problem
 
+Check = Callable[..., Iterable[Problem | RecipeError]]  # a rule's function: a context in, its problems out
 SECTION, RECIPE, PROFILE, PIPELINE, FEASIBILITY = "section", "recipe", "profile", "pipeline", "feasibility"
 READS = {
     SECTION: "each section of a recipe against its fields (plan/sections.py, TRL's config fields for train:)",
@@ -42,7 +43,7 @@ READS = {
 
 @dataclass(frozen=True)
 class Rule:
-    check: Callable[..., Iterable[Problem | RecipeError]]
+    check: Check
     reads: str  # one of READS
     waits: bool = False  # its problem may be an input an earlier pipeline stage writes
 
@@ -60,15 +61,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class _Waiting:
-    check: Callable[..., Iterable[Problem | RecipeError]]
+    check: Check
 
 
-def waits(check: Callable[..., Iterable[Problem | RecipeError]]) -> _Waiting:
+def waits(check: Check) -> _Waiting:
     """Marks a rule in the table whose problem may be an input an earlier pipeline stage writes."""
     return _Waiting(check)
 
 
-def _table(**checks_by_kind: list) -> dict[str, Rule]:
+def _table(**checks_by_kind: list[Check | _Waiting]) -> dict[str, Rule]:
     table: dict[str, Rule] = {}
     for reads, checks in checks_by_kind.items():
         assert reads in READS, reads
