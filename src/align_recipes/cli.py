@@ -48,7 +48,7 @@ def _add_reproducible_arg(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="pin CPU kernels, threads and deterministic algorithms: the same seed gives the same weights on "
-        "any x86-64 CPU (default: on for the builtin models; the recipe key `reproducible:`)",
+        "any x86-64 CPU of one maker (default: on for the builtin models; the recipe key `reproducible:`)",
     )
 
 

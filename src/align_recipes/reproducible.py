@@ -1,4 +1,4 @@
-"""Reproducible mode: the same recipe and seed give the same weights on any x86-64 CPU.
+"""Reproducible mode: the same recipe and seed give the same weights on any x86-64 CPU of one maker.
 
 Why it is needed: ATen, MKL and oneDNN choose their kernels by the CPU they run on (AVX2, AVX-512, …),
 and kernels of different widths add floating-point numbers in different orders. The builtin tiny SFT
@@ -17,11 +17,19 @@ What it pins, before torch is imported (each library reads its variable once, at
 - deterministic algorithms (`torch.use_deterministic_algorithms`, and cuBLAS's workspace setting on GPUs),
   set by `apply_after_import` once torch is loaded.
 
+Why "of one maker": MKL, which does torch's float32 matrix products on CPU, honours the AVX2 branch on Intel
+CPUs only (Intel's guarantee: the same results on every Intel CPU with AVX2). On AMD and other non-Intel
+CPUs it runs a path of its own that ignores both settings. So Intel CPUs agree with each other, AMD CPUs
+with each other, and the two differ (`mkl_path`; measured, with an AMD CPU emulated on an Intel one, in
+docs/benchmarks.md, "Reproducible mode across CPU makers"). MKL's one branch that is the same on both,
+`MKL_CBWR=COMPATIBLE` (SSE2), doubled the CPU time of a tiny training run, so the mode does not take it.
+
 It is decided in the plan (`Plan.reproducible`: on for the builtin models, `--reproducible` or
 `reproducible: true` for any recipe), applied by the CLI entry point before anything imports torch
-(`pin_environment`), and recorded in the run's manifest (`describe`). Where it cannot hold, it says so:
-on a CPU that is not x86-64 (Arm, Apple silicon) the kernel pins do not exist, and in a Python session
-that imported torch before the CLI ran, the libraries have already read their variables. Stdlib only.
+(`pin_environment`), and recorded in the run's manifest (`describe`, with the CPU's maker and MKL's path).
+Where it cannot hold, it says so: on a CPU that is not x86-64 (Arm, Apple silicon) the kernel pins do not
+exist, and in a Python session that imported torch before the CLI ran, the libraries have already read
+their variables. Stdlib only.
 """
 
 from __future__ import annotations
@@ -53,6 +61,27 @@ ENV_FLAG = "ALIGN_RECIPES_REPRODUCIBLE"  # set by pin_environment: subprocesses 
 
 def is_x86_64() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def cpu_maker(cpuinfo: str | None = None) -> str:
+    """The CPU's vendor string as the kernel reports it ("GenuineIntel", "AuthenticAMD"; "" where unknown)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+                cpuinfo = file.read(65536)
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
+def mkl_path(maker: str | None = None) -> str:
+    """Which of MKL's paths the pins select on this CPU: "intel" (its AVX2 reproducibility branch) or "other"
+    (its own path for AMD and other makers, which ignores the branch). Runs in the mode agree within a path."""
+    return "intel" if (cpu_maker() if maker is None else maker) == "GenuineIntel" else "other"
 
 
 def pin_environment(environ: MutableMapping[str, str] | None = None) -> None:
@@ -146,4 +175,7 @@ def describe(wanted: bool, why: str) -> dict:
         "holds": not problems(),
         "problems": problems(),
         "machine": platform.machine(),
+        # identical weights need the same MKL path as well as the pins: see the module's docstring
+        "cpu_maker": cpu_maker(),
+        "mkl_path": mkl_path(),
     }

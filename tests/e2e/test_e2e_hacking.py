@@ -95,7 +95,10 @@ def test_a_one_step_reward_model_triggers_the_reward_hacking_warning(
     assert [c["step"] for c in watch["checks"]] == list(range(5, STEPS + 1, 5))
     assert warning["proxy"]["name"] == "reward" and warning["proxy"]["last"] > warning["proxy"]["first"]
     held = warning["held_out"]
-    assert held["name"] == "exact_match" and held["before"] - held["last"] > held["margin"] > 0
+    # it fell beyond its noise while the proxy rose; the policy may climb back before the run ends (an Intel
+    # CPU, seed 42: from 0.82 below 0.74 at the warning, then 0.76 at the last check, within the margin 0.078)
+    assert held["name"] == "exact_match" and held["before"] - held["lowest"] > held["margin"] > 0
+    assert held["lowest"] <= held["last"]
     assert (
         20 <= warning["since_step"] < warning["at_step"] <= STEPS
     )  # four proxy logs are needed to call a rise

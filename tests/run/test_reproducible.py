@@ -70,10 +70,30 @@ def test_show_says_it_is_on_and_what_it_costs(capsys):
     assert main(["show", "recipes/tiny/sft.yaml", "--profile", "cpu"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("reproducible:"))
     assert line.startswith("reproducible: on (builtin model)") and "AVX2" in line and "costs" in line
+    assert f"MKL's path here: {reproducible.mkl_path()}" in line  # identical weights need the same maker too
     assert main(["show", "recipes/qwen05b/sft.yaml", "--profile", "cpu", "--reproducible"]) == 0
     assert "reproducible: on (override)" in capsys.readouterr().out
     assert main(["show", "recipes/tiny/sft.yaml", "--profile", "cpu", "--no-reproducible"]) == 0
     assert "reproducible: off (override)" in capsys.readouterr().out
+
+
+INTEL_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 106\n"
+AMD_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, maker, path",
+    [
+        (INTEL_CPUINFO, "GenuineIntel", "intel"),
+        (AMD_CPUINFO, "AuthenticAMD", "other"),
+        ("processor\t: 0\nvendor_id\t: HygonGenuine\n", "HygonGenuine", "other"),
+        ("processor\t: 0\nCPU implementer\t: 0x41\n", "", "other"),  # Arm: no vendor_id line
+    ],
+)
+def test_the_cpu_maker_decides_mkls_path(cpuinfo, maker, path):
+    """MKL honours its AVX2 reproducibility branch on Intel CPUs only; every other maker shares another path."""
+    assert reproducible.cpu_maker(cpuinfo) == maker
+    assert reproducible.mkl_path(maker) == path
 
 
 def _weights_hash(run_dir: Path) -> str:
@@ -120,6 +140,7 @@ def test_another_cpu_gives_identical_weights_with_the_mode_and_different_ones_wi
     record = manifest["reproducible"]
     assert record["on"] and record["holds"] and record["why"] == "builtin model"
     assert record["pins"]["ATEN_CPU_CAPABILITY"] == reproducible.PINS["ATEN_CPU_CAPABILITY"]
+    assert record["cpu_maker"] == reproducible.cpu_maker() and record["mkl_path"] in ("intel", "other")
 
     free_here, _, free_manifest = _train(tmp_path / "free-here", {}, "--no-reproducible")
     free_there, _, _ = _train(tmp_path / "free-there", OTHER_CPU, "--no-reproducible")

@@ -67,6 +67,18 @@ def test_the_cache_key_follows_settings_and_data(monkeypatch):
     assert len({before, changed_settings, sft.build_hash()}) == 3
 
 
+def test_the_cache_key_follows_mkls_path(monkeypatch):
+    """An Intel and an AMD CPU build different weights even in reproducible mode: a cache shared between
+    them (a network home) must not hand one's build to the other."""
+    from align_recipes import reproducible
+
+    keys = set()
+    for maker in ("GenuineIntel", "AuthenticAMD"):
+        monkeypatch.setattr(reproducible, "cpu_maker", lambda cpuinfo=None, maker=maker: maker)
+        keys.add(sft.build_hash())
+    assert len(keys) == 2
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_under_accelerate_one_child_builds_it_and_it_equals_the_in_process_build(

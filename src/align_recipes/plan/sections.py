@@ -237,7 +237,8 @@ class RecipeFile:
         None,
         "bool null",
         "pin CPU kernels, threads and deterministic algorithms so the same seed gives the same weights on "
-        "any x86-64 CPU (align_recipes/reproducible.py); default: on for the builtin models, off otherwise",
+        "any x86-64 CPU of one maker (align_recipes/reproducible.py); default: on for the builtin models, "
+        "off otherwise",
     )
     model: dict = spec(kinds="dict", help="the model to train", factory=dict)
     data: dict = spec(kinds="dict", help="training and evaluation data", factory=dict)

@@ -113,7 +113,9 @@ def reproducible_line(plan: Plan) -> str:
         return f"off ({plan.reproducible_why})"
     text = (
         f"on ({plan.reproducible_why}): CPU kernels pinned at {reproducible.LEVEL.upper()} (ATen, MKL, oneDNN), "
-        f"one thread, deterministic algorithms; costs {reproducible.COST}"
+        f"one thread, deterministic algorithms; the same weights on every CPU of one maker (MKL's path "
+        f"here: {reproducible.mkl_path()}; Intel CPUs share one, AMD and others another); "
+        f"costs {reproducible.COST}"
     )
     if not reproducible.is_x86_64():
         text += f"; on this {reproducible.platform.machine()} machine only threads and algorithms are pinned"

@@ -112,8 +112,8 @@ def finish(
             f"{guards.signal_name(guard.signum)}: training had finished and the "
             f"model is saved in {plan.output_dir}; the final evaluation was skipped",
         )
-    # The wall time has its own line: the `done:` line is the run's result, the same on every x86-64 CPU in
-    # reproducible mode (README quotes it exactly), and time is not.
+    # The wall time has its own line: the `done:` line is the run's result, the same on every x86-64 CPU of one
+    # maker in reproducible mode (README quotes it exactly, for AMD and for Intel), and time is not.
     console.info(f"trained in {summary['runtime_s']:.1f}s · {plan.output_dir}")
     console.done(f"{summary['steps']} steps · {headline(summary)}")
     return summary

@@ -97,6 +97,7 @@ def build_hash() -> str:
     payload = {
         "builder": BUILDER_VERSION,
         "pins": reproducible.PINS,
+        "mkl_path": reproducible.mkl_path(),  # Intel and AMD CPUs train different weights even when pinned
         "base": tiny.asset_hash(),
         "train": TRAIN,
         "runtime": RUNTIME,
