@@ -7,6 +7,7 @@ not matter (`recipes/tiny`)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -173,8 +174,13 @@ def test_an_existing_local_folder_wins_over_modelscope(tmp_path, monkeypatch):
 
 
 def test_make_installs_the_modelscope_and_harness_extras():
-    makefile = (REPO / "Makefile").read_text()
-    assert 'pip install -q -e ".[dev,modelscope,gguf,harness]"' in makefile
+    """What `make` would run to install (`make -n`: printed with its variables expanded, not run)."""
+    printed = subprocess.run(
+        ["make", "-n", "-B", ".venv/.installed"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    [install] = [line for line in printed.splitlines() if "-e " in line]
+    assert install.startswith(".venv/bin/python -m pip install ")
+    assert install.endswith(' -e ".[dev,modelscope,gguf,harness]"')
 
 
 # --- failed runs and the start screen ------------------------------------------------------------------
