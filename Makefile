@@ -49,11 +49,11 @@ help:
 	@echo "make format              ruff: apply the formatter and the safe lint fixes"
 	@echo "make validate RECIPE=fam validate every recipe of a family"
 
-# pip compiles every module it installs to bytecode, all of torch and transformers included: about half of
-# the installation's time (docs/benchmarks.md, "The suite's time"). With --no-compile Python writes the
-# bytecode of what a process imports, the first time it imports it, which is far less. A machine that sets
-# PYTHONDONTWRITEBYTECODE (this project's development machines do) would then compile the same modules
-# again in every process, so the commands make runs do not inherit it.
+# pip compiles every module it installs to bytecode, all of torch and transformers included: most of the
+# installation's time (2 min 28 s against 46 s; docs/benchmarks.md, "The suite's time"). With --no-compile
+# Python writes the bytecode of what a process imports, the first time it imports it, which is far less. A
+# machine that sets PYTHONDONTWRITEBYTECODE (this project's development machines do) would then compile the
+# same modules again in every process, so the commands make runs do not inherit it.
 PIP_INSTALL   := $(BIN)/python -m pip install -q --no-compile
 unexport PYTHONDONTWRITEBYTECODE
 

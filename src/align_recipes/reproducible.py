@@ -18,11 +18,12 @@ What it pins, before torch is imported (each library reads its variable once, at
   set by `apply_after_import` once torch is loaded.
 
 Why "of one maker": MKL, which does torch's float32 matrix products on CPU, honours the AVX2 branch on Intel
-CPUs only (Intel's guarantee: the same results on every Intel CPU with AVX2). On AMD and other non-Intel
-CPUs it runs a path of its own that ignores both settings. So Intel CPUs agree with each other, AMD CPUs
-with each other, and the two differ (`mkl_path`; measured, with an AMD CPU emulated on an Intel one, in
-docs/benchmarks.md, "Reproducible mode across CPU makers"). MKL's one branch that is the same on both,
-`MKL_CBWR=COMPATIBLE` (SSE2), doubled the CPU time of a tiny training run, so the mode does not take it.
+CPUs only (Intel's guarantee: the same results on every Intel CPU with AVX2). On AMD CPUs it runs a path of
+its own that ignores both settings (other non-Intel makers are untried and counted with AMD). So Intel CPUs
+agree with each other, AMD CPUs with each other, and the two differ (`mkl_path`; measured, with an AMD CPU
+emulated on an Intel one, in docs/benchmarks.md, "Reproducible mode across CPU makers"). MKL's one branch that
+is the same on both, `MKL_CBWR=COMPATIBLE` (SSE2), doubled the CPU time of a tiny training run, so the mode
+does not take it.
 
 It is decided in the plan (`Plan.reproducible`: on for the builtin models, `--reproducible` or
 `reproducible: true` for any recipe), applied by the CLI entry point before anything imports torch
@@ -80,7 +81,8 @@ def cpu_maker(cpuinfo: str | None = None) -> str:
 
 def mkl_path(maker: str | None = None) -> str:
     """Which of MKL's paths the pins select on this CPU: "intel" (its AVX2 reproducibility branch) or "other"
-    (its own path for AMD and other makers, which ignores the branch). Runs in the mode agree within a path."""
+    (its own path for AMD, which ignores the branch; other makers are untried and counted with AMD). Runs in
+    the mode agree within a path."""
     return "intel" if (cpu_maker() if maker is None else maker) == "GenuineIntel" else "other"
 
 
