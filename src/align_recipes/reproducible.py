@@ -170,6 +170,7 @@ def describe(wanted: bool, why: str) -> dict:
     """What the manifest records about the mode."""
     if not wanted:
         return {"on": False, "why": why}
+    maker = cpu_maker()
     return {
         "on": True,
         "why": why,
@@ -178,6 +179,6 @@ def describe(wanted: bool, why: str) -> dict:
         "problems": problems(),
         "machine": platform.machine(),
         # identical weights need the same MKL path as well as the pins: see the module's docstring
-        "cpu_maker": cpu_maker(),
-        "mkl_path": mkl_path(),
+        "cpu_maker": maker,
+        "mkl_path": mkl_path(maker),
     }
